@@ -1,0 +1,4 @@
+// Umbrella for all of dmoe.
+#pragma once
+
+#include <dmoe/core.hpp>
