@@ -1,0 +1,36 @@
+# Builds and runs tests/consumer/project against dmoe in one of three ways (MODE), in WORK_DIR,
+# which is removed afterwards whether the steps pass or fail.
+cmake_minimum_required(VERSION 3.25)
+
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+
+function(step)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    file(REMOVE_RECURSE ${WORK_DIR})
+    list(JOIN ARGN " " command)
+    message(FATAL_ERROR "consumer ${MODE}: '${command}' failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(step_output "${out}" PARENT_SCOPE)
+endfunction()
+
+set(common -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DDMOE_CUDA=OFF)
+set(consumer_args ${common} -DDMOE_CONSUME_MODE=${MODE} -DDMOE_SOURCE_DIR=${DMOE_SOURCE_DIR})
+
+if(MODE STREQUAL "find_package")
+  step(${CMAKE_COMMAND} -S ${DMOE_SOURCE_DIR} -B ${WORK_DIR}/dmoe-build ${common}
+       -DDMOE_BUILD_TESTS=OFF -DDMOE_BUILD_EXAMPLES=OFF -DDMOE_BUILD_BENCH=OFF)
+  step(${CMAKE_COMMAND} --install ${WORK_DIR}/dmoe-build --prefix ${WORK_DIR}/prefix)
+  list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+endif()
+
+step(${CMAKE_COMMAND} -S ${PROJECT_DIR} -B ${WORK_DIR}/consumer-build ${consumer_args})
+step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
+step(${WORK_DIR}/consumer-build/consumer)
+message(STATUS "consumer ${MODE}: ${step_output}")
+if(NOT step_output MATCHES "answer 42")
+  file(REMOVE_RECURSE ${WORK_DIR})
+  message(FATAL_ERROR "consumer ${MODE}: unexpected output '${step_output}'")
+endif()
+file(REMOVE_RECURSE ${WORK_DIR})
