@@ -1,0 +1,123 @@
+// Elementwise helpers on the CPU: add, axpy, scale, multiply, fill, broadcast a row, sum rows.
+#pragma once
+
+#include <dmoe/core/config.hpp>
+#include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/tensor/tensor.hpp>
+
+#include <cstdint>
+#include <mutex>
+#include <string_view>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+namespace detail {
+
+// body(begin, end) over flat element ranges, split for large tensors.
+template <class Body>
+void elementwise(std::int64_t n, Body&& body) {
+  parallel_for(n, elementwise_grain, body);
+}
+
+}  // namespace detail
+
+// y = a + b (same shapes); y may be a or b.
+inline void add(cpu_t, const tensor& a, const tensor& b, tensor& y) {
+  constexpr std::string_view op = "add";
+  detail::check_cpu_f32(op, "a", a);
+  detail::check_cpu_f32(op, "b", b);
+  expect_same_shape(op, "a", a, "b", b);
+  detail::prepare_output(op, "y", y, a.shape());
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  float* py = y.data<float>();
+  detail::elementwise(a.numel(), [&](std::int64_t begin, std::int64_t end) {
+    const auto n = end - begin;
+    Eigen::Map<Eigen::ArrayXf>(py + begin, n) =
+        Eigen::Map<const Eigen::ArrayXf>(pa + begin, n) + Eigen::Map<const Eigen::ArrayXf>(pb + begin, n);
+  });
+}
+
+// y += alpha * x (same shapes).
+inline void axpy(cpu_t, float alpha, const tensor& x, tensor& y) {
+  constexpr std::string_view op = "axpy";
+  detail::check_cpu_f32(op, "x", x);
+  detail::check_cpu_f32(op, "y", y);
+  expect_same_shape(op, "x", x, "y", y);
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  detail::elementwise(x.numel(), [&](std::int64_t begin, std::int64_t end) {
+    const auto n = end - begin;
+    Eigen::Map<Eigen::ArrayXf>(py + begin, n) += alpha * Eigen::Map<const Eigen::ArrayXf>(px + begin, n);
+  });
+}
+
+// y = a * b elementwise (same shapes); y may be a or b.
+inline void multiply(cpu_t, const tensor& a, const tensor& b, tensor& y) {
+  constexpr std::string_view op = "multiply";
+  detail::check_cpu_f32(op, "a", a);
+  detail::check_cpu_f32(op, "b", b);
+  expect_same_shape(op, "a", a, "b", b);
+  detail::prepare_output(op, "y", y, a.shape());
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  float* py = y.data<float>();
+  detail::elementwise(a.numel(), [&](std::int64_t begin, std::int64_t end) {
+    const auto n = end - begin;
+    Eigen::Map<Eigen::ArrayXf>(py + begin, n) =
+        Eigen::Map<const Eigen::ArrayXf>(pa + begin, n) * Eigen::Map<const Eigen::ArrayXf>(pb + begin, n);
+  });
+}
+
+// x *= alpha.
+inline void scale(cpu_t, tensor& x, float alpha) {
+  detail::check_cpu_f32("scale", "x", x);
+  float* px = x.data<float>();
+  detail::elementwise(x.numel(), [&](std::int64_t begin, std::int64_t end) {
+    Eigen::Map<Eigen::ArrayXf>(px + begin, end - begin) *= alpha;
+  });
+}
+
+// y = x (same shapes).
+inline void copy(cpu_t, const tensor& x, tensor& y) {
+  detail::check_cpu_f32("copy", "x", x);
+  detail::prepare_output("copy", "y", y, x.shape());
+  y.copy_from(x);
+}
+
+// Every row of y (rows = leading dimensions) = row ([cols]).
+inline void broadcast_rows(cpu_t, const tensor& row, tensor& y) {
+  constexpr std::string_view op = "broadcast_rows";
+  detail::check_cpu_f32(op, "row", row);
+  detail::check_cpu_f32(op, "y", y);
+  if (row.rank() != 1 || row.dim(0) != y.shape().inner())
+    throw shape_error(fmt::format("{}: row is {} but y is {}", op, row.shape(), y.shape()));
+  auto ym = detail::as_array(y);
+  const auto r = Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(row.data<float>(), row.dim(0));
+  detail::parallel_for(y.shape().outer(), detail::row_grain(row.dim(0)),
+                       [&](std::int64_t begin, std::int64_t end) { ym.middleRows(begin, end - begin).rowwise() = r; });
+}
+
+// sum += the column sums of x ([rows, cols] with rows = leading dimensions; sum is [cols]).
+inline void sum_rows(cpu_t, const tensor& x, tensor& sum) {
+  constexpr std::string_view op = "sum_rows";
+  detail::check_cpu_f32(op, "x", x);
+  detail::check_cpu_f32(op, "sum", sum);
+  const std::int64_t cols = x.shape().inner();
+  if (sum.rank() != 1 || sum.dim(0) != cols)
+    throw shape_error(fmt::format("{}: x is {} but sum is {}", op, x.shape(), sum.shape()));
+  const auto xm = detail::as_array(x);
+  std::mutex merge;
+  detail::parallel_for(x.shape().outer(), detail::row_grain(cols), [&](std::int64_t begin, std::int64_t end) {
+    const Eigen::ArrayXf partial = xm.middleRows(begin, end - begin).colwise().sum().transpose();
+    std::lock_guard lock(merge);
+    detail::as_vector(sum) += partial;
+  });
+}
+
+}  // namespace ops
+DMOE_END_NAMESPACE

@@ -1,0 +1,33 @@
+// Mean squared error on the CPU: the mean over all elements and the gradient of the prediction.
+#pragma once
+
+#include <dmoe/core/config.hpp>
+#include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/tensor/tensor.hpp>
+
+#include <string_view>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// Returns mean((prediction - target)^2); when dprediction is not null it receives 2 (prediction - target) / n.
+inline float mse(cpu_t, const tensor& prediction, const tensor& target, tensor* dprediction = nullptr) {
+  constexpr std::string_view op = "mse";
+  detail::check_cpu_f32(op, "prediction", prediction);
+  detail::check_cpu_f32(op, "target", target);
+  expect_same_shape(op, "prediction", prediction, "target", target);
+  if (prediction.numel() == 0) throw invalid_argument_error("mse: no elements to average over");
+  const auto p = detail::as_vector(prediction);
+  const auto t = detail::as_vector(target);
+  const float n = static_cast<float>(prediction.numel());
+  const double loss = (p - t).cast<double>().square().sum() / static_cast<double>(n);
+  if (dprediction) {
+    detail::prepare_output(op, "dprediction", *dprediction, prediction.shape());
+    detail::as_vector(*dprediction) = (p - t) * (2.0f / n);
+  }
+  return static_cast<float>(loss);
+}
+
+}  // namespace ops
+DMOE_END_NAMESPACE
