@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <ostream>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -49,6 +50,8 @@ constexpr std::string_view to_string(dtype t) noexcept {
   }
   return "unknown";
 }
+
+inline std::ostream& operator<<(std::ostream& out, dtype t) { return out << to_string(t); }
 
 constexpr bool is_floating(dtype t) noexcept { return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16; }
 

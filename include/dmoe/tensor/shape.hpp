@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <ostream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -95,6 +96,8 @@ class shape {
   std::array<std::int64_t, max_rank> dims_{};
   std::uint8_t rank_ = 0;
 };
+
+inline std::ostream& operator<<(std::ostream& out, const shape& s) { return out << s.to_string(); }
 
 DMOE_END_NAMESPACE
 
