@@ -1,0 +1,244 @@
+// RPC frames over TCP: a 32-byte header (magic+version, kind, status, method, request id, payload size), then the payload.
+#pragma once
+
+#include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/net/detail/little_endian.hpp>
+#include <dmoe/net/size_text.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
+
+inline constexpr std::uint32_t frame_magic = 0x50524d44;  // "DMRP" on the wire
+inline constexpr std::uint8_t frame_version = 1;
+inline constexpr std::size_t frame_header_size = 32;
+
+enum class frame_kind : std::uint8_t {
+  request = 1,
+  response = 2,
+  cancel = 3,  // the caller gave up on a request; the server may stop its handler
+};
+
+// What happened to a request; carried by responses (requests and cancels send ok).
+enum class frame_status : std::uint16_t {
+  ok = 0,
+  handler_error = 1,   // the handler threw; the payload is its message
+  unknown_method = 2,  // no handler for the method
+  limit_exceeded = 3,  // a server limit refused the request; the payload says which
+  shutting_down = 4,   // the server is stopping and takes no new requests
+  bad_request = 5,     // the request was malformed; the payload says why
+};
+
+constexpr std::string_view to_string(frame_kind kind) noexcept {
+  switch (kind) {
+    case frame_kind::request: return "request";
+    case frame_kind::response: return "response";
+    case frame_kind::cancel: return "cancel";
+  }
+  return "unknown";
+}
+
+constexpr std::string_view to_string(frame_status status) noexcept {
+  switch (status) {
+    case frame_status::ok: return "ok";
+    case frame_status::handler_error: return "handler_error";
+    case frame_status::unknown_method: return "unknown_method";
+    case frame_status::limit_exceeded: return "limit_exceeded";
+    case frame_status::shutting_down: return "shutting_down";
+    case frame_status::bad_request: return "bad_request";
+  }
+  return "unknown";
+}
+
+// A method's wire id: FNV-1a of its name, so both sides can name methods as constants.
+constexpr std::uint32_t method_id(std::string_view name) noexcept {
+  std::uint32_t hash = 2166136261u;
+  for (char c : name) {
+    hash ^= static_cast<std::uint8_t>(c);
+    hash *= 16777619u;
+  }
+  return hash;
+}
+
+struct frame_header {
+  frame_kind kind = frame_kind::request;
+  frame_status status = frame_status::ok;
+  std::uint32_t method = 0;
+  std::uint32_t flags = 0;  // none defined yet; carried through unchanged
+  std::uint64_t request_id = 0;
+  std::uint64_t payload_size = 0;
+  friend constexpr bool operator==(const frame_header&, const frame_header&) noexcept = default;
+};
+
+struct frame_limits {
+  std::uint64_t max_payload = std::uint64_t{256} << 20;
+};
+
+using frame_header_bytes = std::array<std::byte, frame_header_size>;
+
+inline frame_header_bytes encode_frame_header(const frame_header& header) noexcept {
+  frame_header_bytes out{};
+  detail::store_le<std::uint32_t>(out.data() + 0, frame_magic);
+  detail::store_le<std::uint8_t>(out.data() + 4, frame_version);
+  detail::store_le<std::uint8_t>(out.data() + 5, static_cast<std::uint8_t>(header.kind));
+  detail::store_le<std::uint16_t>(out.data() + 6, static_cast<std::uint16_t>(header.status));
+  detail::store_le<std::uint32_t>(out.data() + 8, header.method);
+  detail::store_le<std::uint32_t>(out.data() + 12, header.flags);
+  detail::store_le<std::uint64_t>(out.data() + 16, header.request_id);
+  detail::store_le<std::uint64_t>(out.data() + 24, header.payload_size);
+  return out;
+}
+
+// Decodes and checks a header from untrusted bytes; `peer` names the sender in errors ("127.0.0.5:4100").
+inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
+  if (bytes.size() < frame_header_size)
+    throw protocol_error(fmt::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
+                                     frame_header_size, peer));
+  const std::byte* at = bytes.data();
+  const auto magic = detail::load_le<std::uint32_t>(at + 0);
+  if (magic != frame_magic)
+    throw protocol_error(fmt::format("rpc frame with bad magic {:#010x} (expected {:#010x}) from {}", magic,
+                                     frame_magic, peer));
+  const auto version = detail::load_le<std::uint8_t>(at + 4);
+  if (version != frame_version)
+    throw protocol_error(
+        fmt::format("rpc frame of unsupported version {} (expected {}) from {}", version, frame_version, peer));
+  frame_header header;
+  const auto kind = detail::load_le<std::uint8_t>(at + 5);
+  if (kind < static_cast<std::uint8_t>(frame_kind::request) || kind > static_cast<std::uint8_t>(frame_kind::cancel))
+    throw protocol_error(fmt::format("rpc frame of unknown kind {} from {}", kind, peer));
+  header.kind = static_cast<frame_kind>(kind);
+  const auto status = detail::load_le<std::uint16_t>(at + 6);
+  if (status > static_cast<std::uint16_t>(frame_status::bad_request))
+    throw protocol_error(fmt::format("rpc frame with unknown status {} from {}", status, peer));
+  header.status = static_cast<frame_status>(status);
+  header.method = detail::load_le<std::uint32_t>(at + 8);
+  header.flags = detail::load_le<std::uint32_t>(at + 12);
+  header.request_id = detail::load_le<std::uint64_t>(at + 16);
+  header.payload_size = detail::load_le<std::uint64_t>(at + 24);
+  if (header.payload_size > limits.max_payload)
+    throw limit_error(fmt::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
+                                  size_text(limits.max_payload), peer));
+  if (header.kind == frame_kind::cancel && header.payload_size != 0)
+    throw protocol_error(
+        fmt::format("rpc cancel frame carries {} of payload from {}", size_text(header.payload_size), peer));
+  return header;
+}
+
+struct frame {
+  frame_header header;
+  byte_buffer payload;
+};
+
+// Cuts a TCP byte stream into frames. Small frames are parsed out of one reusable receive buffer (many per recv);
+// a payload larger than that buffer gets its own allocation and is received straight into it (no copy).
+//
+//   while (auto f = reader.next(peer)) handle(*f);
+//   auto room = reader.prepare(); n = recv(room); reader.commit(n);
+class frame_reader {
+ public:
+  explicit frame_reader(frame_limits limits = {}, std::size_t buffer_size = 64 * 1024)
+      : limits_(limits), buffer_(std::max(buffer_size, frame_header_size)) {}
+
+  // Where the next received bytes go; never empty. Call next() until it returns nothing first.
+  byte_span prepare() {
+    if (large_) return byte_span(large_->payload).subspan(large_filled_);
+    if (end_ == buffer_.size()) compact();
+    return byte_span(buffer_).subspan(end_);
+  }
+
+  // `count` bytes were written at the start of prepare()'s span.
+  void commit(std::size_t count) {
+    if (large_) {
+      large_filled_ += std::min(count, large_->payload.size() - large_filled_);
+    } else {
+      end_ += std::min(count, buffer_.size() - end_);
+    }
+  }
+
+  // The next whole frame, or nothing until more bytes arrive. Throws protocol_error or limit_error (naming `peer`)
+  // on a bad header; the stream cannot be resynchronised after that, so the connection should be closed.
+  std::optional<frame> next(std::string_view peer) {
+    if (large_) {
+      if (large_filled_ < large_->payload.size()) return std::nullopt;
+      std::optional<frame> done = std::move(large_);
+      large_.reset();
+      large_filled_ = 0;
+      return done;
+    }
+    const std::size_t available = end_ - begin_;
+    if (available < frame_header_size) {
+      if (begin_ == end_) begin_ = end_ = 0;
+      return std::nullopt;
+    }
+    const frame_header header =
+        decode_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), limits_, peer);
+    const std::uint64_t frame_size = frame_header_size + header.payload_size;
+    if (frame_size <= available) {
+      frame out{header, byte_buffer()};
+      const auto* payload = buffer_.data() + begin_ + frame_header_size;
+      out.payload.assign(payload, payload + header.payload_size);
+      begin_ += static_cast<std::size_t>(frame_size);
+      if (begin_ == end_) begin_ = end_ = 0;
+      return out;
+    }
+    if (frame_size <= buffer_.size()) {
+      // The frame will fit the buffer: make room for the rest of it after what is here.
+      if (begin_ + frame_size > buffer_.size()) compact();
+      return std::nullopt;
+    }
+    // A large payload: take what already arrived and receive the rest in place.
+    large_.emplace();
+    large_->header = header;
+    large_->payload.resize(static_cast<std::size_t>(header.payload_size));
+    const std::size_t have = available - frame_header_size;
+    std::memcpy(large_->payload.data(), buffer_.data() + begin_ + frame_header_size, have);
+    large_filled_ = have;
+    begin_ = end_ = 0;
+    return std::nullopt;
+  }
+
+  // True while part of a frame is held: a peer that stops sending here has stalled mid-frame.
+  bool mid_frame() const noexcept { return large_.has_value() || end_ > begin_; }
+
+  // Bytes of payload still expected for the frame in progress (0 between frames or before its header is complete).
+  std::uint64_t pending_payload() const noexcept {
+    if (large_) return large_->payload.size() - large_filled_;
+    return 0;
+  }
+
+  // Memory held for frames in progress: the receive buffer plus a large payload being received.
+  std::size_t buffered_bytes() const noexcept { return buffer_.size() + (large_ ? large_->payload.size() : 0); }
+
+  const frame_limits& limits() const noexcept { return limits_; }
+
+ private:
+  void compact() noexcept {
+    if (begin_ == 0) return;
+    std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+
+  frame_limits limits_;
+  byte_buffer buffer_;
+  std::size_t begin_ = 0;  // first unparsed byte in buffer_
+  std::size_t end_ = 0;    // one past the last received byte in buffer_
+  std::optional<frame> large_;
+  std::size_t large_filled_ = 0;
+};
+
+}  // namespace net
+DMOE_END_NAMESPACE
