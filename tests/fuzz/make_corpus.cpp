@@ -1,0 +1,105 @@
+// Writes the fuzzers' seed corpora: real frames, datagrams and tensors, one file each.
+// Run once after a format change: dmoe_fuzz_make_corpus <tests/fuzz/corpus>
+#include <dmoe/net/datagram_message.hpp>
+#include <dmoe/net/frame.hpp>
+#include <dmoe/tensor/wire.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+using namespace dmoe;
+
+namespace {
+
+void write_file(const std::filesystem::path& path, const byte_buffer& bytes) {
+  std::filesystem::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+byte_buffer frame_bytes(const net::frame_header& h, const byte_buffer& payload) {
+  const auto head = net::encode_frame_header(h);
+  byte_buffer out(head.begin(), head.end());
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+byte_buffer pattern(std::size_t n) {
+  byte_buffer out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::byte>(i * 31 + 7);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <corpus directory>\n", argv[0]);
+    return 2;
+  }
+  const std::filesystem::path root = argv[1];
+
+  // Frames: a stream of one or more frames, prefixed with the chunk-size byte the fuzzer reads first.
+  using net::frame_header, net::frame_kind, net::frame_status;
+  const auto forward = net::method_id("forward");
+  const byte_buffer request = frame_bytes({frame_kind::request, frame_status::ok, forward, 0, 1, 40}, pattern(40));
+  const byte_buffer response =
+      frame_bytes({frame_kind::response, frame_status::ok, forward, 0, 1, 300}, pattern(300));
+  const byte_buffer failure =
+      frame_bytes({frame_kind::response, frame_status::handler_error, forward, 0, 2, 13}, to_buffer("bad batch dim"));
+  const byte_buffer cancel = frame_bytes({frame_kind::cancel, frame_status::ok, forward, 0, 3, 0}, {});
+  auto with_chunk = [](std::uint8_t chunk, std::initializer_list<byte_buffer> frames) {
+    byte_buffer out{static_cast<std::byte>(chunk)};
+    for (const auto& f : frames) out.insert(out.end(), f.begin(), f.end());
+    return out;
+  };
+  write_file(root / "frame" / "request", with_chunk(96, {request}));
+  write_file(root / "frame" / "response_large", with_chunk(5, {response}));
+  write_file(root / "frame" / "handler_error", with_chunk(13, {failure}));
+  write_file(root / "frame" / "pipelined", with_chunk(31, {request, cancel, response, failure}));
+  write_file(root / "frame" / "truncated", with_chunk(7, {byte_buffer(request.begin(), request.begin() + 50)}));
+
+  // Datagrams: records of [u16 length][u8 source][datagram].
+  net::datagram_header h;
+  h.kind = net::datagram_kind::request;
+  h.type = 1;
+  h.transaction_id = 0x1234567890abcdefull;
+  for (std::size_t i = 0; i < h.sender.size(); ++i) h.sender[i] = static_cast<std::byte>(i);
+  auto records = [](const net::datagram_parts& parts, std::uint8_t source, bool reversed) {
+    byte_buffer out, one;
+    for (std::size_t k = 0; k < parts.count(); ++k) {
+      parts.encode(reversed ? parts.count() - 1 - k : k, one);
+      out.push_back(static_cast<std::byte>(one.size() & 0xff));
+      out.push_back(static_cast<std::byte>(one.size() >> 8));
+      out.push_back(static_cast<std::byte>(source));
+      out.insert(out.end(), one.begin(), one.end());
+    }
+    return out;
+  };
+  net::datagram_limits limits;
+  limits.max_datagram = 200;
+  const byte_buffer ping_payload = pattern(20);
+  write_file(root / "datagram" / "ping", records(net::datagram_parts(h, ping_payload, limits), 0, false));
+  h.kind = net::datagram_kind::response;
+  const byte_buffer big = pattern(700);
+  write_file(root / "datagram" / "multipart", records(net::datagram_parts(h, big, limits), 1, false));
+  write_file(root / "datagram" / "multipart_reversed", records(net::datagram_parts(h, big, limits), 2, true));
+  h.kind = net::datagram_kind::error;
+  write_file(root / "datagram" / "error", records(net::datagram_parts(h, to_buffer("unknown type 9"), limits), 0, false));
+
+  // Tensors: one per codec and a few dtypes.
+  random_engine gen(1);
+  const tensor values = tensor::normal({3, 70}, gen);
+  write_file(root / "tensor" / "f32_none", encode_tensor(values));
+  write_file(root / "tensor" / "f16", encode_tensor(values, wire_codec::f16));
+  write_file(root / "tensor" / "bf16", encode_tensor(values, wire_codec::bf16));
+  write_file(root / "tensor" / "q8_blockwise", encode_tensor(values, wire_codec::q8_blockwise));
+  write_file(root / "tensor" / "q8_block16", encode_tensor(values, wire_codec::q8_blockwise, 16));
+  write_file(root / "tensor" / "scalar", encode_tensor(tensor::full({}, 1.5f)));
+  write_file(root / "tensor" / "i64_labels", encode_tensor(tensor::zeros({2, 2, 2}, dtype::i64)));
+  write_file(root / "tensor" / "empty", encode_tensor(tensor::zeros({0, 5})));
+  std::printf("corpora written under %s\n", root.c_str());
+  return 0;
+}
