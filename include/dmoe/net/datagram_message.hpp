@@ -64,8 +64,8 @@ struct datagram_limits {
   std::chrono::milliseconds partial_timeout{5000};       // a message missing parts this long is dropped
 };
 
-// One received datagram: its header and a view of its part of the message.
-struct datagram {
+// One decoded datagram: its header and a view of its part of the message.
+struct datagram_message {
   datagram_header header;
   const_byte_span payload;
 };
@@ -95,7 +95,7 @@ constexpr std::size_t datagram_part_payload(std::size_t total_size, std::size_t 
 }
 
 // Decodes and checks one datagram from untrusted bytes; `peer` names the sender in errors.
-inline datagram decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer) {
+inline datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer) {
   if (bytes.size() < datagram_header_size)
     throw protocol_error(fmt::format("datagram of {} bytes is shorter than its {}-byte header from {}", bytes.size(),
                                      datagram_header_size, peer));
@@ -104,7 +104,7 @@ inline datagram decode_datagram(const_byte_span bytes, const datagram_limits& li
   if (version != datagram_version)
     throw protocol_error(
         fmt::format("datagram of unsupported version {} (expected {}) from {}", version, datagram_version, peer));
-  datagram out;
+  datagram_message out;
   datagram_header& h = out.header;
   const auto kind = detail::load_le<std::uint8_t>(at + 1);
   if (kind < static_cast<std::uint8_t>(datagram_kind::request) || kind > static_cast<std::uint8_t>(datagram_kind::error))

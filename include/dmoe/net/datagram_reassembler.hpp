@@ -28,7 +28,7 @@ class datagram_reassembler {
   // Adds one decoded datagram from `source` (a key for the sender's address). Returns the whole message once its
   // last missing part arrives; single-part messages come back at once. Duplicate parts are ignored; a part that
   // contradicts the earlier parts of its message throws protocol_error and leaves the message as it was.
-  std::optional<byte_buffer> add(std::uint64_t source, const datagram& part, steady_time now,
+  std::optional<byte_buffer> add(std::uint64_t source, const datagram_message& part, steady_time now,
                                  std::string_view peer = "peer") {
     const datagram_header& h = part.header;
     if (h.part_count <= 1) return byte_buffer(part.payload.begin(), part.payload.end());
