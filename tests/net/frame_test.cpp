@@ -142,7 +142,9 @@ BOOST_AUTO_TEST_CASE(large_payload_is_received_in_place) {
   auto room = reader.prepare();
   std::memcpy(room.data(), stream.data(), 100);
   reader.commit(100);
+  BOOST_TEST(reader.large_payload_ahead("p") == payload.size());
   BOOST_TEST(!reader.next("p").has_value());
+  BOOST_TEST(reader.large_payload_ahead("p") == 0u);  // allocated now
   BOOST_TEST(reader.mid_frame());
   BOOST_TEST(reader.pending_payload() == payload.size() - (100 - frame_header_size));
   // The rest goes straight into the payload: one prepare() covers all of it.
@@ -164,6 +166,7 @@ BOOST_AUTO_TEST_CASE(half_a_frame_is_visible_as_mid_frame) {
   reader.commit(20);
   BOOST_TEST(!reader.next("p").has_value());
   BOOST_TEST(reader.mid_frame());
+  BOOST_TEST(reader.large_payload_ahead("p") == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(oversized_frame_in_a_stream_is_refused_before_allocation) {
@@ -174,8 +177,11 @@ BOOST_AUTO_TEST_CASE(oversized_frame_in_a_stream_is_refused_before_allocation) {
   auto room = reader.prepare();
   std::memcpy(room.data(), head.data(), head.size());
   reader.commit(head.size());
+  BOOST_TEST(!reader.refused_header().has_value());
   BOOST_CHECK_THROW(reader.next("p"), limit_error);
   BOOST_TEST(reader.buffered_bytes() == std::size_t{64} * 1024);
+  BOOST_REQUIRE(reader.refused_header().has_value());
+  BOOST_TEST((*reader.refused_header() == h));
 }
 
 BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_reader) {

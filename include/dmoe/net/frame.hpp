@@ -101,8 +101,8 @@ inline frame_header_bytes encode_frame_header(const frame_header& header) noexce
   return out;
 }
 
-// Decodes and checks a header from untrusted bytes; `peer` names the sender in errors ("127.0.0.5:4100").
-inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
+// Decodes a header from untrusted bytes and checks its structure, but not its size against a limit.
+inline frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
   if (bytes.size() < frame_header_size)
     throw protocol_error(fmt::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
                                      frame_header_size, peer));
@@ -128,12 +128,23 @@ inline frame_header decode_frame_header(const_byte_span bytes, const frame_limit
   header.flags = detail::load_le<std::uint32_t>(at + 12);
   header.request_id = detail::load_le<std::uint64_t>(at + 16);
   header.payload_size = detail::load_le<std::uint64_t>(at + 24);
-  if (header.payload_size > limits.max_payload)
-    throw limit_error(fmt::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
-                                  size_text(limits.max_payload), peer));
   if (header.kind == frame_kind::cancel && header.payload_size != 0)
     throw protocol_error(
         fmt::format("rpc cancel frame carries {} of payload from {}", size_text(header.payload_size), peer));
+  return header;
+}
+
+// Throws limit_error when the header's payload exceeds the limit.
+inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
+  if (header.payload_size > limits.max_payload)
+    throw limit_error(fmt::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
+                                  size_text(limits.max_payload), peer));
+}
+
+// Decodes and checks a header from untrusted bytes; `peer` names the sender in errors ("127.0.0.5:4100").
+inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
+  frame_header header = parse_frame_header(bytes, peer);
+  check_frame_size(header, limits, peer);
   return header;
 }
 
@@ -183,8 +194,7 @@ class frame_reader {
       if (begin_ == end_) begin_ = end_ = 0;
       return std::nullopt;
     }
-    const frame_header header =
-        decode_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), limits_, peer);
+    const frame_header header = checked_header(peer);
     const std::uint64_t frame_size = frame_header_size + header.payload_size;
     if (frame_size <= available) {
       frame out{header, byte_buffer()};
@@ -210,6 +220,15 @@ class frame_reader {
     return std::nullopt;
   }
 
+  // The payload size of the next frame when its header has arrived and its payload needs an allocation of its own
+  // (it does not fit the receive buffer), before next() makes that allocation; 0 otherwise. Lets the caller
+  // reserve memory for it first. Throws like next() on a bad header.
+  std::uint64_t large_payload_ahead(std::string_view peer) const {
+    if (large_ || end_ - begin_ < frame_header_size) return 0;
+    const frame_header header = checked_header(peer);
+    return frame_header_size + header.payload_size > buffer_.size() ? header.payload_size : 0;
+  }
+
   // True while part of a frame is held: a peer that stops sending here has stalled mid-frame.
   bool mid_frame() const noexcept { return large_.has_value() || end_ > begin_; }
 
@@ -224,7 +243,20 @@ class frame_reader {
 
   const frame_limits& limits() const noexcept { return limits_; }
 
+  // After next() threw limit_error: the well-formed header of the frame refused for its size (so the sender can
+  // be told which request was refused).
+  const std::optional<frame_header>& refused_header() const noexcept { return refused_; }
+
  private:
+  frame_header checked_header(std::string_view peer) const {
+    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
+    if (header.payload_size > limits_.max_payload) {
+      refused_ = header;
+      check_frame_size(header, limits_, peer);
+    }
+    return header;
+  }
+
   void compact() noexcept {
     if (begin_ == 0) return;
     std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
@@ -238,6 +270,7 @@ class frame_reader {
   std::size_t end_ = 0;    // one past the last received byte in buffer_
   std::optional<frame> large_;
   std::size_t large_filled_ = 0;
+  mutable std::optional<frame_header> refused_;
 };
 
 }  // namespace net
