@@ -1,4 +1,5 @@
 // Umbrella for all of dmoe.
 #pragma once
 
+#include <dmoe/async.hpp>
 #include <dmoe/core.hpp>

@@ -1,0 +1,12 @@
+// Umbrella for dmoe's async layer: the io_uring coroutine runtime.
+#pragma once
+
+#include <dmoe/async/io_context.hpp>
+#include <dmoe/async/io_operation.hpp>
+#include <dmoe/async/sync_wait.hpp>
+#include <dmoe/async/task.hpp>
+#include <dmoe/async/timer.hpp>
+#include <dmoe/async/when_all.hpp>
+#include <dmoe/async/when_any.hpp>
+#include <dmoe/async/with_stop_token.hpp>
+#include <dmoe/async/with_timeout.hpp>

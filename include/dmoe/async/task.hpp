@@ -1,0 +1,228 @@
+// task<T>: the lazy, move-only coroutine type of dmoe's async layer, with stop-token inheritance.
+#pragma once
+
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <optional>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+DMOE_BEGIN_NAMESPACE
+
+template <class T = void>
+class task;
+
+namespace detail {
+
+// The token of a coroutine that nobody can cancel; a static so promises can point at it.
+inline const std::stop_token no_stop_token{};
+
+class task_promise_base;
+
+// Learns when a child task started by a combinator (when_all, when_any, ...) has finished.
+class child_observer {
+ public:
+  // Called from the child's final suspend; returns the coroutine to run next (symmetric transfer).
+  virtual std::coroutine_handle<> child_done(std::size_t index, task_promise_base& child) noexcept = 0;
+
+ protected:
+  ~child_observer() = default;
+};
+
+// A promise that carries a stop token; every dmoe coroutine type has one.
+template <class P>
+concept stop_token_promise = requires(const P& p) {
+  { p.stop_token_ptr() } noexcept -> std::same_as<const std::stop_token*>;
+};
+
+// The stop token of the coroutine behind `h`; foreign coroutine types cannot be cancelled.
+template <class P>
+const std::stop_token& stop_token_of(std::coroutine_handle<P> h) noexcept {
+  if constexpr (stop_token_promise<P>) {
+    return *h.promise().stop_token_ptr();
+  } else {
+    (void)h;
+    return no_stop_token;
+  }
+}
+
+class task_promise_base {
+ public:
+  struct final_awaiter {
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> self) noexcept {
+      task_promise_base& p = self.promise();
+      if (p.observer_) return p.observer_->child_done(p.index_, p);
+      if (p.continuation_) return p.continuation_;
+      return std::noop_coroutine();
+    }
+    void await_resume() const noexcept {}
+  };
+
+  std::suspend_always initial_suspend() const noexcept { return {}; }
+  final_awaiter final_suspend() const noexcept { return {}; }
+
+  const std::stop_token* stop_token_ptr() const noexcept { return stop_token_; }
+  // The token must outlive the task's run (it is owned by the awaiting coroutine or a combinator).
+  void set_stop_token(const std::stop_token* token) noexcept { stop_token_ = token; }
+  void set_continuation(std::coroutine_handle<> continuation) noexcept { continuation_ = continuation; }
+  void set_observer(child_observer* observer, std::size_t index) noexcept {
+    observer_ = observer;
+    index_ = index;
+  }
+
+  void unhandled_exception() noexcept { exception_ = std::current_exception(); }
+  const std::exception_ptr& exception() const noexcept { return exception_; }
+
+ protected:
+  std::exception_ptr exception_;
+
+ private:
+  std::coroutine_handle<> continuation_;
+  child_observer* observer_ = nullptr;
+  std::size_t index_ = 0;
+  const std::stop_token* stop_token_ = &no_stop_token;
+};
+
+template <class T>
+class task_promise final : public task_promise_base {
+ public:
+  task<T> get_return_object() noexcept;
+
+  template <class U>
+    requires std::is_convertible_v<U&&, T>
+  void return_value(U&& value) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+    value_.emplace(std::forward<U>(value));
+  }
+
+  T take_result() {
+    if (exception_) std::rethrow_exception(exception_);
+    return std::move(*value_);
+  }
+
+ private:
+  std::optional<T> value_;
+};
+
+template <>
+class task_promise<void> final : public task_promise_base {
+ public:
+  task<void> get_return_object() noexcept;
+
+  void return_void() const noexcept {}
+  void take_result() const {
+    if (exception_) std::rethrow_exception(exception_);
+  }
+};
+
+// void becomes std::monostate where results are collected (tuples, variants).
+template <class T>
+struct non_void {
+  using type = T;
+};
+template <>
+struct non_void<void> {
+  using type = std::monostate;
+};
+template <class T>
+using non_void_t = typename non_void<T>::type;
+
+}  // namespace detail
+
+// A lazily started coroutine producing a T. It starts when awaited and resumes its awaiter when it
+// finishes (symmetric transfer, so long chains of synchronous completions use no stack). The awaiting
+// coroutine's stop token is inherited. Exceptions propagate through co_await.
+template <class T>
+class [[nodiscard]] task {
+ public:
+  using promise_type = detail::task_promise<T>;
+  using handle_type = std::coroutine_handle<promise_type>;
+  using value_type = T;
+
+  task() noexcept = default;
+  explicit task(handle_type handle) noexcept : handle_(handle) {}
+  task(task&& other) noexcept : handle_(std::exchange(other.handle_, {})) {}
+  task& operator=(task&& other) noexcept {
+    if (this != &other) {
+      destroy();
+      handle_ = std::exchange(other.handle_, {});
+    }
+    return *this;
+  }
+  task(const task&) = delete;
+  task& operator=(const task&) = delete;
+  ~task() { destroy(); }
+
+  bool valid() const noexcept { return static_cast<bool>(handle_); }
+  bool done() const noexcept { return handle_ && handle_.done(); }
+  handle_type handle() const noexcept { return handle_; }
+
+  auto operator co_await() && noexcept { return awaiter{handle_}; }
+  auto operator co_await() & noexcept { return awaiter{handle_}; }
+
+ private:
+  struct awaiter {
+    handle_type handle;
+
+    bool await_ready() const noexcept { return !handle || handle.done(); }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) noexcept {
+      handle.promise().set_continuation(parent);
+      handle.promise().set_stop_token(&detail::stop_token_of(parent));
+      return handle;
+    }
+    T await_resume() {
+      if (!handle) throw invalid_argument_error("co_await on an empty dmoe::task");
+      return handle.promise().take_result();
+    }
+  };
+
+  void destroy() noexcept {
+    if (handle_) handle_.destroy();
+  }
+
+  handle_type handle_;
+};
+
+namespace detail {
+
+template <class T>
+task<T> task_promise<T>::get_return_object() noexcept {
+  return task<T>(std::coroutine_handle<task_promise<T>>::from_promise(*this));
+}
+inline task<void> task_promise<void>::get_return_object() noexcept {
+  return task<void>(std::coroutine_handle<task_promise<void>>::from_promise(*this));
+}
+
+// co_await this_task::get_stop_token(): completes at once with the current coroutine's token.
+class stop_token_awaiter {
+ public:
+  bool await_ready() const noexcept { return false; }
+  template <class P>
+  bool await_suspend(std::coroutine_handle<P> self) noexcept {
+    token_ = stop_token_of(self);
+    return false;
+  }
+  std::stop_token await_resume() noexcept { return std::move(token_); }
+
+ private:
+  std::stop_token token_;
+};
+
+}  // namespace detail
+
+namespace this_task {
+
+// `std::stop_token token = co_await this_task::get_stop_token();`
+inline detail::stop_token_awaiter get_stop_token() noexcept { return {}; }
+
+}  // namespace this_task
+
+DMOE_END_NAMESPACE
