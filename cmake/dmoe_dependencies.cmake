@@ -12,7 +12,7 @@ set(DMOE_DEBIAN_PACKAGES_DEVELOPMENT
     libboost-test-dev libcli11-dev libbenchmark-dev iproute2 clang-14 libclang-rt-14-dev)
 # The peers the benchmarks measure against (never used by the library itself).
 set(DMOE_DEBIAN_PACKAGES_BENCHMARK
-    libboost-dev libopenblas-dev libopendht-dev python3-torch)
+    libboost-dev libopenblas-dev libopendht-dev python3-torch python3-matplotlib)
 
 function(dmoe_missing_packages out)
   set(missing)
