@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -20,9 +21,11 @@ inline std::string size_text(std::uint64_t bytes) {
     value /= 1024.0;
     ++unit;
   }
-  // Whole multiples print without decimals so limits read as they were configured.
-  if (bytes % (std::uint64_t{1} << (10 * (unit + 1))) == 0) return fmt::format("{:.0f} {}", value, units[unit]);
-  return fmt::format("{:.1f} {}", value, units[unit]);
+  // One decimal, dropped when it is zero, so limits read as they were configured: "256 MiB", "1.5 KiB".
+  const std::string text = fmt::format("{:.1f}", value);
+  const std::string_view shown = std::string_view(text).ends_with(".0") ? std::string_view(text).substr(0, text.size() - 2)
+                                                                          : std::string_view(text);
+  return fmt::format("{} {}", shown, units[unit]);
 }
 
 }  // namespace net
