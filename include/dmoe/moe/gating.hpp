@@ -1,0 +1,268 @@
+// Grid gating with product keys: per-dimension expert scores from a linear projection, exact top-k over the grid, and its backward pass.
+//
+// Experts sit on a grid, e.g. {16, 16} or {4, 4, 4}. One linear layer maps an input row to one
+// score vector per grid dimension (all of them side by side: [batch, sum(grid)]); the expert at
+// coordinates (c0, c1, ...) scores the sum over d of dimension d's score at c_d. Its top k are
+// found without scoring every expert (Lample et al., "Large Memory Layers with Product Keys"):
+// the k best of each dimension, then the k best partial sums, one dimension at a time.
+#pragma once
+
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/nn/linear.hpp>
+#include <dmoe/nn/module.hpp>
+#include <dmoe/nn/parameter.hpp>
+#include <dmoe/ops/backend.hpp>
+#include <dmoe/tensor/tensor.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+// The experts chosen for each sample of a batch, best first: coordinates [batch][k][dims] and the
+// experts' scores [batch][k]. The gating backward accepts any such set (e.g. from a beam search
+// over live experts), not only an exact top-k.
+struct grid_selection {
+  std::vector<std::uint32_t> grid;
+  std::int64_t batch_size = 0;
+  std::int64_t k = 0;
+  std::vector<std::uint32_t> coordinates;
+  std::vector<float> scores;
+
+  std::size_t dims() const noexcept { return grid.size(); }
+  std::span<const std::uint32_t> expert(std::int64_t sample, std::int64_t rank) const {
+    const std::size_t at = static_cast<std::size_t>(sample * k + rank) * dims();
+    return std::span<const std::uint32_t>(coordinates).subspan(at, dims());
+  }
+  float score(std::int64_t sample, std::int64_t rank) const { return scores[static_cast<std::size_t>(sample * k + rank)]; }
+};
+
+namespace detail {
+
+inline void check_grid(std::string_view op, std::span<const std::uint32_t> grid) {
+  if (grid.empty()) throw invalid_argument_error(fmt::format("{}: the grid has no dimensions", op));
+  for (std::uint32_t extent : grid)
+    if (extent == 0) throw invalid_argument_error(fmt::format("{}: grid {} has an empty dimension", op, grid));
+}
+
+inline std::int64_t grid_width(std::span<const std::uint32_t> grid) {
+  return std::accumulate(grid.begin(), grid.end(), std::int64_t{0});
+}
+
+// Number of experts, saturating at INT64_MAX (a grid may be larger than anything we enumerate).
+inline std::int64_t grid_size(std::span<const std::uint32_t> grid) {
+  std::int64_t n = 1;
+  for (std::uint32_t extent : grid) {
+    if (n > INT64_MAX / static_cast<std::int64_t>(extent)) return INT64_MAX;
+    n *= extent;
+  }
+  return n;
+}
+
+// A partial expert: its score so far and its row-major index over the dimensions seen so far.
+struct product_key_candidate {
+  double score;
+  std::uint64_t index;
+};
+
+// Best first; equal scores by smaller row-major index (i.e. lexicographically smaller coordinates).
+inline bool better(const product_key_candidate& a, const product_key_candidate& b) noexcept {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
+// Per-sample working memory reused across samples.
+struct product_key_scratch {
+  std::vector<product_key_candidate> candidates;
+  std::vector<product_key_candidate> column;
+  std::vector<product_key_candidate> pairs;
+};
+
+// The k best of one dimension's scores, sorted best first.
+inline void top_of_dimension(const float* scores, std::uint32_t extent, std::size_t keep,
+                             std::vector<product_key_candidate>& out) {
+  out.resize(extent);
+  for (std::uint32_t i = 0; i < extent; ++i) out[i] = {static_cast<double>(scores[i]), i};
+  std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(keep), out.end(), better);
+  out.resize(keep);
+}
+
+// Exact top-k of one sample. Sums are taken in double, left to right over the dimensions, and
+// rounding is monotone, so a prefix outside the k best prefixes (or a coordinate outside its
+// dimension's k best) cannot complete an expert inside the k best. Only pairs (i, j) with
+// (i+1)(j+1) <= k can make the k best of a product of two sorted lists, so the combine step
+// looks at O(k log k) pairs, not k^2.
+inline void product_key_topk_row(const float* row, std::span<const std::uint32_t> grid, std::size_t k,
+                                 std::uint32_t* coordinates_out, float* scores_out, product_key_scratch& scratch) {
+  auto& candidates = scratch.candidates;
+  top_of_dimension(row, grid[0], std::min<std::size_t>(k, grid[0]), candidates);
+  const float* dimension_scores = row + grid[0];
+  for (std::size_t d = 1; d < grid.size(); ++d) {
+    const std::uint32_t extent = grid[d];
+    top_of_dimension(dimension_scores, extent, std::min<std::size_t>(k, extent), scratch.column);
+    dimension_scores += extent;
+    const std::size_t total = candidates.size() * scratch.column.size();
+    const std::size_t keep = std::min(k, total);
+    auto& pairs = scratch.pairs;
+    pairs.clear();
+    for (std::size_t i = 0; i < candidates.size() && i + 1 <= keep; ++i)
+      for (std::size_t j = 0; j < scratch.column.size() && (i + 1) * (j + 1) <= keep; ++j)
+        pairs.push_back({candidates[i].score + scratch.column[j].score,
+                         candidates[i].index * extent + scratch.column[j].index});
+    std::partial_sort(pairs.begin(), pairs.begin() + static_cast<std::ptrdiff_t>(keep), pairs.end(), better);
+    pairs.resize(keep);
+    std::swap(candidates, pairs);
+  }
+  const std::size_t dims = grid.size();
+  for (std::size_t j = 0; j < k; ++j) {
+    scores_out[j] = static_cast<float>(candidates[j].score);
+    std::uint64_t index = candidates[j].index;
+    for (std::size_t d = dims; d-- > 0;) {
+      coordinates_out[j * dims + d] = static_cast<std::uint32_t>(index % grid[d]);
+      index /= grid[d];
+    }
+  }
+}
+
+}  // namespace detail
+
+// Column where each dimension's scores start in grid scores, plus the total width at the end:
+// grid {4, 8, 2} gives {0, 4, 12, 14}.
+inline std::vector<std::int64_t> grid_offsets(std::span<const std::uint32_t> grid) {
+  std::vector<std::int64_t> offsets(grid.size() + 1, 0);
+  for (std::size_t d = 0; d < grid.size(); ++d) offsets[d + 1] = offsets[d] + grid[d];
+  return offsets;
+}
+
+// The k best experts of each sample from grid scores, f32 [batch, sum(grid)] with dimension d's
+// scores in columns [sum(grid[:d]), sum(grid[:d+1])). Exact: equal to scoring all experts and
+// sorting them by score (best first), equal scores by lexicographically smaller coordinates.
+// Needs 1 <= k <= the number of experts and finite scores.
+inline grid_selection product_key_topk(const tensor& grid_scores, std::span<const std::uint32_t> grid,
+                                       std::int64_t k) {
+  constexpr std::string_view op = "product_key_topk";
+  detail::check_grid(op, grid);
+  expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
+  expect_rank(op, "grid_scores", grid_scores, 2);
+  if (grid_scores.dim(1) != detail::grid_width(grid))
+    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
+                                  grid, detail::grid_width(grid)));
+  if (k < 1 || k > detail::grid_size(grid))
+    throw invalid_argument_error(
+        fmt::format("{}: k = {} but grid {} has {} experts", op, k, grid, detail::grid_size(grid)));
+
+  grid_selection out;
+  out.grid.assign(grid.begin(), grid.end());
+  out.batch_size = grid_scores.dim(0);
+  out.k = k;
+  const auto batch = static_cast<std::size_t>(out.batch_size);
+  const auto width = static_cast<std::size_t>(grid_scores.dim(1));
+  const auto kk = static_cast<std::size_t>(k);
+  out.coordinates.resize(batch * kk * grid.size());
+  out.scores.resize(batch * kk);
+  const float* data = grid_scores.data<float>();
+  detail::product_key_scratch scratch;
+  for (std::size_t b = 0; b < batch; ++b) {
+    const float* row = data + b * width;
+    for (std::size_t c = 0; c < width; ++c)
+      if (!std::isfinite(row[c]))
+        throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
+    detail::product_key_topk_row(row, grid, kk, out.coordinates.data() + b * kk * grid.size(),
+                                 out.scores.data() + b * kk, scratch);
+  }
+  return out;
+}
+
+// Gradient of the grid scores [batch, sum(grid)] from the gradient of each selected expert's score
+// [batch, k]: an expert's score is a sum, so each coordinate's score receives the expert's gradient
+// (added up over the experts that share it).
+inline tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores) {
+  constexpr std::string_view op = "grid_scores_backward";
+  detail::check_grid(op, selection.grid);
+  expect_dtype(op, "grad_scores", grad_scores, dtype::f32);
+  expect_shape(op, "grad_scores", grad_scores, shape{selection.batch_size, selection.k});
+  const std::size_t dims = selection.dims();
+  const auto batch = static_cast<std::size_t>(selection.batch_size);
+  const auto k = static_cast<std::size_t>(selection.k);
+  if (selection.coordinates.size() != batch * k * dims)
+    throw shape_error(fmt::format("{}: {} coordinates for batch {}, k {} and {} dimensions", op,
+                                  selection.coordinates.size(), batch, k, dims));
+  const std::vector<std::int64_t> offsets = grid_offsets(selection.grid);
+  const auto width = static_cast<std::size_t>(offsets.back());
+  tensor out(shape{selection.batch_size, static_cast<std::int64_t>(width)});
+  float* o = out.data<float>();
+  const float* g = grad_scores.data<float>();
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t j = 0; j < k; ++j) {
+      const float grad = g[b * k + j];
+      const std::uint32_t* c = selection.coordinates.data() + (b * k + j) * dims;
+      for (std::size_t d = 0; d < dims; ++d) {
+        if (c[d] >= selection.grid[d])
+          throw invalid_argument_error(fmt::format("{}: coordinate {} of dimension {} is outside grid {}", op, c[d],
+                                                   d, selection.grid));
+        o[b * width + static_cast<std::size_t>(offsets[d]) + c[d]] += grad;
+      }
+    }
+  return out;
+}
+
+// The gating function of a DMoE layer: a linear projection of each input row to grid scores
+// [batch, sum(grid)], the exact top-k experts of those scores, and the backward pass from the
+// chosen experts' score gradients to the input and the projection's weights.
+template <class Backend = ops::cpu_t>
+class grid_gating : public nn::module {
+ public:
+  grid_gating(std::int64_t in_features, std::vector<std::uint32_t> grid, random_engine& gen)
+      : grid_(checked(std::move(grid))), projection_(in_features, detail::grid_width(grid_), gen) {}
+
+  // x [batch, in] -> grid scores [batch, sum(grid)]; keeps x for backward.
+  tensor forward(const tensor& x) override {
+    expect_rank("grid_gating", "x", x, 2);
+    return projection_.forward(x);
+  }
+  // d loss / d grid scores [batch, sum(grid)] -> d loss / d x; the projection's gradients accumulate.
+  tensor backward(const tensor& grad_grid_scores) override { return projection_.backward(grad_grid_scores); }
+
+  // The k best experts of each row of grid scores returned by forward.
+  grid_selection select(const tensor& grid_scores, std::int64_t k) const {
+    return product_key_topk(grid_scores, grid_, k);
+  }
+  // Backward from d loss / d score of each selected expert ([batch, k]) of the last forward.
+  tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
+    if (selection.grid != grid_)
+      throw invalid_argument_error(
+          fmt::format("grid_gating: selection is over grid {} but the gating's grid is {}", selection.grid, grid_));
+    return backward(grid_scores_backward(selection, grad_scores));
+  }
+
+  nn::parameter_list parameters() override {
+    nn::parameter_list out;
+    nn::append_parameters(out, "projection", projection_.parameters());
+    return out;
+  }
+
+  const std::vector<std::uint32_t>& grid() const noexcept { return grid_; }
+  std::int64_t in_features() const noexcept { return projection_.in_features(); }
+  nn::linear<Backend>& projection() noexcept { return projection_; }
+
+ private:
+  static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
+    detail::check_grid("grid_gating", grid);
+    return grid;
+  }
+
+  std::vector<std::uint32_t> grid_;
+  nn::linear<Backend> projection_;
+};
+
+}  // namespace moe
+DMOE_END_NAMESPACE
