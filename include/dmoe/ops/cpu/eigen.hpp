@@ -18,8 +18,8 @@ using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 using matrix_map = Eigen::Map<row_matrix>;
 using const_matrix_map = Eigen::Map<const row_matrix>;
 using row_array = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using array_map = Eigen::Map<row_array>;
-using const_array_map = Eigen::Map<const row_array>;
+using row_array_map = Eigen::Map<row_array>;
+using const_row_array_map = Eigen::Map<const row_array>;
 using vector_map = Eigen::Map<Eigen::ArrayXf>;
 using const_vector_map = Eigen::Map<const Eigen::ArrayXf>;
 
@@ -50,10 +50,10 @@ inline matrix_map as_matrix(tensor& t) {
 inline const_matrix_map as_matrix(const tensor& t) {
   return {t.data<float>(), static_cast<Eigen::Index>(t.shape().outer()), static_cast<Eigen::Index>(t.shape().inner())};
 }
-inline array_map as_array(tensor& t) {
+inline row_array_map as_array(tensor& t) {
   return {t.data<float>(), static_cast<Eigen::Index>(t.shape().outer()), static_cast<Eigen::Index>(t.shape().inner())};
 }
-inline const_array_map as_array(const tensor& t) {
+inline const_row_array_map as_array(const tensor& t) {
   return {t.data<float>(), static_cast<Eigen::Index>(t.shape().outer()), static_cast<Eigen::Index>(t.shape().inner())};
 }
 inline vector_map as_vector(tensor& t) { return {t.data<float>(), static_cast<Eigen::Index>(t.numel())}; }
