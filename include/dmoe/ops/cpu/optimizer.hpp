@@ -68,16 +68,14 @@ inline void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, tenso
   float* mp = m.data<float>();
   float* vp = v.data<float>();
   const auto n = static_cast<std::ptrdiff_t>(param.numel());
-  alignas(64) float l2_grad[detail::optimizer_block];
   for (std::ptrdiff_t begin = 0; begin < n; begin += detail::optimizer_block) {
     const std::ptrdiff_t count = std::min(detail::optimizer_block, n - begin);
     detail::array_map pa(p + begin, count), ma(mp + begin, count), va(vp + begin, count);
     detail::const_array_map ga(g + begin, count);
     if (l2) {
-      detail::array_map gl(l2_grad, count);
-      gl = ga + l2_decay * pa;
-      ma = beta1 * ma + one_minus_beta1 * gl;
-      va = beta2 * va + one_minus_beta2 * gl.square();
+      // Recomputing g + decay*p costs an FMA; a buffer for it would cost a store and a load.
+      ma = beta1 * ma + one_minus_beta1 * (ga + l2_decay * pa);
+      va = beta2 * va + one_minus_beta2 * (ga + l2_decay * pa).square();
     } else {
       ma = beta1 * ma + one_minus_beta1 * ga;
       va = beta2 * va + one_minus_beta2 * ga.square();
