@@ -90,6 +90,14 @@ BOOST_FIXTURE_TEST_CASE(zero_grad_clears_every_gradient, two_parameters) {
   BOOST_TEST(bias_grad.at(0) == 0.0f);
 }
 
+BOOST_FIXTURE_TEST_CASE(clipping_through_gradient_handles, two_parameters) {
+  // Norm of [0.1, -0.2, 0.3] and [-1]: sqrt(0.14 + 1) = 1.0677078; clipped to 0.5 in place.
+  std::vector<tensor> grads = nn::gradients_of(parameters());
+  BOOST_TEST(ops::clip_grad_norm(ops::cpu, grads, 0.5f) == 1.0677078, tt::tolerance(1e-6));
+  BOOST_TEST(bias_grad.at(0) == -0.5f / 1.0677078f, tt::tolerance(1e-5f));
+  BOOST_TEST(ops::grad_norm(ops::cpu, nn::gradients_of(parameters())) == 0.5, tt::tolerance(1e-5));
+}
+
 BOOST_FIXTURE_TEST_CASE(refuses_duplicate_and_mismatched_parameters, two_parameters) {
   nn::parameter_list duplicate{{"w", &weight, &weight_grad}, {"w", &bias, &bias_grad}};
   BOOST_CHECK_THROW(nn::adam<>{duplicate}, invalid_argument_error);

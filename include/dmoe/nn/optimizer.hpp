@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -87,6 +88,14 @@ class optimizer {
   tensor step_;
   parameter_list state_;
 };
+
+// Handles on the parameters' gradients (sharing their storage), e.g. for ops::clip_grad_norm.
+inline std::vector<tensor> gradients_of(const parameter_list& parameters) {
+  std::vector<tensor> out;
+  out.reserve(parameters.size());
+  for (const parameter& p : parameters) out.push_back(*p.grad);
+  return out;
+}
 
 }  // namespace nn
 DMOE_END_NAMESPACE
