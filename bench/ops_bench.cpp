@@ -1,0 +1,384 @@
+// dmoe_bench_ops: the CPU compute path against its limits and peers, measured in one run.
+//
+//   GEMM GFLOP/s          dmoe's ops::gemm against OpenBLAS's cblas_sgemm (the practical peak), square n = 256..4096
+//   ffn expert            forward+backward GFLOP/s at hidden 1024, as a fraction of that peak and against PyTorch
+//                         (bench/torch_ffn.py under /usr/bin/python3, same weights and inputs, checked first)
+//   memory-bound ops      layer norm, softmax and Adam in GB/s against memcpy moving the same bytes
+//   grid gating           product-key top-4 over 256x256 experts against scoring all 65,536
+//
+// Modes: with no mode flag, Google Benchmark micro-benchmarks (its --benchmark_* flags apply); --summary prints
+// JSON lines and a last line {"bench":"ops","ffn_fraction_of_peak":F,"ffn_ratio_vs_torch":T,...}; --breakdown
+// times each op inside the ffn forward and backward. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are dropped by a restart
+// (see ops_openblas.hpp), so OpenBLAS and the PyTorch peer pick their own kernels.
+#include "bench_env.hpp"
+#include "ops_ffn.hpp"
+#include "ops_gating.hpp"
+#include "ops_memory.hpp"
+#include "ops_openblas.hpp"
+#include "ops_timing.hpp"
+#include "ops_torch.hpp"
+
+#include <dmoe/ops/cpu/gemm.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+
+#include <benchmark/benchmark.h>
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#ifndef DMOE_BENCH_SOURCE_DIR
+#define DMOE_BENCH_SOURCE_DIR "bench"
+#endif
+
+namespace dmoe_bench {
+namespace {
+
+constexpr std::int64_t hidden = 1024;
+constexpr std::int64_t representative_batch = 1024;  // F and T in the summary line are taken at this batch
+
+void print_openblas_line(bool restarted) {
+  const openblas_facts facts = openblas_info();
+  fmt::print(
+      "{{\"bench\":\"ops\",\"baseline\":\"openblas\",\"corename\":\"{}\",\"config\":\"{}\",\"openblas_threads\":{},"
+      "\"dmoe_threads\":{},\"restarted_without_openblas_coretype\":{},\"load_average\":{}}}\n",
+      json_escape(facts.corename), json_escape(facts.config), facts.threads, dmoe::ops::cpu_threads(),
+      restarted ? "true" : "false", json_number(load_average(), 2));
+  std::fflush(stdout);
+}
+
+struct gemm_line {
+  std::int64_t n;
+  double dmoe_gflops, openblas_gflops;
+};
+
+gemm_line measure_square_gemm(std::int64_t n) {
+  dmoe::random_engine gen(static_cast<std::uint64_t>(n));
+  const dmoe::tensor a = dmoe::tensor::uniform(dmoe::shape{n, n}, gen, -1, 1);
+  const dmoe::tensor b = dmoe::tensor::uniform(dmoe::shape{n, n}, gen, -1, 1);
+  dmoe::tensor c(dmoe::shape{n, n}), c_blas(dmoe::shape{n, n});
+  const timing_budget budget{.warmups = 1, .min_runs = n >= 4096 ? 2 : 3, .min_seconds = 0.3};
+  const auto [dmoe_s, blas_s] = alternate_best(
+      [&] { dmoe::ops::gemm(dmoe::ops::cpu, a, b, c); },
+      [&] {
+        openblas_sgemm(false, false, static_cast<int>(n), static_cast<int>(n), static_cast<int>(n), a.data<float>(),
+                       b.data<float>(), 0, c_blas.data<float>());
+      },
+      budget, 2, let_openblas_threads_sleep);
+  const double flops = 2.0 * n * n * n;
+  double diff = 0, scale = 0;
+  for (std::int64_t i = 0; i < n * n; ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(c.data<float>()[i] - c_blas.data<float>()[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(c_blas.data<float>()[i])));
+  }
+  gemm_line line{n, flops / dmoe_s / 1e9, flops / blas_s / 1e9};
+  fmt::print(
+      "{{\"bench\":\"ops\",\"case\":\"gemm {}\",\"n\":{},\"dmoe_gflops\":{},\"openblas_gflops\":{},\"ratio\":{},"
+      "\"max_rel_diff\":{:.2e}}}\n",
+      n, n, json_number(line.dmoe_gflops, 1), json_number(line.openblas_gflops, 1),
+      json_number(line.dmoe_gflops / line.openblas_gflops), scale > 0 ? diff / scale : diff);
+  std::fflush(stdout);
+  return line;
+}
+
+// Best forward+backward seconds of dmoe's ffn expert at each batch.
+std::map<std::int64_t, double> time_dmoe_ffn(dmoe::nn::expert& expert, const std::vector<std::int64_t>& batches) {
+  std::map<std::int64_t, double> seconds;
+  for (std::int64_t b : batches) {
+    const ffn_inputs in = make_ffn_inputs(b, hidden, static_cast<std::uint64_t>(b));
+    seconds[b] = best_seconds([&] { ffn_step(expert, in); }, {.warmups = 1, .min_runs = 3, .min_seconds = 1.0});
+  }
+  return seconds;
+}
+
+struct options {
+  bool summary = false;
+  bool breakdown = false;
+  bool no_torch = false;
+  std::int64_t breakdown_batch = representative_batch;
+  int breakdown_iterations = 5;
+  std::string python = "/usr/bin/python3";
+  std::string torch_script = DMOE_BENCH_SOURCE_DIR "/torch_ffn.py";
+};
+
+int run_summary(const options& opt, bool restarted) {
+  print_environment("ops");
+  print_openblas_line(restarted);
+
+  // GEMM: the peak every GFLOP/s below is a fraction of.
+  std::vector<gemm_line> gemms;
+  for (std::int64_t n : {256, 512, 1024, 2048, 4096}) gemms.push_back(measure_square_gemm(n));
+  double peak = 0, min_gemm_ratio = 1e300, log_ratio_sum = 0;
+  std::int64_t worst_n = 0;
+  for (const auto& g : gemms) {
+    peak = std::max(peak, g.openblas_gflops);
+    const double r = g.dmoe_gflops / g.openblas_gflops;
+    log_ratio_sum += std::log(r);
+    if (r < min_gemm_ratio) {
+      min_gemm_ratio = r;
+      worst_n = g.n;
+    }
+  }
+  const double gemm_geomean = std::exp(log_ratio_sum / static_cast<double>(gemms.size()));
+
+  // ffn: dmoe before and after the PyTorch run (best of both), so a load change hits both sides.
+  const std::vector<std::int64_t> batches = {256, 1024, 4096};
+  auto expert = make_bench_ffn(hidden, 42);
+  std::map<std::int64_t, double> dmoe_ffn = time_dmoe_ffn(*expert, batches);
+  torch_peer_result torch;
+  if (opt.no_torch) {
+    torch.reason = "--no-torch";
+  } else {
+    torch_peer_options topt;
+    topt.python = opt.python;
+    topt.script = opt.torch_script;
+    topt.hidden = hidden;
+    topt.batches = batches;
+    topt.threads = dmoe::ops::cpu_threads();
+    torch = run_torch_peer(*expert, topt);
+    std::string errors;
+    for (const auto& [name, e] : torch.relative_errors)
+      errors += fmt::format(",\"{}\":{:.2e}", name, e);
+    fmt::print(
+        "{{\"bench\":\"ops\",\"case\":\"torch_check\",\"torch\":{},\"reason\":\"{}\",\"torch_version\":\"{}\","
+        "\"torch_threads\":{},\"batch\":{},\"tolerance\":{:.0e},\"pass\":{}{}}}\n",
+        torch.available ? "true" : "false", json_escape(torch.reason), json_escape(torch.version), torch.threads,
+        topt.check_batch, topt.tolerance, torch.pass ? "true" : "false", errors);
+    std::fflush(stdout);
+  }
+  for (auto [b, s] : time_dmoe_ffn(*expert, batches)) dmoe_ffn[b] = std::min(dmoe_ffn[b], s);
+  double fraction = NAN, ratio = NAN;
+  for (std::int64_t b : batches) {
+    const double flops = ffn_flops(b, hidden);
+    const double dmoe_gflops = flops / dmoe_ffn[b] / 1e9;
+    const auto t = torch.seconds.find(b);
+    const double torch_gflops = t != torch.seconds.end() ? flops / t->second / 1e9 : NAN;
+    fmt::print(
+        "{{\"bench\":\"ops\",\"case\":\"ffn h{} b{}\",\"hidden\":{},\"batch\":{},\"gflop_per_pass\":{},"
+        "\"dmoe_gflops\":{},\"fraction_of_peak\":{},\"torch_gflops\":{},\"ratio\":{}}}\n",
+        hidden, b, hidden, b, json_number(flops / 1e9, 2), json_number(dmoe_gflops, 1),
+        json_number(dmoe_gflops / peak), json_number(torch_gflops, 1), json_number(dmoe_gflops / torch_gflops));
+    if (b == representative_batch) {
+      fraction = dmoe_gflops / peak;
+      ratio = dmoe_gflops / torch_gflops;
+    }
+  }
+  std::fflush(stdout);
+
+  // Memory-bound ops against memcpy.
+  memory_bench mem;
+  const auto copies = mem.memcpy_baselines();
+  double memcpy_gbps = 0;
+  for (const auto& c : copies) {
+    memcpy_gbps = std::max(memcpy_gbps, c.gbps());
+    fmt::print("{{\"bench\":\"ops\",\"case\":\"memcpy x{}\",\"bytes\":{:.0f},\"threads\":{},\"gbps\":{}}}\n", c.threads,
+               c.bytes, c.threads, json_number(c.gbps(), 2));
+  }
+  std::map<std::string, double> mem_fraction;
+  for (const auto& r : mem.run()) {
+    mem_fraction[r.op] = r.gbps() / memcpy_gbps;
+    fmt::print(
+        "{{\"bench\":\"ops\",\"case\":\"{}\",\"rows\":{},\"cols\":{},\"bytes\":{:.0f},\"threads\":{},\"gbps\":{},"
+        "\"memcpy_gbps\":{},\"ratio\":{}}}\n",
+        r.op, r.rows, r.cols, r.bytes, r.threads, json_number(r.gbps(), 2), json_number(memcpy_gbps, 2),
+        json_number(mem_fraction[r.op]));
+  }
+  std::fflush(stdout);
+
+  // Grid gating.
+  const gating_result g = run_gating_bench(1024, 256, 256, 4, {.warmups = 1, .min_runs = 3, .min_seconds = 0.2});
+  std::string baselines;
+  for (auto [how, s] : g.exhaustive_seconds) baselines += fmt::format(",\"{}_ms\":{}", to_string(how), json_number(s * 1e3));
+  const double speedup = g.fastest_exhaustive(false) / g.product_key_seconds;
+  const double speedup_scan = g.fastest_exhaustive(true) / g.product_key_seconds;
+  fmt::print(
+      "{{\"bench\":\"ops\",\"case\":\"gating 256x256 k4\",\"batch\":{},\"experts\":{},\"k\":{},\"product_key_ms\":{}{},"
+      "\"speedup_vs_sort\":{},\"speedup_vs_simd_scan\":{},\"ratio\":{},\"same_experts\":{}}}\n",
+      g.batch, std::int64_t{g.grid_rows} * g.grid_cols, g.k, json_number(g.product_key_seconds * 1e3), baselines,
+      json_number(speedup, 1), json_number(speedup_scan, 1), json_number(speedup, 1),
+      g.same_experts ? "true" : "false");
+
+  fmt::print(
+      "{{\"bench\":\"ops\",\"ffn_fraction_of_peak\":{},\"ffn_ratio_vs_torch\":{},\"gating_speedup_vs_full\":{},"
+      "\"gating_speedup_vs_simd_scan\":{},\"gemm_ratio_vs_openblas_min\":{},\"gemm_worst_n\":{},"
+      "\"gemm_ratio_vs_openblas_geomean\":{},\"layer_norm_forward_fraction_of_memcpy\":{},"
+      "\"layer_norm_backward_fraction_of_memcpy\":{},\"softmax_fraction_of_memcpy\":{},"
+      "\"adam_fraction_of_memcpy\":{},\"peak_gflops\":{},\"memcpy_gbps\":{},\"ffn_batch\":{},\"torch\":{},"
+      "\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
+      json_number(fraction), json_number(ratio), json_number(speedup, 1), json_number(speedup_scan, 2),
+      json_number(min_gemm_ratio), worst_n, json_number(gemm_geomean), json_number(mem_fraction["layer_norm_forward"]),
+      json_number(mem_fraction["layer_norm_backward"]), json_number(mem_fraction["softmax"]),
+      json_number(mem_fraction["adam_step"]), json_number(peak, 1), json_number(memcpy_gbps, 2), representative_batch,
+      torch.available ? "true" : "false", torch.pass ? "true" : "false", g.same_experts ? "true" : "false",
+      json_number(load_average(), 2));
+  return 0;
+}
+
+int run_breakdown(const options& opt, bool restarted) {
+  print_environment("ops");
+  print_openblas_line(restarted);
+  auto expert = make_bench_ffn(hidden, 42);
+  const ffn_inputs in = make_ffn_inputs(opt.breakdown_batch, hidden, 3);
+  const breakdown_result r = ffn_breakdown(*expert, in, opt.breakdown_iterations);
+  double ops_total = 0, gemm_total = 0;
+  for (const auto& row : r.rows) {
+    ops_total += row.total_seconds;
+    if (row.flops > 0) gemm_total += row.total_seconds;
+  }
+  const double n = r.iterations;
+  for (const auto& row : r.rows) {
+    const double mean = row.total_seconds / n;
+    std::string rate;
+    if (row.flops > 0)
+      rate = fmt::format(",\"gflops\":{},\"openblas_ms\":{},\"openblas_gflops\":{},\"ratio\":{}",
+                         json_number(row.flops / mean / 1e9, 1), json_number(row.openblas_seconds * 1e3),
+                         json_number(row.flops / row.openblas_seconds / 1e9, 1),
+                         json_number(row.openblas_seconds / mean));
+    else
+      rate = fmt::format(",\"gbps\":{}", json_number(row.bytes / mean / 1e9, 2));
+    fmt::print("{{\"bench\":\"ops\",\"case\":\"ffn_breakdown\",\"batch\":{},\"op\":\"{}\",\"mean_ms\":{},\"best_ms\":{},"
+               "\"share\":{}{}}}\n",
+               opt.breakdown_batch, row.op, json_number(mean * 1e3), json_number(row.best_seconds * 1e3),
+               json_number(row.total_seconds / ops_total), rate);
+  }
+  const double flops = ffn_flops(opt.breakdown_batch, hidden);
+  fmt::print(
+      "{{\"bench\":\"ops\",\"case\":\"ffn_breakdown_total\",\"batch\":{},\"iterations\":{},\"ops_sum_ms\":{},"
+      "\"gemm_ms\":{},\"elementwise_ms\":{},\"gemm_share\":{},\"module_mean_ms\":{},\"module_best_ms\":{},"
+      "\"module_overhead_ms\":{},\"module_gflops\":{},\"load_average\":{}}}\n",
+      opt.breakdown_batch, r.iterations, json_number(ops_total / n * 1e3), json_number(gemm_total / n * 1e3),
+      json_number((ops_total - gemm_total) / n * 1e3), json_number(gemm_total / ops_total),
+      json_number(r.module_mean_seconds * 1e3), json_number(r.module_best_seconds * 1e3),
+      json_number((r.module_mean_seconds - ops_total / n) * 1e3), json_number(flops / r.module_best_seconds / 1e9, 1),
+      json_number(load_average(), 2));
+  return 0;
+}
+
+// Google Benchmark micro-benchmarks.
+
+void bm_gemm_dmoe(benchmark::State& state) {
+  const std::int64_t n = state.range(0);
+  dmoe::random_engine gen(1);
+  const dmoe::tensor a = dmoe::tensor::uniform(dmoe::shape{n, n}, gen), b = dmoe::tensor::uniform(dmoe::shape{n, n}, gen);
+  dmoe::tensor c(dmoe::shape{n, n});
+  for (auto _ : state) dmoe::ops::gemm(dmoe::ops::cpu, a, b, c);
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void bm_gemm_openblas(benchmark::State& state) {
+  const auto n = static_cast<int>(state.range(0));
+  dmoe::random_engine gen(1);
+  const dmoe::tensor a = dmoe::tensor::uniform(dmoe::shape{n, n}, gen), b = dmoe::tensor::uniform(dmoe::shape{n, n}, gen);
+  dmoe::tensor c(dmoe::shape{n, n});
+  for (auto _ : state) openblas_sgemm(false, false, n, n, n, a.data<float>(), b.data<float>(), 0, c.data<float>());
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate);
+  let_openblas_threads_sleep();
+}
+
+void bm_ffn_dmoe(benchmark::State& state) {
+  const std::int64_t b = state.range(0);
+  auto expert = make_bench_ffn(hidden, 42);
+  const ffn_inputs in = make_ffn_inputs(b, hidden, 1);
+  for (auto _ : state) ffn_step(*expert, in);
+  state.counters["FLOPS"] = benchmark::Counter(ffn_flops(b, hidden), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+template <int Which>
+void bm_memory(benchmark::State& state) {
+  const std::int64_t rows = state.range(0), cols = 1024, n = rows * cols;
+  dmoe::random_engine gen(1);
+  dmoe::tensor x = dmoe::tensor::normal(dmoe::shape{rows, cols}, gen), y(dmoe::shape{rows, cols});
+  dmoe::tensor g = dmoe::tensor::normal(dmoe::shape{rows, cols}, gen), m(dmoe::shape{rows, cols}),
+               v(dmoe::shape{rows, cols});
+  dmoe::tensor gamma = dmoe::tensor::full(dmoe::shape{cols}, 1.0f), beta(dmoe::shape{cols}), mean(dmoe::shape{rows}),
+               rstd(dmoe::shape{rows});
+  std::int64_t step = 0, bytes = 0;
+  for (auto _ : state) {
+    if constexpr (Which == 0) {
+      dmoe::ops::layer_norm_forward(dmoe::ops::cpu, x, gamma, beta, 1e-5f, y, mean, rstd);
+      bytes = 8 * n;
+    } else if constexpr (Which == 1) {
+      dmoe::ops::softmax(dmoe::ops::cpu, x, y);
+      bytes = 8 * n;
+    } else if constexpr (Which == 2) {
+      dmoe::ops::adam_step(dmoe::ops::cpu, x, g, m, v, ++step, dmoe::ops::adam_hyper{});
+      bytes = 28 * n;
+    } else {
+      parallel_memcpy(y.data<float>(), x.data<float>(), n, dmoe::ops::cpu_threads());
+      bytes = 8 * n;
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * bytes);
+}
+
+void bm_product_key_topk(benchmark::State& state) {
+  dmoe::random_engine gen(5);
+  const dmoe::tensor scores = dmoe::tensor::normal(dmoe::shape{1024, 512}, gen);
+  const std::vector<std::uint32_t> grid = {256, 256};
+  for (auto _ : state) benchmark::DoNotOptimize(dmoe::moe::product_key_topk(scores, grid, 4));
+  state.SetItemsProcessed(state.iterations() * 1024);
+}
+
+void bm_exhaustive_topk(benchmark::State& state) {
+  dmoe::random_engine gen(5);
+  const dmoe::tensor scores = dmoe::tensor::normal(dmoe::shape{1024, 512}, gen);
+  std::vector<std::uint32_t> out;
+  const auto how = static_cast<exhaustive_select>(state.range(0));
+  state.SetLabel(to_string(how));
+  for (auto _ : state) {
+    exhaustive_topk(scores, 256, 256, 4, how, out);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * 1024);
+}
+
+BENCHMARK(bm_gemm_dmoe)->RangeMultiplier(2)->Range(256, 4096)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_gemm_openblas)->RangeMultiplier(2)->Range(256, 4096)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_ffn_dmoe)->Arg(256)->Arg(1024)->Arg(4096)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_memory<0>)->Name("bm_layer_norm_forward")->Arg(16384)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_memory<1>)->Name("bm_softmax")->Arg(16384)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_memory<2>)->Name("bm_adam_step")->Arg(16384)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_memory<3>)->Name("bm_memcpy")->Arg(16384)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_product_key_topk)->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_exhaustive_topk)->DenseRange(0, 2)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace dmoe_bench
+
+int main(int argc, char** argv) {
+  using namespace dmoe_bench;
+  const bool restarted = reexec_without_openblas_overrides(argv);
+  openblas_set_num_threads(dmoe::ops::cpu_threads());
+
+  CLI::App app{"dmoe's CPU ops against OpenBLAS, memcpy and PyTorch"};
+  app.allow_extras();
+  options opt;
+  app.add_flag("--summary", opt.summary, "print JSON lines and a summary line instead of Google Benchmark's table");
+  app.add_flag("--breakdown", opt.breakdown, "time each op inside the ffn expert's forward and backward");
+  app.add_option("--batch", opt.breakdown_batch, "batch of --breakdown")->check(CLI::PositiveNumber);
+  app.add_option("--iterations", opt.breakdown_iterations, "passes --breakdown averages")->check(CLI::PositiveNumber);
+  app.add_flag("--no-torch", opt.no_torch, "skip the PyTorch peer");
+  app.add_option("--python", opt.python, "the interpreter with torch (Debian's python3-torch)");
+  app.add_option("--torch-script", opt.torch_script, "path of torch_ffn.py");
+  CLI11_PARSE(app, argc, argv);
+  if (opt.summary) return run_summary(opt, restarted);
+  if (opt.breakdown) return run_breakdown(opt, restarted);
+
+  print_environment("ops");
+  print_openblas_line(restarted);
+  std::vector<std::string> rest = app.remaining();
+  std::vector<char*> args = {argv[0]};
+  for (auto& r : rest) args.push_back(r.data());
+  int count = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
