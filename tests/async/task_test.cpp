@@ -138,3 +138,28 @@ BOOST_AUTO_TEST_CASE(stop_tokens_are_inherited) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(async_task_transfer)
+
+// Where a compiler does not make symmetric transfer a tail call, a deep stack hands the next
+// coroutine to the loop instead of growing further.
+BOOST_AUTO_TEST_CASE(a_deep_stack_defers_the_transfer_to_the_loop) {
+  struct recorder {
+    std::coroutine_handle<> deferred;
+  } record;
+  auto pending = value_of(counted{}, 1);
+  const auto saved = dmoe::detail::current_transfer_guard;
+  const char* here = static_cast<const char*>(__builtin_frame_address(0));
+  auto defer = [](void* r, std::coroutine_handle<> next) { static_cast<recorder*>(r)->deferred = next; };
+
+  dmoe::detail::current_transfer_guard = {here + 64, &record, defer};  // shallow: transfer directly
+  BOOST_TEST((dmoe::detail::transfer_to(pending.handle()) == pending.handle()));
+  BOOST_TEST(!record.deferred);
+
+  dmoe::detail::current_transfer_guard = {here + 2 * dmoe::detail::max_transfer_stack_depth, &record, defer};
+  BOOST_TEST((dmoe::detail::transfer_to(pending.handle()) == std::noop_coroutine()));
+  BOOST_TEST((record.deferred == pending.handle()));
+  dmoe::detail::current_transfer_guard = saved;
+}
+
+BOOST_AUTO_TEST_SUITE_END()

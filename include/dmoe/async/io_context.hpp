@@ -394,12 +394,17 @@ class io_context {
     struct scope {
       io_context* self;
       io_context* previous;
+      detail::transfer_guard previous_guard;
       ~scope() {
         self->running_ = false;
         detail::current_context = previous;
+        detail::current_transfer_guard = previous_guard;
         io_uring_submit(&self->ring_);  // leftover cancel requests go out now
       }
-    } guard{this, std::exchange(detail::current_context, this)};
+    } guard{this, std::exchange(detail::current_context, this),
+            std::exchange(detail::current_transfer_guard,
+                          detail::transfer_guard{static_cast<const char*>(__builtin_frame_address(0)), this,
+                                                 &io_context::defer_transfer})};
     running_ = true;
     for (;;) {
       run_ready();
@@ -414,6 +419,8 @@ class io_context {
       reap();
     }
   }
+
+  static void defer_transfer(void* self, std::coroutine_handle<> next) { static_cast<io_context*>(self)->schedule(next); }
 
   // Runs what was ready when it started; what that makes ready waits until I/O was polled.
   void run_ready() {
