@@ -220,13 +220,14 @@ class frame_reader {
     return std::nullopt;
   }
 
-  // The payload size of the next frame when its header has arrived and its payload needs an allocation of its own
-  // (it does not fit the receive buffer), before next() makes that allocation; 0 otherwise. Lets the caller
-  // reserve memory for it first. Throws like next() on a bad header.
-  std::uint64_t large_payload_ahead(std::string_view peer) const {
-    if (large_ || end_ - begin_ < frame_header_size) return 0;
+  // The header of the next frame when it has arrived and the frame's payload needs an allocation of its own (it
+  // does not fit the receive buffer), before next() makes that allocation; nothing otherwise. Lets the caller
+  // reserve memory first. Throws like next() on a bad header.
+  std::optional<frame_header> large_frame_ahead(std::string_view peer) const {
+    if (large_ || end_ - begin_ < frame_header_size) return std::nullopt;
     const frame_header header = checked_header(peer);
-    return frame_header_size + header.payload_size > buffer_.size() ? header.payload_size : 0;
+    if (frame_header_size + header.payload_size <= buffer_.size()) return std::nullopt;
+    return header;
   }
 
   // True while part of a frame is held: a peer that stops sending here has stalled mid-frame.
