@@ -17,7 +17,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::size_t at = 0;
   try {
     while (true) {
-      while (auto f = reader.next("fuzzer")) {
+      for (;;) {
+        // A large payload is announced before it is allocated, with the header next() then decodes.
+        const auto ahead = reader.large_frame_ahead("fuzzer");
+        auto f = reader.next("fuzzer");
+        if (ahead && (f || !reader.mid_frame() || reader.pending_payload() > ahead->payload_size)) std::abort();
+        if (!f) break;
         // A decoded frame re-encodes to a header the decoder accepts unchanged.
         const auto again = net::decode_frame_header(net::encode_frame_header(f->header), reader.limits(), "fuzzer");
         if (!(again == f->header) || f->payload.size() != f->header.payload_size) std::abort();
@@ -32,6 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   } catch (const error& e) {
     if (e.code() != errc::protocol && e.code() != errc::limit) std::abort();
+    // A frame refused for its size leaves its header for the answer to the sender.
+    if (e.code() == errc::limit && !reader.refused_header()) std::abort();
   }
   return 0;
 }
