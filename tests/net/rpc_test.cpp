@@ -537,7 +537,7 @@ BOOST_AUTO_TEST_CASE(idle_connections_close_and_reopen_on_demand) {
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     co_await client.call(server.local_endpoint(), "echo", as_bytes("a"), deadline_after(5s));
     BOOST_TEST(client.connections(server.local_endpoint()) == 1u);
-    co_await sleep_for(400ms);  // longer than the idle timeout: the connection is closed
+    co_await sleep_for(500ms);  // well past the idle timeout: the connection is closed
     BOOST_TEST(client.connections(server.local_endpoint()) == 0u);
     byte_buffer back = co_await client.call(server.local_endpoint(), "echo", as_bytes("b"), deadline_after(5s));
     BOOST_TEST(text_of(back) == "b");
