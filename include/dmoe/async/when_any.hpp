@@ -22,7 +22,8 @@ namespace detail {
 template <class Variant, class... Ts, std::size_t... I>
 Variant take_winner(std::size_t winner, std::index_sequence<I...>, task<Ts>&... children) {
   std::optional<Variant> result;
-  ((I == winner ? (result.emplace(std::in_place_index<I>, take_result(children)), true) : false) || ...);
+  [[maybe_unused]] const bool found =
+      ((I == winner ? (result.emplace(std::in_place_index<I>, take_result(children)), true) : false) || ...);
   return std::move(*result);
 }
 
