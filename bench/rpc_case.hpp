@@ -1,0 +1,65 @@
+// One case of the RPC benchmark and its result, shared by the dmoe and Boost.Asio sides.
+#pragma once
+
+#include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/net/frame.hpp>
+#include <dmoe/tensor/tensor.hpp>
+#include <dmoe/tensor/wire.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace dmoe_bench {
+
+using rpc_clock = std::chrono::steady_clock;
+
+// The method both servers answer: it echoes the request payload.
+inline constexpr std::uint32_t rpc_echo_method = dmoe::net::method_id("echo");
+
+struct rpc_case {
+  std::string name;
+  std::size_t payload_bytes = 64;  // request and response payload (the response echoes the request)
+  int connections = 1;
+  int callers = 1;  // callers share the connections evenly; each makes one call at a time
+  bool tensor = false;  // the payload is an f32 tensor's wire form, sent from its storage without a copy
+  rpc_clock::duration duration = std::chrono::seconds(1);
+};
+
+struct rpc_result {
+  std::uint64_t calls = 0;
+  std::uint64_t payload_bytes = 0;  // request plus response payload bytes moved
+  double seconds = 0;
+  double calls_per_second() const { return seconds > 0 ? calls / seconds : 0; }
+  double gigabytes_per_second() const { return seconds > 0 ? payload_bytes / seconds / 1e9 : 0; }
+};
+
+// What a caller sends: a small byte payload, or a tensor's wire header and a view of its storage.
+class rpc_request_payload {
+ public:
+  explicit rpc_request_payload(const rpc_case& c) {
+    if (c.tensor) {
+      tensor_ = dmoe::tensor::full(dmoe::shape{static_cast<std::int64_t>(c.payload_bytes / sizeof(float))}, 1.5f);
+      view_ = dmoe::wire_view(tensor_);
+      pieces_ = {view_.header.span(), view_.data};
+    } else {
+      bytes_.assign(c.payload_bytes, std::byte{'x'});
+      pieces_ = {dmoe::const_byte_span(bytes_), dmoe::const_byte_span()};
+    }
+    for (const auto& piece : pieces_) size_ += piece.size();
+  }
+  std::span<const dmoe::const_byte_span> pieces() const noexcept { return pieces_; }
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  dmoe::tensor tensor_;
+  dmoe::tensor_wire_view view_;
+  dmoe::byte_buffer bytes_;
+  std::array<dmoe::const_byte_span, 2> pieces_{};
+  std::size_t size_ = 0;
+};
+
+}  // namespace dmoe_bench
