@@ -8,6 +8,7 @@
 #include <dmoe/ops/cpu/dropout.hpp>
 #include <dmoe/ops/cpu/elementwise.hpp>
 #include <dmoe/ops/cpu/embedding.hpp>
+#include <dmoe/ops/cpu/gather.hpp>
 #include <dmoe/ops/cpu/gemm.hpp>
 #include <dmoe/ops/cpu/layer_norm.hpp>
 #include <dmoe/ops/cpu/mse.hpp>

@@ -72,6 +72,16 @@ BOOST_AUTO_TEST_CASE(empty_output_is_allocated) {
   BOOST_CHECK_THROW(ops::gemm(ops::cpu, a, b, none, {.beta = 1.0f}), invalid_argument_error);
 }
 
+BOOST_AUTO_TEST_CASE(output_may_share_storage_without_overlapping) {
+  tensor big = tensor::full(shape{4, 2}, 1.0f);
+  const tensor a = big.rows(0, 2);
+  tensor c = big.rows(2, 4);
+  ops::gemm(ops::cpu, a, tensor::full(shape{2, 2}, 1.0f), c);
+  BOOST_TEST(big.at(3, 1) == 2.0f);
+  tensor overlapping = big.rows(1, 3);
+  BOOST_CHECK_THROW(ops::gemm(ops::cpu, a, tensor::full(shape{2, 2}, 1.0f), overlapping), invalid_argument_error);
+}
+
 BOOST_AUTO_TEST_CASE(shape_errors_name_the_shapes) {
   const tensor a(shape{3, 4}), b(shape{5, 6});
   tensor c;

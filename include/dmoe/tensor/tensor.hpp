@@ -128,6 +128,11 @@ class tensor {
   // True when no other tensor (copy or view) shares this storage.
   bool unique() const noexcept { return storage_ && storage_.use_count() == 1; }
   bool shares_storage_with(const tensor& other) const noexcept { return storage_ && storage_ == other.storage_; }
+  // True when some byte of this tensor's elements is also one of other's (views of disjoint rows do not overlap).
+  bool overlaps(const tensor& other) const noexcept {
+    if (!shares_storage_with(other) || nbytes() == 0 || other.nbytes() == 0) return false;
+    return offset_ < other.offset_ + other.nbytes() && other.offset_ < offset_ + nbytes();
+  }
 
   // Typed element pointer; T must match the dtype and the storage must be on the host.
   template <class T>

@@ -85,8 +85,7 @@ inline void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_
   if (c.empty() && options.beta != 0.0f)
     throw invalid_argument_error("gemm: c is empty but beta is not 0: there is nothing to accumulate into");
   detail::prepare_output("gemm", "c", c, shape{m, n});
-  if (c.shares_storage_with(a) || c.shares_storage_with(b))
-    throw invalid_argument_error("gemm: c shares storage with an input");
+  if (c.overlaps(a) || c.overlaps(b)) throw invalid_argument_error("gemm: c overlaps an input");
   auto cm = detail::as_matrix(c);
   if (m == 0 || n == 0) return;
   if (k == 0) {
