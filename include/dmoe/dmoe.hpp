@@ -3,3 +3,4 @@
 
 #include <dmoe/async.hpp>
 #include <dmoe/core.hpp>
+#include <dmoe/moe.hpp>
