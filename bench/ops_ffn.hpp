@@ -56,6 +56,37 @@ inline void ffn_step(dmoe::nn::expert& expert, const ffn_inputs& in) {
   const dmoe::tensor dx = expert.backward(in.dy);
 }
 
+// The ffn's six GEMMs, same shapes and transposes, done by OpenBLAS alone: what a pass would cost if all of it ran
+// at the practical GEMM peak (the elementwise work, a few percent, left out). The denominator of the ffn's
+// fraction of peak, timed between dmoe's passes.
+class openblas_ffn_gemms {
+ public:
+  openblas_ffn_gemms(std::int64_t batch, std::int64_t hidden)
+      : b_(static_cast<int>(batch)), h_(static_cast<int>(hidden)), f_(4 * h_) {
+    dmoe::random_engine gen(9);
+    for (auto* t : {&x_, &dres_}) *t = dmoe::tensor::normal(dmoe::shape{batch, hidden}, gen);
+    for (auto* t : {&w1_, &w1g_}) *t = dmoe::tensor::normal(dmoe::shape{4 * hidden, hidden}, gen);
+    for (auto* t : {&w2_, &w2g_}) *t = dmoe::tensor::normal(dmoe::shape{hidden, 4 * hidden}, gen);
+    for (auto* t : {&z1_, &dz1_}) *t = dmoe::tensor::normal(dmoe::shape{batch, 4 * hidden}, gen);
+    for (auto* t : {&z2_, &dx_}) *t = dmoe::tensor::normal(dmoe::shape{batch, hidden}, gen);
+  }
+
+  void run() {
+    const auto p = [](const dmoe::tensor& t) { return t.data<float>(); };
+    const auto q = [](dmoe::tensor& t) { return t.data<float>(); };
+    openblas_sgemm(false, true, b_, f_, h_, p(x_), p(w1_), 0, q(z1_));         // z1 = x W1^T
+    openblas_sgemm(false, true, b_, h_, f_, p(z1_), p(w2_), 0, q(z2_));        // z2 = h1 W2^T
+    openblas_sgemm(true, false, h_, f_, b_, p(dres_), p(z1_), 1, q(w2g_));     // dW2 += dres^T h1
+    openblas_sgemm(false, false, b_, f_, h_, p(dres_), p(w2_), 0, q(dz1_));    // dh1 = dres W2
+    openblas_sgemm(true, false, f_, h_, b_, p(dz1_), p(x_), 1, q(w1g_));       // dW1 += dz1^T x
+    openblas_sgemm(false, false, b_, h_, f_, p(dz1_), p(w1_), 0, q(dx_));      // dx = dz1 W1
+  }
+
+ private:
+  int b_, h_, f_;
+  dmoe::tensor x_, dres_, w1_, w1g_, w2_, w2g_, z1_, dz1_, z2_, dx_;
+};
+
 // One op of the breakdown: its mean and best time per pass, and for GEMMs OpenBLAS's best on the same call.
 struct breakdown_row {
   std::string op;

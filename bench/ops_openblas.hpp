@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <cblas.h>
 
@@ -24,6 +25,9 @@ inline bool reexec_without_openblas_overrides(char** argv) {
     std::fprintf(stderr, "dmoe_bench_ops: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE still set after a restart; going on\n");
     return restarted;
   }
+  // Kept under other names, for a PyTorch peer run the way this environment would run it.
+  for (const char* name : {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"})
+    if (const char* value = std::getenv(name)) setenv((std::string("DMOE_BENCH_OPS_ORIGINAL_") + name).c_str(), value, 1);
   unsetenv("OPENBLAS_CORETYPE");
   unsetenv("OPENBLAS_L2_SIZE");
   setenv("DMOE_BENCH_OPS_REEXEC", "1", 1);
@@ -32,6 +36,15 @@ inline bool reexec_without_openblas_overrides(char** argv) {
   std::fprintf(stderr, "dmoe_bench_ops: re-exec without OPENBLAS_CORETYPE failed (%s); going on with them unset\n",
                std::strerror(errno));
   return false;
+}
+
+// The OpenBLAS overrides the environment had before the restart, as NAME=VALUE (empty when it had none).
+inline std::vector<std::string> original_openblas_overrides() {
+  std::vector<std::string> out;
+  for (const char* name : {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"})
+    if (const char* value = std::getenv((std::string("DMOE_BENCH_OPS_ORIGINAL_") + name).c_str()))
+      out.push_back(std::string(name) + "=" + value);
+  return out;
 }
 
 struct openblas_facts {

@@ -6,10 +6,12 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -47,17 +49,19 @@ double best_seconds(F&& f, const timing_budget& budget) {
 // Idle OpenBLAS threads spin (sched_yield) for ~0.1 s after a call; let them sleep before timing someone else.
 inline void let_openblas_threads_sleep() { std::this_thread::sleep_for(std::chrono::milliseconds(200)); }
 
-// Best times of two contenders measured alternately for `rounds` rounds, so load changes hit both alike.
-// `after_b` runs after each of b's turns (e.g. let_openblas_threads_sleep).
-template <class A, class B, class After>
-std::pair<double, double> alternate_best(A&& a, B&& b, const timing_budget& budget, int rounds, After&& after_b) {
-  double best_a = std::numeric_limits<double>::infinity(), best_b = best_a;
+// Best times of several contenders measured in turns for `rounds` rounds (warm-ups in the first round only), so
+// that a change of load on the shared machine hits all of them alike. after(i) runs after contender i's turn.
+inline std::vector<double> take_turns(const std::vector<std::function<void()>>& contenders, timing_budget budget,
+                                      int rounds, const std::function<void(std::size_t)>& after = {}) {
+  std::vector<double> best(contenders.size(), std::numeric_limits<double>::infinity());
   for (int r = 0; r < rounds; ++r) {
-    best_a = std::min(best_a, best_seconds(a, budget));
-    best_b = std::min(best_b, best_seconds(b, budget));
-    after_b();
+    for (std::size_t i = 0; i < contenders.size(); ++i) {
+      best[i] = std::min(best[i], best_seconds(contenders[i], budget));
+      if (after) after(i);
+    }
+    budget.warmups = 0;
   }
-  return {best_a, best_b};
+  return best;
 }
 
 // The 1-minute load average: how busy the shared machine was around a measurement.

@@ -2,12 +2,13 @@
 """The PyTorch peer of dmoe_bench_ops: the ffn expert's forward+backward with dmoe's weights and inputs.
 
 Usage: /usr/bin/python3 bench/torch_ffn.py DIR (dmoe_bench_ops runs it; DIR holds what it wrote).
-Reads DIR/meta.txt ("key value..." lines: hidden, batch, eps, threads, batches, min_runs, min_seconds, rounds) and
-raw little-endian f32 files: x.f32 and dy.f32 [batch, hidden], and one file per parameter named as dmoe names it
-(fc1.weight.f32 [4h, h], fc1.bias.f32, fc2.weight.f32 [h, 4h], fc2.bias.f32, norm.weight.f32, norm.bias.f32).
-Writes y.f32, dx.f32 and grad.<name>.f32 for that batch, then times forward+backward at each of `batches`
-(fresh random inputs, the same weights) and writes DIR/results.txt: "key value" lines and "seconds BATCH S" lines.
-Exits 3 when torch cannot be imported, with the reason in results.txt.
+Reads DIR/meta.txt ("key value" lines: hidden, batch, eps, threads, min_runs, min_seconds) and raw little-endian
+f32 files: x.f32 and dy.f32 [batch, hidden], and one file per parameter named as dmoe names it (fc1.weight.f32
+[4h, h], fc1.bias.f32, fc2.weight.f32 [h, 4h], fc2.bias.f32, norm.weight.f32, norm.bias.f32). Writes y.f32, dx.f32
+and grad.<name>.f32 for that batch and DIR/results.txt (torch_version, threads), prints "ready", then answers each
+"time BATCH" line on stdin with "seconds BATCH S" on stdout: the best forward+backward of at least min_runs passes
+and min_seconds (random inputs, the same weights; one warm-up pass the first time a batch is asked for). Exits when stdin closes; exits 3 when torch cannot be imported,
+with the reason in results.txt.
 """
 import sys
 import time
@@ -79,32 +80,36 @@ def main():
 
     results.write(f"torch_version {torch.__version__}\n")
     results.write(f"threads {torch.get_num_threads()}\n")
+    results.close()
+    print("ready", flush=True)
+
     min_runs = int(meta["min_runs"][0])
     min_seconds = float(meta["min_seconds"][0])
-    rounds = int(meta["rounds"][0])
+    inputs = {}
 
     def step(x, dy):
         model.zero_grad(set_to_none=True)  # torch's fastest: new gradients are assigned, not added
         x.grad = None
         model(x).backward(dy)
 
-    for b in (int(v) for v in meta["batches"]):
-        xb = torch.randn(b, hidden).requires_grad_(True)
-        dyb = torch.randn(b, hidden)
-        step(xb, dyb)  # warm up: allocator, thread pool, kernels
-        best = float("inf")
-        for _ in range(rounds):
-            runs, total = 0, 0.0
-            while runs < min_runs or total < min_seconds:
-                start = time.perf_counter()
-                step(xb, dyb)
-                dt = time.perf_counter() - start
-                best = min(best, dt)
-                total += dt
-                runs += 1
-        results.write(f"seconds {b} {best:.9f}\n")
-        results.flush()
-    results.close()
+    for line in sys.stdin:  # "time BATCH" until stdin closes
+        parts = line.split()
+        if len(parts) != 2 or parts[0] != "time":
+            continue
+        b = int(parts[1])
+        if b not in inputs:
+            inputs[b] = (torch.randn(b, hidden).requires_grad_(True), torch.randn(b, hidden))
+            step(*inputs[b])  # warm up at a new batch: allocator, thread pool, kernels
+        xb, dyb = inputs[b]
+        best, runs, total = float("inf"), 0, 0.0
+        while runs < min_runs or total < min_seconds:
+            start = time.perf_counter()
+            step(xb, dyb)
+            dt = time.perf_counter() - start
+            best = min(best, dt)
+            total += dt
+            runs += 1
+        print(f"seconds {b} {best:.9f}", flush=True)
     return 0
 
 
