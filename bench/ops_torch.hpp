@@ -251,7 +251,7 @@ class torch_peer {
       fields >> key;
       if (key == "torch_version") fields >> result_.version;
       if (key == "threads") fields >> result_.threads;
-      if (key == "error") std::getline(fields, result_.reason);
+      if (key == "error") std::getline(fields >> std::ws, result_.reason);
     }
   }
 
