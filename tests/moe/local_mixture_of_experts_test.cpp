@@ -594,7 +594,9 @@ BOOST_AUTO_TEST_CASE(learns_a_classification_problem, *boost::unit_test::label("
     }
     return d;
   };
-  const auto [test_x, test_y] = make(512);
+  const auto test_set = make(512);
+  const tensor& test_x = test_set.first;
+  const tensor& test_y = test_set.second;
   const auto accuracy = [&](const tensor& logits) {
     std::int64_t right = 0;
     for (std::int64_t i = 0; i < logits.dim(0); ++i) {
