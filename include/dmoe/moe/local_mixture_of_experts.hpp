@@ -133,12 +133,12 @@ class local_mixture_of_experts : public nn::module {
   // Experts from the registry: make_expert<Backend>(kind, hidden, expert_seed(uid, seed), expert_options).
   local_mixture_of_experts(options opts, std::string_view kind, std::int64_t hidden, std::uint64_t seed,
                            random_engine& gen, const nn::expert_options& expert_options = {})
-      : local_mixture_of_experts(std::move(opts), std::string(kind), nullptr, registry_maker(kind, hidden, seed, expert_options),
-                                 gen) {}
+      : local_mixture_of_experts(construct{}, std::move(opts), std::string(kind), nullptr,
+                                 registry_maker(kind, hidden, seed, expert_options), gen) {}
 
   // Any modules, one per grid cell, taking and giving the schema's batches.
   local_mixture_of_experts(options opts, const nn::expert_schema& schema, const expert_maker& make, random_engine& gen)
-      : local_mixture_of_experts(std::move(opts), "expert", &schema, make, gen) {}
+      : local_mixture_of_experts(construct{}, std::move(opts), "expert", &schema, make, gen) {}
 
   // x [batch] + input sample shape -> [batch] + output sample shape, with every expert answering.
   tensor forward(const tensor& x) override { return forward(x, call_conditions{}); }
@@ -230,7 +230,8 @@ class local_mixture_of_experts : public nn::module {
         mean += static_cast<double>(routing_.weight(b, j)) * dweights[static_cast<std::size_t>(b * k + j)];
       for (std::int64_t j = 0; j < k; ++j)
         if (routing_.answered(b, j))
-          ds[b * k + j] = static_cast<float>(routing_.weight(b, j) * (dweights[static_cast<std::size_t>(b * k + j)] - mean));
+          ds[b * k + j] =
+              static_cast<float>(routing_.weight(b, j) * (dweights[static_cast<std::size_t>(b * k + j)] - mean));
     }
     add_gating_dx(gating_.backward_selected(routing_.selection, dscores), dx);
     for (detail::expert_batch& eb : batches_) eb.output = tensor();
@@ -296,8 +297,9 @@ class local_mixture_of_experts : public nn::module {
 
  private:
   static constexpr std::string_view op = "local_mixture_of_experts";
+  struct construct {};  // keeps the shared constructor out of the public overloads
 
-  local_mixture_of_experts(options opts, const std::string& default_prefix, const nn::expert_schema* schema,
+  local_mixture_of_experts(construct, options opts, const std::string& default_prefix, const nn::expert_schema* schema,
                            const expert_maker& make, random_engine& gen)
       : options_(checked(std::move(opts), default_prefix)),
         experts_(make_experts(options_, make, uids_)),
@@ -448,6 +450,7 @@ class local_mixture_of_experts : public nn::module {
     routing_.responded.assign(static_cast<std::size_t>(batch * k), 0);
     routing_.weights.assign(static_cast<std::size_t>(batch * k), 0.0f);
     routing_.responders.assign(static_cast<std::size_t>(batch), 0);
+    std::vector<double> exps(static_cast<std::size_t>(k));
     for (std::int64_t b = 0; b < batch; ++b) {
       double best = -HUGE_VAL;
       std::int64_t count = 0;
@@ -467,12 +470,14 @@ class local_mixture_of_experts : public nn::module {
       }
       if (count == 0) continue;  // no responders: zero weights, zero output, zero gradient
       double total = 0.0;
-      std::vector<double> e(static_cast<std::size_t>(k), 0.0);
+      for (std::int64_t j = 0; j < k; ++j) {
+        const auto at = static_cast<std::size_t>(b * k + j);
+        if (routing_.responded[at]) total += exps[static_cast<std::size_t>(j)] = std::exp(sel.scores[at] - best);
+        else exps[static_cast<std::size_t>(j)] = 0.0;
+      }
       for (std::int64_t j = 0; j < k; ++j)
-        if (routing_.responded[static_cast<std::size_t>(b * k + j)])
-          total += e[static_cast<std::size_t>(j)] = std::exp(static_cast<double>(sel.scores[static_cast<std::size_t>(b * k + j)]) - best);
-      for (std::int64_t j = 0; j < k; ++j)
-        routing_.weights[static_cast<std::size_t>(b * k + j)] = static_cast<float>(e[static_cast<std::size_t>(j)] / total);
+        routing_.weights[static_cast<std::size_t>(b * k + j)] =
+            static_cast<float>(exps[static_cast<std::size_t>(j)] / total);
     }
   }
 
