@@ -18,6 +18,7 @@
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
 #include <dmoe/net/detail/frame_pieces.hpp>
+#include <dmoe/net/detail/send_now.hpp>
 #include <dmoe/net/fault.hpp>
 #include <dmoe/net/frame.hpp>
 #include <dmoe/net/rpc_method.hpp>
@@ -29,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -85,6 +87,25 @@ struct client_connection {
   std::uint64_t next_id = 1;
   std::size_t users = 0;      // calls assigned to this connection
   bool write_broken = false;  // a send failed: only reading goes on
+
+  // The read in progress and its deadline, checked by the connection's watchdog (no kernel timer per read).
+  bool reading = false;
+  bool read_mid_frame = false;  // it waits for the rest of a frame
+  steady_time read_deadline = no_deadline;
+};
+
+// A call's deadline as the client's deadline timer sees it; lives in the calling coroutine's frame.
+struct call_deadline {
+  explicit call_deadline(steady_time when) : at(when) {}
+  steady_time at;
+  std::stop_source stop;  // requested when the deadline passes (or the caller's own stop token stops)
+  bool expired = false;
+};
+
+// Forwards a caller's stop request to its call.
+struct stop_call {
+  std::stop_source* call;
+  void operator()() const noexcept { call->request_stop(); }
 };
 
 }  // namespace detail
@@ -127,14 +148,18 @@ class rpc_client {
     if (deadline == no_deadline) deadline = deadline_after(options_.default_timeout);
     ++stats_.calls;
     const steady_time started = std::chrono::steady_clock::now();
-    task<byte_buffer> work = call_on_connection(server, method, pieces, total);
-    if (stop.stop_possible()) work = with_stop_token(std::move(work), std::move(stop));
+    // The deadline stops the call through its own stop source, from one client-wide timer (see expire_deadlines).
+    detail::call_deadline limit(deadline);
+    const deadline_registration registration(*this, limit);
+    std::optional<std::stop_callback<detail::stop_call>> caller_stop;
+    if (stop.stop_possible()) caller_stop.emplace(stop, detail::stop_call{&limit.stop});
     std::optional<byte_buffer> response;
     bool timed_out = false;
     try {
-      response.emplace(co_await with_deadline(std::move(work), deadline));
-    } catch (const timeout_error&) {
-      timed_out = true;
+      response.emplace(co_await with_stop_token(call_on_connection(server, method, pieces, total), limit.stop.get_token()));
+    } catch (const cancelled_error&) {
+      if (!limit.expired) throw;
+      timed_out = true;  // a result that arrived despite the deadline is kept; a cancellation it caused is a timeout
     }
     if (timed_out) {
       const auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started);
@@ -179,6 +204,22 @@ class rpc_client {
     connection_use(const connection_use&) = delete;
     connection_use& operator=(const connection_use&) = delete;
     ~connection_use() { --connection->users; }
+  };
+
+  // Enters a call's deadline in the client's deadline timer for the duration of the call.
+  struct deadline_registration {
+    rpc_client& client;
+    detail::call_deadline& limit;
+    std::multimap<steady_time, detail::call_deadline*>::iterator entry;
+    deadline_registration(rpc_client& c, detail::call_deadline& d)
+        : client(c), limit(d), entry(c.deadlines_.emplace_hint(c.deadlines_.end(), d.at, &d)) {
+      client.deadline_added(d.at);
+    }
+    deadline_registration(const deadline_registration&) = delete;
+    deadline_registration& operator=(const deadline_registration&) = delete;
+    ~deadline_registration() {
+      if (!limit.expired) client.deadlines_.erase(entry);
+    }
   };
 
   // Forgets a call's pending entry when the call ends before its response (deadline, stop, failure).
@@ -226,10 +267,19 @@ class rpc_client {
     if (c.current == detail::client_connection::state::failed) std::rethrow_exception(c.failure);
     if (c.write_broken) co_return;  // the reader settles this call when the connection ends
     bool failed = false;
+    std::size_t sent = 0;
     try {
-      co_await c.socket.write_all(frame.span());
+      sent = detail::send_now(c.socket.native_handle(), frame.span(), c.peer_text);
+      if (sent < frame_header_size + total) {
+        std::vector<const_byte_span> rest(frame.span().begin(), frame.span().end());
+        detail::drop_sent(rest, sent);
+        co_await c.socket.write_all(rest);
+      }
     } catch (const cancelled_error&) {
-      throw;  // the call's deadline or stop; a half-sent frame has already shut the stream down
+      // The call's deadline or stop. Half a frame on the stream leaves it unusable: the write shuts it down when it
+      // had moved bytes itself; here when only the first send had.
+      if (sent > 0) ::shutdown(c.socket.native_handle(), SHUT_RDWR);
+      throw;
     } catch (const std::exception& e) {
       failed = true;
       log_debug("rpc {} to {}: sending failed: {}", method.description(), c.peer_text, e.what());
@@ -274,6 +324,82 @@ class rpc_client {
     return fresh;
   }
 
+  void deadline_added(steady_time at) {
+    if (!expiring_) {
+      expiring_ = true;
+      background_.spawn(expire_deadlines());
+    } else if (at < deadline_armed_) {
+      deadline_changed_.set();  // the timer must wake sooner
+    }
+  }
+
+  task<void> wait_deadline_change() { co_await deadline_changed_.wait(); }
+
+  // The client's deadline timer: one kernel timer for the earliest deadline of the calls in progress, re-armed
+  // only when that passes or an earlier one comes (deadlines mostly come in order, each later than the last),
+  // rather than one timer armed and cancelled per call. Stops the calls whose deadline has passed.
+  task<void> expire_deadlines() {
+    try {
+      for (;;) {
+        const steady_time now = std::chrono::steady_clock::now();
+        while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+          detail::call_deadline* due = deadlines_.begin()->second;
+          deadlines_.erase(deadlines_.begin());
+          due->expired = true;
+          due->stop.request_stop();
+        }
+        deadline_changed_.reset();
+        deadline_armed_ = deadlines_.empty() ? no_deadline : deadlines_.begin()->first;
+        if (deadline_armed_ == no_deadline) {
+          co_await deadline_changed_.wait();
+          continue;
+        }
+        try {
+          co_await with_deadline(wait_deadline_change(), deadline_armed_);
+        } catch (const timeout_error&) {
+          // the earliest deadline has come
+        }
+      }
+    } catch (const cancelled_error&) {
+      // the client is closing
+    }
+    deadline_armed_ = no_deadline;
+    expiring_ = false;
+  }
+
+  // Enforces a connection's read and idle timeouts: one timer per connection that sleeps until the deadline of the
+  // read in progress, instead of a kernel timer armed and cancelled with every read. Stopped with the connection.
+  task<void> watch_connection(detail::client_connection& c) {
+    // Between reads nothing is due; a deadline set later is at least this far away.
+    const auto period = std::max(std::chrono::milliseconds(1), std::min(options_.read_timeout, options_.idle_timeout));
+    for (;;) {
+      steady_time next = deadline_after(period);
+      if (c.reading) next = std::min(next, c.read_deadline);
+      try {
+        co_await sleep_until(next);
+      } catch (const cancelled_error&) {
+        co_return;
+      }
+      if (c.current == detail::client_connection::state::failed) co_return;
+      const steady_time now = std::chrono::steady_clock::now();
+      if (!c.reading || now < c.read_deadline) continue;
+      if (c.read_mid_frame) {
+        ++stats_.connections_lost;
+        fail(c, std::make_exception_ptr(closed_error(
+                    fmt::format("rpc connection to {} lost: the server sent part of a frame, then nothing for {} ms",
+                                c.peer_text, options_.read_timeout.count()))));
+        co_return;
+      }
+      if (c.users > 0 || !c.pending.empty()) {
+        c.read_deadline = now + options_.idle_timeout;  // idle only counts when nothing is in flight
+        continue;
+      }
+      // Out of the pool at once, so no call picks the connection while its reader winds down.
+      fail(c, std::make_exception_ptr(closed_error(fmt::format("rpc connection to {} closed when idle", c.peer_text))));
+      co_return;
+    }
+  }
+
   // Takes a connection out of the pool: no new call picks it.
   void retire(detail::client_connection& c) {
     const auto found = pool_.find(c.peer);
@@ -315,6 +441,8 @@ class rpc_client {
     }
     c.current = detail::client_connection::state::ready;
     c.ready.set();
+    task_group watchdog(ctx_);
+    watchdog.spawn(watch_connection(c));
     try {
       co_await read_responses(c);
       failure = std::make_exception_ptr(closed_error(fmt::format("rpc connection to {} closed when idle", c.peer_text)));
@@ -325,7 +453,14 @@ class rpc_client {
       failure = std::make_exception_ptr(closed_error(fmt::format("rpc connection to {} lost: {}", c.peer_text, e.what())));
     }
     fail(c, failure);
+    watchdog.request_stop();
+    co_await watchdog.join();
   }
+
+  struct reading_flag {
+    detail::client_connection& c;
+    ~reading_flag() { c.reading = false; }
+  };
 
   // Hands each response to its call until the connection fails or idles out (then returns).
   task<void> read_responses(detail::client_connection& c) {
@@ -345,23 +480,14 @@ class rpc_client {
         }
         throw;
       }
-      const bool mid_frame = reader.mid_frame();
-      const steady_time deadline = deadline_after(mid_frame ? options_.read_timeout : options_.idle_timeout);
+      c.read_mid_frame = reader.mid_frame();
+      c.read_deadline = deadline_after(c.read_mid_frame ? options_.read_timeout : options_.idle_timeout);
       const byte_span room = reader.prepare();
-      std::size_t received = 0;
-      bool timed_out = false;
-      try {
-        received = co_await c.socket.read_some(room, deadline);
-      } catch (const timeout_error&) {
-        timed_out = true;
-      }
-      if (timed_out) {
-        if (mid_frame)
-          throw timeout_error(fmt::format("the server sent part of a frame, then nothing for {} ms",
-                                          options_.read_timeout.count()));
-        if (c.users > 0 || !c.pending.empty()) continue;
-        co_return;
-      }
+      c.reading = true;
+      const reading_flag reading{c};
+      const std::size_t received = co_await c.socket.read_some(room);
+      // Failed meanwhile (closed, idle or stalled; see watch_connection): the reason is recorded already.
+      if (c.current == detail::client_connection::state::failed) co_return;
       if (received == 0) throw closed_error("the server closed the connection");
       reader.commit(received);
     }
@@ -392,6 +518,10 @@ class rpc_client {
   std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>> pool_;
   bool closing_ = false;
   counters stats_;
+  std::multimap<steady_time, detail::call_deadline*> deadlines_;  // of the calls in progress
+  async_event deadline_changed_;                                   // an earlier deadline than the armed one came
+  steady_time deadline_armed_ = no_deadline;
+  bool expiring_ = false;                                          // expire_deadlines() is running
   task_group background_;  // last: destroyed first, after close() joined it
 };
 

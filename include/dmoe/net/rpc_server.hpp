@@ -3,7 +3,6 @@
 #pragma once
 
 #include <dmoe/async/async_event.hpp>
-#include <dmoe/async/async_semaphore.hpp>
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/io_operation.hpp>
@@ -18,13 +17,16 @@
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
 #include <dmoe/net/detail/frame_pieces.hpp>
+#include <dmoe/net/detail/send_now.hpp>
 #include <dmoe/net/fault.hpp>
 #include <dmoe/net/frame.hpp>
 #include <dmoe/net/rpc_method.hpp>
 #include <dmoe/net/size_text.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -84,18 +86,47 @@ struct rpc_server_options {
 
 namespace detail {
 
-// What one accepted connection shares between its reader and its request coroutines.
+// A response waiting to be written, in its sender's coroutine frame (never moved: `pieces` points at `head`).
+struct queued_frame {
+  queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
+      : head(encode_frame_header(header)), pieces(head, body, views) {}
+  queued_frame(const queued_frame&) = delete;
+  queued_frame& operator=(const queued_frame&) = delete;
+
+  frame_header_bytes head;
+  frame_pieces pieces;
+  queued_frame* next = nullptr;
+  std::coroutine_handle<> waiter;  // resumed once the writer is done with the frame (sent, or given up)
+  bool done = false;
+};
+
+// What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
   explicit server_connection(tcp_socket s) : socket(std::move(s)), peer(socket.peer().to_string()) {}
 
+  // Why the watchdog ended the connection (it shuts the socket down; the reader then sees the end of the stream).
+  enum class expiry { none, idle, stalled };
+
   tcp_socket socket;
   std::string peer;
-  async_semaphore write_lock{1};
+  // Responses wait here while one is written; the writer then sends all that wait in one vectored write.
+  queued_frame* queue_head = nullptr;
+  queued_frame* queue_tail = nullptr;
+  bool writer_busy = false;
+  std::vector<const_byte_span> batch;  // the pieces of the write in progress (capacity kept)
   async_event slot_freed;
   std::size_t in_flight = 0;
   std::uint64_t reserved = 0;  // budget taken for a large payload being received
   std::optional<frame_header> refused;
   bool broken = false;  // a write failed: the stream is unusable
+
+  // Read and write deadlines, checked by the connection's watchdog rather than by a kernel timer per operation.
+  bool reading = false;
+  bool read_mid_frame = false;  // the read in progress waits for the rest of a frame
+  steady_time read_deadline = no_deadline;
+  bool writing = false;
+  steady_time write_deadline = no_deadline;
+  expiry expired = expiry::none;
 };
 
 }  // namespace detail
@@ -239,6 +270,7 @@ class rpc_server {
   task<void> serve_connection(tcp_socket socket) {
     detail::server_connection conn(std::move(socket));
     task_group requests(ctx_);
+    requests.spawn(watch_connection(conn));
     try {
       co_await read_requests(conn, requests);
     } catch (const cancelled_error&) {
@@ -293,25 +325,58 @@ class rpc_server {
         if (!next) break;
         dispatch(conn, requests, std::move(*next));
       }
-      const bool mid_frame = reader.mid_frame();
-      const steady_time deadline = deadline_after(mid_frame ? options_.read_timeout : options_.idle_timeout);
+      conn.read_mid_frame = reader.mid_frame();
+      conn.read_deadline = deadline_after(conn.read_mid_frame ? options_.read_timeout : options_.idle_timeout);
       const byte_span room = reader.prepare();
-      std::size_t received = 0;
-      bool timed_out = false;
+      conn.reading = true;
+      const operation_flag reading{conn.reading};
+      const std::size_t received = co_await conn.socket.read_some(room);
+      if (conn.expired == detail::server_connection::expiry::stalled)
+        throw timeout_error(fmt::format("rpc peer {} sent part of a frame, then nothing for {} ms", conn.peer,
+                                        options_.read_timeout.count()));
+      if (received == 0 || conn.expired != detail::server_connection::expiry::none) co_return;  // closed, or idle
+      reader.commit(received);
+    }
+  }
+
+  // Clears a flag when the operation it marks ends, however it ends.
+  struct operation_flag {
+    bool& flag;
+    ~operation_flag() { flag = false; }
+  };
+
+  // Enforces the connection's read and write timeouts: one timer per connection that sleeps until the earliest
+  // deadline in force, instead of a kernel timer armed and cancelled with every read and write. Past a deadline it
+  // shuts the socket down, which ends the read or write in progress. Stopped with the connection's requests.
+  task<void> watch_connection(detail::server_connection& conn) {
+    using expiry = detail::server_connection::expiry;
+    // Between operations nothing is due; a deadline set later is at least this far away.
+    const auto period = std::max(std::chrono::milliseconds(1),
+                                 std::min({options_.read_timeout, options_.idle_timeout, options_.write_timeout}));
+    for (;;) {
+      steady_time next = deadline_after(period);
+      if (conn.reading) next = std::min(next, conn.read_deadline);
+      if (conn.writing) next = std::min(next, conn.write_deadline);
       try {
-        received = co_await conn.socket.read_some(room, deadline);
-      } catch (const timeout_error&) {
-        timed_out = true;
+        co_await sleep_until(next);
+      } catch (const cancelled_error&) {
+        co_return;  // the connection is ending
       }
-      if (timed_out) {
-        if (mid_frame)
-          throw timeout_error(fmt::format("rpc peer {} sent part of a frame, then nothing for {} ms", conn.peer,
-                                          options_.read_timeout.count()));
-        if (conn.in_flight > 0) continue;  // idle only counts when nothing is in flight
+      const steady_time now = std::chrono::steady_clock::now();
+      if (conn.writing && now >= conn.write_deadline) {
+        // The write in progress fails (its sender logs it and marks the stream broken); the reader then ends.
+        ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
         co_return;
       }
-      if (received == 0) co_return;  // the peer closed the connection
-      reader.commit(received);
+      if (conn.reading && now >= conn.read_deadline) {
+        if (!conn.read_mid_frame && conn.in_flight > 0) {
+          conn.read_deadline = now + options_.idle_timeout;  // idle only counts when nothing is in flight
+          continue;
+        }
+        conn.expired = conn.read_mid_frame ? expiry::stalled : expiry::idle;
+        ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
+        co_return;
+      }
     }
   }
 
@@ -450,25 +515,85 @@ class rpc_server {
       if (decision.delay.count() > 0) co_await sleep_for(decision.delay);
     }
     if (conn.broken) co_return;
-    const frame_header_bytes head = encode_frame_header(header);
-    const detail::frame_pieces pieces(head, body, views);
-    auto permit = co_await conn.write_lock.acquire_permit();
-    if (conn.broken) co_return;
-    bool failed = false;
-    try {
-      co_await conn.socket.write_all(pieces.span(), deadline_after(options_.write_timeout));
-    } catch (const cancelled_error&) {
-      conn.broken = true;
-      throw;
-    } catch (const std::exception& e) {
-      failed = true;
-      log_debug("rpc server on {}: response to {} not sent: {}", local_text_, conn.peer, e.what());
+    detail::queued_frame frame(header, body, views);
+    if (conn.queue_tail) {
+      conn.queue_tail->next = &frame;
+    } else {
+      conn.queue_head = &frame;
     }
-    if (failed) {
-      // Half a frame may have gone out: end the connection (its reader sees the shutdown).
-      conn.broken = true;
-      ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
+    conn.queue_tail = &frame;
+    if (conn.writer_busy) {
+      // The writer sends it with what else waits; its bytes may be in a write, so this wait cannot be cancelled
+      // (the writer always finishes: a stopped connection cancels the write itself).
+      co_await written{frame};
+      co_return;
     }
+    co_await write_queued(conn);
+  }
+
+  // Waits until the connection's writer is done with a queued frame.
+  struct written {
+    detail::queued_frame& frame;
+    bool await_ready() const noexcept { return frame.done; }
+    void await_suspend(std::coroutine_handle<> waiter) noexcept { frame.waiter = waiter; }
+    void await_resume() const noexcept {}
+  };
+
+  // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
+  // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
+  // sender is released, also when the stream breaks or the connection stops.
+  task<void> write_queued(detail::server_connection& conn) {
+    constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
+    conn.writer_busy = true;
+    std::exception_ptr stopped;
+    while (conn.queue_head) {
+      conn.batch.clear();
+      detail::queued_frame* first = conn.queue_head;
+      detail::queued_frame* last = first;
+      for (detail::queued_frame* f = first; f; f = f->next) {
+        const auto pieces = f->pieces.span();
+        if (f != first && conn.batch.size() + pieces.size() > max_pieces) break;
+        conn.batch.insert(conn.batch.end(), pieces.begin(), pieces.end());
+        last = f;
+      }
+      conn.queue_head = last->next;
+      if (!conn.queue_head) conn.queue_tail = nullptr;
+      last->next = nullptr;
+      if (!conn.broken && !stopped) {
+        bool failed = false;
+        try {
+          std::size_t total = 0;
+          for (const auto& piece : conn.batch) total += piece.size();
+          const std::size_t sent = detail::send_now(conn.socket.native_handle(), conn.batch, conn.peer);
+          if (sent < total) {
+            detail::drop_sent(conn.batch, sent);
+            conn.write_deadline = deadline_after(options_.write_timeout);
+            conn.writing = true;
+            const operation_flag writing{conn.writing};
+            co_await conn.socket.write_all(conn.batch);
+          }
+        } catch (const cancelled_error&) {
+          conn.broken = true;
+          stopped = std::current_exception();
+        } catch (const std::exception& e) {
+          failed = true;
+          log_debug("rpc server on {}: responses to {} not sent: {}", local_text_, conn.peer, e.what());
+        }
+        if (failed) {
+          // Half a frame may have gone out: end the connection (its reader sees the shutdown).
+          conn.broken = true;
+          ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
+        }
+      }
+      for (detail::queued_frame* f = first; f;) {
+        detail::queued_frame* next = f->next;  // read first: a released sender frees its frame
+        f->done = true;
+        if (f->waiter) ctx_.schedule(f->waiter);
+        f = next;
+      }
+    }
+    conn.writer_busy = false;
+    if (stopped) std::rethrow_exception(stopped);
   }
 
   io_context& ctx_;
