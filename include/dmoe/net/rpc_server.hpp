@@ -539,12 +539,25 @@ class rpc_server {
     void await_resume() const noexcept {}
   };
 
+  // Resumes the awaiting coroutine later in the same loop iteration, after the coroutines already resumed in it
+  // (posted work runs after them, before the loop submits I/O).
+  struct after_ready_coroutines {
+    io_context& ctx;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> waiter) {
+      ctx.post([waiter] { waiter.resume(); });
+    }
+    void await_resume() const noexcept {}
+  };
+
   // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
   // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
   // sender is released, also when the stream breaks or the connection stops.
   task<void> write_queued(detail::server_connection& conn) {
     constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
     conn.writer_busy = true;
+    // Handlers finishing in this loop iteration queue their responses first, to go out in the same write.
+    co_await after_ready_coroutines{ctx_};
     std::exception_ptr stopped;
     while (conn.queue_head) {
       conn.batch.clear();
