@@ -15,7 +15,15 @@
 #include <fmt/format.h>
 
 #if defined(__F16C__)
+// g++ 12 reports its own AVX-512 intrinsics as reading uninitialised values when inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 DMOE_BEGIN_NAMESPACE
