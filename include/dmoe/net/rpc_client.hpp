@@ -264,12 +264,13 @@ class rpc_client {
         encode_frame_header(frame_header{frame_kind::request, frame_status::ok, method.id, 0, id, total});
     const detail::frame_pieces frame(head, {}, pieces);
     auto permit = co_await c.write_lock.acquire_permit();
+    const bool alone = co_await write_pass_.join();  // see detail::write_pass
     if (c.current == detail::client_connection::state::failed) std::rethrow_exception(c.failure);
     if (c.write_broken) co_return;  // the reader settles this call when the connection ends
     bool failed = false;
     std::size_t sent = 0;
     try {
-      sent = detail::send_now(c.socket.native_handle(), frame.span(), c.peer_text);
+      if (alone) sent = detail::send_now(c.socket.native_handle(), frame.span(), c.peer_text);
       if (sent < frame_header_size + total) {
         std::vector<const_byte_span> rest(frame.span().begin(), frame.span().end());
         detail::drop_sent(rest, sent);
@@ -518,6 +519,7 @@ class rpc_client {
   std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>> pool_;
   bool closing_ = false;
   counters stats_;
+  detail::write_pass write_pass_{ctx_};
   std::multimap<steady_time, detail::call_deadline*> deadlines_;  // of the calls in progress
   async_event deadline_changed_;                                   // an earlier deadline than the armed one came
   steady_time deadline_armed_ = no_deadline;

@@ -539,17 +539,6 @@ class rpc_server {
     void await_resume() const noexcept {}
   };
 
-  // Resumes the awaiting coroutine later in the same loop iteration, after the coroutines already resumed in it
-  // (posted work runs after them, before the loop submits I/O).
-  struct after_ready_coroutines {
-    io_context& ctx;
-    bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<> waiter) {
-      ctx.post([waiter] { waiter.resume(); });
-    }
-    void await_resume() const noexcept {}
-  };
-
   // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
   // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
   // sender is released, also when the stream breaks or the connection stops.
@@ -557,7 +546,7 @@ class rpc_server {
     constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
     conn.writer_busy = true;
     // Handlers finishing in this loop iteration queue their responses first, to go out in the same write.
-    co_await after_ready_coroutines{ctx_};
+    const bool alone = co_await write_pass_.join();
     std::exception_ptr stopped;
     while (conn.queue_head) {
       conn.batch.clear();
@@ -577,7 +566,7 @@ class rpc_server {
         try {
           std::size_t total = 0;
           for (const auto& piece : conn.batch) total += piece.size();
-          const std::size_t sent = detail::send_now(conn.socket.native_handle(), conn.batch, conn.peer);
+          const std::size_t sent = alone ? detail::send_now(conn.socket.native_handle(), conn.batch, conn.peer) : 0;
           if (sent < total) {
             detail::drop_sent(conn.batch, sent);
             conn.write_deadline = deadline_after(options_.write_timeout);
@@ -616,6 +605,7 @@ class rpc_server {
   endpoint local_;
   std::string local_text_;
   std::unordered_map<std::uint32_t, registered> handlers_;
+  detail::write_pass write_pass_{ctx_};
 
   task_group* accepting_ = nullptr;
   task_group* connections_ = nullptr;

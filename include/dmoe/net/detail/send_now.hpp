@@ -1,6 +1,8 @@
-// send_now: a vectored send of what the socket takes at once, before falling back to an awaited write.
+// send_now: a vectored send of what the socket takes at once, before falling back to an awaited write; write_pass:
+// whether a writer is alone in its loop iteration (then sending at once beats batching with the loop's submission).
 #pragma once
 
+#include <dmoe/async/io_context.hpp>
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <coroutine>
 #include <cstddef>
 #include <cstring>
 #include <span>
@@ -56,6 +59,40 @@ inline void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes) {
   pieces.erase(pieces.begin(), pieces.begin() + static_cast<std::ptrdiff_t>(whole));
   if (!pieces.empty()) pieces.front() = pieces.front().subspan(bytes);
 }
+
+// The writers of one client or server that are ready to write in the same loop iteration. `co_await pass.join()`
+// resumes a writer after the coroutines already resumed in this iteration (posted work runs after them, before the
+// loop submits I/O), so what they produce can join its write, and says whether it is the pass's only writer. A
+// lone writer sends at once (send_now); among many, each submits an io_uring write and the loop sends them all
+// with one system call, waking their peers once rather than one by one.
+class write_pass {
+ public:
+  explicit write_pass(io_context& ctx) noexcept : ctx_(ctx) {}
+  write_pass(const write_pass&) = delete;
+  write_pass& operator=(const write_pass&) = delete;
+
+  struct awaiter {
+    write_pass& pass;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> waiter) {
+      pass.ctx_.post([waiter] { waiter.resume(); });
+      ++pass.joined_;
+      ++pass.waiting_;
+    }
+    // Whether this writer is alone in its pass.
+    bool await_resume() noexcept {
+      const bool alone = pass.joined_ == 1;
+      if (--pass.waiting_ == 0) pass.joined_ = 0;
+      return alone;
+    }
+  };
+  awaiter join() noexcept { return awaiter{*this}; }
+
+ private:
+  io_context& ctx_;
+  std::size_t joined_ = 0;   // writers in the current pass
+  std::size_t waiting_ = 0;  // of them, not resumed yet
+};
 
 }  // namespace net::detail
 DMOE_END_NAMESPACE
