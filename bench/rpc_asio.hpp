@@ -35,11 +35,6 @@ namespace dmoe_bench {
 namespace asio = boost::asio;
 using asio_tcp = asio::ip::tcp;
 
-struct asio_rpc_counts {
-  std::uint64_t calls = 0;
-  std::uint64_t bytes = 0;
-};
-
 // A handler takes the request payload (it may move it) and returns the response payload.
 using asio_rpc_handler = std::function<dmoe::byte_buffer(dmoe::byte_buffer&)>;
 using asio_rpc_handlers = std::unordered_map<std::uint32_t, asio_rpc_handler>;
@@ -106,22 +101,21 @@ inline std::array<asio::const_buffer, 3> asio_request_buffers(const dmoe::net::f
 
 // One caller alone on its connection: write a request, read its response, repeat.
 inline asio::awaitable<void> asio_rpc_sequential_caller(asio_tcp::endpoint server, const rpc_request_payload& request,
-                                                        rpc_clock::time_point end, asio_rpc_counts& counts) {
+                                                        rpc_clock::time_point end, rpc_counts& counts) {
   asio_tcp::socket socket(co_await asio::this_coro::executor);
   co_await socket.async_connect(server, asio::use_awaitable);
   socket.set_option(asio_tcp::no_delay(true));
   const std::string peer = server.address().to_string();
   dmoe::net::frame_reader reader;
   std::uint64_t id = 0;
-  while (rpc_clock::now() < end) {
+  for (auto started = rpc_clock::now(); started < end; started = rpc_clock::now()) {
     ++id;
     const auto head = dmoe::net::encode_frame_header(dmoe::net::frame_header{
         dmoe::net::frame_kind::request, dmoe::net::frame_status::ok, rpc_echo_method, 0, id, request.size()});
     co_await asio::async_write(socket, asio_request_buffers(head, request), asio::use_awaitable);
     const dmoe::net::frame response = co_await asio_read_frame(socket, reader, peer);
     asio_check_response(response, id, request.size());
-    ++counts.calls;
-    counts.bytes += request.size() + response.payload.size();
+    counts.add(request.size() + response.payload.size(), started);
   }
   socket.close();
 }
@@ -165,9 +159,9 @@ inline asio::awaitable<void> asio_rpc_reader(asio_shared_connection& c) {
 }
 
 inline asio::awaitable<void> asio_rpc_shared_caller(asio_shared_connection& c, const rpc_request_payload& request,
-                                                    rpc_clock::time_point end, asio_rpc_counts& counts) {
+                                                    rpc_clock::time_point end, rpc_counts& counts) {
   asio_shared_connection::call call(co_await asio::this_coro::executor);
-  while (rpc_clock::now() < end) {
+  for (auto started = rpc_clock::now(); started < end; started = rpc_clock::now()) {
     call.id = c.next_id++;
     call.response.reset();
     c.pending.emplace(call.id, &call);
@@ -191,14 +185,13 @@ inline asio::awaitable<void> asio_rpc_shared_caller(asio_shared_connection& c, c
     boost::system::error_code ignored;
     while (!call.response) co_await call.wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     asio_check_response(*call.response, call.id, request.size());
-    ++counts.calls;
-    counts.bytes += request.size() + call.response->payload.size();
+    counts.add(request.size() + call.response->payload.size(), started);
   }
   if (--c.callers == 0) c.socket.close();  // ends the reader
 }
 
 inline asio::awaitable<void> asio_rpc_shared_connection(asio_tcp::endpoint server, const rpc_request_payload& request,
-                                                        rpc_clock::time_point end, std::span<asio_rpc_counts> counts) {
+                                                        rpc_clock::time_point end, std::span<rpc_counts> counts) {
   const auto executor = co_await asio::this_coro::executor;
   asio_shared_connection c(executor);
   co_await c.socket.async_connect(server, asio::use_awaitable);
@@ -222,7 +215,7 @@ inline rpc_result run_asio_rpc(const rpc_case& c) {
   std::thread server_thread([&] { server_context.run(); });
 
   asio::io_context client_context(1);
-  std::vector<asio_rpc_counts> counts(static_cast<std::size_t>(c.callers));
+  std::vector<rpc_counts> counts = make_rpc_counts(c);
   const auto start = rpc_clock::now();
   const auto end = start + c.duration;
   std::exception_ptr failure;
@@ -245,13 +238,7 @@ inline rpc_result run_asio_rpc(const rpc_case& c) {
   server_thread.join();
   if (failure) std::rethrow_exception(failure);
 
-  rpc_result r;
-  for (const auto& n : counts) {
-    r.calls += n.calls;
-    r.payload_bytes += n.bytes;
-  }
-  r.seconds = elapsed;
-  return r;
+  return make_rpc_result(counts, elapsed);
 }
 
 }  // namespace dmoe_bench

@@ -6,12 +6,14 @@
 #include <dmoe/tensor/tensor.hpp>
 #include <dmoe/tensor/wire.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace dmoe_bench {
 
@@ -33,9 +35,49 @@ struct rpc_result {
   std::uint64_t calls = 0;
   std::uint64_t payload_bytes = 0;  // request plus response payload bytes moved
   double seconds = 0;
+  double median_us = 0;  // the median call's round trip, for a lone caller (0 otherwise)
   double calls_per_second() const { return seconds > 0 ? calls / seconds : 0; }
   double gigabytes_per_second() const { return seconds > 0 ? payload_bytes / seconds / 1e9 : 0; }
 };
+
+// What one caller counted. A lone caller also times each call: on a shared machine, preemption stalls add
+// milliseconds to a few calls and move calls per second a lot, but barely move the median.
+struct rpc_counts {
+  std::uint64_t calls = 0;
+  std::uint64_t bytes = 0;
+  bool timed = false;
+  std::vector<float> latencies_us;
+
+  void add(std::uint64_t payload, rpc_clock::time_point started) {
+    ++calls;
+    bytes += payload;
+    if (timed) latencies_us.push_back(std::chrono::duration<float, std::micro>(rpc_clock::now() - started).count());
+  }
+};
+
+inline std::vector<rpc_counts> make_rpc_counts(const rpc_case& c) {
+  std::vector<rpc_counts> counts(static_cast<std::size_t>(c.callers));
+  if (c.callers == 1) {
+    counts[0].timed = true;
+    counts[0].latencies_us.reserve(1 << 20);
+  }
+  return counts;
+}
+
+inline rpc_result make_rpc_result(std::vector<rpc_counts>& counts, double seconds) {
+  rpc_result r;
+  for (const auto& n : counts) {
+    r.calls += n.calls;
+    r.payload_bytes += n.bytes;
+  }
+  r.seconds = seconds;
+  if (counts.size() == 1 && !counts[0].latencies_us.empty()) {
+    auto& l = counts[0].latencies_us;
+    std::nth_element(l.begin(), l.begin() + static_cast<std::ptrdiff_t>(l.size() / 2), l.end());
+    r.median_us = l[l.size() / 2];
+  }
+  return r;
+}
 
 // What a caller sends: a small byte payload, or a tensor's wire header and a view of its storage.
 class rpc_request_payload {

@@ -23,20 +23,14 @@ inline dmoe::task<dmoe::net::rpc_response> dmoe_rpc_echo(dmoe::net::rpc_request&
   co_return dmoe::net::rpc_response(std::move(request.payload));
 }
 
-struct rpc_counts {
-  std::uint64_t calls = 0;
-  std::uint64_t bytes = 0;
-};
-
 inline dmoe::task<void> dmoe_rpc_caller(dmoe::net::rpc_client& client, dmoe::endpoint server,
                                         const rpc_request_payload& request, rpc_clock::time_point end,
                                         rpc_counts& counts) {
-  while (rpc_clock::now() < end) {
+  for (auto started = rpc_clock::now(); started < end; started = rpc_clock::now()) {
     const dmoe::byte_buffer response = co_await client.call(server, "echo", request.pieces());
     if (response.size() != request.size())
       throw dmoe::protocol_error(fmt::format("echo answered {} bytes for {}", response.size(), request.size()));
-    ++counts.calls;
-    counts.bytes += request.size() + response.size();
+    counts.add(request.size() + response.size(), started);
   }
 }
 
@@ -76,7 +70,7 @@ inline rpc_result run_dmoe_rpc(const rpc_case& c) {
   });
 
   dmoe::io_context client_context;
-  std::vector<rpc_counts> counts(static_cast<std::size_t>(c.callers));
+  std::vector<rpc_counts> counts = make_rpc_counts(c);
   const auto start = rpc_clock::now();
   std::exception_ptr client_failure;
   try {
@@ -90,13 +84,7 @@ inline rpc_result run_dmoe_rpc(const rpc_case& c) {
   if (client_failure) std::rethrow_exception(client_failure);
   if (server_failure) std::rethrow_exception(server_failure);
 
-  rpc_result r;
-  for (const auto& n : counts) {
-    r.calls += n.calls;
-    r.payload_bytes += n.bytes;
-  }
-  r.seconds = elapsed;
-  return r;
+  return make_rpc_result(counts, elapsed);
 }
 
 }  // namespace dmoe_bench
