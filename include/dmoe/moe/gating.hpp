@@ -16,8 +16,10 @@
 #include <dmoe/tensor/tensor.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <span>
 #include <utility>
@@ -25,6 +27,18 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+// g++ 12 reports its own AVX-512 intrinsics as reading uninitialised values when inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {
@@ -85,11 +99,95 @@ struct product_key_scratch {
   std::vector<product_key_candidate> candidates;
   std::vector<product_key_candidate> column;
   std::vector<product_key_candidate> pairs;
+  std::vector<product_key_candidate> found;  // a dimension's scores at or above its bound
 };
+
+// Scores looked at together: one vector compare accepts or rejects a whole block.
+inline constexpr std::uint32_t topk_block = 16;
+
+// Whether every score is finite: the largest exponent field of the row (an integer max, so it vectorises).
+inline bool all_finite(const float* scores, std::size_t n) noexcept {
+  std::uint32_t exponent = 0;
+  for (std::size_t i = 0; i < n; ++i)
+    exponent = std::max(exponent, std::bit_cast<std::uint32_t>(scores[i]) & 0x7f800000u);
+  return exponent != 0x7f800000u;
+}
+
+// Lane l of `out` gets the largest of scores[l], scores[l + 16], ... over `blocks` whole blocks (blocks >= 1).
+inline void lane_maxima(const float* scores, std::uint32_t blocks, float* out) noexcept {
+#if defined(__AVX2__)  // also on AVX-512 machines: g++ 12 warns inside _mm512_max_ps (GCC bug 105593)
+  __m256 lo = _mm256_loadu_ps(scores), hi = _mm256_loadu_ps(scores + 8);
+  for (std::uint32_t b = 1; b < blocks; ++b) {
+    lo = _mm256_max_ps(lo, _mm256_loadu_ps(scores + b * topk_block));
+    hi = _mm256_max_ps(hi, _mm256_loadu_ps(scores + b * topk_block + 8));
+  }
+  _mm256_storeu_ps(out, lo);
+  _mm256_storeu_ps(out + 8, hi);
+#else
+  std::copy_n(scores, topk_block, out);
+  for (std::uint32_t b = 1; b < blocks; ++b)
+    for (std::uint32_t l = 0; l < topk_block; ++l) out[l] = std::max(out[l], scores[b * topk_block + l]);
+#endif
+}
+
+// Bit l set where block[l] >= bound, for a block of 16 scores.
+inline std::uint32_t at_least_mask(const float* block, float bound) noexcept {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(_mm512_loadu_ps(block), _mm512_set1_ps(bound), _CMP_GE_OQ);
+#elif defined(__AVX2__)
+  const __m256 b = _mm256_set1_ps(bound);
+  const auto lo = static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(block), b, _CMP_GE_OQ)));
+  const auto hi = static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(block + 8), b, _CMP_GE_OQ)));
+  return lo | hi << 8;
+#else
+  std::uint32_t mask = 0;
+  for (std::uint32_t l = 0; l < topk_block; ++l) mask |= static_cast<std::uint32_t>(block[l] >= bound) << l;
+  return mask;
+#endif
+}
+
+// The k best of one dimension's finite scores, sorted best first (equal scores by smaller index), for
+// k <= 16 <= extent. The maximum of each of 16 strided lanes is a distinct score, so the k-th largest lane
+// maximum is a bound no greater than the k-th best score: only the few scores at or above it can be among the
+// k best, one vector compare per block finds them, and only they are sorted.
+inline void top_of_dimension_bounded(const float* scores, std::uint32_t extent, std::size_t keep,
+                                     std::vector<product_key_candidate>& candidates,
+                                     std::vector<product_key_candidate>& out) {
+  const std::uint32_t blocks = extent / topk_block;
+  float lane_max[topk_block];
+  lane_maxima(scores, blocks, lane_max);
+  for (std::uint32_t i = blocks * topk_block; i < extent; ++i)
+    lane_max[i % topk_block] = std::max(lane_max[i % topk_block], scores[i]);
+  // The k-th largest lane maximum: the largest one that at least k lane maxima reach (16 compares, no sort).
+  float bound = -std::numeric_limits<float>::infinity();  // the smallest lane maximum always qualifies
+  for (std::uint32_t l = 0; l < topk_block; ++l)
+    if (static_cast<std::size_t>(std::popcount(at_least_mask(lane_max, lane_max[l]))) >= keep)
+      bound = std::max(bound, lane_max[l]);
+
+  if (candidates.size() < extent) candidates.resize(extent);  // ties may put every score at the bound
+  product_key_candidate* const found = candidates.data();
+  std::size_t n = 0;
+  for (std::uint32_t b = 0; b < blocks; ++b)
+    for (std::uint32_t mask = at_least_mask(scores + b * topk_block, bound); mask != 0; mask &= mask - 1) {
+      const std::uint32_t i = b * topk_block + static_cast<std::uint32_t>(std::countr_zero(mask));
+      found[n++] = {static_cast<double>(scores[i]), i};
+    }
+  for (std::uint32_t i = blocks * topk_block; i < extent; ++i)
+    if (scores[i] >= bound) found[n++] = {static_cast<double>(scores[i]), i};
+  // Candidates are in index order, so a stable sort by score alone breaks ties by smaller index.
+  for (std::size_t j = 1; j < n; ++j) {
+    const product_key_candidate c = found[j];
+    std::size_t at = j;
+    for (; at > 0 && c.score > found[at - 1].score; --at) found[at] = found[at - 1];
+    found[at] = c;
+  }
+  out.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(keep));
+}
 
 // The k best of one dimension's scores, sorted best first.
 inline void top_of_dimension(const float* scores, std::uint32_t extent, std::size_t keep,
-                             std::vector<product_key_candidate>& out) {
+                             std::vector<product_key_candidate>& scratch, std::vector<product_key_candidate>& out) {
+  if (keep <= topk_block && extent >= topk_block) return top_of_dimension_bounded(scores, extent, keep, scratch, out);
   out.resize(extent);
   for (std::uint32_t i = 0; i < extent; ++i) out[i] = {static_cast<double>(scores[i]), i};
   std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(keep), out.end(), better);
@@ -104,11 +202,11 @@ inline void top_of_dimension(const float* scores, std::uint32_t extent, std::siz
 inline void product_key_topk_row(const float* row, std::span<const std::uint32_t> grid, std::size_t k,
                                  std::uint32_t* coordinates_out, float* scores_out, product_key_scratch& scratch) {
   auto& candidates = scratch.candidates;
-  top_of_dimension(row, grid[0], std::min<std::size_t>(k, grid[0]), candidates);
+  top_of_dimension(row, grid[0], std::min<std::size_t>(k, grid[0]), scratch.found, candidates);
   const float* dimension_scores = row + grid[0];
   for (std::size_t d = 1; d < grid.size(); ++d) {
     const std::uint32_t extent = grid[d];
-    top_of_dimension(dimension_scores, extent, std::min<std::size_t>(k, extent), scratch.column);
+    top_of_dimension(dimension_scores, extent, std::min<std::size_t>(k, extent), scratch.found, scratch.column);
     dimension_scores += extent;
     const std::size_t total = candidates.size() * scratch.column.size();
     const std::size_t keep = std::min(k, total);
@@ -118,7 +216,16 @@ inline void product_key_topk_row(const float* row, std::span<const std::uint32_t
       for (std::size_t j = 0; j < scratch.column.size() && (i + 1) * (j + 1) <= keep; ++j)
         pairs.push_back({candidates[i].score + scratch.column[j].score,
                          candidates[i].index * extent + scratch.column[j].index});
-    std::partial_sort(pairs.begin(), pairs.begin() + static_cast<std::ptrdiff_t>(keep), pairs.end(), better);
+    if (pairs.size() <= 64) {  // few pairs (k small): an insertion sort has no heap to build
+      for (std::size_t j = 1; j < pairs.size(); ++j) {
+        const product_key_candidate c = pairs[j];
+        std::size_t at = j;
+        for (; at > 0 && better(c, pairs[at - 1]); --at) pairs[at] = pairs[at - 1];
+        pairs[at] = c;
+      }
+    } else {
+      std::partial_sort(pairs.begin(), pairs.begin() + static_cast<std::ptrdiff_t>(keep), pairs.end(), better);
+    }
     pairs.resize(keep);
     std::swap(candidates, pairs);
   }
@@ -173,9 +280,10 @@ inline grid_selection product_key_topk(const tensor& grid_scores, std::span<cons
   detail::product_key_scratch scratch;
   for (std::size_t b = 0; b < batch; ++b) {
     const float* row = data + b * width;
-    for (std::size_t c = 0; c < width; ++c)
-      if (!std::isfinite(row[c]))
-        throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
+    if (!detail::all_finite(row, width))
+      for (std::size_t c = 0; c < width; ++c)
+        if (!std::isfinite(row[c]))
+          throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
     detail::product_key_topk_row(row, grid, kk, out.coordinates.data() + b * kk * grid.size(),
                                  out.scores.data() + b * kk, scratch);
   }
