@@ -4,3 +4,7 @@
 #include <dmoe/async.hpp>
 #include <dmoe/core.hpp>
 #include <dmoe/moe.hpp>
+#include <dmoe/net.hpp>
+#include <dmoe/nn.hpp>
+#include <dmoe/ops.hpp>
+#include <dmoe/tensor.hpp>
