@@ -1,10 +1,12 @@
-// Tests of dmoe/ops/cpu/gemm.hpp: every transpose, alpha/beta, the multi-threaded split and shape errors.
+// Tests of dmoe/ops/cpu/gemm.hpp and gemm_kernel.hpp: every kernel this CPU runs, every transpose, alpha/beta,
+// tile and cache-block edges, the multi-threaded split and shape errors.
 #include <dmoe/ops/cpu/gemm.hpp>
 
 #include <ops/gradient_check.hpp>
 
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -37,9 +39,77 @@ void check_case(std::int64_t m, std::int64_t k, std::int64_t n, bool ta, bool tb
                     reference(a, b, c0, ta, tb, alpha, beta), 1e-4);
 }
 
+// Runs body once with each GEMM kernel this CPU supports, restoring the kernel in use afterwards.
+template <class Body>
+void for_each_kernel(Body&& body) {
+  const ops::gemm_kernel saved = ops::current_gemm_kernel();
+  struct restore {
+    ops::gemm_kernel kernel;
+    ~restore() { ops::set_gemm_kernel(kernel); }
+  } restore_on_exit{saved};
+  for (auto kernel : {ops::gemm_kernel::eigen, ops::gemm_kernel::avx2, ops::gemm_kernel::avx512}) {
+    if (!ops::gemm_kernel_supported(kernel)) {
+      BOOST_TEST_MESSAGE("this CPU cannot run the " << ops::to_string(kernel) << " kernel; not tested");
+      continue;
+    }
+    BOOST_TEST_CONTEXT("kernel " << ops::to_string(kernel)) {
+      ops::set_gemm_kernel(kernel);
+      body();
+    }
+  }
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(ops_gemm)
+
+BOOST_AUTO_TEST_CASE(every_kernel_at_tile_edges) {
+  // Sizes on both sides of the register tiles (6/12 rows, 16/32 columns) and of the k block (256/384).
+  for_each_kernel([] {
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (std::int64_t m : {1, 6, 11, 13, 25})
+          for (std::int64_t n : {1, 15, 32, 33, 65}) {
+            check_case(m, 7, n, ta, tb, 1.0f, 0.0f);
+            check_case(m, 385, n, ta, tb, 0.5f, 1.0f);
+          }
+  });
+}
+
+BOOST_AUTO_TEST_CASE(every_kernel_across_cache_blocks) {
+  // More rows than one packed block of a (1,536) and more columns than one of b (256/320), k over two blocks.
+  for_each_kernel([] {
+    check_case(1600, 20, 40, false, false, 1.0f, 0.0f);
+    check_case(1600, 20, 40, true, true, 1.0f, 1.0f);
+    check_case(13, 400, 700, false, true, 1.0f, 0.0f);
+    check_case(13, 800, 700, true, false, -1.0f, 0.5f);
+  });
+}
+
+BOOST_AUTO_TEST_CASE(kernels_agree_with_each_other) {
+  random_engine gen(7);
+  const tensor a = tensor::normal(shape{300, 500}, gen), b = tensor::normal(shape{260, 500}, gen);
+  std::vector<tensor> results;
+  for_each_kernel([&] { results.push_back(ops::matmul(ops::cpu, a, b, false, true)); });
+  for (const tensor& c : results)
+    for (std::int64_t i = 0; i < c.numel(); ++i)
+      BOOST_TEST(std::abs(c.span<float>()[i] - results[0].span<float>()[i]) <= 1e-3f);
+}
+
+BOOST_AUTO_TEST_CASE(alpha_zero_reads_neither_input) {
+  for_each_kernel([] {
+    const tensor a = tensor::full(shape{13, 5}, std::nanf("")), b = tensor::full(shape{5, 33}, 1.0f);
+    tensor c = tensor::full(shape{13, 33}, 2.0f);
+    ops::gemm(ops::cpu, a, b, c, {.alpha = 0.0f, .beta = 0.5f});
+    for (float v : c.span<float>()) BOOST_TEST(v == 1.0f);
+  });
+}
+
+BOOST_AUTO_TEST_CASE(unsupported_kernel_is_refused) {
+  for (auto kernel : {ops::gemm_kernel::avx2, ops::gemm_kernel::avx512})
+    if (!ops::gemm_kernel_supported(kernel)) BOOST_CHECK_THROW(ops::set_gemm_kernel(kernel), invalid_argument_error);
+  BOOST_TEST(ops::gemm_kernel_supported(ops::current_gemm_kernel()));
+}
 
 BOOST_AUTO_TEST_CASE(all_transposes_alpha_beta) {
   for (bool ta : {false, true})
@@ -51,16 +121,20 @@ BOOST_AUTO_TEST_CASE(all_transposes_alpha_beta) {
 }
 
 BOOST_AUTO_TEST_CASE(split_across_threads_by_rows_and_columns) {
-  // Above the split threshold (8 MFLOP), with sizes that are not multiples of the 16-row blocks.
-  check_case(203, 150, 141, false, true, 1.0f, 0.0f);
-  check_case(37, 150, 900, true, false, 1.0f, 1.0f);
+  // Above the split threshold (8 MFLOP), with sizes that are not multiples of the blocks each thread gets.
+  for_each_kernel([] {
+    check_case(203, 150, 141, false, true, 1.0f, 0.0f);
+    check_case(37, 150, 900, true, false, 1.0f, 1.0f);
+  });
 }
 
 BOOST_AUTO_TEST_CASE(beta_zero_ignores_nan_in_c) {
-  const tensor a = tensor::full(shape{2, 3}, 1.0f), b = tensor::full(shape{3, 2}, 2.0f);
-  tensor c = tensor::full(shape{2, 2}, std::nanf(""));
-  ops::gemm(ops::cpu, a, b, c);
-  for (float v : c.span<float>()) BOOST_TEST(v == 6.0f);
+  for_each_kernel([] {
+    const tensor a = tensor::full(shape{13, 3}, 1.0f), b = tensor::full(shape{3, 35}, 2.0f);
+    tensor c = tensor::full(shape{13, 35}, std::nanf(""));
+    ops::gemm(ops::cpu, a, b, c);
+    for (float v : c.span<float>()) BOOST_TEST(v == 6.0f);
+  });
 }
 
 BOOST_AUTO_TEST_CASE(empty_output_is_allocated) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/simd.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
@@ -28,17 +29,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-// g++ 12 reports its own AVX-512 intrinsics as reading uninitialised values when inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {

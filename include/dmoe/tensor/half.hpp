@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/simd.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/tensor/dtype.hpp>
 #include <dmoe/tensor/tensor.hpp>
@@ -14,17 +15,6 @@
 
 #include <fmt/format.h>
 
-#if defined(__F16C__)
-// g++ 12 reports its own AVX-512 intrinsics as reading uninitialised values when inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
 
 DMOE_BEGIN_NAMESPACE
 

@@ -12,7 +12,6 @@
 #include <string_view>
 #include <vector>
 
-#include <Eigen/Core>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE

@@ -12,7 +12,6 @@
 #include <limits>
 #include <string_view>
 
-#include <Eigen/Core>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE

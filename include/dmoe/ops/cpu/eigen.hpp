@@ -3,21 +3,12 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
+#include <dmoe/core/simd.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <string_view>
 
-// g++ 12 reports its own AVX-512 intrinsics (immintrin.h, first included by Eigen) as reading uninitialised
-// values when inlined at -O2 (GCC bug 105593); the region below covers those header lines only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#include <Eigen/Core>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include <Eigen/Core>  // after core/simd.hpp, which includes immintrin.h first
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE

@@ -1,16 +1,17 @@
-// GEMM on the CPU: c = alpha * op(a) * op(b) + beta * c with Eigen, split over the cores by output blocks.
+// GEMM on the CPU: c = alpha * op(a) * op(b) + beta * c with our packed kernels (or Eigen), split over the cores
+// by output blocks.
 #pragma once
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/gemm_kernel.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <algorithm>
 #include <cstdint>
 
-#include <Eigen/Core>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -42,13 +43,16 @@ void gemm_block(const A& a, const B& b, C&& c, float alpha, float beta) {
   }
 }
 
-// Splits c into row or column blocks (along its longer side) over the pool.
+// Below about 8 MFLOP a second thread costs more (wake-up, duplicated packing) than it saves.
+inline bool gemm_worth_splitting(std::int64_t m, std::int64_t n, std::int64_t k) {
+  return 2 * m * n * k >= (std::int64_t{8} << 20);
+}
+
+// Splits c into row or column blocks (along its longer side) over the pool, with Eigen.
 template <class A, class B>
 void gemm_parallel(const A& a, const B& b, matrix_map c, float alpha, float beta) {
   const std::int64_t m = c.rows(), n = c.cols(), k = a.cols();
-  // Below about 8 MFLOP a second thread costs more (wake-up, duplicated packing) than it saves.
-  const bool split = 2 * m * n * k >= (std::int64_t{8} << 20);
-  if (!split) {
+  if (!gemm_worth_splitting(m, n, k)) {
     gemm_block(a, b, c, alpha, beta);
     return;
   }
@@ -62,6 +66,24 @@ void gemm_parallel(const A& a, const B& b, matrix_map c, float alpha, float beta
     parallel_for((n + 15) / 16, 1, [&](std::int64_t begin, std::int64_t end) {
       const Eigen::Index c0 = begin * 16, c1 = std::min<std::int64_t>(n, end * 16);
       gemm_block(a, b.middleCols(c0, c1 - c0), c.middleCols(c0, c1 - c0), alpha, beta);
+    });
+  }
+}
+
+// The same split with a packed kernel; blocks are whole register tiles (each thread packs its own panels).
+inline void gemm_parallel_packed(gemm_kernel kernel, const gemm_problem& g) {
+  if (!gemm_worth_splitting(g.m, g.n, g.k)) {
+    gemm_packed_block(kernel, g);
+    return;
+  }
+  const std::int64_t rows = 12, cols = 32;  // multiples of both kernels' tiles
+  if (g.m >= g.n) {
+    parallel_for((g.m + rows - 1) / rows, 1, [&](std::int64_t begin, std::int64_t end) {
+      gemm_packed_block(kernel, g.block(begin * rows, std::min(g.m, end * rows), 0, g.n));
+    });
+  } else {
+    parallel_for((g.n + cols - 1) / cols, 1, [&](std::int64_t begin, std::int64_t end) {
+      gemm_packed_block(kernel, g.block(0, g.m, begin * cols, std::min(g.n, end * cols)));
     });
   }
 }
@@ -88,11 +110,18 @@ inline void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_
   if (c.overlaps(a) || c.overlaps(b)) throw invalid_argument_error("gemm: c overlaps an input");
   auto cm = detail::as_matrix(c);
   if (m == 0 || n == 0) return;
-  if (k == 0) {
+  if (k == 0 || options.alpha == 0.0f) {  // as BLAS: a and b are not read, so their NaNs do not reach c
     if (options.beta == 0.0f)
       cm.setZero();
     else
       cm *= options.beta;
+    return;
+  }
+  if (const gemm_kernel kernel = current_gemm_kernel(); kernel != gemm_kernel::eigen) {
+    detail::gemm_parallel_packed(kernel, {.m = m, .n = n, .k = k, .a = a.data<float>(), .lda = a.dim(1),
+                                          .trans_a = options.trans_a, .b = b.data<float>(), .ldb = b.dim(1),
+                                          .trans_b = options.trans_b, .c = c.data<float>(), .ldc = n,
+                                          .alpha = options.alpha, .beta = options.beta});
     return;
   }
   const auto am = detail::as_matrix(a);

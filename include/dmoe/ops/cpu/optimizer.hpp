@@ -4,6 +4,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/optimizer.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -13,7 +14,6 @@
 #include <cstdint>
 #include <span>
 
-#include <Eigen/Core>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
