@@ -1,9 +1,12 @@
 // dmoe_bench_ops: the CPU compute path against its limits and peers, measured in one run.
 //
 //   GEMM            dmoe's ops::gemm against OpenBLAS's cblas_sgemm (both on all cores), square n = 256..4096
+//   FMA peak        every thread running register-only FMA chains: the ceiling no GEMM passes (ops_peak.hpp)
 //   ffn expert      forward+backward at hidden 1024, batch 256/1024/4096, GFLOP/s = 12*b*h*4h (its six GEMMs) / s;
-//                   fraction of peak = against OpenBLAS doing the same six GEMMs in turns with it; ratio = against
-//                   PyTorch (bench/torch_ffn.py under /usr/bin/python3, same weights and inputs, checked first)
+//                   fraction of peak = against the best OpenBLAS square GEMM above (the practical peak); also
+//                   against OpenBLAS doing the same six GEMMs in turns with it; ratio = against PyTorch
+//                   (bench/torch_ffn.py under /usr/bin/python3, same weights and inputs, checked first), and the
+//                   ceiling of that ratio: FMA peak / PyTorch's GFLOP/s
 //   memory-bound    layer norm, softmax and Adam in GB/s against memcpy moving the same bytes (ops_memory.hpp)
 //   grid gating     product-key top-4 over 256x256 experts against scoring all 65,536 (ops_gating.hpp)
 //
@@ -18,6 +21,7 @@
 #include "ops_gating.hpp"
 #include "ops_memory.hpp"
 #include "ops_openblas.hpp"
+#include "ops_peak.hpp"
 #include "ops_timing.hpp"
 #include "ops_torch.hpp"
 
@@ -132,6 +136,11 @@ int run_summary(const options& opt, bool restarted) {
     return 0;
   }
 
+  const double fma_peak = fma_peak_gflops(dmoe::ops::cpu_threads());
+  fmt::print("{{\"bench\":\"ops\",\"case\":\"fma_peak\",\"threads\":{},\"gflops\":{},\"gemm_kernel\":\"{}\"}}\n",
+             dmoe::ops::cpu_threads(), json_number(fma_peak, 1), dmoe::ops::to_string(dmoe::ops::current_gemm_kernel()));
+  std::fflush(stdout);
+
   // GEMM: the peak every GFLOP/s below is a fraction of.
   std::vector<gemm_line> gemms;
   for (std::int64_t n : {256, 512, 1024, 2048, 4096}) gemms.push_back(measure_square_gemm(n));
@@ -180,7 +189,8 @@ int run_summary(const options& opt, bool restarted) {
     if (torch->available() && !overrides.empty()) torch_env = start_peer(overrides, "torch_check_env_openblas");
   }
   const std::vector<std::int64_t> batches = {256, 1024, 4096};
-  double fraction = NAN, fraction_of_square_peak = NAN, ratio = NAN, ratio_env = NAN;
+  double fraction = NAN, fraction_of_same_gemms = NAN, ratio = NAN, ratio_env = NAN, ratio_ceiling = NAN;
+  double ratio_min = INFINITY, ratio_max = -INFINITY;
   for (std::int64_t b : batches) {
     const ffn_inputs in = make_ffn_inputs(b, hidden, static_cast<std::uint64_t>(b));
     openblas_ffn_gemms blas(b, hidden);
@@ -210,17 +220,23 @@ int run_summary(const options& opt, bool restarted) {
                                    : std::string();
     fmt::print(
         "{{\"bench\":\"ops\",\"case\":\"ffn h{} b{}\",\"hidden\":{},\"batch\":{},\"gflop_per_pass\":{},"
-        "\"dmoe_gflops\":{},\"openblas_gemms_gflops\":{},\"fraction_of_peak\":{},\"fraction_of_square_peak\":{},"
-        "\"torch_gflops\":{},\"ratio\":{}{},\"load_average\":{}}}\n",
+        "\"dmoe_gflops\":{},\"openblas_gemms_gflops\":{},\"fraction_of_peak\":{},\"fraction_of_same_gemms\":{},"
+        "\"fraction_of_fma_peak\":{},\"torch_gflops\":{},\"ratio\":{},\"ratio_ceiling\":{}{},\"load_average\":{}}}\n",
         hidden, b, hidden, b, json_number(flops / 1e9, 2), json_number(dmoe_gflops, 1), json_number(blas_gflops, 1),
-        json_number(dmoe_gflops / blas_gflops), json_number(dmoe_gflops / peak), json_number(torch_gflops, 1),
-        json_number(dmoe_gflops / torch_gflops), env_fields, json_number(load_average(), 2));
+        json_number(dmoe_gflops / peak), json_number(dmoe_gflops / blas_gflops), json_number(dmoe_gflops / fma_peak),
+        json_number(torch_gflops, 1), json_number(dmoe_gflops / torch_gflops), json_number(fma_peak / torch_gflops),
+        env_fields, json_number(load_average(), 2));
     std::fflush(stdout);
+    if (std::isfinite(torch_gflops)) {
+      ratio_min = std::min(ratio_min, dmoe_gflops / torch_gflops);
+      ratio_max = std::max(ratio_max, dmoe_gflops / torch_gflops);
+    }
     if (b == representative_batch) {
-      fraction = dmoe_gflops / blas_gflops;
-      fraction_of_square_peak = dmoe_gflops / peak;
+      fraction = dmoe_gflops / peak;
+      fraction_of_same_gemms = dmoe_gflops / blas_gflops;
       ratio = dmoe_gflops / torch_gflops;
       ratio_env = dmoe_gflops / torch_env_gflops;
+      ratio_ceiling = fma_peak / torch_gflops;
     }
   }
   const bool torch_available = torch && torch->available();
@@ -249,12 +265,15 @@ int run_summary(const options& opt, bool restarted) {
       "\"gating_speedup_vs_sort\":{},\"gemm_ratio_vs_openblas_min\":{},\"gemm_worst_n\":{},"
       "\"gemm_ratio_vs_openblas_geomean\":{},\"layer_norm_forward_fraction_of_memcpy\":{},"
       "\"layer_norm_backward_fraction_of_memcpy\":{},\"softmax_fraction_of_memcpy\":{},"
-      "\"adam_fraction_of_memcpy\":{},\"ffn_fraction_of_square_peak\":{},\"peak_gflops\":{},"
-      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_batch\":{},\"torch\":{},\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
+      "\"adam_fraction_of_memcpy\":{},\"ffn_fraction_of_same_gemms\":{},\"peak_gflops\":{},\"fma_peak_gflops\":{},"
+      "\"ffn_ratio_vs_torch_ceiling\":{},\"ffn_ratio_vs_torch_min\":{},\"ffn_ratio_vs_torch_max\":{},"
+      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_batch\":{},\"gemm_kernel\":\"{}\",\"torch\":{},\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
       json_number(fraction), json_number(ratio), json_number(speedup, 1), json_number(speedup_sort, 1),
       json_number(min_gemm_ratio), worst_n, json_number(gemm_geomean), json_number(mem_fraction["layer_norm_forward"]),
       json_number(mem_fraction["layer_norm_backward"]), json_number(mem_fraction["softmax"]),
-      json_number(mem_fraction["adam_step"]), json_number(fraction_of_square_peak), json_number(peak, 1), json_number(ratio_env), representative_batch, torch_available ? "true" : "false",
+      json_number(mem_fraction["adam_step"]), json_number(fraction_of_same_gemms), json_number(peak, 1), json_number(fma_peak, 1),
+      json_number(ratio_ceiling), json_number(ratio_min), json_number(ratio_max), json_number(ratio_env),
+      representative_batch, dmoe::ops::to_string(dmoe::ops::current_gemm_kernel()), torch_available ? "true" : "false",
       torch_pass ? "true" : "false", g.same_experts ? "true" : "false",
       json_number(load_average(), 2));
   return 0;

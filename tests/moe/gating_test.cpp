@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 using namespace dmoe;
@@ -81,7 +82,8 @@ BOOST_AUTO_TEST_CASE(product_key_topk_equals_exhaustive_on_random_grids) {
   };
   const std::vector<grid_case> cases{
       {{16, 16}, 8, {1, 4, 16, 100, 256}},
-      {{256, 256}, 3, {1, 8, 64}},
+      {{256, 256}, 3, {1, 4, 8, 64}},
+      {{32, 48}, 64, {1, 2, 4, 16}},  // whole 16-score blocks: the one-pass search (and its fallback)
       {{3, 200}, 4, {1, 5, 600}},
       {{4, 4, 4}, 8, {1, 2, 7, 64}},
       {{16, 8, 32}, 4, {3, 33, 128}},
@@ -106,9 +108,9 @@ BOOST_AUTO_TEST_CASE(product_key_topk_equals_exhaustive_on_random_grids) {
 BOOST_AUTO_TEST_CASE(ties_go_to_lexicographically_smaller_coordinates) {
   // Small integer scores make many experts tie; sums of them are exact in double.
   random_engine gen(5);
-  std::uniform_int_distribution<int> level(0, 2);
-  for (const std::vector<std::uint32_t>& grid :
-       std::vector<std::vector<std::uint32_t>>{{6, 6}, {5, 4, 3}, {3, 3, 3, 3}}) {
+  for (const auto& [grid, levels] : std::vector<std::pair<std::vector<std::uint32_t>, int>>{
+           {{6, 6}, 3}, {{5, 4, 3}, 3}, {{3, 3, 3, 3}, 3}, {{32, 48}, 3}, {{64, 32}, 40}, {{16, 16, 16}, 20}}) {
+    std::uniform_int_distribution<int> level(0, levels - 1);
     tensor scores(shape{16, width(grid)});
     for (float& x : scores.span<float>()) x = static_cast<float>(level(gen));
     std::int64_t experts = 1;
