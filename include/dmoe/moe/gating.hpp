@@ -29,7 +29,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
@@ -136,73 +135,6 @@ inline std::uint32_t at_least_mask(const float* block, float bound) noexcept {
 #endif
 }
 
-// The k-th largest of 16 values (1 <= k <= 16): the largest value that at least k of the 16 reach. With
-// AVX-512 all 16 counts come from 15 rotations of one register, without a store and reload per value.
-inline float kth_largest_of_block(const float* values, std::size_t k) noexcept {
-#if defined(__AVX512F__)
-  const __m512 v = _mm512_loadu_ps(values);
-  const __m512i one = _mm512_set1_epi32(1);
-  __m512i reach = one;  // reach[l]: how many values are >= values[l], itself included
-  __m512i rotated = _mm512_castps_si512(v);
-  for (int r = 1; r < 16; ++r) {
-    rotated = _mm512_alignr_epi32(rotated, rotated, 1);
-    reach = _mm512_mask_add_epi32(reach, _mm512_cmp_ps_mask(_mm512_castsi512_ps(rotated), v, _CMP_GE_OQ), reach, one);
-  }
-  const __mmask16 qualifies = _mm512_cmpge_epi32_mask(reach, _mm512_set1_epi32(static_cast<int>(k)));
-  return _mm512_mask_reduce_max_ps(qualifies, v);  // the smallest value always qualifies
-#else
-  float bound = -std::numeric_limits<float>::infinity();  // the smallest value always qualifies
-  for (std::uint32_t l = 0; l < topk_block; ++l)
-    if (static_cast<std::size_t>(std::popcount(at_least_mask(values, values[l]))) >= k)
-      bound = std::max(bound, values[l]);
-  return bound;
-#endif
-}
-
-#if defined(__AVX512F__)
-// top_of_dimension_bounded in one pass over whole blocks: each lane's largest score, the block it came from, and
-// the lane's second largest. When no lane's second largest reaches the bound, the scores at or above it are
-// exactly the lane maxima that do, so no second pass is needed. False (nothing written) otherwise.
-inline bool top_of_dimension_one_pass(const float* scores, std::uint32_t blocks, std::size_t keep,
-                                      std::vector<product_key_candidate>& candidates,
-                                      std::vector<product_key_candidate>& out, float& bound_out) {
-  __m512 first = _mm512_loadu_ps(scores);
-  __m512 second = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512i from = _mm512_setzero_si512();
-  for (std::uint32_t b = 1; b < blocks; ++b) {
-    const __m512 x = _mm512_loadu_ps(scores + b * topk_block);
-    const __mmask16 above = _mm512_cmp_ps_mask(x, first, _CMP_GT_OQ);  // a tie keeps the earlier block
-    second = _mm512_max_ps(second, _mm512_min_ps(x, first));
-    first = _mm512_max_ps(first, x);
-    from = _mm512_mask_mov_epi32(from, above, _mm512_set1_epi32(static_cast<int>(b)));
-  }
-  alignas(64) float lane_max[topk_block];
-  _mm512_store_ps(lane_max, first);
-  const float bound = kth_largest_of_block(lane_max, keep);
-  bound_out = bound;
-  if (_mm512_reduce_max_ps(second) >= bound) return false;
-  alignas(64) std::uint32_t lane_block[topk_block];
-  _mm512_store_si512(lane_block, from);
-  if (candidates.size() < topk_block) candidates.resize(topk_block);
-  product_key_candidate* const found = candidates.data();
-  std::size_t n = 0;
-  for (auto mask = static_cast<std::uint32_t>(_mm512_cmp_ps_mask(first, _mm512_set1_ps(bound), _CMP_GE_OQ)); mask != 0;
-       mask &= mask - 1) {
-    const auto l = static_cast<std::uint32_t>(std::countr_zero(mask));
-    found[n++] = {static_cast<double>(lane_max[l]), lane_block[l] * topk_block + l};
-  }
-  // Lane order is not index order, so ties are broken by index explicitly.
-  for (std::size_t j = 1; j < n; ++j) {
-    const product_key_candidate c = found[j];
-    std::size_t at = j;
-    for (; at > 0 && better(c, found[at - 1]); --at) found[at] = found[at - 1];
-    found[at] = c;
-  }
-  out.assign(found, found + keep);
-  return true;
-}
-#endif
-
 // The k best of one dimension's finite scores, sorted best first (equal scores by smaller index), for
 // k <= 16 <= extent. The maximum of each of 16 strided lanes is a distinct score, so the k-th largest lane
 // maximum is a bound no greater than the k-th best score: only the few scores at or above it can be among the
@@ -211,19 +143,15 @@ inline void top_of_dimension_bounded(const float* scores, std::uint32_t extent, 
                                      std::vector<product_key_candidate>& candidates,
                                      std::vector<product_key_candidate>& out) {
   const std::uint32_t blocks = extent / topk_block;
-  float bound;
-#if defined(__AVX512F__)
-  if (extent % topk_block == 0) {
-    if (top_of_dimension_one_pass(scores, blocks, keep, candidates, out, bound)) return;
-  } else
-#endif
-  {
-    float lane_max[topk_block];
-    lane_maxima(scores, blocks, lane_max);
-    for (std::uint32_t i = blocks * topk_block; i < extent; ++i)
-      lane_max[i % topk_block] = std::max(lane_max[i % topk_block], scores[i]);
-    bound = kth_largest_of_block(lane_max, keep);
-  }
+  float lane_max[topk_block];
+  lane_maxima(scores, blocks, lane_max);
+  for (std::uint32_t i = blocks * topk_block; i < extent; ++i)
+    lane_max[i % topk_block] = std::max(lane_max[i % topk_block], scores[i]);
+  // The k-th largest lane maximum: the largest one that at least k lane maxima reach (16 compares, no sort).
+  float bound = -std::numeric_limits<float>::infinity();  // the smallest lane maximum always qualifies
+  for (std::uint32_t l = 0; l < topk_block; ++l)
+    if (static_cast<std::size_t>(std::popcount(at_least_mask(lane_max, lane_max[l]))) >= keep)
+      bound = std::max(bound, lane_max[l]);
 
   if (candidates.size() < extent) candidates.resize(extent);  // ties may put every score at the bound
   product_key_candidate* const found = candidates.data();
