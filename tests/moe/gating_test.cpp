@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -105,6 +107,33 @@ BOOST_AUTO_TEST_CASE(product_key_topk_equals_exhaustive_on_random_grids) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(grids_wider_than_64_key_bits_decode_row_major_indices) {
+  // 32 dimensions of 3 need 64 bits of 2-bit fields, so keys are row-major indices (3^32 < 2^64). Too many
+  // experts to enumerate: the best is every dimension's best, the second differs in the cheapest dimension.
+  const std::vector<std::uint32_t> grid(32, 3);
+  random_engine gen(3);
+  const tensor scores = tensor::normal(shape{4, width(grid)}, gen);
+  const moe::grid_selection got = moe::product_key_topk(scores, grid, 2);
+  for (std::int64_t b = 0; b < 4; ++b) {
+    double best = 0, cheapest_gap = 1e300;
+    for (std::size_t d = 0; d < grid.size(); ++d) {
+      std::vector<float> dim(3);
+      for (std::int64_t c = 0; c < 3; ++c) dim[static_cast<std::size_t>(c)] = scores.at(b, static_cast<std::int64_t>(3 * d) + c);
+      const auto top = static_cast<std::uint32_t>(std::max_element(dim.begin(), dim.end()) - dim.begin());
+      BOOST_TEST(got.expert(b, 0)[d] == top);
+      std::vector<float> sorted = dim;
+      std::sort(sorted.begin(), sorted.end(), std::greater<>());
+      best += sorted[0];
+      cheapest_gap = std::min(cheapest_gap, static_cast<double>(sorted[0]) - sorted[1]);
+    }
+    BOOST_TEST(got.score(b, 0) == best, tt::tolerance(1e-5));
+    BOOST_TEST(got.score(b, 1) == best - cheapest_gap, tt::tolerance(1e-5));
+    int differing = 0;
+    for (std::size_t d = 0; d < grid.size(); ++d) differing += got.expert(b, 0)[d] != got.expert(b, 1)[d];
+    BOOST_TEST(differing == 1);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(ties_go_to_lexicographically_smaller_coordinates) {
   // Small integer scores make many experts tie; sums of them are exact in double.
   random_engine gen(5);
@@ -150,6 +179,31 @@ BOOST_AUTO_TEST_CASE(refuses_bad_arguments) {
   tensor nan_scores(shape{2, 5});
   nan_scores.at(1, 3) = std::numeric_limits<float>::quiet_NaN();
   BOOST_CHECK_THROW(moe::product_key_topk(nan_scores, grid, 2), invalid_argument_error);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_non_finite_scores_anywhere_in_the_row) {
+  // Grid {32, 40}: whole 16-score blocks in both dimensions and a tail of 8 in the second; k = 4 and k = 20
+  // take the bounded search and the sort. Each bad value is named by its column and sample.
+  const std::vector<std::uint32_t> grid{32, 40};
+  random_engine gen(9);
+  const tensor clean = tensor::normal(shape{3, 72}, gen);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()})
+    for (std::int64_t column : {0, 17, 31, 32, 47, 64, 71})
+      for (std::int64_t k : {4, 20}) {
+        tensor scores = clean.clone();
+        scores.at(2, column) = bad;
+        BOOST_TEST_CONTEXT("value " << bad << " at column " << column << " k " << k) {
+          try {
+            moe::product_key_topk(scores, grid, k);
+            BOOST_ERROR("no error");
+          } catch (const invalid_argument_error& e) {
+            const std::string what = e.what();
+            BOOST_TEST(what.find(fmt::format("score {} of sample 2", column)) != std::string::npos, what);
+          }
+        }
+      }
+  BOOST_TEST(moe::product_key_topk(clean, grid, 4).scores.size() == 12u);
 }
 
 BOOST_AUTO_TEST_CASE(scores_backward_adds_up_shared_coordinates) {

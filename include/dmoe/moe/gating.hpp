@@ -72,7 +72,9 @@ inline std::int64_t grid_size(std::span<const std::uint32_t> grid) {
   return n;
 }
 
-// A partial expert: its score so far and its row-major index over the dimensions seen so far.
+// A partial expert: its score so far and its key over the dimensions seen so far. The key orders experts as
+// their coordinates do (lexicographically): the row-major index, or, when every coordinate fits a fixed bit field
+// and all fields fit 64 bits, the coordinates side by side in those fields (decoded by shifts, not divisions).
 struct product_key_candidate {
   double score;
   std::uint64_t index;
@@ -89,33 +91,54 @@ struct product_key_scratch {
   std::vector<product_key_candidate> column;
   std::vector<product_key_candidate> pairs;
   std::vector<product_key_candidate> found;  // a dimension's scores at or above its bound
+  std::vector<unsigned> field_bits;          // bits of each coordinate's field in a key; empty: row-major keys
+
+  explicit product_key_scratch(std::span<const std::uint32_t> grid) {
+    unsigned total = 0;
+    for (std::uint32_t extent : grid) {
+      field_bits.push_back(static_cast<unsigned>(std::bit_width(extent - 1)));
+      total += field_bits.back();
+    }
+    if (total > 63) field_bits.clear();
+  }
 };
 
 // Scores looked at together: one vector compare accepts or rejects a whole block.
 inline constexpr std::uint32_t topk_block = 16;
 
-// Whether every score is finite: the largest exponent field of the row (an integer max, so it vectorises).
+// The exponent field of a float: all ones for inf and NaN only.
+inline constexpr std::uint32_t exponent_field = 0x7f800000u;
+
+// Whether every score is finite: the largest exponent field (an integer max, so it vectorises).
 inline bool all_finite(const float* scores, std::size_t n) noexcept {
   std::uint32_t exponent = 0;
-  for (std::size_t i = 0; i < n; ++i)
-    exponent = std::max(exponent, std::bit_cast<std::uint32_t>(scores[i]) & 0x7f800000u);
-  return exponent != 0x7f800000u;
+  for (std::size_t i = 0; i < n; ++i) exponent = std::max(exponent, std::bit_cast<std::uint32_t>(scores[i]) & exponent_field);
+  return exponent != exponent_field;
 }
 
 // Lane l of `out` gets the largest of scores[l], scores[l + 16], ... over `blocks` whole blocks (blocks >= 1).
-inline void lane_maxima(const float* scores, std::uint32_t blocks, float* out) noexcept {
+// Returns whether all those scores are finite (checked in the same pass, so the row is read once).
+inline bool lane_maxima(const float* scores, std::uint32_t blocks, float* out) noexcept {
 #if defined(__AVX2__)  // also on AVX-512 machines: g++ 12 warns inside _mm512_max_ps (GCC bug 105593)
+  const __m256i field = _mm256_set1_epi32(static_cast<int>(exponent_field));
+  const auto exponent = [&](__m256 x) { return _mm256_and_si256(_mm256_castps_si256(x), field); };
   __m256 lo = _mm256_loadu_ps(scores), hi = _mm256_loadu_ps(scores + 8);
+  __m256i e_lo = exponent(lo), e_hi = exponent(hi);
   for (std::uint32_t b = 1; b < blocks; ++b) {
-    lo = _mm256_max_ps(lo, _mm256_loadu_ps(scores + b * topk_block));
-    hi = _mm256_max_ps(hi, _mm256_loadu_ps(scores + b * topk_block + 8));
+    const __m256 x_lo = _mm256_loadu_ps(scores + b * topk_block), x_hi = _mm256_loadu_ps(scores + b * topk_block + 8);
+    lo = _mm256_max_ps(lo, x_lo);
+    hi = _mm256_max_ps(hi, x_hi);
+    e_lo = _mm256_max_epu32(e_lo, exponent(x_lo));
+    e_hi = _mm256_max_epu32(e_hi, exponent(x_hi));
   }
   _mm256_storeu_ps(out, lo);
   _mm256_storeu_ps(out + 8, hi);
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(e_lo, e_hi), field)) == 0;
 #else
   std::copy_n(scores, topk_block, out);
   for (std::uint32_t b = 1; b < blocks; ++b)
     for (std::uint32_t l = 0; l < topk_block; ++l) out[l] = std::max(out[l], scores[b * topk_block + l]);
+  return all_finite(scores, std::size_t{blocks} * topk_block);
 #endif
 }
 
@@ -139,12 +162,14 @@ inline std::uint32_t at_least_mask(const float* block, float bound) noexcept {
 // k <= 16 <= extent. The maximum of each of 16 strided lanes is a distinct score, so the k-th largest lane
 // maximum is a bound no greater than the k-th best score: only the few scores at or above it can be among the
 // k best, one vector compare per block finds them, and only they are sorted.
-inline void top_of_dimension_bounded(const float* scores, std::uint32_t extent, std::size_t keep,
+// Returns false (out unspecified) when a score is not finite.
+inline bool top_of_dimension_bounded(const float* scores, std::uint32_t extent, std::size_t keep,
                                      std::vector<product_key_candidate>& candidates,
                                      std::vector<product_key_candidate>& out) {
   const std::uint32_t blocks = extent / topk_block;
   float lane_max[topk_block];
-  lane_maxima(scores, blocks, lane_max);
+  if (!lane_maxima(scores, blocks, lane_max) || !all_finite(scores + blocks * topk_block, extent % topk_block))
+    return false;
   for (std::uint32_t i = blocks * topk_block; i < extent; ++i)
     lane_max[i % topk_block] = std::max(lane_max[i % topk_block], scores[i]);
   // The k-th largest lane maximum: the largest one that at least k lane maxima reach (16 compares, no sort).
@@ -171,16 +196,19 @@ inline void top_of_dimension_bounded(const float* scores, std::uint32_t extent, 
     found[at] = c;
   }
   out.assign(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(keep));
+  return true;
 }
 
-// The k best of one dimension's scores, sorted best first.
-inline void top_of_dimension(const float* scores, std::uint32_t extent, std::size_t keep,
+// The k best of one dimension's scores, sorted best first; false (out unspecified) when a score is not finite.
+inline bool top_of_dimension(const float* scores, std::uint32_t extent, std::size_t keep,
                              std::vector<product_key_candidate>& scratch, std::vector<product_key_candidate>& out) {
   if (keep <= topk_block && extent >= topk_block) return top_of_dimension_bounded(scores, extent, keep, scratch, out);
+  if (!all_finite(scores, extent)) return false;  // before sorting: NaN breaks the order a sort relies on
   out.resize(extent);
   for (std::uint32_t i = 0; i < extent; ++i) out[i] = {static_cast<double>(scores[i]), i};
   std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(keep), out.end(), better);
   out.resize(keep);
+  return true;
 }
 
 // Exact top-k of one sample. Sums are taken in double, left to right over the dimensions, and
@@ -188,14 +216,17 @@ inline void top_of_dimension(const float* scores, std::uint32_t extent, std::siz
 // dimension's k best) cannot complete an expert inside the k best. Only pairs (i, j) with
 // (i+1)(j+1) <= k can make the k best of a product of two sorted lists, so the combine step
 // looks at O(k log k) pairs, not k^2.
-inline void product_key_topk_row(const float* row, std::span<const std::uint32_t> grid, std::size_t k,
+// Returns false (outputs unspecified) when a score is not finite.
+inline bool product_key_topk_row(const float* row, std::span<const std::uint32_t> grid, std::size_t k,
                                  std::uint32_t* coordinates_out, float* scores_out, product_key_scratch& scratch) {
+  const bool fields = !scratch.field_bits.empty();
   auto& candidates = scratch.candidates;
-  top_of_dimension(row, grid[0], std::min<std::size_t>(k, grid[0]), scratch.found, candidates);
+  if (!top_of_dimension(row, grid[0], std::min<std::size_t>(k, grid[0]), scratch.found, candidates)) return false;
   const float* dimension_scores = row + grid[0];
   for (std::size_t d = 1; d < grid.size(); ++d) {
     const std::uint32_t extent = grid[d];
-    top_of_dimension(dimension_scores, extent, std::min<std::size_t>(k, extent), scratch.found, scratch.column);
+    if (!top_of_dimension(dimension_scores, extent, std::min<std::size_t>(k, extent), scratch.found, scratch.column))
+      return false;
     dimension_scores += extent;
     const std::size_t total = candidates.size() * scratch.column.size();
     const std::size_t keep = std::min(k, total);
@@ -204,7 +235,8 @@ inline void product_key_topk_row(const float* row, std::span<const std::uint32_t
     for (std::size_t i = 0; i < candidates.size() && i + 1 <= keep; ++i)
       for (std::size_t j = 0; j < scratch.column.size() && (i + 1) * (j + 1) <= keep; ++j)
         pairs.push_back({candidates[i].score + scratch.column[j].score,
-                         candidates[i].index * extent + scratch.column[j].index});
+                         fields ? candidates[i].index << scratch.field_bits[d] | scratch.column[j].index
+                                : candidates[i].index * extent + scratch.column[j].index});
     if (pairs.size() <= 64) {  // few pairs (k small): an insertion sort has no heap to build
       for (std::size_t j = 1; j < pairs.size(); ++j) {
         const product_key_candidate c = pairs[j];
@@ -222,11 +254,19 @@ inline void product_key_topk_row(const float* row, std::span<const std::uint32_t
   for (std::size_t j = 0; j < k; ++j) {
     scores_out[j] = static_cast<float>(candidates[j].score);
     std::uint64_t index = candidates[j].index;
+    if (fields) {
+      for (std::size_t d = dims; d-- > 0;) {
+        coordinates_out[j * dims + d] = static_cast<std::uint32_t>(index & ((std::uint64_t{1} << scratch.field_bits[d]) - 1));
+        index >>= scratch.field_bits[d];
+      }
+      continue;
+    }
     for (std::size_t d = dims; d-- > 0;) {
       coordinates_out[j * dims + d] = static_cast<std::uint32_t>(index % grid[d]);
       index /= grid[d];
     }
   }
+  return true;
 }
 
 }  // namespace detail
@@ -266,15 +306,14 @@ inline grid_selection product_key_topk(const tensor& grid_scores, std::span<cons
   out.coordinates.resize(batch * kk * grid.size());
   out.scores.resize(batch * kk);
   const float* data = grid_scores.data<float>();
-  detail::product_key_scratch scratch;
+  detail::product_key_scratch scratch(grid);
   for (std::size_t b = 0; b < batch; ++b) {
     const float* row = data + b * width;
-    if (!detail::all_finite(row, width))
+    if (!detail::product_key_topk_row(row, grid, kk, out.coordinates.data() + b * kk * grid.size(),
+                                      out.scores.data() + b * kk, scratch))
       for (std::size_t c = 0; c < width; ++c)
         if (!std::isfinite(row[c]))
           throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
-    detail::product_key_topk_row(row, grid, kk, out.coordinates.data() + b * kk * grid.size(),
-                                 out.scores.data() + b * kk, scratch);
   }
   return out;
 }
