@@ -267,11 +267,13 @@ int run_summary(const options& opt, bool restarted) {
       "\"layer_norm_backward_fraction_of_memcpy\":{},\"softmax_fraction_of_memcpy\":{},"
       "\"adam_fraction_of_memcpy\":{},\"ffn_fraction_of_same_gemms\":{},\"peak_gflops\":{},\"fma_peak_gflops\":{},"
       "\"ffn_ratio_vs_torch_ceiling\":{},\"ffn_ratio_vs_torch_min\":{},\"ffn_ratio_vs_torch_max\":{},"
-      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_batch\":{},\"gemm_kernel\":\"{}\",\"torch\":{},\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
+      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_batch\":{},\"gemm_kernel\":\"{}\",\"torch\":{},"
+      "\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
       json_number(fraction), json_number(ratio), json_number(speedup, 1), json_number(speedup_sort, 1),
       json_number(min_gemm_ratio), worst_n, json_number(gemm_geomean), json_number(mem_fraction["layer_norm_forward"]),
       json_number(mem_fraction["layer_norm_backward"]), json_number(mem_fraction["softmax"]),
-      json_number(mem_fraction["adam_step"]), json_number(fraction_of_same_gemms), json_number(peak, 1), json_number(fma_peak, 1),
+      json_number(mem_fraction["adam_step"]), json_number(fraction_of_same_gemms), json_number(peak, 1),
+      json_number(fma_peak, 1),
       json_number(ratio_ceiling), json_number(ratio_min), json_number(ratio_max), json_number(ratio_env),
       representative_batch, dmoe::ops::to_string(dmoe::ops::current_gemm_kernel()), torch_available ? "true" : "false",
       torch_pass ? "true" : "false", g.same_experts ? "true" : "false",

@@ -85,7 +85,7 @@ BOOST_AUTO_TEST_CASE(product_key_topk_equals_exhaustive_on_random_grids) {
   const std::vector<grid_case> cases{
       {{16, 16}, 8, {1, 4, 16, 100, 256}},
       {{256, 256}, 3, {1, 4, 8, 64}},
-      {{32, 48}, 64, {1, 2, 4, 16}},  // whole 16-score blocks: the one-pass search (and its fallback)
+      {{32, 48}, 64, {1, 2, 4, 16}},  // whole 16-score blocks only: the bounded search with no tail
       {{3, 200}, 4, {1, 5, 600}},
       {{4, 4, 4}, 8, {1, 2, 7, 64}},
       {{16, 8, 32}, 4, {3, 33, 128}},
@@ -118,7 +118,8 @@ BOOST_AUTO_TEST_CASE(grids_wider_than_64_key_bits_decode_row_major_indices) {
     double best = 0, cheapest_gap = 1e300;
     for (std::size_t d = 0; d < grid.size(); ++d) {
       std::vector<float> dim(3);
-      for (std::int64_t c = 0; c < 3; ++c) dim[static_cast<std::size_t>(c)] = scores.at(b, static_cast<std::int64_t>(3 * d) + c);
+      for (std::int64_t c = 0; c < 3; ++c)
+        dim[static_cast<std::size_t>(c)] = scores.at(b, static_cast<std::int64_t>(3 * d) + c);
       const auto top = static_cast<std::uint32_t>(std::max_element(dim.begin(), dim.end()) - dim.begin());
       BOOST_TEST(got.expert(b, 0)[d] == top);
       std::vector<float> sorted = dim;

@@ -112,7 +112,8 @@ inline constexpr std::uint32_t exponent_field = 0x7f800000u;
 // Whether every score is finite: the largest exponent field (an integer max, so it vectorises).
 inline bool all_finite(const float* scores, std::size_t n) noexcept {
   std::uint32_t exponent = 0;
-  for (std::size_t i = 0; i < n; ++i) exponent = std::max(exponent, std::bit_cast<std::uint32_t>(scores[i]) & exponent_field);
+  for (std::size_t i = 0; i < n; ++i)
+    exponent = std::max(exponent, std::bit_cast<std::uint32_t>(scores[i]) & exponent_field);
   return exponent != exponent_field;
 }
 
@@ -125,7 +126,8 @@ inline bool lane_maxima(const float* scores, std::uint32_t blocks, float* out) n
   __m256 lo = _mm256_loadu_ps(scores), hi = _mm256_loadu_ps(scores + 8);
   __m256i e_lo = exponent(lo), e_hi = exponent(hi);
   for (std::uint32_t b = 1; b < blocks; ++b) {
-    const __m256 x_lo = _mm256_loadu_ps(scores + b * topk_block), x_hi = _mm256_loadu_ps(scores + b * topk_block + 8);
+    const __m256 x_lo = _mm256_loadu_ps(scores + b * topk_block);
+    const __m256 x_hi = _mm256_loadu_ps(scores + b * topk_block + 8);
     lo = _mm256_max_ps(lo, x_lo);
     hi = _mm256_max_ps(hi, x_hi);
     e_lo = _mm256_max_epu32(e_lo, exponent(x_lo));
@@ -256,7 +258,8 @@ inline bool product_key_topk_row(const float* row, std::span<const std::uint32_t
     std::uint64_t index = candidates[j].index;
     if (fields) {
       for (std::size_t d = dims; d-- > 0;) {
-        coordinates_out[j * dims + d] = static_cast<std::uint32_t>(index & ((std::uint64_t{1} << scratch.field_bits[d]) - 1));
+        const std::uint64_t field_mask = (std::uint64_t{1} << scratch.field_bits[d]) - 1;
+        coordinates_out[j * dims + d] = static_cast<std::uint32_t>(index & field_mask);
         index >>= scratch.field_bits[d];
       }
       continue;
