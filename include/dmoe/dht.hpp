@@ -1,0 +1,10 @@
+// Umbrella for dmoe's DHT layer: Kademlia ids, routing table, storage, wire messages, lookup state.
+#pragma once
+
+#include <dmoe/dht/lookup.hpp>
+#include <dmoe/dht/messages.hpp>
+#include <dmoe/dht/node_id.hpp>
+#include <dmoe/dht/peer_bans.hpp>
+#include <dmoe/dht/record.hpp>
+#include <dmoe/dht/routing_table.hpp>
+#include <dmoe/dht/storage.hpp>

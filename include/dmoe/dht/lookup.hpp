@@ -1,0 +1,245 @@
+// The iterative Kademlia lookup's pure state: many keys crawled together, α requests in flight, k nearest kept.
+#pragma once
+
+#include <dmoe/core/clock.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/dht/messages.hpp>
+#include <dmoe/dht/node_id.hpp>
+#include <dmoe/dht/record.hpp>
+
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+struct lookup_options {
+  std::size_t k = 20;     // nearest nodes kept and visited per key (Kademlia's k)
+  std::size_t alpha = 3;  // requests in flight at once (Kademlia's α)
+  bool want_values = false;  // a get: a key ends at its first unexpired value...
+  bool latest = false;       // ...unless `latest`: then its k nearest are all visited and the newest merged
+  std::optional<node_id> self;  // our own id, never asked
+};
+
+// One request to send: ask `peer` about `keys` (a find request), then report `on_response` or `on_failure`.
+struct lookup_request {
+  wire_peer peer;
+  std::vector<key_id> keys;
+};
+
+struct lookup_result {
+  key_id key;
+  std::vector<wire_peer> nearest;  // up to k peers that answered, nearest first
+  std::optional<record> found;     // gets: the value (with `latest`, merged newest-wins per subkey across peers)
+  std::optional<wire_peer> nearest_without_value;  // gets: the nearest peer that answered without it (to cache at)
+};
+
+// Iterative node/value lookup (Maymounkov & Mazières 2002, "Kademlia", section 2.3), for many keys in one crawl
+// as hivemind does: a peer is asked once about every key it is currently among the k nearest candidates of.
+// A key is done when the k nearest candidates that did not fail have all answered (or no candidate is left), or,
+// for a get without `latest`, at the first unexpired value. Pure: the caller sends what `next` returns and feeds
+// back responses and failures (timeouts); nothing here reads a clock or touches a socket.
+class lookup {
+ public:
+  // Throws invalid_argument_error when k or α is 0.
+  lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
+    if (options_.k == 0 || options_.alpha == 0)
+      throw invalid_argument_error(
+          fmt::format("lookup needs k >= 1 and alpha >= 1, got k={} alpha={}", options_.k, options_.alpha));
+    keys_.reserve(keys.size());
+    for (const auto& key : keys) {
+      if (index_.emplace(key, keys_.size()).second) keys_.push_back(key_state{key, {}, {}, false});
+    }
+  }
+
+  // Candidates to start from (typically the routing table's nearest), for one key or for all.
+  void add_candidates(const key_id& key, const std::vector<wire_peer>& peers) {
+    auto it = index_.find(key);
+    if (it == index_.end()) return;
+    for (const auto& p : peers) add_candidate(keys_[it->second], p);
+  }
+  void add_candidates(const std::vector<wire_peer>& peers) {
+    for (auto& state : keys_)
+      for (const auto& p : peers) add_candidate(state, p);
+  }
+
+  // The requests to send now, keeping at most α in flight; empty when waiting or done.
+  std::vector<lookup_request> next() {
+    std::vector<lookup_request> out;
+    while (in_flight_ < options_.alpha) {
+      const candidate* chosen = nullptr;
+      for (std::size_t step = 0; step < keys_.size() && !chosen; ++step) {
+        key_state& state = keys_[(cursor_ + step) % keys_.size()];
+        if (key_done(state)) continue;
+        chosen = first_askable(state);
+      }
+      if (!chosen) break;
+      cursor_ = (cursor_ + 1) % keys_.size();
+      lookup_request request{chosen->peer, {}};
+      auto& peer = peers_[request.peer.id];
+      for (std::size_t i = 0; i < keys_.size(); ++i) {
+        key_state& state = keys_[i];
+        if (key_done(state)) continue;
+        std::size_t seen = 0;
+        for (auto& [d, c] : state.candidates) {
+          if (c.status == progress::failed) continue;
+          if (seen++ >= options_.k) break;
+          if (c.peer.id == request.peer.id && c.status == progress::unasked) {
+            c.status = progress::asked;
+            request.keys.push_back(state.key);
+            peer.asked.push_back(i);
+            break;
+          }
+        }
+      }
+      peer.in_flight = true;
+      ++in_flight_;
+      ++requests_sent_;
+      out.push_back(std::move(request));
+    }
+    return out;
+  }
+
+  // `peer` answered a request from `next` (a find response); `now` (wall-clock seconds) decides which values are
+  // alive. Keys it was asked about but left out count as answered without a value. Returns false (and changes
+  // nothing) when no request to `peer` is in flight.
+  bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now) {
+    auto peer_it = peers_.find(peer_id);
+    if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
+    auto asked = std::move(peer_it->second.asked);
+    peer_it->second.asked.clear();
+    peer_it->second.in_flight = false;
+    --in_flight_;
+    std::unordered_map<key_id, const find_result*> by_key;
+    for (const auto& r : results) by_key.emplace(r.key, &r);
+    for (std::size_t i : asked) {
+      key_state& state = keys_[i];
+      auto c = state.candidates.find(distance(state.key, peer_id));
+      if (c == state.candidates.end() || c->second.status != progress::asked) continue;
+      c->second.status = progress::answered;
+      auto r = by_key.find(state.key);
+      if (r == by_key.end()) continue;
+      for (const auto& p : r->second->nearest) add_candidate(state, p);
+      if (!options_.want_values || !r->second->found) continue;
+      record alive = *r->second->found;
+      if (!alive.drop_expired(now)) continue;
+      c->second.had_value = true;
+      if (!state.found) state.found = std::move(alive);
+      else merge_into(*state.found, alive);
+      if (!options_.latest) state.finished = true;
+    }
+    return true;
+  }
+
+  // `peer` did not answer (timeout) or answered garbage: it counts as failed for every key. Returns false when
+  // no request to it was in flight.
+  bool on_failure(const node_id& peer_id) {
+    auto& peer = peers_[peer_id];
+    const bool was_in_flight = peer.in_flight;
+    if (was_in_flight) --in_flight_;
+    peer.in_flight = false;
+    peer.failed = true;
+    peer.asked.clear();
+    for (auto& state : keys_) {
+      auto c = state.candidates.find(distance(state.key, peer_id));
+      if (c != state.candidates.end()) c->second.status = progress::failed;
+    }
+    return was_in_flight;
+  }
+
+  bool done() const {
+    if (in_flight_ != 0) return false;
+    for (const auto& state : keys_)
+      if (!key_done(state)) return false;
+    return true;
+  }
+  bool done(const key_id& key) const {
+    auto it = index_.find(key);
+    return it == index_.end() || key_done(keys_[it->second]);
+  }
+  std::size_t in_flight() const noexcept { return in_flight_; }
+  std::size_t requests_sent() const noexcept { return requests_sent_; }
+
+  // Per key, in the order given to the constructor (repeats removed).
+  std::vector<lookup_result> results() const {
+    std::vector<lookup_result> out;
+    out.reserve(keys_.size());
+    for (const auto& state : keys_) {
+      lookup_result r{state.key, {}, state.found, std::nullopt};
+      for (const auto& [d, c] : state.candidates) {
+        if (c.status != progress::answered) continue;
+        if (r.nearest.size() < options_.k) r.nearest.push_back(c.peer);
+        if (options_.want_values && !c.had_value && !r.nearest_without_value) r.nearest_without_value = c.peer;
+      }
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+ private:
+  enum class progress { unasked, asked, answered, failed };
+  struct candidate {
+    wire_peer peer;
+    progress status = progress::unasked;
+    bool had_value = false;
+  };
+  struct key_state {
+    key_id key;
+    std::map<node_id, candidate> candidates;  // by distance to the key
+    std::optional<record> found;
+    bool finished = false;  // a get without `latest` found its value
+  };
+  struct peer_state {
+    bool in_flight = false;
+    bool failed = false;
+    std::vector<std::size_t> asked;  // keys of the request in flight
+  };
+
+  void add_candidate(key_state& state, const wire_peer& p) {
+    if (options_.self && p.id == *options_.self) return;
+    auto peer = peers_.find(p.id);
+    const bool failed = peer != peers_.end() && peer->second.failed;
+    state.candidates.try_emplace(distance(state.key, p.id), candidate{p, failed ? progress::failed : progress::unasked});
+  }
+
+  bool key_done(const key_state& state) const {
+    if (state.finished) return true;
+    std::size_t seen = 0;
+    for (const auto& [d, c] : state.candidates) {
+      if (c.status == progress::failed) continue;
+      if (c.status != progress::answered) return false;
+      if (++seen >= options_.k) break;
+    }
+    return true;
+  }
+
+  // The nearest unasked candidate among the key's k nearest not failed whose peer is not busy.
+  const candidate* first_askable(const key_state& state) const {
+    std::size_t seen = 0;
+    for (const auto& [d, c] : state.candidates) {
+      if (c.status == progress::failed) continue;
+      if (seen++ >= options_.k) break;
+      if (c.status != progress::unasked) continue;
+      auto peer = peers_.find(c.peer.id);
+      if (peer == peers_.end() || !peer->second.in_flight) return &c;
+    }
+    return nullptr;
+  }
+
+  lookup_options options_;
+  std::vector<key_state> keys_;
+  std::unordered_map<key_id, std::size_t> index_;
+  std::unordered_map<node_id, peer_state> peers_;
+  std::size_t in_flight_ = 0;
+  std::size_t cursor_ = 0;
+  std::size_t requests_sent_ = 0;
+};
+
+}  // namespace dht
+DMOE_END_NAMESPACE

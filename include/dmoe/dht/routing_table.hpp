@@ -1,0 +1,239 @@
+// The Kademlia routing table: k-buckets over prefix ranges, relaxed splitting, replacement caches, bans.
+#pragma once
+
+#include <dmoe/async/endpoint.hpp>
+#include <dmoe/core/clock.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/dht/node_id.hpp>
+#include <dmoe/dht/peer_bans.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <optional>
+#include <vector>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+// A peer the table knows: its id, where it listens, when it was last heard from (steady time).
+struct peer_info {
+  node_id id;
+  endpoint address;
+  steady_time last_seen{};
+};
+
+struct routing_table_options {
+  std::size_t k = 20;  // bucket size, and how many nearest nodes lookups keep (Kademlia's k)
+  // Kademlia's b (section 4.2): a full bucket not holding our id still splits while its depth is not a
+  // multiple of b, so each routing step gains at least b bits. b = 1 is the plain split-on-own-id table.
+  std::size_t b = 5;
+  std::size_t replacement_cache_size = 20;  // nodes kept per bucket to replace dead ones, most recent first
+  peer_ban_options bans{};
+};
+
+// How the table took a node it heard from.
+enum class heard_outcome {
+  added,      // put in its bucket
+  refreshed,  // already there; now the most recently seen
+  cached,     // its bucket is full: kept in the replacement cache, and `ping` names the node to check
+  banned,     // it is banned and this was not an answer from it: ignored
+  self,       // our own id: ignored
+};
+
+struct heard_result {
+  heard_outcome outcome;
+  // With `cached`: the least recently seen node of the full bucket. Ping it, then report `heard_from` (alive:
+  // it stays, the newcomer waits in the cache) or `failed` (dead: removed, the newest cached node takes its place).
+  std::optional<peer_info> ping;
+};
+
+// The routing table of one node (Maymounkov & Mazières 2002, "Kademlia", sections 2.2, 2.4 and 4.2).
+// Buckets are disjoint prefix ranges covering the id space; each holds at most k nodes ordered from least to
+// most recently seen. Pure: every call takes the time; nothing here reads a clock or touches a socket.
+class routing_table {
+ public:
+  struct bucket {
+    node_id prefix;         // the range's lowest id
+    std::size_t depth = 0;  // number of leading bits fixed by the range
+    std::vector<peer_info> peers;          // least recently seen first
+    std::vector<peer_info> replacements;   // most recently seen last
+
+    bool covers(const node_id& id) const noexcept { return common_prefix_length(prefix, id) >= depth; }
+  };
+
+  // Throws invalid_argument_error when k, b or the cache size is 0.
+  explicit routing_table(node_id self, routing_table_options options = {})
+      : self_(self), options_(options), bans_(options.bans) {
+    if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
+      throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
+                                               options_.k, options_.b, options_.replacement_cache_size));
+    buckets_.push_back(bucket{});
+  }
+
+  const node_id& self() const noexcept { return self_; }
+  const routing_table_options& options() const noexcept { return options_; }
+
+  // We heard from `id` at `address` at `now`. `answered` is true when it answered one of our requests (a
+  // success: its ban, if any, is lifted); false for a request it sent us, which a banned node cannot use to
+  // get back in before its ban ends. A known node moves to the tail of its bucket and takes the new address.
+  heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true) {
+    if (id == self_) return {heard_outcome::self, std::nullopt};
+    if (answered) {
+      bans_.succeeded(id);
+    } else if (bans_.is_banned(id, now)) {
+      return {heard_outcome::banned, std::nullopt};
+    }
+    const peer_info incoming{id, address, now};
+    for (;;) {
+      bucket& b = bucket_for(id);
+      auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
+      if (it != b.peers.end()) {
+        b.peers.erase(it);
+        b.peers.push_back(incoming);
+        return {heard_outcome::refreshed, std::nullopt};
+      }
+      if (b.peers.size() < options_.k) {
+        std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+        b.peers.push_back(incoming);
+        ++size_;
+        return {heard_outcome::added, std::nullopt};
+      }
+      if (can_split(b)) {
+        split(b);
+        continue;
+      }
+      std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+      b.replacements.push_back(incoming);
+      if (b.replacements.size() > options_.replacement_cache_size) b.replacements.erase(b.replacements.begin());
+      return {heard_outcome::cached, b.peers.front()};
+    }
+  }
+
+  // `id` did not answer at `now`: it leaves its bucket (or cache), is banned (the ban doubles with each failure
+  // in a row), and the most recently seen cached node of its bucket takes its place. Returns the end of the ban.
+  steady_time failed(const node_id& id, steady_time now) {
+    if (id != self_) {
+      bucket& b = bucket_for(id);
+      std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+      auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
+      if (it != b.peers.end()) {
+        b.peers.erase(it);
+        --size_;
+        if (!b.replacements.empty()) {
+          peer_info promoted = b.replacements.back();
+          b.replacements.pop_back();
+          // Keep least-recently-seen-first order.
+          auto at = std::upper_bound(b.peers.begin(), b.peers.end(), promoted.last_seen,
+                                     [](steady_time t, const peer_info& p) { return t < p.last_seen; });
+          b.peers.insert(at, promoted);
+          ++size_;
+        }
+      }
+    }
+    return bans_.failed(id, now);
+  }
+
+  bool is_banned(const node_id& id, steady_time now) const { return bans_.is_banned(id, now); }
+  const peer_bans& bans() const noexcept { return bans_; }
+  peer_bans& bans() noexcept { return bans_; }
+
+  // The peer with this id, if it is in a bucket (not the replacement cache).
+  std::optional<peer_info> find(const node_id& id) const {
+    const bucket& b = buckets_[bucket_index(id)];
+    for (const auto& p : b.peers)
+      if (p.id == id) return p;
+    return std::nullopt;
+  }
+  bool contains(const node_id& id) const { return find(id).has_value(); }
+
+  // The `count` peers nearest to `target` by XOR distance, nearest first, leaving out `exclude` (our own id is
+  // never in the table). Equal to sorting every peer by distance; visits buckets in order of their distance
+  // range (the ranges are disjoint), so it stops after the first buckets that hold `count` peers.
+  std::vector<peer_info> nearest(const node_id& target, std::size_t count,
+                                 std::optional<node_id> exclude = std::nullopt) const {
+    std::vector<std::pair<node_id, const bucket*>> order;
+    order.reserve(buckets_.size());
+    for (const auto& b : buckets_) order.emplace_back(distance(target, b.prefix).prefix(b.depth), &b);
+    std::sort(order.begin(), order.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    std::vector<peer_info> out;
+    for (const auto& [lowest, b] : order) {
+      if (out.size() >= count) break;
+      for (const auto& p : b->peers)
+        if (!exclude || p.id != *exclude) out.push_back(p);
+    }
+    std::sort(out.begin(), out.end(),
+              [&](const peer_info& x, const peer_info& y) { return nearer(target, x.id, y.id); });
+    if (out.size() > count) out.resize(count);
+    return out;
+  }
+
+  // Every peer in a bucket, bucket by bucket.
+  std::vector<peer_info> peers() const {
+    std::vector<peer_info> out;
+    out.reserve(size_);
+    for (const auto& b : buckets_) out.insert(out.end(), b.peers.begin(), b.peers.end());
+    return out;
+  }
+
+  std::size_t size() const noexcept { return size_; }
+  std::size_t bucket_count() const noexcept { return buckets_.size(); }
+  const std::vector<bucket>& buckets() const noexcept { return buckets_; }
+
+  // The bucket whose range holds `id`.
+  const bucket& bucket_of(const node_id& id) const { return buckets_[bucket_index(id)]; }
+
+ private:
+  std::size_t bucket_index(const node_id& id) const noexcept {
+    for (std::size_t i = 0; i < buckets_.size(); ++i)
+      if (buckets_[i].covers(id)) return i;
+    return 0;  // unreachable: the buckets' ranges cover the id space
+  }
+  bucket& bucket_for(const node_id& id) { return buckets_[bucket_index(id)]; }
+
+  // After a split a half may have room: the newest cached nodes move in, keeping least-recently-seen-first order.
+  void refill(bucket& b) {
+    bool moved = false;
+    while (b.peers.size() < options_.k && !b.replacements.empty()) {
+      b.peers.push_back(b.replacements.back());
+      b.replacements.pop_back();
+      ++size_;
+      moved = true;
+    }
+    if (moved)
+      std::stable_sort(b.peers.begin(), b.peers.end(),
+                       [](const peer_info& x, const peer_info& y) { return x.last_seen < y.last_seen; });
+  }
+
+  bool can_split(const bucket& b) const noexcept {
+    return b.depth < node_id::bits && (b.covers(self_) || b.depth % options_.b != 0);
+  }
+
+  void split(bucket& b) {
+    bucket upper;
+    upper.depth = b.depth + 1;
+    upper.prefix = b.prefix.with_bit(b.depth, true);
+    b.depth += 1;
+    auto moves = [&](const peer_info& p) { return p.id.bit(b.depth - 1); };
+    for (auto& p : b.peers)
+      if (moves(p)) upper.peers.push_back(p);
+    for (auto& p : b.replacements)
+      if (moves(p)) upper.replacements.push_back(p);
+    std::erase_if(b.peers, moves);
+    std::erase_if(b.replacements, moves);
+    refill(b);
+    refill(upper);
+    buckets_.push_back(std::move(upper));  // invalidates `b`
+  }
+
+  node_id self_;
+  routing_table_options options_;
+  peer_bans bans_;
+  std::vector<bucket> buckets_;
+  std::size_t size_ = 0;
+};
+
+}  // namespace dht
+DMOE_END_NAMESPACE
