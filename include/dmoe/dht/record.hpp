@@ -23,8 +23,15 @@ struct timed_value {
   friend bool operator==(const timed_value&, const timed_value&) = default;
 };
 
+// Orders subkeys by their bytes (through string_view: g++ 12 misreads vector<byte>'s <=> as an unbounded memcmp).
+struct subkey_order {
+  bool operator()(const byte_buffer& a, const byte_buffer& b) const noexcept {
+    return as_string_view(a) < as_string_view(b);
+  }
+};
+
 // Subkey -> timed value, ordered by subkey bytes.
-using dictionary = std::map<byte_buffer, timed_value>;
+using dictionary = std::map<byte_buffer, timed_value, subkey_order>;
 
 // What one key holds: a plain value, or a dictionary (then `value` is unused and `subkeys` is non-empty).
 struct record {
