@@ -37,7 +37,7 @@ struct lookup_result {
   key_id key;
   std::vector<wire_peer> nearest;  // up to k peers that answered, nearest first
   std::optional<record> found;     // gets: the value (with `latest`, merged newest-wins per subkey across peers)
-  std::optional<wire_peer> nearest_without_value;  // gets: the nearest peer that answered without it (to cache at)
+  std::optional<wire_peer> nearest_without_value;  // gets: the nearest of `nearest` that lacked it (to cache at)
 };
 
 // Iterative node/value lookup (Maymounkov & Mazières 2002, "Kademlia", section 2.3), for many keys in one crawl
@@ -174,7 +174,8 @@ class lookup {
       lookup_result r{state.key, {}, state.found, std::nullopt};
       for (const auto& [d, c] : state.candidates) {
         if (c.status != progress::answered) continue;
-        if (r.nearest.size() < options_.k) r.nearest.push_back(c.peer);
+        if (r.nearest.size() >= options_.k) break;
+        r.nearest.push_back(c.peer);
         if (options_.want_values && !c.had_value && !r.nearest_without_value) r.nearest_without_value = c.peer;
       }
       out.push_back(std::move(r));
