@@ -1,5 +1,6 @@
-// Writes the fuzzers' seed corpora: real frames, datagrams and tensors, one file each.
+// Writes the fuzzers' seed corpora: real frames, datagrams, tensors and DHT messages, one file each.
 // Run once after a format change: dmoe_fuzz_make_corpus <tests/fuzz/corpus>
+#include <dmoe/dht/messages.hpp>
 #include <dmoe/net/datagram_message.hpp>
 #include <dmoe/net/frame.hpp>
 #include <dmoe/tensor/wire.hpp>
@@ -100,6 +101,32 @@ int main(int argc, char** argv) {
   write_file(root / "tensor" / "scalar", encode_tensor(tensor::full({}, 1.5f)));
   write_file(root / "tensor" / "i64_labels", encode_tensor(tensor::zeros({2, 2, 2}, dtype::i64)));
   write_file(root / "tensor" / "empty", encode_tensor(tensor::zeros({0, 5})));
+  // DHT messages: [u8 decoder][message], the decoder byte as dht_fuzz.cpp reads it.
+  auto dht_seed = [](std::uint8_t decoder, const byte_buffer& message) {
+    byte_buffer out{static_cast<std::byte>(decoder)};
+    out.insert(out.end(), message.begin(), message.end());
+    return out;
+  };
+  using dht::node_id;
+  const dht::wire_peer near_v4{node_id{1, 2}, endpoint("127.0.0.5", 4100)};
+  const dht::wire_peer near_v6{node_id{3, 4}, endpoint("::1", 4200)};
+  write_file(root / "dht" / "ping_request", dht_seed(0, dht::encode(dht::ping_request{true})));
+  write_file(root / "dht" / "ping_response", dht_seed(1, dht::encode(dht::ping_response{false, near_v6.address})));
+  dht::store_request store;
+  store.items.push_back({dht::key_of("ffn.3.17"), std::nullopt, {to_buffer("127.0.0.1:4000"), 1.0e9 + 60, {}}});
+  store.items.push_back({dht::key_of("ffn.3."), to_buffer("17"), {to_buffer("127.0.0.1:4000"), 1.0e9 + 61, pattern(96)}});
+  write_file(root / "dht" / "store_request", dht_seed(2, dht::encode(store)));
+  write_file(root / "dht" / "store_response",
+             dht_seed(3, dht::encode(dht::store_response{false, {dht::store_result::stored, dht::store_result::not_newer}})));
+  write_file(root / "dht" / "find_request",
+             dht_seed(4, dht::encode(dht::find_request{false, {dht::key_of("ffn.3."), dht::key_of("ffn.4.")}})));
+  dht::find_response find;
+  find.results.push_back({dht::key_of("missing"), std::nullopt, {near_v4, near_v6}});
+  find.results.push_back({dht::key_of("plain"), dht::record::plain(to_buffer("value"), 1.0e9 + 0.5), {near_v4}});
+  auto dictionary = dht::record::single_subkey(to_buffer("17"), to_buffer("127.0.0.1:4000"), 1.0e9 + 30);
+  dictionary.subkeys[to_buffer("18")] = {to_buffer("127.0.0.2:4000"), 1.0e9 + 31, {}};
+  find.results.push_back({dht::key_of("ffn.3."), dictionary, {near_v6}});
+  write_file(root / "dht" / "find_response", dht_seed(5, dht::encode(find)));
   std::printf("corpora written under %s\n", root.c_str());
   return 0;
 }
