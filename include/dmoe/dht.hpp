@@ -1,4 +1,4 @@
-// Umbrella for dmoe's DHT layer: Kademlia ids, routing table, storage, wire messages, lookup state.
+// Umbrella for dmoe's DHT layer: Kademlia ids, routing table, storage, wire messages, lookup state, signed records.
 #pragma once
 
 #include <dmoe/dht/lookup.hpp>
@@ -6,5 +6,6 @@
 #include <dmoe/dht/node_id.hpp>
 #include <dmoe/dht/peer_bans.hpp>
 #include <dmoe/dht/record.hpp>
+#include <dmoe/dht/record_validator.hpp>
 #include <dmoe/dht/routing_table.hpp>
 #include <dmoe/dht/storage.hpp>

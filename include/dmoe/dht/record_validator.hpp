@@ -1,0 +1,210 @@
+// Signed DHT records (ed25519, libsodium): signing, verifying, owner subkeys, and refusal of overwrites and replays.
+//
+// A subkey that contains "[owner:<64 hex digits>]" names the ed25519 public key that owns it: it is stored only
+// with a valid signature by that key. A stored value that was signed by a key can be replaced only by a record
+// signed by the same key with a strictly later expiration, so nobody else overwrites it and an older signed
+// record cannot be replayed over a newer one. The signature covers the whole record: domain tag, key, subkey,
+// value and expiration (a replay with an edited expiration fails verification).
+// Signature blob (timed_value::signature): public key (32 bytes) then the detached signature (64 bytes).
+// Plain keys are XXH3-128 hashes, so a storing node cannot tell from the key who owns it: a plain key is
+// protected from the first signed store on (put owned plain values under an owner subkey to protect them from
+// the start).
+#pragma once
+
+#include <dmoe/core/binary_writer.hpp>
+#include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/dht/node_id.hpp>
+#include <dmoe/dht/record.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <sodium.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+using ed25519_public_key = std::array<std::byte, crypto_sign_PUBLICKEYBYTES>;
+inline constexpr std::size_t signature_blob_size = crypto_sign_PUBLICKEYBYTES + crypto_sign_BYTES;  // 96
+
+namespace detail {
+inline void init_sodium() {
+  static const int ready = sodium_init();
+  if (ready < 0) throw error(errc::io, "libsodium failed to initialise");
+}
+}  // namespace detail
+
+// An ed25519 key pair; the secret key never leaves this object.
+class ed25519_keypair {
+ public:
+  // A fresh key pair from libsodium's generator.
+  static ed25519_keypair generate() {
+    detail::init_sodium();
+    ed25519_keypair pair;
+    crypto_sign_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
+                        reinterpret_cast<unsigned char*>(pair.secret_.data()));
+    return pair;
+  }
+  const ed25519_public_key& public_key() const noexcept { return public_; }
+
+  // The detached signature of `message`.
+  std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const {
+    std::array<std::byte, crypto_sign_BYTES> out{};
+    crypto_sign_detached(reinterpret_cast<unsigned char*>(out.data()), nullptr,
+                         reinterpret_cast<const unsigned char*>(message.data()), message.size(),
+                         reinterpret_cast<const unsigned char*>(secret_.data()));
+    return out;
+  }
+
+ private:
+  ed25519_public_key public_{};
+  std::array<std::byte, crypto_sign_SECRETKEYBYTES> secret_{};
+};
+
+// "[owner:<hex of the public key>]": put it in a subkey to make the subkey owned by that key.
+inline std::string owner_tag(const ed25519_public_key& key) {
+  std::string out = "[owner:";
+  for (auto b : key) out += fmt::format("{:02x}", static_cast<unsigned>(b));
+  return out + "]";
+}
+
+// The public key a subkey names with an owner tag, if any; a malformed tag names nobody (and so protects nothing).
+inline std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
+  constexpr std::string_view marker = "[owner:";
+  const std::string_view text = as_string_view(subkey);
+  const auto at = text.find(marker);
+  if (at == std::string_view::npos) return std::nullopt;
+  const std::string_view hex = text.substr(at + marker.size());
+  if (hex.size() < 2 * crypto_sign_PUBLICKEYBYTES + 1 || hex[2 * crypto_sign_PUBLICKEYBYTES] != ']')
+    return std::nullopt;
+  ed25519_public_key key{};
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    unsigned value = 0;
+    for (std::size_t j = 0; j < 2; ++j) {
+      const char c = hex[2 * i + j];
+      unsigned digit = 0;
+      if (c >= '0' && c <= '9') digit = static_cast<unsigned>(c - '0');
+      else if (c >= 'a' && c <= 'f') digit = static_cast<unsigned>(c - 'a' + 10);
+      else return std::nullopt;
+      value = value * 16 + digit;
+    }
+    key[i] = static_cast<std::byte>(value);
+  }
+  return key;
+}
+
+// The bytes a record's signature covers.
+inline byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
+                                  wall_seconds expiration) {
+  constexpr std::string_view domain = "dmoe.dht.record.v1";
+  byte_buffer out;
+  out.reserve(domain.size() + 64 + value.size() + (subkey ? subkey->size() : 0));
+  binary_writer w(out);
+  w.write_string(domain);
+  const auto key_bytes = key.to_bytes();
+  w.write_bytes(key_bytes);
+  w.write<std::uint8_t>(subkey ? 1 : 0);
+  if (subkey) w.write_blob(*subkey);
+  w.write_blob(value);
+  w.write<double>(expiration);
+  return out;
+}
+
+// The signature blob (public key, signature) for a record.
+inline byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
+                               const_byte_span value, wall_seconds expiration) {
+  const auto signature = owner.sign(signed_payload(key, subkey, value, expiration));
+  byte_buffer out(owner.public_key().begin(), owner.public_key().end());
+  out.insert(out.end(), signature.begin(), signature.end());
+  return out;
+}
+
+// The verdict on one incoming record.
+enum class validation : std::uint8_t {
+  ok = 0,
+  malformed_signature = 1,  // a signature blob that is not public key + signature (96 bytes)
+  bad_signature = 2,        // does not verify over (key, subkey, value, expiration)
+  missing_signature = 3,    // the subkey names an owner, or the stored value is signed, and this is unsigned
+  wrong_owner = 4,          // signed, but not by the owner (of the subkey, or of the stored value)
+  replay = 5,               // signed by the owner, but not later than the signed value stored
+};
+
+constexpr std::string_view to_string(validation v) noexcept {
+  switch (v) {
+    case validation::ok: return "ok";
+    case validation::malformed_signature: return "malformed_signature";
+    case validation::bad_signature: return "bad_signature";
+    case validation::missing_signature: return "missing_signature";
+    case validation::wrong_owner: return "wrong_owner";
+    case validation::replay: return "replay";
+  }
+  return "unknown";
+}
+
+// Checks signed records before they reach storage; stateless (what is stored is passed in).
+class record_validator {
+ public:
+  record_validator() { detail::init_sodium(); }
+
+  // Validates storing `incoming` under `key` (and `subkey`, for a dictionary entry) where `stored` is what the
+  // key holds now (storage::get), if anything.
+  validation validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
+                      const std::optional<record>& stored) const {
+    std::optional<ed25519_public_key> signer;
+    if (!incoming.signature.empty()) {
+      if (incoming.signature.size() != signature_blob_size) return validation::malformed_signature;
+      ed25519_public_key key_bytes{};
+      std::memcpy(key_bytes.data(), incoming.signature.data(), key_bytes.size());
+      const byte_buffer payload = signed_payload(key, subkey, incoming.value, incoming.expiration);
+      if (crypto_sign_verify_detached(
+              reinterpret_cast<const unsigned char*>(incoming.signature.data()) + crypto_sign_PUBLICKEYBYTES,
+              reinterpret_cast<const unsigned char*>(payload.data()), payload.size(),
+              reinterpret_cast<const unsigned char*>(key_bytes.data())) != 0)
+        return validation::bad_signature;
+      signer = key_bytes;
+    }
+    if (subkey) {
+      if (auto owner = owner_of(*subkey)) {
+        if (!signer) return validation::missing_signature;
+        if (*signer != *owner) return validation::wrong_owner;
+      }
+    }
+    if (!stored) return validation::ok;
+    // Every signed value this store would replace must be replaced by its own signer, and only by a later one.
+    auto check_protected = [&](const timed_value& old) {
+      const auto old_signer = signer_of(old);
+      if (!old_signer) return validation::ok;
+      if (!signer) return validation::missing_signature;
+      if (*signer != *old_signer) return validation::wrong_owner;
+      if (!(incoming.expiration > old.expiration)) return validation::replay;
+      return validation::ok;
+    };
+    if (!stored->is_dictionary) return check_protected(stored->value);
+    if (subkey) {
+      auto it = stored->subkeys.find(*subkey);
+      return it == stored->subkeys.end() ? validation::ok : check_protected(it->second);
+    }
+    for (const auto& [name, old] : stored->subkeys)  // a plain value would replace the whole dictionary
+      if (auto verdict = check_protected(old); verdict != validation::ok) return verdict;
+    return validation::ok;
+  }
+
+ private:
+  static std::optional<ed25519_public_key> signer_of(const timed_value& v) {
+    if (v.signature.size() != signature_blob_size) return std::nullopt;
+    ed25519_public_key key{};
+    std::memcpy(key.data(), v.signature.data(), key.size());
+    return key;
+  }
+};
+
+}  // namespace dht
+DMOE_END_NAMESPACE
