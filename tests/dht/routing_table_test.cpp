@@ -60,6 +60,8 @@ BOOST_AUTO_TEST_CASE(bucket_counts_follow_the_split_rule) {
   for (const shape s : {shape{20, 5, 45, 65}, shape{50, 5, 35, 45}, shape{20, 10, 650, 800}, shape{20, 1, 7, 15}}) {
     for (std::uint64_t seed : {1u, 2u}) {
       const auto table = filled_table(s.k, s.b, 10000, seed);
+      BOOST_TEST_MESSAGE("k=" << s.k << " b=" << s.b << " seed=" << seed << ": " << table.bucket_count()
+                              << " buckets, " << table.size() << " peers");
       BOOST_TEST_CONTEXT("k=" << s.k << " b=" << s.b << " seed=" << seed) {
         BOOST_TEST(table.bucket_count() >= s.lowest);
         BOOST_TEST(table.bucket_count() <= s.highest);

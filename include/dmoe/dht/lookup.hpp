@@ -153,6 +153,8 @@ class lookup {
     return was_in_flight;
   }
 
+  // Every key is done and no request is in flight. `done(key)` ignores requests in flight: a caller may return a
+  // key's result at once and drop late answers.
   bool done() const {
     if (in_flight_ != 0) return false;
     for (const auto& state : keys_)

@@ -193,24 +193,11 @@ class routing_table {
   }
   bucket& bucket_for(const node_id& id) { return buckets_[bucket_index(id)]; }
 
-  // After a split a half may have room: the newest cached nodes move in, keeping least-recently-seen-first order.
-  void refill(bucket& b) {
-    bool moved = false;
-    while (b.peers.size() < options_.k && !b.replacements.empty()) {
-      b.peers.push_back(b.replacements.back());
-      b.replacements.pop_back();
-      ++size_;
-      moved = true;
-    }
-    if (moved)
-      std::stable_sort(b.peers.begin(), b.peers.end(),
-                       [](const peer_info& x, const peer_info& y) { return x.last_seen < y.last_seen; });
-  }
-
   bool can_split(const bucket& b) const noexcept {
     return b.depth < node_id::bits && (b.covers(self_) || b.depth % options_.b != 0);
   }
 
+  // Only a bucket without a replacement cache splits (one that cannot split never will: its range and our id stay).
   void split(bucket& b) {
     bucket upper;
     upper.depth = b.depth + 1;
@@ -223,8 +210,6 @@ class routing_table {
       if (moves(p)) upper.replacements.push_back(p);
     std::erase_if(b.peers, moves);
     std::erase_if(b.replacements, moves);
-    refill(b);
-    refill(upper);
     buckets_.push_back(std::move(upper));  // invalidates `b`
   }
 
