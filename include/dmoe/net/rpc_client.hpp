@@ -400,7 +400,11 @@ class rpc_client {
       c.queue_head = &out;
     }
     c.queue_tail = &out;
-    start_writer(c);
+    if (!c.writer_busy && c.current == detail::client_connection::state::ready) {
+      co_await write_first(connection);
+    } else {
+      start_writer(c);
+    }
     bool stopped = false;
     try {
       co_await out.written.wait();
@@ -454,73 +458,138 @@ class rpc_client {
     const auto owner = owners_.find(&c);
     if (owner == owners_.end()) return;
     c.writer_busy = true;
-    background_.spawn(write_requests(owner->second.lock()));
+    background_.spawn(write_requests(owner->second.lock(), {}));
   }
 
-  // Writes what is queued on a connection, oldest first, many requests (and cancel frames) per vectored write, until
-  // the queue is empty. Runs on its own, not in any call: one call's deadline never cuts a frame in half.
-  task<void> write_requests(std::shared_ptr<detail::client_connection> connection) {
+  // One vectored write: the requests and cancel frames it carries, and the pieces still to send.
+  struct write_batch {
+    std::vector<const_byte_span> pieces;
+    std::vector<frame_header_bytes> cancels;
+    detail::outgoing_request* first = nullptr;
+    std::uint64_t total = 0;
+  };
+
+  // Takes what waits on the connection (oldest first) into one batch; its requests can no longer be taken back.
+  static void take_batch(detail::client_connection& c, write_batch& batch) {
     constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
+    batch = {};
+    batch.cancels.swap(c.cancels);
+    detail::outgoing_request* last = nullptr;
+    for (detail::outgoing_request* r = c.queue_head; r; r = r->next) {
+      const auto pieces = r->pieces.span();
+      if (last && batch.pieces.size() + pieces.size() > max_pieces) break;
+      batch.pieces.insert(batch.pieces.end(), pieces.begin(), pieces.end());
+      r->in_write = true;
+      last = r;
+    }
+    for (const auto& head : batch.cancels) batch.pieces.emplace_back(head);
+    if (last) {
+      batch.first = c.queue_head;
+      c.queue_head = last->next;
+      if (!c.queue_head) c.queue_tail = nullptr;
+      last->next = nullptr;
+    }
+    for (const auto& piece : batch.pieces) batch.total += piece.size();
+  }
+
+  // Releases the callers of a batch's requests: sent (all of it went out) or not.
+  void release_batch(write_batch& batch, bool sent) {
+    for (detail::outgoing_request* r = std::exchange(batch.first, nullptr); r;) {
+      detail::outgoing_request* next = r->next;  // read first: a released caller frees its request
+      r->done = true;
+      r->sent = sent;
+      r->written.set();
+      if (r->waiter) ctx_.schedule(std::exchange(r->waiter, nullptr));
+      r = next;
+    }
+  }
+
+  // A send failed: the server may have answered before it closed (e.g. refusing a request), so reading goes on,
+  // nothing more is sent, and the reader settles the waiting calls when the connection ends.
+  void write_failed(detail::client_connection& c, const std::exception& e) {
+    log_debug("rpc client: requests to {} not sent: {}", c.peer_text, e.what());
+    c.write_broken = true;
+    retire(c);
+    if (c.socket.is_open()) ::shutdown(c.socket.native_handle(), SHUT_WR);
+  }
+
+  // The caller whose request finds the writer idle sends at once what the socket takes (the lone caller's round
+  // trip gains no loop iteration); whatever is left goes to a writer of its own, never in the caller's coroutine,
+  // so one call's deadline never cuts a frame in half.
+  task<void> write_first(std::shared_ptr<detail::client_connection> connection) {
     detail::client_connection& c = *connection;
+    c.writer_busy = true;
     // Calls made in this loop iteration queue their requests first, to go out in the same write.
     const bool alone = co_await write_pass_.join();
-    std::vector<const_byte_span> batch;
-    std::vector<frame_header_bytes> cancels;
-    while (c.queue_head || !c.cancels.empty()) {
-      batch.clear();
-      cancels.clear();
-      cancels.swap(c.cancels);
-      for (const auto& head : cancels) batch.emplace_back(head);
-      detail::outgoing_request* first = c.queue_head;
-      detail::outgoing_request* last = nullptr;
-      for (detail::outgoing_request* r = first; r; r = r->next) {
-        const auto pieces = r->pieces.span();
-        if (last && batch.size() + pieces.size() > max_pieces) break;
-        batch.insert(batch.end(), pieces.begin(), pieces.end());
-        r->in_write = true;
-        last = r;
+    write_batch batch;
+    take_batch(c, batch);
+    if (!batch.first && batch.cancels.empty()) {
+      c.writer_busy = false;
+      co_return;
+    }
+    std::size_t sent = 0;
+    bool failed = c.current == detail::client_connection::state::failed || c.write_broken;
+    if (!failed && alone) {
+      ++stats_.request_writes;
+      try {
+        sent = detail::send_now(c.socket.native_handle(), batch.pieces, c.peer_text);
+      } catch (const std::exception& e) {
+        write_failed(c, e);
+        failed = true;
       }
-      if (last) {
-        c.queue_head = last->next;
-        if (!c.queue_head) c.queue_tail = nullptr;
-        last->next = nullptr;
-      } else {
-        first = nullptr;
+    }
+    if (failed || sent == batch.total) {
+      release_batch(batch, !failed);
+      c.writer_busy = false;
+      if (c.queue_head || !c.cancels.empty()) start_writer(c);
+      co_return;
+    }
+    if (sent > 0) {
+      detail::drop_sent(batch.pieces, sent);
+      batch.total -= sent;
+    }
+    background_.spawn(write_requests(std::move(connection), std::move(batch)));
+  }
+
+  // Writes what is queued on a connection (after `started`, a batch already begun), many requests and cancel
+  // frames per vectored write, until the queue is empty.
+  task<void> write_requests(std::shared_ptr<detail::client_connection> connection, write_batch started) {
+    detail::client_connection& c = *connection;
+    bool alone = false;
+    if (!started.first && started.cancels.empty()) {
+      // Calls made in this loop iteration queue their requests first, to go out in the same write.
+      alone = co_await write_pass_.join();
+    }
+    write_batch batch = std::move(started);
+    for (;;) {
+      if (!batch.first && batch.cancels.empty()) {
+        if (!c.queue_head && c.cancels.empty()) break;
+        take_batch(c, batch);
       }
       bool ok = false;
       if (c.current != detail::client_connection::state::failed && !c.write_broken) {
         try {
-          std::uint64_t total = 0;
-          for (const auto& piece : batch) total += piece.size();
-          ++stats_.request_writes;
-          const std::size_t sent = alone ? detail::send_now(c.socket.native_handle(), batch, c.peer_text) : 0;
-          if (sent < total) {
-            detail::drop_sent(batch, sent);
-            c.write_deadline = transfer_deadline(options_.write_timeout, total);
+          std::size_t sent = 0;
+          if (alone) {
+            ++stats_.request_writes;
+            sent = detail::send_now(c.socket.native_handle(), batch.pieces, c.peer_text);
+          }
+          if (sent < batch.total) {
+            if (!alone) ++stats_.request_writes;
+            detail::drop_sent(batch.pieces, sent);
+            c.write_deadline = transfer_deadline(options_.write_timeout, batch.total - sent);
             c.writing = true;
             const flag_clear writing{c.writing};
-            co_await c.socket.write_all(batch);
+            co_await c.socket.write_all(batch.pieces);
           }
           ok = true;
         } catch (const std::exception& e) {
-          log_debug("rpc client: requests to {} not sent: {}", c.peer_text, e.what());
-        }
-        if (!ok) {
-          // The server may have answered before it closed (e.g. refusing a request): keep reading what it sent,
-          // send nothing more, and let the reader settle the waiting calls when the connection ends.
-          c.write_broken = true;
-          retire(c);
-          if (c.socket.is_open()) ::shutdown(c.socket.native_handle(), SHUT_WR);
+          write_failed(c, e);
         }
       }
-      for (detail::outgoing_request* r = first; r;) {
-        detail::outgoing_request* next = r->next;  // read first: a released caller frees its request
-        r->done = true;
-        r->sent = ok;
-        r->written.set();
-        if (r->waiter) ctx_.schedule(std::exchange(r->waiter, nullptr));
-        r = next;
-      }
+      release_batch(batch, ok);
+      batch = {};
+      alone = false;
     }
     c.writer_busy = false;
   }
