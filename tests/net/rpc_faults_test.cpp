@@ -493,6 +493,11 @@ BOOST_AUTO_TEST_CASE(a_half_closed_peer_still_gets_its_responses) {
 
 // Fault 11: shutdown() while accept fails for want of descriptors ends serve() cleanly.
 BOOST_AUTO_TEST_CASE(serve_returns_cleanly_after_shutdown_while_out_of_descriptors) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The sanitizers' runtime opens descriptors to check memory; starved of them it reports false errors.
+  BOOST_TEST_MESSAGE("skipped under sanitizers: the whole process runs out of descriptors");
+  return;
+#endif
   io_context ctx;
   rpc_server server(ctx, loopback);
   rlimit saved{};
