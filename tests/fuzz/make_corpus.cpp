@@ -51,6 +51,14 @@ int main(int argc, char** argv) {
   const byte_buffer failure =
       frame_bytes({frame_kind::response, frame_status::handler_error, forward, 0, 2, 13}, to_buffer("bad batch dim"));
   const byte_buffer cancel = frame_bytes({frame_kind::cancel, frame_status::ok, forward, 0, 3, 0}, {});
+  // Version 2: go_away (idle close: nothing above id 3 was read; refusal: nothing at all).
+  const byte_buffer idle = frame_bytes({frame_kind::go_away, frame_status::ok, 0, 0, 3, 17}, to_buffer("idle for 60000 ms"));
+  const byte_buffer refusal =
+      frame_bytes({frame_kind::go_away, frame_status::limit_exceeded, 0, 0, 0, 18}, to_buffer("1024 connections open"));
+  // A frame over the fuzzer's limit is refused and skipped; the stream goes on to the next one.
+  byte_buffer oversized = frame_bytes({frame_kind::request, frame_status::ok, forward, 0, 4, 2 << 20}, {});
+  const byte_buffer oversized_start = pattern(100);
+  oversized.insert(oversized.end(), oversized_start.begin(), oversized_start.end());
   auto with_chunk = [](std::uint8_t chunk, std::initializer_list<byte_buffer> frames) {
     byte_buffer out{static_cast<std::byte>(chunk)};
     for (const auto& f : frames) out.insert(out.end(), f.begin(), f.end());
@@ -61,6 +69,9 @@ int main(int argc, char** argv) {
   write_file(root / "frame" / "handler_error", with_chunk(13, {failure}));
   write_file(root / "frame" / "pipelined", with_chunk(31, {request, cancel, response, failure}));
   write_file(root / "frame" / "truncated", with_chunk(7, {byte_buffer(request.begin(), request.begin() + 50)}));
+  write_file(root / "frame" / "go_away", with_chunk(64, {response, idle}));
+  write_file(root / "frame" / "refused_connection", with_chunk(9, {refusal}));
+  write_file(root / "frame" / "skipped_oversized", with_chunk(200, {oversized, request}));
 
   // Datagrams: records of [u16 length][u8 source][datagram].
   net::datagram_header h;

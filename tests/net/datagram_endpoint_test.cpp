@@ -2,6 +2,7 @@
 // spoofed and duplicate answers, and loss.
 #include <dmoe/async/sync_wait.hpp>
 #include <dmoe/async/task_group.hpp>
+#include <dmoe/async/timer.hpp>
 #include <dmoe/async/udp_socket.hpp>
 #include <dmoe/async/when_all.hpp>
 #include <dmoe/net/datagram_endpoint.hpp>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <exception>
 #include <initializer_list>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -227,6 +229,46 @@ BOOST_AUTO_TEST_CASE(multi_part_answers_arrive_despite_20_percent_loss, *boost::
   BOOST_TEST(correct == requests);
   BOOST_TEST(retried > 0);  // the loss was real
   BOOST_TEST(lossy_a->stats().dropped + lossy_b->stats().dropped > 0u);
+}
+
+// Issue 8, fault 1's kind: once serve() returns, requests still waiting have ended (closed_error) and the endpoint
+// may be destroyed.
+BOOST_AUTO_TEST_CASE(an_endpoint_is_safe_to_destroy_once_serve_returns_whatever_requests_wait) {
+  io_context ctx;
+  auto node = std::make_unique<datagram_endpoint>(ctx, endpoint::loopback_v4(0), node_id(1));
+  udp_socket silent(ctx, endpoint::loopback_v4(0));  // never answers
+  int closed = 0;
+  sync_wait(ctx, [&]() -> task<void> {
+    task_group serving;
+    serving.spawn(node->serve());
+    task_group requests;
+    auto ask = [&]() -> task<void> {
+      try {
+        co_await node->request(silent.local_endpoint(), echo_type, as_bytes("hello"), deadline_after(10s));
+      } catch (const closed_error&) {
+        ++closed;
+      }
+    };
+    for (int i = 0; i < 5; ++i) requests.spawn(ask());
+    co_await sleep_for(20ms);
+    const auto started = std::chrono::steady_clock::now();
+    node->close();
+    co_await serving.join();
+    node.reset();
+    co_await requests.join();
+    const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    BOOST_TEST(waited_ms < 1000.0);
+  }());
+  BOOST_TEST(closed == 5);
+}
+
+// Issue 8, fault 12: a datagram size no UDP socket can send is refused at construction.
+BOOST_AUTO_TEST_CASE(an_endpoint_refuses_a_datagram_size_over_the_udp_maximum) {
+  io_context ctx;
+  datagram_endpoint_options options;
+  options.limits.max_datagram = 65'508;
+  options.receive_buffer = 70'000;
+  BOOST_CHECK_THROW(datagram_endpoint(ctx, endpoint::loopback_v4(0), node_id(1), options), invalid_argument_error);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

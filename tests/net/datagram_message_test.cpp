@@ -231,4 +231,38 @@ BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_decoder_or_reassembler) {
   BOOST_TEST(accepted > 0);
 }
 
+// Issue 8, fault 10: a source flooding first parts of large messages evicts its own, never another peer's.
+BOOST_AUTO_TEST_CASE(one_source_flooding_first_parts_cannot_evict_another_sources_messages) {
+  datagram_reassembler r;  // default limits: 4 MiB in all, 1 MiB and 8 messages per source
+  const auto legit = split(response_header(7), pattern(40 << 10, 3));
+  BOOST_REQUIRE(legit.size() > 2u);
+  std::uint64_t flood_id = 1000;
+  auto flood = [&] {
+    for (int i = 0; i < 20; ++i) {
+      const auto first = split(response_header(flood_id++), pattern(1 << 20, 4));
+      r.add(1, decode_datagram(first[0], {}, "flooder"), t0);
+      BOOST_TEST(r.buffered_bytes() <= r.limits().max_buffered_bytes);
+    }
+  };
+  std::optional<byte_buffer> whole;
+  for (std::size_t i = 0; i < legit.size(); ++i) {
+    flood();
+    whole = r.add(2, decode_datagram(legit[i], {}, "peer"), t0);
+  }
+  BOOST_TEST(whole.has_value());
+  BOOST_TEST(r.evicted() > 0u);
+}
+
+// Issue 8, fault 12: limits that cannot work are refused with the reason.
+BOOST_AUTO_TEST_CASE(unusable_datagram_limits_are_refused) {
+  datagram_limits limits;
+  limits.max_datagram = 70'000;  // over the largest UDP payload: every multi-part send would fail
+  BOOST_CHECK_EXCEPTION(datagram_reassembler{limits}, invalid_argument_error, [](const invalid_argument_error& e) {
+    return std::string(e.what()).find("max_datagram of 70000 bytes is outside 41 to 65507") != std::string::npos;
+  });
+  limits = {};
+  limits.max_datagram = 40;
+  BOOST_CHECK_THROW(datagram_reassembler{limits}, invalid_argument_error);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

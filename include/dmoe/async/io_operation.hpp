@@ -19,13 +19,10 @@
 
 DMOE_BEGIN_NAMESPACE
 
-// The deadline of an operation that may wait forever.
-inline constexpr steady_time no_deadline = steady_time::max();
-
-// A deadline `timeout` from now (steady clock).
+// A deadline `timeout` from now (steady clock); saturates at no_deadline (`max()` durations mean none).
 template <class Rep, class Period>
 steady_time deadline_after(std::chrono::duration<Rep, Period> timeout) noexcept {
-  return std::chrono::steady_clock::now() + std::chrono::duration_cast<steady_time::duration>(timeout);
+  return deadline_from(std::chrono::steady_clock::now(), timeout);
 }
 
 namespace detail {

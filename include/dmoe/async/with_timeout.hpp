@@ -61,7 +61,8 @@ class timeout_race final : public child_observer, public io_completion {
       race.parent_ = parent;
       race.remaining_ = 2;  // the child, and this start (so the child cannot resume the parent yet)
       child.resume();
-      if (!race.child_finished_) race.arm_timer();
+      // No deadline, no timer: the race is the task alone.
+      if (!race.child_finished_ && race.deadline_ != no_deadline) race.arm_timer();
       return !race.finish_one();
     }
     void await_resume() const noexcept {}
@@ -122,14 +123,14 @@ task<T> race_deadline(task<T> work, steady_time deadline, std::string limit) {
 
 }  // namespace detail
 
-// Runs `work` until `deadline`; past it, `work` is asked to stop and, once it has finished, a
+// Runs `work` until `deadline` (no_deadline: no limit); past it, `work` is asked to stop and, once it has finished, a
 // cancellation becomes dmoe::timeout_error. A result that arrives despite the deadline is kept.
 template <class T>
 task<T> with_deadline(task<T> work, steady_time deadline) {
   return detail::race_deadline(std::move(work), deadline, "deadline");
 }
 
-// with_deadline(work, now + timeout), with the timeout in the error message.
+// with_deadline(work, now + timeout), with the timeout in the error message; saturates (`max()` means no limit).
 template <class T, class Rep, class Period>
 task<T> with_timeout(task<T> work, std::chrono::duration<Rep, Period> timeout) {
   const auto ms = std::chrono::duration<double, std::milli>(timeout).count();

@@ -9,6 +9,25 @@
 DMOE_BEGIN_NAMESPACE
 
 using steady_time = std::chrono::steady_clock::time_point;
+// The deadline of an operation that may wait forever.
+inline constexpr steady_time no_deadline = steady_time::max();
+
+// `when + timeout`, saturating: a sum past the clock's range (e.g. `milliseconds::max()`, `hours::max()`) is
+// no_deadline, and a negative timeout is `when`. Every deadline computation goes through here.
+template <class Rep, class Period>
+constexpr steady_time deadline_from(steady_time when, std::chrono::duration<Rep, Period> timeout) noexcept {
+  using ticks = steady_time::duration;
+  if (when == no_deadline) return no_deadline;
+  if (timeout <= std::chrono::duration<Rep, Period>::zero()) return when;
+  // Compared in floating point, so the conversion itself cannot overflow.
+  const long double room = (static_cast<long double>(no_deadline.time_since_epoch().count()) -
+                           static_cast<long double>(when.time_since_epoch().count())) *
+                          ticks::period::num / ticks::period::den;
+  const long double wanted = static_cast<long double>(timeout.count()) * Period::num / Period::den;
+  if (wanted >= room) return no_deadline;
+  return when + std::chrono::duration_cast<ticks>(timeout);
+}
+
 // Seconds since the Unix epoch; what DHT peers compare (with a bounded skew).
 using wall_seconds = double;
 

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -45,6 +46,7 @@ struct datagram_endpoint_options {
   int max_attempts = 3;                               // sends of one request, the first included
   std::chrono::milliseconds default_timeout{10'000};  // the deadline of requests given none
   std::size_t max_handlers_in_flight = 1024;          // requests being handled at once; more are dropped
+  std::size_t max_handlers_per_address = 64;          // one peer address's share of them
   std::size_t receive_buffer = 65536;                 // the largest datagram received whole
 };
 
@@ -76,6 +78,7 @@ struct pending_datagram_request {
   datagram_kind kind = datagram_kind::response;
   datagram_sender_id sender{};
   byte_buffer message;
+  bool closed = false;  // the endpoint closed before an answer came
 };
 
 // Transaction ids: unpredictable (so off-path peers cannot answer for others), drawn from one generator per
@@ -115,10 +118,16 @@ class datagram_endpoint {
         local_text_(local_.to_string()),
         self_(self),
         reassembler_(options.limits) {
+    validate(options_.limits, "datagram endpoint");
     if (options_.max_attempts < 1) throw invalid_argument_error("datagram endpoint: max_attempts must be at least 1");
-    if (options_.limits.max_datagram <= datagram_header_size)
-      throw invalid_argument_error(fmt::format("datagram endpoint: datagrams of {} bytes leave no room for messages",
-                                               options_.limits.max_datagram));
+    if (options_.attempt_timeout.count() <= 0 || options_.default_timeout.count() <= 0)
+      throw invalid_argument_error("datagram endpoint: timeouts must be positive");
+    if (options_.max_handlers_in_flight == 0 || options_.max_handlers_per_address == 0)
+      throw invalid_argument_error("datagram endpoint: handler limits must be at least 1");
+    if (options_.receive_buffer < options_.limits.max_datagram)
+      throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is smaller than "
+                                               "max_datagram ({} bytes)",
+                                               options_.receive_buffer, options_.limits.max_datagram));
   }
   datagram_endpoint(const datagram_endpoint&) = delete;
   datagram_endpoint& operator=(const datagram_endpoint&) = delete;
@@ -126,7 +135,9 @@ class datagram_endpoint {
   // The handler of one message type (replacing an earlier one); register before serve().
   void add_handler(std::uint16_t type, datagram_handler handler) { handlers_[type] = std::move(handler); }
 
-  // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined.
+  // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined,
+  // and requests still waiting fail with closed_error and are awaited: once it returns, the endpoint may be
+  // destroyed.
   task<void> serve() {
     if (serving_) throw invalid_argument_error(fmt::format("datagram endpoint {} is already serving", local_text_));
     serving_ = true;
@@ -146,12 +157,20 @@ class datagram_endpoint {
     } catch (const std::exception& e) {
       log_debug("datagram endpoint {}: handler failed while stopping: {}", local_text_, e.what());
     }
+    // Nothing answers any more: requests still waiting end now, and are awaited (they touch the endpoint).
+    closed_ = true;
+    for (auto& [id, pending] : pending_) {
+      pending->closed = true;
+      pending->done.set();
+    }
+    // Not cancellable: the endpoint must outlive them, however serve() is stopped.
+    co_await requests_gone{*this};
     receiving_ = nullptr;
     serving_ = false;
     if (failure) std::rethrow_exception(failure);
   }
 
-  // Makes serve() return (requests still waiting end at their deadlines).
+  // Makes serve() return; requests still waiting then fail with closed_error.
   void close() {
     closed_ = true;
     if (receiving_) receiving_->request_stop();
@@ -160,9 +179,12 @@ class datagram_endpoint {
   // Sends `message` as a request of `type` to `peer` and returns the answer. Sends again after each
   // attempt_timeout without an answer, up to max_attempts, and ends by `deadline` (or after default_timeout).
   // Errors: timeout_error (no answer), remote_error (the peer refused: its handler threw or knows no such type),
-  // limit_error (message too large), cancelled_error (stop request).
+  // limit_error (message too large), closed_error (the endpoint closed), cancelled_error (stop request).
   task<datagram_response> request(endpoint peer, std::uint16_t type, const_byte_span message,
                                   steady_time deadline = no_deadline) {
+    if (closed_) throw closed_error(fmt::format("datagram request of type {} to {}: endpoint {} is closed", type, peer,
+                                                local_text_));
+    const request_scope active{this};
     if (deadline == no_deadline) deadline = deadline_after(options_.default_timeout);
     std::uint64_t id = detail::next_transaction_id();
     while (pending_.contains(id)) id = detail::next_transaction_id();
@@ -183,13 +205,16 @@ class datagram_endpoint {
       if (now >= deadline || attempts == options_.max_attempts) break;
       ++attempts;
       co_await send_parts(parts, peer, true);
-      const steady_time attempt_end = std::min(deadline, now + options_.attempt_timeout);
+      const steady_time attempt_end = std::min(deadline, deadline_from(now, options_.attempt_timeout));
       try {
         co_await with_deadline(wait_for(pending.done), attempt_end);
       } catch (const timeout_error&) {
         // no answer in time: send again
       }
     }
+    if (pending.closed)
+      throw closed_error(fmt::format("datagram request of type {} to {}: endpoint {} closed before an answer came",
+                                     type, peer, local_text_));
     if (!pending.done.is_set()) {
       const auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started);
       throw timeout_error(fmt::format("datagram request of type {} to {}: no answer after {} attempts in {:.0f} ms",
@@ -207,6 +232,25 @@ class datagram_endpoint {
   const datagram_reassembler& reassembler() const noexcept { return reassembler_; }
 
  private:
+  // Counts a request in progress (serve() waits for none to be left).
+  struct request_scope {
+    datagram_endpoint* self;
+    explicit request_scope(datagram_endpoint* e) : self(e) { ++self->requests_active_; }
+    request_scope(const request_scope&) = delete;
+    request_scope& operator=(const request_scope&) = delete;
+    ~request_scope() {
+      if (--self->requests_active_ == 0 && self->requests_waiter_)
+        self->ctx_.schedule(std::exchange(self->requests_waiter_, nullptr));
+    }
+  };
+
+  struct requests_gone {
+    datagram_endpoint& self;
+    bool await_ready() const noexcept { return self.requests_active_ == 0; }
+    void await_suspend(std::coroutine_handle<> waiter) noexcept { self.requests_waiter_ = waiter; }
+    void await_resume() const noexcept {}
+  };
+
   struct pending_entry {
     datagram_endpoint* self;
     std::uint64_t id;
@@ -254,12 +298,17 @@ class datagram_endpoint {
       if (!whole) return;
       ++stats_.requests_received;
       if (faults_ && faults_->stalled()) return;  // a stalled node hears requests and never answers
-      if (handlers_in_flight_ >= options_.max_handlers_in_flight) {
+      // One address gets its share of the handlers, so a flood from it cannot shut the others out.
+      std::string address = peer.address();
+      const std::size_t from_address = handlers_by_address_.contains(address) ? handlers_by_address_[address] : 0;
+      if (handlers_in_flight_ >= options_.max_handlers_in_flight || from_address >= options_.max_handlers_per_address) {
         ++stats_.handlers_refused;
         return;
       }
       ++handlers_in_flight_;
-      handling.spawn(handle_request(datagram_request{peer, h.sender, h.type, h.transaction_id, std::move(*whole)}));
+      ++handlers_by_address_[address];
+      handling.spawn(handle_request(datagram_request{peer, h.sender, h.type, h.transaction_id, std::move(*whole)},
+                                    std::move(address)));
       return;
     }
     // An answer counts only from the address the request went to, for a request still waiting.
@@ -277,11 +326,15 @@ class datagram_endpoint {
     pending.done.set();
   }
 
-  task<void> handle_request(datagram_request request) {
+  task<void> handle_request(datagram_request request, std::string address) {
     struct in_flight_scope {
-      std::size_t* count;
-      ~in_flight_scope() { --*count; }
-    } scope{&handlers_in_flight_};
+      datagram_endpoint* self;
+      const std::string& address;
+      ~in_flight_scope() {
+        --self->handlers_in_flight_;
+        if (--self->handlers_by_address_[address] == 0) self->handlers_by_address_.erase(address);
+      }
+    } scope{this, address};
     datagram_header header;
     header.kind = datagram_kind::response;
     header.type = request.type;
@@ -362,6 +415,9 @@ class datagram_endpoint {
   bool serving_ = false;
   bool closed_ = false;
   std::size_t handlers_in_flight_ = 0;
+  std::unordered_map<std::string, std::size_t> handlers_by_address_;
+  std::size_t requests_active_ = 0;
+  std::coroutine_handle<> requests_waiter_;  // serve(), waiting for the last request to end
   counters stats_;
 };
 

@@ -55,14 +55,37 @@ struct datagram_header {
   friend constexpr bool operator==(const datagram_header&, const datagram_header&) noexcept = default;
 };
 
+// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+inline constexpr std::size_t datagram_max_udp_payload = 65'507;
+
 struct datagram_limits {
   // Largest UDP payload sent (header included): 1,200 bytes fits the IPv6 minimum MTU with room for tunnels.
+  // 41 to 65,507 bytes.
   std::size_t max_datagram = 1200;
-  std::uint32_t max_message = 1u << 20;  // largest reassembled message
-  std::size_t max_partial_messages = 64;  // messages being reassembled at once; the oldest is dropped beyond
-  std::size_t max_buffered_bytes = std::size_t{4} << 20;  // memory for messages being reassembled
+  std::uint32_t max_message = 1u << 20;  // largest reassembled message, bytes
+  std::size_t max_partial_messages = 64;  // messages being reassembled at once, over all sources
+  std::size_t max_buffered_bytes = std::size_t{4} << 20;  // memory for messages being reassembled, all sources
+  // One source's (address and port's) share of the two above (capped by them): beyond it, that source's oldest message is dropped,
+  // and a full reassembler drops from the source holding the most, so one peer cannot evict the others.
+  std::size_t max_partial_messages_per_source = 8;
+  std::size_t max_buffered_bytes_per_source = std::size_t{1} << 20;
   std::chrono::milliseconds partial_timeout{5000};       // a message missing parts this long is dropped
 };
+
+// Throws invalid_argument_error naming the first unusable limit; `owner` names who holds them.
+inline void validate(const datagram_limits& limits, std::string_view owner) {
+  if (limits.max_datagram <= datagram_header_size || limits.max_datagram > datagram_max_udp_payload)
+    throw invalid_argument_error(fmt::format("{}: max_datagram of {} bytes is outside {} to {} (the {}-byte header "
+                                             "and the largest UDP payload)",
+                                             owner, limits.max_datagram, datagram_header_size + 1,
+                                             datagram_max_udp_payload, datagram_header_size));
+  const std::size_t part = std::min<std::size_t>(limits.max_datagram - datagram_header_size, 0xffff);
+  if ((std::uint64_t{limits.max_message} + part - 1) / part > 0xffff)
+    throw invalid_argument_error(fmt::format("{}: max_message of {} needs more than 65,535 parts of {} bytes", owner,
+                                             size_text(limits.max_message), part));
+  if (limits.partial_timeout.count() <= 0)
+    throw invalid_argument_error(fmt::format("{}: partial_timeout must be positive", owner));
+}
 
 // One decoded datagram: its header and a view of its part of the message.
 struct datagram_message {

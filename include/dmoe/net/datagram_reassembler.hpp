@@ -1,4 +1,5 @@
-// Reassembles multi-part datagram messages with bounded memory: few partial messages, oldest evicted first.
+// Reassembles multi-part datagram messages with bounded memory: few partial messages, each source within its share,
+// and when full the source holding the most gives way (its oldest message), so one peer cannot evict the others.
 #pragma once
 
 #include <dmoe/core/byte_buffer.hpp>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -23,7 +25,8 @@ namespace net {
 
 class datagram_reassembler {
  public:
-  explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) {}
+  // Throws invalid_argument_error for unusable limits (see validate()).
+  explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) { validate(limits_, "datagram reassembler"); }
 
   // Adds one decoded datagram from `source` (a key for the sender's address). Returns the whole message once its
   // last missing part arrives; single-part messages come back at once. Duplicate parts are ignored; a part that
@@ -37,15 +40,26 @@ class datagram_reassembler {
       return p.source == source && p.header.transaction_id == h.transaction_id && p.header.kind == h.kind;
     });
     if (it == partials_.end()) {
-      if (h.total_size > limits_.max_buffered_bytes)
-        throw limit_error(fmt::format("datagram message of {} exceeds the reassembly memory limit {} from {}",
-                                      size_text(h.total_size), size_text(limits_.max_buffered_bytes), peer));
-      while (!partials_.empty() && (partials_.size() >= limits_.max_partial_messages ||
-                                    buffered_ + h.total_size > limits_.max_buffered_bytes)) {
-        drop(partials_.begin());
+      const std::size_t share = std::min(limits_.max_buffered_bytes, limits_.max_buffered_bytes_per_source);
+      if (h.total_size > share)
+        throw limit_error(fmt::format("datagram message of {} exceeds the reassembly memory limit {} per source from {}",
+                                      size_text(h.total_size), size_text(share), peer));
+      if (limits_.max_partial_messages == 0 || limits_.max_partial_messages_per_source == 0) return std::nullopt;
+      // First the source's own share: it gives way to itself.
+      for (;;) {
+        const auto [count, bytes] = held_by(source);
+        if (count < std::min(limits_.max_partial_messages, limits_.max_partial_messages_per_source) &&
+            bytes + h.total_size <= share)
+          break;
+        drop(oldest_of(source));
         ++evicted_;
       }
-      if (limits_.max_partial_messages == 0) return std::nullopt;
+      // Then the whole: the source holding the most gives way.
+      while (!partials_.empty() && (partials_.size() >= limits_.max_partial_messages ||
+                                    buffered_ + h.total_size > limits_.max_buffered_bytes)) {
+        drop(oldest_of(largest_holder()));
+        ++evicted_;
+      }
       partials_.push_back(partial{source, h, byte_buffer(h.total_size), std::vector<bool>(h.part_count, false),
                                   h.part_count, now});
       buffered_ += h.total_size;
@@ -74,7 +88,7 @@ class datagram_reassembler {
   // Drops messages that have waited longer than the partial timeout for their missing parts.
   void expire(steady_time now) {
     std::erase_if(partials_, [&](const partial& p) {
-      if (now - p.started < limits_.partial_timeout) return false;
+      if (now < deadline_from(p.started, limits_.partial_timeout)) return false;
       buffered_ -= p.data.size();
       ++expired_;
       return true;
@@ -110,6 +124,35 @@ class datagram_reassembler {
   static bool consistent(const datagram_header& a, const datagram_header& b) noexcept {
     return a.type == b.type && a.sender == b.sender && a.part_count == b.part_count && a.total_size == b.total_size &&
            a.part_size == b.part_size;
+  }
+
+  std::pair<std::size_t, std::size_t> held_by(std::uint64_t source) const noexcept {
+    std::size_t count = 0;
+    std::size_t bytes = 0;
+    for (const partial& p : partials_) {
+      if (p.source != source) continue;
+      ++count;
+      bytes += p.data.size();
+    }
+    return {count, bytes};
+  }
+
+  // The source holding the most bytes (then messages) in reassembly.
+  std::uint64_t largest_holder() const noexcept {
+    std::uint64_t best = partials_.front().source;
+    std::pair<std::size_t, std::size_t> best_held{0, 0};
+    for (const partial& p : partials_) {
+      const auto [count, bytes] = held_by(p.source);
+      if (std::pair(bytes, count) > std::pair(best_held.second, best_held.first)) {
+        best = p.source;
+        best_held = {count, bytes};
+      }
+    }
+    return best;
+  }
+
+  std::vector<partial>::iterator oldest_of(std::uint64_t source) noexcept {
+    return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.source == source; });
   }
 
   void drop(std::vector<partial>::iterator it) {

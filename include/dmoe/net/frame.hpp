@@ -1,7 +1,10 @@
 // RPC frames over TCP: a 32-byte header (magic+version, kind, status, method, request id, payload size), then the payload.
+// Version 2 adds the go_away frame (a peer announces that it closes the connection) and lets a receiver skip a
+// frame it refuses (over a limit) without losing the stream.
 #pragma once
 
 #include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/clock.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/net/detail/little_endian.hpp>
@@ -9,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -22,13 +26,15 @@ DMOE_BEGIN_NAMESPACE
 namespace net {
 
 inline constexpr std::uint32_t frame_magic = 0x50524d44;  // "DMRP" on the wire
-inline constexpr std::uint8_t frame_version = 1;
+inline constexpr std::uint8_t frame_version = 2;
 inline constexpr std::size_t frame_header_size = 32;
 
 enum class frame_kind : std::uint8_t {
   request = 1,
   response = 2,
-  cancel = 3,  // the caller gave up on a request; the server may stop its handler
+  cancel = 3,   // the caller gave up on a request; the server requests stop on its handler
+  go_away = 4,  // the sender closes the connection: requests with ids above request_id were not read and never will
+                // be (the payload says why); the receiver retries them elsewhere
 };
 
 // What happened to a request; carried by responses (requests and cancels send ok).
@@ -46,6 +52,7 @@ constexpr std::string_view to_string(frame_kind kind) noexcept {
     case frame_kind::request: return "request";
     case frame_kind::response: return "response";
     case frame_kind::cancel: return "cancel";
+    case frame_kind::go_away: return "go_away";
   }
   return "unknown";
 }
@@ -82,9 +89,19 @@ struct frame_header {
   friend constexpr bool operator==(const frame_header&, const frame_header&) noexcept = default;
 };
 
+// The largest max_payload accepted: sizes stay far from wrapping when headers and budgets are added to them.
+inline constexpr std::uint64_t frame_max_payload_ceiling = std::uint64_t{1} << 40;
+
 struct frame_limits {
-  std::uint64_t max_payload = std::uint64_t{256} << 20;
+  std::uint64_t max_payload = std::uint64_t{256} << 20;  // bytes; 1 to 1 TiB (frame_max_payload_ceiling)
 };
+
+// Throws invalid_argument_error unless the limits are usable; `owner` names who holds them ("rpc client").
+inline void validate(const frame_limits& limits, std::string_view owner) {
+  if (limits.max_payload == 0 || limits.max_payload > frame_max_payload_ceiling)
+    throw invalid_argument_error(fmt::format("{}: max_payload of {} bytes is outside 1 B to {}", owner,
+                                             limits.max_payload, size_text(frame_max_payload_ceiling)));
+}
 
 using frame_header_bytes = std::array<std::byte, frame_header_size>;
 
@@ -117,7 +134,7 @@ inline frame_header parse_frame_header(const_byte_span bytes, std::string_view p
         fmt::format("rpc frame of unsupported version {} (expected {}) from {}", version, frame_version, peer));
   frame_header header;
   const auto kind = detail::load_le<std::uint8_t>(at + 5);
-  if (kind < static_cast<std::uint8_t>(frame_kind::request) || kind > static_cast<std::uint8_t>(frame_kind::cancel))
+  if (kind < static_cast<std::uint8_t>(frame_kind::request) || kind > static_cast<std::uint8_t>(frame_kind::go_away))
     throw protocol_error(fmt::format("rpc frame of unknown kind {} from {}", kind, peer));
   header.kind = static_cast<frame_kind>(kind);
   const auto status = detail::load_le<std::uint16_t>(at + 6);
@@ -154,7 +171,8 @@ struct frame {
 };
 
 // Cuts a TCP byte stream into frames. Small frames are parsed out of one reusable receive buffer (many per recv);
-// a payload larger than that buffer gets its own allocation and is received straight into it (no copy).
+// a payload larger than that buffer gets its own allocation and is received straight into it (no copy). Frames
+// the caller refuses (over the limit, or unwanted) are skipped as their bytes arrive, without being stored.
 //
 //   while (auto f = reader.next(peer)) handle(*f);
 //   auto room = reader.prepare(); n = recv(room); reader.commit(n);
@@ -179,22 +197,31 @@ class frame_reader {
     }
   }
 
-  // The next whole frame, or nothing until more bytes arrive. Throws protocol_error or limit_error (naming `peer`)
-  // on a bad header; the stream cannot be resynchronised after that, so the connection should be closed.
+  // The next whole frame, or nothing until more bytes arrive. Throws protocol_error (naming `peer`) on a bad
+  // header: the stream cannot be resynchronised after that, so the connection should be closed. Throws
+  // limit_error for a well-formed header over the limit: its payload is then skipped as it arrives (see
+  // refused_header()) and the stream stays usable, so the caller may go on calling next().
   std::optional<frame> next(std::string_view peer) {
     if (large_) {
       if (large_filled_ < large_->payload.size()) return std::nullopt;
       std::optional<frame> done = std::move(large_);
       large_.reset();
       large_filled_ = 0;
+      ++frames_done_;
       return done;
     }
+    if (!discard_buffered()) return std::nullopt;
     const std::size_t available = end_ - begin_;
     if (available < frame_header_size) {
       if (begin_ == end_) begin_ = end_ = 0;
       return std::nullopt;
     }
-    const frame_header header = checked_header(peer);
+    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
+    if (header.payload_size > limits_.max_payload) {
+      refused_ = header;
+      skip_frame();
+      check_frame_size(header, limits_, peer);
+    }
     const std::uint64_t frame_size = frame_header_size + header.payload_size;
     if (frame_size <= available) {
       frame out{header, byte_buffer()};
@@ -202,6 +229,7 @@ class frame_reader {
       out.payload.assign(payload, payload + header.payload_size);
       begin_ += static_cast<std::size_t>(frame_size);
       if (begin_ == end_) begin_ = end_ = 0;
+      ++frames_done_;
       return out;
     }
     if (frame_size <= buffer_.size()) {
@@ -220,23 +248,62 @@ class frame_reader {
     return std::nullopt;
   }
 
-  // The header of the next frame when it has arrived and the frame's payload needs an allocation of its own (it
-  // does not fit the receive buffer), before next() makes that allocation; nothing otherwise. Lets the caller
-  // reserve memory first. Throws like next() on a bad header.
-  std::optional<frame_header> large_frame_ahead(std::string_view peer) const {
-    if (large_ || end_ - begin_ < frame_header_size) return std::nullopt;
-    const frame_header header = checked_header(peer);
-    if (frame_header_size + header.payload_size <= buffer_.size()) return std::nullopt;
+  // The header of the next frame once it has arrived (before next() allocates or copies its payload), so the
+  // caller can reserve memory for it or skip it; nothing while a frame is in progress. Throws protocol_error on
+  // a bad header (not limit_error: next() reports that).
+  std::optional<frame_header> peek(std::string_view peer) {
+    if (large_ || !discard_buffered() || end_ - begin_ < frame_header_size) return std::nullopt;
+    return parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
+  }
+
+  // peek()'s header when the frame's payload needs an allocation of its own (it does not fit the receive buffer).
+  std::optional<frame_header> large_frame_ahead(std::string_view peer) {
+    auto header = peek(peer);
+    if (header && frame_header_size + header->payload_size <= buffer_.size()) return std::nullopt;
     return header;
   }
 
-  // True while part of a frame is held: a peer that stops sending here has stalled mid-frame.
-  bool mid_frame() const noexcept { return large_.has_value() || end_ > begin_; }
+  // Skips the frame peek() returned: its payload is dropped as it arrives, never stored.
+  void skip_frame() {
+    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), "");
+    begin_ += frame_header_size;
+    skip_ = header.payload_size;
+    skipped_frame_ = frame_header_size + header.payload_size;
+    discard_buffered();
+  }
+
+  // The large frame being received in place, if any.
+  const frame_header* large_frame() const noexcept { return large_ ? &large_->header : nullptr; }
+
+  // Gives up the large frame being received: its memory goes now and the rest of its payload is skipped.
+  void abandon_large() {
+    if (!large_) return;
+    skip_ = large_->payload.size() - large_filled_;
+    skipped_frame_ = frame_header_size + large_->payload.size();
+    large_.reset();
+    large_filled_ = 0;
+    begin_ = end_ = 0;
+    discard_buffered();
+  }
+
+  // True while part of a frame is held or being skipped: a peer that stops sending here has stalled mid-frame.
+  bool mid_frame() const noexcept { return large_.has_value() || skip_ > 0 || end_ > begin_; }
+
+  // The size (header included) of the frame in progress, as far as known: what must arrive before it completes.
+  std::uint64_t frame_in_progress_size() const noexcept {
+    if (large_) return frame_header_size + large_->payload.size();
+    if (skip_ > 0) return skipped_frame_;
+    if (end_ - begin_ < frame_header_size) return frame_header_size;
+    return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
+  }
+
+  // Frames completed or skipped so far (tells the caller when a new frame has started).
+  std::uint64_t frames_done() const noexcept { return frames_done_; }
 
   // Bytes of payload still expected for the frame in progress (0 between frames or before its header is complete).
   std::uint64_t pending_payload() const noexcept {
     if (large_) return large_->payload.size() - large_filled_;
-    return 0;
+    return skip_;
   }
 
   // Memory held for frames in progress: the receive buffer plus a large payload being received.
@@ -249,13 +316,16 @@ class frame_reader {
   const std::optional<frame_header>& refused_header() const noexcept { return refused_; }
 
  private:
-  frame_header checked_header(std::string_view peer) const {
-    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
-    if (header.payload_size > limits_.max_payload) {
-      refused_ = header;
-      check_frame_size(header, limits_, peer);
-    }
-    return header;
+  // Drops received bytes of a skipped payload; true once nothing is left to skip.
+  bool discard_buffered() noexcept {
+    if (skip_ == 0) return true;
+    const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip_, end_ - begin_));
+    begin_ += drop;
+    skip_ -= drop;
+    if (begin_ == end_) begin_ = end_ = 0;
+    if (skip_ > 0) return false;
+    ++frames_done_;
+    return true;
   }
 
   void compact() noexcept {
@@ -271,7 +341,44 @@ class frame_reader {
   std::size_t end_ = 0;    // one past the last received byte in buffer_
   std::optional<frame> large_;
   std::size_t large_filled_ = 0;
-  mutable std::optional<frame_header> refused_;
+  std::uint64_t skip_ = 0;           // payload bytes of a skipped frame still to drop
+  std::uint64_t skipped_frame_ = 0;  // the skipped frame's whole size
+  std::uint64_t frames_done_ = 0;
+  std::optional<frame_header> refused_;
+};
+
+// When the frame being received must be complete: `read_timeout` plus its size at `min_rate` bytes per second,
+// counted from its first byte (or from when the receiver could take it, after waiting for memory). A peer that
+// trickles bytes cannot hold a frame, or the memory reserved for it, longer than that.
+class frame_deadline {
+ public:
+  // Call after each commit (and before each read); `now` is the steady time.
+  void update(const frame_reader& reader, steady_time now) noexcept {
+    if (!reader.mid_frame()) {
+      active_ = false;
+      return;
+    }
+    if (!active_ || reader.frames_done() != frame_) {
+      active_ = true;
+      frame_ = reader.frames_done();
+      started_ = now;
+    }
+  }
+  // The receiver was not reading (waiting for memory): the frame's clock starts again.
+  void restart(steady_time now) noexcept { started_ = now; }
+
+  bool active() const noexcept { return active_; }
+
+  steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
+                       std::uint64_t min_rate) const noexcept {
+    const double seconds = static_cast<double>(reader.frame_in_progress_size()) / static_cast<double>(min_rate);
+    return deadline_from(deadline_from(started_, read_timeout), std::chrono::duration<double>(seconds));
+  }
+
+ private:
+  bool active_ = false;
+  std::uint64_t frame_ = 0;
+  steady_time started_{};
 };
 
 }  // namespace net

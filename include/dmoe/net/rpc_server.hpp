@@ -11,6 +11,7 @@
 #include <dmoe/async/tcp_listener.hpp>
 #include <dmoe/async/tcp_socket.hpp>
 #include <dmoe/async/timer.hpp>
+#include <dmoe/async/with_stop_token.hpp>
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/config.hpp>
@@ -74,15 +75,37 @@ struct rpc_response {
 using rpc_handler = std::function<task<rpc_response>(rpc_request&)>;
 
 struct rpc_server_options {
-  frame_limits limits;                                          // largest request and response payload
-  std::size_t max_connections = 1024;                           // more are accepted and closed at once
-  std::size_t max_in_flight_per_connection = 256;               // beyond, the connection is not read (backpressure)
-  std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;   // request and response payloads held at once
+  frame_limits limits;                          // largest request and response payload (default 256 MiB)
+  std::size_t max_connections = 1024;           // more are accepted, told why (go_away) and closed
+  std::size_t max_connections_per_address = 256;  // one peer address's share of max_connections
+  std::size_t max_in_flight_per_connection = 256;  // beyond, the connection is not read (backpressure)
+  // Request payloads held and responses queued, at once; past it no connection is read until memory is freed
+  // (backpressure). Handlers running may add at most one response each over it.
+  std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;
+  // One connection's share of it; 0: a quarter of max_buffered_bytes, but at least limits.max_payload.
+  std::uint64_t max_buffered_bytes_per_connection = 0;
   std::chrono::milliseconds idle_timeout{60'000};  // a connection with nothing in flight and no bytes is closed
-  std::chrono::milliseconds read_timeout{10'000};  // a peer silent this long in the middle of a frame is dropped
-  std::chrono::milliseconds write_timeout{30'000}; // to send one response
+  std::chrono::milliseconds read_timeout{10'000};  // a frame must arrive within this plus its size at min_transfer_rate
+  std::chrono::milliseconds write_timeout{30'000}; // a write must finish within this plus its size at min_transfer_rate
+  std::uint64_t min_transfer_rate = std::uint64_t{1} << 20;  // bytes per second a peer must keep up mid-frame
   std::size_t receive_buffer = 64 * 1024;          // per connection; larger payloads are received in place
 };
+
+// Throws invalid_argument_error naming the first unusable option.
+inline void validate(const rpc_server_options& o) {
+  validate(o.limits, "rpc server");
+  const auto fail = [](std::string_view what) {
+    throw invalid_argument_error(fmt::format("rpc server options: {}", what));
+  };
+  if (o.max_connections == 0 || o.max_connections_per_address == 0) fail("connection limits must be at least 1");
+  if (o.max_in_flight_per_connection == 0) fail("max_in_flight_per_connection must be at least 1");
+  if (o.max_buffered_bytes == 0) fail("max_buffered_bytes must be at least 1 B");
+  if (o.min_transfer_rate == 0) fail("min_transfer_rate must be at least 1 B/s");
+  if (o.idle_timeout.count() <= 0 || o.read_timeout.count() <= 0 || o.write_timeout.count() <= 0)
+    fail("timeouts must be positive");
+  if (o.receive_buffer < frame_header_size || o.receive_buffer > (std::size_t{1} << 30))
+    fail(fmt::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
+}
 
 namespace detail {
 
@@ -102,13 +125,15 @@ struct queued_frame {
 
 // What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
-  explicit server_connection(tcp_socket s) : socket(std::move(s)), peer(socket.peer().to_string()) {}
+  explicit server_connection(tcp_socket s)
+      : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()) {}
 
   // Why the watchdog ended the connection (it shuts the socket down; the reader then sees the end of the stream).
   enum class expiry { none, idle, stalled };
 
   tcp_socket socket;
   std::string peer;
+  std::string address;  // the peer's address without its port: whose share a connection counts against
   // Responses wait here while one is written; the writer then sends all that wait in one vectored write.
   queued_frame* queue_head = nullptr;
   queued_frame* queue_tail = nullptr;
@@ -116,9 +141,12 @@ struct server_connection {
   std::vector<const_byte_span> batch;  // the pieces of the write in progress (capacity kept)
   async_event slot_freed;
   std::size_t in_flight = 0;
-  std::uint64_t reserved = 0;  // budget taken for a large payload being received
-  std::optional<frame_header> refused;
-  bool broken = false;  // a write failed: the stream is unusable
+  std::uint64_t reserved = 0;  // budget taken for the next request, before its payload is stored
+  std::uint64_t buffered = 0;  // this connection's share of the budget in use (requests and responses)
+  std::unordered_map<std::uint64_t, std::stop_source> running;  // handlers by request id, for cancel frames
+  std::uint64_t last_request_id = 0;  // the highest id read: what go_away reports
+  bool broken = false;                // a write failed: the stream is unusable
+  bool going_away = false;            // go_away sent: requests are not read any more
 
   // Read and write deadlines, checked by the connection's watchdog rather than by a kernel timer per operation.
   bool reading = false;
@@ -126,6 +154,7 @@ struct server_connection {
   steady_time read_deadline = no_deadline;
   bool writing = false;
   steady_time write_deadline = no_deadline;
+  steady_time going_away_deadline = no_deadline;  // the peer should have closed by then
   expiry expired = expiry::none;
 };
 
@@ -135,15 +164,20 @@ class rpc_server {
  public:
   struct counters {
     std::uint64_t connections_accepted = 0;
-    std::uint64_t connections_refused = 0;  // over max_connections
-    std::uint64_t connections_dropped = 0;  // for a protocol error, a limit or a stall
+    std::uint64_t connections_refused = 0;  // over max_connections or max_connections_per_address
+    std::uint64_t connections_dropped = 0;  // for a protocol error or a stall
+    std::uint64_t connections_idle = 0;     // closed when idle (announced with go_away)
+    std::uint64_t accept_failures = 0;      // accept() errors (e.g. out of descriptors)
     std::uint64_t requests = 0;
+    std::uint64_t requests_refused = 0;     // over a size or buffer limit; their connection goes on
+    std::uint64_t requests_cancelled = 0;   // stopped by the caller's cancel frame
     std::uint64_t handler_errors = 0;
     std::uint64_t unknown_methods = 0;
     std::uint64_t responses_dropped = 0;  // by fault injection
   };
 
-  // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread.
+  // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread. Throws
+  // invalid_argument_error for unusable options (see validate()), system_error when it cannot listen.
   rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
              std::shared_ptr<fault_policy> faults = nullptr)
       : ctx_(ctx),
@@ -152,8 +186,7 @@ class rpc_server {
         listener_(ctx, local),
         local_(listener_.local_endpoint()),
         local_text_(local_.to_string()) {
-    if (options_.max_in_flight_per_connection == 0)
-      throw invalid_argument_error("rpc server: max_in_flight_per_connection must be at least 1");
+    validate(options_);
   }
   rpc_server(const rpc_server&) = delete;
   rpc_server& operator=(const rpc_server&) = delete;
@@ -164,7 +197,8 @@ class rpc_server {
   }
 
   // Accepts and serves until shutdown() (after the grace period) or a stop request on the awaiting coroutine
-  // (at once). Every coroutine the server started has finished when it returns.
+  // (at once). Every coroutine the server started has finished when it returns, so the server may then be
+  // destroyed. Accept failures (e.g. out of descriptors) are retried every 10 ms and logged once a second.
   task<void> serve() {
     if (serving_) throw invalid_argument_error(fmt::format("rpc server on {} is already serving", local_text_));
     serving_ = true;
@@ -225,92 +259,114 @@ class rpc_server {
   task<void> wait_drained() { co_await drained_.wait(); }
 
   task<void> accept_loop() {
+    steady_time next_report{};
+    std::uint64_t unreported = 0;
     for (;;) {
       std::optional<tcp_socket> socket;
-      bool failed = false;
+      std::string failure;
       try {
         socket.emplace(co_await listener_.accept());
       } catch (const cancelled_error&) {
         co_return;
       } catch (const std::exception& e) {
-        log_warn("rpc server on {}: accept failed: {}", local_text_, e.what());
-        failed = true;
+        failure = e.what();
       }
-      if (failed) {
-        // Out of descriptors or memory: give the process a moment instead of spinning.
-        co_await sleep_for(std::chrono::milliseconds(10));
+      if (!socket) {
+        ++stats_.accept_failures;
+        ++unreported;
+        // Out of descriptors or memory fails every accept: one warning a second, not one per attempt.
+        const steady_time now = std::chrono::steady_clock::now();
+        if (now >= next_report) {
+          log_warn("rpc server on {}: accept failed {} times since the last report: {}", local_text_, unreported,
+                   failure);
+          unreported = 0;
+          next_report = deadline_from(now, std::chrono::seconds(1));
+        }
+        try {
+          // Give the process a moment instead of spinning; shutdown() may come meanwhile.
+          co_await sleep_for(std::chrono::milliseconds(10));
+        } catch (const cancelled_error&) {
+          co_return;
+        }
         continue;
       }
-      if (open_connections_ >= options_.max_connections) {
+      const std::string address = socket->peer().address();
+      std::size_t& from_address = connections_by_address_[address];
+      if (open_connections_ >= options_.max_connections || from_address >= options_.max_connections_per_address) {
         ++stats_.connections_refused;
-        std::string message = fmt::format("rpc server on {} refused the connection from {}: {} connections open (limit {})",
-                                          local_text_, socket->peer(), open_connections_, options_.max_connections);
+        std::string message =
+            open_connections_ >= options_.max_connections
+                ? fmt::format("rpc server on {} refused the connection from {}: {} connections open (limit {})",
+                              local_text_, socket->peer(), open_connections_, options_.max_connections)
+                : fmt::format("rpc server on {} refused the connection from {}: {} connections open from {} (limit "
+                              "{} per address)",
+                              local_text_, socket->peer(), from_address, address,
+                              options_.max_connections_per_address);
+        if (from_address == 0) connections_by_address_.erase(address);
         log_info("{}", message);
         connections_->spawn(refuse_connection(std::move(*socket), std::move(message)));
         continue;
       }
       ++stats_.connections_accepted;
       ++open_connections_;
+      ++from_address;
       connections_->spawn(serve_connection(std::move(*socket)));
     }
   }
 
-  // Tells a connection over the limit why it is closed: a response to request 0 (no call has that id).
+  // Tells a connection over a limit why it is closed (go_away, nothing read), then waits briefly for the peer to
+  // close first, so its requests in flight do not turn the close into a reset that loses the message.
   task<void> refuse_connection(tcp_socket socket, std::string message) {
     const frame_header_bytes head = encode_frame_header(
-        frame_header{frame_kind::response, frame_status::limit_exceeded, 0, 0, 0, message.size()});
+        frame_header{frame_kind::go_away, frame_status::limit_exceeded, 0, 0, 0, message.size()});
     const std::array<const_byte_span, 2> pieces{const_byte_span(head), as_bytes(message)};
     try {
-      co_await socket.write_all(pieces, deadline_after(std::chrono::milliseconds(1000)));
+      const steady_time deadline = deadline_after(std::chrono::milliseconds(1000));
+      co_await socket.write_all(pieces, deadline);
+      ::shutdown(socket.native_handle(), SHUT_WR);
+      std::array<std::byte, 4096> sink;
+      while (co_await socket.read_some(sink, deadline) > 0) {
+      }
     } catch (const std::exception&) {
-      // the peer is gone already
+      // the peer is gone already, or did not close in time
     }
   }
 
   task<void> serve_connection(tcp_socket socket) {
     detail::server_connection conn(std::move(socket));
     task_group requests(ctx_);
-    requests.spawn(watch_connection(conn));
+    task_group watchdog(ctx_);
+    watchdog.spawn(watch_connection(conn));
+    bool peer_done = false;  // the peer half-closed: what is in flight still gets its answer
     try {
-      co_await read_requests(conn, requests);
+      peer_done = co_await read_requests(conn, requests);
     } catch (const cancelled_error&) {
       // the server is stopping
     } catch (const std::exception& e) {
       ++stats_.connections_dropped;
       log_debug("rpc server on {}: dropped connection from {}: {}", local_text_, conn.peer, e.what());
     }
-    release_buffered(std::exchange(conn.reserved, 0));
-    // The peer is gone or the stream is unusable: what is still running for it is stopped.
-    requests.request_stop();
+    release_buffered(conn, std::exchange(conn.reserved, 0));
+    // Otherwise the peer is gone or the stream is unusable: what is still running for it is stopped.
+    if (!peer_done) requests.request_stop();
     try {
       co_await requests.join();
     } catch (const std::exception& e) {
       log_debug("rpc server on {}: request from {} failed: {}", local_text_, conn.peer, e.what());
     }
+    watchdog.request_stop();
+    co_await watchdog.join();
     --open_connections_;
+    if (--connections_by_address_[conn.address] == 0) connections_by_address_.erase(conn.address);
   }
 
-  task<void> read_requests(detail::server_connection& conn, task_group& requests) {
+  // Reads and dispatches requests until the stream ends. True when the peer ended it cleanly (EOF: it sends no
+  // more requests but may wait for answers); false when the connection went idle or away.
+  task<bool> read_requests(detail::server_connection& conn, task_group& requests) {
+    using expiry = detail::server_connection::expiry;
     frame_reader reader(options_.limits, options_.receive_buffer);
-    std::optional<frame_header> refused;
-    std::string refusal;
-    try {
-      co_await read_loop(conn, requests, reader);
-      co_return;
-    } catch (const limit_error& e) {
-      refused = conn.refused ? conn.refused : reader.refused_header();
-      if (!refused) throw;
-      refusal = e.what();
-    }
-    // A request too large to take: tell its caller why, then close (the rest of the stream cannot be trusted).
-    if (refused->kind == frame_kind::request) {
-      std::string message = refusal;
-      co_await send_error(conn, *refused, frame_status::limit_exceeded, std::move(message));
-    }
-    throw limit_error(refusal);
-  }
-
-  task<void> read_loop(detail::server_connection& conn, task_group& requests, frame_reader& reader) {
+    frame_deadline progress;
+    std::size_t dispatched_unyielded = 0;
     for (;;) {
       for (;;) {
         // Backpressure: frames wait in the buffer (and then in the socket) while the connection is at its limit.
@@ -319,25 +375,111 @@ class rpc_server {
           co_await conn.slot_freed.wait();
         }
         if (conn.reserved == 0) {
-          if (const auto large = reader.large_frame_ahead(conn.peer)) co_await reserve_large(conn, *large);
+          const bool admitted = co_await admit_next(conn, requests, reader, progress);
+          if (!admitted) continue;
         }
-        std::optional<frame> next = reader.next(conn.peer);
+        std::optional<frame> next;
+        try {
+          next = reader.next(conn.peer);
+        } catch (const limit_error& e) {
+          // Over max_payload: the reader skips the payload, the stream goes on; only its caller learns why.
+          refuse(conn, requests, *reader.refused_header(), e.what());
+          continue;
+        }
         if (!next) break;
+        if (conn.going_away) continue;  // not read for processing: the peer retries it elsewhere
         dispatch(conn, requests, std::move(*next));
+        // Let the handlers just started charge their responses before more are read: every few requests, and
+        // after each one near the budget (a handler's response is only known once it has run).
+        if (++dispatched_unyielded >= 16 || buffered_ * 2 > options_.max_buffered_bytes ||
+            conn.buffered * 2 > connection_share()) {
+          dispatched_unyielded = 0;
+          co_await next_iteration{ctx_};
+        }
       }
-      conn.read_mid_frame = reader.mid_frame();
-      conn.read_deadline = deadline_after(conn.read_mid_frame ? options_.read_timeout : options_.idle_timeout);
+      const steady_time now = std::chrono::steady_clock::now();
+      progress.update(reader, now);
+      conn.read_mid_frame = progress.active();
+      conn.read_deadline = progress.active()
+                               ? progress.deadline(reader, options_.read_timeout, options_.min_transfer_rate)
+                               : deadline_from(now, options_.idle_timeout);
+      if (conn.going_away) conn.read_deadline = std::min(conn.read_deadline, conn.going_away_deadline);
       const byte_span room = reader.prepare();
       conn.reading = true;
       const operation_flag reading{conn.reading};
       const std::size_t received = co_await conn.socket.read_some(room);
-      if (conn.expired == detail::server_connection::expiry::stalled)
-        throw timeout_error(fmt::format("rpc peer {} sent part of a frame, then nothing for {} ms", conn.peer,
-                                        options_.read_timeout.count()));
-      if (received == 0 || conn.expired != detail::server_connection::expiry::none) co_return;  // closed, or idle
+      if (conn.expired == expiry::stalled)
+        throw timeout_error(fmt::format("rpc server on {} dropped the connection from {}: a frame of {} was not "
+                                        "complete within {} ms plus {} per second ({} still missing)",
+                                        local_text_, conn.peer, size_text(reader.frame_in_progress_size()),
+                                        options_.read_timeout.count(), size_text(options_.min_transfer_rate),
+                                        size_text(reader.pending_payload())));
+      if (conn.expired != expiry::none) co_return false;  // closed when idle
+      if (received == 0) co_return !conn.going_away;
       reader.commit(received);
+      if (reader.mid_frame()) progress.update(reader, std::chrono::steady_clock::now());
     }
   }
+
+  // Before the next frame's payload is stored: takes budget for a request (waiting for it, which stops reading
+  // this connection), or refuses the request and skips its payload. False when the frame was skipped.
+  task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
+                        frame_deadline& progress) {
+    const std::optional<frame_header> header = reader.peek(conn.peer);
+    if (!header || header->kind != frame_kind::request || header->payload_size > options_.limits.max_payload)
+      co_return true;  // next() delivers or reports it
+    if (conn.going_away) {
+      reader.skip_frame();
+      co_return false;
+    }
+    const std::uint64_t size = header->payload_size;
+    const std::uint64_t share = connection_share();
+    if (size > share) {
+      reader.skip_frame();
+      refuse(conn, requests, *header,
+             fmt::format("rpc frame of {} exceeds the server's buffer limit {} from {}", size_text(size),
+                         size_text(share), conn.peer));
+      co_return false;
+    }
+    bool waited = false;
+    while ((buffered_ > 0 && buffered_ + size > options_.max_buffered_bytes) ||
+           (conn.buffered > 0 && conn.buffered + size > share)) {
+      waited = true;
+      memory_freed_.reset();
+      co_await memory_freed_.wait();
+    }
+    buffered_ += size;
+    conn.buffered += size;
+    conn.reserved = size;
+    if (waited) progress.restart(std::chrono::steady_clock::now());  // the peer was not the one waiting
+    co_return true;
+  }
+
+  std::uint64_t connection_share() const noexcept {
+    const std::uint64_t share = options_.max_buffered_bytes_per_connection != 0
+                                    ? options_.max_buffered_bytes_per_connection
+                                    : std::max(options_.max_buffered_bytes / 4, options_.limits.max_payload);
+    return std::min(options_.max_buffered_bytes, share);
+  }
+
+  // Answers a request the server will not take with limit_exceeded; the connection goes on.
+  void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
+    ++stats_.requests_refused;
+    log_debug("{}", why);
+    if (header.kind == frame_kind::request) requests.spawn(send_refusal(conn, header, std::move(why)));
+  }
+
+  task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why) {
+    co_await send_error(conn, header, frame_status::limit_exceeded, std::move(why));
+  }
+
+  // Resumes the awaiting coroutine after what is already ready to run on the context.
+  struct next_iteration {
+    io_context& ctx;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> waiter) { ctx.schedule(waiter); }
+    void await_resume() const noexcept {}
+  };
 
   // Clears a flag when the operation it marks ends, however it ends.
   struct operation_flag {
@@ -345,9 +487,10 @@ class rpc_server {
     ~operation_flag() { flag = false; }
   };
 
-  // Enforces the connection's read and write timeouts: one timer per connection that sleeps until the earliest
+  // Enforces the connection's read and write deadlines: one timer per connection that sleeps until the earliest
   // deadline in force, instead of a kernel timer armed and cancelled with every read and write. Past a deadline it
-  // shuts the socket down, which ends the read or write in progress. Stopped with the connection's requests.
+  // shuts the socket down, which ends the read or write in progress. An idle connection is announced (go_away)
+  // before it is closed, so a request crossing the announcement is retried by its caller, not lost.
   task<void> watch_connection(detail::server_connection& conn) {
     using expiry = detail::server_connection::expiry;
     // Between operations nothing is due; a deadline set later is at least this far away.
@@ -368,56 +511,68 @@ class rpc_server {
         ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
         co_return;
       }
-      if (conn.reading && now >= conn.read_deadline) {
-        if (!conn.read_mid_frame && conn.in_flight > 0) {
-          conn.read_deadline = now + options_.idle_timeout;  // idle only counts when nothing is in flight
-          continue;
-        }
-        conn.expired = conn.read_mid_frame ? expiry::stalled : expiry::idle;
+      if (!conn.reading || now < conn.read_deadline) continue;
+      if (conn.read_mid_frame && !conn.going_away) {
+        conn.expired = expiry::stalled;
         ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
         co_return;
       }
+      if (conn.going_away) {
+        // The peer did not close after go_away in time.
+        conn.expired = expiry::idle;
+        ::shutdown(conn.socket.native_handle(), SHUT_RDWR);
+        co_return;
+      }
+      if (conn.in_flight > 0 || conn.writer_busy) {
+        conn.read_deadline = deadline_from(now, options_.idle_timeout);  // idle only counts with nothing in flight
+        continue;
+      }
+      ++stats_.connections_idle;
+      conn.going_away = true;
+      conn.going_away_deadline = deadline_from(now, options_.read_timeout);
+      conn.read_deadline = conn.going_away_deadline;
+      const std::string why = fmt::format("rpc server on {} closed the connection from {}: idle for {} ms",
+                                          local_text_, conn.peer, options_.idle_timeout.count());
+      const frame_header go_away{frame_kind::go_away, frame_status::ok, 0, 0, conn.last_request_id, why.size()};
+      try {
+        co_await send_frame(conn, go_away, as_bytes(why), {});
+      } catch (const cancelled_error&) {
+        co_return;
+      }
+      // The peer sees the end of our stream after go_away; its close ends the reader.
+      ::shutdown(conn.socket.native_handle(), SHUT_WR);
     }
   }
 
-  // Waits until the server-wide budget has room for a large payload, then takes it.
-  task<void> reserve_large(detail::server_connection& conn, const frame_header& header) {
-    const std::uint64_t size = header.payload_size;
-    if (size > options_.max_buffered_bytes) {
-      conn.refused = header;
-      throw limit_error(fmt::format("rpc frame of {} exceeds the server's buffer limit {} from {}", size_text(size),
-                                    size_text(options_.max_buffered_bytes), conn.peer));
-    }
-    while (buffered_ > 0 && buffered_ + size > options_.max_buffered_bytes) {
-      memory_freed_.reset();
-      co_await memory_freed_.wait();
-    }
-    buffered_ += size;
-    conn.reserved = size;
-  }
-
-  void release_buffered(std::uint64_t bytes) {
+  void release_buffered(detail::server_connection& conn, std::uint64_t bytes) {
     if (bytes == 0) return;
     buffered_ -= bytes;
+    conn.buffered -= bytes;
     memory_freed_.set();
   }
 
   void dispatch(detail::server_connection& conn, task_group& requests, frame f) {
     switch (f.header.kind) {
       case frame_kind::request: {
-        std::uint64_t charge = std::exchange(conn.reserved, 0);
-        if (charge == 0) {
-          charge = f.payload.size();
-          buffered_ += charge;
-        }
+        const std::uint64_t charge = std::exchange(conn.reserved, 0);
+        conn.last_request_id = std::max(conn.last_request_id, f.header.request_id);
         ++conn.in_flight;
         ++in_flight_;
         ++stats_.requests;
-        requests.spawn(handle_request(conn, std::move(f), charge));
+        // Registered now, so a cancel frame read before the handler starts still reaches it.
+        std::stop_source cancel;
+        conn.running.insert_or_assign(f.header.request_id, cancel);
+        requests.spawn(handle_request(conn, std::move(f), charge, std::move(cancel)));
         return;
       }
-      case frame_kind::cancel:
-        return;  // reserved: handlers are stopped only with their connection or the server
+      case frame_kind::cancel: {
+        // The caller gave up: its handler is asked to stop (an answer nobody waits for is wasted work).
+        const auto found = conn.running.find(f.header.request_id);
+        if (found != conn.running.end()) found->second.request_stop();
+        return;
+      }
+      case frame_kind::go_away:
+        return;  // the client closes; it sends no more requests
       case frame_kind::response:
         throw protocol_error(fmt::format("rpc server on {} got a response frame from {}", local_text_, conn.peer));
     }
@@ -428,17 +583,22 @@ class rpc_server {
     rpc_server* server;
     detail::server_connection* conn;
     std::uint64_t charge;
+    std::uint64_t id;
+    const std::stop_source* cancel;
     ~request_scope() {
-      server->release_buffered(charge);
+      server->release_buffered(*conn, charge);
+      const auto found = conn->running.find(id);
+      if (found != conn->running.end() && found->second == *cancel) conn->running.erase(found);
       --conn->in_flight;
       conn->slot_freed.set();
       if (--server->in_flight_ == 0 && server->draining_) server->drained_.set();
     }
   };
 
-  task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge) {
-    request_scope scope{this, &conn, charge};
+  task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
+                            std::stop_source cancel) {
     const frame_header header = request.header;
+    request_scope scope{this, &conn, charge, header.request_id, &cancel};
     if (draining_) {
       std::string message = fmt::format("rpc server on {} is shutting down", local_text_);
       co_await send_error(conn, header, frame_status::shutting_down, std::move(message));
@@ -448,7 +608,7 @@ class rpc_server {
       // A stalled server holds the request until its connection or the server stops.
       async_event never;
       try {
-        co_await never.wait();
+        co_await with_stop_token(wait_event(never), cancel.get_token());
       } catch (const cancelled_error&) {
       }
       co_return;
@@ -469,13 +629,17 @@ class rpc_server {
     std::string failure;
     bool failed = false;
     try {
-      response = co_await found->second.handler(req);
+      response = co_await with_stop_token(found->second.handler(req), cancel.get_token());
     } catch (const std::exception& e) {
       failed = true;
       failure = e.what();
     } catch (...) {
       failed = true;
       failure = "unknown exception";
+    }
+    if (cancel.stop_requested()) {
+      ++stats_.requests_cancelled;
+      co_return;  // the caller gave up: nobody waits for the answer
     }
     if (failed) {
       const std::stop_token token = co_await this_task::get_stop_token();
@@ -485,6 +649,7 @@ class rpc_server {
       co_return;
     }
     req.payload = byte_buffer();  // the request's memory goes before the response is sent
+    release_buffered(conn, std::exchange(scope.charge, 0));
     const std::uint64_t size = response.size();
     if (size > options_.limits.max_payload) {
       std::string message = fmt::format("rpc response of {} exceeds limit {} on {}", size_text(size),
@@ -492,11 +657,15 @@ class rpc_server {
       co_await send_error(conn, header, frame_status::limit_exceeded, std::move(message));
       co_return;
     }
+    // Queued responses count against the budget until written, so a peer that does not read stops being read.
     buffered_ += size;
-    scope.charge += size;
+    conn.buffered += size;
+    scope.charge = size;
     frame_header out{frame_kind::response, frame_status::ok, header.method, 0, header.request_id, size};
     co_await send_frame(conn, out, response.body, response.views);
   }
+
+  static task<void> wait_event(async_event& event) { co_await event.wait(); }
 
   task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
                         std::string message) {
@@ -569,7 +738,9 @@ class rpc_server {
           const std::size_t sent = alone ? detail::send_now(conn.socket.native_handle(), conn.batch, conn.peer) : 0;
           if (sent < total) {
             detail::drop_sent(conn.batch, sent);
-            conn.write_deadline = deadline_after(options_.write_timeout);
+            conn.write_deadline = deadline_from(
+                deadline_after(options_.write_timeout),
+                std::chrono::duration<double>(static_cast<double>(total) / static_cast<double>(options_.min_transfer_rate)));
             conn.writing = true;
             const operation_flag writing{conn.writing};
             co_await conn.socket.write_all(conn.batch);
@@ -615,6 +786,7 @@ class rpc_server {
   async_event drained_;
   async_event memory_freed_;
   std::size_t open_connections_ = 0;
+  std::unordered_map<std::string, std::size_t> connections_by_address_;
   std::size_t in_flight_ = 0;
   std::uint64_t buffered_ = 0;
   counters stats_;
