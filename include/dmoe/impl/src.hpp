@@ -11,3 +11,19 @@
 
 #define DMOE_COMPILING_SOURCE 1
 #include <dmoe/dmoe.hpp>
+// Every header with heavy definitions, whether or not an umbrella names it.
+#include <dmoe/moe/gating.hpp>
+#include <dmoe/nn/checkpoint.hpp>
+#include <dmoe/ops/cpu/activation.hpp>
+#include <dmoe/ops/cpu/attention.hpp>
+#include <dmoe/ops/cpu/cross_entropy.hpp>
+#include <dmoe/ops/cpu/dropout.hpp>
+#include <dmoe/ops/cpu/elementwise.hpp>
+#include <dmoe/ops/cpu/embedding.hpp>
+#include <dmoe/ops/cpu/gather.hpp>
+#include <dmoe/ops/cpu/gemm.hpp>
+#include <dmoe/ops/cpu/layer_norm.hpp>
+#include <dmoe/ops/cpu/mse.hpp>
+#include <dmoe/ops/cpu/optimizer.hpp>
+#include <dmoe/ops/cpu/softmax.hpp>
+#include <dmoe/ops/cpu/topk.hpp>
