@@ -12,6 +12,8 @@
 #include <dmoe/ops/cpu/gemm.hpp>
 #include <dmoe/ops/cpu/layer_norm.hpp>
 #include <dmoe/ops/cpu/mse.hpp>
+#include <dmoe/ops/cpu/optimizer.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/ops/cpu/softmax.hpp>
 #include <dmoe/ops/cpu/topk.hpp>
+#include <dmoe/ops/optimizer.hpp>

@@ -6,3 +6,4 @@
 #include <dmoe/tensor/half.hpp>
 #include <dmoe/tensor/shape.hpp>
 #include <dmoe/tensor/tensor.hpp>
+#include <dmoe/tensor/wire.hpp>

@@ -1,4 +1,5 @@
-# Builds and runs tests/consumer/project against dmoe in one of three ways (MODE), in WORK_DIR,
+# Builds and runs tests/consumer/project (header-only and separately compiled) against dmoe in one of three ways
+# (MODE), in WORK_DIR,
 # which is removed afterwards whether the steps pass or fail.
 cmake_minimum_required(VERSION 3.25)
 
@@ -27,10 +28,12 @@ endif()
 
 step(${CMAKE_COMMAND} -S ${PROJECT_DIR} -B ${WORK_DIR}/consumer-build ${consumer_args})
 step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
-step(${WORK_DIR}/consumer-build/consumer)
-message(STATUS "consumer ${MODE}: ${step_output}")
-if(NOT step_output MATCHES "answer 42")
-  file(REMOVE_RECURSE ${WORK_DIR})
-  message(FATAL_ERROR "consumer ${MODE}: unexpected output '${step_output}'")
-endif()
+foreach(program consumer consumer_separate)
+  step(${WORK_DIR}/consumer-build/${program})
+  message(STATUS "${program} ${MODE}: ${step_output}")
+  if(NOT step_output MATCHES "answer 42 gemm 11 11")
+    file(REMOVE_RECURSE ${WORK_DIR})
+    message(FATAL_ERROR "${program} ${MODE}: unexpected output '${step_output}'")
+  endif()
+endforeach()
 file(REMOVE_RECURSE ${WORK_DIR})

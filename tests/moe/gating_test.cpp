@@ -2,6 +2,7 @@
 #include <dmoe/moe/gating.hpp>
 
 #include <boost/test/unit_test.hpp>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// Library-wide configuration: the versioned inline namespace and the version numbers.
+// Library-wide configuration: the versioned inline namespace, the version numbers, and the compilation mode.
 #pragma once
 
 #define DMOE_VERSION_MAJOR 0
@@ -12,3 +12,35 @@
 #define DMOE_END_NAMESPACE \
   }                        \
   }
+
+// Compilation modes (the scheme of Boost.Asio's ASIO_SEPARATE_COMPILATION):
+// - header-only (the default): every definition is in the headers. The heavy ones (compute kernels, codecs,
+//   checkpoints) are function templates with a defaulted dummy parameter, so only a translation unit that calls
+//   one instantiates its body and the templates it uses (Eigen's above all).
+// - DMOE_SEPARATE_COMPILATION defined in every translation unit of the program: the headers only declare the heavy
+//   functions, and one translation unit defines them by including <dmoe/impl/src.hpp> (the CMake target
+//   dmoe::compiled does it). All translation units of a program must agree on the mode.
+#if defined(DMOE_SEPARATE_COMPILATION)
+#define DMOE_HEADER_ONLY 0
+#else
+#define DMOE_HEADER_ONLY 1
+#endif
+
+// Whether this translation unit sees the heavy definitions: always in header-only mode, and in the one translation
+// unit that includes <dmoe/impl/src.hpp> otherwise.
+#if DMOE_HEADER_ONLY || defined(DMOE_COMPILING_SOURCE)
+#define DMOE_HEAVY_DEFINITIONS 1
+#else
+#define DMOE_HEAVY_DEFINITIONS 0
+#endif
+
+// DMOE_DECL starts the declaration of a heavy function, DMOE_DEF its definition (which repeats the signature
+// without default arguments). Header-only: `template <int = 0>` / `template <int>`, so calls are unchanged and the
+// body is instantiated only where it is called. Separate compilation: an ordinary function, defined once.
+#if DMOE_HEADER_ONLY
+#define DMOE_DECL template <int = 0>
+#define DMOE_DEF template <int>
+#else
+#define DMOE_DECL
+#define DMOE_DEF
+#endif

@@ -7,10 +7,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <mutex>
 #include <string_view>
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -43,9 +43,14 @@ inline std::mutex& log_mutex() noexcept {
 
 inline void write_log_line(log_level level, std::string_view message) {
   static constexpr std::string_view names[] = {"trace", "debug", "info", "warn", "error", "off"};
-  auto now = std::chrono::system_clock::now();
-  auto line = fmt::format("[{:%H:%M:%S} dmoe {}] {}\n", std::chrono::floor<std::chrono::milliseconds>(now),
-                          names[static_cast<int>(level)], message);
+  // UTC wall time to the millisecond, formatted by hand: fmt/chrono.h would cost every includer a second to compile.
+  const auto since_epoch = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::time_t seconds = static_cast<std::time_t>(since_epoch / 1000);
+  std::tm utc{};
+  ::gmtime_r(&seconds, &utc);
+  auto line = fmt::format("[{:02}:{:02}:{:02}.{:03} dmoe {}] {}\n", utc.tm_hour, utc.tm_min, utc.tm_sec,
+                          since_epoch % 1000, names[static_cast<int>(level)], message);
   std::lock_guard lock(log_mutex());
   std::fwrite(line.data(), 1, line.size(), stderr);
 }

@@ -1,7 +1,8 @@
-// x86 intrinsics for the kernels that use them, and the CPU features a kernel may ask for at run time.
+// x86 intrinsics for the kernels that use them (immintrin.h, included once here), and the CPU features.
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/cpu_features.hpp>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define DMOE_X86 1
@@ -18,28 +19,3 @@
 #else
 #define DMOE_X86 0
 #endif
-
-DMOE_BEGIN_NAMESPACE
-namespace detail {
-
-// Whether this CPU runs AVX2 with FMA, and AVX-512 (F, VL, DQ) — whatever the compiler flags were.
-inline bool cpu_has_avx2_fma() noexcept {
-#if DMOE_X86
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-inline bool cpu_has_avx512() noexcept {
-#if DMOE_X86
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq") && cpu_has_avx2_fma();
-  return has;
-#else
-  return false;
-#endif
-}
-
-}  // namespace detail
-DMOE_END_NAMESPACE

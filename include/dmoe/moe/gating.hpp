@@ -8,7 +8,6 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
-#include <dmoe/core/simd.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
@@ -17,17 +16,13 @@
 #include <dmoe/tensor/tensor.hpp>
 
 #include <algorithm>
-#include <bit>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 #include <numeric>
 #include <span>
-#include <utility>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {
@@ -52,10 +47,16 @@ struct grid_selection {
 
 namespace detail {
 
+// A grid or coordinates as text, "[4, 4]", for error messages (without fmt/ranges.h).
+inline std::string grid_text(std::span<const std::uint32_t> values) {
+  return fmt::format("[{}]", fmt::join(values, ", "));
+}
+
 inline void check_grid(std::string_view op, std::span<const std::uint32_t> grid) {
   if (grid.empty()) throw invalid_argument_error(fmt::format("{}: the grid has no dimensions", op));
   for (std::uint32_t extent : grid)
-    if (extent == 0) throw invalid_argument_error(fmt::format("{}: grid {} has an empty dimension", op, grid));
+    if (extent == 0)
+      throw invalid_argument_error(fmt::format("{}: grid {} has an empty dimension", op, grid_text(grid)));
 }
 
 inline std::int64_t grid_width(std::span<const std::uint32_t> grid) {
@@ -71,6 +72,94 @@ inline std::int64_t grid_size(std::span<const std::uint32_t> grid) {
   }
   return n;
 }
+
+}  // namespace detail
+
+// Column where each dimension's scores start in grid scores, plus the total width at the end:
+// grid {4, 8, 2} gives {0, 4, 12, 14}.
+inline std::vector<std::int64_t> grid_offsets(std::span<const std::uint32_t> grid) {
+  std::vector<std::int64_t> offsets(grid.size() + 1, 0);
+  for (std::size_t d = 0; d < grid.size(); ++d) offsets[d + 1] = offsets[d] + grid[d];
+  return offsets;
+}
+
+// The k best experts of each sample from grid scores, f32 [batch, sum(grid)] with dimension d's
+// scores in columns [sum(grid[:d]), sum(grid[:d+1])). Exact: equal to scoring all experts and
+// sorting them by score (best first), equal scores by lexicographically smaller coordinates.
+// Needs 1 <= k <= the number of experts and finite scores.
+DMOE_DECL grid_selection product_key_topk(const tensor& grid_scores, std::span<const std::uint32_t> grid,
+                                          std::int64_t k);
+
+// Gradient of the grid scores [batch, sum(grid)] from the gradient of each selected expert's score
+// [batch, k]: an expert's score is a sum, so each coordinate's score receives the expert's gradient
+// (added up over the experts that share it).
+DMOE_DECL tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores);
+
+// The gating function of a DMoE layer: a linear projection of each input row to grid scores
+// [batch, sum(grid)], the exact top-k experts of those scores, and the backward pass from the
+// chosen experts' score gradients to the input and the projection's weights.
+template <class Backend = ops::cpu_t>
+class grid_gating : public nn::module {
+ public:
+  grid_gating(std::int64_t in_features, std::vector<std::uint32_t> grid, random_engine& gen)
+      : grid_(checked(std::move(grid))), projection_(in_features, detail::grid_width(grid_), gen) {}
+
+  // x [batch, in] -> grid scores [batch, sum(grid)]; keeps x for backward.
+  tensor forward(const tensor& x) override {
+    expect_rank("grid_gating", "x", x, 2);
+    return projection_.forward(x);
+  }
+  // d loss / d grid scores [batch, sum(grid)] -> d loss / d x; the projection's gradients accumulate.
+  tensor backward(const tensor& grad_grid_scores) override { return projection_.backward(grad_grid_scores); }
+
+  // The k best experts of each row of grid scores returned by forward.
+  grid_selection select(const tensor& grid_scores, std::int64_t k) const {
+    return product_key_topk(grid_scores, grid_, k);
+  }
+  // Backward from d loss / d score of each selected expert ([batch, k]) of the last forward.
+  tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
+    if (selection.grid != grid_)
+      throw invalid_argument_error(
+          fmt::format("grid_gating: selection is over grid {} but the gating's grid is {}",
+                      detail::grid_text(selection.grid), detail::grid_text(grid_)));
+    return backward(grid_scores_backward(selection, grad_scores));
+  }
+
+  nn::parameter_list parameters() override {
+    nn::parameter_list out;
+    nn::append_parameters(out, "projection", projection_.parameters());
+    return out;
+  }
+
+  const std::vector<std::uint32_t>& grid() const noexcept { return grid_; }
+  std::int64_t in_features() const noexcept { return projection_.in_features(); }
+  nn::linear<Backend>& projection() noexcept { return projection_; }
+
+ private:
+  static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
+    detail::check_grid("grid_gating", grid);
+    return grid;
+  }
+
+  std::vector<std::uint32_t> grid_;
+  nn::linear<Backend> projection_;
+};
+
+}  // namespace moe
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/core/simd.hpp>
+
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+namespace detail {
 
 // A partial expert: its score so far and its key over the dimensions seen so far. The key orders experts as
 // their coordinates do (lexicographically): the row-major index, or, when every coordinate fits a fixed bit field
@@ -274,30 +363,19 @@ inline bool product_key_topk_row(const float* row, std::span<const std::uint32_t
 
 }  // namespace detail
 
-// Column where each dimension's scores start in grid scores, plus the total width at the end:
-// grid {4, 8, 2} gives {0, 4, 12, 14}.
-inline std::vector<std::int64_t> grid_offsets(std::span<const std::uint32_t> grid) {
-  std::vector<std::int64_t> offsets(grid.size() + 1, 0);
-  for (std::size_t d = 0; d < grid.size(); ++d) offsets[d + 1] = offsets[d] + grid[d];
-  return offsets;
-}
-
-// The k best experts of each sample from grid scores, f32 [batch, sum(grid)] with dimension d's
-// scores in columns [sum(grid[:d]), sum(grid[:d+1])). Exact: equal to scoring all experts and
-// sorting them by score (best first), equal scores by lexicographically smaller coordinates.
-// Needs 1 <= k <= the number of experts and finite scores.
-inline grid_selection product_key_topk(const tensor& grid_scores, std::span<const std::uint32_t> grid,
-                                       std::int64_t k) {
+DMOE_DEF grid_selection product_key_topk(const tensor& grid_scores, std::span<const std::uint32_t> grid,
+                                         std::int64_t k) {
   constexpr std::string_view op = "product_key_topk";
   detail::check_grid(op, grid);
   expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
   expect_rank(op, "grid_scores", grid_scores, 2);
   if (grid_scores.dim(1) != detail::grid_width(grid))
     throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
-                                  grid, detail::grid_width(grid)));
+                                  detail::grid_text(grid), detail::grid_width(grid)));
   if (k < 1 || k > detail::grid_size(grid))
     throw invalid_argument_error(
-        fmt::format("{}: k = {} but grid {} has {} experts", op, k, grid, detail::grid_size(grid)));
+        fmt::format("{}: k = {} but grid {} has {} experts", op, k, detail::grid_text(grid),
+                    detail::grid_size(grid)));
 
   grid_selection out;
   out.grid.assign(grid.begin(), grid.end());
@@ -321,10 +399,7 @@ inline grid_selection product_key_topk(const tensor& grid_scores, std::span<cons
   return out;
 }
 
-// Gradient of the grid scores [batch, sum(grid)] from the gradient of each selected expert's score
-// [batch, k]: an expert's score is a sum, so each coordinate's score receives the expert's gradient
-// (added up over the experts that share it).
-inline tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores) {
+DMOE_DEF tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores) {
   constexpr std::string_view op = "grid_scores_backward";
   detail::check_grid(op, selection.grid);
   expect_dtype(op, "grad_scores", grad_scores, dtype::f32);
@@ -347,61 +422,14 @@ inline tensor grid_scores_backward(const grid_selection& selection, const tensor
       for (std::size_t d = 0; d < dims; ++d) {
         if (c[d] >= selection.grid[d])
           throw invalid_argument_error(fmt::format("{}: coordinate {} of dimension {} is outside grid {}", op, c[d],
-                                                   d, selection.grid));
+                                                   d, detail::grid_text(selection.grid)));
         o[b * width + static_cast<std::size_t>(offsets[d]) + c[d]] += grad;
       }
     }
   return out;
 }
 
-// The gating function of a DMoE layer: a linear projection of each input row to grid scores
-// [batch, sum(grid)], the exact top-k experts of those scores, and the backward pass from the
-// chosen experts' score gradients to the input and the projection's weights.
-template <class Backend = ops::cpu_t>
-class grid_gating : public nn::module {
- public:
-  grid_gating(std::int64_t in_features, std::vector<std::uint32_t> grid, random_engine& gen)
-      : grid_(checked(std::move(grid))), projection_(in_features, detail::grid_width(grid_), gen) {}
-
-  // x [batch, in] -> grid scores [batch, sum(grid)]; keeps x for backward.
-  tensor forward(const tensor& x) override {
-    expect_rank("grid_gating", "x", x, 2);
-    return projection_.forward(x);
-  }
-  // d loss / d grid scores [batch, sum(grid)] -> d loss / d x; the projection's gradients accumulate.
-  tensor backward(const tensor& grad_grid_scores) override { return projection_.backward(grad_grid_scores); }
-
-  // The k best experts of each row of grid scores returned by forward.
-  grid_selection select(const tensor& grid_scores, std::int64_t k) const {
-    return product_key_topk(grid_scores, grid_, k);
-  }
-  // Backward from d loss / d score of each selected expert ([batch, k]) of the last forward.
-  tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
-    if (selection.grid != grid_)
-      throw invalid_argument_error(
-          fmt::format("grid_gating: selection is over grid {} but the gating's grid is {}", selection.grid, grid_));
-    return backward(grid_scores_backward(selection, grad_scores));
-  }
-
-  nn::parameter_list parameters() override {
-    nn::parameter_list out;
-    nn::append_parameters(out, "projection", projection_.parameters());
-    return out;
-  }
-
-  const std::vector<std::uint32_t>& grid() const noexcept { return grid_; }
-  std::int64_t in_features() const noexcept { return projection_.in_features(); }
-  nn::linear<Backend>& projection() noexcept { return projection_; }
-
- private:
-  static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
-    detail::check_grid("grid_gating", grid);
-    return grid;
-  }
-
-  std::vector<std::uint32_t> grid_;
-  nn::linear<Backend> projection_;
-};
-
 }  // namespace moe
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

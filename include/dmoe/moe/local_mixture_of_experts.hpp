@@ -46,7 +46,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {
@@ -270,11 +269,13 @@ class local_mixture_of_experts : public nn::module {
   std::int64_t index_of(std::span<const std::uint32_t> coordinates) const {
     if (coordinates.size() != options_.grid.size())
       throw invalid_argument_error(
-          fmt::format("{}: {} coordinates for grid {}", op, coordinates.size(), options_.grid));
+          fmt::format("{}: {} coordinates for grid {}", op, coordinates.size(),
+                      detail::grid_text(options_.grid)));
     std::int64_t index = 0;
     for (std::size_t d = 0; d < coordinates.size(); ++d) {
       if (coordinates[d] >= options_.grid[d])
-        throw invalid_argument_error(fmt::format("{}: coordinates {} outside grid {}", op, coordinates, options_.grid));
+        throw invalid_argument_error(fmt::format("{}: coordinates {} outside grid {}", op,
+                                                 detail::grid_text(coordinates), detail::grid_text(options_.grid)));
       index = index * options_.grid[d] + coordinates[d];
     }
     return index;
@@ -332,10 +333,11 @@ class local_mixture_of_experts : public nn::module {
     detail::check_grid(op, opts.grid);
     const std::int64_t experts = detail::grid_size(opts.grid);
     if (experts > (std::int64_t{1} << 24))
-      throw invalid_argument_error(fmt::format("{}: grid {} has {} experts, too many for one process", op, opts.grid,
-                                               experts));
+      throw invalid_argument_error(fmt::format("{}: grid {} has {} experts, too many for one process", op,
+                                               detail::grid_text(opts.grid), experts));
     if (opts.k < 1 || opts.k > experts)
-      throw invalid_argument_error(fmt::format("{}: k = {} but grid {} has {} experts", op, opts.k, opts.grid, experts));
+      throw invalid_argument_error(fmt::format("{}: k = {} but grid {} has {} experts", op, opts.k,
+                                               detail::grid_text(opts.grid), experts));
     if (opts.k_min < 0 || opts.k_min > opts.k)
       throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, opts.k_min, opts.k));
     if (opts.uid_prefix.empty()) opts.uid_prefix = default_prefix;
@@ -413,7 +415,8 @@ class local_mixture_of_experts : public nn::module {
     const std::int64_t batch = grid_scores.dim(0);
     if (given.grid != options_.grid)
       throw invalid_argument_error(
-          fmt::format("{}: selection is over grid {} but the layer's grid is {}", op, given.grid, options_.grid));
+          fmt::format("{}: selection is over grid {} but the layer's grid is {}", op, detail::grid_text(given.grid),
+                      detail::grid_text(options_.grid)));
     if (given.batch_size != batch || given.k < 1 ||
         given.coordinates.size() != static_cast<std::size_t>(batch * given.k) * options_.grid.size())
       throw invalid_argument_error(fmt::format("{}: selection of batch {}, k {} with {} coordinates for a batch of {}",

@@ -9,32 +9,18 @@
 // length against the file and the configured limits before allocating anything.
 #pragma once
 
-#include <dmoe/core/binary_writer.hpp>
-#include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
-#include <dmoe/core/hash.hpp>
 #include <dmoe/nn/optimizer.hpp>
 #include <dmoe/nn/parameter.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <atomic>
-#include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
-#include <map>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <fmt/format.h>
-#include <fmt/std.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace nn {
@@ -54,6 +40,48 @@ struct checkpoint_entry {
   std::string name;
   tensor value;
 };
+
+// Writes the entries to `path` atomically: a temporary file in the same directory is written,
+// synced and renamed over `path`, then the directory is synced. On any error the temporary file
+// is removed, an existing file at `path` is left as it was, and system_error is thrown.
+DMOE_DECL void write_checkpoint(const std::filesystem::path& path, std::span<const checkpoint_entry> entries);
+
+// Reads and verifies a checkpoint. Throws corrupt_error naming the file and the problem (wrong
+// magic, unsupported version, truncated, checksum mismatch, a field over a limit), and
+// system_error when the file cannot be read.
+DMOE_DECL std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
+                                                        const checkpoint_limits& limits = {});
+
+// Saves parameters as "param.<name>" and, when given, the optimizer state as "optimizer.<name>".
+DMOE_DECL void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
+                               const optimizer* opt = nullptr);
+
+// Loads a checkpoint made by save_checkpoint into the parameters (and the optimizer's state).
+// Every name, dtype and shape is checked before anything is copied, so a mismatch (shape_error
+// naming both sides) leaves the module and optimizer untouched.
+DMOE_DECL void load_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
+                               optimizer* opt = nullptr, const checkpoint_limits& limits = {});
+
+}  // namespace nn
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/core/binary_writer.hpp>
+#include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/hash.hpp>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <fmt/format.h>
+#include <fmt/std.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace nn {
 
 namespace detail {
 
@@ -191,10 +219,7 @@ inline void fsync_directory(const std::filesystem::path& directory) {
 
 }  // namespace detail
 
-// Writes the entries to `path` atomically: a temporary file in the same directory is written,
-// synced and renamed over `path`, then the directory is synced. On any error the temporary file
-// is removed, an existing file at `path` is left as it was, and system_error is thrown.
-inline void write_checkpoint(const std::filesystem::path& path, std::span<const checkpoint_entry> entries) {
+DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<const checkpoint_entry> entries) {
   std::uint64_t file_size = detail::checkpoint_header_size + detail::checkpoint_footer_size;
   for (const checkpoint_entry& e : entries) {
     if (e.value.empty() && e.value.numel() != 0)
@@ -245,11 +270,8 @@ inline void write_checkpoint(const std::filesystem::path& path, std::span<const 
   detail::fsync_directory(path.parent_path());
 }
 
-// Reads and verifies a checkpoint. Throws corrupt_error naming the file and the problem (wrong
-// magic, unsupported version, truncated, checksum mismatch, a field over a limit), and
-// system_error when the file cannot be read.
-inline std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
-                                                     const checkpoint_limits& limits = {}) {
+DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
+                                                       const checkpoint_limits& limits) {
   detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw system_error(errno, fmt::format("opening checkpoint {}", path));
   struct stat info {};
@@ -349,9 +371,8 @@ inline std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path
   return entries;
 }
 
-// Saves parameters as "param.<name>" and, when given, the optimizer state as "optimizer.<name>".
-inline void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
-                            const optimizer* opt = nullptr) {
+DMOE_DEF void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
+                              const optimizer* opt) {
   std::vector<checkpoint_entry> entries;
   for (const parameter& p : parameters) entries.push_back({"param." + p.name, *p.value});
   if (opt)
@@ -359,11 +380,8 @@ inline void save_checkpoint(const std::filesystem::path& path, const parameter_l
   write_checkpoint(path, entries);
 }
 
-// Loads a checkpoint made by save_checkpoint into the parameters (and the optimizer's state).
-// Every name, dtype and shape is checked before anything is copied, so a mismatch (shape_error
-// naming both sides) leaves the module and optimizer untouched.
-inline void load_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
-                            optimizer* opt = nullptr, const checkpoint_limits& limits = {}) {
+DMOE_DEF void load_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
+                              optimizer* opt, const checkpoint_limits& limits) {
   std::vector<checkpoint_entry> entries = read_checkpoint(path, limits);
   std::map<std::string, tensor*, std::less<>> targets;
   for (const parameter& p : parameters)
@@ -394,3 +412,5 @@ inline void load_checkpoint(const std::filesystem::path& path, const parameter_l
 
 }  // namespace nn
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -1,8 +1,10 @@
-// A user's program: includes all of dmoe and runs a coroutine on its io_uring runtime.
+// A user's program: includes all of dmoe, runs a coroutine on its io_uring runtime and a GEMM on the CPU backend.
 #include <dmoe/dmoe.hpp>
 
 #include <chrono>
 #include <cstdio>
+
+float gemm_from_another_file();  // other.cpp: the same op from a second translation unit
 
 dmoe::task<int> answer() {
   co_await dmoe::sleep_for(std::chrono::milliseconds(1));
@@ -10,6 +12,10 @@ dmoe::task<int> answer() {
 }
 
 int main() {
-  std::printf("answer %d\n", dmoe::sync_wait(answer()));
+  dmoe::tensor a(dmoe::shape{1, 2}), b(dmoe::shape{2, 1});
+  a.data<float>()[0] = 1.0f, a.data<float>()[1] = 2.0f;
+  b.data<float>()[0] = 3.0f, b.data<float>()[1] = 4.0f;
+  const dmoe::tensor c = dmoe::ops::matmul(dmoe::ops::cpu, a, b);
+  std::printf("answer %d gemm %g %g\n", dmoe::sync_wait(answer()), c.data<float>()[0], gemm_from_another_file());
   return 0;
 }

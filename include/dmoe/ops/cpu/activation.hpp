@@ -3,16 +3,10 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <mutex>
 #include <string_view>
-#include <vector>
-
-#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -27,6 +21,31 @@ constexpr std::string_view to_string(activation a) noexcept {
   }
   return "unknown";
 }
+
+// z += bias (broadcast over rows; bias may be empty for none), then y = act(z). z keeps the pre-activation for
+// backward. y may be z itself only for the identity.
+DMOE_DECL void bias_activation_forward(cpu_t, tensor& z, const tensor& bias, tensor& y, activation act);
+
+// dz = dy * act'(z); dbias (when not null) += the column sums of dz. dz may be dy itself.
+DMOE_DECL void bias_activation_backward(cpu_t, const tensor& z, const tensor& dy, tensor& dz, tensor* dbias,
+                                        activation act);
+
+// y = act(x) without a bias (x is left unchanged).
+DMOE_DECL void activation_forward(cpu_t, const tensor& x, tensor& y, activation act);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <mutex>
+#include <vector>
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
 
 namespace detail {
 
@@ -77,9 +96,7 @@ void parallel_rows_with_column_sum(std::int64_t rows, std::int64_t cols, float* 
 
 }  // namespace detail
 
-// z += bias (broadcast over rows; bias may be empty for none), then y = act(z). z keeps the pre-activation for
-// backward. y may be z itself only for the identity.
-inline void bias_activation_forward(cpu_t, tensor& z, const tensor& bias, tensor& y, activation act) {
+DMOE_DEF void bias_activation_forward(cpu_t, tensor& z, const tensor& bias, tensor& y, activation act) {
   constexpr std::string_view op = "bias_activation_forward";
   detail::check_cpu_f32(op, "z", z);
   const std::int64_t rows = z.shape().outer(), cols = z.shape().inner();
@@ -98,9 +115,8 @@ inline void bias_activation_forward(cpu_t, tensor& z, const tensor& bias, tensor
   });
 }
 
-// dz = dy * act'(z); dbias (when not null) += the column sums of dz. dz may be dy itself.
-inline void bias_activation_backward(cpu_t, const tensor& z, const tensor& dy, tensor& dz, tensor* dbias,
-                                     activation act) {
+DMOE_DEF void bias_activation_backward(cpu_t, const tensor& z, const tensor& dy, tensor& dz, tensor* dbias,
+                                       activation act) {
   constexpr std::string_view op = "bias_activation_backward";
   detail::check_cpu_f32(op, "z", z);
   detail::check_cpu_f32(op, "dy", dy);
@@ -127,8 +143,7 @@ inline void bias_activation_backward(cpu_t, const tensor& z, const tensor& dy, t
       });
 }
 
-// y = act(x) without a bias (x is left unchanged).
-inline void activation_forward(cpu_t, const tensor& x, tensor& y, activation act) {
+DMOE_DEF void activation_forward(cpu_t, const tensor& x, tensor& y, activation act) {
   constexpr std::string_view op = "activation_forward";
   detail::check_cpu_f32(op, "x", x);
   detail::prepare_output(op, "y", y, x.shape());
@@ -142,3 +157,5 @@ inline void activation_forward(cpu_t, const tensor& x, tensor& y, activation act
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,15 +3,32 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string_view>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// qkv is [batch, seq, 3 * width] holding q, k and v side by side, each split into `heads` heads of width / heads
+// columns. y gets [batch, seq, width] (heads side by side); probs gets the attention weights
+// [batch, heads, seq, seq] for backward. Position t attends to positions 0..t only.
+DMOE_DECL void causal_attention_forward(cpu_t, const tensor& qkv, std::int64_t heads, tensor& y, tensor& probs);
+
+// dqkv ([batch, seq, 3 * width]) = the gradient of qkv for dy ([batch, seq, width]), given forward's probs.
+DMOE_DECL void causal_attention_backward(cpu_t, const tensor& qkv, const tensor& probs, const tensor& dy,
+                                         std::int64_t heads, tensor& dqkv);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <cmath>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -38,10 +55,7 @@ inline attention_dims check_attention(std::string_view op, const tensor& qkv, st
 
 }  // namespace detail
 
-// qkv is [batch, seq, 3 * width] holding q, k and v side by side, each split into `heads` heads of width / heads
-// columns. y gets [batch, seq, width] (heads side by side); probs gets the attention weights
-// [batch, heads, seq, seq] for backward. Position t attends to positions 0..t only.
-inline void causal_attention_forward(cpu_t, const tensor& qkv, std::int64_t heads, tensor& y, tensor& probs) {
+DMOE_DEF void causal_attention_forward(cpu_t, const tensor& qkv, std::int64_t heads, tensor& y, tensor& probs) {
   constexpr std::string_view op = "causal_attention_forward";
   const auto d = detail::check_attention(op, qkv, heads);
   detail::prepare_output(op, "y", y, shape{d.batch, d.seq, d.width});
@@ -74,9 +88,8 @@ inline void causal_attention_forward(cpu_t, const tensor& qkv, std::int64_t head
   });
 }
 
-// dqkv ([batch, seq, 3 * width]) = the gradient of qkv for dy ([batch, seq, width]), given forward's probs.
-inline void causal_attention_backward(cpu_t, const tensor& qkv, const tensor& probs, const tensor& dy,
-                                      std::int64_t heads, tensor& dqkv) {
+DMOE_DEF void causal_attention_backward(cpu_t, const tensor& qkv, const tensor& probs, const tensor& dy,
+                                        std::int64_t heads, tensor& dqkv) {
   constexpr std::string_view op = "causal_attention_backward";
   const auto d = detail::check_attention(op, qkv, heads);
   detail::check_cpu_f32(op, "probs", probs);
@@ -122,3 +135,5 @@ inline void causal_attention_backward(cpu_t, const tensor& qkv, const tensor& pr
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

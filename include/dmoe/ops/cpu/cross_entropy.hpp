@@ -3,17 +3,10 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <atomic>
-#include <cmath>
 #include <cstdint>
-#include <mutex>
 #include <string_view>
-
-#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -21,7 +14,24 @@ namespace ops {
 // logits [rows, classes] (leading dimensions fold into rows), labels i64 with one label per row (any shape with
 // `rows` elements, each in [0, classes)). Returns the mean over rows of -log softmax(logits)[label]; when dlogits
 // is not null it receives d(loss)/d(logits) = (softmax - onehot) / rows (it may be the logits tensor itself).
-inline float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, tensor* dlogits = nullptr) {
+DMOE_DECL float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, tensor* dlogits = nullptr);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+DMOE_DEF float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, tensor* dlogits) {
   constexpr std::string_view op = "cross_entropy";
   detail::check_cpu_f32(op, "logits", logits);
   expect_dtype(op, "labels", labels, dtype::i64);
@@ -63,3 +73,5 @@ inline float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, te
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

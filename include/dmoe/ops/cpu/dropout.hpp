@@ -3,22 +3,36 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <random>
 #include <string_view>
-
-#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
 
 // Fills mask (f32, any shape) with 0 (probability p) or 1 / (1 - p): the inverted-dropout scale is in the mask,
 // so evaluation needs no rescaling. p must be in [0, 1).
-inline void dropout_mask(cpu_t, tensor& mask, float p, random_engine& gen) {
+DMOE_DECL void dropout_mask(cpu_t, tensor& mask, float p, random_engine& gen);
+
+// y = x * mask (elementwise, same shapes); the same call is dropout's forward and, with dy, its backward.
+// y may be x itself.
+DMOE_DECL void dropout_apply(cpu_t, const tensor& x, const tensor& mask, tensor& y);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <random>
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+DMOE_DEF void dropout_mask(cpu_t, tensor& mask, float p, random_engine& gen) {
   constexpr std::string_view op = "dropout_mask";
   detail::check_cpu_f32(op, "mask", mask);
   if (!(p >= 0.0f && p < 1.0f)) throw invalid_argument_error(fmt::format("{}: probability {} is outside [0, 1)", op, p));
@@ -35,9 +49,7 @@ inline void dropout_mask(cpu_t, tensor& mask, float p, random_engine& gen) {
   }
 }
 
-// y = x * mask (elementwise, same shapes); the same call is dropout's forward and, with dy, its backward.
-// y may be x itself.
-inline void dropout_apply(cpu_t, const tensor& x, const tensor& mask, tensor& y) {
+DMOE_DEF void dropout_apply(cpu_t, const tensor& x, const tensor& mask, tensor& y) {
   constexpr std::string_view op = "dropout_apply";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "mask", mask);
@@ -55,3 +67,5 @@ inline void dropout_apply(cpu_t, const tensor& x, const tensor& mask, tensor& y)
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,14 +3,43 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <mutex>
 #include <string_view>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// y = a + b (same shapes); y may be a or b.
+DMOE_DECL void add(cpu_t, const tensor& a, const tensor& b, tensor& y);
+
+// y += alpha * x (same shapes).
+DMOE_DECL void axpy(cpu_t, float alpha, const tensor& x, tensor& y);
+
+// y = a * b elementwise (same shapes); y may be a or b.
+DMOE_DECL void multiply(cpu_t, const tensor& a, const tensor& b, tensor& y);
+
+// x *= alpha.
+DMOE_DECL void scale(cpu_t, tensor& x, float alpha);
+
+// y = x (same shapes).
+DMOE_DECL void copy(cpu_t, const tensor& x, tensor& y);
+
+// Every row of y (rows = leading dimensions) = row ([cols]).
+DMOE_DECL void broadcast_rows(cpu_t, const tensor& row, tensor& y);
+
+// sum += the column sums of x ([rows, cols] with rows = leading dimensions; sum is [cols]).
+DMOE_DECL void sum_rows(cpu_t, const tensor& x, tensor& sum);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <mutex>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -25,8 +54,7 @@ void elementwise(std::int64_t n, Body&& body) {
 
 }  // namespace detail
 
-// y = a + b (same shapes); y may be a or b.
-inline void add(cpu_t, const tensor& a, const tensor& b, tensor& y) {
+DMOE_DEF void add(cpu_t, const tensor& a, const tensor& b, tensor& y) {
   constexpr std::string_view op = "add";
   detail::check_cpu_f32(op, "a", a);
   detail::check_cpu_f32(op, "b", b);
@@ -42,8 +70,7 @@ inline void add(cpu_t, const tensor& a, const tensor& b, tensor& y) {
   });
 }
 
-// y += alpha * x (same shapes).
-inline void axpy(cpu_t, float alpha, const tensor& x, tensor& y) {
+DMOE_DEF void axpy(cpu_t, float alpha, const tensor& x, tensor& y) {
   constexpr std::string_view op = "axpy";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "y", y);
@@ -56,8 +83,7 @@ inline void axpy(cpu_t, float alpha, const tensor& x, tensor& y) {
   });
 }
 
-// y = a * b elementwise (same shapes); y may be a or b.
-inline void multiply(cpu_t, const tensor& a, const tensor& b, tensor& y) {
+DMOE_DEF void multiply(cpu_t, const tensor& a, const tensor& b, tensor& y) {
   constexpr std::string_view op = "multiply";
   detail::check_cpu_f32(op, "a", a);
   detail::check_cpu_f32(op, "b", b);
@@ -73,8 +99,7 @@ inline void multiply(cpu_t, const tensor& a, const tensor& b, tensor& y) {
   });
 }
 
-// x *= alpha.
-inline void scale(cpu_t, tensor& x, float alpha) {
+DMOE_DEF void scale(cpu_t, tensor& x, float alpha) {
   detail::check_cpu_f32("scale", "x", x);
   float* px = x.data<float>();
   detail::elementwise(x.numel(), [&](std::int64_t begin, std::int64_t end) {
@@ -82,15 +107,13 @@ inline void scale(cpu_t, tensor& x, float alpha) {
   });
 }
 
-// y = x (same shapes).
-inline void copy(cpu_t, const tensor& x, tensor& y) {
+DMOE_DEF void copy(cpu_t, const tensor& x, tensor& y) {
   detail::check_cpu_f32("copy", "x", x);
   detail::prepare_output("copy", "y", y, x.shape());
   y.copy_from(x);
 }
 
-// Every row of y (rows = leading dimensions) = row ([cols]).
-inline void broadcast_rows(cpu_t, const tensor& row, tensor& y) {
+DMOE_DEF void broadcast_rows(cpu_t, const tensor& row, tensor& y) {
   constexpr std::string_view op = "broadcast_rows";
   detail::check_cpu_f32(op, "row", row);
   detail::check_cpu_f32(op, "y", y);
@@ -102,8 +125,7 @@ inline void broadcast_rows(cpu_t, const tensor& row, tensor& y) {
                        [&](std::int64_t begin, std::int64_t end) { ym.middleRows(begin, end - begin).rowwise() = r; });
 }
 
-// sum += the column sums of x ([rows, cols] with rows = leading dimensions; sum is [cols]).
-inline void sum_rows(cpu_t, const tensor& x, tensor& sum) {
+DMOE_DEF void sum_rows(cpu_t, const tensor& x, tensor& sum) {
   constexpr std::string_view op = "sum_rows";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "sum", sum);
@@ -121,3 +143,5 @@ inline void sum_rows(cpu_t, const tensor& x, tensor& sum) {
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,14 +3,28 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <cstring>
 #include <string_view>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// y[..., :] = table[ids[...], :]; table is [vocabulary, dim], ids i64 of any shape, y is ids.shape + [dim].
+DMOE_DECL void embedding_forward(cpu_t, const tensor& table, const tensor& ids, tensor& y);
+
+// dtable[ids[...], :] += dy[..., :] (repeated ids add up).
+DMOE_DECL void embedding_backward(cpu_t, const tensor& ids, const tensor& dy, tensor& dtable);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <cstring>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -37,8 +51,7 @@ inline shape embedding_output_shape(const tensor& ids, std::int64_t dim) {
 
 }  // namespace detail
 
-// y[..., :] = table[ids[...], :]; table is [vocabulary, dim], ids i64 of any shape, y is ids.shape + [dim].
-inline void embedding_forward(cpu_t, const tensor& table, const tensor& ids, tensor& y) {
+DMOE_DEF void embedding_forward(cpu_t, const tensor& table, const tensor& ids, tensor& y) {
   constexpr std::string_view op = "embedding_forward";
   detail::check_cpu_f32(op, "table", table);
   expect_rank(op, "table", table, 2);
@@ -54,8 +67,7 @@ inline void embedding_forward(cpu_t, const tensor& table, const tensor& ids, ten
   });
 }
 
-// dtable[ids[...], :] += dy[..., :] (repeated ids add up).
-inline void embedding_backward(cpu_t, const tensor& ids, const tensor& dy, tensor& dtable) {
+DMOE_DEF void embedding_backward(cpu_t, const tensor& ids, const tensor& dy, tensor& dtable) {
   constexpr std::string_view op = "embedding_backward";
   detail::check_cpu_f32(op, "dtable", dtable);
   expect_rank(op, "dtable", dtable, 2);
@@ -72,3 +84,5 @@ inline void embedding_backward(cpu_t, const tensor& ids, const tensor& dy, tenso
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,14 +3,29 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <cstring>
 #include <string_view>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// y[i] = x[indices[i]] for every i: x is [rows, ...], indices i64 [n], y gets [n, ...].
+DMOE_DECL void gather_rows(cpu_t, const tensor& x, const tensor& indices, tensor& y);
+
+// y[indices[i]] += scale[i] * x[i] for every i (scale may be empty for 1): x is [n, ...], y [rows, ...].
+// Repeated indices add up.
+DMOE_DECL void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, const tensor& scale, tensor& y);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <cstring>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -28,8 +43,7 @@ inline void check_row_indices(std::string_view op, const tensor& indices, std::i
 
 }  // namespace detail
 
-// y[i] = x[indices[i]] for every i: x is [rows, ...], indices i64 [n], y gets [n, ...].
-inline void gather_rows(cpu_t, const tensor& x, const tensor& indices, tensor& y) {
+DMOE_DEF void gather_rows(cpu_t, const tensor& x, const tensor& indices, tensor& y) {
   constexpr std::string_view op = "gather_rows";
   detail::check_cpu_f32(op, "x", x);
   if (x.rank() == 0) throw shape_error(fmt::format("{}: x is a scalar", op));
@@ -45,9 +59,7 @@ inline void gather_rows(cpu_t, const tensor& x, const tensor& indices, tensor& y
   });
 }
 
-// y[indices[i]] += scale[i] * x[i] for every i (scale may be empty for 1): x is [n, ...], y [rows, ...].
-// Repeated indices add up.
-inline void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, const tensor& scale, tensor& y) {
+DMOE_DEF void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, const tensor& scale, tensor& y) {
   constexpr std::string_view op = "scatter_add_rows";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "y", y);
@@ -79,3 +91,5 @@ inline void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, cons
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -4,15 +4,10 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/gemm_kernel.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <algorithm>
 #include <cstdint>
-
-#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -23,6 +18,25 @@ struct gemm_options {
   float alpha = 1.0f;
   float beta = 0.0f;  // 0: overwrite c (its old contents are ignored, NaN included); 1: accumulate into c
 };
+
+// c = alpha * op(a) * op(b) + beta * c for rank-2 f32 tensors. c may be empty (allocated here, beta must be 0).
+DMOE_DECL void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_options& options = {});
+
+// op(a) * op(b) as a new tensor.
+DMOE_DECL tensor matmul(cpu_t, const tensor& a, const tensor& b, bool trans_a = false, bool trans_b = false);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <algorithm>
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
 
 namespace detail {
 
@@ -90,8 +104,7 @@ inline void gemm_parallel_packed(gemm_kernel kernel, const gemm_problem& g) {
 
 }  // namespace detail
 
-// c = alpha * op(a) * op(b) + beta * c for rank-2 f32 tensors. c may be empty (allocated here, beta must be 0).
-inline void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_options& options = {}) {
+DMOE_DEF void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_options& options) {
   detail::check_cpu_f32("gemm", "a", a);
   detail::check_cpu_f32("gemm", "b", b);
   expect_rank("gemm", "a", a, 2);
@@ -136,8 +149,7 @@ inline void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gemm_
     detail::gemm_parallel(am.transpose(), bm.transpose(), cm, options.alpha, options.beta);
 }
 
-// op(a) * op(b) as a new tensor.
-inline tensor matmul(cpu_t, const tensor& a, const tensor& b, bool trans_a = false, bool trans_b = false) {
+DMOE_DEF tensor matmul(cpu_t, const tensor& a, const tensor& b, bool trans_a, bool trans_b) {
   tensor c;
   gemm(cpu_t{}, a, b, c, {.trans_a = trans_a, .trans_b = trans_b});
   return c;
@@ -145,3 +157,5 @@ inline tensor matmul(cpu_t, const tensor& a, const tensor& b, bool trans_a = fal
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

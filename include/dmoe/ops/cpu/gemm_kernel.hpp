@@ -4,7 +4,7 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
-#include <dmoe/core/simd.hpp>
+#include <dmoe/core/cpu_features.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -74,6 +74,15 @@ inline void set_gemm_kernel(gemm_kernel kernel) {
   detail::gemm_kernel_setting().store(kernel, std::memory_order_relaxed);
 }
 
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/core/simd.hpp>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
 namespace detail {
 
 // One GEMM (or a block of one) on raw row-major storage: c = alpha * op(a) * op(b) + beta * c, where
@@ -359,3 +368,5 @@ inline void gemm_packed_block(gemm_kernel kernel, const gemm_problem& g) {
 }  // namespace detail
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,15 +3,32 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <cmath>
 #include <cstdint>
-#include <mutex>
 #include <string_view>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// y = (x - mean) * rstd * gamma + beta per row of x (rows = all leading dimensions, d = the last);
+// mean and rstd ([rows]) are written for backward.
+DMOE_DECL void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, const tensor& beta, float eps, tensor& y,
+                                  tensor& mean, tensor& rstd);
+
+// dx = layer norm's input gradient for dy; dgamma and dbeta accumulate (+=). dx may be dy itself.
+DMOE_DECL void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, const tensor& mean, const tensor& rstd,
+                                   const tensor& dy, tensor& dx, tensor& dgamma, tensor& dbeta);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+#include <cmath>
+#include <mutex>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -28,10 +45,8 @@ inline void check_layer_norm_params(std::string_view op, const tensor& gamma, co
 
 }  // namespace detail
 
-// y = (x - mean) * rstd * gamma + beta per row of x (rows = all leading dimensions, d = the last);
-// mean and rstd ([rows]) are written for backward.
-inline void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, const tensor& beta, float eps, tensor& y,
-                               tensor& mean, tensor& rstd) {
+DMOE_DEF void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, const tensor& beta, float eps, tensor& y,
+                                 tensor& mean, tensor& rstd) {
   constexpr std::string_view op = "layer_norm_forward";
   detail::check_cpu_f32(op, "x", x);
   const std::int64_t rows = x.shape().outer(), d = x.shape().inner();
@@ -58,9 +73,8 @@ inline void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, cons
   });
 }
 
-// dx = layer norm's input gradient for dy; dgamma and dbeta accumulate (+=). dx may be dy itself.
-inline void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, const tensor& mean, const tensor& rstd,
-                                const tensor& dy, tensor& dx, tensor& dgamma, tensor& dbeta) {
+DMOE_DEF void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, const tensor& mean, const tensor& rstd,
+                                  const tensor& dy, tensor& dx, tensor& dgamma, tensor& dbeta) {
   constexpr std::string_view op = "layer_norm_backward";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "dy", dy);
@@ -102,3 +116,5 @@ inline void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, con
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,7 +3,6 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <string_view>
@@ -12,7 +11,19 @@ DMOE_BEGIN_NAMESPACE
 namespace ops {
 
 // Returns mean((prediction - target)^2); when dprediction is not null it receives 2 (prediction - target) / n.
-inline float mse(cpu_t, const tensor& prediction, const tensor& target, tensor* dprediction = nullptr) {
+DMOE_DECL float mse(cpu_t, const tensor& prediction, const tensor& target, tensor* dprediction = nullptr);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+DMOE_DEF float mse(cpu_t, const tensor& prediction, const tensor& target, tensor* dprediction) {
   constexpr std::string_view op = "mse";
   detail::check_cpu_f32(op, "prediction", prediction);
   detail::check_cpu_f32(op, "target", target);
@@ -31,3 +42,5 @@ inline float mse(cpu_t, const tensor& prediction, const tensor& target, tensor* 
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

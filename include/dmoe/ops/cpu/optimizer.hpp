@@ -4,16 +4,42 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/optimizer.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+// One Adam (or AdamW) update of `param` in place; `m` and `v` are the moment estimates (zeros
+// before the first step), `step` counts updates from 1. All tensors f32 and of one shape.
+DMOE_DECL void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, tensor& v, std::int64_t step,
+                         const adam_hyper& hyper);
+
+// One SGD update of `param` in place. `momentum_buffer` (zeros before the first step) is only
+// touched when hyper.momentum != 0 and may then be an empty tensor otherwise.
+DMOE_DECL void sgd_step(cpu_t, tensor& param, const tensor& grad, tensor& momentum_buffer, const sgd_hyper& hyper);
+
+// The L2 norm of all elements of all tensors together (f32, host), summed in double.
+DMOE_DECL double grad_norm(cpu_t, std::span<const tensor> grads);
+
+// Scales the gradients so that their joint L2 norm is at most max_norm (by max_norm/(norm+1e-6),
+// as torch.nn.utils.clip_grad_norm_) and returns the norm before clipping. A NaN or infinite norm
+// leaves the gradients untouched and throws or is returned, as `on_nonfinite` says.
+DMOE_DECL double clip_grad_norm(cpu_t, std::span<tensor> grads, float max_norm,
+                                nonfinite_norm on_nonfinite = nonfinite_norm::error);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <algorithm>
+#include <cmath>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -35,10 +61,8 @@ inline void expect_f32_host(std::string_view op, std::string_view name, const te
 
 }  // namespace detail
 
-// One Adam (or AdamW) update of `param` in place; `m` and `v` are the moment estimates (zeros
-// before the first step), `step` counts updates from 1. All tensors f32 and of one shape.
-inline void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, tensor& v, std::int64_t step,
-                      const adam_hyper& hyper) {
+DMOE_DEF void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, tensor& v, std::int64_t step,
+                        const adam_hyper& hyper) {
   constexpr std::string_view op = "adam_step";
   detail::expect_f32_host(op, "param", param);
   detail::expect_f32_host(op, "grad", grad);
@@ -87,9 +111,7 @@ inline void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, tenso
   }
 }
 
-// One SGD update of `param` in place. `momentum_buffer` (zeros before the first step) is only
-// touched when hyper.momentum != 0 and may then be an empty tensor otherwise.
-inline void sgd_step(cpu_t, tensor& param, const tensor& grad, tensor& momentum_buffer, const sgd_hyper& hyper) {
+DMOE_DEF void sgd_step(cpu_t, tensor& param, const tensor& grad, tensor& momentum_buffer, const sgd_hyper& hyper) {
   constexpr std::string_view op = "sgd_step";
   detail::expect_f32_host(op, "param", param);
   detail::expect_f32_host(op, "grad", grad);
@@ -130,8 +152,7 @@ inline void sgd_step(cpu_t, tensor& param, const tensor& grad, tensor& momentum_
   }
 }
 
-// The L2 norm of all elements of all tensors together (f32, host), summed in double.
-inline double grad_norm(cpu_t, std::span<const tensor> grads) {
+DMOE_DEF double grad_norm(cpu_t, std::span<const tensor> grads) {
   double sum_squares = 0.0;
   for (const tensor& t : grads) {
     detail::expect_f32_host("grad_norm", "gradient", t);
@@ -145,11 +166,8 @@ inline double grad_norm(cpu_t, std::span<const tensor> grads) {
   return std::sqrt(sum_squares);
 }
 
-// Scales the gradients so that their joint L2 norm is at most max_norm (by max_norm/(norm+1e-6),
-// as torch.nn.utils.clip_grad_norm_) and returns the norm before clipping. A NaN or infinite norm
-// leaves the gradients untouched and throws or is returned, as `on_nonfinite` says.
-inline double clip_grad_norm(cpu_t, std::span<tensor> grads, float max_norm,
-                             nonfinite_norm on_nonfinite = nonfinite_norm::error) {
+DMOE_DEF double clip_grad_norm(cpu_t, std::span<tensor> grads, float max_norm,
+                               nonfinite_norm on_nonfinite) {
   if (!(max_norm > 0.0f))
     throw invalid_argument_error(fmt::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
   const double norm = grad_norm(cpu, std::span<const tensor>(grads.data(), grads.size()));
@@ -172,3 +190,5 @@ inline double clip_grad_norm(cpu_t, std::span<tensor> grads, float max_norm,
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,8 +3,6 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
-#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
@@ -15,7 +13,23 @@ namespace ops {
 
 // y = softmax(x) per row (the last dimension); y may be x itself. A row of all -inf gives NaN, as it should
 // not occur; callers that mask rows keep at least one finite entry.
-inline void softmax(cpu_t, const tensor& x, tensor& y) {
+DMOE_DECL void softmax(cpu_t, const tensor& x, tensor& y);
+
+// dx = y * (dy - sum(dy * y)) per row, for y = softmax(x); dx may be dy itself.
+DMOE_DECL void softmax_backward(cpu_t, const tensor& y, const tensor& dy, tensor& dx);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+DMOE_DEF void softmax(cpu_t, const tensor& x, tensor& y) {
   constexpr std::string_view op = "softmax";
   detail::check_cpu_f32(op, "x", x);
   detail::prepare_output(op, "y", y, x.shape());
@@ -31,8 +45,7 @@ inline void softmax(cpu_t, const tensor& x, tensor& y) {
   });
 }
 
-// dx = y * (dy - sum(dy * y)) per row, for y = softmax(x); dx may be dy itself.
-inline void softmax_backward(cpu_t, const tensor& y, const tensor& dy, tensor& dx) {
+DMOE_DEF void softmax_backward(cpu_t, const tensor& y, const tensor& dy, tensor& dx) {
   constexpr std::string_view op = "softmax_backward";
   detail::check_cpu_f32(op, "y", y);
   detail::check_cpu_f32(op, "dy", dy);
@@ -52,3 +65,5 @@ inline void softmax_backward(cpu_t, const tensor& y, const tensor& dy, tensor& d
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -3,23 +3,33 @@
 
 #include <dmoe/core/config.hpp>
 #include <dmoe/ops/backend.hpp>
-#include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
-#include <algorithm>
 #include <cstdint>
-#include <numeric>
 #include <string_view>
-#include <vector>
-
-#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
 
 // x is [rows, n] (leading dimensions fold into rows); values (f32) and indices (i64) get [rows, k].
 // Equal values keep the lower index first; NaN counts as larger than everything, so it is never hidden.
-inline void topk(cpu_t, const tensor& x, std::int64_t k, tensor& values, tensor& indices) {
+DMOE_DECL void topk(cpu_t, const tensor& x, std::int64_t k, tensor& values, tensor& indices);
+
+}  // namespace ops
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/ops/cpu/eigen.hpp>
+#include <algorithm>
+#include <numeric>
+#include <vector>
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace ops {
+
+DMOE_DEF void topk(cpu_t, const tensor& x, std::int64_t k, tensor& values, tensor& indices) {
   constexpr std::string_view op = "topk";
   detail::check_cpu_f32(op, "x", x);
   const std::int64_t rows = x.shape().outer(), n = x.shape().inner();
@@ -54,3 +64,5 @@ inline void topk(cpu_t, const tensor& x, std::int64_t k, tensor& values, tensor&
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS
