@@ -13,9 +13,13 @@
 // Modes: with no mode flag, Google Benchmark micro-benchmarks (its --benchmark_* flags apply); --summary prints
 // JSON lines and a last line {"bench":"ops","ffn_fraction_of_peak":F,"ffn_ratio_vs_torch":T,...} with F and T at
 // batch 1024 (--summary --only gating: the gating line alone); --breakdown times each op inside the ffn forward
-// and backward. Contenders take turns and keep their best run, since the machine is shared. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are dropped by a restart (see
-// ops_openblas.hpp), so OpenBLAS and the PyTorch peer pick their own kernels; when the environment had them, a
-// second PyTorch peer runs with them too (ffn_ratio_vs_torch_env_openblas).
+// and backward. Contenders take turns and keep their best run, since the machine is shared.
+//
+// Peers at their best (ops_openblas.hpp): OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE from the environment are dropped by a
+// restart, so OpenBLAS picks its own kernel; when that choice is older than the best core type this CPU runs, the
+// program starts again with OPENBLAS_CORETYPE=best, which the PyTorch peer inherits. Both choices are printed; a
+// PyTorch peer also runs on OpenBLAS's own choice (and one with the environment's overrides, when it had them), and
+// the fastest PyTorch is the baseline of ffn_ratio_vs_torch. ffn_fraction_of_fma_peak is the physical limit.
 #include "bench_env.hpp"
 #include "ops_ffn.hpp"
 #include "ops_gating.hpp"
@@ -39,6 +43,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifndef DMOE_BENCH_SOURCE_DIR
@@ -51,13 +56,15 @@ namespace {
 constexpr std::int64_t hidden = 1024;
 constexpr std::int64_t representative_batch = 1024;  // F and T in the summary line are taken at this batch
 
-void print_openblas_line(bool restarted) {
+void print_openblas_line(const openblas_choice& choice) {
   const openblas_facts facts = openblas_info();
   fmt::print(
-      "{{\"bench\":\"ops\",\"baseline\":\"openblas\",\"corename\":\"{}\",\"config\":\"{}\",\"openblas_threads\":{},"
-      "\"dmoe_threads\":{},\"restarted_without_openblas_coretype\":{},\"load_average\":{}}}\n",
-      json_escape(facts.corename), json_escape(facts.config), facts.threads, dmoe::ops::cpu_threads(),
-      restarted ? "true" : "false", json_number(load_average(), 2));
+      "{{\"bench\":\"ops\",\"baseline\":\"openblas\",\"corename\":\"{}\",\"own_corename\":\"{}\","
+      "\"best_corename\":\"{}\",\"forced_best_coretype\":{},\"config\":\"{}\",\"openblas_threads\":{},"
+      "\"dmoe_threads\":{},\"restarted\":{},\"load_average\":{}}}\n",
+      json_escape(facts.corename), json_escape(choice.own), json_escape(choice.best), choice.forced ? "true" : "false",
+      json_escape(facts.config), facts.threads, dmoe::ops::cpu_threads(), choice.restarted ? "true" : "false",
+      json_number(load_average(), 2));
   std::fflush(stdout);
 }
 
@@ -128,9 +135,9 @@ gating_result print_gating_line() {
   return g;
 }
 
-int run_summary(const options& opt, bool restarted) {
+int run_summary(const options& opt, const openblas_choice& choice) {
   print_environment("ops");
-  print_openblas_line(restarted);
+  print_openblas_line(choice);
   if (opt.only == "gating") {
     print_gating_line();
     return 0;
@@ -180,21 +187,26 @@ int run_summary(const options& opt, bool restarted) {
     std::fflush(stdout);
     return peer;
   };
-  // PyTorch with OpenBLAS choosing its kernel (the fair peer), and, when the environment forced a core type,
-  // PyTorch run as that environment runs it (at the representative batch only).
-  std::unique_ptr<torch_peer> torch, torch_env;
+  // PyTorch on this process's OpenBLAS kernel (the best this CPU runs); when that was forced, PyTorch on OpenBLAS's
+  // own choice too, and, when the environment forced a core type, PyTorch run as that environment runs it (these
+  // two at the representative batch only). The fastest is the baseline.
+  std::unique_ptr<torch_peer> torch, torch_env, torch_own;
   const std::vector<std::string> overrides = original_openblas_overrides();
   if (!opt.no_torch) {
     torch = start_peer({}, "torch_check");
+    if (torch->available() && choice.forced && !choice.own.empty())
+      torch_own = start_peer({"OPENBLAS_CORETYPE=" + choice.own}, "torch_check_own_openblas");
     if (torch->available() && !overrides.empty()) torch_env = start_peer(overrides, "torch_check_env_openblas");
   }
   const std::vector<std::int64_t> batches = {256, 1024, 4096};
-  double fraction = NAN, fraction_of_same_gemms = NAN, ratio = NAN, ratio_env = NAN, ratio_ceiling = NAN;
+  double fraction = NAN, fraction_of_same_gemms = NAN, ratio = NAN, ratio_env = NAN, ratio_own = NAN,
+         ratio_ceiling = NAN, fraction_of_fma_peak = NAN;
+  std::string torch_baseline = "none";
   double ratio_min = INFINITY, ratio_max = -INFINITY;
   for (std::int64_t b : batches) {
     const ffn_inputs in = make_ffn_inputs(b, hidden, static_cast<std::uint64_t>(b));
     openblas_ffn_gemms blas(b, hidden);
-    double dmoe_s = INFINITY, blas_s = INFINITY, torch_s = INFINITY, torch_env_s = INFINITY;
+    double dmoe_s = INFINITY, blas_s = INFINITY, torch_s = INFINITY, torch_env_s = INFINITY, torch_own_s = INFINITY;
     for (int round = 0; round < 2; ++round) {
       const timing_budget budget{.warmups = round == 0 ? 1 : 0, .min_runs = b >= 4096 ? 2 : 3, .min_seconds = 1.0};
       dmoe_s = std::min(dmoe_s, best_seconds([&] { ffn_step(*expert, in); }, budget));
@@ -208,16 +220,34 @@ int run_summary(const options& opt, bool restarted) {
         torch_env_s = std::min(torch_env_s, torch_env->time(b));
         let_openblas_threads_sleep();
       }
+      if (torch_own && torch_own->available() && b == representative_batch) {
+        torch_own_s = std::min(torch_own_s, torch_own->time(b));
+        let_openblas_threads_sleep();
+      }
     }
+    // The baseline: the fastest PyTorch at this batch.
+    std::string fastest = std::isfinite(torch_s) ? "torch" : "none";
+    const double torch_in_use_s = torch_s;
+    for (auto [label, s] : {std::pair{"torch_own_openblas", torch_own_s}, std::pair{"torch_env_openblas", torch_env_s}})
+      if (std::isfinite(s) && !(s >= torch_s)) {
+        torch_s = s;
+        fastest = label;
+      }
     const double flops = ffn_flops(b, hidden);
     const double dmoe_gflops = flops / dmoe_s / 1e9, blas_gflops = flops / blas_s / 1e9;
     const double torch_gflops = std::isfinite(torch_s) ? flops / torch_s / 1e9 : NAN;
+    const double torch_in_use_gflops = std::isfinite(torch_in_use_s) ? flops / torch_in_use_s / 1e9 : NAN;
+    const double torch_own_gflops = std::isfinite(torch_own_s) ? flops / torch_own_s / 1e9 : NAN;
     const double torch_env_gflops = std::isfinite(torch_env_s) ? flops / torch_env_s / 1e9 : NAN;
-    const std::string env_fields =
+    std::string env_fields =
         std::isfinite(torch_env_s) ? fmt::format(",\"torch_env_openblas_gflops\":{},\"ratio_vs_torch_env_openblas\":{}",
                                                  json_number(torch_env_gflops, 1),
                                                  json_number(dmoe_gflops / torch_env_gflops))
                                    : std::string();
+    if (std::isfinite(torch_own_s))
+      env_fields += fmt::format(",\"torch_best_openblas_gflops\":{},\"torch_own_openblas_gflops\":{}",
+                                json_number(torch_in_use_gflops, 1), json_number(torch_own_gflops, 1));
+    env_fields += fmt::format(",\"torch_baseline\":\"{}\"", fastest);
     fmt::print(
         "{{\"bench\":\"ops\",\"case\":\"ffn h{} b{}\",\"hidden\":{},\"batch\":{},\"gflop_per_pass\":{},"
         "\"dmoe_gflops\":{},\"openblas_gemms_gflops\":{},\"fraction_of_peak\":{},\"fraction_of_same_gemms\":{},"
@@ -236,13 +266,17 @@ int run_summary(const options& opt, bool restarted) {
       fraction_of_same_gemms = dmoe_gflops / blas_gflops;
       ratio = dmoe_gflops / torch_gflops;
       ratio_env = dmoe_gflops / torch_env_gflops;
+      ratio_own = dmoe_gflops / torch_own_gflops;
       ratio_ceiling = fma_peak / torch_gflops;
+      fraction_of_fma_peak = dmoe_gflops / fma_peak;
+      torch_baseline = fastest;
     }
   }
   const bool torch_available = torch && torch->available();
   const bool torch_pass = torch && torch->result().pass;
   torch.reset();
   torch_env.reset();
+  torch_own.reset();
 
   // Memory-bound ops against memcpy.
   std::map<std::string, double> mem_fraction;
@@ -261,29 +295,34 @@ int run_summary(const options& opt, bool restarted) {
   const double speedup_sort = g.fastest_exhaustive(false) / g.product_key_seconds;
 
   fmt::print(
-      "{{\"bench\":\"ops\",\"ffn_fraction_of_peak\":{},\"ffn_ratio_vs_torch\":{},\"gating_speedup_vs_full\":{},"
+      "{{\"bench\":\"ops\",\"ffn_fraction_of_peak\":{},\"ffn_fraction_of_fma_peak\":{},\"ffn_ratio_vs_torch\":{},"
+      "\"gating_speedup_vs_full\":{},"
       "\"gating_speedup_vs_sort\":{},\"gemm_ratio_vs_openblas_min\":{},\"gemm_worst_n\":{},"
       "\"gemm_ratio_vs_openblas_geomean\":{},\"layer_norm_forward_fraction_of_memcpy\":{},"
       "\"layer_norm_backward_fraction_of_memcpy\":{},\"softmax_fraction_of_memcpy\":{},"
       "\"adam_fraction_of_memcpy\":{},\"ffn_fraction_of_same_gemms\":{},\"peak_gflops\":{},\"fma_peak_gflops\":{},"
       "\"ffn_ratio_vs_torch_ceiling\":{},\"ffn_ratio_vs_torch_min\":{},\"ffn_ratio_vs_torch_max\":{},"
-      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_batch\":{},\"gemm_kernel\":\"{}\",\"torch\":{},"
+      "\"ffn_ratio_vs_torch_env_openblas\":{},\"ffn_ratio_vs_torch_own_openblas\":{},\"torch_baseline\":\"{}\","
+      "\"openblas_corename\":\"{}\",\"openblas_own_corename\":\"{}\",\"ffn_batch\":{},\"gemm_kernel\":\"{}\","
+      "\"torch\":{},"
       "\"torch_check\":{},\"gating_same_experts\":{},\"load_average\":{}}}\n",
-      json_number(fraction), json_number(ratio), json_number(speedup, 1), json_number(speedup_sort, 1),
+      json_number(fraction), json_number(fraction_of_fma_peak), json_number(ratio), json_number(speedup, 1),
+      json_number(speedup_sort, 1),
       json_number(min_gemm_ratio), worst_n, json_number(gemm_geomean), json_number(mem_fraction["layer_norm_forward"]),
       json_number(mem_fraction["layer_norm_backward"]), json_number(mem_fraction["softmax"]),
       json_number(mem_fraction["adam_step"]), json_number(fraction_of_same_gemms), json_number(peak, 1),
       json_number(fma_peak, 1),
       json_number(ratio_ceiling), json_number(ratio_min), json_number(ratio_max), json_number(ratio_env),
+      json_number(ratio_own), torch_baseline, json_escape(openblas_info().corename), json_escape(choice.own),
       representative_batch, dmoe::ops::to_string(dmoe::ops::current_gemm_kernel()), torch_available ? "true" : "false",
       torch_pass ? "true" : "false", g.same_experts ? "true" : "false",
       json_number(load_average(), 2));
   return 0;
 }
 
-int run_breakdown(const options& opt, bool restarted) {
+int run_breakdown(const options& opt, const openblas_choice& choice) {
   print_environment("ops");
-  print_openblas_line(restarted);
+  print_openblas_line(choice);
   auto expert = make_bench_ffn(hidden, 42);
   const ffn_inputs in = make_ffn_inputs(opt.breakdown_batch, hidden, 3);
   const breakdown_result r = ffn_breakdown(*expert, in, opt.breakdown_iterations);
@@ -416,6 +455,7 @@ int main(int argc, char** argv) {
   using namespace dmoe_bench;
   std::signal(SIGPIPE, SIG_IGN);  // a PyTorch peer that dies shows up as a failed write, not a killed benchmark
   const bool restarted = reexec_without_openblas_overrides(argv);
+  const openblas_choice choice = force_best_openblas_core(argv, restarted);
   openblas_set_num_threads(dmoe::ops::cpu_threads());
 
   CLI::App app{"dmoe's CPU ops against OpenBLAS, memcpy and PyTorch"};
@@ -430,11 +470,11 @@ int main(int argc, char** argv) {
   app.add_option("--python", opt.python, "the interpreter with torch (Debian's python3-torch)");
   app.add_option("--torch-script", opt.torch_script, "path of torch_ffn.py");
   CLI11_PARSE(app, argc, argv);
-  if (opt.summary) return run_summary(opt, restarted);
-  if (opt.breakdown) return run_breakdown(opt, restarted);
+  if (opt.summary) return run_summary(opt, choice);
+  if (opt.breakdown) return run_breakdown(opt, choice);
 
   print_environment("ops");
-  print_openblas_line(restarted);
+  print_openblas_line(choice);
   std::vector<std::string> rest = app.remaining();
   std::vector<char*> args = {argv[0]};
   for (auto& r : rest) args.push_back(r.data());

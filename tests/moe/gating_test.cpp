@@ -158,6 +158,24 @@ BOOST_AUTO_TEST_CASE(ties_go_to_lexicographically_smaller_coordinates) {
   BOOST_TEST(all_equal.coordinates == (std::vector<std::uint32_t>{0, 0, 0, 1, 0, 2, 1, 0}), tt::per_element());
 }
 
+BOOST_AUTO_TEST_CASE(grids_of_more_than_2_to_the_64_experts_are_refused_at_construction) {
+  // 8192^5 = 2^65 experts: their row-major keys would wrap (best 8191 everywhere came back as 4095, 8191, ...).
+  const std::vector<std::uint32_t> huge(5, 8192);
+  const tensor scores(shape{1, width(huge)});
+  random_engine gen(4);
+  BOOST_CHECK_EXCEPTION(moe::grid_gating<>(1, huge, gen), invalid_argument_error, [](const invalid_argument_error& e) {
+    return std::string(e.what()).find("more than 2^64 experts") != std::string::npos;
+  });
+  BOOST_CHECK_THROW(moe::product_key_topk(scores, huge, 1), invalid_argument_error);
+  // Exactly 2^64 experts (65536^4) still fit: the last expert's index is 2^64 - 1.
+  const std::vector<std::uint32_t> largest(4, 65536);
+  tensor edge(shape{1, width(largest)});
+  for (std::int64_t d = 0; d < 4; ++d) edge.at(0, d * 65536 + 65535) = 1.0f;
+  const moe::grid_selection top = moe::product_key_topk(edge, largest, 1);
+  BOOST_TEST(top.coordinates == (std::vector<std::uint32_t>{65535, 65535, 65535, 65535}), tt::per_element());
+  BOOST_TEST(top.score(0, 0) == 4.0f);
+}
+
 BOOST_AUTO_TEST_CASE(small_example_by_hand) {
   // Dimension 0 scores [1, 3], dimension 1 scores [0.5, -1, 2]: experts (1,2) = 5, (0,2) = 3,
   // (1,0) = 3.5, (1,1) = 2, (0,0) = 1.5, (0,1) = 0.

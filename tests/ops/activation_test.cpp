@@ -67,6 +67,19 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(gelu_slope_is_exact_for_huge_inputs) {
+  // z^3 overflows f32 from |z| ~ 7e12 and the slope formula gave 0 * inf = NaN from ~1.9e19; right: 1 and 0.
+  const float big = std::numeric_limits<float>::max();
+  const tensor z = tensor::from(shape{1, 8}, {2e19f, -2e19f, 1e30f, -1e30f, big, -big, 1e13f, -1e13f});
+  const tensor dy = tensor::full(shape{1, 8}, 1.0f);
+  tensor dz;
+  ops::bias_activation_backward(ops::cpu, z, dy, dz, nullptr, ops::activation::gelu);
+  for (std::int64_t i = 0; i < 8; ++i) BOOST_TEST(dz.at(0, i) == (i % 2 == 0 ? 1.0f : 0.0f));  // exact
+  tensor y;
+  ops::activation_forward(ops::cpu, z, y, ops::activation::gelu);
+  for (std::int64_t i = 0; i < 8; ++i) BOOST_TEST(y.at(0, i) == (i % 2 == 0 ? z.at(0, i) : 0.0f));  // exact
+}
+
 BOOST_AUTO_TEST_CASE(large_inputs_split_over_threads_agree) {
   random_engine gen(3);
   const tensor x = tensor::normal(shape{300, 257}, gen);

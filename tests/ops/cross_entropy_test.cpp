@@ -27,6 +27,21 @@ BOOST_AUTO_TEST_CASE(loss_is_mean_negative_log_likelihood) {
   BOOST_TEST(std::abs(loss - (row0 + row1) / 2) < 1e-6);
 }
 
+BOOST_AUTO_TEST_CASE(large_logits_keep_the_small_log_term) {
+  // loss = log(sum exp(x - max)) + (max - target): adding the log term to a large logit first rounds it away.
+  const double ln2 = std::log(2.0);
+  BOOST_TEST(std::abs(ops::cross_entropy(ops::cpu, tensor::from(shape{1, 2}, {1e8f, 1e8f}), labels_of({1})) - ln2) <
+             1e-6);
+  BOOST_TEST(std::abs(ops::cross_entropy(ops::cpu, tensor::from(shape{1, 2}, {1e7f, 1e7f}), labels_of({0})) - ln2) <
+             1e-6);
+  const double expected = std::log1p(std::exp(-1.0));  // 0.3132617
+  tensor grad;
+  const tensor logits = tensor::from(shape{1, 2}, {10000.0f, 9999.0f});
+  BOOST_TEST(std::abs(ops::cross_entropy(ops::cpu, logits, labels_of({0}), &grad) - expected) < 1e-6);
+  BOOST_TEST(std::abs(grad.at(0, 0) - (1.0 / (1.0 + std::exp(-1.0)) - 1.0)) < 1e-6);
+  BOOST_TEST(std::abs(grad.at(0, 1) - 1.0 / (1.0 + std::exp(1.0))) < 1e-6);
+}
+
 BOOST_AUTO_TEST_CASE(gradient_matches_finite_differences) {
   random_engine gen(1);
   tensor logits = tensor::normal(shape{4, 5}, gen, 0.0f, 3.0f);

@@ -59,6 +59,19 @@ inline void check_grid(std::string_view op, std::span<const std::uint32_t> grid)
       throw invalid_argument_error(fmt::format("{}: grid {} has an empty dimension", op, grid_text(grid)));
 }
 
+// The top-k keys every expert by its row-major index in 64 bits: grids with more than 2^64 experts are refused
+// (e.g. 8192^5), rather than have keys wrap and return wrong coordinates.
+inline void check_grid_keys(std::string_view op, std::span<const std::uint32_t> grid) {
+  std::uint64_t last = 0;  // the largest row-major index so far
+  for (std::uint32_t extent : grid) {
+    if (last > (UINT64_MAX - (extent - 1)) / extent)
+      throw invalid_argument_error(fmt::format(
+          "{}: grid {} has more than 2^64 experts; product-key top-k keys experts by a 64-bit row-major index", op,
+          grid_text(grid)));
+    last = last * extent + (extent - 1);
+  }
+}
+
 inline std::int64_t grid_width(std::span<const std::uint32_t> grid) {
   return std::accumulate(grid.begin(), grid.end(), std::int64_t{0});
 }
@@ -138,6 +151,7 @@ class grid_gating : public nn::module {
  private:
   static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
     detail::check_grid("grid_gating", grid);
+    detail::check_grid_keys("grid_gating", grid);
     return grid;
   }
 
@@ -367,6 +381,7 @@ DMOE_DEF grid_selection product_key_topk(const tensor& grid_scores, std::span<co
                                          std::int64_t k) {
   constexpr std::string_view op = "product_key_topk";
   detail::check_grid(op, grid);
+  detail::check_grid_keys(op, grid);
   expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
   expect_rank(op, "grid_scores", grid_scores, 2);
   if (grid_scores.dim(1) != detail::grid_width(grid))

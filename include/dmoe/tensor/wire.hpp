@@ -4,7 +4,11 @@
 // Layout, little-endian: u8 version, u8 dtype, u8 codec, u8 rank, u32 block size (8-bit blockwise; else 0),
 // rank x i64 dims, u64 data size, data. Compressed codecs take f32 tensors and decode to f32. The 8-bit blockwise
 // data is one (f32 offset, f32 scale) pair per block of `block size` elements, then one u8 code per element:
-// value = offset + code * scale.
+// value = offset + code * scale, evaluated in double and rounded once to f32.
+//
+// The 8-bit codec is a pure function of its input on every build and CPU: every step is one correctly rounded
+// IEEE operation with no product that a compiler could fuse into an FMA with a different result (code * scale is
+// exact in double; the encoder divides instead of multiplying), so -march, -ffp-contract and the CPU do not matter.
 #pragma once
 
 #include <dmoe/core/binary_reader.hpp>
@@ -213,6 +217,21 @@ inline tensor_wire_header make_wire_header(const tensor& t, wire_codec codec, st
   return h;
 }
 
+// The f32 scale of a block [lo, hi]: (hi - lo) / 255 in double, rounded to f32, and one step toward zero when
+// rounding up would put offset + 255 * scale past hi (and so maybe past f32's range). Closed form: no search.
+inline float q8_scale(float lo, float hi) noexcept {
+  const double range = static_cast<double>(hi) - static_cast<double>(lo);
+  auto scale = static_cast<float>(range / 255.0);
+  if (static_cast<double>(lo) + 255.0 * static_cast<double>(scale) > static_cast<double>(hi))
+    scale = std::nextafter(scale, 0.0f);
+  return scale;
+}
+
+// The decoded value of a code: exact product in double, one rounding to f32.
+inline float q8_value(float offset, float scale, std::uint8_t code) noexcept {
+  return static_cast<float>(static_cast<double>(offset) + static_cast<double>(code) * static_cast<double>(scale));
+}
+
 inline void encode_q8_blockwise(const float* values, std::size_t count, std::uint32_t block_size, std::byte* out) {
   const std::size_t blocks = static_cast<std::size_t>(q8_blocks(count, block_size));
   std::byte* params = out;
@@ -225,15 +244,21 @@ inline void encode_q8_blockwise(const float* values, std::size_t count, std::uin
       lo = std::min(lo, values[i]);
       hi = std::max(hi, values[i]);
     }
-    // The range in double: hi - lo may overflow f32 for extreme finite values.
-    float scale = static_cast<float>((static_cast<double>(hi) - lo) / 255.0);
-    while (!std::isfinite(lo + 255.0f * scale)) scale = std::nextafter(scale, 0.0f);
+    const float scale = q8_scale(lo, hi);
     std::memcpy(params + 8 * b, &lo, 4);
     std::memcpy(params + 8 * b + 4, &scale, 4);
-    const double inverse = scale > 0.0f ? 1.0 / scale : 0.0;
+    if (!(scale > 0.0f)) {
+      std::fill(codes + begin, codes + end, std::uint8_t{0});
+      continue;
+    }
+    const auto step = static_cast<double>(scale);
     for (std::size_t i = begin; i < end; ++i) {
-      const double code = std::nearbyint((static_cast<double>(values[i]) - lo) * inverse);
-      codes[i] = static_cast<std::uint8_t>(std::clamp(code, 0.0, 255.0));
+      // A quotient (never fused) rounded half to even by its integer part and remainder: no libm call, no FMA.
+      const double q = (static_cast<double>(values[i]) - static_cast<double>(lo)) / step;
+      auto code = static_cast<std::uint32_t>(q);
+      const double rest = q - static_cast<double>(code);
+      code += static_cast<std::uint32_t>(rest > 0.5 || (rest == 0.5 && (code & 1u) != 0));
+      codes[i] = static_cast<std::uint8_t>(std::min<std::uint32_t>(code, 255u));
     }
   }
 }
@@ -374,13 +399,17 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
       for (std::size_t b = 0; b < blocks; ++b) {
         const float offset = detail::load_f32(data.data() + 8 * b);
         const float scale = detail::load_f32(data.data() + 8 * b + 4);
-        // Decoded values lie between offset and offset + 255 * scale: both ends finite makes all finite.
-        if (limits.require_finite && !(std::isfinite(offset) && scale >= 0.0f && std::isfinite(offset + 255.0f * scale)))
+        // Decoded values lie between offset and offset + 255 * scale (in double): both ends within f32's range
+        // makes all finite.
+        if (limits.require_finite &&
+            !(std::isfinite(offset) && std::isfinite(scale) && scale >= 0.0f &&
+              static_cast<double>(offset) + 255.0 * static_cast<double>(scale) <=
+                  static_cast<double>(std::numeric_limits<float>::max())))
           throw protocol_error(fmt::format("tensor {} with codec {}: block {} has offset {} and scale {}", shape_read,
                                            to_string(codec), b, offset, scale));
         const std::size_t begin = b * block_size;
         const std::size_t end = std::min<std::size_t>(begin + block_size, count);
-        for (std::size_t i = begin; i < end; ++i) values[i] = offset + static_cast<float>(codes[i]) * scale;
+        for (std::size_t i = begin; i < end; ++i) values[i] = detail::q8_value(offset, scale, codes[i]);
       }
       break;
     }

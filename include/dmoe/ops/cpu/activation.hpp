@@ -40,6 +40,7 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <mutex>
 #include <vector>
 #include <fmt/format.h>
@@ -51,6 +52,8 @@ namespace detail {
 
 inline constexpr float gelu_k0 = 0.7978845608028654f;  // sqrt(2 / pi)
 inline constexpr float gelu_k1 = 0.044715f;
+// Beyond it tanh(gelu_k0 * (z + gelu_k1 * z^3)) is +-1 in f32, so GELU's slope is exactly 1 or 0 there.
+inline constexpr float gelu_saturation = 10.0f;
 
 // act(z) for a block of rows.
 template <class Z, class Y>
@@ -69,8 +72,10 @@ void activation_backward_rows(activation act, const Z& z, const DY& dy, DZ&& dz)
     case activation::identity: dz = dy; break;
     case activation::relu: dz = (z > 0.0f).select(dy, 0.0f); break;
     case activation::gelu: {
-      const auto t = (gelu_k0 * (z + gelu_k1 * z.cube())).tanh().eval();
-      dz = dy * (0.5f * (1.0f + t) + 0.5f * z * (1.0f - t.square()) * gelu_k0 * (1.0f + 3.0f * gelu_k1 * z.square()));
+      // z clamped where the slope is already exact: for huge |z|, z^3 overflows and the formula gives 0 * inf.
+      const auto zc = z.max(-gelu_saturation).min(gelu_saturation).eval();
+      const auto t = (gelu_k0 * (zc + gelu_k1 * zc.cube())).tanh().eval();
+      dz = dy * (0.5f * (1.0f + t) + 0.5f * zc * (1.0f - t.square()) * gelu_k0 * (1.0f + 3.0f * gelu_k1 * zc.square()));
       break;
     }
   }
@@ -82,15 +87,16 @@ inline void check_bias(std::string_view op, const tensor& bias, std::int64_t col
     throw shape_error(fmt::format("{}: bias is {} but should be [{}]", op, bias.shape(), cols));
 }
 
-// Sums the rows of a [rows, cols] block-wise computation into `sum` (+=), in parallel with per-chunk partials.
+// Sums the rows of a [rows, cols] block-wise computation into `sum` (+=), in parallel with per-chunk partials in
+// double (a sum over the batch must not drift with the batch size).
 template <class Body>
 void parallel_rows_with_column_sum(std::int64_t rows, std::int64_t cols, float* sum, Body&& body) {
   std::mutex merge;
   parallel_for(rows, row_grain(cols), [&](std::int64_t begin, std::int64_t end) {
-    Eigen::ArrayXf partial = Eigen::ArrayXf::Zero(cols);
-    body(begin, end, partial);
+    std::vector<double> partial(static_cast<std::size_t>(cols), 0.0);
+    body(begin, end, partial.data());
     std::lock_guard lock(merge);
-    Eigen::Map<Eigen::ArrayXf>(sum, cols) += partial;
+    add_to_f32(partial.data(), cols, sum);
   });
 }
 
@@ -135,11 +141,11 @@ DMOE_DEF void bias_activation_backward(cpu_t, const tensor& z, const tensor& dy,
     return;
   }
   detail::parallel_rows_with_column_sum(
-      rows, cols, dbias->data<float>(), [&](std::int64_t begin, std::int64_t end, Eigen::ArrayXf& partial) {
+      rows, cols, dbias->data<float>(), [&](std::int64_t begin, std::int64_t end, double* partial) {
         const auto n = end - begin;
         auto dzb = dzm.middleRows(begin, n);
         detail::activation_backward_rows(act, zm.middleRows(begin, n), dym.middleRows(begin, n), dzb);
-        partial += dzb.colwise().sum().transpose();
+        detail::add_column_sums_f64(&dzm(begin, 0), n, cols, partial);
       });
 }
 

@@ -6,7 +6,6 @@
 #include <dmoe/tensor/tensor.hpp>
 
 #include <cstdint>
-#include <limits>
 #include <string_view>
 
 DMOE_BEGIN_NAMESPACE
@@ -28,7 +27,9 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <cmath>
+#include <limits>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -79,7 +80,7 @@ DMOE_DEF void causal_attention_forward(cpu_t, const tensor& qkv, std::int64_t he
         auto row = pm.row(t).head(t + 1).array();
         const float m = row.maxCoeff();
         row = (row - m).exp();
-        row /= row.sum();
+        row /= static_cast<float>(detail::sum_f64(&pm(t, 0), t + 1));
         pm.row(t).tail(T - t - 1).setZero();
       }
       detail::strided_map o(out + b * d.seq * d.width + h * d.head_width, T, D, Eigen::OuterStride<>(d.width));
@@ -123,7 +124,7 @@ DMOE_DEF void causal_attention_backward(cpu_t, const tensor& qkv, const tensor& 
       dp.noalias() = go * v.transpose();
       // Softmax backward per row; masked entries have p = 0 and so get no gradient.
       for (Eigen::Index t = 0; t < T; ++t) {
-        const float dot = pm.row(t).head(t + 1).dot(dp.row(t).head(t + 1));
+        const auto dot = static_cast<float>(detail::dot_f64(pm.data() + t * T, dp.data() + t * T, t + 1));
         dp.row(t).head(t + 1).array() = pm.row(t).head(t + 1).array() * (dp.row(t).head(t + 1).array() - dot) * scale;
         dp.row(t).tail(T - t - 1).setZero();
       }

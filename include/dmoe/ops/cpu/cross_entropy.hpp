@@ -23,9 +23,11 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <vector>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -52,16 +54,18 @@ DMOE_DEF float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, 
   std::mutex merge;
   detail::parallel_for(rows, detail::row_grain(classes), [&](std::int64_t begin, std::int64_t end) {
     double partial = 0.0;
+    Eigen::Array<float, 1, Eigen::Dynamic> exps(classes);
     for (std::int64_t r = begin; r < end; ++r) {
       const auto xr = xm.row(r);
       const float m = xr.maxCoeff();
       const float target = xr(label[r]);
-      const float sum = (xr - m).exp().sum();
-      const float log_sum = std::log(sum);
-      partial += static_cast<double>(log_sum + m - target);
+      exps = (xr - m).exp();
+      const double sum = detail::sum_f64(exps.data(), classes);
+      // log(sum) + (max - target): the small log term is never added to a large logit before the difference.
+      partial += std::log(sum) + (static_cast<double>(m) - static_cast<double>(target));
       if (dlogits) {
         auto dr = detail::as_array(*dlogits).row(r);
-        dr = (xr - m).exp() * (inv_rows / sum);
+        dr = exps * static_cast<float>(static_cast<double>(inv_rows) / sum);
         dr(label[r]) -= inv_rows;
       }
     }

@@ -39,7 +39,9 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <mutex>
+#include <vector>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -132,12 +134,14 @@ DMOE_DEF void sum_rows(cpu_t, const tensor& x, tensor& sum) {
   const std::int64_t cols = x.shape().inner();
   if (sum.rank() != 1 || sum.dim(0) != cols)
     throw shape_error(fmt::format("{}: x is {} but sum is {}", op, x.shape(), sum.shape()));
-  const auto xm = detail::as_array(x);
+  const float* xp = x.data<float>();
   std::mutex merge;
   detail::parallel_for(x.shape().outer(), detail::row_grain(cols), [&](std::int64_t begin, std::int64_t end) {
-    const Eigen::ArrayXf partial = xm.middleRows(begin, end - begin).colwise().sum().transpose();
+    // Partials in double: a sum over the batch must not drift with the batch size.
+    std::vector<double> partial(static_cast<std::size_t>(cols), 0.0);
+    detail::add_column_sums_f64(xp + begin * cols, end - begin, cols, partial.data());
     std::lock_guard lock(merge);
-    detail::as_vector(sum) += partial;
+    detail::add_to_f32(partial.data(), cols, sum.data<float>());
   });
 }
 

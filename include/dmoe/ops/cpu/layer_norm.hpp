@@ -27,8 +27,10 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <cmath>
 #include <mutex>
+#include <vector>
 #include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -43,6 +45,12 @@ inline void check_layer_norm_params(std::string_view op, const tensor& gamma, co
   expect_same_shape(op, "gamma", gamma, "beta", beta);
 }
 
+// Whether x - mean may overflow f32 in a row of d values with 1/std rstd: |x - mean| <= sqrt(d * var) <= sqrt(d) /
+// rstd, so below 2^126 the f32 path is safe; rows beyond it (spread near f32's limit) are normalised in double.
+inline bool layer_norm_row_is_wide(std::int64_t d, double rstd) noexcept {
+  return std::sqrt(static_cast<double>(d)) >= 0x1p126 * rstd;
+}
+
 }  // namespace detail
 
 DMOE_DEF void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, const tensor& beta, float eps, tensor& y,
@@ -54,21 +62,32 @@ DMOE_DEF void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, co
   detail::prepare_output(op, "y", y, x.shape());
   detail::prepare_output(op, "mean", mean, shape{rows});
   detail::prepare_output(op, "rstd", rstd, shape{rows});
-  const auto xm = detail::as_array(x);
-  auto ym = detail::as_array(y);
-  const auto g = detail::as_vector(gamma).transpose();
-  const auto b = detail::as_vector(beta).transpose();
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const float* g = gamma.data<float>();
+  const float* b = beta.data<float>();
   float* mu = mean.data<float>();
   float* rs = rstd.data<float>();
   detail::parallel_for(rows, detail::row_grain(d), [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t r = begin; r < end; ++r) {
-      const auto xr = xm.row(r);
-      const float m = xr.mean();
-      const float var = (xr - m).square().mean();
-      const float s = 1.0f / std::sqrt(var + eps);
-      mu[r] = m;
-      rs[r] = s;
-      ym.row(r) = (xr - m) * s * g + b;
+      const float* xr = xp + r * d;
+      float* yr = yp + r * d;
+      // Two passes in double: the mean's rounding never becomes variance, whatever the row's length or magnitude.
+      const double m = detail::sum_f64(xr, d) / static_cast<double>(d);
+      const double var = detail::sum_squared_deviations_f64(xr, d, m) / static_cast<double>(d);
+      const double s = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      // The mean as f32 plus its remainder: (x - m_hi) is exact near the mean, so outputs keep f32 precision.
+      const auto m_hi = static_cast<float>(m);
+      const auto m_lo = static_cast<float>(m - static_cast<double>(m_hi));
+      const auto sf = static_cast<float>(s);
+      mu[r] = m_hi;
+      rs[r] = sf;
+      if (!detail::layer_norm_row_is_wide(d, s)) {
+        for (std::int64_t i = 0; i < d; ++i) yr[i] = ((xr[i] - m_hi) - m_lo) * sf * g[i] + b[i];
+      } else {
+        for (std::int64_t i = 0; i < d; ++i)
+          yr[i] = static_cast<float>((static_cast<double>(xr[i]) - m) * s) * g[i] + b[i];
+      }
     }
   });
 }
@@ -87,30 +106,79 @@ DMOE_DEF void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, c
   expect_shape(op, "rstd", rstd, shape{rows});
   detail::check_layer_norm_params(op, dgamma, dbeta, d);
   detail::prepare_output(op, "dx", dx, x.shape());
-  const auto xm = detail::as_array(x);
-  const auto dym = detail::as_array(dy);
-  auto dxm = detail::as_array(dx);
-  const auto g = detail::as_vector(gamma).transpose();
+  const float* xp = x.data<float>();
+  const float* dyp = dy.data<float>();
+  float* dxp = dx.data<float>();
+  const float* g = gamma.data<float>();
   const float* mu = mean.data<float>();
   const float* rs = rstd.data<float>();
   std::mutex merge;
   detail::parallel_for(rows, detail::row_grain(d), [&](std::int64_t begin, std::int64_t end) {
-    Eigen::Array<float, 1, Eigen::Dynamic> dg = Eigen::Array<float, 1, Eigen::Dynamic>::Zero(d);
-    Eigen::Array<float, 1, Eigen::Dynamic> db = Eigen::Array<float, 1, Eigen::Dynamic>::Zero(d);
-    Eigen::Array<float, 1, Eigen::Dynamic> xhat(d), dxhat(d);
+    // Column sums over many rows: double partials, so dgamma and dbeta do not drift with the batch size.
+    std::vector<double> dg(static_cast<std::size_t>(d), 0.0), db(static_cast<std::size_t>(d), 0.0);
+    const auto n = static_cast<double>(d);
     for (std::int64_t r = begin; r < end; ++r) {
-      xhat = (xm.row(r) - mu[r]) * rs[r];
-      const auto dyr = dym.row(r);
-      dg += dyr * xhat;
-      db += dyr;
-      dxhat = dyr * g;
-      const float mean_dxhat = dxhat.mean();
-      const float mean_dxhat_xhat = (dxhat * xhat).mean();
-      dxm.row(r) = (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * rs[r];
+      const float* xr = xp + r * d;
+      const float* dyr = dyp + r * d;
+      float* dxr = dxp + r * d;
+      const float m_hi = mu[r], sf = rs[r];
+      const double s = sf;
+      // One pass in double: sum(dxhat), sum(dxhat * (x - m_hi)) and sum(x - m_hi), whose mean is the part of the
+      // row's mean that the f32 m_hi lost; dxhat = dy * gamma.
+      double a[8] = {}, bsum[8] = {}, c[8] = {};
+      std::int64_t i = 0;
+      for (; i + 8 <= d; i += 8)
+        for (std::int64_t j = 0; j < 8; ++j) {
+          const double gy = static_cast<double>(dyr[i + j]) * static_cast<double>(g[i + j]);
+          const double xc = static_cast<double>(xr[i + j]) - static_cast<double>(m_hi);
+          a[j] += gy;
+          bsum[j] += gy * xc;
+          c[j] += xc;
+        }
+      for (std::int64_t j = 0; i < d; ++i, ++j) {
+        const double gy = static_cast<double>(dyr[i]) * static_cast<double>(g[i]);
+        const double xc = static_cast<double>(xr[i]) - static_cast<double>(m_hi);
+        a[j] += gy;
+        bsum[j] += gy * xc;
+        c[j] += xc;
+      }
+      for (int width = 4; width > 0; width /= 2)
+        for (int j = 0; j < width; ++j) {
+          a[j] += a[j + width];
+          bsum[j] += bsum[j + width];
+          c[j] += c[j + width];
+        }
+      const double m_lo = c[0] / n;
+      const double mean_dxhat = a[0] / n;
+      const double mean_dxhat_xhat = s * (bsum[0] - m_lo * a[0]) / n;
+      if (!detail::layer_norm_row_is_wide(d, s)) {
+        const auto lo = static_cast<float>(m_lo), md = static_cast<float>(mean_dxhat),
+                   mdx = static_cast<float>(mean_dxhat_xhat);
+        for (std::int64_t k = 0; k < d; ++k) {
+          const float dyk = dyr[k];
+          const float xhat = ((xr[k] - m_hi) - lo) * sf;
+          dg[static_cast<std::size_t>(k)] += static_cast<double>(dyk * xhat);
+          db[static_cast<std::size_t>(k)] += static_cast<double>(dyk);
+          dxr[k] = (dyk * g[k] - md - xhat * mdx) * sf;
+        }
+      } else {
+        const double m = static_cast<double>(m_hi) + m_lo;
+        for (std::int64_t k = 0; k < d; ++k) {
+          const double dyk = dyr[k];
+          const double xhat = (static_cast<double>(xr[k]) - m) * s;
+          dg[static_cast<std::size_t>(k)] += dyk * xhat;
+          db[static_cast<std::size_t>(k)] += dyk;
+          dxr[k] = static_cast<float>((dyk * g[k] - mean_dxhat - xhat * mean_dxhat_xhat) * s);
+        }
+      }
     }
     std::lock_guard lock(merge);
-    detail::as_vector(dgamma) += dg.transpose();
-    detail::as_vector(dbeta) += db.transpose();
+    float* dgp = dgamma.data<float>();
+    float* dbp = dbeta.data<float>();
+    for (std::int64_t k = 0; k < d; ++k) {
+      dgp[k] = static_cast<float>(static_cast<double>(dgp[k]) + dg[static_cast<std::size_t>(k)]);
+      dbp[k] = static_cast<float>(static_cast<double>(dbp[k]) + db[static_cast<std::size_t>(k)]);
+    }
   });
 }
 

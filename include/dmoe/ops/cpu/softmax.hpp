@@ -25,6 +25,7 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -40,7 +41,8 @@ DMOE_DEF void softmax(cpu_t, const tensor& x, tensor& y) {
     for (std::int64_t r = begin; r < end; ++r) {
       const float m = xm.row(r).maxCoeff();
       ym.row(r) = (xm.row(r) - m).exp();
-      ym.row(r) /= ym.row(r).sum();
+      // The denominator in double: its error does not grow with the row's length.
+      ym.row(r) /= static_cast<float>(detail::sum_f64(&ym(r, 0), cols));
     }
   });
 }
@@ -57,7 +59,8 @@ DMOE_DEF void softmax_backward(cpu_t, const tensor& y, const tensor& dy, tensor&
   const std::int64_t cols = y.shape().inner();
   detail::parallel_for(y.shape().outer(), detail::row_grain(cols), [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t r = begin; r < end; ++r) {
-      const float dot = (dym.row(r) * ym.row(r)).sum();
+      const auto dot =
+          static_cast<float>(detail::dot_f64(dy.data<float>() + r * cols, y.data<float>() + r * cols, cols));
       dxm.row(r) = ym.row(r) * (dym.row(r) - dot);
     }
   });
