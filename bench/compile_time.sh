@@ -60,7 +60,7 @@ report() {  # header mode extra-flags...
 }
 
 report Eigen/Dense baseline
-headers=(dmoe/core.hpp dmoe/async.hpp dmoe/net.hpp dmoe/tensor.hpp dmoe/ops.hpp dmoe/nn.hpp dmoe/moe.hpp dmoe/dmoe.hpp)
+headers=(dmoe/core.hpp dmoe/async.hpp dmoe/net.hpp dmoe/dht.hpp dmoe/tensor.hpp dmoe/ops.hpp dmoe/nn.hpp dmoe/moe.hpp dmoe/dmoe.hpp)
 [[ -n "$only" ]] && headers=("$only.hpp")
 for header in "${headers[@]}"; do
   report "$header" header_only
