@@ -1,28 +1,4 @@
 // The tensor wire codec built for this CPU with FMA contraction allowed (-march=native -ffp-contract=fast); flags in tests/CMakeLists.txt.
-#include <dmoe/core/config.hpp>
-
-// This build's own inline namespace, so the linker keeps its inline functions apart from the other builds'.
-#undef DMOE_BEGIN_NAMESPACE
-#define DMOE_BEGIN_NAMESPACE \
-  namespace dmoe {           \
-  inline namespace wire_native {
-
-#include <dmoe/tensor/wire.hpp>
-
-#include <tensor/wire_codec_builds.hpp>
-
-namespace wire_codec_native {
-
-std::vector<std::byte> encode_q8(std::span<const float> values, std::uint32_t block_size) {
-  const dmoe::tensor t = dmoe::tensor::from(dmoe::shape{static_cast<std::int64_t>(values.size())}, values);
-  const dmoe::byte_buffer bytes = dmoe::encode_tensor(t, dmoe::wire_codec::q8_blockwise, block_size);
-  return {bytes.data(), bytes.data() + bytes.size()};
-}
-
-std::vector<float> decode(std::span<const std::byte> bytes) {
-  const dmoe::tensor t = dmoe::decode_tensor(dmoe::const_byte_span(bytes.data(), bytes.size()));
-  const auto values = t.span<float>();
-  return {values.begin(), values.end()};
-}
-
-}  // namespace wire_codec_native
+#define DMOE_WIRE_CODEC_BUILD wire_native
+#define DMOE_WIRE_CODEC_API wire_codec_native
+#include "wire_codec_build.inc"
