@@ -296,6 +296,53 @@ BOOST_AUTO_TEST_CASE(one_server_cannot_take_the_clients_whole_receive_budget_ove
   }));
 }
 
+// A go_away larger than a small receive buffer is still heard: before, the client took it for a late response
+// nobody waited for and skipped it, so a request the server announced it never read failed with "closed by the
+// server" instead of being sent again on a fresh connection.
+BOOST_AUTO_TEST_CASE(a_go_away_larger_than_the_receive_buffer_still_gets_its_requests_retried) {
+  io_context ctx;
+  tcp_listener listener(ctx, loopback);
+  rpc_client_options options;
+  options.receive_buffer = frame_header_size;  // every frame with a payload is received in place
+  rpc_client client(ctx, options);
+  sync_wait(ctx, [&]() -> task<void> {
+    auto server = [&]() -> task<void> {
+      // The first connection is closed at once, announced: nothing was read (request id 0).
+      tcp_socket first = co_await listener.accept();
+      std::array<std::byte, frame_header_size> request{};
+      co_await first.read_exactly(request, deadline_after(5s));
+      const std::string why = "rpc server closed the connection: idle for 1 ms";
+      co_await first.write_all(header_bytes(frame_header{frame_kind::go_away, frame_status::ok, 0, 0, 0, why.size()}));
+      co_await first.write_all(as_bytes(why));
+      ::shutdown(first.native_handle(), SHUT_WR);
+      // The second one answers.
+      tcp_socket second = co_await listener.accept();
+      co_await second.read_exactly(request, deadline_after(5s));
+      const frame_header asked = parse_frame_header(request, "client");
+      const std::string answer = "answered";
+      co_await second.write_all(header_bytes(
+          frame_header{frame_kind::response, frame_status::ok, asked.method, 0, asked.request_id, answer.size()}));
+      co_await second.write_all(as_bytes(answer));
+      BOOST_TEST(co_await closed_within(first, 5s));
+      BOOST_TEST(co_await closed_within(second, 5s));
+    };
+    auto caller = [&]() -> task<void> {
+      std::string outcome;
+      try {
+        const byte_buffer answer = co_await client.call(listener.local_endpoint(), "echo", const_byte_span(),
+                                                        deadline_after(5s));
+        outcome = std::string(as_string_view(answer));
+      } catch (const std::exception& e) {
+        outcome = e.what();
+      }
+      BOOST_TEST(outcome == "answered");
+      BOOST_TEST(client.stats().retries == 1u);
+      co_await client.close();
+    };
+    co_await when_all(server(), caller());
+  }());
+}
+
 // Two owners closing one client at once (say a trainer's shutdown and its model's) while a call is pending: both
 // closes return and the call ends with closed_error. Before, the second close() took the first one's place as the
 // only waiter for the calls and the background coroutines, so the first never resumed (a hang, and a leaked frame).
