@@ -47,7 +47,7 @@ struct datagram_endpoint_options {
   std::chrono::milliseconds default_timeout{10'000};  // the deadline of requests given none
   std::size_t max_handlers_in_flight = 1024;          // requests being handled at once; more are dropped
   std::size_t max_handlers_per_address = 64;          // one peer address's share of them
-  std::size_t receive_buffer = 65536;                 // the largest datagram received whole
+  std::size_t receive_buffer = 65536;                 // the largest datagram received whole (at most 1 MiB)
 };
 
 // A request as a handler sees it; the handler may move the message out.
@@ -124,6 +124,10 @@ class datagram_endpoint {
       throw invalid_argument_error("datagram endpoint: timeouts must be positive");
     if (options_.max_handlers_in_flight == 0 || options_.max_handlers_per_address == 0)
       throw invalid_argument_error("datagram endpoint: handler limits must be at least 1");
+    if (options_.receive_buffer > (std::size_t{1} << 20))
+      throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is over 1 MiB (no "
+                                               "datagram is larger than 64 KiB)",
+                                               options_.receive_buffer));
     if (options_.receive_buffer < options_.limits.max_datagram)
       throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is smaller than "
                                                "max_datagram ({} bytes)",

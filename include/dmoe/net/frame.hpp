@@ -79,6 +79,10 @@ constexpr std::uint32_t method_id(std::string_view name) noexcept {
   return hash;
 }
 
+// The largest payload of a control frame (go_away carries a reason text; cancel carries nothing): a peer cannot make
+// the receiver commit memory for one on the word of its length field.
+inline constexpr std::uint64_t frame_max_control_payload = 64 * 1024;
+
 struct frame_header {
   frame_kind kind = frame_kind::request;
   frame_status status = frame_status::ok;
@@ -148,6 +152,9 @@ inline frame_header parse_frame_header(const_byte_span bytes, std::string_view p
   if (header.kind == frame_kind::cancel && header.payload_size != 0)
     throw protocol_error(
         fmt::format("rpc cancel frame carries {} of payload from {}", size_text(header.payload_size), peer));
+  if (header.kind == frame_kind::go_away && header.payload_size > frame_max_control_payload)
+    throw protocol_error(fmt::format("rpc go_away frame carries {} of payload (at most {}) from {}",
+                                     size_text(header.payload_size), size_text(frame_max_control_payload), peer));
   return header;
 }
 

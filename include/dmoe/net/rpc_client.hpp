@@ -52,8 +52,12 @@ struct rpc_client_options {
   std::size_t max_connections_per_endpoint = 4;      // a new one opens while every open one is busy
   std::size_t max_in_flight_per_connection = 1024;   // more calls wait for a slot
   // Response payloads being received at once, over every connection; a response that needs more waits for
-  // memory (its connection is not read meanwhile), and one larger than this fails its call with limit_error.
+  // memory (its connection is not read meanwhile), and one larger than a server's share of it (below) fails its
+  // call with limit_error.
   std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;
+  // One server's share of it, over all its connections (so one server announcing large responses it never sends
+  // cannot stall the responses of every other); 0: half of max_buffered_bytes, but at least limits.max_payload.
+  std::uint64_t max_buffered_bytes_per_server = 0;
   std::chrono::milliseconds connect_timeout{5'000};
   std::chrono::milliseconds idle_timeout{60'000};    // a connection unused this long is closed
   std::chrono::milliseconds read_timeout{10'000};    // a response must arrive within this plus its size at min_transfer_rate
@@ -193,8 +197,8 @@ class rpc_client {
   // stay valid until the call returns) and returns the response payload. Ends by `deadline` (or after
   // default_timeout) and on a stop request of the awaiting coroutine or of `stop`; a call that gives up after its
   // request went out sends a cancel frame, so the server stops its handler. Errors: limit_error (payload over the
-  // limit, here or at the server, or a response over max_buffered_bytes), unavailable_error (cannot connect, the
-  // server refused the connection or is shutting down), closed_error (connection lost, or the client closed),
+  // limit, here or at the server, or a response over the server's share of max_buffered_bytes), unavailable_error
+  // (cannot connect, the server refused the connection or is shutting down), closed_error (connection lost, or the client closed),
   // remote_error (the handler threw, or no such method), timeout_error, cancelled_error. Giving up on one call
   // never fails another.
   task<byte_buffer> call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
@@ -245,8 +249,13 @@ class rpc_client {
   }
 
   // Closes every connection, stops every call still running (they fail with closed_error) and waits until they
-  // and every coroutine of the client have finished: the client may be destroyed once it returns.
+  // and every coroutine of the client have finished: the client may be destroyed once it returns. Several owners
+  // may close it, also at once: each returns once the client is closed.
   task<void> close() {
+    if (closing_) {
+      co_await close_finished{*this};  // not cancellable, like the first close()
+      co_return;
+    }
     closing_ = true;
     std::vector<std::shared_ptr<detail::client_connection>> all;
     for (const auto& [server, list] : pool_) all.insert(all.end(), list.begin(), list.end());
@@ -261,7 +270,15 @@ class rpc_client {
     }
     co_await calls_gone{*this};  // not cancellable: the client must outlive its calls
     background_.request_stop();
-    co_await background_.join();
+    std::exception_ptr failure;
+    try {
+      co_await background_.join();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    closed_ = true;
+    for (const std::coroutine_handle<> waiter : std::exchange(close_waiters_, {})) ctx_.schedule(waiter);
+    if (failure) std::rethrow_exception(failure);
   }
 
   // Open (or opening) connections to `server`.
@@ -287,6 +304,14 @@ class rpc_client {
       if (--client.active_calls_ == 0 && client.close_waiter_)
         client.ctx_.schedule(std::exchange(client.close_waiter_, nullptr));
     }
+  };
+
+  // A later close() waits for the first one to finish.
+  struct close_finished {
+    rpc_client& client;
+    bool await_ready() const noexcept { return client.closed_; }
+    void await_suspend(std::coroutine_handle<> waiter) { client.close_waiters_.push_back(waiter); }
+    void await_resume() const noexcept {}
   };
 
   struct calls_gone {
@@ -811,8 +836,24 @@ class rpc_client {
 
   void release_receive(detail::client_connection& c) {
     if (c.reserved == 0) return;
-    buffered_ -= std::exchange(c.reserved, 0);
+    const std::uint64_t bytes = std::exchange(c.reserved, 0);
+    buffered_ -= bytes;
+    const auto server = buffered_by_server_.find(c.peer);
+    if (server != buffered_by_server_.end() && (server->second -= bytes) == 0) buffered_by_server_.erase(server);
     memory_freed_.set();
+  }
+
+  // One server's share of the receive budget, over all its connections.
+  std::uint64_t server_share() const noexcept {
+    const std::uint64_t share = options_.max_buffered_bytes_per_server != 0
+                                    ? options_.max_buffered_bytes_per_server
+                                    : std::max(options_.max_buffered_bytes / 2, options_.limits.max_payload);
+    return std::min(options_.max_buffered_bytes, share);
+  }
+
+  std::uint64_t buffered_from(const endpoint& server) const {
+    const auto found = buffered_by_server_.find(server);
+    return found == buffered_by_server_.end() ? 0 : found->second;
   }
 
   // Fails one call (its connection goes on).
@@ -828,7 +869,13 @@ class rpc_client {
   // receive budget, else waits for budget (not reading this connection meanwhile) and takes it.
   task<void> admit_large(detail::client_connection& c, frame_reader& reader, frame_deadline& progress) {
     const std::optional<frame_header> header = reader.large_frame_ahead(c.peer_text);
-    if (!header || header->kind != frame_kind::response || header->payload_size > options_.limits.max_payload)
+    if (!header) co_return;
+    // A server sends responses and go_away frames (bounded by the header check); anything else is refused here,
+    // on its header, before next() would commit memory for its payload outside the receive budget.
+    if (header->kind != frame_kind::response && header->kind != frame_kind::go_away)
+      throw protocol_error(fmt::format("rpc server {} sent a {} frame of {}; only responses are expected",
+                                       c.peer_text, to_string(header->kind), size_text(header->payload_size)));
+    if (header->kind != frame_kind::response || header->payload_size > options_.limits.max_payload)
       co_return;  // next() reports it
     if (!c.pending.contains(header->request_id)) {
       ++stats_.late_responses;
@@ -836,16 +883,18 @@ class rpc_client {
       co_return;
     }
     const std::uint64_t size = header->payload_size;
-    if (size > options_.max_buffered_bytes) {
+    const std::uint64_t share = server_share();
+    if (size > share) {
       reader.skip_frame();
       settle(c, header->request_id,
              std::make_exception_ptr(limit_error(fmt::format(
                  "rpc response of {} from {} exceeds the client's receive budget {}", size_text(size), c.peer_text,
-                 size_text(options_.max_buffered_bytes)))));
+                 size_text(share)))));
       co_return;
     }
     bool waited = false;
-    while (buffered_ > 0 && buffered_ + size > options_.max_buffered_bytes) {
+    while ((buffered_ > 0 && buffered_ + size > options_.max_buffered_bytes) ||
+           (buffered_from(c.peer) > 0 && buffered_from(c.peer) + size > share)) {
       waited = true;
       memory_freed_.reset();
       co_await memory_freed_.wait();
@@ -855,6 +904,7 @@ class rpc_client {
       }
     }
     buffered_ += size;
+    buffered_by_server_[c.peer] += size;
     c.reserved = size;
     if (waited) progress.restart(std::chrono::steady_clock::now());
   }
@@ -866,7 +916,8 @@ class rpc_client {
     for (;;) {
       for (;;) {
         // A large response nobody waits for any more: its memory goes now, the rest of it is skipped.
-        if (const frame_header* large = reader.large_frame(); large && !c.pending.contains(large->request_id)) {
+        if (const frame_header* large = reader.large_frame();
+            large && large->kind == frame_kind::response && !c.pending.contains(large->request_id)) {
           ++stats_.late_responses;
           reader.abandon_large();
           release_receive(c);
@@ -960,9 +1011,12 @@ class rpc_client {
   // Every connection whose coroutines still run, pooled or retired (a writer or a cancel may need it).
   std::unordered_map<detail::client_connection*, std::weak_ptr<detail::client_connection>> owners_;
   bool closing_ = false;
+  bool closed_ = false;                               // the first close() has finished
+  std::vector<std::coroutine_handle<>> close_waiters_;  // later close() calls, waiting for it
   std::size_t active_calls_ = 0;
   std::coroutine_handle<> close_waiter_;  // close(), waiting for the last call to end
   std::uint64_t buffered_ = 0;  // receive budget in use
+  std::unordered_map<endpoint, std::uint64_t> buffered_by_server_;  // of it, per server (entries only while in use)
   async_event memory_freed_;
   counters stats_;
   detail::write_pass write_pass_{ctx_};

@@ -84,6 +84,9 @@ struct rpc_server_options {
   std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;
   // One connection's share of it; 0: a quarter of max_buffered_bytes, but at least limits.max_payload.
   std::uint64_t max_buffered_bytes_per_connection = 0;
+  // One peer address's share of it, over all its connections (so one peer cannot take it all by opening many);
+  // 0: half of max_buffered_bytes, but at least a connection's share.
+  std::uint64_t max_buffered_bytes_per_address = 0;
   std::chrono::milliseconds idle_timeout{60'000};  // a connection with nothing in flight and no bytes is closed
   std::chrono::milliseconds read_timeout{10'000};  // a frame must arrive within this plus its size at min_transfer_rate
   std::chrono::milliseconds write_timeout{30'000}; // a write must finish within this plus its size at min_transfer_rate
@@ -143,6 +146,7 @@ struct server_connection {
   std::size_t in_flight = 0;
   std::uint64_t reserved = 0;  // budget taken for the next request, before its payload is stored
   std::uint64_t buffered = 0;  // this connection's share of the budget in use (requests and responses)
+  std::uint64_t* address_buffered = nullptr;  // its address's share in use, over all its connections
   std::unordered_map<std::uint64_t, std::stop_source> running;  // handlers by request id, for cancel frames
   std::uint64_t last_request_id = 0;  // the highest id read: what go_away reports
   bool broken = false;                // a write failed: the stream is unusable
@@ -334,6 +338,7 @@ class rpc_server {
 
   task<void> serve_connection(tcp_socket socket) {
     detail::server_connection conn(std::move(socket));
+    conn.address_buffered = &buffered_by_address_[conn.address];  // unordered_map entries stay where they are
     task_group requests(ctx_);
     task_group watchdog(ctx_);
     watchdog.spawn(watch_connection(conn));
@@ -357,7 +362,10 @@ class rpc_server {
     watchdog.request_stop();
     co_await watchdog.join();
     --open_connections_;
-    if (--connections_by_address_[conn.address] == 0) connections_by_address_.erase(conn.address);
+    if (--connections_by_address_[conn.address] == 0) {
+      connections_by_address_.erase(conn.address);
+      buffered_by_address_.erase(conn.address);
+    }
   }
 
   // Reads and dispatches requests until the stream ends. True when the peer ended it cleanly (EOF: it sends no
@@ -426,7 +434,13 @@ class rpc_server {
   task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
                         frame_deadline& progress) {
     const std::optional<frame_header> header = reader.peek(conn.peer);
-    if (!header || header->kind != frame_kind::request || header->payload_size > options_.limits.max_payload)
+    if (!header) co_return true;
+    // A client sends requests, cancels and go_away frames (the last two bounded by the header check); a response
+    // is refused here, on its header, before next() would commit memory for its payload outside the budget.
+    if (header->kind == frame_kind::response)
+      throw protocol_error(fmt::format("rpc server on {} got a response frame of {} from {}", local_text_,
+                                       size_text(header->payload_size), conn.peer));
+    if (header->kind != frame_kind::request || header->payload_size > options_.limits.max_payload)
       co_return true;  // next() delivers or reports it
     if (conn.going_away) {
       reader.skip_frame();
@@ -442,14 +456,15 @@ class rpc_server {
       co_return false;
     }
     bool waited = false;
+    const std::uint64_t address_share = this->address_share();
     while ((buffered_ > 0 && buffered_ + size > options_.max_buffered_bytes) ||
-           (conn.buffered > 0 && conn.buffered + size > share)) {
+           (conn.buffered > 0 && conn.buffered + size > share) ||
+           (*conn.address_buffered > 0 && *conn.address_buffered + size > address_share)) {
       waited = true;
       memory_freed_.reset();
       co_await memory_freed_.wait();
     }
-    buffered_ += size;
-    conn.buffered += size;
+    charge_buffered(conn, size);
     conn.reserved = size;
     if (waited) progress.restart(std::chrono::steady_clock::now());  // the peer was not the one waiting
     co_return true;
@@ -460,6 +475,14 @@ class rpc_server {
                                     ? options_.max_buffered_bytes_per_connection
                                     : std::max(options_.max_buffered_bytes / 4, options_.limits.max_payload);
     return std::min(options_.max_buffered_bytes, share);
+  }
+
+  // One peer address's share of the budget, over all its connections; never less than a connection's share.
+  std::uint64_t address_share() const noexcept {
+    const std::uint64_t share = options_.max_buffered_bytes_per_address != 0
+                                    ? options_.max_buffered_bytes_per_address
+                                    : options_.max_buffered_bytes / 2;
+    return std::min(options_.max_buffered_bytes, std::max(share, connection_share()));
   }
 
   // Answers a request the server will not take with limit_exceeded; the connection goes on.
@@ -544,10 +567,17 @@ class rpc_server {
     }
   }
 
+  void charge_buffered(detail::server_connection& conn, std::uint64_t bytes) noexcept {
+    buffered_ += bytes;
+    conn.buffered += bytes;
+    *conn.address_buffered += bytes;
+  }
+
   void release_buffered(detail::server_connection& conn, std::uint64_t bytes) {
     if (bytes == 0) return;
     buffered_ -= bytes;
     conn.buffered -= bytes;
+    *conn.address_buffered -= bytes;
     memory_freed_.set();
   }
 
@@ -658,8 +688,7 @@ class rpc_server {
       co_return;
     }
     // Queued responses count against the budget until written, so a peer that does not read stops being read.
-    buffered_ += size;
-    conn.buffered += size;
+    charge_buffered(conn, size);
     scope.charge = size;
     frame_header out{frame_kind::response, frame_status::ok, header.method, 0, header.request_id, size};
     co_await send_frame(conn, out, response.body, response.views);
@@ -787,6 +816,7 @@ class rpc_server {
   async_event memory_freed_;
   std::size_t open_connections_ = 0;
   std::unordered_map<std::string, std::size_t> connections_by_address_;
+  std::unordered_map<std::string, std::uint64_t> buffered_by_address_;  // budget in use per peer address
   std::size_t in_flight_ = 0;
   std::uint64_t buffered_ = 0;
   counters stats_;
