@@ -392,10 +392,16 @@ class local_mixture_of_experts : public nn::module {
     tensor mean(shape{batch, in});
     const float* src = x.data<float>();
     float* dst = mean.data<float>();
-    const float scale = 1.0f / static_cast<float>(steps);
-    for (std::int64_t b = 0; b < batch; ++b)
+    // Summed in double and divided once: an f32 running sum drifts with the sequence length and the magnitude.
+    std::vector<double> sum(static_cast<std::size_t>(in));
+    for (std::int64_t b = 0; b < batch; ++b) {
+      std::fill(sum.begin(), sum.end(), 0.0);
       for (std::int64_t t = 0; t < steps; ++t)
-        for (std::int64_t i = 0; i < in; ++i) dst[b * in + i] += scale * src[(b * steps + t) * in + i];
+        for (std::int64_t i = 0; i < in; ++i)
+          sum[static_cast<std::size_t>(i)] += static_cast<double>(src[(b * steps + t) * in + i]);
+      for (std::int64_t i = 0; i < in; ++i)
+        dst[b * in + i] = static_cast<float>(sum[static_cast<std::size_t>(i)] / static_cast<double>(steps));
+    }
     return mean;
   }
 

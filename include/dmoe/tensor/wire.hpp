@@ -219,9 +219,18 @@ inline tensor_wire_header make_wire_header(const tensor& t, wire_codec codec, st
 
 // The f32 scale of a block [lo, hi]: (hi - lo) / 255 in double, rounded to f32, and one step toward zero when
 // rounding up would put offset + 255 * scale past hi (and so maybe past f32's range). Closed form: no search.
+// Below f32's normal range the scale rounds up instead (to at least the smallest subnormal): a subnormal step has few
+// bits, so rounding down could leave most of the range unreachable (or give scale 0 and decode a whole block to
+// its minimum), and such a block is far from f32's limit.
 inline float q8_scale(float lo, float hi) noexcept {
   const double range = static_cast<double>(hi) - static_cast<double>(lo);
-  auto scale = static_cast<float>(range / 255.0);
+  const double ideal = range / 255.0;
+  auto scale = static_cast<float>(ideal);
+  if (ideal < static_cast<double>(std::numeric_limits<float>::min())) {
+    if (range > 0.0 && static_cast<double>(scale) < ideal)
+      scale = std::nextafter(scale, std::numeric_limits<float>::infinity());
+    return scale;
+  }
   if (static_cast<double>(lo) + 255.0 * static_cast<double>(scale) > static_cast<double>(hi))
     scale = std::nextafter(scale, 0.0f);
   return scale;

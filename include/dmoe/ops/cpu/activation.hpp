@@ -61,7 +61,10 @@ void activation_rows(activation act, const Z& z, Y&& y) {
   switch (act) {
     case activation::identity: y = z; break;
     case activation::relu: y = z.max(0.0f); break;
-    case activation::gelu: y = 0.5f * z * (1.0f + (gelu_k0 * (z + gelu_k1 * z.cube())).tanh()); break;
+    // z's factor clamped below: for z <= -gelu_saturation, 1 + tanh is exactly 0 in f32, and -inf * 0 would be NaN.
+    case activation::gelu:
+      y = 0.5f * z.max(-gelu_saturation) * (1.0f + (gelu_k0 * (z + gelu_k1 * z.cube())).tanh());
+      break;
   }
 }
 

@@ -24,6 +24,7 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -75,11 +76,10 @@ DMOE_DEF void embedding_backward(cpu_t, const tensor& ids, const tensor& dy, ten
   detail::check_cpu_f32(op, "dy", dy);
   const std::int64_t dim = dtable.dim(1);
   expect_shape(op, "dy", dy, detail::embedding_output_shape(ids, dim));
-  const std::int64_t* id = ids.data<std::int64_t>();
-  auto table = detail::as_matrix(dtable);
-  const auto g = detail::as_matrix(dy.reshape(shape{ids.numel(), dim}));
   // Serial: two threads could add into the same row; the work is memory-bound and small beside the model's GEMMs.
-  for (std::int64_t i = 0; i < ids.numel(); ++i) table.row(id[i]) += g.row(i);
+  // A repeated id's rows add up in double (a padding id may repeat millions of times).
+  detail::scatter_add_rows_f64(dy.data<float>(), ids.data<std::int64_t>(), ids.numel(), dim, dtable.data<float>(),
+                               [](std::int64_t) { return 1.0f; });
 }
 
 }  // namespace ops

@@ -25,6 +25,7 @@ DMOE_END_NAMESPACE
 
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
+#include <dmoe/ops/cpu/reduction.hpp>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -73,20 +74,11 @@ DMOE_DEF void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, co
     detail::check_cpu_f32(op, "scale", scale);
     expect_shape(op, "scale", scale, shape{x.dim(0)});
   }
-  const auto width = static_cast<Eigen::Index>(x.shape().without_first().numel());
-  const std::int64_t* index = indices.data<std::int64_t>();
+  const std::int64_t width = x.shape().without_first().numel();
   const float* w = scale.empty() ? nullptr : scale.data<float>();
-  const float* from = x.data<float>();
-  float* to = y.data<float>();
   // Serial: rows may repeat; this is memory-bound and small beside the experts' GEMMs.
-  for (std::int64_t i = 0; i < x.dim(0); ++i) {
-    Eigen::Map<Eigen::ArrayXf> row(to + index[i] * width, width);
-    const Eigen::Map<const Eigen::ArrayXf> source(from + i * width, width);
-    if (w)
-      row += w[i] * source;
-    else
-      row += source;
-  }
+  detail::scatter_add_rows_f64(x.data<float>(), indices.data<std::int64_t>(), x.dim(0), width, y.data<float>(),
+                               [w](std::int64_t i) { return w ? w[i] : 1.0f; });
 }
 
 }  // namespace ops

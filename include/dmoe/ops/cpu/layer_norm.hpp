@@ -12,7 +12,8 @@ DMOE_BEGIN_NAMESPACE
 namespace ops {
 
 // y = (x - mean) * rstd * gamma + beta per row of x (rows = all leading dimensions, d = the last);
-// mean and rstd ([rows]) are written for backward.
+// mean and rstd ([rows]) are written for backward. eps must be positive and finite: with eps = 0 a row of tiny
+// (or no) spread has a 1/std beyond f32's range, so rstd could not be saved for backward.
 DMOE_DECL void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, const tensor& beta, float eps, tensor& y,
                                   tensor& mean, tensor& rstd);
 
@@ -59,6 +60,9 @@ DMOE_DEF void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, co
   detail::check_cpu_f32(op, "x", x);
   const std::int64_t rows = x.shape().outer(), d = x.shape().inner();
   detail::check_layer_norm_params(op, gamma, beta, d);
+  // eps >= the smallest subnormal keeps 1/std <= 2.7e22, within f32.
+  if (!(eps > 0.0f) || !std::isfinite(eps))
+    throw invalid_argument_error(fmt::format("{}: eps is {} but must be positive and finite", op, eps));
   detail::prepare_output(op, "y", y, x.shape());
   detail::prepare_output(op, "mean", mean, shape{rows});
   detail::prepare_output(op, "rstd", rstd, shape{rows});

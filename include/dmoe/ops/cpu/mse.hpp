@@ -31,11 +31,13 @@ DMOE_DEF float mse(cpu_t, const tensor& prediction, const tensor& target, tensor
   if (prediction.numel() == 0) throw invalid_argument_error("mse: no elements to average over");
   const auto p = detail::as_vector(prediction);
   const auto t = detail::as_vector(target);
-  const float n = static_cast<float>(prediction.numel());
-  const double loss = (p - t).cast<double>().square().sum() / static_cast<double>(n);
+  const auto n = static_cast<double>(prediction.numel());
+  // Differences in double: exact, and finite where p - t would overflow f32 (the gradient may still be finite).
+  const auto diff = p.cast<double>() - t.cast<double>();
+  const double loss = diff.square().sum() / n;
   if (dprediction) {
     detail::prepare_output(op, "dprediction", *dprediction, prediction.shape());
-    detail::as_vector(*dprediction) = (p - t) * (2.0f / n);
+    detail::as_vector(*dprediction) = (diff * (2.0 / n)).cast<float>();
   }
   return static_cast<float>(loss);
 }

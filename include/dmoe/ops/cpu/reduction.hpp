@@ -3,7 +3,10 @@
 
 #include <dmoe/core/config.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <vector>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -47,6 +50,32 @@ inline double sum_squared_deviations_f64(const float* x, std::int64_t n, double 
 inline void add_column_sums_f64(const float* x, std::int64_t rows, std::int64_t cols, double* partial) {
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t c = 0; c < cols; ++c) partial[c] += static_cast<double>(x[r * cols + c]);
+}
+
+// y[index[i]] += weight(i) * x[i] for rows i < n of `width` floats. Rows with the same target are summed in double
+// (in their order) and each target is rounded once to f32: a row that many rows add into does not drift with their
+// count, and the result does not depend on how the rows were split.
+template <class Weight>
+void scatter_add_rows_f64(const float* x, const std::int64_t* index, std::int64_t n, std::int64_t width, float* y,
+                          Weight&& weight) {
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [index](std::int64_t a, std::int64_t b) { return index[a] < index[b]; });
+  std::vector<double> acc(static_cast<std::size_t>(width));
+  for (std::int64_t g = 0; g < n;) {
+    const std::int64_t target = index[order[static_cast<std::size_t>(g)]];
+    float* row = y + target * width;
+    for (std::int64_t c = 0; c < width; ++c) acc[static_cast<std::size_t>(c)] = static_cast<double>(row[c]);
+    std::int64_t e = g;
+    for (; e < n && index[order[static_cast<std::size_t>(e)]] == target; ++e) {
+      const std::int64_t i = order[static_cast<std::size_t>(e)];
+      const auto w = static_cast<double>(weight(i));
+      const float* source = x + i * width;
+      for (std::int64_t c = 0; c < width; ++c) acc[static_cast<std::size_t>(c)] += w * static_cast<double>(source[c]);
+    }
+    for (std::int64_t c = 0; c < width; ++c) row[c] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
+    g = e;
+  }
 }
 
 // sum[c] += partial[c], rounded once to f32.
