@@ -77,8 +77,10 @@ void check_timers_fire_in_order(int count, std::chrono::microseconds spacing, st
   BOOST_TEST(ctx.operations_in_flight() == 0u);
 }
 
+// Two seconds ahead: submitting 100,000 timers must finish before the first deadline, also under the sanitizers on
+// a loaded machine (300 ms was too little there: late submissions fire at once, out of deadline order).
 BOOST_AUTO_TEST_CASE(a_hundred_thousand_timers_fire_in_order) {
-  check_timers_fire_in_order(100'000, 1us, 300ms, false);
+  check_timers_fire_in_order(100'000, 1us, 2s, false);
 }
 
 BOOST_AUTO_TEST_CASE(timers_submitted_backwards_fire_in_deadline_order) {
