@@ -144,7 +144,7 @@ BOOST_AUTO_TEST_CASE(elementwise_ops_match_cpu) {
 BOOST_AUTO_TEST_CASE(layer_norm_forward_and_backward_match_cpu) {
   random_engine gen(6);
   for (std::int64_t rows : test_rows)
-    for (std::int64_t cols : {1, 7, 33, 130, 1030}) {
+    for (std::int64_t cols : {1, 7, 33, 130, 1030, 3000, 9000}) {
       const tensor x = tensor::normal(shape{rows, cols}, gen, 3, 2), gamma = tensor::normal(shape{cols}, gen);
       const tensor beta = tensor::normal(shape{cols}, gen), dy = tensor::normal(shape{rows, cols}, gen);
       tensor y_cpu, mean_cpu, rstd_cpu, y_gpu, mean_gpu, rstd_gpu;
@@ -176,8 +176,11 @@ BOOST_AUTO_TEST_CASE(layer_norm_of_constant_large_rows_is_zero) {
 
 BOOST_AUTO_TEST_CASE(softmax_cross_entropy_and_mse_match_cpu) {
   random_engine gen(7);
+  std::vector<std::int64_t> widths(std::begin(test_cols), std::end(test_cols));
+  widths.insert(widths.end(), {1500, 5000, 33000});  // the block-per-row kernels and the warp fallback
   for (std::int64_t rows : test_rows)
-    for (std::int64_t cols : test_cols) {
+    for (std::int64_t cols : widths) {
+      if (rows * cols > (std::int64_t{1} << 24)) continue;
       const tensor x = tensor::normal(shape{rows, cols}, gen, 0, 4), dy = tensor::normal(shape{rows, cols}, gen);
       const std::string name = case_name("softmax", rows, cols);
       tensor y_cpu, y_gpu, dx_cpu, dx_gpu;
@@ -214,6 +217,14 @@ BOOST_AUTO_TEST_CASE(cross_entropy_large_logits_and_bad_labels) {
   const tensor bad = dev(tensor::from<std::int64_t>(shape{1}, std::vector<std::int64_t>{2}));
   BOOST_CHECK_THROW(ops::cross_entropy(ops::cuda, logits, bad, &logits), invalid_argument_error);
   expect_close(logits, tensor::from(shape{1, 2}, {1e8f, 1e8f}), 0, 0, "logits untouched after a bad label");
+  tensor separate;  // a separate gradient: the label is checked with the loss
+  BOOST_CHECK_THROW(ops::cross_entropy(ops::cuda, logits, bad, &separate), invalid_argument_error);
+  const tensor negative = dev(tensor::from<std::int64_t>(shape{1}, std::vector<std::int64_t>{-1}));
+  BOOST_CHECK_THROW(ops::cross_entropy(ops::cuda, logits, negative), invalid_argument_error);
+  // Wide rows (the block-per-row kernel) refuse bad labels too.
+  const tensor wide = dev(tensor(shape{2, 5000}));
+  const tensor wide_bad = dev(tensor::from<std::int64_t>(shape{2}, std::vector<std::int64_t>{0, 5000}));
+  BOOST_CHECK_THROW(ops::cross_entropy(ops::cuda, wide, wide_bad), invalid_argument_error);
 }
 
 BOOST_AUTO_TEST_CASE(optimizers_match_cpu) {

@@ -73,8 +73,10 @@ __global__ void column_partial_kernel(std::int64_t rows, std::int64_t cols, std:
   const std::int64_t first = blockIdx.y * chunk_rows;
   const std::int64_t last = min(rows, first + chunk_rows);
   double sum = 0.0;
-  if (col < cols)
+  if (col < cols) {
+#pragma unroll 4
     for (std::int64_t r = first + threadIdx.y; r < last; r += 8) sum += static_cast<double>(term(r, col));
+  }
   partial[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
   if (threadIdx.y == 0 && col < cols) {
@@ -84,18 +86,30 @@ __global__ void column_partial_kernel(std::int64_t rows, std::int64_t cols, std:
   }
 }
 
-// out[c] += the sum over chunks of partials[chunk, c], for `outputs` consecutive [chunks, cols] partial tables.
-__global__ void column_finish_kernel(std::int64_t chunks, std::int64_t cols, const double* partials, float* out) {
-  const std::int64_t col = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
-  if (col >= cols) return;
+// out[c] += the sum over chunks of partials[chunk, c]: a block owns 32 columns, its 32 warps take every 32nd
+// chunk and meet in shared memory in a fixed order (deterministic, and enough loads in flight for tall tables).
+__global__ void __launch_bounds__(1024) column_finish_kernel(std::int64_t chunks, std::int64_t cols,
+                                                            const double* partials, float* out) {
+  __shared__ double partial[32][33];
+  const std::int64_t col = blockIdx.x * 32ll + threadIdx.x;
   double total = 0.0;
-  for (std::int64_t c = 0; c < chunks; ++c) total += partials[c * cols + col];
-  out[col] = static_cast<float>(static_cast<double>(out[col]) + total);
+  if (col < cols) {
+#pragma unroll 4
+    for (std::int64_t c = threadIdx.y; c < chunks; c += 32) total += partials[c * cols + col];
+  }
+  partial[threadIdx.y][threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < cols) {
+    double sum = 0.0;
+    for (int w = 0; w < 32; ++w) sum += partial[w][threadIdx.x];
+    out[col] = static_cast<float>(static_cast<double>(out[col]) + sum);
+  }
 }
 
 inline void finish_columns(const char* name, std::int64_t chunks, std::int64_t cols, const double* partials,
                            float* out) {
-  column_finish_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, stream()>>>(chunks, cols, partials, out);
+  column_finish_kernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 32), 0, stream()>>>(chunks, cols, partials,
+                                                                                              out);
   cuda::detail::check(cudaGetLastError(), name, __FILE__, __LINE__);
 }
 
@@ -115,6 +129,44 @@ void launch_column_sum(const char* name, std::int64_t rows, std::int64_t cols, T
                           0, stream()>>>(rows, cols, chunk_rows, term, partials);
   cuda::detail::check(cudaGetLastError(), name, __FILE__, __LINE__);
   finish_columns(name, chunks, cols, partials, out);
+}
+
+// Activation backward with the bias gradient: a block owns 256 * 4 columns of 64 rows; each thread loads its four
+// columns of a row before it stores any (so the loads overlap), writes dz and keeps the column sums in double
+// registers; the partials of each chunk of rows go to a table that finish_columns adds up in order.
+inline constexpr int bias_backward_rows = 64;
+
+__global__ void __launch_bounds__(256) bias_activation_backward_kernel(std::int64_t rows, std::int64_t cols,
+                                                                      activation act, const float* z,
+                                                                      const float* dy, float* dz,
+                                                                      double* partials) {
+  const std::int64_t c0 = blockIdx.x * 1024ll + threadIdx.x;
+  const std::int64_t first = blockIdx.y * std::int64_t(bias_backward_rows);
+  const std::int64_t last = min(rows, first + bias_backward_rows);
+  double sum[4] = {0.0, 0.0, 0.0, 0.0};
+  for (std::int64_t r = first; r < last; ++r) {
+    float zv[4], gv[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const std::int64_t c = c0 + 256 * j;
+      zv[j] = c < cols ? z[r * cols + c] : 0.0f;
+      gv[j] = c < cols ? dy[r * cols + c] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const std::int64_t c = c0 + 256 * j;
+      if (c < cols) {
+        const float g = act_backward(act, zv[j], gv[j]);
+        dz[r * cols + c] = g;
+        sum[j] += static_cast<double>(g);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const std::int64_t c = c0 + 256 * j;
+    if (c < cols) partials[blockIdx.y * cols + c] = sum[j];
+  }
 }
 
 inline void check_bias(std::string_view op, const tensor& bias, std::int64_t cols) {
@@ -242,7 +294,20 @@ void bias_activation_backward(cuda_t, const tensor& z, const tensor& dy, tensor&
   float* pdz = dz.device_data<float>();
   if (dbias) {
     cuda_detail::check_bias(op, *dbias, cols);
-    // One pass: each thread writes dz for its column's rows and sums them into the bias gradient.
+    if (rows == 0 || cols == 0) return;
+    // One pass: dz, and the bias gradient's partial sums per chunk of rows, then the chunks added in order.
+    const std::int64_t chunks = (rows + cuda_detail::bias_backward_rows - 1) / cuda_detail::bias_backward_rows;
+    if (chunks <= 65535) {
+      const tensor table = cuda_detail::partial_table(chunks, cols);
+      auto* partials = reinterpret_cast<double*>(const_cast<std::byte*>(table.bytes_data()));
+      cuda_detail::bias_activation_backward_kernel<<<dim3(static_cast<unsigned>((cols + 1023) / 1024),
+                                                          static_cast<unsigned>(chunks)),
+                                                     256, 0, cuda_detail::stream()>>>(rows, cols, act, pz, pdy, pdz,
+                                                                                      partials);
+      DMOE_CUDA_CHECK_LAUNCH("bias_activation_backward_kernel");
+      cuda_detail::finish_columns(op.data(), chunks, cols, partials, dbias->device_data<float>());
+      return;
+    }
     cuda_detail::launch_column_sum(
         op.data(), rows, cols,
         [=] __device__(std::int64_t r, std::int64_t c) {

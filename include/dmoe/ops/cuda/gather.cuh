@@ -41,6 +41,58 @@ inline void check_indices(std::string_view op, std::string_view what, const tens
       fmt::format("{}: {} {} at position {} is outside [0, {})", op, what, value, bad, limit));
 }
 
+// Row copies for gather (SCATTER false: dst[r] = src[idx[r]]) and scatter-add (dst[idx[r]] += scale[r] src[r]):
+// a block per row (grid-stride), its threads along the row, four floats at a time when rows allow.
+template <bool SCATTER, bool VEC4>
+__global__ void __launch_bounds__(256) row_move_kernel(std::int64_t n, std::int64_t row, const float* src,
+                                                      const std::int64_t* idx, const float* scale, float* dst) {
+  for (std::int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const std::int64_t other = idx[r];
+    if constexpr (!SCATTER) {
+      const float* from = src + other * row;
+      float* to = dst + r * row;
+      if constexpr (VEC4) {
+        for (std::int64_t c = threadIdx.x; c < row / 4; c += blockDim.x)
+          reinterpret_cast<float4*>(to)[c] = reinterpret_cast<const float4*>(from)[c];
+      } else {
+        for (std::int64_t c = threadIdx.x; c < row; c += blockDim.x) to[c] = from[c];
+      }
+    } else {
+      const float s = scale ? scale[r] : 1.0f;
+      const float* from = src + r * row;
+      float* to = dst + other * row;
+      if constexpr (VEC4) {
+        for (std::int64_t c = threadIdx.x; c < row / 4; c += blockDim.x) {
+          const float4 v = reinterpret_cast<const float4*>(from)[c];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float4*>(to) + c, make_float4(s * v.x, s * v.y, s * v.z, s * v.w));
+#else
+          atomicAdd(to + 4 * c, s * v.x);
+          atomicAdd(to + 4 * c + 1, s * v.y);
+          atomicAdd(to + 4 * c + 2, s * v.z);
+          atomicAdd(to + 4 * c + 3, s * v.w);
+#endif
+        }
+      } else {
+        for (std::int64_t c = threadIdx.x; c < row; c += blockDim.x) atomicAdd(to + c, s * from[c]);
+      }
+    }
+  }
+}
+
+template <bool SCATTER>
+void launch_row_move(const char* name, std::int64_t n, std::int64_t row, const float* src, const std::int64_t* idx,
+                     const float* scale, float* dst) {
+  if (n == 0 || row == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(n, 132 * 16));
+  const int threads = row >= 1024 ? 256 : row >= 256 ? 64 : 32;
+  if (aligned4(row, {src, dst}))
+    row_move_kernel<SCATTER, true><<<blocks, threads, 0, stream()>>>(n, row, src, idx, scale, dst);
+  else
+    row_move_kernel<SCATTER, false><<<blocks, threads, 0, stream()>>>(n, row, src, idx, scale, dst);
+  cuda::detail::check(cudaGetLastError(), name, __FILE__, __LINE__);
+}
+
 inline std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -59,11 +111,8 @@ void gather_rows(cuda_t, const tensor& x, const tensor& indices, tensor& y) {
   const std::int64_t n = indices.dim(0), row = x.dim(0) == 0 ? 0 : x.numel() / x.dim(0);
   cuda_detail::prepare_output(op, "y", y, x.shape().with(0, n));
   if (y.overlaps(x)) throw invalid_argument_error(fmt::format("{}: y overlaps x", op));
-  const float* px = x.device_data<float>();
-  const std::int64_t* pi = indices.device_data<std::int64_t>();
-  float* py = y.device_data<float>();
-  cuda_detail::launch_map(op.data(), n * row,
-                          [=] __device__(std::int64_t i) { py[i] = px[pi[i / row] * row + i % row]; });
+  cuda_detail::launch_row_move<false>(op.data(), n, row, x.device_data<float>(), indices.device_data<std::int64_t>(),
+                                      nullptr, y.device_data<float>());
 }
 
 void scatter_add_rows(cuda_t, const tensor& x, const tensor& indices, const tensor& scale, tensor& y) {
@@ -80,15 +129,9 @@ void scatter_add_rows(cuda_t, const tensor& x, const tensor& indices, const tens
   cuda_detail::check_indices(op, "index", indices, y.dim(0));
   if (y.overlaps(x)) throw invalid_argument_error(fmt::format("{}: y overlaps x", op));
   const std::int64_t n = indices.dim(0), row = y.shape().without_first().numel();
-  const float* px = x.device_data<float>();
-  const std::int64_t* pi = indices.device_data<std::int64_t>();
-  const float* ps = scale.empty() ? nullptr : scale.device_data<float>();
-  float* py = y.device_data<float>();
   // Repeated indices add up with atomic adds: their order (and so the last bits) is not fixed.
-  cuda_detail::launch_map(op.data(), n * row, [=] __device__(std::int64_t i) {
-    const std::int64_t r = i / row;
-    atomicAdd(py + pi[r] * row + i % row, ps ? ps[r] * px[i] : px[i]);
-  });
+  cuda_detail::launch_row_move<true>(op.data(), n, row, x.device_data<float>(), indices.device_data<std::int64_t>(),
+                                     scale.empty() ? nullptr : scale.device_data<float>(), y.device_data<float>());
 }
 
 void embedding_forward(cuda_t, const tensor& table, const tensor& ids, tensor& y) {
@@ -100,11 +143,8 @@ void embedding_forward(cuda_t, const tensor& table, const tensor& ids, tensor& y
   std::vector<std::int64_t> out_dims(ids.shape().begin(), ids.shape().end());
   out_dims.push_back(dim);
   cuda_detail::prepare_output(op, "y", y, shape(std::span<const std::int64_t>(out_dims)));
-  const float* pt = table.device_data<float>();
-  const std::int64_t* pi = ids.device_data<std::int64_t>();
-  float* py = y.device_data<float>();
-  cuda_detail::launch_map(op.data(), n * dim,
-                          [=] __device__(std::int64_t i) { py[i] = pt[pi[i / dim] * dim + i % dim]; });
+  cuda_detail::launch_row_move<false>(op.data(), n, dim, table.device_data<float>(), ids.device_data<std::int64_t>(),
+                                      nullptr, y.device_data<float>());
 }
 
 void embedding_backward(cuda_t, const tensor& ids, const tensor& dy, tensor& dtable) {
@@ -116,11 +156,8 @@ void embedding_backward(cuda_t, const tensor& ids, const tensor& dy, tensor& dta
   const std::int64_t dim = dtable.dim(1), n = ids.numel();
   if (dy.numel() != n * dim)
     throw shape_error(fmt::format("{}: dy is {} for ids {} and dim {}", op, dy.shape(), ids.shape(), dim));
-  const float* pd = dy.device_data<float>();
-  const std::int64_t* pi = ids.device_data<std::int64_t>();
-  float* pt = dtable.device_data<float>();
-  cuda_detail::launch_map(op.data(), n * dim,
-                          [=] __device__(std::int64_t i) { atomicAdd(pt + pi[i / dim] * dim + i % dim, pd[i]); });
+  cuda_detail::launch_row_move<true>(op.data(), n, dim, dy.device_data<float>(), ids.device_data<std::int64_t>(),
+                                     nullptr, dtable.device_data<float>());
 }
 
 void dropout_mask(cuda_t, tensor& mask, float p, random_engine& gen) {
@@ -157,7 +194,21 @@ void convert(cuda_t, const tensor& x, dtype target, tensor& y) {
   const std::int64_t n = x.numel();
   const void* src = x.bytes_data();
   void* dst = y.bytes_data();
-  if (narrowing && target == dtype::f16)
+  if (narrowing && cuda_detail::aligned4(n, {src, dst})) {  // four values a thread: 16-byte loads, 8-byte stores
+    const bool to_f16 = target == dtype::f16;
+    cuda_detail::launch_map("convert f32->16 bits", n / 4, [=] __device__(std::int64_t i) {
+      const float4 v = static_cast<const float4*>(src)[i];
+      if (to_f16) {
+        __half2* out = static_cast<__half2*>(dst) + 2 * i;
+        out[0] = __floats2half2_rn(v.x, v.y);
+        out[1] = __floats2half2_rn(v.z, v.w);
+      } else {
+        __nv_bfloat162* out = static_cast<__nv_bfloat162*>(dst) + 2 * i;
+        out[0] = __floats2bfloat162_rn(v.x, v.y);
+        out[1] = __floats2bfloat162_rn(v.z, v.w);
+      }
+    });
+  } else if (narrowing && target == dtype::f16)
     cuda_detail::launch_map("convert f32->f16", n, [=] __device__(std::int64_t i) {
       static_cast<__half*>(dst)[i] = __float2half_rn(static_cast<const float*>(src)[i]);
     });

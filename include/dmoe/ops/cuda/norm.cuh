@@ -145,7 +145,8 @@ __global__ void cross_entropy_kernel(std::int64_t rows, std::int64_t classes, co
   double s = 0.0;
   for (std::int64_t i = lane; i < classes; i += 32) s += expf(xr[i] - m);
   s = warp_sum(s);
-  const float target = xr[label];
+  const bool valid = label >= 0 && label < classes;
+  const float target = valid ? xr[label] : 0.0f;  // a bad label is reported after the kernel
   if (lane == 0) row_loss[r] = log(s) + (static_cast<double>(m) - static_cast<double>(target));
   if (dx) {
     const float inv_rows = 1.0f / static_cast<float>(rows);
@@ -230,90 +231,103 @@ __global__ void __launch_bounds__(THREADS) layer_norm_forward_block_kernel(std::
   }
 }
 
-// Layer norm backward for a chunk of rows per block, dgamma and dbeta included: warps compute each row's sums,
-// then every thread walks its columns down the chunk (the chunk's x and dy come back from L2), writing dx and
-// adding its columns' dgamma/dbeta terms in double registers; the block's partials go to [chunks, d] tables.
-inline constexpr int ln_backward_threads = 256;
-inline constexpr int ln_backward_chunk = 32;
+// Layer norm backward, `rows_per_block` rows per block with each row in registers (VPT values per thread; the
+// next row's loads are issued before this row's sums): dx, and the block's dgamma/dbeta partials kept in double
+// registers (every thread owns the same columns in every row) and written to [blocks, d] tables at the end.
+inline constexpr int ln_backward_rows_per_block = 16;
 
-template <int CPT>  // columns per thread: d <= 256 * CPT
-__global__ void __launch_bounds__(ln_backward_threads)
-    layer_norm_backward_fused_kernel(std::int64_t rows, std::int64_t d, const float* x, const float* gamma,
-                                     const float* mean, const float* rstd, const float* dy, float* dx,
-                                     double* dgamma_partial, double* dbeta_partial) {
-  __shared__ float row_lo[ln_backward_chunk], row_md[ln_backward_chunk], row_mdx[ln_backward_chunk];
-  __shared__ double row_m[ln_backward_chunk], row_mean_dxhat[ln_backward_chunk], row_mean_dxhat_xhat[ln_backward_chunk];
-  __shared__ bool row_wide[ln_backward_chunk];
-  const std::int64_t first = blockIdx.x * std::int64_t(ln_backward_chunk);
-  const int count = static_cast<int>(rows - first < ln_backward_chunk ? rows - first : ln_backward_chunk);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+template <int THREADS>
+__device__ __forceinline__ void block_sum3(double& a, double& b, double& c, double (*scratch)[THREADS / 32]) {
+  a = warp_sum(a);
+  b = warp_sum(b);
+  c = warp_sum(c);
+  if (threadIdx.x % 32 == 0) {
+    scratch[0][threadIdx.x / 32] = a;
+    scratch[1][threadIdx.x / 32] = b;
+    scratch[2][threadIdx.x / 32] = c;
+  }
+  __syncthreads();
+  a = b = c = 0.0;
+  for (int w = 0; w < THREADS / 32; ++w) {
+    a += scratch[0][w];
+    b += scratch[1][w];
+    c += scratch[2][w];
+  }
+  __syncthreads();
+}
+
+template <int THREADS, int VPT>
+__global__ void __launch_bounds__(THREADS)
+    layer_norm_backward_rows_kernel(std::int64_t rows, std::int64_t d, const float* x, const float* gamma,
+                                    const float* mean, const float* rstd, const float* dy, float* dx,
+                                    double* dgamma_partial, double* dbeta_partial) {
+  __shared__ double scratch[3][THREADS / 32];
+  const std::int64_t first = blockIdx.x * std::int64_t(ln_backward_rows_per_block);
+  const std::int64_t last = min(rows, first + ln_backward_rows_per_block);
   const double n = static_cast<double>(d);
-  for (int k = warp; k < count; k += ln_backward_threads / 32) {
-    const std::int64_t r = first + k;
-    const float* xr = x + r * d;
-    const float* dyr = dy + r * d;
-    const float m_hi = mean[r];
-    const double s = rstd[r];
+  float g[VPT], xv[VPT], yv[VPT];
+  double dg[VPT], db[VPT];
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
+    g[j] = i < d ? gamma[i] : 0.0f;
+    dg[j] = db[j] = 0.0;
+    xv[j] = i < d ? x[first * d + i] : 0.0f;
+    yv[j] = i < d ? dy[first * d + i] : 0.0f;
+  }
+  for (std::int64_t r = first; r < last; ++r) {
+    float xn[VPT], yn[VPT];
+    const bool more = r + 1 < last;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
+      xn[j] = more && i < d ? x[(r + 1) * d + i] : 0.0f;
+      yn[j] = more && i < d ? dy[(r + 1) * d + i] : 0.0f;
+    }
+    const float m_hi = mean[r], sf = rstd[r];
+    const double s = sf;
     double a = 0.0, b = 0.0, c = 0.0;
-    for (std::int64_t i = lane; i < d; i += 32) {
-      const double gy = static_cast<double>(dyr[i]) * static_cast<double>(gamma[i]);
-      const double xc = static_cast<double>(xr[i]) - static_cast<double>(m_hi);
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      if (threadIdx.x + std::int64_t(j) * THREADS >= d) continue;
+      const double gy = static_cast<double>(yv[j]) * static_cast<double>(g[j]);
+      const double xc = static_cast<double>(xv[j]) - static_cast<double>(m_hi);
       a += gy;
       b += gy * xc;
       c += xc;
     }
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    if (lane == 0) {
-      const double m_lo = c / n;
-      const double md = a / n;
-      const double mdx = s * (b - m_lo * a) / n;
-      row_lo[k] = static_cast<float>(m_lo);
-      row_md[k] = static_cast<float>(md);
-      row_mdx[k] = static_cast<float>(mdx);
-      row_m[k] = static_cast<double>(m_hi) + m_lo;
-      row_mean_dxhat[k] = md;
-      row_mean_dxhat_xhat[k] = mdx;
-      row_wide[k] = sqrt(n) >= 0x1p126 * s;
-    }
-  }
-  __syncthreads();
-  double dg[CPT], db[CPT];
-#pragma unroll
-  for (int j = 0; j < CPT; ++j) dg[j] = db[j] = 0.0;
-  for (int k = 0; k < count; ++k) {
-    const std::int64_t r = first + k;
-    const float m_hi = mean[r], sf = rstd[r];
-    const float* xr = x + r * d;
-    const float* dyr = dy + r * d;
+    block_sum3<THREADS>(a, b, c, scratch);
+    const double m_lo = c / n, mean_dxhat = a / n, mean_dxhat_xhat = s * (b - m_lo * a) / n;
+    const bool wide = sqrt(n) >= 0x1p126 * s;
+    const auto lo = static_cast<float>(m_lo), md = static_cast<float>(mean_dxhat),
+               mdx = static_cast<float>(mean_dxhat_xhat);
     float* dxr = dx + r * d;
 #pragma unroll
-    for (int j = 0; j < CPT; ++j) {
-      const std::int64_t i = threadIdx.x + std::int64_t(j) * ln_backward_threads;
-      if (i >= d) break;
-      const float g = dyr[i];  // read before dx[i] is written: dx may be dy
-      if (!row_wide[k]) {
-        const float xhat = ((xr[i] - m_hi) - row_lo[k]) * sf;
-        dg[j] += static_cast<double>(g * xhat);
-        db[j] += static_cast<double>(g);
-        dxr[i] = (g * gamma[i] - row_md[k] - xhat * row_mdx[k]) * sf;
+    for (int j = 0; j < VPT; ++j) {
+      const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
+      if (i >= d) continue;
+      if (!wide) {
+        const float xhat = ((xv[j] - m_hi) - lo) * sf;
+        dg[j] += static_cast<double>(yv[j] * xhat);
+        db[j] += static_cast<double>(yv[j]);
+        dxr[i] = (yv[j] * g[j] - md - xhat * mdx) * sf;
       } else {
-        const double s = sf;
-        const double xhat = (static_cast<double>(xr[i]) - row_m[k]) * s;
-        dg[j] += static_cast<double>(g) * xhat;
-        db[j] += static_cast<double>(g);
-        dxr[i] = static_cast<float>(
-            (static_cast<double>(g) * gamma[i] - row_mean_dxhat[k] - xhat * row_mean_dxhat_xhat[k]) * s);
+        const double xhat = (static_cast<double>(xv[j]) - (static_cast<double>(m_hi) + m_lo)) * s;
+        dg[j] += static_cast<double>(yv[j]) * xhat;
+        db[j] += static_cast<double>(yv[j]);
+        dxr[i] = static_cast<float>((static_cast<double>(yv[j]) * g[j] - mean_dxhat - xhat * mean_dxhat_xhat) * s);
       }
+      xv[j] = xn[j];
+      yv[j] = yn[j];
     }
   }
 #pragma unroll
-  for (int j = 0; j < CPT; ++j) {
-    const std::int64_t i = threadIdx.x + std::int64_t(j) * ln_backward_threads;
-    if (i >= d) break;
-    dgamma_partial[blockIdx.x * d + i] = dg[j];
-    dbeta_partial[blockIdx.x * d + i] = db[j];
+  for (int j = 0; j < VPT; ++j) {
+    const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
+    if (i < d) {
+      dgamma_partial[blockIdx.x * d + i] = dg[j];
+      dbeta_partial[blockIdx.x * d + i] = db[j];
+    }
   }
 }
 
@@ -364,7 +378,7 @@ __global__ void __launch_bounds__(THREADS) cross_entropy_block_kernel(std::int64
     v[j] = i < classes ? xr[i] : -INFINITY;
     m = fmaxf(m, v[j]);
   }
-  const float target = xr[label];
+  const float target = label >= 0 && label < classes ? xr[label] : 0.0f;  // a bad label is reported afterwards
   m = block_max<THREADS>(m, fscratch);
   double s = 0.0;
 #pragma unroll
@@ -388,8 +402,9 @@ __global__ void __launch_bounds__(THREADS) cross_entropy_block_kernel(std::int64
 template <class F>
 bool with_row_block(std::int64_t n, F&& f) {
   if (n <= 1024) return f.template operator()<128, 8>();
-  if (n <= 4096) return f.template operator()<256, 16>();
-  if (n <= 8192) return f.template operator()<512, 16>();
+  if (n <= 2048) return f.template operator()<256, 8>();
+  if (n <= 4096) return f.template operator()<512, 8>();
+  if (n <= 8192) return f.template operator()<1024, 8>();
   if (n <= 32768) return f.template operator()<1024, 32>();
   return false;
 }
@@ -446,26 +461,22 @@ void layer_norm_backward(cuda_t, const tensor& x, const tensor& gamma, const ten
   expect_shape(op, "rstd", rstd, shape{rows});
   cuda_detail::prepare_output(op, "dx", dx, x.shape());
   if (rows == 0 || d == 0) return;
-  if (d <= 4096) {  // one fused pass: dx, and dgamma/dbeta partials per chunk of rows
-    const std::int64_t chunks = (rows + cuda_detail::ln_backward_chunk - 1) / cuda_detail::ln_backward_chunk;
-    const tensor tables = cuda_detail::partial_table(2 * chunks, d);
+  if (d >= 64 && d <= 8192) {  // one pass: dx, and dgamma/dbeta partials per block of rows
+    const std::int64_t blocks =
+        (rows + cuda_detail::ln_backward_rows_per_block - 1) / cuda_detail::ln_backward_rows_per_block;
+    const tensor tables = cuda_detail::partial_table(2 * blocks, d);
     auto* dg_partial = reinterpret_cast<double*>(const_cast<std::byte*>(tables.bytes_data()));
-    double* db_partial = dg_partial + chunks * d;
-    const auto launch = [&]<int CPT>() {
-      cuda_detail::layer_norm_backward_fused_kernel<CPT>
-          <<<static_cast<unsigned>(chunks), cuda_detail::ln_backward_threads, 0, cuda_detail::stream()>>>(
+    double* db_partial = dg_partial + blocks * d;
+    cuda_detail::with_row_block(d, [&]<int THREADS, int VPT>() {
+      cuda_detail::layer_norm_backward_rows_kernel<THREADS, VPT>
+          <<<static_cast<unsigned>(blocks), THREADS, 0, cuda_detail::stream()>>>(
               rows, d, x.device_data<float>(), gamma.device_data<float>(), mean.device_data<float>(),
               rstd.device_data<float>(), dy.device_data<float>(), dx.device_data<float>(), dg_partial, db_partial);
-      DMOE_CUDA_CHECK_LAUNCH("layer_norm_backward_fused_kernel");
-    };
-    if (d <= 256)
-      launch.template operator()<1>();
-    else if (d <= 1024)
-      launch.template operator()<4>();
-    else
-      launch.template operator()<16>();
-    cuda_detail::finish_columns("layer_norm_backward dgamma", chunks, d, dg_partial, dgamma.device_data<float>());
-    cuda_detail::finish_columns("layer_norm_backward dbeta", chunks, d, db_partial, dbeta.device_data<float>());
+      DMOE_CUDA_CHECK_LAUNCH("layer_norm_backward_rows_kernel");
+      return true;
+    });
+    cuda_detail::finish_columns("layer_norm_backward dgamma", blocks, d, dg_partial, dgamma.device_data<float>());
+    cuda_detail::finish_columns("layer_norm_backward dbeta", blocks, d, db_partial, dbeta.device_data<float>());
     return;
   }
   // Wider rows: a warp per row for dx, then column sums for dgamma and dbeta (dy kept apart: dx may be dy).
@@ -530,23 +541,33 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
     throw shape_error(fmt::format("{}: logits is {} ({} rows) but labels is {}", op, logits.shape(), rows,
                                   labels.shape()));
   if (rows == 0) throw invalid_argument_error(fmt::format("{}: logits is {}: no rows to average over", op, logits.shape()));
-  // Labels are checked before anything is written: a bad one leaves an in-place gradient untouched.
-  tensor flag = tensor::uninitialized(shape{8}, dtype::u8, device::cuda);
-  auto* first_bad = reinterpret_cast<unsigned long long*>(flag.bytes_data());
-  const unsigned long long none = ~0ull;
-  DMOE_CUDA_CHECK(cudaMemcpyAsync(first_bad, &none, sizeof none, cudaMemcpyHostToDevice, cuda_detail::stream()));
   const std::int64_t* pl = labels.device_data<std::int64_t>();
+  // Labels are checked on the device: when the gradient overwrites the logits, before anything is written (a bad
+  // label then leaves them untouched); else in the same stream as the loss and read back with it (one copy).
+  tensor result = tensor::uninitialized(shape{16}, dtype::u8, device::cuda);  // {double loss, u64 first bad row}
+  auto* loss_out = reinterpret_cast<double*>(result.bytes_data());
+  auto* first_bad = reinterpret_cast<unsigned long long*>(result.bytes_data() + 8);
+  const unsigned long long none = ~0ull;
+  DMOE_CUDA_CHECK(cudaMemsetAsync(first_bad, 0xff, sizeof none, cuda_detail::stream()));
   cuda_detail::check_labels_kernel<<<cuda_detail::blocks_for(rows, 256), 256, 0, cuda_detail::stream()>>>(
       rows, classes, pl, first_bad);
   DMOE_CUDA_CHECK_LAUNCH("check_labels_kernel");
-  unsigned long long bad = none;
-  DMOE_CUDA_CHECK(cudaMemcpyAsync(&bad, first_bad, sizeof bad, cudaMemcpyDeviceToHost, cuda_detail::stream()));
-  DMOE_CUDA_CHECK(cudaStreamSynchronize(cuda_detail::stream()));
-  if (bad != none) {
+  struct {
+    double loss;
+    unsigned long long bad;
+  } host{0.0, none};
+  const auto read_back = [&] {
+    DMOE_CUDA_CHECK(cudaMemcpyAsync(&host, result.bytes_data(), sizeof host, cudaMemcpyDeviceToHost,
+                                    cuda_detail::stream()));
+    DMOE_CUDA_CHECK(cudaStreamSynchronize(cuda_detail::stream()));
+    if (host.bad == none) return;
     std::int64_t value = 0;
-    DMOE_CUDA_CHECK(cudaMemcpy(&value, pl + bad, sizeof value, cudaMemcpyDeviceToHost));
-    throw invalid_argument_error(fmt::format("{}: label {} of row {} is outside [0, {})", op, value, bad, classes));
-  }
+    DMOE_CUDA_CHECK(cudaMemcpy(&value, pl + host.bad, sizeof value, cudaMemcpyDeviceToHost));
+    throw invalid_argument_error(
+        fmt::format("{}: label {} of row {} is outside [0, {})", op, value, host.bad, classes));
+  };
+  const bool in_place = dlogits && !dlogits->empty() && dlogits->overlaps(logits);
+  if (in_place) read_back();
   if (dlogits) cuda_detail::prepare_output(op, "dlogits", *dlogits, logits.shape());
   tensor row_loss = tensor::uninitialized(shape{rows * 8}, dtype::u8, device::cuda);
   auto* losses = reinterpret_cast<double*>(row_loss.bytes_data());
@@ -564,8 +585,11 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
                                                                  losses);
     DMOE_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
   }
-  const double total =
-      cuda_detail::sum_f64("cross_entropy sum", rows, [=] __device__(std::int64_t i) { return losses[i]; });
+  tensor scratch;
+  cuda_detail::sum_f64_into("cross_entropy sum", rows, [=] __device__(std::int64_t i) { return losses[i]; }, loss_out,
+                            scratch);
+  read_back();
+  const double total = host.loss;
   return static_cast<float>(total / static_cast<double>(rows));
 }
 
