@@ -107,13 +107,31 @@ BOOST_AUTO_TEST_CASE(resize_reuses_only_unshared_storage) {
   BOOST_TEST(t.numel() == 100);
 }
 
+// This executable does not link dmoe::cuda: device tensors and devices are refused with the reason.
 BOOST_AUTO_TEST_CASE(device_storage_is_refused_clearly) {
   try {
     tensor t(shape{2}, dtype::f32, device::cuda);
     BOOST_FAIL("device storage was allocated");
-  } catch (const invalid_argument_error& e) {
-    BOOST_TEST(std::string(e.what()).find("cuda") != std::string::npos);
+  } catch (const device_error& e) {
+    BOOST_TEST(std::string(e.what()).find("no CUDA backend") != std::string::npos);
   }
+  BOOST_CHECK_THROW(tensor(shape{2}).to(device::cuda), device_error);
+  BOOST_CHECK(!cuda_available());
+  BOOST_CHECK_NO_THROW(use_device(parse_device("cpu")));
+  BOOST_CHECK_THROW(use_device(parse_device("cuda:0")), device_error);
+}
+
+BOOST_AUTO_TEST_CASE(devices_are_parsed_by_name) {
+  BOOST_TEST(parse_device("cpu").kind == device::host);
+  BOOST_TEST(parse_device("host").kind == device::host);
+  BOOST_TEST((parse_device("cuda") == device_choice{device::cuda, 0}));
+  BOOST_TEST((parse_device("cuda:3") == device_choice{device::cuda, 3}));
+  BOOST_TEST(parse_device("cuda:3").text() == "cuda:3");
+  for (const char* bad : {"", "gpu", "cuda:", "cuda:-1", "cuda:1x", "cuda:99999", "CUDA:0", " cpu"})
+    BOOST_CHECK_THROW(parse_device(bad), invalid_argument_error);
+  // A host tensor's to(host) shares its storage; copy_from stays a host copy.
+  const tensor t = tensor::full(shape{3}, 2.0f);
+  BOOST_TEST(t.to(device::host).shares_storage_with(t));
 }
 
 BOOST_AUTO_TEST_CASE(shape_errors_name_both_shapes) {

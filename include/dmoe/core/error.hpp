@@ -25,6 +25,7 @@ enum class errc {
   shape,             // tensors of incompatible shapes
   corrupt,           // stored data failed a checksum or format check
   unavailable,       // no peer could serve the request
+  device,            // an accelerator (CUDA) call failed, or no accelerator is there
 };
 
 constexpr std::string_view to_string(errc code) noexcept {
@@ -40,6 +41,7 @@ constexpr std::string_view to_string(errc code) noexcept {
     case errc::shape: return "shape";
     case errc::corrupt: return "corrupt";
     case errc::unavailable: return "unavailable";
+    case errc::device: return "device";
   }
   return "unknown";
 }
@@ -69,6 +71,7 @@ DMOE_DEFINE_ERROR(invalid_argument_error, invalid_argument)
 DMOE_DEFINE_ERROR(shape_error, shape)
 DMOE_DEFINE_ERROR(corrupt_error, corrupt)
 DMOE_DEFINE_ERROR(unavailable_error, unavailable)
+DMOE_DEFINE_ERROR(device_error, device)
 #undef DMOE_DEFINE_ERROR
 
 // An error the operating system reported, with its errno.

@@ -10,6 +10,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/nn/linear.hpp>
+#include <dmoe/ops/cuda.hpp>  // declarations only: the CUDA path of product_key_topk
 #include <dmoe/nn/module.hpp>
 #include <dmoe/nn/parameter.hpp>
 #include <dmoe/ops/backend.hpp>
@@ -108,6 +109,42 @@ DMOE_DECL grid_selection product_key_topk(const tensor& grid_scores, std::span<c
 // (added up over the experts that share it).
 DMOE_DECL tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores);
 
+// product_key_topk on the backend's device: the CPU's on the host; on CUDA the kernel of ops/cuda (k <= 256 and
+// extents <= 4096; beyond them the CPU's on a host copy). Same result, same errors.
+template <class Backend>
+grid_selection product_key_topk(Backend, const tensor& grid_scores, std::span<const std::uint32_t> grid,
+                                std::int64_t k) {
+  if constexpr (Backend::device == device::host) {
+    return product_key_topk(grid_scores, grid, k);
+  } else {
+    detail::check_grid("product_key_topk", grid);
+    detail::check_grid_keys("product_key_topk", grid);
+    const bool within = k <= ops::cuda_product_key_max_k &&
+                        std::all_of(grid.begin(), grid.end(),
+                                    [](std::uint32_t e) { return e <= ops::cuda_product_key_max_extent; });
+    if (!within || grid_scores.device() != Backend::device)
+      return product_key_topk(grid_scores.to(device::host), grid, k);
+    tensor scores, keys;
+    ops::product_key_topk(Backend{}, grid_scores, grid, k, scores, keys);
+    const tensor hs = scores.to(device::host), hk = keys.to(device::host);
+    grid_selection out;
+    out.grid.assign(grid.begin(), grid.end());
+    out.batch_size = grid_scores.dim(0);
+    out.k = k;
+    out.scores.assign(hs.data<float>(), hs.data<float>() + hs.numel());
+    out.coordinates.resize(static_cast<std::size_t>(hk.numel()) * grid.size());
+    const std::int64_t* key = hk.data<std::int64_t>();
+    for (std::int64_t i = 0; i < hk.numel(); ++i) {
+      auto rest = static_cast<std::uint64_t>(key[i]);
+      for (std::size_t d = grid.size(); d-- > 0;) {
+        out.coordinates[static_cast<std::size_t>(i) * grid.size() + d] = static_cast<std::uint32_t>(rest % grid[d]);
+        rest /= grid[d];
+      }
+    }
+    return out;
+  }
+}
+
 // The gating function of a DMoE layer: a linear projection of each input row to grid scores
 // [batch, sum(grid)], the exact top-k experts of those scores, and the backward pass from the
 // chosen experts' score gradients to the input and the projection's weights.
@@ -125,9 +162,9 @@ class grid_gating : public nn::module {
   // d loss / d grid scores [batch, sum(grid)] -> d loss / d x; the projection's gradients accumulate.
   tensor backward(const tensor& grad_grid_scores) override { return projection_.backward(grad_grid_scores); }
 
-  // The k best experts of each row of grid scores returned by forward.
+  // The k best experts of each row of grid scores returned by forward (on the backend's device).
   grid_selection select(const tensor& grid_scores, std::int64_t k) const {
-    return product_key_topk(grid_scores, grid_, k);
+    return product_key_topk(Backend{}, grid_scores, grid_, k);
   }
   // Backward from d loss / d score of each selected expert ([batch, k]) of the last forward.
   tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
@@ -135,7 +172,7 @@ class grid_gating : public nn::module {
       throw invalid_argument_error(
           fmt::format("grid_gating: selection is over grid {} but the gating's grid is {}",
                       detail::grid_text(selection.grid), detail::grid_text(grid_)));
-    return backward(grid_scores_backward(selection, grad_scores));
+    return backward(grid_scores_backward(selection, grad_scores.to(device::host)).to(Backend::device));
   }
 
   nn::parameter_list parameters() override {

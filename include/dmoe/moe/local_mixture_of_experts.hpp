@@ -142,14 +142,18 @@ class local_mixture_of_experts : public nn::module {
   // x [batch] + input sample shape -> [batch] + output sample shape, with every expert answering.
   tensor forward(const tensor& x) override { return forward(x, call_conditions{}); }
 
-  tensor forward(const tensor& x, const call_conditions& call) {
-    schema_.input.check(op, x);
+  // On CUDA the gating and the experts compute on the device; routing and mixing run on the host (one copy of x,
+  // the experts' inputs and outputs, and the result cross the bus).
+  tensor forward(const tensor& x_in, const call_conditions& call) {
+    schema_.input.check(op, x_in);
     pending_ = false;
     batches_.clear();
+    const tensor x = x_in.to(device::host);
     const std::int64_t batch = x.dim(0);
-    const tensor scores = gating_.forward(gating_input(x));
+    const tensor scores = gating_.forward(gating_input(x).to(Backend::device));
     routing_ = moe_routing{};
-    routing_.selection = call.selection ? rescored(*call.selection, scores) : gating_.select(scores, options_.k);
+    routing_.selection =
+        call.selection ? rescored(*call.selection, scores.to(device::host)) : gating_.select(scores, options_.k);
     route(call.failed);
     run_experts(x);
     tensor out(schema_.output.batch_shape(batch));
@@ -166,7 +170,7 @@ class local_mixture_of_experts : public nn::module {
     }
     input_shape_ = x.shape();
     pending_ = true;
-    return out;
+    return out.to(Backend::device);
   }
 
   // dy [batch] + output sample shape -> dx; every responder answers backward.
@@ -175,10 +179,11 @@ class local_mixture_of_experts : public nn::module {
   // As backward(dy), with the experts (flat indices) whose backward fails: their dx counts as zero
   // and their parameters get no gradient; the softmax weights still get theirs (from the outputs).
   // One backward per forward.
-  tensor backward(const tensor& dy, std::span<const std::int64_t> failed) {
+  tensor backward(const tensor& dy_in, std::span<const std::int64_t> failed) {
     if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
     const std::int64_t batch = input_shape_.dim(0);
-    schema_.output.check(std::string(op) + " backward", dy);
+    schema_.output.check(std::string(op) + " backward", dy_in);
+    const tensor dy = dy_in.to(device::host);
     if (dy.dim(0) != batch)
       throw shape_error(fmt::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch));
     pending_ = false;
@@ -208,7 +213,8 @@ class local_mixture_of_experts : public nn::module {
         const float* g = pdy + eb.samples[r] * out_row;
         for (std::int64_t i = 0; i < out_row; ++i) de[r * out_row + i] = w * g[i];
       }
-      const tensor dx_expert = experts_[static_cast<std::size_t>(eb.expert)]->backward(dy_expert);
+      const tensor dx_expert =
+          experts_[static_cast<std::size_t>(eb.expert)]->backward(dy_expert.to(Backend::device)).to(device::host);
       schema_.input.check(fmt::format("{}: dx of expert {}", op, uids_[static_cast<std::size_t>(eb.expert)]),
                           dx_expert);
       if (dx_expert.dim(0) != rows)
@@ -232,9 +238,9 @@ class local_mixture_of_experts : public nn::module {
           ds[b * k + j] =
               static_cast<float>(routing_.weight(b, j) * (dweights[static_cast<std::size_t>(b * k + j)] - mean));
     }
-    add_gating_dx(gating_.backward_selected(routing_.selection, dscores), dx);
+    add_gating_dx(gating_.backward_selected(routing_.selection, dscores).to(device::host), dx);
     for (detail::expert_batch& eb : batches_) eb.output = tensor();
-    return dx;
+    return dx.to(Backend::device);
   }
 
   // "gating.projection.weight", "gating.projection.bias", then "experts.<uid>.<name>" for each expert.
@@ -518,7 +524,7 @@ class local_mixture_of_experts : public nn::module {
         std::memcpy(dst + r * in_row, px + eb.samples[static_cast<std::size_t>(r)] * in_row,
                     static_cast<std::size_t>(in_row) * sizeof(float));
       const std::string& name = uids_[static_cast<std::size_t>(eb.expert)];
-      eb.output = experts_[static_cast<std::size_t>(eb.expert)]->forward(sub);
+      eb.output = experts_[static_cast<std::size_t>(eb.expert)]->forward(sub.to(Backend::device)).to(device::host);
       schema_.output.check(fmt::format("{}: output of expert {}", op, name), eb.output);
       if (eb.output.dim(0) != rows)
         throw shape_error(fmt::format("{}: expert {} gave {} for {} rows", op, name, eb.output.shape(), rows));

@@ -5,6 +5,7 @@
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/activation.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -19,7 +20,7 @@ class activation_module : public module {
   // Keeps a handle on x until backward: do not modify x in between.
   tensor forward(const tensor& x) override {
     x_ = x;
-    y_.resize(x.shape());
+    y_.resize(x.shape(), dtype::f32, Backend::device);
     ops::activation_forward(Backend{}, x, y_, act_);
     return y_;
   }
@@ -27,7 +28,7 @@ class activation_module : public module {
   tensor backward(const tensor& dy) override {
     detail::check_forward_done(ops::to_string(act_), x_);
     expect_shape("activation backward", "dy", dy, x_.shape());
-    dx_.resize(x_.shape());
+    dx_.resize(x_.shape(), dtype::f32, Backend::device);
     ops::bias_activation_backward(Backend{}, x_, dy, dx_, nullptr, act_);
     x_ = tensor();
     return dx_;

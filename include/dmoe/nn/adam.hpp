@@ -4,6 +4,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/nn/optimizer.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/optimizer.hpp>
 #include <dmoe/ops/optimizer.hpp>
 
@@ -35,6 +36,20 @@ class adam : public optimizer {
   void update(float learning_rate, std::int64_t step) override {
     ops::adam_hyper h = hyper_;
     h.learning_rate = learning_rate;
+    if constexpr (Backend::device != device::host) {
+      // Every parameter in one kernel launch.
+      std::vector<tensor*> params, ms, vs;
+      std::vector<const tensor*> grads;
+      for (std::size_t i = 0; i < parameters_.size(); ++i) {
+        params.push_back(parameters_[i].value);
+        grads.push_back(parameters_[i].grad);
+        ms.push_back(&m_[i]);
+        vs.push_back(&v_[i]);
+      }
+      adam_step_many(Backend{}, std::span<tensor* const>(params), std::span<const tensor* const>(grads),
+                          std::span<tensor* const>(ms), std::span<tensor* const>(vs), step, h);
+      return;
+    }
     for (std::size_t i = 0; i < parameters_.size(); ++i)
       ops::adam_step(Backend{}, *parameters_[i].value, *parameters_[i].grad, m_[i], v_[i], step, h);
   }

@@ -5,6 +5,7 @@
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/attention.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -29,8 +30,8 @@ class causal_self_attention : public module {
     if (x.rank() != 3 || x.dim(2) != width_)
       throw shape_error(fmt::format("causal_self_attention: x is {} but should be [batch, seq, {}]", x.shape(), width_));
     qkv_out_ = qkv_.forward(x);
-    attended_.resize(x.shape());
-    probs_.resize(shape{x.dim(0), heads_, x.dim(1), x.dim(1)});
+    attended_.resize(x.shape(), dtype::f32, Backend::device);
+    probs_.resize(shape{x.dim(0), heads_, x.dim(1), x.dim(1)}, dtype::f32, Backend::device);
     ops::causal_attention_forward(Backend{}, qkv_out_, heads_, attended_, probs_);
     return proj_.forward(attended_);
   }
@@ -38,7 +39,7 @@ class causal_self_attention : public module {
   tensor backward(const tensor& dy) override {
     detail::check_forward_done("causal_self_attention", qkv_out_);
     const tensor dattended = proj_.backward(dy);
-    dqkv_.resize(qkv_out_.shape());
+    dqkv_.resize(qkv_out_.shape(), dtype::f32, Backend::device);
     ops::causal_attention_backward(Backend{}, qkv_out_, probs_, dattended, heads_, dqkv_);
     qkv_out_ = tensor();
     return qkv_.backward(dqkv_);

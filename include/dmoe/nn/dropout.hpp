@@ -4,6 +4,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/dropout.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -24,16 +25,16 @@ class dropout : public module {
   tensor forward(const tensor& x) override {
     active_ = training_ && p_ > 0.0f;
     if (!active_) return x;
-    mask_.resize(x.shape());
+    mask_.resize(x.shape(), dtype::f32, Backend::device);
     ops::dropout_mask(Backend{}, mask_, p_, gen_);
-    y_.resize(x.shape());
+    y_.resize(x.shape(), dtype::f32, Backend::device);
     ops::dropout_apply(Backend{}, x, mask_, y_);
     return y_;
   }
 
   tensor backward(const tensor& dy) override {
     if (!active_) return dy;
-    dx_.resize(dy.shape());
+    dx_.resize(dy.shape(), dtype::f32, Backend::device);
     ops::dropout_apply(Backend{}, dy, mask_, dx_);
     return dx_;
   }

@@ -5,6 +5,7 @@
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/embedding.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -18,7 +19,8 @@ class embedding : public module {
  public:
   // The table [vocabulary, dim] starts as N(0, 1), as in the usual embedding layers.
   embedding(std::int64_t vocabulary, std::int64_t dim, random_engine& gen)
-      : table_(tensor::normal(shape{vocabulary, dim}, gen)), table_grad_(shape{vocabulary, dim}) {}
+      : table_(tensor::normal(shape{vocabulary, dim}, gen).to(Backend::device)),
+        table_grad_(shape{vocabulary, dim}, dtype::f32, Backend::device) {}
 
   // ids (i64, any shape) -> ids.shape + [dim].
   tensor forward(const tensor& ids) override {

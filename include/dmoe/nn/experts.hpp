@@ -8,6 +8,7 @@
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/transformer_block.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/elementwise.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -43,7 +44,7 @@ class ffn_expert : public expert {
   tensor forward(const tensor& x) override {
     schema().input.check("ffn expert", x);
     const tensor m = fc2_.forward(fc1_.forward(x));
-    residual_.resize(x.shape());
+    residual_.resize(x.shape(), dtype::f32, Backend::device);
     ops::add(Backend{}, x, m, residual_);
     return norm_.forward(residual_);
   }

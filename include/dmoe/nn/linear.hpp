@@ -5,6 +5,7 @@
 #include <dmoe/nn/init.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/activation.hpp>
 #include <dmoe/ops/cpu/elementwise.hpp>
 #include <dmoe/ops/cpu/gemm.hpp>
@@ -37,15 +38,16 @@ class linear : public module {
   // weight [out, in] Xavier-uniform (Kaiming for ReLU/GELU), bias [out] zeros.
   linear(std::int64_t in, std::int64_t out, random_engine& gen, ops::activation act = ops::activation::identity,
          bool with_bias = true)
-      : in_(in), out_(out), act_(act), weight_(shape{out, in}), weight_grad_(shape{out, in}) {
+      : in_(in), out_(out), act_(act), weight_(shape{out, in}), weight_grad_(shape{out, in}, dtype::f32, Backend::device) {
     if (in <= 0 || out <= 0) throw invalid_argument_error(fmt::format("linear: sizes {} -> {} must be positive", in, out));
     if (act == ops::activation::identity)
       init::xavier_uniform(weight_, gen);
     else
       init::kaiming_uniform(weight_, gen);
+    weight_ = weight_.to(Backend::device);  // initialised on the host, with the same numbers on every backend
     if (with_bias) {
-      bias_ = tensor(shape{out});
-      bias_grad_ = tensor(shape{out});
+      bias_ = tensor(shape{out}, dtype::f32, Backend::device);
+      bias_grad_ = tensor(shape{out}, dtype::f32, Backend::device);
     }
   }
 
@@ -55,13 +57,20 @@ class linear : public module {
     const std::int64_t rows = x.shape().outer();
     x_ = x.reshape(shape{rows, in_});
     out_shape_ = detail::with_last(x.shape(), out_);
-    z_.resize(shape{rows, out_});
+    z_.resize(shape{rows, out_}, dtype::f32, Backend::device);
+    if constexpr (Backend::device != device::host) {
+      // One cuBLASLt call with the bias and the activation in its epilogue.
+      if (act_ != ops::activation::identity) y_.resize(shape{rows, out_}, dtype::f32, Backend::device);
+      tensor& y = act_ == ops::activation::identity ? z_ : y_;
+      linear_forward(Backend{}, x_, weight_, bias_, z_, y, act_);  // found by ADL: declared in ops/cuda.hpp
+      return y.reshape(out_shape_);
+    }
     ops::gemm(Backend{}, x_, weight_, z_, {.trans_b = true});
     if (act_ == ops::activation::identity) {
       if (!bias_.empty()) ops::bias_activation_forward(Backend{}, z_, bias_, z_, act_);
       return z_.reshape(out_shape_);
     }
-    y_.resize(shape{rows, out_});
+    y_.resize(shape{rows, out_}, dtype::f32, Backend::device);
     ops::bias_activation_forward(Backend{}, z_, bias_, y_, act_);
     return y_.reshape(out_shape_);
   }
@@ -74,14 +83,14 @@ class linear : public module {
     const tensor g_in = dy.reshape(shape{rows, out_});
     tensor g = g_in;
     if (act_ != ops::activation::identity) {
-      dz_.resize(shape{rows, out_});
+      dz_.resize(shape{rows, out_}, dtype::f32, Backend::device);
       ops::bias_activation_backward(Backend{}, z_, g_in, dz_, bias_.empty() ? nullptr : &bias_grad_, act_);
       g = dz_;
     } else if (!bias_.empty()) {
       ops::sum_rows(Backend{}, g_in, bias_grad_);
     }
     ops::gemm(Backend{}, g, x_, weight_grad_, {.trans_a = true, .beta = 1.0f});
-    dx_.resize(shape{rows, in_});
+    dx_.resize(shape{rows, in_}, dtype::f32, Backend::device);
     ops::gemm(Backend{}, g, weight_, dx_);
     x_ = tensor();
     return dx_.reshape(detail::with_last(out_shape_, in_));

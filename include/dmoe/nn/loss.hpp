@@ -4,6 +4,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/cross_entropy.hpp>
 #include <dmoe/ops/cpu/mse.hpp>
 #include <dmoe/tensor/tensor.hpp>
@@ -16,7 +17,7 @@ template <class Backend = ops::cpu_t>
 class cross_entropy_loss {
  public:
   float forward(const tensor& logits, const tensor& labels) {
-    grad_.resize(logits.shape());
+    grad_.resize(logits.shape(), dtype::f32, Backend::device);
     return ops::cross_entropy(Backend{}, logits, labels, &grad_);
   }
   tensor backward() const {
@@ -33,7 +34,7 @@ template <class Backend = ops::cpu_t>
 class mse_loss {
  public:
   float forward(const tensor& prediction, const tensor& target) {
-    grad_.resize(prediction.shape());
+    grad_.resize(prediction.shape(), dtype::f32, Backend::device);
     return ops::mse(Backend{}, prediction, target, &grad_);
   }
   tensor backward() const {

@@ -4,6 +4,7 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/nn/optimizer.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/optimizer.hpp>
 #include <dmoe/ops/optimizer.hpp>
 

@@ -7,6 +7,7 @@
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
+#include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
 #include <dmoe/ops/cpu/elementwise.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -25,10 +26,10 @@ class transformer_block : public module {
   // x [batch, seq, width] -> [batch, seq, width].
   tensor forward(const tensor& x) override {
     const tensor a = attention_.forward(ln1_.forward(x));
-    h_.resize(x.shape());
+    h_.resize(x.shape(), dtype::f32, Backend::device);
     ops::add(Backend{}, x, a, h_);
     const tensor m = fc2_.forward(fc1_.forward(ln2_.forward(h_)));
-    y_.resize(x.shape());
+    y_.resize(x.shape(), dtype::f32, Backend::device);
     ops::add(Backend{}, h_, m, y_);
     return y_;
   }

@@ -37,21 +37,30 @@ namespace detail {
 
 inline constexpr std::size_t tensor_alignment = 64;  // one cache line, one AVX-512 register
 
-// One allocation; tensors and their views share it.
+// One allocation; tensors and their views share it. Host storage is 64-byte aligned; device storage comes from
+// the CUDA backend's caching allocator (256-byte aligned).
 class storage {
  public:
   storage(std::size_t bytes, device where) : bytes_(bytes), where_(where) {
-    if (where != device::host)
-      throw invalid_argument_error(fmt::format(
-          "tensor: {} storage of {} bytes is not available: device tensors need the CUDA backend", to_string(where),
-          bytes));
+    if (where != device::host) {
+      const device_memory& memory = require_device_memory(
+          fmt::format("tensor: {} storage of {} bytes", to_string(where), bytes));
+      data_ = memory.allocate(bytes);
+      memory_ = &memory;
+      return;
+    }
     const std::size_t rounded = (bytes + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
     data_ = std::aligned_alloc(tensor_alignment, rounded == 0 ? tensor_alignment : rounded);
     if (!data_) throw std::bad_alloc();
   }
   storage(const storage&) = delete;
   storage& operator=(const storage&) = delete;
-  ~storage() { std::free(data_); }
+  ~storage() {
+    if (memory_)
+      memory_->deallocate(data_, bytes_);
+    else
+      std::free(data_);
+  }
 
   std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
   std::size_t bytes() const noexcept { return bytes_; }
@@ -61,6 +70,7 @@ class storage {
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
   device where_ = device::host;
+  const device_memory* memory_ = nullptr;  // set for device storage
 };
 
 }  // namespace detail
@@ -72,7 +82,7 @@ class tensor {
   // Zero-filled storage for the shape.
   explicit tensor(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host)
       : tensor(uninitialized(s, t, where)) {
-    if (nbytes() > 0) std::memset(bytes_data(), 0, nbytes());
+    zero();
   }
 
   // Storage whose contents are unspecified until written (for outputs about to be overwritten).
@@ -134,7 +144,7 @@ class tensor {
     return offset_ < other.offset_ + other.nbytes() && other.offset_ < offset_ + nbytes();
   }
 
-  // Typed element pointer; T must match the dtype and the storage must be on the host.
+  // Typed element pointer; T must match the dtype and the storage must be on the host (device_data for a device).
   template <class T>
   T* data() {
     check_access<T>();
@@ -145,6 +155,17 @@ class tensor {
     check_access<T>();
     return reinterpret_cast<const T*>(bytes_data());
   }
+  // Typed element pointer on the tensor's device (host or CUDA), for kernels; T must match the dtype.
+  template <class T>
+  T* device_data() {
+    check_dtype<T>();
+    return reinterpret_cast<T*>(bytes_data());
+  }
+  template <class T>
+  const T* device_data() const {
+    check_dtype<T>();
+    return reinterpret_cast<const T*>(bytes_data());
+  }
   template <class T>
   std::span<T> span() {
     return {data<T>(), static_cast<std::size_t>(numel())};
@@ -153,7 +174,7 @@ class tensor {
   std::span<const T> span() const {
     return {data<T>(), static_cast<std::size_t>(numel())};
   }
-  // Raw bytes, whatever the dtype (for codecs and checkpoints).
+  // Raw bytes, whatever the dtype (for codecs and checkpoints); on a device these are device addresses.
   std::byte* bytes_data() noexcept { return storage_ ? storage_->data() + offset_ : nullptr; }
   const std::byte* bytes_data() const noexcept { return storage_ ? storage_->data() + offset_ : nullptr; }
   std::span<std::byte> bytes() noexcept { return {bytes_data(), nbytes()}; }
@@ -208,33 +229,48 @@ class tensor {
     r.copy_from(*this);
     return r;
   }
-  // Copies the elements of other, which must have the same shape and dtype.
+  // Copies the elements of other, which must have the same shape and dtype, from any device to any device (the
+  // explicit way across devices); the copy is complete when it returns.
   void copy_from(const tensor& other) {
     if (other.shape_ != shape_ || other.dtype_ != dtype_)
       throw shape_error(fmt::format("tensor::copy_from: destination is {} {} but source is {} {}", shape_, dtype_,
                                     other.shape_, other.dtype_));
-    check_host("copy_from");
-    other.check_host("copy_from");
-    if (nbytes() > 0) std::memmove(bytes_data(), other.bytes_data(), nbytes());
+    if (nbytes() == 0) return;
+    if (is_host() && other.is_host()) {
+      std::memmove(bytes_data(), other.bytes_data(), nbytes());
+      return;
+    }
+    detail::require_device_memory("tensor::copy_from")
+        .copy(bytes_data(), device(), other.bytes_data(), other.device(), nbytes());
   }
-  // Gives this tensor the shape and dtype; keeps the storage when this tensor is its only holder and it is large
-  // enough, else allocates new storage. Contents are unspecified afterwards.
-  void resize(dmoe::shape s, dmoe::dtype t = dtype::f32) {
+  // This tensor on the device: itself (sharing storage) when it is there already, else a copy.
+  tensor to(dmoe::device where) const {
+    if (empty() || where == device()) return *this;
+    tensor r = uninitialized(shape_, dtype_, where);
+    r.copy_from(*this);
+    return r;
+  }
+  // Gives this tensor the shape and dtype on the device; keeps the storage when this tensor is its only holder,
+  // it is on that device and large enough, else allocates new storage. Contents are unspecified afterwards.
+  void resize(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host) {
     const std::size_t need = static_cast<std::size_t>(s.numel()) * size_of(t);
-    if (unique() && offset_ == 0 && storage_->bytes() >= need) {
+    if (unique() && offset_ == 0 && storage_->where() == where && storage_->bytes() >= need) {
       shape_ = s;
       dtype_ = t;
       return;
     }
-    *this = uninitialized(s, t);
+    *this = uninitialized(s, t, where);
   }
 
   void fill(float value) {
     for (float& x : span<float>()) x = value;
   }
   void zero() {
-    check_host("zero");
-    if (nbytes() > 0) std::memset(bytes_data(), 0, nbytes());
+    if (nbytes() == 0) return;
+    if (is_host())
+      std::memset(bytes_data(), 0, nbytes());
+    else
+      detail::require_device_memory("tensor::zero").zero(bytes_data(), nbytes());
   }
   void fill_normal(random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
     std::normal_distribution<float> dist(mean, stddev);
@@ -253,15 +289,20 @@ class tensor {
     return static_cast<std::size_t>(shape_.without_first().numel()) * size_of(dtype_);
   }
   template <class T>
-  void check_access() const {
+  void check_dtype() const {
     if (dtype_of_v<T> != dtype_)
       throw invalid_argument_error(
           fmt::format("tensor: elements of a {} tensor accessed as {}", description(), to_string(dtype_of_v<T>)));
+  }
+  template <class T>
+  void check_access() const {
+    check_dtype<T>();
     check_host("element access");
   }
   void check_host(std::string_view what) const {
     if (!is_host())
-      throw invalid_argument_error(fmt::format("tensor {}: {} tensor is not on the host", what, description()));
+      throw invalid_argument_error(fmt::format(
+          "tensor {}: {} tensor is not on the host (copy it with to(device::host) first)", what, description()));
   }
   std::size_t flat_index(std::initializer_list<std::int64_t> index) const {
     if (index.size() != rank())
