@@ -127,6 +127,25 @@ BOOST_AUTO_TEST_CASE(a_dead_peer_is_answered_by_a_timeout_within_the_deadline) {
   }));
 }
 
+BOOST_AUTO_TEST_CASE(shutdown_ends_a_lookup_waiting_on_a_dead_peer_at_once) {
+  io_context ctx;
+  swarm s(ctx);
+  auto slow = fast_options();
+  slow.rpc_timeout = 5s;
+  slow.datagram.attempt_timeout = 2s;
+  auto& a = s.add(slow);
+  auto& b = s.add();
+  sync_wait(ctx, s.run([&]() -> task<void> {
+    co_await b.bootstrap(dmoe_test::list(a.local_endpoint()));
+    co_await b.shutdown();
+    const auto started = std::chrono::steady_clock::now();
+    auto stop_soon = [&]() -> task<void> { co_await a.shutdown(); };
+    auto [nearest, stopped] = co_await when_all(a.find_nearest(dht::key_of("x"), 5, deadline_after(10s)), stop_soon());
+    BOOST_TEST(nearest.size() == 1u);  // only itself: b never answered
+    BOOST_TEST(elapsed_ms(started) < 1000.0);
+  }));
+}
+
 BOOST_AUTO_TEST_CASE(a_failing_peer_is_banned_for_doubling_times_and_a_success_resets_it) {
   io_context ctx;
   swarm s(ctx);

@@ -283,13 +283,22 @@ class node {
         // our deadline came first: take what the traversal found so far
       }
     }
+    // What each traversal found, alive now, by key.
+    const wall_seconds now = options_.clock->wall_now();
+    std::unordered_map<const traversal*, std::unordered_map<key_id, record>> found;
+    for (const auto& t : joined) {
+      auto& by_key = found[t.get()];
+      for (auto& r : t->search.results())
+        if (r.found && r.found->drop_expired(now)) by_key.emplace(r.key, std::move(*r.found));
+    }
     for (auto& r : out) {
       auto it = source.find(r.key);
       if (it == source.end() || !it->second) continue;
-      std::optional<record> found = it->second->found(r.key, options_.clock->wall_now());
-      if (!found) continue;
-      if (!r.found) r.found = std::move(found);
-      else merge_into(*r.found, *found);
+      const auto& by_key = found[it->second.get()];
+      auto value = by_key.find(r.key);
+      if (value == by_key.end()) continue;
+      if (!r.found) r.found = value->second;
+      else merge_into(*r.found, value->second);
     }
     co_return out;
   }
@@ -361,15 +370,6 @@ class node {
     bool stopping = false;
     async_event finished;  // every key done
     async_event complete;  // the crawl ended (results final)
-
-    std::optional<record> found(const key_id& key, wall_seconds now) const {
-      for (const auto& r : search.results()) {
-        if (r.key != key || !r.found) continue;
-        record alive = *r.found;
-        if (alive.drop_expired(now)) return alive;
-      }
-      return std::nullopt;
-    }
   };
 
   static node_options check(node_options o) {
@@ -566,6 +566,7 @@ class node {
     } catch (const cancelled_error&) {
       co_return;
     } catch (const closed_error&) {
+      t.finished.set();  // shutting down: the crawl ends now, not at its deadline
       co_return;
     } catch (const std::exception&) {
       // timeout, refusal or garbage: the peer failed (protocol::call banned it)
