@@ -322,7 +322,7 @@ inline store_response decode_store_response(const_byte_span bytes, const message
   m.results.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
     const auto code = in.byte();
-    if (code > static_cast<std::uint8_t>(store_result::invalid))
+    if (code > static_cast<std::uint8_t>(store_result::refused))
       throw protocol_error(fmt::format("dht store response: unknown store result {} at {}", code, i));
     m.results.push_back(static_cast<store_result>(code));
   }

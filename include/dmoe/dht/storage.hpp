@@ -39,6 +39,7 @@ enum class store_result : std::uint8_t {
   too_large = 4,       // the value, subkey or dictionary exceeds its limit
   no_room = 5,         // full, and only entries expiring later than this one could be evicted
   invalid = 6,         // not a finite expiration
+  refused = 7,         // the record validator refused it: bad or missing signature, another owner, a replay
 };
 
 constexpr std::string_view to_string(store_result r) noexcept {
@@ -50,6 +51,7 @@ constexpr std::string_view to_string(store_result r) noexcept {
     case store_result::too_large: return "too_large";
     case store_result::no_room: return "no_room";
     case store_result::invalid: return "invalid";
+    case store_result::refused: return "refused";
   }
   return "unknown";
 }

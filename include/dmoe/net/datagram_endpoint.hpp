@@ -67,7 +67,15 @@ struct datagram_response {
 };
 
 // Handlers run on the endpoint's io_context; their answer goes back as one message (split into parts as needed).
+// A handler that throws datagram_no_answer sends nothing at all; any other exception goes back as an error answer.
 using datagram_handler = std::function<task<byte_buffer>(datagram_request&)>;
+
+// Thrown by a handler to drop its request without a word (malformed, over a rate limit): the requester sees a lost
+// datagram, and a flood gets no amplification. The message says why, for the handler's own logs and counters.
+class datagram_no_answer : public protocol_error {
+ public:
+  using protocol_error::protocol_error;
+};
 
 namespace detail {
 
@@ -105,6 +113,7 @@ class datagram_endpoint {
     std::uint64_t malformed = 0;         // undecodable, truncated or contradicting datagrams
     std::uint64_t unexpected = 0;        // answers nobody waits for: late, duplicate or from the wrong address
     std::uint64_t handlers_refused = 0;  // requests dropped at max_handlers_in_flight
+    std::uint64_t unanswered = 0;        // requests their handler dropped without an answer (datagram_no_answer)
     std::uint64_t dropped = 0;           // datagrams dropped by fault injection
   };
 
@@ -140,8 +149,8 @@ class datagram_endpoint {
   void add_handler(std::uint16_t type, datagram_handler handler) { handlers_[type] = std::move(handler); }
 
   // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined,
-  // and requests still waiting fail with closed_error and are awaited: once it returns, the endpoint may be
-  // destroyed.
+  // and requests still waiting fail with closed_error and are awaited: once it returns, the socket is closed (its
+  // port free again) and the endpoint may be destroyed.
   task<void> serve() {
     if (serving_) throw invalid_argument_error(fmt::format("datagram endpoint {} is already serving", local_text_));
     serving_ = true;
@@ -169,6 +178,7 @@ class datagram_endpoint {
     }
     // Not cancellable: the endpoint must outlive them, however serve() is stopped.
     co_await requests_gone{*this};
+    socket_.close();  // nothing uses it any more: its port is free for a successor
     receiving_ = nullptr;
     serving_ = false;
     if (failure) std::rethrow_exception(failure);
@@ -351,12 +361,19 @@ class datagram_endpoint {
       answer = to_buffer(fmt::format("{} has no handler for datagram type {}", local_text_, request.type));
     } else {
       bool failed = false;
+      bool silent = false;
       std::string failure;
       try {
         answer = co_await found->second(request);
+      } catch (const datagram_no_answer&) {
+        silent = true;
       } catch (const std::exception& e) {
         failed = true;
         failure = e.what();
+      }
+      if (silent) {
+        ++stats_.unanswered;
+        co_return;
       }
       if (failed) {
         const std::stop_token token = co_await this_task::get_stop_token();

@@ -1,0 +1,614 @@
+// dht::node: a Kademlia DHT node on one io_context: bootstrap, store/get of values and dictionaries, shutdown.
+//
+// Lookups are the iterative search of the Kademlia paper (Maymounkov & Mazières 2002, section 2.3) driven by the
+// pure `lookup` state: α find calls in flight, many keys crawled together, a get ending at its first unexpired
+// value unless `latest` asks for the newest among the k nearest (dictionaries merged per subkey). Concurrent gets
+// of one key share one traversal. A store goes to the num_replicas nodes nearest to the key (ourselves included
+// unless in client mode). Found values are cached locally and on the nearest visited node that lacked them
+// (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes share one
+// io_context thread; each has its own UDP socket.
+#pragma once
+
+#include <dmoe/async/async_event.hpp>
+#include <dmoe/async/endpoint.hpp>
+#include <dmoe/async/io_context.hpp>
+#include <dmoe/async/task.hpp>
+#include <dmoe/async/task_group.hpp>
+#include <dmoe/async/timer.hpp>
+#include <dmoe/async/with_timeout.hpp>
+#include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/clock.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/core/log.hpp>
+#include <dmoe/dht/lookup.hpp>
+#include <dmoe/dht/messages.hpp>
+#include <dmoe/dht/node_id.hpp>
+#include <dmoe/dht/protocol.hpp>
+#include <dmoe/dht/record.hpp>
+#include <dmoe/dht/record_validator.hpp>
+#include <dmoe/dht/storage.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+struct node_options : protocol_options {
+  std::size_t alpha = 3;  // Kademlia's α: find calls in flight per lookup
+  // The deadline of a bootstrap, store or get given none (no_deadline).
+  std::chrono::milliseconds default_timeout{10'000};
+  // Between rounds of pings to initial peers that did not answer yet, while none has.
+  std::chrono::milliseconds bootstrap_retry_pause{200};
+};
+
+// One value to store: a plain value (no subkey) or one subkey of a dictionary.
+struct store_entry {
+  key_id key;
+  std::optional<byte_buffer> subkey;
+  byte_buffer value;
+  wall_seconds expiration = 0;  // seconds since the Unix epoch; alive while now < expiration
+  byte_buffer signature;        // sign_record's blob for signed records, else empty
+
+  // The entry signed by `owner` over (key, subkey, value, expiration).
+  store_entry signed_by(const ed25519_keypair& owner) const {
+    store_entry out = *this;
+    out.signature = sign_record(owner, key, subkey ? &*subkey : nullptr, value, expiration);
+    return out;
+  }
+};
+
+// What became of one stored entry.
+struct store_outcome {
+  std::size_t replicas = 0;  // nodes that took it (ourselves included)
+  std::size_t asked = 0;     // nodes it was offered to
+  std::optional<store_result> refusal;  // why a node refused it, when one did (the first reason seen)
+  explicit operator bool() const noexcept { return replicas > 0; }
+};
+
+struct get_result {
+  key_id key;
+  std::optional<record> found;  // the value (record::expiration() is its expiration), or nothing
+};
+
+struct bootstrap_result {
+  bool joined = false;                // an initial peer answered (or none was given: a new swarm)
+  std::vector<endpoint> answered;     // initial peers that answered
+  std::vector<endpoint> not_answered; // initial peers that never answered by the deadline
+  std::size_t peers = 0;              // peers in the routing table afterwards
+};
+
+struct node_stats {
+  protocol_stats rpc;
+  net::datagram_endpoint::counters datagram;
+  std::size_t peers = 0;             // in the routing table
+  std::size_t stored_keys = 0;       // as a replica
+  std::uint64_t lookups = 0;         // traversals run (shared gets count once)
+  std::uint64_t lookup_requests = 0; // find calls those traversals made
+  std::uint64_t shared_gets = 0;     // keys of gets served by a traversal already running
+};
+
+// A DHT node. Belongs to one io_context: construct it, use it and co_await shutdown() on that context's thread,
+// and only then destroy it (the io_context must be run for shutdown to complete).
+class node {
+ public:
+  // Binds the socket and starts serving at the context's next loop iteration. Throws invalid_argument_error for
+  // unusable options and system_error when the bind fails.
+  node(io_context& ctx, node_options options = {})
+      : ctx_(ctx), options_(check(std::move(options))), protocol_(ctx, options_), group_(ctx) {
+    group_.spawn(serve());
+  }
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+  ~node() {
+    if (group_.running() != 0)
+      log_error("dht node {} destroyed without co_await shutdown(): the process ends", protocol_.local_endpoint());
+  }
+
+  // Joins the swarm (Kademlia, section 2.3's join): pings every initial peer, again every bootstrap_retry_pause
+  // until one answers or `deadline` (default_timeout when none) passes; once one has answered the rest get their
+  // ping's own retries and no more; then looks up our own id to fill the routing table. With no initial peers the
+  // node starts a new swarm (joined). Errors: closed_error after shutdown, cancelled_error.
+  task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline) {
+    ensure_open("bootstrap");
+    deadline = resolve(deadline);
+    bootstrap_result result;
+    if (initial_peers.empty()) {
+      result.joined = true;
+      result.peers = protocol_.table().size();
+      co_return result;
+    }
+    std::vector<int> answers(initial_peers.size(), 0);
+    bool any = false;
+    {
+      task_group pings(ctx_);
+      for (std::size_t i = 0; i < initial_peers.size(); ++i)
+        pings.spawn(ping_until_answered(initial_peers[i], deadline, answers[i], any));
+      co_await pings.join();
+    }
+    for (std::size_t i = 0; i < initial_peers.size(); ++i)
+      (answers[i] ? result.answered : result.not_answered).push_back(initial_peers[i]);
+    result.joined = !result.answered.empty();
+    if (result.joined) {
+      traversal self_lookup({protocol_.id()}, lookup_with(false, false), deadline);
+      co_await crawl(self_lookup);
+    }
+    result.peers = protocol_.table().size();
+    co_return result;
+  }
+
+  // Stores a plain value under `key` on the num_replicas nearest nodes. See store_many.
+  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline) {
+    std::vector<store_entry> entries;
+    entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
+    auto outcomes = co_await store_many(std::move(entries), deadline);
+    co_return outcomes.front();
+  }
+  // Stores one subkey of the dictionary under `key`. See store_many.
+  task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+                            steady_time deadline = no_deadline) {
+    std::vector<store_entry> entries;
+    entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
+    auto outcomes = co_await store_many(std::move(entries), deadline);
+    co_return outcomes.front();
+  }
+
+  // Stores every entry on the num_replicas nodes nearest to its key (one lookup crawls all keys; each node gets
+  // one store call with all its entries). An entry already expired is refused (`expired`) without a call; the
+  // newer-wins and signature rules are the storing nodes' (store_result, `refused`). Ends by `deadline`.
+  // Errors: invalid_argument_error for an entry over the size limits or with a non-finite expiration (nothing is
+  // stored then), closed_error after shutdown, cancelled_error.
+  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline) {
+    ensure_open("store");
+    check_entries(entries);
+    deadline = resolve(deadline);
+    std::vector<store_outcome> outcomes(entries.size());
+    const wall_seconds now = options_.clock->wall_now();
+    std::vector<key_id> keys;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      if (!(now < entries[i].expiration)) {
+        outcomes[i].refusal = store_result::expired;
+        continue;
+      }
+      keys.push_back(entries[i].key);
+    }
+    if (keys.empty()) co_return outcomes;
+    traversal search(std::move(keys), lookup_with(false, false), deadline);
+    co_await crawl(search);
+
+    // Per key, the num_replicas nearest nodes: those the lookup heard from, and ourselves.
+    std::unordered_map<key_id, std::vector<wire_peer>> replicas;
+    for (auto& r : search.search.results()) {
+      std::vector<wire_peer> nearest = std::move(r.nearest);
+      if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
+      std::sort(nearest.begin(), nearest.end(),
+                [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(r.key, a.id, b.id); });
+      if (nearest.size() > options_.num_replicas) nearest.resize(options_.num_replicas);
+      replicas.emplace(r.key, std::move(nearest));
+    }
+    struct batch {
+      wire_peer peer;
+      std::vector<std::size_t> entries;
+    };
+    std::map<node_id, batch> batches;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      if (outcomes[i].refusal) continue;
+      for (const auto& peer : replicas[entries[i].key]) {
+        ++outcomes[i].asked;
+        if (peer.id == protocol_.id()) {
+          note(outcomes[i], protocol_.store_locally(to_item(entries[i])));
+          continue;
+        }
+        auto& b = batches[peer.id];
+        b.peer = peer;
+        b.entries.push_back(i);
+      }
+    }
+    task_group calls(ctx_);
+    for (auto& [id, b] : batches) {
+      for (std::size_t begin = 0; begin < b.entries.size(); begin += options_.limits.max_keys) {
+        const std::size_t end = std::min(b.entries.size(), begin + options_.limits.max_keys);
+        std::vector<std::size_t> chunk(b.entries.begin() + static_cast<std::ptrdiff_t>(begin),
+                                       b.entries.begin() + static_cast<std::ptrdiff_t>(end));
+        calls.spawn(store_on(b.peer, std::move(chunk), entries, outcomes, deadline));
+      }
+    }
+    co_await calls.join();
+    co_return outcomes;
+  }
+
+  // The value under `key`: the first unexpired one found, or with `latest` the newest among the k nearest nodes
+  // (dictionaries merged per subkey). Nothing when no node holds it. Ends by `deadline`. Errors as get_many.
+  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline) {
+    std::vector<key_id> keys{key};
+    auto results = co_await get_many(std::move(keys), latest, deadline);
+    co_return std::move(results.front().found);
+  }
+
+  // Gets every key in one crawl; results in the order given (repeats kept). A key already being got by another
+  // call waits for that traversal (a plain get also joins a `latest` one). A value held locally answers a plain get
+  // at once. Values found are cached locally and on the nearest visited node that lacked them. Ends by `deadline`
+  // with what was found by then. Errors: closed_error after shutdown, cancelled_error.
+  task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
+                                         steady_time deadline = no_deadline) {
+    ensure_open("get");
+    deadline = resolve(deadline);
+    std::vector<get_result> out;
+    out.reserve(keys.size());
+    std::vector<key_id> to_crawl;
+    std::vector<std::shared_ptr<traversal>> joined;
+    std::unordered_map<key_id, std::shared_ptr<traversal>> source;
+    for (const auto& key : keys) {
+      out.push_back({key, protocol_.local(key)});
+      if (out.back().found && !latest) continue;
+      if (source.contains(key)) continue;
+      std::shared_ptr<traversal> running = find_running(key, latest);
+      if (running) {
+        ++shared_gets_;
+        source.emplace(key, running);
+        if (std::find(joined.begin(), joined.end(), running) == joined.end()) joined.push_back(running);
+        continue;
+      }
+      source.emplace(key, nullptr);
+      to_crawl.push_back(key);
+    }
+    if (!to_crawl.empty()) {
+      auto fresh = std::make_shared<traversal>(to_crawl, lookup_with(true, latest), deadline);
+      for (const auto& key : to_crawl) {
+        source[key] = fresh;
+        (latest ? latest_gets_ : plain_gets_)[key] = fresh;
+      }
+      joined.push_back(fresh);
+      group_.spawn(shared_get(fresh));
+    }
+    for (const auto& t : joined) {
+      if (t->complete.is_set()) continue;
+      try {
+        co_await with_deadline(wait_for(t->complete), deadline);
+      } catch (const timeout_error&) {
+        // our deadline came first: take what the traversal found so far
+      }
+    }
+    // What each traversal found, alive now, by key.
+    const wall_seconds now = options_.clock->wall_now();
+    std::unordered_map<const traversal*, std::unordered_map<key_id, record>> found;
+    for (const auto& t : joined) {
+      auto& by_key = found[t.get()];
+      for (auto& r : t->search.results())
+        if (r.found && r.found->drop_expired(now)) by_key.emplace(r.key, std::move(*r.found));
+    }
+    for (auto& r : out) {
+      auto it = source.find(r.key);
+      if (it == source.end() || !it->second) continue;
+      const auto& by_key = found[it->second.get()];
+      auto value = by_key.find(r.key);
+      if (value == by_key.end()) continue;
+      if (!r.found) r.found = value->second;
+      else merge_into(*r.found, value->second);
+    }
+    co_return out;
+  }
+
+  // The `count` nodes nearest to `key` in the swarm (ourselves included unless in client mode), nearest first.
+  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline) {
+    ensure_open("find_nearest");
+    traversal search({key}, lookup_with(false, false), resolve(deadline));
+    co_await crawl(search);
+    std::vector<wire_peer> nearest = search.search.results().front().nearest;
+    if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
+    std::sort(nearest.begin(), nearest.end(),
+              [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(key, a.id, b.id); });
+    if (nearest.size() > count) nearest.resize(count);
+    co_return nearest;
+  }
+
+  // Pings `address`; returns the id that answered. Errors: timeout_error, closed_error, cancelled_error.
+  task<node_id> ping(endpoint address, steady_time deadline = no_deadline) {
+    ensure_open("ping");
+    auto [id, answer] = co_await protocol_.ping(address, resolve(deadline));
+    co_return id;
+  }
+
+  // Stops serving and every lookup in progress and waits for them; afterwards the node may be destroyed. Calls
+  // made later fail with closed_error. Idempotent.
+  task<void> shutdown() {
+    shut_down_ = true;
+    protocol_.close();
+    group_.request_stop();
+    try {
+      co_await group_.join();
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: {} while shutting down", protocol_.local_endpoint(), e.what());
+    }
+  }
+
+  const node_id& id() const noexcept { return protocol_.id(); }
+  // The address others join with (bootstrap's initial peers).
+  const endpoint& local_endpoint() const noexcept { return protocol_.local_endpoint(); }
+  const node_options& options() const noexcept { return options_; }
+  std::size_t peer_count() const noexcept { return protocol_.table().size(); }
+  node_stats stats() const {
+    node_stats s;
+    s.rpc = protocol_.stats();
+    s.datagram = protocol_.datagram_stats();
+    s.peers = protocol_.table().size();
+    s.stored_keys = protocol_.stored().size();
+    s.lookups = lookups_;
+    s.lookup_requests = lookup_requests_;
+    s.shared_gets = shared_gets_;
+    return s;
+  }
+  bool is_shut_down() const noexcept { return shut_down_; }
+  // The protocol underneath: routing table, storage, counters (for tests and tools).
+  protocol& rpc() noexcept { return protocol_; }
+  const protocol& rpc() const noexcept { return protocol_; }
+
+ private:
+  // One crawl's state; shared by the gets that wait for it.
+  struct traversal {
+    traversal(std::vector<key_id> keys_, const lookup_options& options, steady_time deadline_)
+        : keys(std::move(keys_)), latest(options.latest), deadline(deadline_), search(keys, options) {}
+    std::vector<key_id> keys;
+    bool latest;
+    steady_time deadline;
+    lookup search;
+    task_group* calls = nullptr;
+    bool stopping = false;
+    async_event finished;  // every key done
+    async_event complete;  // the crawl ended (results final)
+  };
+
+  static node_options check(node_options o) {
+    if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
+    if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
+    return o;
+  }
+
+  steady_time resolve(steady_time deadline) const {
+    return deadline == no_deadline ? deadline_after(options_.default_timeout) : deadline;
+  }
+
+  void ensure_open(std::string_view what) const {
+    if (shut_down_ || protocol_.closed())
+      throw closed_error(fmt::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
+  }
+
+  void check_entries(const std::vector<store_entry>& entries) const {
+    const auto& limits = options_.storage;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      const store_entry& e = entries[i];
+      if (!std::isfinite(e.expiration))
+        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a non-finite expiration {}", i,
+                                                 e.key.to_hex(), e.expiration));
+      if (e.value.size() > std::min(limits.max_value_size, options_.limits.max_value_size))
+        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a value of {} bytes, over the "
+                                                 "limit of {}",
+                                                 i, e.key.to_hex(), e.value.size(),
+                                                 std::min(limits.max_value_size, options_.limits.max_value_size)));
+      if (e.subkey && e.subkey->size() > std::min(limits.max_subkey_size, options_.limits.max_subkey_size))
+        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a subkey of {} bytes, over the "
+                                                 "limit of {}",
+                                                 i, e.key.to_hex(), e.subkey->size(),
+                                                 std::min(limits.max_subkey_size, options_.limits.max_subkey_size)));
+      if (e.signature.size() > options_.limits.max_signature_size)
+        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a signature of {} bytes, over the "
+                                                 "limit of {}",
+                                                 i, e.key.to_hex(), e.signature.size(), options_.limits.max_signature_size));
+    }
+  }
+
+  static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
+
+  static void note(store_outcome& outcome, store_result result) {
+    if (result == store_result::stored) ++outcome.replicas;
+    else if (!outcome.refusal) outcome.refusal = result;
+  }
+
+  task<void> serve() {
+    try {
+      co_await protocol_.serve();
+    } catch (const std::exception& e) {
+      log_error("dht node {} stopped serving: {}", protocol_.local_endpoint(), e.what());
+    }
+  }
+
+  static task<void> wait_for(async_event& event) { co_await event.wait(); }
+
+  std::shared_ptr<traversal> find_running(const key_id& key, bool latest) {
+    if (!latest) {
+      if (auto it = plain_gets_.find(key); it != plain_gets_.end()) return it->second;
+    }
+    if (auto it = latest_gets_.find(key); it != latest_gets_.end()) return it->second;
+    return nullptr;
+  }
+
+  // A get's traversal, run in the node's group so the gets that share it do not depend on the first caller.
+  task<void> shared_get(std::shared_ptr<traversal> t) {
+    try {
+      co_await crawl(*t);
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: get traversal ended: {}", protocol_.local_endpoint(), e.what());
+    }
+    auto& running = t->latest ? latest_gets_ : plain_gets_;
+    for (const auto& key : t->keys) {
+      auto it = running.find(key);
+      if (it != running.end() && it->second == t) running.erase(it);
+    }
+    t->complete.set();
+    if (!shut_down_) cache_found(*t);
+  }
+
+  // Found values: cached here, and stored on the nearest visited node that lacked them.
+  void cache_found(const traversal& t) {
+    const wall_seconds now = options_.clock->wall_now();
+    for (const auto& r : t.search.results()) {
+      if (!r.found) continue;
+      record alive = *r.found;
+      if (!alive.drop_expired(now)) continue;
+      protocol_.cache(r.key, alive);
+      if (!r.nearest_without_value) continue;
+      std::vector<store_item> items;
+      if (alive.is_dictionary) {
+        for (const auto& [subkey, v] : alive.subkeys)
+          if (items.size() < options_.limits.max_keys) items.push_back({r.key, subkey, v});
+      } else {
+        items.push_back({r.key, std::nullopt, alive.value});
+      }
+      if (group_.running() < options_.max_background_calls + 1) group_.spawn(store_quietly(*r.nearest_without_value, std::move(items)));
+    }
+  }
+
+  task<void> store_quietly(wire_peer peer, std::vector<store_item> items) {
+    try {
+      co_await protocol_.store(peer, std::move(items), deadline_after(options_.rpc_timeout));
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: caching at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
+    }
+  }
+
+  task<void> store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
+                      std::vector<store_outcome>& outcomes, steady_time deadline) {
+    std::vector<store_item> items;
+    items.reserve(chunk.size());
+    for (std::size_t i : chunk) items.push_back(to_item(entries[i]));
+    try {
+      const std::vector<store_result> results = co_await protocol_.store(peer, std::move(items), deadline);
+      for (std::size_t j = 0; j < chunk.size() && j < results.size(); ++j) note(outcomes[chunk[j]], results[j]);
+    } catch (const cancelled_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: store at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
+    }
+  }
+
+  // Runs one traversal to its end or its deadline; find calls still in flight are then cancelled and awaited.
+  task<void> crawl(traversal& t) {
+    ++lookups_;
+    for (const auto& key : t.keys) t.search.add_candidates(key, protocol_.nearest(key, options_.k));
+    task_group calls(ctx_);
+    t.calls = &calls;
+    pump(t);
+    std::exception_ptr failure;
+    try {
+      if (!t.finished.is_set()) co_await with_deadline(wait_for(t.finished), t.deadline);
+    } catch (const timeout_error&) {
+      // the deadline: end with what was found
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    t.stopping = true;
+    calls.request_stop();
+    co_await calls.join();
+    t.calls = nullptr;
+    lookup_requests_ += t.search.requests_sent();
+    if (failure) std::rethrow_exception(failure);
+  }
+
+  lookup_options lookup_with(bool want_values, bool latest) const {
+    lookup_options o;
+    o.k = options_.k;
+    o.alpha = options_.alpha;
+    o.want_values = want_values;
+    o.latest = latest;
+    o.self = protocol_.id();
+    return o;
+  }
+
+  // Sends what the lookup asks for; banned peers count as failed without a call. Sets `finished` when every key is
+  // done.
+  void pump(traversal& t) {
+    if (t.stopping) return;
+    const steady_time now = options_.clock->steady_now();
+    for (;;) {
+      std::vector<lookup_request> requests = t.search.next();
+      if (requests.empty()) break;
+      bool skipped = false;
+      for (auto& request : requests) {
+        if (protocol_.table().is_banned(request.peer.id, now)) {
+          t.search.on_failure(request.peer.id);
+          skipped = true;
+          continue;
+        }
+        t.calls->spawn(ask(t, std::move(request)));
+      }
+      if (!skipped) break;
+    }
+    bool all_done = true;
+    for (const auto& key : t.keys) {
+      if (!t.search.done(key)) {
+        all_done = false;
+        break;
+      }
+    }
+    if (all_done || t.search.in_flight() == 0) t.finished.set();
+  }
+
+  task<void> ask(traversal& t, lookup_request request) {
+    bool answered = false;
+    find_response response;
+    try {
+      response = co_await protocol_.find(request.peer, request.keys, t.deadline);
+      answered = true;
+    } catch (const cancelled_error&) {
+      co_return;
+    } catch (const closed_error&) {
+      t.finished.set();  // shutting down: the crawl ends now, not at its deadline
+      co_return;
+    } catch (const std::exception&) {
+      // timeout, refusal or garbage: the peer failed (protocol::call banned it)
+    }
+    if (t.stopping) co_return;
+    if (answered) t.search.on_response(request.peer.id, response.results, options_.clock->wall_now());
+    else t.search.on_failure(request.peer.id);
+    pump(t);
+  }
+
+  task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any) {
+    for (;;) {
+      try {
+        co_await protocol_.ping(address, deadline);
+        answered = 1;
+        any = true;
+        co_return;
+      } catch (const cancelled_error&) {
+        throw;
+      } catch (const closed_error&) {
+        throw;
+      } catch (const std::exception& e) {
+        log_debug("dht node {}: initial peer {} did not answer: {}", protocol_.local_endpoint(), address, e.what());
+      }
+      if (any || std::chrono::steady_clock::now() >= deadline) co_return;
+      const steady_time pause = std::min(deadline, deadline_after(options_.bootstrap_retry_pause));
+      co_await sleep_until(pause);
+      if (any || std::chrono::steady_clock::now() >= deadline) co_return;
+    }
+  }
+
+  io_context& ctx_;
+  node_options options_;
+  protocol protocol_;
+  task_group group_;
+  std::unordered_map<key_id, std::shared_ptr<traversal>> plain_gets_;   // gets in flight, by key
+  std::unordered_map<key_id, std::shared_ptr<traversal>> latest_gets_;  // `latest` gets in flight, by key
+  bool shut_down_ = false;
+  std::uint64_t lookups_ = 0;
+  std::uint64_t lookup_requests_ = 0;
+  std::uint64_t shared_gets_ = 0;
+};
+
+}  // namespace dht
+DMOE_END_NAMESPACE
