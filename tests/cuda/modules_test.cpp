@@ -62,12 +62,60 @@ BOOST_AUTO_TEST_CASE(modules_match_cpu_forward_and_backward) {
     const shape in = e_cpu->schema().input.batch_shape(17);
     compare_module(*e_cpu, *e_gpu, tensor::normal(in, data), 2e-3, 2e-4, std::string("expert ") + kind);
   }
+  nn::gelu<ops::cpu_t> gelu_cpu;
+  nn::gelu<ops::cuda_t> gelu_gpu;
+  compare_module(gelu_cpu, gelu_gpu, tensor::normal(shape{17, 33}, data, 0, 3), 1e-5, 2e-5, "gelu module");
+  nn::relu<ops::cpu_t> relu_cpu;
+  nn::relu<ops::cuda_t> relu_gpu;
+  compare_module(relu_cpu, relu_gpu, tensor::normal(shape{17, 33}, data), 0, 0, "relu module");
+  {  // a sequential MLP with dropout in evaluation mode (the identity on both backends)
+    random_engine g1(8), g2(8);
+    nn::sequential a, b;
+    a.emplace<nn::linear<ops::cpu_t>>(33, 64, g1, ops::activation::gelu);
+    a.emplace<nn::dropout<ops::cpu_t>>(0.5f, 1);
+    a.emplace<nn::linear<ops::cpu_t>>(64, 10, g1);
+    b.emplace<nn::linear<ops::cuda_t>>(33, 64, g2, ops::activation::gelu);
+    b.emplace<nn::dropout<ops::cuda_t>>(0.5f, 1);
+    b.emplace<nn::linear<ops::cuda_t>>(64, 10, g2);
+    a.set_training(false);
+    b.set_training(false);
+    compare_module(a, b, tensor::normal(shape{17, 33}, data), 2e-3, 2e-4, "sequential mlp");
+  }
+  {  // dropout in training mode: the same mask drops the same elements forward and backward
+    nn::dropout<ops::cuda_t> drop(0.25f, 3);
+    const tensor x = tensor::full(shape{64, 64}, 1.0f);
+    const tensor y = host(drop.forward(dev(x)));
+    const tensor dx = host(drop.backward(dev(x)));
+    std::int64_t zeros = 0;
+    for (std::int64_t i = 0; i < x.numel(); ++i) {
+      BOOST_REQUIRE_EQUAL(y.data<float>()[i], dx.data<float>()[i]);
+      zeros += y.data<float>()[i] == 0.0f;
+    }
+    BOOST_CHECK_GT(zeros, 64 * 64 / 8);
+    BOOST_CHECK_LT(zeros, 64 * 64 * 3 / 8);
+  }
+  {  // losses: the same value and gradient
+    const tensor logits = tensor::normal(shape{17, 10}, data), labels = random_ids(shape{17}, 10, data);
+    nn::cross_entropy_loss<ops::cpu_t> ce_cpu;
+    nn::cross_entropy_loss<ops::cuda_t> ce_gpu;
+    BOOST_CHECK_CLOSE(ce_gpu.forward(dev(logits), dev(labels)), ce_cpu.forward(logits, labels), 1e-4);
+    expect_close(ce_gpu.backward(), ce_cpu.backward(), 1e-5, 1e-7, "cross_entropy_loss gradient");
+    const tensor target = tensor::normal(shape{17, 10}, data);
+    nn::mse_loss<ops::cpu_t> mse_cpu;
+    nn::mse_loss<ops::cuda_t> mse_gpu;
+    BOOST_CHECK_CLOSE(mse_gpu.forward(dev(logits), dev(target)), mse_cpu.forward(logits, target), 1e-4);
+    expect_close(mse_gpu.backward(), mse_cpu.backward(), 1e-6, 1e-7, "mse_loss gradient");
+  }
   nn::embedding<ops::cpu_t> emb_cpu(50, 12, *std::make_unique<random_engine>(3));
   random_engine g3(3);
   nn::embedding<ops::cuda_t> emb_gpu(50, 12, g3);
   const tensor ids = random_ids(shape{4, 9}, 50, data);
   const tensor ye_cpu = emb_cpu.forward(ids), ye_gpu = emb_gpu.forward(dev(ids));
   expect_close(ye_gpu, ye_cpu, 0, 0, "embedding forward");
+  const tensor dye = tensor::normal(ye_cpu.shape(), data);
+  emb_cpu.backward(dye);
+  emb_gpu.backward(dev(dye));
+  expect_close(*emb_gpu.parameters()[0].grad, *emb_cpu.parameters()[0].grad, 1e-6, 1e-6, "embedding gradient");
 }
 
 BOOST_AUTO_TEST_CASE(ops_refuse_host_tensors_and_mixed_devices) {
