@@ -50,9 +50,16 @@ task<void> past_deadline() { co_await dmoe::sleep_until(std::chrono::steady_cloc
 
 BOOST_AUTO_TEST_SUITE(async_timer)
 
-// Timers whose deadline has passed when submitted fire at once, in submission order (and each costs
-// an interrupt), so the large batch is submitted in deadline order with its deadlines ahead of the
-// time it takes to submit; the small batch is submitted backwards.
+task<void> record_time(steady_time& at) {
+  at = std::chrono::steady_clock::now();
+  co_return;
+}
+
+// Timers whose deadline has passed when submitted fire at once, in submission order (and each costs an interrupt),
+// so the large batch is submitted in deadline order with its deadlines ahead of the time it takes to submit; the
+// small batch is submitted backwards. A marker started after every sleeper (when_all starts its children in order)
+// records when submission ended: the timers whose deadline was still ahead then must fire in deadline order, and
+// they must be most of the batch (a loaded machine, the sanitizers, may make the first few late).
 void check_timers_fire_in_order(int count, std::chrono::microseconds spacing, std::chrono::milliseconds ahead,
                                 bool backwards) {
   counted::reset();
@@ -62,15 +69,23 @@ void check_timers_fire_in_order(int count, std::chrono::microseconds spacing, st
   int early = 0;
   const steady_time base = std::chrono::steady_clock::now() + ahead;
   std::vector<task<void>> sleepers;
-  sleepers.reserve(static_cast<std::size_t>(count));
+  sleepers.reserve(static_cast<std::size_t>(count) + 1);
   for (int k = 0; k < count; ++k) {
     const int i = backwards ? count - 1 - k : k;
     sleepers.push_back(sleep_and_record(counted{}, base + i * spacing, i, order, early));
   }
+  steady_time submitted{};
+  sleepers.push_back(record_time(submitted));
   ctx.run(dmoe::when_all(std::move(sleepers)));
   BOOST_REQUIRE(order.size() == static_cast<std::size_t>(count));
-  int out_of_order = 0;
-  for (int i = 0; i < count; ++i) out_of_order += order[static_cast<std::size_t>(i)] != i;
+  int on_time = 0, out_of_order = 0, last = -1;
+  for (int i : order) {
+    if (base + i * spacing <= submitted) continue;  // late: fired at once, in submission order
+    ++on_time;
+    out_of_order += i < last;
+    last = std::max(last, i);
+  }
+  BOOST_TEST(on_time >= count / 2, on_time << " of " << count << " timers were submitted before their deadline");
   BOOST_TEST(out_of_order == 0);
   BOOST_TEST(early == 0);
   BOOST_TEST(counted::alive() == 0);

@@ -110,7 +110,7 @@ DMOE_DECL grid_selection product_key_topk(const tensor& grid_scores, std::span<c
 DMOE_DECL tensor grid_scores_backward(const grid_selection& selection, const tensor& grad_scores);
 
 // product_key_topk on the backend's device: the CPU's on the host; on CUDA the kernel of ops/cuda (k <= 256 and
-// extents <= 4096; beyond them the CPU's on a host copy). Same result, same errors.
+// extents <= 4096; beyond them the CPU's on a host copy) for scores on the device. Same result, same errors.
 template <class Backend>
 grid_selection product_key_topk(Backend, const tensor& grid_scores, std::span<const std::uint32_t> grid,
                                 std::int64_t k) {
@@ -122,8 +122,11 @@ grid_selection product_key_topk(Backend, const tensor& grid_scores, std::span<co
     const bool within = k <= ops::cuda_product_key_max_k &&
                         std::all_of(grid.begin(), grid.end(),
                                     [](std::uint32_t e) { return e <= ops::cuda_product_key_max_extent; });
-    if (!within || grid_scores.device() != Backend::device)
-      return product_key_topk(grid_scores.to(device::host), grid, k);
+    if (grid_scores.device() != Backend::device)
+      throw invalid_argument_error(fmt::format("product_key_topk: grid_scores is {} but the {} gating needs it on its "
+                                               "device",
+                                               grid_scores.description(), Backend::name));
+    if (!within) return product_key_topk(grid_scores.to(device::host), grid, k);
     tensor scores, keys;
     ops::product_key_topk(Backend{}, grid_scores, grid, k, scores, keys);
     const tensor hs = scores.to(device::host), hk = keys.to(device::host);

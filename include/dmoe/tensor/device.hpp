@@ -55,8 +55,11 @@ struct device_memory {
   void (*deallocate)(void* pointer, std::size_t bytes) noexcept;
   // Copies bytes between any two of host and device memory; the copy is complete when it returns.
   void (*copy)(void* dst, device dst_device, const void* src, device src_device, std::size_t bytes);
-  void (*zero)(void* pointer, std::size_t bytes);
+  // Zero-fills; ordered on the calling thread's current stream, and complete on return when `wait` is set.
+  void (*zero)(void* pointer, std::size_t bytes, bool wait);
   int (*device_count)();
+  // The calling thread's current device ordinal (the device new storage lands on).
+  int (*current)();
   // Makes the ordinal this thread's current device (throws device_error when there is no such device).
   void (*select)(int index);
 };

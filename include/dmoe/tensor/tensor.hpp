@@ -45,6 +45,7 @@ class storage {
     if (where != device::host) {
       const device_memory& memory = require_device_memory(
           fmt::format("tensor: {} storage of {} bytes", to_string(where), bytes));
+      index_ = memory.current();
       data_ = memory.allocate(bytes);
       memory_ = &memory;
       return;
@@ -65,12 +66,14 @@ class storage {
   std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
   std::size_t bytes() const noexcept { return bytes_; }
   device where() const noexcept { return where_; }
+  int index() const noexcept { return index_; }
 
  private:
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
   device where_ = device::host;
   const device_memory* memory_ = nullptr;  // set for device storage
+  int index_ = 0;                          // the CUDA ordinal of device storage
 };
 
 }  // namespace detail
@@ -82,7 +85,11 @@ class tensor {
   // Zero-filled storage for the shape.
   explicit tensor(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host)
       : tensor(uninitialized(s, t, where)) {
-    zero();
+    // Device zeros are complete on return: another stream (a networking thread's copy) may write the tensor next.
+    if (!is_host() && nbytes() > 0)
+      detail::require_device_memory("tensor").zero(bytes_data(), nbytes(), true);
+    else
+      zero();
   }
 
   // Storage whose contents are unspecified until written (for outputs about to be overwritten).
@@ -128,6 +135,8 @@ class tensor {
   dmoe::dtype dtype() const noexcept { return dtype_; }
   dmoe::device device() const noexcept { return storage_ ? storage_->where() : device::host; }
   bool is_host() const noexcept { return device() == device::host; }
+  // The CUDA ordinal of device storage (0 on the host).
+  int device_index() const noexcept { return storage_ ? storage_->index() : 0; }
   std::size_t rank() const noexcept { return shape_.rank(); }
   // Dimension i, counted from the back when negative.
   std::int64_t dim(std::ptrdiff_t i) const { return shape_.dim(i); }
@@ -270,7 +279,7 @@ class tensor {
     if (is_host())
       std::memset(bytes_data(), 0, nbytes());
     else
-      detail::require_device_memory("tensor::zero").zero(bytes_data(), nbytes());
+      detail::require_device_memory("tensor::zero").zero(bytes_data(), nbytes(), false);
   }
   void fill_normal(random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
     std::normal_distribution<float> dist(mean, stddev);
@@ -282,7 +291,10 @@ class tensor {
   }
 
   // "f32 [3, 4] host"
-  std::string description() const { return fmt::format("{} {} {}", dtype_, shape_, to_string(device())); }
+  std::string description() const {
+    if (is_host()) return fmt::format("{} {} host", dtype_, shape_);
+    return fmt::format("{} {} cuda:{}", dtype_, shape_, device_index());
+  }
 
  private:
   std::size_t row_bytes() const {

@@ -20,8 +20,9 @@ inline void strided_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_
                          std::int64_t batch) {
   DMOE_CUDA_CHECK(cublasSgemmStridedBatched(
       cuda::detail::blas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, static_cast<int>(ldb), stride_b, a,
-      static_cast<int>(lda), stride_a, &beta, c, static_cast<int>(ldc), stride_c, static_cast<int>(batch)));
+      blas_int("attention", n), blas_int("attention", m), blas_int("attention", k), &alpha, b,
+      blas_int("attention", ldb), stride_b, a, blas_int("attention", lda), stride_a, &beta, c,
+      blas_int("attention", ldc), stride_c, blas_int("attention", batch)));
 }
 
 // Row t of each [T, T] block: softmax over columns 0..t, zeros after.

@@ -65,6 +65,17 @@ inline void check_f32(std::string_view op, std::string_view name, const tensor& 
                     t.description()));
   if (t.dtype() != type)
     throw invalid_argument_error(fmt::format("{}: {} is {} but should be {}", op, name, t.description(), type));
+  int current = 0;
+  if (cudaGetDevice(&current) == cudaSuccess && t.device_index() != current)
+    throw invalid_argument_error(fmt::format("{}: {} is {} but this thread computes on cuda:{} (copy it with to())",
+                                             op, name, t.description(), current));
+}
+
+// cuBLAS takes int sizes: larger ones are refused with the op's name rather than wrapped.
+inline int blas_int(std::string_view op, std::int64_t value) {
+  if (value > 0x7fffffff)
+    throw shape_error(fmt::format("{}: a dimension of {} is beyond cuBLAS's 2^31 - 1", op, value));
+  return static_cast<int>(value);
 }
 inline void check_on_device(std::string_view op, std::string_view name, const tensor& t, dtype type) {
   check_f32(op, name, t, type);

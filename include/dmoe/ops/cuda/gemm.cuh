@@ -6,6 +6,8 @@
 #include <dmoe/ops/cuda/elementwise.cuh>
 #include <dmoe/ops/cuda/runtime.cuh>
 
+#include <map>
+
 DMOE_BEGIN_NAMESPACE
 namespace ops {
 
@@ -36,10 +38,11 @@ void gemm(cuda_t, const tensor& a, const tensor& b, tensor& c, const gemm_option
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS sees each buffer transposed.
   const float alpha = options.alpha, beta = options.beta;
   DMOE_CUDA_CHECK(cublasSgemm(cuda::detail::blas(), options.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                              options.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                              static_cast<int>(k), &alpha, b.device_data<float>(), static_cast<int>(b.dim(1)),
-                              a.device_data<float>(), static_cast<int>(a.dim(1)), &beta, c.device_data<float>(),
-                              static_cast<int>(n)));
+                              options.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, cuda_detail::blas_int(op, n),
+                              cuda_detail::blas_int(op, m), cuda_detail::blas_int(op, k), &alpha,
+                              b.device_data<float>(), cuda_detail::blas_int(op, b.dim(1)), a.device_data<float>(),
+                              cuda_detail::blas_int(op, a.dim(1)), &beta, c.device_data<float>(),
+                              cuda_detail::blas_int(op, n)));
 }
 
 tensor matmul(cuda_t, const tensor& a, const tensor& b, bool trans_a, bool trans_b) {
@@ -50,12 +53,22 @@ tensor matmul(cuda_t, const tensor& a, const tensor& b, bool trans_a, bool trans
 
 namespace cuda_detail {
 
-// cuBLASLt's workspace for the calling thread (one per thread, grown on demand).
+// cuBLASLt's workspace for the calling thread's current device and stream (two streams never share one; a grown
+// one frees the old in the order of its stream).
 inline void* lt_workspace(std::size_t bytes) {
-  thread_local tensor workspace;
+  thread_local std::map<std::pair<int, cudaStream_t>, tensor> workspaces;
+  tensor& workspace = workspaces[{cuda::current_device(), stream()}];
   if (workspace.empty() || workspace.nbytes() < bytes)
     workspace = tensor::uninitialized(shape{static_cast<std::int64_t>(bytes)}, dtype::u8, device::cuda);
   return workspace.bytes_data();
+}
+
+// The largest power of two (at most 256) that divides the address: cuBLASLt assumes 256 unless told.
+inline std::uint32_t alignment_of(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t a = 256;
+  while (a > 1 && address % a != 0) a /= 2;
+  return a;
 }
 
 struct lt_desc {
@@ -142,6 +155,19 @@ void linear_forward(cuda_t, const tensor& x, const tensor& w, const tensor& bias
   DMOE_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
   DMOE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                        &workspace_bytes, sizeof(workspace_bytes)));
+  // Views at odd offsets (rows of a batch, a bias inside a flat buffer) are fine: say how aligned each really is.
+  const std::uint32_t align_w = cuda_detail::alignment_of(w.device_data<float>()),
+                      align_x = cuda_detail::alignment_of(x.device_data<float>()),
+                      align_out = std::min(cuda_detail::alignment_of(y.device_data<float>()),
+                                           cuda_detail::alignment_of(z.device_data<float>()));
+  DMOE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w,
+                                                       sizeof(align_w)));
+  DMOE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x,
+                                                       sizeof(align_x)));
+  DMOE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                       &align_out, sizeof(align_out)));
+  DMOE_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                       &align_out, sizeof(align_out)));
   cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
   const cublasLtHandle_t handle = cuda::detail::blas_lt();
@@ -156,10 +182,16 @@ void linear_forward(cuda_t, const tensor& x, const tensor& w, const tensor& bias
   void* workspace = cuda_detail::lt_workspace(workspace_bytes);
   // The identity writes z (its pre-activation) and copies it to y when they differ; the others write y, z as aux.
   float* result = aux ? y.device_data<float>() : z.device_data<float>();
-  DMOE_CUDA_CHECK(cublasLtMatmul(handle, d.op, &alpha, w.device_data<float>(), d.a, x.device_data<float>(), d.b,
-                                 &beta, result, d.c, result, d.c, &heuristic.algo, workspace, workspace_bytes,
-                                 cuda_detail::stream()));
-  if (!aux && !z.shares_storage_with(y)) copy(cuda, z, y);
+  const cublasStatus_t status =
+      cublasLtMatmul(handle, d.op, &alpha, w.device_data<float>(), d.a, x.device_data<float>(), d.b, &beta, result,
+                     d.c, result, d.c, &heuristic.algo, workspace, workspace_bytes, cuda_detail::stream());
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {  // a layout cuBLASLt's epilogues cannot take: the unfused path
+    gemm(cuda, x, w, z, {.trans_b = true});
+    bias_activation_forward(cuda, z, bias, y, act);
+    return;
+  }
+  DMOE_CUDA_CHECK(status);
+  if (!aux) copy(cuda, z, y);  // a no-op when y is z
 }
 
 }  // namespace ops

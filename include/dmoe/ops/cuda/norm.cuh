@@ -542,8 +542,8 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
                                   labels.shape()));
   if (rows == 0) throw invalid_argument_error(fmt::format("{}: logits is {}: no rows to average over", op, logits.shape()));
   const std::int64_t* pl = labels.device_data<std::int64_t>();
-  // Labels are checked on the device: when the gradient overwrites the logits, before anything is written (a bad
-  // label then leaves them untouched); else in the same stream as the loss and read back with it (one copy).
+  // Labels are checked on the device before anything is written, as on the CPU: a bad label leaves the logits and
+  // dlogits untouched.
   tensor result = tensor::uninitialized(shape{16}, dtype::u8, device::cuda);  // {double loss, u64 first bad row}
   auto* loss_out = reinterpret_cast<double*>(result.bytes_data());
   auto* first_bad = reinterpret_cast<unsigned long long*>(result.bytes_data() + 8);
@@ -566,8 +566,7 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
     throw invalid_argument_error(
         fmt::format("{}: label {} of row {} is outside [0, {})", op, value, host.bad, classes));
   };
-  const bool in_place = dlogits && !dlogits->empty() && dlogits->overlaps(logits);
-  if (in_place) read_back();
+  read_back();
   if (dlogits) cuda_detail::prepare_output(op, "dlogits", *dlogits, logits.shape());
   tensor row_loss = tensor::uninitialized(shape{rows * 8}, dtype::u8, device::cuda);
   auto* losses = reinterpret_cast<double*>(row_loss.bytes_data());

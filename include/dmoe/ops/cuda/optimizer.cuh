@@ -6,6 +6,7 @@
 #include <dmoe/ops/cuda/elementwise.cuh>
 #include <dmoe/ops/cuda/reduction.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -101,6 +102,14 @@ void adam_step_many(cuda_t, std::span<tensor* const> params, std::span<const ten
     total += params[i]->numel();
   }
   if (total == 0) return;
+  {  // one launch updates every element once: a tensor listed twice (tied weights) would race with itself
+    std::vector<std::pair<const float*, const float*>> spans;
+    for (const auto& t : table) spans.push_back({t.param, t.param + t.n});
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t i = 1; i < spans.size(); ++i)
+      if (spans[i].first < spans[i - 1].second)
+        throw invalid_argument_error(fmt::format("{}: two parameters share memory (list a tied weight once)", op));
+  }
   const auto count = static_cast<std::int64_t>(table.size());
   const std::size_t table_bytes = table.size() * sizeof(cuda_detail::adam_tensor);
   tensor device_table = tensor::uninitialized(shape{static_cast<std::int64_t>(table_bytes + count * 8)}, dtype::u8,

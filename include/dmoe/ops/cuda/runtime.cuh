@@ -7,6 +7,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -82,8 +83,14 @@ stream_handle current_stream() noexcept {
 }
 
 stream::stream() { DMOE_CUDA_CHECK(cudaStreamCreateWithFlags(&handle_, cudaStreamNonBlocking)); }
+namespace detail {
+inline void on_stream_destroyed(cudaStream_t s) noexcept;
+}  // namespace detail
+
 stream::~stream() {
-  if (handle_) cudaStreamDestroy(handle_);
+  if (!handle_) return;
+  detail::on_stream_destroyed(handle_);
+  cudaStreamDestroy(handle_);
 }
 void stream::synchronize() const { DMOE_CUDA_CHECK(cudaStreamSynchronize(handle_)); }
 
@@ -129,7 +136,9 @@ inline cublasLtHandle_t blas_lt() {
 }
 
 // The caching allocator (see memory_stats in ops/cuda.hpp). Sizes round up to 512 bytes; a cached block serves a
-// request when it is at most a quarter larger. Blocks are cached per (device, stream).
+// request when it is at most a quarter larger. Blocks are cached per (device, stream, thread): the per-thread
+// default stream is one handle for every thread but a different stream on the GPU, so its blocks stay with the
+// thread that freed them.
 class caching_allocator {
  public:
   static caching_allocator& instance() {
@@ -141,13 +150,14 @@ class caching_allocator {
     const std::size_t size = round(bytes);
     const int device = current_device();
     const cudaStream_t s = current_stream();
+    const pool_key key{device, s, owner_of(s)};
     {
       std::lock_guard lock(mutex_);
-      auto& pool = free_[{device, s}];
+      auto& pool = free_[key];
       auto it = pool.lower_bound(size);
       if (it != pool.end() && it->first <= size + size / 4) {
         void* p = it->second;
-        live_[p] = block{it->first, device, s};
+        live_[p] = block{it->first, key};
         pool.erase(it);
         stats_.allocated += live_[p].size;
         stats_.peak_allocated = std::max(stats_.peak_allocated, stats_.allocated);
@@ -172,7 +182,7 @@ class caching_allocator {
           size, cudaGetErrorString(status), s_now.allocated, s_now.reserved, free_bytes, total, device));
     }
     std::lock_guard lock(mutex_);
-    live_[p] = block{size, device, s};
+    live_[p] = block{size, key};
     ++stats_.device_mallocs;
     stats_.allocated += size;
     stats_.reserved += size;
@@ -188,7 +198,30 @@ class caching_allocator {
     const block b = it->second;
     live_.erase(it);
     stats_.allocated -= b.size;
-    free_[{b.device, b.stream}].emplace(b.size, p);
+    free_[b.key].emplace(b.size, p);
+  }
+
+  // A stream is going away: its cached blocks go back to the driver (live ones return to the cache when freed and
+  // serve a later stream with the same handle, which is safe: the old stream's work is complete).
+  void forget_stream(cudaStream_t s) noexcept {
+    std::lock_guard lock(mutex_);
+    bool synced = false;
+    for (auto it = free_.begin(); it != free_.end();) {
+      if (std::get<1>(it->first) != s) {
+        ++it;
+        continue;
+      }
+      if (!synced) {
+        cudaStreamSynchronize(s);
+        synced = true;
+      }
+      for (auto& [size, p] : it->second) {
+        cudaFree(p);
+        stats_.reserved -= size;
+      }
+      it = free_.erase(it);
+    }
+    cudaGetLastError();
   }
 
   void release_cached() noexcept {
@@ -215,18 +248,36 @@ class caching_allocator {
   }
 
  private:
+  using pool_key = std::tuple<int, cudaStream_t, std::thread::id>;
   struct block {
     std::size_t size;
-    int device;
-    cudaStream_t stream;
+    pool_key key;
   };
   static std::size_t round(std::size_t bytes) { return std::max<std::size_t>(512, (bytes + 511) / 512 * 512); }
+  static std::thread::id owner_of(cudaStream_t s) {
+    return s == cudaStreamPerThread ? std::this_thread::get_id() : std::thread::id{};
+  }
 
   std::mutex mutex_;
-  std::map<std::pair<int, cudaStream_t>, std::multimap<std::size_t, void*>> free_;
+  std::map<pool_key, std::multimap<std::size_t, void*>> free_;
   std::unordered_map<void*, block> live_;
   memory_stats stats_;
 };
+
+// This thread's cuBLAS handles for the stream, and every cached block of it, go: a program that makes a stream per
+// request does not grow without bound. (Other threads' handles for it stay until those threads end.)
+inline void on_stream_destroyed(cudaStream_t s) noexcept {
+  auto& handles = thread_blas.by_stream;
+  for (auto it = handles.begin(); it != handles.end();) {
+    if (it->first.second == s) {
+      cublasDestroy(it->second);
+      it = handles.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  caching_allocator::instance().forget_stream(s);
+}
 
 inline cudaMemcpyKind copy_kind(device dst, device src) {
   if (dst == device::host) return src == device::host ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost;
@@ -242,8 +293,12 @@ inline const dmoe::detail::device_memory tensor_memory{
       DMOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, copy_kind(dst_device, src_device), s));
       DMOE_CUDA_CHECK(cudaStreamSynchronize(s));
     },
-    [](void* p, std::size_t bytes) { DMOE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, current_stream())); },
+    [](void* p, std::size_t bytes, bool wait) {
+      DMOE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, current_stream()));
+      if (wait) DMOE_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+    },
     []() { return device_count(); },
+    []() { return current_device(); },
     [](int index) { set_device(index); },
 };
 

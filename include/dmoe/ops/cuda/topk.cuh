@@ -4,6 +4,7 @@
 
 #include <dmoe/ops/cpu/topk.hpp>
 #include <dmoe/ops/cuda/common.cuh>
+#include <dmoe/ops/cuda/elementwise.cuh>
 
 #include <bit>
 #include <vector>
@@ -203,11 +204,12 @@ void topk(cuda_t, const tensor& x, std::int64_t k, tensor& values, tensor& indic
   constexpr std::string_view op = "topk";
   cuda_detail::check_f32(op, "x", x);
   const std::int64_t rows = cuda_detail::rows_of(x), n = cuda_detail::cols_of(x);
-  if (k < 1 || k > n) throw invalid_argument_error(fmt::format("{}: k is {} for rows of {}", op, k, n));
-  const shape out = x.shape().with(x.rank() - 1, k);
+  if (k < 0 || k > n)
+    throw invalid_argument_error(fmt::format("{}: k = {} but x is {} with {} columns", op, k, x.shape(), n));
+  const shape out{rows, k};  // leading dimensions fold into rows, as on the CPU
   cuda_detail::prepare_output(op, "values", values, out);
   cuda_detail::prepare_output(op, "indices", indices, out, dtype::i64);
-  if (rows == 0) return;
+  if (rows == 0 || k == 0) return;
   if (n > cuda_detail::topk_max_row) {  // rows beyond shared memory: the CPU's top-k on a host copy
     tensor hv, hi;
     topk(cpu, x.to(device::host), k, hv, hi);
@@ -268,6 +270,24 @@ void product_key_topk(cuda_t, const tensor& grid_scores, std::span<const std::ui
                             scores.device_data<float>(),
                             keys.device_data<std::int64_t>(),
                             reinterpret_cast<int*>(meta.bytes_data() + offsets_bytes)};
+  {  // non-finite scores are refused before anything is written, naming the first as the CPU does
+    tensor flag = tensor::uninitialized(shape{8}, dtype::u8, device::cuda);
+    auto* first = reinterpret_cast<unsigned long long*>(flag.bytes_data());
+    DMOE_CUDA_CHECK(cudaMemsetAsync(first, 0xff, 8, cuda_detail::stream()));
+    const float* ps = grid_scores.device_data<float>();
+    cuda_detail::launch_map("product_key_topk finite check", grid_scores.numel(), [=] __device__(std::int64_t i) {
+      if (!isfinite(ps[i])) atomicMin(first, static_cast<unsigned long long>(i));
+    });
+    unsigned long long bad = ~0ull;
+    DMOE_CUDA_CHECK(cudaMemcpyAsync(&bad, first, 8, cudaMemcpyDeviceToHost, cuda_detail::stream()));
+    DMOE_CUDA_CHECK(cudaStreamSynchronize(cuda_detail::stream()));
+    if (bad != ~0ull) {
+      float value = 0;
+      DMOE_CUDA_CHECK(cudaMemcpy(&value, ps + bad, sizeof value, cudaMemcpyDeviceToHost));
+      const auto width = static_cast<unsigned long long>(grid_scores.dim(1));
+      throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, bad % width, bad / width, value));
+    }
+  }
   const std::size_t shared_bytes =
       static_cast<std::size_t>(capacity + 2 * k) * 16 + static_cast<std::size_t>(k + 1) * 4;
   DMOE_CUDA_CHECK(cudaFuncSetAttribute(cuda_detail::product_key_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -275,11 +295,7 @@ void product_key_topk(cuda_t, const tensor& grid_scores, std::span<const std::ui
   cuda_detail::product_key_kernel<<<static_cast<unsigned>(batch), cuda_detail::pk_threads, shared_bytes,
                                     cuda_detail::stream()>>>(args);
   DMOE_CUDA_CHECK_LAUNCH("product_key_kernel");
-  int nonfinite = 0;
-  DMOE_CUDA_CHECK(cudaMemcpyAsync(&nonfinite, meta.bytes_data() + offsets_bytes, sizeof nonfinite,
-                                  cudaMemcpyDeviceToHost, cuda_detail::stream()));
   DMOE_CUDA_CHECK(cudaStreamSynchronize(cuda_detail::stream()));
-  if (nonfinite) throw invalid_argument_error(fmt::format("{}: grid_scores hold a NaN or infinite score", op));
 }
 
 }  // namespace ops
