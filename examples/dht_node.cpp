@@ -4,37 +4,74 @@
 //   dmoe_dht_node --initial-peers 127.0.0.1:5000                  # another node joining it
 //   dmoe_dht_node --initial-peers 127.0.0.1:5000 put KEY VALUE [--subkey S] [--ttl 600]
 //   dmoe_dht_node --initial-peers 127.0.0.1:5000 get KEY [--latest]
+// Addresses are IP literals (1.2.3.4:port or [v6]:port); hostnames are not accepted.
 // put and get run a client-mode node (never added to others' tables) that leaves once done.
-// Exit status: 0 done, 1 the swarm could not be joined / nothing stored / not found, 2 bad arguments.
+// Exit status: 0 done (a serving node stopped by SIGINT or SIGTERM included), 1 the swarm could not be joined /
+// nothing stored / not found / the node failed, 2 bad arguments (also a --listen address that cannot be bound),
+// 130 (SIGINT) or 143 (SIGTERM) when the signal ends a bootstrap, put or get in progress.
 #include <dmoe/dht/node_thread.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <pthread.h>
 #include <signal.h>
 
 namespace {
 
+constexpr double max_timeout_s = 24 * 3600;  // also keeps the conversion to milliseconds defined
+
+// An IP literal with a port; hostnames are refused (the node resolves nothing).
+const CLI::Validator endpoint_text(
+    [](std::string& text) -> std::string {
+      if (dmoe::endpoint::try_parse(text)) return {};
+      return fmt::format("not an address: '{}' (expected an IP literal and a port, 1.2.3.4:5000 or [::1]:5000; "
+                         "hostnames are not accepted)",
+                         text);
+    },
+    "IP:PORT", "endpoint");
+
 std::vector<dmoe::endpoint> parse_peers(const std::vector<std::string>& texts) {
   std::vector<dmoe::endpoint> peers;
-  for (const auto& text : texts) {
-    std::size_t begin = 0;
-    while (begin <= text.size()) {
-      const std::size_t comma = text.find(',', begin);
-      const std::string one = text.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin);
-      if (!one.empty()) peers.push_back(dmoe::endpoint::parse(one));
-      if (comma == std::string::npos) break;
-      begin = comma + 1;
-    }
-  }
+  for (const auto& text : texts)
+    if (!text.empty()) peers.push_back(dmoe::endpoint::parse(text));
   return peers;
+}
+
+// The address others can join with: a listening address of every interface (0.0.0.0, ::) is not one; this host's
+// first non-loopback address of that family is (loopback when there is none).
+std::string joinable(const dmoe::endpoint& bound) {
+  const std::string host = bound.address();
+  if (host != "0.0.0.0" && host != "::") return bound.to_string();
+  const int family = bound.is_v4() ? AF_INET : AF_INET6;
+  std::optional<dmoe::endpoint> found;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) == 0) {
+    for (const ifaddrs* i = list; i && !found; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != family || (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+        continue;
+      const socklen_t length = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+      dmoe::endpoint e = dmoe::endpoint::from_sockaddr(i->ifa_addr, length);
+      if (family == AF_INET6 && e.address().starts_with("fe80")) continue;  // link-local needs a scope id
+      found = e.with_port(bound.port());
+    }
+    freeifaddrs(list);
+  }
+  if (!found) found = (bound.is_v4() ? dmoe::endpoint::loopback_v4() : dmoe::endpoint::loopback_v6()).with_port(bound.port());
+  return found->to_string();
 }
 
 void print_record(const std::string& key, const dmoe::dht::record& r, double now) {
@@ -47,6 +84,74 @@ void print_record(const std::string& key, const dmoe::dht::record& r, double now
                v.expiration - now);
 }
 
+const char* signal_name(int signal) { return signal == SIGINT ? "SIGINT" : "SIGTERM"; }
+
+// SIGINT and SIGTERM, taken by a thread of their own (started before any other, so every thread inherits the
+// blocked mask): a signal stops the node at once (ending a bootstrap, put or get in progress), except while the
+// node serves, where main() stops it after reading its statistics.
+class signal_watch {
+ public:
+  signal_watch() {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGINT);
+    sigaddset(&signals_, SIGTERM);
+    sigaddset(&signals_, SIGUSR1);  // from ~signal_watch: time to end
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+    thread_ = std::thread([this] { watch(); });
+  }
+  ~signal_watch() {
+    done_ = true;
+    pthread_kill(thread_.native_handle(), SIGUSR1);
+    thread_.join();
+  }
+
+  // The node a signal stops (null: none now). Clearing it waits for a shutdown in progress.
+  void attach(dmoe::dht::node_thread* node) {
+    std::lock_guard lock(mutex_);
+    node_ = node;
+  }
+  // Serving: a signal only wakes wait() (main() stops the node).
+  void serving() {
+    std::lock_guard lock(mutex_);
+    serving_ = true;
+  }
+  int wait() {
+    std::unique_lock lock(mutex_);
+    received_cv_.wait(lock, [&] { return received_ != 0; });
+    return received_;
+  }
+  int received() {
+    std::lock_guard lock(mutex_);
+    return received_;
+  }
+
+ private:
+  void watch() {
+    for (;;) {
+      int signal = 0;
+      if (sigwait(&signals_, &signal) != 0) continue;
+      if (signal == SIGUSR1) {
+        if (done_) return;
+        continue;
+      }
+      std::lock_guard lock(mutex_);
+      if (received_ != 0) continue;
+      received_ = signal;
+      received_cv_.notify_all();
+      if (node_ && !serving_) node_->shutdown();  // under the lock: attach(nullptr) waits for it
+    }
+  }
+
+  sigset_t signals_{};
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::mutex mutex_;
+  std::condition_variable received_cv_;
+  dmoe::dht::node_thread* node_ = nullptr;
+  bool serving_ = false;
+  int received_ = 0;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -55,10 +160,16 @@ int main(int argc, char** argv) {
   std::vector<std::string> initial_peers;
   bool client_mode = false;
   double timeout_s = 10;
-  app.add_option("--listen", listen, "UDP address to listen on (host:port; port 0 picks a free one)");
-  app.add_option("--initial-peers", initial_peers, "peers to join through (host:port, comma-separated or repeated)");
+  app.add_option("--listen", listen,
+                 "UDP address to listen on (IP:PORT, an IP literal, no hostname; port 0 picks a free one)")
+      ->check(endpoint_text);
+  app.add_option("--initial-peers", initial_peers,
+                 "peers to join through (IP:PORT, IP literals, no hostnames; comma-separated or repeated)")
+      ->delimiter(',')
+      ->check(endpoint_text);
   app.add_flag("--client-mode", client_mode, "ask the swarm but never be added to others' routing tables");
-  app.add_option("--timeout", timeout_s, "seconds to join, and for a put or get")->check(CLI::PositiveNumber);
+  app.add_option("--timeout", timeout_s, "seconds to join, and for a put or get (at most 86400)")
+      ->check(CLI::Range(0.001, max_timeout_s));
 
   auto* put = app.add_subcommand("put", "store KEY = VALUE (or KEY[SUBKEY] = VALUE) and exit");
   std::string put_key, put_value, put_subkey;
@@ -66,7 +177,8 @@ int main(int argc, char** argv) {
   put->add_option("key", put_key, "the key (hashed with XXH3-128)")->required();
   put->add_option("value", put_value, "the value")->required();
   put->add_option("--subkey", put_subkey, "store one subkey of a dictionary value");
-  put->add_option("--ttl", ttl_s, "seconds until the value expires")->check(CLI::PositiveNumber);
+  put->add_option("--ttl", ttl_s, "seconds until the value expires (at most 86400, the nodes' horizon)")
+      ->check(CLI::Range(0.001, max_timeout_s));
 
   auto* get = app.add_subcommand("get", "print the value under KEY and exit");
   std::string get_key;
@@ -81,21 +193,35 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  // SIGINT and SIGTERM go to sigwait below, not to the node's thread (which inherits this mask).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal_watch signals;  // first: every thread started later inherits the blocked mask
+  auto interrupted = [&]() -> std::optional<int> {
+    const int signal = signals.received();
+    if (signal == 0) return std::nullopt;
+    fmt::print(stderr, "interrupted by {}\n", signal_name(signal));
+    return 128 + signal;
+  };
+
+  dmoe::dht::node_options options;
+  options.listen = dmoe::endpoint::parse(listen);
+  options.client_mode = client_mode || put->parsed() || get->parsed();
+  const std::vector<dmoe::endpoint> peers = parse_peers(initial_peers);
+  const auto timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
+  std::optional<dmoe::dht::node_thread> node;
+  try {
+    node.emplace(options);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "dmoe_dht_node: cannot listen on {}: {}\n", listen, e.what());
+    return 2;
+  }
+  struct detach {
+    signal_watch& signals;
+    ~detach() { signals.attach(nullptr); }
+  } detached{signals};
+  signals.attach(&*node);
 
   try {
-    const auto timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
-    dmoe::dht::node_options options;
-    options.listen = dmoe::endpoint::parse(listen);
-    options.client_mode = client_mode || put->parsed() || get->parsed();
-    const std::vector<dmoe::endpoint> peers = parse_peers(initial_peers);
-    dmoe::dht::node_thread node(options);
-    const auto joined = node.bootstrap(peers, timeout);
+    const auto joined = node->bootstrap(peers, timeout);
+    if (auto code = interrupted()) return *code;
     if (!joined.joined) {
       std::string missing;
       for (const auto& p : joined.not_answered) missing += (missing.empty() ? "" : ", ") + p.to_string();
@@ -106,9 +232,10 @@ int main(int argc, char** argv) {
     if (put->parsed()) {
       const auto key = dmoe::dht::key_of(put_key);
       const auto outcome = put_subkey.empty()
-                               ? node.store(key, dmoe::to_buffer(put_value), now + ttl_s, timeout)
-                               : node.store(key, dmoe::to_buffer(put_subkey), dmoe::to_buffer(put_value), now + ttl_s,
-                                            timeout);
+                               ? node->store(key, dmoe::to_buffer(put_value), now + ttl_s, timeout)
+                               : node->store(key, dmoe::to_buffer(put_subkey), dmoe::to_buffer(put_value),
+                                             now + ttl_s, timeout);
+      if (auto code = interrupted()) return *code;
       if (!outcome) {
         fmt::print(stderr, "{} not stored: {} node(s) asked{}\n", put_key, outcome.asked,
                    outcome.refusal ? fmt::format(", refused ({})", dmoe::dht::to_string(*outcome.refusal)) : "");
@@ -118,7 +245,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (get->parsed()) {
-      const auto found = node.get(dmoe::dht::key_of(get_key), latest, timeout);
+      const auto found = node->get(dmoe::dht::key_of(get_key), latest, timeout);
+      if (auto code = interrupted()) return *code;
       if (!found) {
         fmt::print(stderr, "{} not found\n", get_key);
         return 1;
@@ -126,19 +254,27 @@ int main(int argc, char** argv) {
       print_record(get_key, *found, now);
       return 0;
     }
-    fmt::print("dht node {} listening on {} ({} peer(s) known{})\n", node.id().to_hex(), node.local_endpoint(), joined.peers,
-               options.client_mode ? ", client mode" : "");
-    fmt::print("join with: --initial-peers {}\n", node.local_endpoint());
+    signals.serving();
+    if (const int signal = signals.received()) {  // came during the bootstrap's last moments: the node is stopped
+      fmt::print("stopped by {}\n", signal_name(signal));
+      return 0;
+    }
+    fmt::print("dht node {} listening on {} ({} peer(s) known{})\n", node->id().to_hex(), node->local_endpoint(),
+               joined.peers, options.client_mode ? ", client mode" : "");
+    fmt::print("join with: --initial-peers {}\n", joinable(node->local_endpoint()));
+    if (joinable(node->local_endpoint()) != node->local_endpoint().to_string())
+      fmt::print("(listening on every interface: from another host use an address of this one that it can reach, "
+                 "port {}, or pass --listen ADDRESS:PORT)\n",
+                 node->local_endpoint().port());
     std::fflush(stdout);
-    int received = 0;
-    sigwait(&signals, &received);
-    const auto stats = node.stats();
-    node.shutdown();
-    fmt::print("stopped by {}: {} peer(s), {} key(s) stored, {} request(s) answered\n",
-               received == SIGINT ? "SIGINT" : "SIGTERM", stats.peers, stats.stored_keys,
-               stats.datagram.responses_sent);
+    const int received = signals.wait();
+    const auto stats = node->stats();
+    node->shutdown();
+    fmt::print("stopped by {}: {} peer(s), {} key(s) stored, {} request(s) answered\n", signal_name(received),
+               stats.peers, stats.stored_keys, stats.datagram.responses_sent);
     return 0;
   } catch (const std::exception& e) {
+    if (auto code = interrupted()) return *code;
     fmt::print(stderr, "dmoe_dht_node: {}\n", e.what());
     return 1;
   }

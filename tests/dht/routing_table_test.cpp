@@ -105,16 +105,28 @@ BOOST_AUTO_TEST_CASE(self_is_never_added) {
   BOOST_TEST(table.size() == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(known_node_is_refreshed_with_its_new_address) {
+BOOST_AUTO_TEST_CASE(known_node_is_refreshed_at_its_address_and_never_moved_by_another) {
   dht::routing_table table(node_id{0, 0});
   const node_id a{1ull << 63, 1}, b{1ull << 63, 2};
   BOOST_TEST((table.heard_from(a, address_of(1), steady_time{1s}).outcome == dht::heard_outcome::added));
   BOOST_TEST((table.heard_from(b, address_of(2), steady_time{2s}).outcome == dht::heard_outcome::added));
-  BOOST_TEST((table.heard_from(a, address_of(3), steady_time{3s}).outcome == dht::heard_outcome::refreshed));
-  BOOST_TEST(table.size() == 2u);
-  BOOST_TEST((table.find(a)->address == address_of(3)));
+  BOOST_TEST((table.heard_from(a, address_of(1), steady_time{3s}).outcome == dht::heard_outcome::refreshed));
   // a is now the most recently seen: last in its bucket.
   BOOST_TEST((table.bucket_of(a).peers.back().id == a));
+  // Ids are not authenticated: a's id from another address (a request or an answer) changes nothing.
+  for (bool answered : {false, true}) {
+    const auto moved = table.heard_from(b, address_of(3), steady_time{4s}, answered);
+    BOOST_TEST((moved.outcome == dht::heard_outcome::address_conflict));
+    BOOST_REQUIRE(moved.ping.has_value());
+    BOOST_TEST((moved.ping->address == address_of(2)));
+  }
+  BOOST_TEST(table.size() == 2u);
+  BOOST_TEST((table.find(b)->address == address_of(2)));
+  BOOST_TEST((table.bucket_of(a).peers.back().id == a));
+  // Only once b failed at its known address is the new one taken.
+  table.failed(b, steady_time{5s});
+  BOOST_TEST((table.heard_from(b, address_of(3), steady_time{6s}).outcome == dht::heard_outcome::added));
+  BOOST_TEST((table.find(b)->address == address_of(3)));
 }
 
 // A full bucket far from our id (depth a multiple of b, so it does not split) meets a newcomer.

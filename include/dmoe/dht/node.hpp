@@ -122,8 +122,126 @@ class node {
   // Joins the swarm (Kademlia, section 2.3's join): pings every initial peer, again every bootstrap_retry_pause
   // until one answers or `deadline` (default_timeout when none) passes; once one has answered the rest get their
   // ping's own retries and no more; then looks up our own id to fill the routing table. With no initial peers the
-  // node starts a new swarm (joined). Errors: closed_error after shutdown, cancelled_error.
+  // node starts a new swarm (joined). Answers from our own id (our own address) do not count. shutdown() ends it
+  // (not joined). Errors: closed_error after shutdown, cancelled_error.
   task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline) {
+    co_return co_await tracked("bootstrap", bootstrap_body(std::move(initial_peers), deadline));
+  }
+
+  // Stores a plain value under `key` on the num_replicas nearest nodes. See store_many.
+  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline) {
+    std::vector<store_entry> entries;
+    entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
+    auto outcomes = co_await store_many(std::move(entries), deadline);
+    co_return outcomes.front();
+  }
+  // Stores one subkey of the dictionary under `key`. See store_many.
+  task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+                            steady_time deadline = no_deadline) {
+    std::vector<store_entry> entries;
+    entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
+    auto outcomes = co_await store_many(std::move(entries), deadline);
+    co_return outcomes.front();
+  }
+
+  // Stores every entry on the num_replicas nodes nearest to its key (one lookup crawls all keys; each node gets
+  // one store call with all its entries). An entry already expired is refused (`expired`) without a call; the
+  // newer-wins and signature rules are the storing nodes' (store_result, `refused`). Ends by `deadline`.
+  // Errors: invalid_argument_error for an entry over the size limits or with a non-finite expiration (nothing is
+  // stored then), closed_error after shutdown, cancelled_error.
+  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline) {
+    co_return co_await tracked("store", store_many_body(std::move(entries), deadline));
+  }
+
+  // The value under `key`: the first unexpired one found, or with `latest` the newest among the k nearest nodes
+  // (dictionaries merged per subkey). Nothing when no node holds it. Ends by `deadline`. Errors as get_many.
+  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline) {
+    std::vector<key_id> keys{key};
+    auto results = co_await get_many(std::move(keys), latest, deadline);
+    co_return std::move(results.front().found);
+  }
+
+  // Gets every key in one crawl; results in the order given (repeats kept). A key already being got by another
+  // call waits for that traversal (a plain get also joins a `latest` one), whose deadline is extended to this
+  // call's when later: each call keeps its own deadline. A value held locally answers a plain get at once. Values
+  // found (after the record validator and the expiration horizon, see protocol::find) are cached locally and on
+  // the nearest visited node that lacked them. Ends by `deadline` with what was found by then. Errors:
+  // closed_error after shutdown, cancelled_error.
+  task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
+                                         steady_time deadline = no_deadline) {
+    co_return co_await tracked("get", get_many_body(std::move(keys), latest, deadline));
+  }
+
+  // The `count` nodes nearest to `key` in the swarm (ourselves included unless in client mode), nearest first.
+  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline) {
+    co_return co_await tracked("find_nearest", find_nearest_body(key, count, deadline));
+  }
+
+  // Pings `address`; returns the id that answered. Errors: timeout_error, closed_error, cancelled_error.
+  task<node_id> ping(endpoint address, steady_time deadline = no_deadline) {
+    co_return co_await tracked("ping", ping_body(address, deadline));
+  }
+
+  // Stops serving and every lookup and call in progress (bootstrap, store, get...: they end at once with what they
+  // had, or closed_error) and waits for all of them to return; afterwards the node may be destroyed. Calls made
+  // later fail with closed_error. Idempotent.
+  task<void> shutdown() {
+    shut_down_ = true;
+    protocol_.close();
+    group_.request_stop();
+    closing_.set();
+    try {
+      co_await group_.join();
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: {} while shutting down", protocol_.local_endpoint(), e.what());
+    }
+    while (callers_ != 0) {
+      callers_idle_.reset();
+      co_await callers_idle_.wait();
+    }
+  }
+
+  const node_id& id() const noexcept { return protocol_.id(); }
+  // The address others join with (bootstrap's initial peers).
+  const endpoint& local_endpoint() const noexcept { return protocol_.local_endpoint(); }
+  const node_options& options() const noexcept { return options_; }
+  std::size_t peer_count() const noexcept { return protocol_.table().size(); }
+  node_stats stats() const {
+    node_stats s;
+    s.rpc = protocol_.stats();
+    s.datagram = protocol_.datagram_stats();
+    s.peers = protocol_.table().size();
+    s.stored_keys = protocol_.stored().size();
+    s.lookups = lookups_;
+    s.lookup_requests = lookup_requests_;
+    s.shared_gets = shared_gets_;
+    return s;
+  }
+  bool is_shut_down() const noexcept { return shut_down_; }
+  // The protocol underneath: routing table, storage, counters (for tests and tools).
+  protocol& rpc() noexcept { return protocol_; }
+  const protocol& rpc() const noexcept { return protocol_; }
+
+ private:
+  // Runs a caller's call, counted until it has ended so that shutdown() can wait for it: a call never resumes on a
+  // destroyed node. (shutdown() ends calls by closing the protocol and setting `closing_`.)
+  template <class T>
+  task<T> tracked(std::string_view what, task<T> work) {
+    ensure_open(what);
+    std::optional<T> result;
+    std::exception_ptr failure;
+    ++callers_;
+    try {
+      result.emplace(co_await std::move(work));
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    if (--callers_ == 0) callers_idle_.set();  // resumes a waiting shutdown() later, never inline
+    if (failure) std::rethrow_exception(failure);
+    co_return std::move(*result);
+  }
+
+  task<bootstrap_result> bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline) {
     ensure_open("bootstrap");
     deadline = resolve(deadline);
     bootstrap_result result;
@@ -151,28 +269,7 @@ class node {
     co_return result;
   }
 
-  // Stores a plain value under `key` on the num_replicas nearest nodes. See store_many.
-  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline) {
-    std::vector<store_entry> entries;
-    entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
-    auto outcomes = co_await store_many(std::move(entries), deadline);
-    co_return outcomes.front();
-  }
-  // Stores one subkey of the dictionary under `key`. See store_many.
-  task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
-                            steady_time deadline = no_deadline) {
-    std::vector<store_entry> entries;
-    entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
-    auto outcomes = co_await store_many(std::move(entries), deadline);
-    co_return outcomes.front();
-  }
-
-  // Stores every entry on the num_replicas nodes nearest to its key (one lookup crawls all keys; each node gets
-  // one store call with all its entries). An entry already expired is refused (`expired`) without a call; the
-  // newer-wins and signature rules are the storing nodes' (store_result, `refused`). Ends by `deadline`.
-  // Errors: invalid_argument_error for an entry over the size limits or with a non-finite expiration (nothing is
-  // stored then), closed_error after shutdown, cancelled_error.
-  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline) {
+  task<std::vector<store_outcome>> store_many_body(std::vector<store_entry> entries, steady_time deadline) {
     ensure_open("store");
     check_entries(entries);
     deadline = resolve(deadline);
@@ -231,20 +328,7 @@ class node {
     co_return outcomes;
   }
 
-  // The value under `key`: the first unexpired one found, or with `latest` the newest among the k nearest nodes
-  // (dictionaries merged per subkey). Nothing when no node holds it. Ends by `deadline`. Errors as get_many.
-  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline) {
-    std::vector<key_id> keys{key};
-    auto results = co_await get_many(std::move(keys), latest, deadline);
-    co_return std::move(results.front().found);
-  }
-
-  // Gets every key in one crawl; results in the order given (repeats kept). A key already being got by another
-  // call waits for that traversal (a plain get also joins a `latest` one). A value held locally answers a plain get
-  // at once. Values found are cached locally and on the nearest visited node that lacked them. Ends by `deadline`
-  // with what was found by then. Errors: closed_error after shutdown, cancelled_error.
-  task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
-                                         steady_time deadline = no_deadline) {
+  task<std::vector<get_result>> get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline) {
     ensure_open("get");
     deadline = resolve(deadline);
     std::vector<get_result> out;
@@ -258,6 +342,8 @@ class node {
       if (source.contains(key)) continue;
       std::shared_ptr<traversal> running = find_running(key, latest);
       if (running) {
+        // Each caller keeps its own deadline: a later one extends the traversal (crawl() rechecks it).
+        running->deadline = std::max(running->deadline, deadline);
         ++shared_gets_;
         source.emplace(key, running);
         if (std::find(joined.begin(), joined.end(), running) == joined.end()) joined.push_back(running);
@@ -303,8 +389,7 @@ class node {
     co_return out;
   }
 
-  // The `count` nodes nearest to `key` in the swarm (ourselves included unless in client mode), nearest first.
-  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline) {
+  task<std::vector<wire_peer>> find_nearest_body(key_id key, std::size_t count, steady_time deadline) {
     ensure_open("find_nearest");
     traversal search({key}, lookup_with(false, false), resolve(deadline));
     co_await crawl(search);
@@ -316,48 +401,12 @@ class node {
     co_return nearest;
   }
 
-  // Pings `address`; returns the id that answered. Errors: timeout_error, closed_error, cancelled_error.
-  task<node_id> ping(endpoint address, steady_time deadline = no_deadline) {
+  task<node_id> ping_body(endpoint address, steady_time deadline) {
     ensure_open("ping");
     auto [id, answer] = co_await protocol_.ping(address, resolve(deadline));
     co_return id;
   }
 
-  // Stops serving and every lookup in progress and waits for them; afterwards the node may be destroyed. Calls
-  // made later fail with closed_error. Idempotent.
-  task<void> shutdown() {
-    shut_down_ = true;
-    protocol_.close();
-    group_.request_stop();
-    try {
-      co_await group_.join();
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: {} while shutting down", protocol_.local_endpoint(), e.what());
-    }
-  }
-
-  const node_id& id() const noexcept { return protocol_.id(); }
-  // The address others join with (bootstrap's initial peers).
-  const endpoint& local_endpoint() const noexcept { return protocol_.local_endpoint(); }
-  const node_options& options() const noexcept { return options_; }
-  std::size_t peer_count() const noexcept { return protocol_.table().size(); }
-  node_stats stats() const {
-    node_stats s;
-    s.rpc = protocol_.stats();
-    s.datagram = protocol_.datagram_stats();
-    s.peers = protocol_.table().size();
-    s.stored_keys = protocol_.stored().size();
-    s.lookups = lookups_;
-    s.lookup_requests = lookup_requests_;
-    s.shared_gets = shared_gets_;
-    return s;
-  }
-  bool is_shut_down() const noexcept { return shut_down_; }
-  // The protocol underneath: routing table, storage, counters (for tests and tools).
-  protocol& rpc() noexcept { return protocol_; }
-  const protocol& rpc() const noexcept { return protocol_; }
-
- private:
   // One crawl's state; shared by the gets that wait for it.
   struct traversal {
     traversal(std::vector<key_id> keys_, const lookup_options& options, steady_time deadline_)
@@ -504,9 +553,14 @@ class node {
     pump(t);
     std::exception_ptr failure;
     try {
-      if (!t.finished.is_set()) co_await with_deadline(wait_for(t.finished), t.deadline);
-    } catch (const timeout_error&) {
-      // the deadline: end with what was found
+      // The deadline may be extended meanwhile by a get joining this traversal.
+      while (!t.finished.is_set()) {
+        try {
+          co_await with_deadline(wait_for(t.finished), t.deadline);
+        } catch (const timeout_error&) {
+          if (std::chrono::steady_clock::now() >= t.deadline) break;  // the deadline: end with what was found
+        }
+      }
     } catch (...) {
       failure = std::current_exception();
     }
@@ -561,7 +615,9 @@ class node {
     bool answered = false;
     find_response response;
     try {
-      response = co_await protocol_.find(request.peer, request.keys, t.deadline);
+      // Not cut at the traversal's deadline (crawl() cancels calls then, which blames no peer; a timeout would ban
+      // the peer for our haste, and a joining get may extend the deadline).
+      response = co_await protocol_.find(request.peer, request.keys, deadline_after(options_.rpc_timeout));
       answered = true;
     } catch (const cancelled_error&) {
       co_return;
@@ -580,7 +636,12 @@ class node {
   task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any) {
     for (;;) {
       try {
-        co_await protocol_.ping(address, deadline);
+        const auto [id, answer] = co_await protocol_.ping(address, deadline);
+        if (id == protocol_.id()) {
+          // Our own address (or someone answering with our id): not a peer; asking again will not change that.
+          log_debug("dht node {}: initial peer {} is this node", protocol_.local_endpoint(), address);
+          co_return;
+        }
         answered = 1;
         any = true;
         co_return;
@@ -593,8 +654,11 @@ class node {
       }
       if (any || std::chrono::steady_clock::now() >= deadline) co_return;
       const steady_time pause = std::min(deadline, deadline_after(options_.bootstrap_retry_pause));
-      co_await sleep_until(pause);
-      if (any || std::chrono::steady_clock::now() >= deadline) co_return;
+      try {
+        co_await with_deadline(wait_for(closing_), pause);  // shutdown() ends the pause
+      } catch (const timeout_error&) {
+      }
+      if (any || shut_down_ || std::chrono::steady_clock::now() >= deadline) co_return;
     }
   }
 
@@ -608,6 +672,9 @@ class node {
   std::uint64_t lookups_ = 0;
   std::uint64_t lookup_requests_ = 0;
   std::uint64_t shared_gets_ = 0;
+  std::size_t callers_ = 0;    // callers' calls in progress (tracked)
+  async_event callers_idle_;  // set when callers_ drops to 0
+  async_event closing_;       // set by shutdown(): ends waits that no call is behind (bootstrap's pause)
 };
 
 }  // namespace dht

@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -72,6 +73,14 @@ struct protocol_options {
   std::size_t max_bytes_per_source = 8u << 20;
   std::size_t max_tracked_sources = 1u << 16;  // addresses whose rate and bytes are remembered at once
   std::size_t max_background_calls = 64;       // eviction pings and hand-overs running at once; more are skipped
+  // Bytes of values one find answer may carry: find_answer_ratio times the request's size, but at least
+  // find_answer_min_value_bytes (one largest value and its signature). Values beyond are left out (the peers are
+  // still sent); repeated keys in a request are answered once.
+  double find_answer_ratio = 16;
+  std::size_t find_answer_min_value_bytes = 66 * 1024;
+  // Stored keys examined per newcomer when choosing what to hand over (bounded work per new peer; the owners'
+  // re-stores reach keys beyond it).
+  std::size_t max_handover_scan = 4096;
   const clock_source* clock = &default_clock();  // wall time of expirations, steady time of bans
 };
 
@@ -90,6 +99,10 @@ struct protocol_stats {
   std::uint64_t evictions_checked = 0;  // least-recently-seen peers pinged for a full bucket
   std::uint64_t handovers = 0;         // store calls handing keys to a new nearer peer
   std::uint64_t background_skipped = 0;  // eviction pings and hand-overs not made at max_background_calls
+  std::uint64_t address_conflicts = 0;  // a known id heard from another address (its entry is kept)
+  // Values or subkeys in find answers dropped: a signature the record validator refuses, an expiration that is not
+  // finite or beyond storage.max_expiration_horizon. An answer with a refused signature also fails its peer.
+  std::uint64_t records_dropped = 0;
 };
 
 // The sender id the datagram layer carries, for a node id.
@@ -279,6 +292,13 @@ class protocol {
       record_failure(peer.id);
       throw;
     }
+    if (const std::size_t forged = screen(decoded); forged != 0) {
+      // Honest peers validated what they store: a forged record marks the peer as hostile.
+      ++stats_.calls_failed;
+      record_failure(peer.id);
+      throw protocol_error(fmt::format("dht find answer from {} at {}: {} record(s) with a refused signature",
+                                       peer.id.to_hex(), peer.address, forged));
+    }
     answered(peer.id, peer.address, decoded.client_mode);
     co_return decoded;
   }
@@ -335,22 +355,34 @@ class protocol {
   }
 
   // We heard from `id` at `address`: put it in its bucket (a request from it: `from_request`). Client-mode peers
-  // and our own id are ignored. A newcomer nearer to some of our keys than the replicas we know gets them; a full
-  // bucket's least recently seen peer is pinged.
+  // and our own id are ignored. Sender ids are not authenticated, so a known id heard at another address keeps
+  // its entry: the known address is pinged, and only if it fails is the new one pinged (and learnt if it answers
+  // with that id). A full bucket's least recently seen peer is pinged. A peer newly added to a bucket gets the keys
+  // it is nearer to than the replicas we know, once it has answered us (a request alone proves nothing).
   void heard_from(const node_id& id, const endpoint& address, bool from_request) {
     if (id == self_ || closed_) return;
-    const steady_time now = options_.clock->steady_now();
-    const bool newcomer = !table_.contains(id) && !(from_request && table_.is_banned(id, now));
-    std::vector<store_item> handover;
-    if (newcomer && !options_.client_mode) handover = keys_for_newcomer(id);
-    const heard_result heard = table_.heard_from(id, address, now, !from_request);
-    if (heard.outcome == heard_outcome::added && !handover.empty()) {
-      ++stats_.handovers;
-      spawn_background(hand_over(wire_peer{id, address}, std::move(handover)));
-    } else if (heard.outcome == heard_outcome::cached && heard.ping && !checking_.contains(heard.ping->id)) {
-      ++stats_.evictions_checked;
-      if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
-        checking_.insert(heard.ping->id);
+    const heard_result heard = table_.heard_from(id, address, options_.clock->steady_now(), !from_request);
+    switch (heard.outcome) {
+      case heard_outcome::added:
+        if (options_.client_mode || storage_.size() == 0) break;
+        if (from_request) spawn_background(welcome(wire_peer{id, address}));
+        else hand_over_to(wire_peer{id, address});
+        break;
+      case heard_outcome::cached:
+        if (heard.ping && !checking_.contains(heard.ping->id)) {
+          ++stats_.evictions_checked;
+          if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
+            checking_.insert(heard.ping->id);
+        }
+        break;
+      case heard_outcome::address_conflict:
+        ++stats_.address_conflicts;
+        if (heard.ping && !checking_.contains(id)) {
+          if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_.insert(id);
+        }
+        break;
+      default:
+        break;
     }
   }
 
@@ -394,6 +426,8 @@ class protocol {
     if (o.rpc_timeout.count() <= 0) throw invalid_argument_error("dht node: rpc_timeout must be positive");
     if (o.max_requests_per_second < 0 || (o.max_requests_per_second > 0 && o.request_burst == 0))
       throw invalid_argument_error("dht node: max_requests_per_second must be >= 0, with request_burst >= 1");
+    if (!std::isfinite(o.find_answer_ratio) || o.find_answer_ratio < 0)
+      throw invalid_argument_error("dht node: find_answer_ratio must be finite and >= 0");
     if (o.max_tracked_sources == 0) throw invalid_argument_error("dht node: max_tracked_sources must be >= 1");
     if (!o.clock) throw invalid_argument_error("dht node: clock must not be null");
     return o;
@@ -445,6 +479,37 @@ class protocol {
 
   void answered(const node_id& id, const endpoint& address, bool client_mode) {
     if (!client_mode) heard_from(id, address, false);
+  }
+
+  // Drops the values and subkeys of a find answer that the record validator refuses or whose expiration is not
+  // finite or beyond our storage horizon (such a value would win every newer-wins merge). Returns how many had a
+  // refused signature.
+  std::size_t screen(find_response& answer) {
+    const wall_seconds latest = options_.clock->wall_now() + options_.storage.max_expiration_horizon;
+    std::size_t forged = 0;
+    auto acceptable = [&](const key_id& key, const byte_buffer* subkey, const timed_value& v) {
+      if (!std::isfinite(v.expiration) || v.expiration > latest) {
+        ++stats_.records_dropped;
+        return false;
+      }
+      if (validator_.validate(key, subkey, v, std::nullopt) != validation::ok) {
+        ++stats_.records_dropped;
+        ++forged;
+        return false;
+      }
+      return true;
+    };
+    for (auto& result : answer.results) {
+      if (!result.found) continue;
+      record& found = *result.found;
+      if (found.is_dictionary) {
+        std::erase_if(found.subkeys, [&](const auto& item) { return !acceptable(result.key, &item.first, item.second); });
+        if (found.subkeys.empty()) result.found.reset();
+      } else if (!acceptable(result.key, nullptr, found.value)) {
+        result.found.reset();
+      }
+    }
+    return forged;
   }
 
   // ---- handlers ----
@@ -505,10 +570,16 @@ class protocol {
     const node_id requester = from_sender_id(r.sender);
     find_response out{options_.client_mode, {}};
     out.results.reserve(m.keys.size());
-    // Values stop being included once the answer nears the message limit (the peers still are): a larger answer
-    // would be refused whole.
-    std::size_t budget = options_.datagram.limits.max_message / 2;
+    // The answer goes to an unverified source address: values are included only up to a budget proportional to
+    // the request (at least find_answer_min_value_bytes, so one largest value fits), and a repeated key is answered
+    // once, so a small request cannot reflect a large answer. The budget also stays under the message limit.
+    const double proportional = std::min(options_.find_answer_ratio * static_cast<double>(r.message.size()), 1e15);
+    std::size_t budget =
+        std::min<std::size_t>(options_.datagram.limits.max_message / 2,
+                              std::max(options_.find_answer_min_value_bytes, static_cast<std::size_t>(proportional)));
+    std::unordered_set<key_id> seen;
     for (const auto& key : m.keys) {
+      if (!seen.insert(key).second) continue;
       find_result result{key, local(key), {}};
       if (result.found) {
         const std::size_t size = result.found->byte_size() + 64 * (result.found->subkeys.size() + 1);
@@ -533,15 +604,17 @@ class protocol {
     return true;
   }
 
-  // The keys a newcomer should get (hivemind's rule): those we are the nearest known holder of and the newcomer is
-  // nearer to than the farthest of their num_replicas nearest known peers.
+  // The keys a newcomer (already in its bucket) should get (hivemind's rule): those we are the nearest known holder
+  // of and the newcomer is nearer to than the farthest of their num_replicas nearest other known peers. Examines
+  // at most max_handover_scan stored keys.
   std::vector<store_item> keys_for_newcomer(const node_id& newcomer) {
     std::vector<store_item> out;
     if (storage_.size() == 0) return out;
     const wall_seconds now = options_.clock->wall_now();
+    std::size_t examined = 0;
     for (const auto& [key, held] : storage_.entries()) {
-      if (out.size() >= options_.limits.max_keys) break;
-      const auto neighbours = table_.nearest(key, options_.num_replicas);
+      if (out.size() >= options_.limits.max_keys || examined++ >= options_.max_handover_scan) break;
+      const auto neighbours = table_.nearest(key, options_.num_replicas, newcomer);
       bool give = neighbours.empty();
       if (!give) {
         const bool we_are_nearest = nearer(key, self_, neighbours.front().id);
@@ -557,6 +630,56 @@ class protocol {
       }
     }
     return out;
+  }
+
+  // Hands `peer` (just added to its bucket, and known to answer) the keys it should hold.
+  void hand_over_to(const wire_peer& peer) {
+    std::vector<store_item> items = keys_for_newcomer(peer.id);
+    if (items.empty()) return;
+    ++stats_.handovers;
+    spawn_background(hand_over(peer, std::move(items)));
+  }
+
+  // A peer added to its bucket on a request: pinged first; if it answers as itself and is still in its bucket at
+  // that address, it gets its keys.
+  task<void> welcome(wire_peer peer) {
+    try {
+      co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: new peer {} did not answer: {}", endpoint_.local_endpoint(), peer.address, e.what());
+      co_return;
+    }
+    if (closed_) co_return;
+    const auto entry = table_.find(peer.id);
+    if (!entry || entry->address != peer.address) co_return;
+    std::vector<store_item> items = keys_for_newcomer(peer.id);
+    if (items.empty()) co_return;
+    ++stats_.handovers;
+    co_await hand_over(peer, std::move(items));
+  }
+
+  // `known` was heard from at `moved_to`: it keeps its entry while it answers at its known address; if it does not
+  // (call() then drops and bans it), `moved_to` is pinged expecting that id, and learnt only if it answers as it.
+  task<void> check_moved(wire_peer known, endpoint moved_to) {
+    bool try_new = false;
+    try {
+      co_await ping(known.address, deadline_after(options_.rpc_timeout), known.id);
+    } catch (const cancelled_error&) {
+    } catch (const closed_error&) {
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: {} did not answer at {}: {}", endpoint_.local_endpoint(), known.id.to_hex(),
+                known.address, e.what());
+      try_new = true;
+    }
+    if (try_new && !closed_) {
+      try {
+        co_await ping(moved_to, deadline_after(options_.rpc_timeout), known.id);
+      } catch (const std::exception& e) {
+        log_debug("dht node {}: {} did not answer at {} either: {}", endpoint_.local_endpoint(), known.id.to_hex(),
+                  moved_to, e.what());
+      }
+    }
+    checking_.erase(known.id);
   }
 
   task<void> hand_over(wire_peer peer, std::vector<store_item> items) {
@@ -589,7 +712,7 @@ class protocol {
   record_validator validator_;
   detail::source_limits sources_;
   protocol_stats stats_;
-  std::unordered_set<node_id> checking_;  // peers whose eviction ping is in flight
+  std::unordered_set<node_id> checking_;  // peers whose eviction or address check is in flight
   task_group background_;
   bool serving_ = false;
   bool closed_ = false;

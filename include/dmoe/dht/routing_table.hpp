@@ -41,6 +41,10 @@ enum class heard_outcome {
   cached,     // its bucket is full: kept in the replacement cache, and `ping` names the node to check
   banned,     // it is banned and this was not an answer from it: ignored
   self,       // our own id: ignored
+  // It is known (in its bucket or cache) at another address: nothing changed, since ids are not authenticated.
+  // `ping` names the known entry: ping it there; only if it fails may the new address be tried (and then learnt
+  // when it answers a ping expecting this id).
+  address_conflict,
 };
 
 struct heard_result {
@@ -78,9 +82,16 @@ class routing_table {
 
   // We heard from `id` at `address` at `now`. `answered` is true when it answered one of our requests (a
   // success: its ban, if any, is lifted); false for a request it sent us, which a banned node cannot use to
-  // get back in before its ban ends. A known node moves to the tail of its bucket and takes the new address.
+  // get back in before its ban ends. A known node moves to the tail of its bucket; a known node heard from at
+  // another address is left exactly as it was (address_conflict): the address of a known id never changes here.
   heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true) {
     if (id == self_) return {heard_outcome::self, std::nullopt};
+    {
+      const bucket& b = bucket_for(id);
+      for (const auto* list : {&b.peers, &b.replacements})
+        for (const auto& p : *list)
+          if (p.id == id && p.address != address) return {heard_outcome::address_conflict, p};
+    }
     if (answered) {
       bans_.succeeded(id);
     } else if (bans_.is_banned(id, now)) {
