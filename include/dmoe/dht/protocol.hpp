@@ -42,6 +42,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <type_traits>
 #include <vector>
 
 #include <fmt/format.h>
@@ -252,13 +253,8 @@ class protocol {
     net::datagram_response answer =
         co_await call(address, message_type::ping, request, deadline, expected);
     const node_id sender = from_sender_id(answer.sender);
-    ping_response decoded;
-    try {
-      decoded = decode_ping_response(answer.message, options_.limits);
-    } catch (const protocol_error&) {
-      record_failure(expected ? *expected : sender);
-      throw;
-    }
+    const ping_response decoded = decoded_or_failed(
+        expected ? *expected : sender, [&] { return decode_ping_response(answer.message, options_.limits); });
     answered(sender, address, decoded.client_mode);
     co_return std::pair{sender, std::move(decoded)};
   }
@@ -268,13 +264,8 @@ class protocol {
     ++stats_.stores_sent;
     const byte_buffer request = encode(store_request{options_.client_mode, std::move(items)});
     net::datagram_response answer = co_await call(peer.address, message_type::store, request, deadline, peer.id);
-    store_response decoded;
-    try {
-      decoded = decode_store_response(answer.message, options_.limits);
-    } catch (const protocol_error&) {
-      record_failure(peer.id);
-      throw;
-    }
+    store_response decoded =
+        decoded_or_failed(peer.id, [&] { return decode_store_response(answer.message, options_.limits); });
     answered(peer.id, peer.address, decoded.client_mode);
     co_return std::move(decoded.results);
   }
@@ -285,13 +276,8 @@ class protocol {
     ++stats_.finds_sent;
     const byte_buffer request = encode(find_request{options_.client_mode, std::move(keys)});
     net::datagram_response answer = co_await call(peer.address, message_type::find, request, deadline, peer.id);
-    find_response decoded;
-    try {
-      decoded = decode_find_response(answer.message, options_.limits);
-    } catch (const protocol_error&) {
-      record_failure(peer.id);
-      throw;
-    }
+    find_response decoded =
+        decoded_or_failed(peer.id, [&] { return decode_find_response(answer.message, options_.limits); });
     if (const std::size_t forged = screen(decoded); forged != 0) {
       // Honest peers validated what they store: a forged record marks the peer as hostile.
       ++stats_.calls_failed;
@@ -383,6 +369,17 @@ class protocol {
         break;
       default:
         break;
+    }
+  }
+
+  // An answer from `id` decoded by `decode`; a protocol_error (a malformed answer) counts as its failure and goes on.
+  template <class Decode>
+  std::invoke_result_t<Decode> decoded_or_failed(const node_id& id, Decode&& decode) {
+    try {
+      return decode();
+    } catch (const protocol_error&) {
+      record_failure(id);
+      throw;
     }
   }
 

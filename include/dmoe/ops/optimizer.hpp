@@ -2,6 +2,13 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include <fmt/format.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
@@ -34,5 +41,25 @@ enum class nonfinite_norm {
   skip,   // return the norm, gradients untouched (the caller skips the step)
 };
 
+namespace detail {
+
+// clip_grad_norm's rules, shared by the backends: max_norm must be positive; the factor to scale the gradients by
+// for their joint norm (1 when they are within max_norm, or when the norm is not finite and on_nonfinite says skip;
+// throws invalid_argument_error when it says error).
+inline void check_max_norm(float max_norm) {
+  if (!(max_norm > 0.0f))
+    throw invalid_argument_error(fmt::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
+}
+inline double clip_coefficient(double norm, std::size_t tensors, float max_norm, nonfinite_norm on_nonfinite) {
+  if (!std::isfinite(norm)) {
+    if (on_nonfinite == nonfinite_norm::error)
+      throw invalid_argument_error(fmt::format(
+          "clip_grad_norm: the gradient norm over {} tensors is {}; gradients left unscaled", tensors, norm));
+    return 1.0;
+  }
+  return std::min(1.0, static_cast<double>(max_norm) / (norm + 1e-6));
+}
+
+}  // namespace detail
 }  // namespace ops
 DMOE_END_NAMESPACE

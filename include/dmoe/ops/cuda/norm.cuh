@@ -331,15 +331,14 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
-// Softmax of one row per block with the row in registers (rows wider than a warp handles well).
+// A row of n values into registers (VPT per thread) as exp(x - max): m gets the row's maximum and s the sum of the
+// exponentials (in double), the same in every thread. Every read of the row happens before the first barrier.
 template <int THREADS, int VPT>
-__global__ void __launch_bounds__(THREADS) softmax_block_kernel(std::int64_t n, const float* x, float* y) {
+__device__ __forceinline__ void row_exponentials(const float* xr, std::int64_t n, float (&v)[VPT], float& m,
+                                                 double& s) {
   __shared__ double dscratch[THREADS / 32];
   __shared__ float fscratch[THREADS / 32];
-  const std::int64_t r = blockIdx.x;
-  const float* xr = x + r * n;
-  float v[VPT];
-  float m = -INFINITY;
+  m = -INFINITY;
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
     const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
@@ -347,13 +346,23 @@ __global__ void __launch_bounds__(THREADS) softmax_block_kernel(std::int64_t n, 
     m = fmaxf(m, v[j]);
   }
   m = block_max<THREADS>(m, fscratch);
-  double s = 0.0;
+  double sum = 0.0;
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
     v[j] = threadIdx.x + std::int64_t(j) * THREADS < n ? expf(v[j] - m) : 0.0f;
-    s += v[j];
+    sum += v[j];
   }
-  const auto inv = static_cast<float>(1.0 / block_sum<THREADS>(s, dscratch));
+  s = block_sum<THREADS>(sum, dscratch);
+}
+
+// Softmax of one row per block with the row in registers (rows wider than a warp handles well).
+template <int THREADS, int VPT>
+__global__ void __launch_bounds__(THREADS) softmax_block_kernel(std::int64_t n, const float* x, float* y) {
+  const std::int64_t r = blockIdx.x;
+  float v[VPT], m;
+  double s;
+  row_exponentials<THREADS, VPT>(x + r * n, n, v, m, s);
+  const auto inv = static_cast<float>(1.0 / s);
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
     const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
@@ -365,28 +374,13 @@ template <int THREADS, int VPT>
 __global__ void __launch_bounds__(THREADS) cross_entropy_block_kernel(std::int64_t rows, std::int64_t classes,
                                                                      const float* x, const std::int64_t* labels,
                                                                      float* dx, double* row_loss) {
-  __shared__ double dscratch[THREADS / 32];
-  __shared__ float fscratch[THREADS / 32];
   const std::int64_t r = blockIdx.x;
   const float* xr = x + r * classes;
   const std::int64_t label = labels[r];
-  float v[VPT];
-  float m = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < VPT; ++j) {
-    const std::int64_t i = threadIdx.x + std::int64_t(j) * THREADS;
-    v[j] = i < classes ? xr[i] : -INFINITY;
-    m = fmaxf(m, v[j]);
-  }
-  const float target = label >= 0 && label < classes ? xr[label] : 0.0f;  // a bad label is reported afterwards
-  m = block_max<THREADS>(m, fscratch);
-  double s = 0.0;
-#pragma unroll
-  for (int j = 0; j < VPT; ++j) {
-    v[j] = threadIdx.x + std::int64_t(j) * THREADS < classes ? expf(v[j] - m) : 0.0f;
-    s += v[j];
-  }
-  s = block_sum<THREADS>(s, dscratch);  // its syncs also order every read of x before the writes below
+  const float target = label >= 0 && label < classes ? xr[label] : 0.0f;  // read before dx may overwrite x
+  float v[VPT], m;
+  double s;
+  row_exponentials<THREADS, VPT>(xr, classes, v, m, s);  // its barriers order every read of x before the writes
   if (threadIdx.x == 0) row_loss[r] = log(s) + (static_cast<double>(m) - static_cast<double>(target));
   if (!dx) return;
   const float inv_rows = 1.0f / static_cast<float>(rows);

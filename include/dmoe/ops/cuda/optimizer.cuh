@@ -180,16 +180,9 @@ double grad_norm(cuda_t, std::span<const tensor> grads) {
 }
 
 double clip_grad_norm(cuda_t, std::span<tensor> grads, float max_norm, nonfinite_norm on_nonfinite) {
-  if (!(max_norm > 0.0f))
-    throw invalid_argument_error(fmt::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
+  detail::check_max_norm(max_norm);
   const double norm = grad_norm(cuda, std::span<const tensor>(grads.data(), grads.size()));
-  if (!std::isfinite(norm)) {
-    if (on_nonfinite == nonfinite_norm::error)
-      throw invalid_argument_error(fmt::format(
-          "clip_grad_norm: the gradient norm over {} tensors is {}; gradients left unscaled", grads.size(), norm));
-    return norm;
-  }
-  const double coefficient = static_cast<double>(max_norm) / (norm + 1e-6);
+  const double coefficient = detail::clip_coefficient(norm, grads.size(), max_norm, on_nonfinite);
   if (coefficient >= 1.0) return norm;
   for (tensor& t : grads) scale(cuda, t, static_cast<float>(coefficient));
   return norm;
