@@ -8,4 +8,5 @@
 #include <dmoe/net.hpp>
 #include <dmoe/nn.hpp>
 #include <dmoe/ops.hpp>
+#include <dmoe/server.hpp>
 #include <dmoe/tensor.hpp>

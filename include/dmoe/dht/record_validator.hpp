@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -52,6 +53,22 @@ class ed25519_keypair {
     crypto_sign_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
                         reinterpret_cast<unsigned char*>(pair.secret_.data()));
     return pair;
+  }
+  // The key pair of a 32-byte seed (the same seed always gives the same pair: keep the seed to keep an identity).
+  static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed) {
+    detail::init_sodium();
+    ed25519_keypair pair;
+    crypto_sign_seed_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
+                             reinterpret_cast<unsigned char*>(pair.secret_.data()),
+                             reinterpret_cast<const unsigned char*>(seed.data()));
+    return pair;
+  }
+  // The seed this pair derives from (secret: whoever has it can sign as this key).
+  std::array<std::byte, crypto_sign_SEEDBYTES> seed() const {
+    std::array<std::byte, crypto_sign_SEEDBYTES> out{};
+    crypto_sign_ed25519_sk_to_seed(reinterpret_cast<unsigned char*>(out.data()),
+                                   reinterpret_cast<const unsigned char*>(secret_.data()));
+    return out;
   }
   const ed25519_public_key& public_key() const noexcept { return public_; }
 

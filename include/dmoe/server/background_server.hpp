@@ -1,0 +1,100 @@
+// server::background_server: a server on threads of its own (a network thread with its io_context, and the
+// runtime's compute thread), started and stopped from ordinary code: for tests, examples and benchmarks.
+#pragma once
+
+#include <dmoe/async/io_context.hpp>
+#include <dmoe/async/task.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/server/server.hpp>
+
+#include <exception>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+DMOE_BEGIN_NAMESPACE
+namespace server {
+
+class background_server {
+ public:
+  // Starts the threads and the server, and returns once it serves. Rethrows what the server's constructor threw.
+  explicit background_server(server_options options) {
+    std::promise<void> ready;
+    std::future<void> started = ready.get_future();
+    thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
+      main(std::move(options), ready);
+    });
+    try {
+      started.get();
+    } catch (...) {
+      thread_.join();
+      throw;
+    }
+  }
+  background_server(const background_server&) = delete;
+  background_server& operator=(const background_server&) = delete;
+  ~background_server() { stop(); }
+
+  // Finishes requests in flight, writes the final checkpoint, leaves the DHT and joins the threads. Idempotent;
+  // rethrows what the server's run() threw, once.
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      if (!thread_.joinable()) return;
+      if (!stopping_) {
+        stopping_ = true;
+        ctx_->post([this] { server_->request_shutdown(); });
+      }
+    }
+    thread_.join();
+    if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+  }
+
+  const endpoint& rpc_endpoint() const noexcept { return rpc_; }
+  const std::optional<endpoint>& dht_endpoint() const noexcept { return dht_; }
+  // Thread-safe parts of the server: its runtime (statistics, run_exclusive) and its experts' fixed properties.
+  // Valid until stop() returns.
+  server& get() noexcept { return *server_; }
+
+ private:
+  void main(server_options options, std::promise<void>& ready) {
+    std::optional<io_context> ctx;
+    std::optional<server> s;
+    try {
+      ctx.emplace();
+      s.emplace(*ctx, std::move(options));
+    } catch (...) {
+      ready.set_exception(std::current_exception());
+      return;
+    }
+    ctx_ = &*ctx;
+    server_ = &*s;
+    rpc_ = s->rpc_endpoint();
+    dht_ = s->dht_endpoint();
+    bool announced = false;
+    try {
+      ctx->run(s->run([&] {
+        announced = true;
+        ready.set_value();
+      }));
+    } catch (...) {
+      if (!announced) ready.set_exception(std::current_exception());
+      else failure_ = std::current_exception();
+    }
+  }
+
+  std::thread thread_;
+  std::mutex mutex_;
+  bool stopping_ = false;
+  io_context* ctx_ = nullptr;
+  server* server_ = nullptr;
+  endpoint rpc_;
+  std::optional<endpoint> dht_;
+  std::exception_ptr failure_;
+};
+
+}  // namespace server
+DMOE_END_NAMESPACE
