@@ -11,6 +11,8 @@
 // 130 (SIGINT) or 143 (SIGTERM) when the signal ends a bootstrap, put or get in progress.
 #include <dmoe/dht/node_thread.hpp>
 
+#include "cli_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -25,54 +27,12 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <pthread.h>
 #include <signal.h>
 
 namespace {
 
 constexpr double max_timeout_s = 24 * 3600;  // also keeps the conversion to milliseconds defined
-
-// An IP literal with a port; hostnames are refused (the node resolves nothing).
-const CLI::Validator endpoint_text(
-    [](std::string& text) -> std::string {
-      if (dmoe::endpoint::try_parse(text)) return {};
-      return fmt::format("not an address: '{}' (expected an IP literal and a port, 1.2.3.4:5000 or [::1]:5000; "
-                         "hostnames are not accepted)",
-                         text);
-    },
-    "IP:PORT", "endpoint");
-
-std::vector<dmoe::endpoint> parse_peers(const std::vector<std::string>& texts) {
-  std::vector<dmoe::endpoint> peers;
-  for (const auto& text : texts)
-    if (!text.empty()) peers.push_back(dmoe::endpoint::parse(text));
-  return peers;
-}
-
-// The address others can join with: a listening address of every interface (0.0.0.0, ::) is not one; this host's
-// first non-loopback address of that family is (loopback when there is none).
-std::string joinable(const dmoe::endpoint& bound) {
-  const std::string host = bound.address();
-  if (host != "0.0.0.0" && host != "::") return bound.to_string();
-  const int family = bound.is_v4() ? AF_INET : AF_INET6;
-  std::optional<dmoe::endpoint> found;
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) == 0) {
-    for (const ifaddrs* i = list; i && !found; i = i->ifa_next) {
-      if (!i->ifa_addr || i->ifa_addr->sa_family != family || (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
-        continue;
-      const socklen_t length = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-      dmoe::endpoint e = dmoe::endpoint::from_sockaddr(i->ifa_addr, length);
-      if (family == AF_INET6 && e.address().starts_with("fe80")) continue;  // link-local needs a scope id
-      found = e.with_port(bound.port());
-    }
-    freeifaddrs(list);
-  }
-  if (!found) found = (bound.is_v4() ? dmoe::endpoint::loopback_v4() : dmoe::endpoint::loopback_v6()).with_port(bound.port());
-  return found->to_string();
-}
 
 void print_record(const std::string& key, const dmoe::dht::record& r, double now) {
   if (!r.is_dictionary) {
@@ -162,11 +122,11 @@ int main(int argc, char** argv) {
   double timeout_s = 10;
   app.add_option("--listen", listen,
                  "UDP address to listen on (IP:PORT, an IP literal, no hostname; port 0 picks a free one)")
-      ->check(endpoint_text);
+      ->check(dmoe_cli::endpoint_text);
   app.add_option("--initial-peers", initial_peers,
                  "peers to join through (IP:PORT, IP literals, no hostnames; comma-separated or repeated)")
       ->delimiter(',')
-      ->check(endpoint_text);
+      ->check(dmoe_cli::endpoint_text);
   app.add_flag("--client-mode", client_mode, "ask the swarm but never be added to others' routing tables");
   app.add_option("--timeout", timeout_s, "seconds to join, and for a put or get (at most 86400)")
       ->check(CLI::Range(0.001, max_timeout_s));
@@ -204,7 +164,7 @@ int main(int argc, char** argv) {
   dmoe::dht::node_options options;
   options.listen = dmoe::endpoint::parse(listen);
   options.client_mode = client_mode || put->parsed() || get->parsed();
-  const std::vector<dmoe::endpoint> peers = parse_peers(initial_peers);
+  const std::vector<dmoe::endpoint> peers = dmoe_cli::parse_peers(initial_peers);
   const auto timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
   std::optional<dmoe::dht::node_thread> node;
   try {
@@ -261,8 +221,8 @@ int main(int argc, char** argv) {
     }
     fmt::print("dht node {} listening on {} ({} peer(s) known{})\n", node->id().to_hex(), node->local_endpoint(),
                joined.peers, options.client_mode ? ", client mode" : "");
-    fmt::print("join with: --initial-peers {}\n", joinable(node->local_endpoint()));
-    if (joinable(node->local_endpoint()) != node->local_endpoint().to_string())
+    fmt::print("join with: --initial-peers {}\n", dmoe_cli::joinable(node->local_endpoint()));
+    if (dmoe_cli::joinable(node->local_endpoint()) != node->local_endpoint().to_string())
       fmt::print("(listening on every interface: from another host use an address of this one that it can reach, "
                  "port {}, or pass --listen ADDRESS:PORT)\n",
                  node->local_endpoint().port());

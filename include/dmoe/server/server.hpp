@@ -53,9 +53,13 @@ struct server_options {
   runtime_options runtime;           // max_batch_size, min_batch_size, batching window
 
   endpoint listen = endpoint::loopback_v4(0);  // the RPC address (port 0: any free port)
-  // The RPC address declared in the DHT; unset: `listen` as bound (which must then be a specific address).
+  // The RPC address declared in the DHT (port 0: the bound port); unset: `listen` as bound (which must then be a
+  // specific address).
   std::optional<endpoint> announce;
   net::rpc_server_options rpc;
+  // The codec of answers whose caller asked for none (uncompressed): `none` honours the caller, a compressed codec
+  // saves the server's upload (f32 outputs only). A caller that asks for a codec always gets it.
+  wire_codec response_codec = wire_codec::none;
   std::chrono::milliseconds shutdown_grace{10'000};  // for requests in flight when shutting down
 
   // The DHT: unset runs no DHT node (no declarations).
@@ -116,6 +120,7 @@ class server {
     limits_.require_finite = true;
     rpc_.emplace(ctx_, options_.listen, options_.rpc);
     announce_ = options_.announce.value_or(rpc_->local_endpoint());
+    if (announce_.port() == 0) announce_ = announce_.with_port(rpc_->local_endpoint().port());
     if (options_.dht) {
       if (!announce_.is_specified() || announce_.address() == "0.0.0.0" || announce_.address() == "::")
         throw invalid_argument_error(fmt::format(
@@ -251,7 +256,8 @@ class server {
     guard.done = true;
     if (!outcome) throw closed_error("the server is shutting down");
     if (outcome->error) std::rethrow_exception(outcome->error);
-    co_return encode_response(std::move(outcome->result), r.response_codec);
+    const wire_codec codec = r.response_codec != wire_codec::none ? r.response_codec : options_.response_codec;
+    co_return encode_response(std::move(outcome->result), codec);
   }
 
   static net::rpc_response encode_response(tensor result, wire_codec codec) {

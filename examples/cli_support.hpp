@@ -1,0 +1,58 @@
+// Helpers shared by the command-line programs (dmoe_dht_node, dmoe-server): address arguments and the address
+// others join with.
+#pragma once
+
+#include <dmoe/async/endpoint.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+
+namespace dmoe_cli {
+
+// An IP literal with a port; hostnames are refused (the node resolves nothing).
+inline const CLI::Validator endpoint_text(
+    [](std::string& text) -> std::string {
+      if (dmoe::endpoint::try_parse(text)) return {};
+      return fmt::format("not an address: '{}' (expected an IP literal and a port, 1.2.3.4:5000 or [::1]:5000; "
+                         "hostnames are not accepted)",
+                         text);
+    },
+    "IP:PORT", "endpoint");
+
+inline std::vector<dmoe::endpoint> parse_peers(const std::vector<std::string>& texts) {
+  std::vector<dmoe::endpoint> peers;
+  for (const auto& text : texts)
+    if (!text.empty()) peers.push_back(dmoe::endpoint::parse(text));
+  return peers;
+}
+
+// The address others can join with: a listening address of every interface (0.0.0.0, ::) is not one; this host's
+// first non-loopback address of that family is (loopback when there is none).
+inline std::string joinable(const dmoe::endpoint& bound) {
+  const std::string host = bound.address();
+  if (host != "0.0.0.0" && host != "::") return bound.to_string();
+  const int family = bound.is_v4() ? AF_INET : AF_INET6;
+  std::optional<dmoe::endpoint> found;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) == 0) {
+    for (const ifaddrs* i = list; i && !found; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != family || (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+        continue;
+      const socklen_t length = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+      dmoe::endpoint e = dmoe::endpoint::from_sockaddr(i->ifa_addr, length);
+      if (family == AF_INET6 && e.address().starts_with("fe80")) continue;  // link-local needs a scope id
+      found = e.with_port(bound.port());
+    }
+    freeifaddrs(list);
+  }
+  if (!found) found = (bound.is_v4() ? dmoe::endpoint::loopback_v4() : dmoe::endpoint::loopback_v6()).with_port(bound.port());
+  return found->to_string();
+}
+
+}  // namespace dmoe_cli
