@@ -109,6 +109,10 @@ int main(int argc, char** argv) {
   app.add_option("--join-concurrency", plan_options.join_concurrency,
                  "nodes joining at once (each through 3 random earlier nodes)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--settle-s", plan_options.settle_s,
+                 "seconds both swarms run idle between the last join and the first round (default 0: rounds start "
+                 "at once)")
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--peer", peers, "both, dmoe or opendht (for profiling one side)")
       ->check(CLI::IsMember({"both", "dmoe", "opendht"}));
   app.add_flag("--skip-opendht", skip_opendht, "run dmoe's side only");
@@ -136,7 +140,7 @@ int main(int argc, char** argv) {
   const dht_plan plan = make_dht_plan(plan_options);
   fmt::print(
       "{{\"bench\":\"dht\",\"config\":true,\"nodes\":{},\"rounds_per_phase\":{},\"storers\":{},\"getters\":{},"
-      "\"kill_fraction\":{},\"seed\":{},\"join_concurrency\":{},\"fd_limit\":{},"
+      "\"kill_fraction\":{},\"seed\":{},\"join_concurrency\":{},\"settle_s\":{},\"fd_limit\":{},"
       "\"dmoe\":\"one io_context thread; node_options defaults: k={} alpha={} replicas={} rpc_timeout_ms={} "
       "attempt_timeout_ms={} attempts={}; get(latest) of a dictionary\","
       "\"opendht\":\"{} DhtRunners unthreaded, own UDP socket each (Context::sock) on 127.0.0.1 (it rewrites "
@@ -144,7 +148,7 @@ int main(int argc, char** argv) {
       "thread calling loop(); runners created on the main thread; no subkeys: values with distinct ids under one "
       "key\"}}\n",
       plan_options.nodes, plan_options.rounds, plan_options.storers, plan_options.getters, plan_options.kill_fraction,
-      plan_options.seed, plan.join_concurrency, descriptors, dmoe_options.k, dmoe_options.alpha,
+      plan_options.seed, plan.join_concurrency, plan.settle_s, descriptors, dmoe_options.k, dmoe_options.alpha,
       dmoe_options.num_replicas, dmoe_options.rpc_timeout.count(), dmoe_options.datagram.attempt_timeout.count(),
       dmoe_options.datagram.max_attempts, plan_options.nodes);
   std::fflush(stdout);

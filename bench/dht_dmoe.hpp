@@ -6,6 +6,7 @@
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/task.hpp>
 #include <dmoe/async/task_group.hpp>
+#include <dmoe/async/timer.hpp>
 #include <dmoe/core/clock.hpp>
 #include <dmoe/dht/node.hpp>
 
@@ -94,10 +95,25 @@ struct dmoe_dht_run {
       for (std::size_t w = 0; w < plan.join_concurrency; ++w) joins.spawn(joiner());
       co_await joins.join();
     }
-    print_dht_start("dmoe", plan.nodes, joined,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
-                    plan.join_concurrency, out);
+    const double start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    dmoe::dht::protocol_stats sum;
+    for (const auto& n : nodes) {
+      const auto s = n->stats().rpc;
+      sum.pings_sent += s.pings_sent;
+      sum.finds_sent += s.finds_sent;
+      sum.stores_sent += s.stores_sent;
+      sum.evictions_checked += s.evictions_checked;
+    }
+    const double per_node = static_cast<double>(plan.nodes);
+    print_dht_start("dmoe", plan.nodes, joined, start_s, plan.join_concurrency,
+                    static_cast<double>(sum.pings_sent + sum.finds_sent + sum.stores_sent),
+                    fmt::format(",\"pings_per_join\":{:.1f},\"finds_per_join\":{:.1f},\"eviction_pings_per_join\":{:.1f}",
+                                static_cast<double>(sum.pings_sent) / per_node,
+                                static_cast<double>(sum.finds_sent) / per_node,
+                                static_cast<double>(sum.evictions_checked) / per_node),
+                    out);
 
+    if (plan.settle_s > 0) co_await dmoe::sleep_for(std::chrono::duration<double>(plan.settle_s));
     dht_phase_recorder recorder;
     std::size_t killed = 0;
     for (std::size_t round = 0; round < plan.rounds.size(); ++round) {

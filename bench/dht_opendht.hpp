@@ -295,11 +295,28 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
     });
   }
   latch.wait();
+  const double start_s = std::chrono::duration<double>(clock::now() - started).count();
   std::size_t joined_count = 0;
   for (char j : joined) joined_count += j != 0;
-  print_dht_start("opendht", plan.nodes, joined_count,
-                  std::chrono::duration<double>(clock::now() - started).count(), plan.join_concurrency, out);
+  // Requests sent so far (ping, find, get, listen, put), read on the driver thread (and reset: read-and-reset).
+  std::array<double, 5> sent{};
+  latch.reset(1);
+  driver.post([&] {
+    for (auto& runner : runners) {
+      const std::vector<unsigned> counts = runner->getNodeMessageStats(false);
+      for (std::size_t c = 0; c < counts.size() && c < sent.size(); ++c) sent[c] += counts[c];
+    }
+    latch.arrive();
+  });
+  latch.wait();
+  const double per_node = static_cast<double>(plan.nodes);
+  print_dht_start("opendht", plan.nodes, joined_count, start_s, plan.join_concurrency,
+                  sent[0] + sent[1] + sent[2] + sent[3] + sent[4],
+                  fmt::format(",\"pings_per_join\":{:.1f},\"finds_per_join\":{:.1f}", sent[0] / per_node,
+                              (sent[1] + sent[2]) / per_node),
+                  out);
 
+  if (plan.settle_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(plan.settle_s));
   dht_phase_recorder recorder;
   std::size_t killed = 0;
   for (std::size_t round = 0; round < plan.rounds.size(); ++round) {

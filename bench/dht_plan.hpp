@@ -34,6 +34,7 @@ struct dht_round {
 struct dht_plan {
   std::size_t nodes = 0;
   std::size_t join_concurrency = 1;
+  double settle_s = 0;  // a pause between the last join and the first round
   std::vector<std::vector<std::uint32_t>> initial_peers;  // per node: up to 3 distinct earlier nodes
   std::vector<std::string> phases;                        // "no_kill", "killed"
   std::vector<dht_round> rounds;
@@ -48,6 +49,7 @@ struct dht_plan_options {
   std::size_t getters = 8;
   double kill_fraction = 0.1;
   std::uint64_t seed = 1;
+  double settle_s = 0;
 };
 
 // The value stored as subkey `j` of round `r` (the same bytes on both sides).
@@ -62,6 +64,7 @@ inline dht_plan make_dht_plan(const dht_plan_options& o) {
   dht_plan plan;
   plan.nodes = o.nodes;
   plan.join_concurrency = std::max<std::size_t>(1, o.join_concurrency);
+  plan.settle_s = o.settle_s;
   std::mt19937_64 random(o.seed);
   plan.initial_peers.resize(o.nodes);
   for (std::size_t i = 1; i < o.nodes; ++i) {
@@ -224,15 +227,19 @@ class dht_phase_recorder {
   std::vector<dht_op> stores_, gets_;
 };
 
+// `requests`: requests every node sent from its creation to the last join, `detail` more JSON fields (",..." or "").
 inline void print_dht_start(const char* peer, std::size_t nodes, std::size_t joined, double seconds,
-                            std::size_t join_concurrency, dht_side_summary& out) {
+                            std::size_t join_concurrency, double requests, const std::string& detail,
+                            dht_side_summary& out) {
   out.start_s = seconds;
   out.joined = joined;
   out.start_threads = thread_count();
   out.start_rss_mib = peak_rss_mib();
   fmt::print("{{\"bench\":\"dht\",\"peer\":\"{}\",\"phase\":\"start\",\"nodes\":{},\"joined\":{},"
-             "\"join_concurrency\":{},\"start_s\":{:.3f},\"threads\":{},\"peak_rss_mib\":{:.1f}}}\n",
-             peer, nodes, joined, join_concurrency, seconds, out.start_threads, out.start_rss_mib);
+             "\"join_concurrency\":{},\"start_s\":{:.3f},\"ms_per_join\":{:.3f},\"rpcs_per_join\":{:.1f}{},"
+             "\"threads\":{},\"peak_rss_mib\":{:.1f}}}\n",
+             peer, nodes, joined, join_concurrency, seconds, 1e3 * seconds / static_cast<double>(nodes),
+             requests / static_cast<double>(nodes), detail, out.start_threads, out.start_rss_mib);
   std::fflush(stdout);
 }
 
