@@ -261,9 +261,11 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
   // Runners are created on this thread (OpenDHT reads std::random_device per runner: ~7 ms each here) while the
   // driver thread serves the ones already running.
   const auto started = clock::now();
+  double creation_s = 0;  // spent creating runners (socket, DhtRunner, run())
   latch.reset(0);
   for (std::size_t i = 0; i < plan.nodes; ++i) {
     latch.wait_below(plan.join_concurrency);
+    const auto creating = clock::now();
     auto socket = std::make_unique<opendht_socket>(opendht_node_address);
     opendht_socket* raw = socket.get();
     addresses[i] = opendht_address(*socket);
@@ -275,6 +277,7 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
     context.sock = std::move(socket);
     if (std::getenv("DMOE_BENCH_OPENDHT_LOG")) context.logger = dht::log::getStdLogger();
     runner->run(config, std::move(context));
+    creation_s += std::chrono::duration<double>(clock::now() - creating).count();
     dht::DhtRunner* r = runner.get();
     runners[i] = std::move(runner);
     std::vector<dht::SockAddr> peers;
@@ -312,8 +315,8 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
   const double per_node = static_cast<double>(plan.nodes);
   print_dht_start("opendht", plan.nodes, joined_count, start_s, plan.join_concurrency,
                   sent[0] + sent[1] + sent[2] + sent[3] + sent[4],
-                  fmt::format(",\"pings_per_join\":{:.1f},\"finds_per_join\":{:.1f}", sent[0] / per_node,
-                              (sent[1] + sent[2]) / per_node),
+                  fmt::format(",\"pings_per_join\":{:.1f},\"finds_per_join\":{:.1f},\"create_ms_per_node\":{:.3f}",
+                              sent[0] / per_node, (sent[1] + sent[2]) / per_node, 1e3 * creation_s / per_node),
                   out);
 
   if (plan.settle_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(plan.settle_s));
