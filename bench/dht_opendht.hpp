@@ -225,9 +225,15 @@ class opendht_latch {
     ++arrived_;
     done_.notify_all();
   }
-  void wait() {
+  // Ends the process (this side's child) when OpenDHT has not called back within `limit`: a hung run says so.
+  void wait(std::chrono::seconds limit = std::chrono::seconds(300)) {
     std::unique_lock lock(mutex_);
-    done_.wait(lock, [&] { return arrived_ >= expected_; });
+    if (!done_.wait_for(lock, limit, [&] { return arrived_ >= expected_; })) {
+      fmt::print(stderr, "opendht: {} of {} callbacks missing after {} s\n", expected_ - arrived_, expected_,
+                 limit.count());
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
   }
   // Waits until fewer than `limit` are outstanding.
   void wait_below(std::size_t limit) {
