@@ -116,6 +116,14 @@ int main(int argc, char** argv) {
   app.add_option("--peer", peers, "both, dmoe or opendht (for profiling one side)")
       ->check(CLI::IsMember({"both", "dmoe", "opendht"}));
   app.add_flag("--skip-opendht", skip_opendht, "run dmoe's side only");
+  int dmoe_rpc_timeout_ms = 0, dmoe_attempt_timeout_ms = 0;
+  std::size_t dmoe_k = 0;
+  app.add_option("--dmoe-rpc-timeout-ms", dmoe_rpc_timeout_ms, "dmoe's rpc_timeout (default: the library's)")
+      ->check(CLI::Range(1, 60'000));
+  app.add_option("--dmoe-attempt-timeout-ms", dmoe_attempt_timeout_ms,
+                 "dmoe's datagram attempt_timeout (default: the library's)")
+      ->check(CLI::Range(1, 60'000));
+  app.add_option("--dmoe-k", dmoe_k, "dmoe's k (default: the library's)")->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
   if (skip_opendht) peers = "dmoe";
   if (plan_options.storers + plan_options.getters + 1 > plan_options.nodes) {
@@ -135,13 +143,17 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // dmoe's node options: the defaults (k=20, alpha=3, 5 replicas, 1.5 s per call, 500 ms per attempt, 3 attempts).
-  const dmoe::dht::node_options dmoe_options;
+  // dmoe's node options: the defaults (k=20, alpha=3, 5 replicas, 1.5 s per call, 500 ms per attempt, 3 attempts)
+  // unless a --dmoe-* flag changes one (for exploring; the config line prints what ran).
+  dmoe::dht::node_options dmoe_options;
+  if (dmoe_rpc_timeout_ms) dmoe_options.rpc_timeout = std::chrono::milliseconds(dmoe_rpc_timeout_ms);
+  if (dmoe_attempt_timeout_ms) dmoe_options.datagram.attempt_timeout = std::chrono::milliseconds(dmoe_attempt_timeout_ms);
+  if (dmoe_k) dmoe_options.k = dmoe_k;
   const dht_plan plan = make_dht_plan(plan_options);
   fmt::print(
       "{{\"bench\":\"dht\",\"config\":true,\"nodes\":{},\"rounds_per_phase\":{},\"storers\":{},\"getters\":{},"
       "\"kill_fraction\":{},\"seed\":{},\"join_concurrency\":{},\"settle_s\":{},\"fd_limit\":{},"
-      "\"dmoe\":\"one io_context thread; node_options defaults: k={} alpha={} replicas={} rpc_timeout_ms={} "
+      "\"dmoe\":\"one io_context thread; node_options: k={} alpha={} replicas={} rpc_timeout_ms={} "
       "attempt_timeout_ms={} attempts={}; get(latest) of a dictionary\","
       "\"opendht\":\"{} DhtRunners unthreaded, own UDP socket each (Context::sock) on 127.0.0.1 (it rewrites "
       "loopback addresses in find answers to the sender's), per-IP limit off (max_peer_req_per_sec=-1), one epoll "

@@ -40,7 +40,7 @@ def main():
     except ImportError:
         for bench, rows in cases.items():
             for name, ratio in rows:
-                print(f"{bench:8} {name:24} {ratio:6.2f} {'#' * int(ratio * 20)}")
+                print(f"{bench:8} {name:24} {ratio:6.2f} {'#' * min(int(ratio * 20), 60)}")
         print("(python3-matplotlib is not installed: printed instead of plotted)")
         return
     fig, axes = plt.subplots(len(cases), 1, figsize=(8, 3 * len(cases)), squeeze=False)
