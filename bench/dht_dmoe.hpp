@@ -88,6 +88,7 @@ struct dmoe_dht_run {
       const auto it = found->subkeys.find(dmoe::to_buffer(dht_subkey_text(j)));
       op.ok = it != found->subkeys.end() && dmoe::as_string_view(it->second.value) == dht_value_text(round, j);
     }
+    if (op.ok) op.complete_ms = op.ms;
   }
 
   dmoe::task<dht_side_summary> run() {

@@ -25,6 +25,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
@@ -373,6 +374,9 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
             key,
             [&, g](const std::vector<std::shared_ptr<dht::Value>>& values) {
               for (const auto& v : values) seen[g].emplace(v->data.begin(), v->data.end());
+              if (gets[g].complete_ms < 0 &&
+                  std::all_of(expected.begin(), expected.end(), [&](const std::string& t) { return seen[g].contains(t); }))
+                gets[g].complete_ms = std::chrono::duration<double, std::milli>(clock::now() - begun[g]).count();
               return true;
             },
             [&, g](bool) {

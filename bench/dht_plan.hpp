@@ -114,6 +114,9 @@ struct dht_op {
   double ms = 0;
   bool ok = false;
   double rpcs = 0;  // gets: requests the getting node sent while its get ran
+  // Gets: when every expected subkey had arrived (OpenDHT hands values over as they come, before its get is done;
+  // dmoe's get returns them at once, so there it equals `ms`). Negative when they never all arrived.
+  double complete_ms = -1;
 };
 
 struct dht_latency {
@@ -160,7 +163,7 @@ inline double peak_rss_mib() {
 struct dht_phase_summary {
   std::size_t alive = 0, killed = 0;
   std::size_t stores = 0, stores_ok = 0, gets = 0, gets_ok = 0;
-  dht_latency store{}, get{};
+  dht_latency store{}, get{}, complete{};  // complete: when every expected subkey had arrived (see dht_op)
   double rpcs_per_get = 0;
   std::size_t threads = 0;
   double peak_rss_mib = 0;
@@ -191,7 +194,7 @@ class dht_phase_recorder {
     dht_phase_summary s;
     s.alive = alive;
     s.killed = killed;
-    std::vector<double> store_ms, get_ms;
+    std::vector<double> store_ms, get_ms, complete_ms;
     double rpcs = 0;
     for (const auto& op : stores_) {
       ++s.stores;
@@ -202,20 +205,24 @@ class dht_phase_recorder {
       ++s.gets;
       s.gets_ok += op.ok;
       get_ms.push_back(op.ms);
+      if (op.complete_ms >= 0) complete_ms.push_back(op.complete_ms);
       rpcs += op.rpcs;
     }
     s.store = latency_of(store_ms);
     s.get = latency_of(get_ms);
     s.rpcs_per_get = s.gets ? rpcs / static_cast<double>(s.gets) : 0;
+    s.complete = latency_of(complete_ms);
     s.threads = thread_count();
     s.peak_rss_mib = peak_rss_mib();
     fmt::print(
         "{{\"bench\":\"dht\",\"peer\":\"{}\",\"phase\":\"{}\",\"rounds\":{},\"alive\":{},\"killed\":{},"
         "\"stores\":{},\"store_success\":{:.4f},\"store_mean_ms\":{:.3f},\"store_p50_ms\":{:.3f},"
         "\"store_p99_ms\":{:.3f},\"gets\":{},\"get_success\":{:.4f},\"get_mean_ms\":{:.3f},\"get_p50_ms\":{:.3f},"
-        "\"get_p99_ms\":{:.3f},\"get_max_ms\":{:.3f},\"rpcs_per_get\":{:.2f},\"threads\":{},\"peak_rss_mib\":{:.1f}}}\n",
+        "\"get_p99_ms\":{:.3f},\"get_max_ms\":{:.3f},\"get_complete_p50_ms\":{:.3f},\"get_complete_p99_ms\":{:.3f},"
+        "\"rpcs_per_get\":{:.2f},\"threads\":{},\"peak_rss_mib\":{:.1f}}}\n",
         peer, phase, rounds, alive, killed, s.stores, s.store_success(), s.store.mean, s.store.p50, s.store.p99,
-        s.gets, s.success(), s.get.mean, s.get.p50, s.get.p99, s.get.max, s.rpcs_per_get, s.threads,
+        s.gets, s.success(), s.get.mean, s.get.p50, s.get.p99, s.get.max, s.complete.p50, s.complete.p99, s.rpcs_per_get,
+        s.threads,
         s.peak_rss_mib);
     std::fflush(stdout);
     stores_.clear();
