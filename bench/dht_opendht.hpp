@@ -282,6 +282,7 @@ inline dht_side_summary run_opendht_dht(const dht_plan& plan) {
     config.dht_config.node_config.max_peer_req_per_sec = -1;
     dht::DhtRunner::Context context;
     context.sock = std::move(socket);
+    // DMOE_BENCH_OPENDHT_LOG set: OpenDHT's own log on stderr (for finding out why a run goes wrong).
     if (std::getenv("DMOE_BENCH_OPENDHT_LOG")) context.logger = dht::log::getStdLogger();
     runner->run(config, std::move(context));
     creation_s += std::chrono::duration<double>(clock::now() - creating).count();
