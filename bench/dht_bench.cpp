@@ -1,7 +1,8 @@
 // dmoe_bench_dht: hivemind's DHT benchmark workload on dmoe's DHT and on OpenDHT, side by side in one invocation.
 //
 // N nodes in one process on loopback, each joining through 3 random earlier nodes (dmoe's on their own 127.x.y.z
-// each; OpenDHT's on 127.0.0.1, one port each, since it rewrites loopback addresses it learns: dht_opendht.hpp); then rounds in which 8 nodes store one subkey each under a fresh key and 8 other nodes get(latest) it. A get
+// each; OpenDHT's on 127.0.0.1, one port each, since it rewrites loopback addresses it learns: dht_opendht.hpp);
+// then rounds in which 8 nodes store one subkey each under a fresh key and 8 other nodes get(latest) it. A get
 // succeeds when it returns every subkey stored (successfully) in its round. Phase "no_kill" runs --rounds rounds;
 // phase "killed" kills --kill-fraction of the nodes, a share before each of its --rounds rounds, so that every round
 // meets fresh deaths (a killed node stops answering: no goodbye). Both sides get the same plan, drawn from --seed.
