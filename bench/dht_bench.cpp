@@ -187,7 +187,8 @@ int main(int argc, char** argv) {
     ratio_line("get p50 10% killed", p50_ratio_killed);
   }
   fmt::print(
-      "{{\"bench\":\"dht\",\"nodes\":{},\"joined\":{},\"joined_opendht\":{},\"start_s\":{:.3f},\"start_s_opendht\":{:.3f},\"start_ratio_vs_opendht\":{:.3f},"
+      "{{\"bench\":\"dht\",\"nodes\":{},\"joined\":{},\"joined_opendht\":{},\"start_s\":{:.3f},"
+      "\"start_s_opendht\":{:.3f},\"start_ratio_vs_opendht\":{:.3f},"
       "\"get_success\":{:.4f},\"get_success_opendht\":{:.4f},\"get_p50_ms\":{:.3f},\"get_p50_ms_opendht\":{:.3f},"
       "\"get_p50_ratio_vs_opendht\":{:.3f},\"get_complete_p50_ms_opendht\":{:.3f},"
       "\"get_p50_ratio_vs_opendht_complete\":{:.3f},\"get_mean_ms\":{:.3f},\"get_mean_ms_opendht\":{:.3f},"
@@ -196,7 +197,8 @@ int main(int argc, char** argv) {
       "\"get_p50_ms_killed_opendht\":{:.3f},\"get_p99_ms_killed\":{:.3f},\"get_p99_ms_killed_opendht\":{:.3f},"
       "\"rpcs_per_get\":{:.2f},\"rpcs_per_get_opendht\":{:.2f},\"threads\":{},\"threads_opendht\":{},"
       "\"peak_rss_mib\":{:.1f},\"peak_rss_mib_opendht\":{:.1f}}}\n",
-      plan_options.nodes, d.joined, o.joined, d.start_s, o.start_s, start_ratio, d.phases[0].success(), o.phases[0].success(),
+      plan_options.nodes, d.joined, o.joined, d.start_s, o.start_s, start_ratio, d.phases[0].success(),
+      o.phases[0].success(),
       d.phases[0].get.p50, o.phases[0].get.p50, p50_ratio, o.phases[0].complete.p50,
       ratio(d.phases[0].get.p50, o.phases[0].complete.p50), d.phases[0].get.mean, o.phases[0].get.mean,
       d.phases[0].get.p99, o.phases[0].get.p99, d.phases[0].store_success(), o.phases[0].store_success(),
