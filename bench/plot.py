@@ -2,7 +2,8 @@
 """Plots dmoe benchmark JSON lines: one bar chart per benchmark of each case's dmoe/baseline ratio.
 
 Usage: build/release/bench/dmoe_bench_echo > echo.jsonl; bench/plot.py echo.jsonl [more.jsonl] -o ratios.png
-Lines with a "ratio" field are plotted, labelled by their "case"; the line 1.0 marks parity.
+Lines with a "ratio" field are plotted, labelled by their "case"; the line 1.0 marks parity. Ratios of times
+(dmoe_bench_dht's start time and latencies) say "better": "lower" and are labelled so.
 """
 import argparse
 import json
@@ -19,7 +20,8 @@ def read_cases(paths):
                     continue
                 row = json.loads(line)
                 if "ratio" in row and "case" in row:
-                    cases.setdefault(row.get("bench", "?"), []).append((row["case"], row["ratio"]))
+                    name = row["case"] + (" (lower is better)" if row.get("better") == "lower" else "")
+                    cases.setdefault(row.get("bench", "?"), []).append((name, row["ratio"]))
     return cases
 
 
@@ -38,7 +40,7 @@ def main():
     except ImportError:
         for bench, rows in cases.items():
             for name, ratio in rows:
-                print(f"{bench:8} {name:24} {ratio:6.2f} {'#' * int(ratio * 20)}")
+                print(f"{bench:8} {name:24} {ratio:6.2f} {'#' * min(int(ratio * 20), 60)}")
         print("(python3-matplotlib is not installed: printed instead of plotted)")
         return
     fig, axes = plt.subplots(len(cases), 1, figsize=(8, 3 * len(cases)), squeeze=False)
