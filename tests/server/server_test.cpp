@@ -8,6 +8,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -203,6 +205,44 @@ BOOST_AUTO_TEST_CASE(a_restarted_server_serves_bit_identical_outputs_from_its_ch
   std::size_t files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir.path() / "ffn.0.1")) files += entry.is_regular_file();
   BOOST_TEST(files == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(stopping_finishes_the_requests_in_flight) {
+  auto o = small_options({"ffn.0.0"}, 16);
+  o.runtime.min_batch_size = 64;  // the requests wait for the (long) batching window...
+  o.runtime.batching_window = std::chrono::microseconds(9'000'000);
+  std::optional<background_server> s(std::in_place, o);
+  const endpoint at = s->rpc_endpoint();
+  const int calls = 6;
+  std::vector<tensor> answers(calls);
+  std::vector<std::string> failures;
+  std::thread client_thread([&] {
+    io_context ctx;
+    net::rpc_client client(ctx);
+    auto one = [&](int index) -> task<void> {  // named: the coroutines refer to its captures
+      try {
+        auto request = moe::encode_expert_request("ffn.0.0", random_batch(2, 16, index), nullptr);
+        answers[index] = moe::decode_expert_response(co_await client.call(at, moe::forward_method, request.pieces));
+      } catch (const error& e) {
+        failures.push_back(e.what());
+      }
+    };
+    ctx.run([&]() -> task<void> {
+      task_group group;
+      for (int i = 0; i < calls; ++i) group.spawn(one(i));
+      co_await group.join();
+      co_await client.close();
+    }());
+  });
+  // ...until the server stops: every queued request is computed and answered, none is dropped.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (s->get().compute().total_stats().forward_requests < calls && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::yield();
+  BOOST_CHECK_EQUAL(s->get().compute().total_stats().forward_requests, static_cast<std::uint64_t>(calls));
+  s.reset();
+  client_thread.join();
+  BOOST_TEST(failures.empty(), (failures.empty() ? "" : failures.front()));
+  for (const auto& a : answers) BOOST_TEST(a.shape() == (shape{2, 16}));
 }
 
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {
