@@ -1,5 +1,6 @@
 // Umbrella for dmoe's DHT layer: Kademlia ids, routing table, storage, wire messages, lookup state, signed records,
-// the protocol over UDP, dht::node and dht::node_thread.
+// the protocol over UDP, dht::node, dht::node_thread and
+// dht::republisher.
 #pragma once
 
 #include <dmoe/dht/lookup.hpp>
@@ -11,5 +12,6 @@
 #include <dmoe/dht/protocol.hpp>
 #include <dmoe/dht/record.hpp>
 #include <dmoe/dht/record_validator.hpp>
+#include <dmoe/dht/republisher.hpp>
 #include <dmoe/dht/routing_table.hpp>
 #include <dmoe/dht/storage.hpp>

@@ -1,4 +1,4 @@
-// server::declarer: declares a server's experts in the DHT every update_period (moe/expert_records.hpp: the uid
+// server::declarer: declares a server's experts in the DHT every update_period (a dht::republisher) (moe/expert_records.hpp: the uid
 // and every prefix entry, signed by the server's ed25519 key), and the key file that keeps a server's identity
 // across restarts.
 #pragma once
@@ -11,6 +11,7 @@
 #include <dmoe/core/log.hpp>
 #include <dmoe/dht/node.hpp>
 #include <dmoe/dht/record_validator.hpp>
+#include <dmoe/dht/republisher.hpp>
 #include <dmoe/moe/expert_records.hpp>
 
 #include <array>
@@ -89,67 +90,38 @@ struct declarer_options {
   std::chrono::milliseconds expiration{0};          // how long a declaration lives; 0: 2 x update_period
 };
 
-// Declares `uids` at `server_endpoint` now and then every update_period, until stopped.
+// Declares `uids` at `server_endpoint` now and then every update_period, until stopped: a dht::republisher of the
+// declaration entries (moe/expert_records.hpp), signed by the server's key.
 class declarer {
  public:
-  declarer(dht::node& node, std::vector<std::string> uids, endpoint server_endpoint, const dht::ed25519_keypair& key,
-           declarer_options options = {})
-      : node_(node), uids_(std::move(uids)), endpoint_(server_endpoint), key_(key), options_(options) {
-    if (options_.update_period.count() <= 0) throw invalid_argument_error("update_period must be positive");
-    if (options_.expiration.count() == 0) options_.expiration = 2 * options_.update_period;
-    if (options_.expiration.count() < 0) throw invalid_argument_error("expiration must be positive");
+  // Throws invalid_argument_error for an update_period that is not positive or an expiration not longer than it.
+  declarer(dht::node& node, const std::vector<std::string>& uids, const endpoint& server_endpoint,
+           const dht::ed25519_keypair& key, declarer_options options = {})
+      : republisher_(node, {options.update_period, options.expiration}), uids_(uids.size()), endpoint_(server_endpoint) {
+    for (auto& e : moe::declaration_entries(uids, server_endpoint, 0, key))
+      republisher_.set(e.key, std::move(e.subkey), std::move(e.value), &key);
   }
 
   // Stores every declaration once (one crawl for all keys); returns how many entries some node took.
-  task<std::size_t> declare_once() {
-    const wall_seconds now = node_.options().clock->wall_now();
-    const wall_seconds expiration =
-        now + std::chrono::duration<double>(options_.expiration).count();
-    auto entries = moe::declaration_entries(uids_, endpoint_, expiration, key_);
-    const std::size_t total = entries.size();
-    const auto outcomes = co_await node_.store_many(std::move(entries), deadline_after(options_.update_period));
-    std::size_t stored = 0;
-    for (const auto& o : outcomes) stored += o ? 1 : 0;
-    rounds_.fetch_add(1);
-    if (on_round_) on_round_(stored);
-    if (stored < total)
-      log_warn("declared {} of {} DHT entries for {} experts at {} (the rest: no node took them)", stored, total,
-               uids_.size(), endpoint_);
-    else
-      log_debug("declared {} experts at {} ({} DHT entries)", uids_.size(), endpoint_, total);
-    co_return stored;
-  }
-
-  // Declares every update_period until the awaiting coroutine is stopped (then cancelled_error).
-  task<void> run() {
-    while (true) {
-      const steady_time next = deadline_after(options_.update_period);
-      try {
-        co_await declare_once();
-      } catch (const cancelled_error&) {
-        throw;
-      } catch (const closed_error&) {
-        co_return;  // the node shut down
-      } catch (const error& e) {
-        log_warn("declaring experts failed: {}", e.what());
-      }
-      co_await sleep_until(next);
-    }
-  }
+  task<std::size_t> declare_once() { return republisher_.publish_once(); }
+  // Declares every update_period until the awaiting coroutine is stopped (then cancelled_error) or the node shuts
+  // down.
+  task<void> run() { return republisher_.run(); }
 
   // Declaration rounds done (thread-safe).
-  std::uint64_t rounds() const noexcept { return rounds_.load(); }
+  std::uint64_t rounds() const noexcept { return republisher_.rounds(); }
   // Called after each round with the number of entries stored.
-  void on_round(std::function<void(std::size_t)> fn) { on_round_ = std::move(fn); }
+  void on_round(std::function<void(std::size_t)> fn) {
+    republisher_.on_round([this, fn = std::move(fn)](std::size_t stored, std::size_t total) {
+      if (stored == total) log_debug("declared {} experts at {} ({} DHT entries)", uids_, endpoint_, total);
+      if (fn) fn(stored);
+    });
+  }
 
  private:
-  dht::node& node_;
-  std::vector<std::string> uids_;
+  dht::republisher republisher_;
+  std::size_t uids_;
   endpoint endpoint_;
-  const dht::ed25519_keypair& key_;
-  declarer_options options_;
-  std::atomic<std::uint64_t> rounds_{0};
-  std::function<void(std::size_t)> on_round_;
 };
 
 }  // namespace server
