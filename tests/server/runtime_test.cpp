@@ -6,6 +6,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <future>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 using namespace dmoe;
 using namespace dmoe::server;
 using dmoe_test::random_batch;
+using dmoe_test::compute_gate;
 
 namespace {
 
@@ -26,23 +28,6 @@ expert_options kind_options(std::string kind, std::int64_t hidden) {
   return o;
 }
 expert_options nop_options(std::int64_t hidden) { return kind_options("nop", hidden); }
-
-// Blocks the compute thread until release() (so requests pile up in the pools deterministically).
-struct compute_gate {
-  std::promise<void> opened;
-  std::shared_future<void> gate = opened.get_future().share();
-  std::promise<void> entered;
-
-  void hold(runtime& rt) {
-    std::future<void> in = entered.get_future();
-    BOOST_REQUIRE(rt.post_exclusive([this] {
-      entered.set_value();
-      gate.wait();
-    }));
-    in.wait();
-  }
-  void release() { opened.set_value(); }
-};
 
 // Waits (blocking) for a completion's outcome.
 task_outcome wait_outcome(task_completion& c) {
@@ -232,6 +217,29 @@ BOOST_AUTO_TEST_CASE(abandoned_requests_are_skipped_and_stop_computes_what_is_qu
   BOOST_TEST(!wait_outcome(*kept).error);
   BOOST_REQUIRE_EQUAL(rec->batches.size(), 1u);
   BOOST_TEST(rec->batches[0].samples == 2);
+}
+
+BOOST_AUTO_TEST_CASE(stop_without_start_fails_every_queued_request) {
+  // More than one batch waits in each pool: every request still learns that nothing will compute it.
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime_options o;
+  o.max_batch_size = 2;
+  runtime rt({expert.get()}, o);
+  const tensor x = random_batch(2, 4, 1);
+  std::vector<std::shared_ptr<task_completion>> done;
+  for (int i = 0; i < 4; ++i) {
+    done.push_back(rt.submit("nop.0", expert_direction::forward, x));
+    done.push_back(rt.submit("nop.0", expert_direction::backward, x, x));
+  }
+  BOOST_TEST(rt.queued_samples() == 16);
+  rt.stop();
+  BOOST_TEST(rt.queued_samples() == 0);
+  for (auto& d : done) {
+    std::optional<task_outcome> out = d->done.try_receive();
+    BOOST_REQUIRE(out.has_value());
+    BOOST_REQUIRE(out->error);
+    BOOST_CHECK_THROW(std::rethrow_exception(out->error), closed_error);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(options_are_checked) {

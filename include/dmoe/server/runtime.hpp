@@ -94,11 +94,12 @@ class runtime {
     }
     wake_.notify_all();
     if (thread_.joinable()) thread_.join();
-    // Never started: nothing will compute what is queued.
+    // Never started: nothing will compute what is queued (every batch of it).
     std::lock_guard lock(mutex_);
     for (task_pool* pool : pools_)
-      for (pending_task& t : pool->take_batch())
-        t.completion->complete({{}, std::make_exception_ptr(closed_error("the server's runtime has stopped"))});
+      while (!pool->empty())
+        for (pending_task& t : pool->take_batch())
+          t.completion->complete({{}, std::make_exception_ptr(closed_error("the server's runtime has stopped"))});
   }
 
   // Queues a request (thread-safe) and returns where its outcome will arrive. Throws at once, queueing nothing:
@@ -135,6 +136,14 @@ class runtime {
     }
     wake_.notify_one();
     return completion;
+  }
+
+  // Samples waiting in every pool (thread-safe).
+  std::int64_t queued_samples() const {
+    std::lock_guard lock(mutex_);
+    std::int64_t total = 0;
+    for (const task_pool* pool : pools_) total += pool->queued_samples();
+    return total;
   }
 
   // Runs fn() on the compute thread between batches (e.g. a checkpoint) and returns its result, rethrowing its
