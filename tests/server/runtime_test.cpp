@@ -242,6 +242,22 @@ BOOST_AUTO_TEST_CASE(stop_without_start_fails_every_queued_request) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(a_batch_is_counted_before_its_answers_go_out) {
+  // A caller that has its answer reads statistics that include its batch.
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime rt({expert.get()});
+  rt.start();
+  for (int i = 1; i <= 50; ++i) {
+    auto done = rt.submit("nop.0", expert_direction::forward, random_batch(1, 4, i));
+    BOOST_REQUIRE(!wait_outcome(*done).error);
+    const auto stats = rt.total_stats();
+    BOOST_REQUIRE_EQUAL(stats.forward_samples, static_cast<std::uint64_t>(i));
+    BOOST_REQUIRE_EQUAL(stats.forward_batches, static_cast<std::uint64_t>(i));
+    BOOST_REQUIRE_EQUAL(stats.largest_batch, 1u);
+  }
+  rt.stop();
+}
+
 BOOST_AUTO_TEST_CASE(options_are_checked) {
   auto expert = make_expert_backend("nop.0", nop_options(4), 1);
   BOOST_CHECK_THROW(runtime({expert.get()}, runtime_options{.max_batch_size = 0}), invalid_argument_error);

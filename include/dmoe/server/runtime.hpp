@@ -278,13 +278,8 @@ class runtime {
     }
     const auto compute_ns =
         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_clock_now() - start).count());
-    std::int64_t row = 0;
-    for (pending_task& t : batch) {
-      if (failure) t.completion->complete({{}, failure});
-      else t.completion->complete({out.rows(row, row + t.samples), nullptr});
-      row += t.samples;
-    }
     record.failed = failure != nullptr;
+    // Counted before the outcomes go out: a caller that has its answer sees its batch in the statistics.
     {
       std::lock_guard lock(mutex_);
       auto& s = entry.stats;
@@ -296,6 +291,12 @@ class runtime {
       s.largest_batch = std::max<std::uint64_t>(s.largest_batch, static_cast<std::uint64_t>(record.samples));
       s.queue_wait_ns += wait_ns;
       s.compute_ns += compute_ns;
+    }
+    std::int64_t row = 0;
+    for (pending_task& t : batch) {
+      if (failure) t.completion->complete({{}, failure});
+      else t.completion->complete({out.rows(row, row + t.samples), nullptr});
+      row += t.samples;
     }
     if (failure) {
       try {
