@@ -242,6 +242,32 @@ BOOST_AUTO_TEST_CASE(stop_without_start_fails_every_queued_request) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(a_withdrawn_request_leaves_its_pool_at_once) {
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime rt({expert.get()});
+  auto rec = std::make_shared<recorder>();
+  rt.set_batch_observer([rec](const batch_record& r) { (*rec)(r); });
+  rt.start();
+  compute_gate gate;
+  gate.hold(rt);
+  auto gone = rt.submit("nop.0", expert_direction::backward, random_batch(3, 4, 1), random_batch(3, 4, 2));
+  auto kept = rt.submit("nop.0", expert_direction::backward, random_batch(2, 4, 3), random_batch(2, 4, 4));
+  BOOST_TEST(rt.queued_samples() == 5);
+  // While the compute thread is busy, the waiter that gives up takes its tensors out of the queue.
+  rt.withdraw("nop.0", expert_direction::backward, *gone);
+  BOOST_TEST(gone->abandoned.load());
+  BOOST_TEST(rt.queued_samples() == 2);
+  rt.withdraw("nop.0", expert_direction::backward, *gone);  // twice: nothing more
+  BOOST_TEST(rt.queued_samples() == 2);
+  gate.release();
+  BOOST_TEST(!wait_outcome(*kept).error);
+  rt.stop();
+  BOOST_REQUIRE_EQUAL(rec->batches.size(), 1u);
+  BOOST_TEST(rec->batches[0].samples == 2);
+  BOOST_TEST(rt.total_stats().backward_requests == 2u);
+  BOOST_TEST(rt.total_stats().backward_samples == 2u);
+}
+
 BOOST_AUTO_TEST_CASE(a_batch_is_counted_before_its_answers_go_out) {
   // A caller that has its answer reads statistics that include its batch.
   auto expert = make_expert_backend("nop.0", nop_options(4), 1);

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,17 @@ std::vector<tensor> parameters_of(background_server& s, std::size_t expert) {
     for (const auto& p : s.get().experts()[expert]->module().parameters()) out.push_back(p.value->clone());
     return out;
   });
+}
+
+// Polls until `done()` holds, for state another thread changes; false after 10 s.
+template <class F>
+task<bool> wait_until(F done) {
+  const steady_time limit = deadline_after(std::chrono::seconds(10));
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > limit) co_return false;
+    co_await sleep_for(std::chrono::milliseconds(1));
+  }
+  co_return true;
 }
 
 }  // namespace
@@ -203,6 +215,50 @@ BOOST_AUTO_TEST_CASE(a_restarted_server_serves_bit_identical_outputs_from_its_ch
   std::size_t files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir.path() / "ffn.0.1")) files += entry.is_regular_file();
   BOOST_TEST(files == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
+  // Callers cancel while the compute thread is busy: their requests' tensors go with their handlers, not when
+  // their batch would have come, so cancelled requests cannot pile up past the RPC server's memory limits.
+  background_server s(small_options({"ffn.0.0"}, 16));
+  runtime& rt = s.get().compute();
+  dmoe_test::compute_gate gate;
+  gate.hold(rt);
+  io_context ctx;
+  net::rpc_client client(ctx);
+  const endpoint at = s.rpc_endpoint();
+  constexpr int calls = 8;
+  const tensor x = random_batch(4, 16, 1);
+  auto request = moe::encode_expert_request("ffn.0.0", x, nullptr);
+  std::stop_source give_up;
+  int cancelled = 0;
+  bool all_queued = false, all_withdrawn = false;
+  auto one = [&]() -> task<void> {
+    try {
+      co_await client.call(at, moe::forward_method, request.pieces, no_deadline, give_up.get_token());
+    } catch (const cancelled_error&) {
+      ++cancelled;
+    }
+  };
+  ctx.run([&]() -> task<void> {
+    task_group group;
+    for (int i = 0; i < calls; ++i) group.spawn(one());
+    all_queued = co_await wait_until([&] { return rt.queued_samples() == 4 * calls; });
+    give_up.request_stop();
+    co_await group.join();
+    all_withdrawn = co_await wait_until([&] { return rt.queued_samples() == 0; });
+    co_await client.close();
+  }());
+  BOOST_TEST(all_queued);
+  BOOST_TEST(cancelled == calls);
+  BOOST_TEST(all_withdrawn);  // the compute thread is still held
+  gate.release();
+  expert_client good;
+  BOOST_TEST(good.forward(at, "ffn.0.0", x).shape() == x.shape());
+  const auto stats = rt.total_stats();
+  BOOST_TEST(stats.forward_requests == calls + 1u);
+  BOOST_TEST(stats.forward_samples == 4u);
+  BOOST_TEST(stats.failed_batches == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {

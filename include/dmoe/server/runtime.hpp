@@ -138,6 +138,17 @@ class runtime {
     return completion;
   }
 
+  // The waiter of a request submitted for (uid, direction) gives up (thread-safe): a request still queued leaves
+  // its pool now, with its tensors, instead of when its pool's turn comes; one already in a batch is computed and
+  // its outcome dropped. Idempotent.
+  void withdraw(std::string_view uid, expert_direction direction, task_completion& completion) {
+    completion.abandoned.store(true, std::memory_order_release);
+    const auto found = experts_.find(std::string(uid));
+    if (found == experts_.end()) return;
+    std::lock_guard lock(mutex_);
+    found->second.pools[direction == expert_direction::forward ? 0 : 1]->remove(completion);
+  }
+
   // Samples waiting in every pool (thread-safe).
   std::int64_t queued_samples() const {
     std::lock_guard lock(mutex_);

@@ -238,12 +238,17 @@ class server {
     co_return net::rpc_response(moe::encode_info(info));
   }
 
-  // Marks a request abandoned when its handler ends before the outcome arrived (the caller gave up).
+  // Withdraws a request when its handler ends before the outcome arrived (the caller gave up, or its connection
+  // or the server stopped): its tensors leave the queue with it, so requests nobody waits for hold no memory that
+  // the RPC server no longer counts.
   struct abandon_on_exit {
+    runtime& rt;
+    std::string_view uid;
+    moe::expert_direction direction;
     task_completion* completion;
     bool done = false;
     ~abandon_on_exit() {
-      if (!done) completion->abandoned.store(true, std::memory_order_release);
+      if (!done) rt.withdraw(uid, direction, *completion);
     }
   };
 
@@ -251,7 +256,7 @@ class server {
     moe::expert_request r = moe::decode_expert_request(req.payload, direction, limits_);
     req.payload = byte_buffer();
     auto completion = runtime_->submit(r.uid, direction, std::move(r.inputs), std::move(r.grad_outputs));
-    abandon_on_exit guard{completion.get()};
+    abandon_on_exit guard{*runtime_, r.uid, direction, completion.get()};
     std::optional<task_outcome> outcome = co_await completion->done.receive();
     guard.done = true;
     if (!outcome) throw closed_error("the server is shutting down");
