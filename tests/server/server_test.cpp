@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -259,6 +260,17 @@ BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
   BOOST_TEST(stats.forward_requests == calls + 1u);
   BOOST_TEST(stats.forward_samples == 4u);
   BOOST_TEST(stats.failed_batches == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {
+  // max_batch_size as large as it may be: the decoder's element limit derived from it must not overflow.
+  auto o = small_options({"ffn.0.0"}, 16);
+  o.runtime.max_batch_size = std::numeric_limits<std::int64_t>::max();
+  background_server s(o);
+  expert_client client;
+  const tensor x = random_batch(3, 16, 1);
+  BOOST_TEST(client.forward(s.rpc_endpoint(), "ffn.0.0", x).shape() == x.shape());
+  BOOST_TEST(client.info(s.rpc_endpoint(), "ffn.0.0").max_batch_size == std::numeric_limits<std::int64_t>::max());
 }
 
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {

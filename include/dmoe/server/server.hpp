@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -116,7 +117,11 @@ class server {
     runtime_.emplace(std::move(raw), options_.runtime);
     // Twice a full batch: a larger request is refused while decoding, a smaller one that is still over
     // max_batch_size reaches the runtime's check (which names max_batch_size).
-    limits_.max_elements = 2 * options_.runtime.max_batch_size * max_sample_elements();
+    // (Saturating: max_batch_size may be as large as an int64 holds.)
+    const std::int64_t per_sample = max_sample_elements();
+    limits_.max_elements = options_.runtime.max_batch_size > std::numeric_limits<std::int64_t>::max() / 2 / per_sample
+                               ? std::numeric_limits<std::int64_t>::max()
+                               : 2 * options_.runtime.max_batch_size * per_sample;
     limits_.require_finite = true;
     rpc_.emplace(ctx_, options_.listen, options_.rpc);
     announce_ = options_.announce.value_or(rpc_->local_endpoint());
