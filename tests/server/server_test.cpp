@@ -262,6 +262,27 @@ BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
   BOOST_TEST(stats.failed_batches == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(key_files_that_cannot_be_used_are_refused_naming_why) {
+  dmoe_test::temp_dir dir;
+  // A new key is written, and read back the same.
+  const auto made = load_or_create_key(dir.path() / "server.key");
+  BOOST_TEST((load_or_create_key(dir.path() / "server.key").public_key() == made.public_key()));
+  // A directory where the key should be: the read fails, and the error says so.
+  std::filesystem::create_directories(dir.path() / "a-directory");
+  try {
+    load_or_create_key(dir.path() / "a-directory");
+    BOOST_FAIL("a directory was taken for a key file");
+  } catch (const system_error& e) {
+    BOOST_TEST(std::string(e.what()).find("cannot read key file") != std::string::npos, e.what());
+  }
+  // An empty file is not replaced by a new identity.
+  std::ofstream(dir.path() / "empty.key").flush();
+  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "empty.key"), corrupt_error);
+  BOOST_TEST(std::filesystem::file_size(dir.path() / "empty.key") == 0u);
+  // No such directory.
+  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "missing" / "server.key"), system_error);
+}
+
 BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {
   // max_batch_size as large as it may be: the decoder's element limit derived from it must not overflow.
   auto o = small_options({"ffn.0.0"}, 16);
