@@ -294,6 +294,22 @@ BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {
   BOOST_TEST(client.info(s.rpc_endpoint(), "ffn.0.0").max_batch_size == std::numeric_limits<std::int64_t>::max());
 }
 
+BOOST_AUTO_TEST_CASE(a_stop_request_on_run_shuts_the_server_down) {
+  // run() awaited by a coroutine that is stopped (a timeout, a when_any): the server shuts down as when asked,
+  // its task groups joined, instead of ending the process.
+  io_context ctx;
+  dmoe::server::server s(ctx, small_options({"ffn.0.0"}, 16));
+  std::stop_source stop;
+  bool started = false;
+  ctx.run(with_stop_token(s.run([&] {
+                            started = true;
+                            stop.request_stop();
+                          }),
+                          stop.get_token()));
+  BOOST_TEST(started);
+  BOOST_CHECK_THROW(s.compute().submit("ffn.0.0", expert_direction::forward, random_batch(1, 16, 1)), closed_error);
+}
+
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {
   auto o = small_options({"ffn.0.0"});
   o.device = "cuda:0";

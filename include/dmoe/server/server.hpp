@@ -146,10 +146,10 @@ class server {
     if (runtime_) runtime_->stop();
   }
 
-  // Serves until request_shutdown(): the runtime's thread, the RPC server, the DHT bootstrap and declarations, the
-  // checkpoint and statistics loops. Then finishes requests in flight (up to shutdown_grace), stops the runtime,
-  // writes a final checkpoint and shuts the DHT node down. Call once, on the context's thread; `on_started` is
-  // called once it serves.
+  // Serves until request_shutdown() or a stop request on the awaiting coroutine: the runtime's thread, the RPC
+  // server, the DHT bootstrap and declarations, the checkpoint and statistics loops. Then finishes requests in
+  // flight (up to shutdown_grace), stops the runtime, writes a final checkpoint and shuts the DHT node down. Call
+  // once, on the context's thread; `on_started` is called once it serves.
   task<void> run(std::function<void()> on_started = {}) {
     runtime_->start();
     task_group serving(ctx_);
@@ -163,7 +163,12 @@ class server {
              rpc_->local_endpoint(), node_ ? fmt::format(", DHT on {}", node_->local_endpoint()) : std::string());
     started_.set();
     if (on_started) on_started();
-    co_await shutdown_requested_.wait();
+    try {
+      co_await shutdown_requested_.wait();
+    } catch (const cancelled_error&) {
+      // A stop request on run() shuts down too (without the grace: what is in flight is cancelled), and never
+      // leaves the task groups running.
+    }
     background.request_stop();
     try {
       co_await background.join();
