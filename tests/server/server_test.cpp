@@ -9,8 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "server_test_support.hpp"
@@ -292,6 +295,53 @@ BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {
   const tensor x = random_batch(3, 16, 1);
   BOOST_TEST(client.forward(s.rpc_endpoint(), "ffn.0.0", x).shape() == x.shape());
   BOOST_TEST(client.info(s.rpc_endpoint(), "ffn.0.0").max_batch_size == std::numeric_limits<std::int64_t>::max());
+}
+
+BOOST_AUTO_TEST_CASE(stopping_finishes_the_requests_already_queued) {
+  // The server is told to stop while requests wait behind a busy compute thread: it refuses new ones, computes
+  // those it has, answers them, then stops.
+  auto o = small_options({"ffn.0.0"}, 16);
+  std::optional<background_server> s(std::in_place, o);
+  runtime& rt = s->get().compute();
+  const endpoint at = s->rpc_endpoint();
+  auto gate = std::make_unique<dmoe_test::compute_gate>();
+  gate->hold(rt);
+  io_context ctx;
+  net::rpc_client client(ctx);
+  constexpr int calls = 6;
+  std::vector<tensor> inputs, answers(calls);
+  for (int i = 0; i < calls; ++i) inputs.push_back(random_batch(2, 16, 20 + i));
+  auto one = [&](int i) -> task<void> {
+    auto request = moe::encode_expert_request("ffn.0.0", inputs[i], nullptr);
+    answers[i] = moe::decode_expert_response(co_await client.call(at, moe::forward_method, request.pieces));
+  };
+  bool queued = false, refusing = false;
+  std::thread stopper;
+  ctx.run([&]() -> task<void> {
+    task_group group;
+    for (int i = 0; i < calls; ++i) group.spawn(one(i));
+    queued = co_await wait_until([&] { return rt.queued_samples() == 2 * calls; });
+    stopper = std::thread([&] { s->stop(); });
+    // Draining: a new request on the same connection is refused.
+    const byte_buffer info = moe::encode_info_request("ffn.0.0");
+    const steady_time limit = deadline_after(std::chrono::seconds(10));
+    while (!refusing && std::chrono::steady_clock::now() < limit) {
+      try {
+        co_await client.call(at, moe::info_method, info);
+      } catch (const unavailable_error&) {
+        refusing = true;
+      }
+      if (!refusing) co_await sleep_for(std::chrono::milliseconds(1));
+    }
+    gate->release();
+    co_await group.join();
+    co_await client.close();
+  }());
+  stopper.join();
+  BOOST_TEST(queued);
+  BOOST_TEST(refusing);
+  auto local = nn::make_expert("ffn", 16, expert_seed("ffn.0.0", o.seed));
+  for (int i = 0; i < calls; ++i) BOOST_TEST(dmoe_test::max_abs_diff(answers[i], local->forward(inputs[i])) <= 1e-5f);
 }
 
 BOOST_AUTO_TEST_CASE(a_stop_request_on_run_shuts_the_server_down) {
