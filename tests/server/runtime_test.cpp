@@ -6,6 +6,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <future>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 using namespace dmoe;
 using namespace dmoe::server;
 using dmoe_test::random_batch;
+using dmoe_test::compute_gate;
 
 namespace {
 
@@ -26,23 +28,6 @@ expert_options kind_options(std::string kind, std::int64_t hidden) {
   return o;
 }
 expert_options nop_options(std::int64_t hidden) { return kind_options("nop", hidden); }
-
-// Blocks the compute thread until release() (so requests pile up in the pools deterministically).
-struct compute_gate {
-  std::promise<void> opened;
-  std::shared_future<void> gate = opened.get_future().share();
-  std::promise<void> entered;
-
-  void hold(runtime& rt) {
-    std::future<void> in = entered.get_future();
-    BOOST_REQUIRE(rt.post_exclusive([this] {
-      entered.set_value();
-      gate.wait();
-    }));
-    in.wait();
-  }
-  void release() { opened.set_value(); }
-};
 
 // Waits (blocking) for a completion's outcome.
 task_outcome wait_outcome(task_completion& c) {
@@ -232,6 +217,71 @@ BOOST_AUTO_TEST_CASE(abandoned_requests_are_skipped_and_stop_computes_what_is_qu
   BOOST_TEST(!wait_outcome(*kept).error);
   BOOST_REQUIRE_EQUAL(rec->batches.size(), 1u);
   BOOST_TEST(rec->batches[0].samples == 2);
+}
+
+BOOST_AUTO_TEST_CASE(stop_without_start_fails_every_queued_request) {
+  // More than one batch waits in each pool: every request still learns that nothing will compute it.
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime_options o;
+  o.max_batch_size = 2;
+  runtime rt({expert.get()}, o);
+  const tensor x = random_batch(2, 4, 1);
+  std::vector<std::shared_ptr<task_completion>> done;
+  for (int i = 0; i < 4; ++i) {
+    done.push_back(rt.submit("nop.0", expert_direction::forward, x));
+    done.push_back(rt.submit("nop.0", expert_direction::backward, x, x));
+  }
+  BOOST_TEST(rt.queued_samples() == 16);
+  rt.stop();
+  BOOST_TEST(rt.queued_samples() == 0);
+  for (auto& d : done) {
+    std::optional<task_outcome> out = d->done.try_receive();
+    BOOST_REQUIRE(out.has_value());
+    BOOST_REQUIRE(out->error);
+    BOOST_CHECK_THROW(std::rethrow_exception(out->error), closed_error);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_withdrawn_request_leaves_its_pool_at_once) {
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime rt({expert.get()});
+  auto rec = std::make_shared<recorder>();
+  rt.set_batch_observer([rec](const batch_record& r) { (*rec)(r); });
+  rt.start();
+  compute_gate gate;
+  gate.hold(rt);
+  auto gone = rt.submit("nop.0", expert_direction::backward, random_batch(3, 4, 1), random_batch(3, 4, 2));
+  auto kept = rt.submit("nop.0", expert_direction::backward, random_batch(2, 4, 3), random_batch(2, 4, 4));
+  BOOST_TEST(rt.queued_samples() == 5);
+  // While the compute thread is busy, the waiter that gives up takes its tensors out of the queue.
+  rt.withdraw("nop.0", expert_direction::backward, *gone);
+  BOOST_TEST(gone->abandoned.load());
+  BOOST_TEST(rt.queued_samples() == 2);
+  rt.withdraw("nop.0", expert_direction::backward, *gone);  // twice: nothing more
+  BOOST_TEST(rt.queued_samples() == 2);
+  gate.release();
+  BOOST_TEST(!wait_outcome(*kept).error);
+  rt.stop();
+  BOOST_REQUIRE_EQUAL(rec->batches.size(), 1u);
+  BOOST_TEST(rec->batches[0].samples == 2);
+  BOOST_TEST(rt.total_stats().backward_requests == 2u);
+  BOOST_TEST(rt.total_stats().backward_samples == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_batch_is_counted_before_its_answers_go_out) {
+  // A caller that has its answer reads statistics that include its batch.
+  auto expert = make_expert_backend("nop.0", nop_options(4), 1);
+  runtime rt({expert.get()});
+  rt.start();
+  for (int i = 1; i <= 50; ++i) {
+    auto done = rt.submit("nop.0", expert_direction::forward, random_batch(1, 4, i));
+    BOOST_REQUIRE(!wait_outcome(*done).error);
+    const auto stats = rt.total_stats();
+    BOOST_REQUIRE_EQUAL(stats.forward_samples, static_cast<std::uint64_t>(i));
+    BOOST_REQUIRE_EQUAL(stats.forward_batches, static_cast<std::uint64_t>(i));
+    BOOST_REQUIRE_EQUAL(stats.largest_batch, 1u);
+  }
+  rt.stop();
 }
 
 BOOST_AUTO_TEST_CASE(options_are_checked) {

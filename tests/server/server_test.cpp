@@ -8,9 +8,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <memory>
 #include <optional>
+#include <stop_token>
 #include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "server_test_support.hpp"
@@ -38,6 +42,17 @@ std::vector<tensor> parameters_of(background_server& s, std::size_t expert) {
     for (const auto& p : s.get().experts()[expert]->module().parameters()) out.push_back(p.value->clone());
     return out;
   });
+}
+
+// Polls until `done()` holds, for state another thread changes; false after 10 s.
+template <class F>
+task<bool> wait_until(F done) {
+  const steady_time limit = deadline_after(std::chrono::seconds(10));
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > limit) co_return false;
+    co_await sleep_for(std::chrono::milliseconds(1));
+  }
+  co_return true;
 }
 
 }  // namespace
@@ -243,6 +258,144 @@ BOOST_AUTO_TEST_CASE(stopping_finishes_the_requests_in_flight) {
   client_thread.join();
   BOOST_TEST(failures.empty(), (failures.empty() ? "" : failures.front()));
   for (const auto& a : answers) BOOST_TEST(a.shape() == (shape{2, 16}));
+
+BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
+  // Callers cancel while the compute thread is busy: their requests' tensors go with their handlers, not when
+  // their batch would have come, so cancelled requests cannot pile up past the RPC server's memory limits.
+  background_server s(small_options({"ffn.0.0"}, 16));
+  runtime& rt = s.get().compute();
+  dmoe_test::compute_gate gate;
+  gate.hold(rt);
+  io_context ctx;
+  net::rpc_client client(ctx);
+  const endpoint at = s.rpc_endpoint();
+  constexpr int calls = 8;
+  const tensor x = random_batch(4, 16, 1);
+  auto request = moe::encode_expert_request("ffn.0.0", x, nullptr);
+  std::stop_source give_up;
+  int cancelled = 0;
+  bool all_queued = false, all_withdrawn = false;
+  auto one = [&]() -> task<void> {
+    try {
+      co_await client.call(at, moe::forward_method, request.pieces, no_deadline, give_up.get_token());
+    } catch (const cancelled_error&) {
+      ++cancelled;
+    }
+  };
+  ctx.run([&]() -> task<void> {
+    task_group group;
+    for (int i = 0; i < calls; ++i) group.spawn(one());
+    all_queued = co_await wait_until([&] { return rt.queued_samples() == 4 * calls; });
+    give_up.request_stop();
+    co_await group.join();
+    all_withdrawn = co_await wait_until([&] { return rt.queued_samples() == 0; });
+    co_await client.close();
+  }());
+  BOOST_TEST(all_queued);
+  BOOST_TEST(cancelled == calls);
+  BOOST_TEST(all_withdrawn);  // the compute thread is still held
+  gate.release();
+  expert_client good;
+  BOOST_TEST(good.forward(at, "ffn.0.0", x).shape() == x.shape());
+  const auto stats = rt.total_stats();
+  BOOST_TEST(stats.forward_requests == calls + 1u);
+  BOOST_TEST(stats.forward_samples == 4u);
+  BOOST_TEST(stats.failed_batches == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(key_files_that_cannot_be_used_are_refused_naming_why) {
+  dmoe_test::temp_dir dir;
+  // A new key is written, and read back the same.
+  const auto made = load_or_create_key(dir.path() / "server.key");
+  BOOST_TEST((load_or_create_key(dir.path() / "server.key").public_key() == made.public_key()));
+  // A directory where the key should be: the read fails, and the error says so.
+  std::filesystem::create_directories(dir.path() / "a-directory");
+  try {
+    load_or_create_key(dir.path() / "a-directory");
+    BOOST_FAIL("a directory was taken for a key file");
+  } catch (const system_error& e) {
+    BOOST_TEST(std::string(e.what()).find("cannot read key file") != std::string::npos, e.what());
+  }
+  // An empty file is not replaced by a new identity.
+  std::ofstream(dir.path() / "empty.key").flush();
+  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "empty.key"), corrupt_error);
+  BOOST_TEST(std::filesystem::file_size(dir.path() / "empty.key") == 0u);
+  // No such directory.
+  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "missing" / "server.key"), system_error);
+}
+
+BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {
+  // max_batch_size as large as it may be: the decoder's element limit derived from it must not overflow.
+  auto o = small_options({"ffn.0.0"}, 16);
+  o.runtime.max_batch_size = std::numeric_limits<std::int64_t>::max();
+  background_server s(o);
+  expert_client client;
+  const tensor x = random_batch(3, 16, 1);
+  BOOST_TEST(client.forward(s.rpc_endpoint(), "ffn.0.0", x).shape() == x.shape());
+  BOOST_TEST(client.info(s.rpc_endpoint(), "ffn.0.0").max_batch_size == std::numeric_limits<std::int64_t>::max());
+}
+
+BOOST_AUTO_TEST_CASE(stopping_finishes_the_requests_already_queued) {
+  // The server is told to stop while requests wait behind a busy compute thread: it refuses new ones, computes
+  // those it has, answers them, then stops.
+  auto o = small_options({"ffn.0.0"}, 16);
+  std::optional<background_server> s(std::in_place, o);
+  runtime& rt = s->get().compute();
+  const endpoint at = s->rpc_endpoint();
+  auto gate = std::make_unique<dmoe_test::compute_gate>();
+  gate->hold(rt);
+  io_context ctx;
+  net::rpc_client client(ctx);
+  constexpr int calls = 6;
+  std::vector<tensor> inputs, answers(calls);
+  for (int i = 0; i < calls; ++i) inputs.push_back(random_batch(2, 16, 20 + i));
+  auto one = [&](int i) -> task<void> {
+    auto request = moe::encode_expert_request("ffn.0.0", inputs[i], nullptr);
+    answers[i] = moe::decode_expert_response(co_await client.call(at, moe::forward_method, request.pieces));
+  };
+  bool queued = false, refusing = false;
+  std::thread stopper;
+  ctx.run([&]() -> task<void> {
+    task_group group;
+    for (int i = 0; i < calls; ++i) group.spawn(one(i));
+    queued = co_await wait_until([&] { return rt.queued_samples() == 2 * calls; });
+    stopper = std::thread([&] { s->stop(); });
+    // Draining: a new request on the same connection is refused.
+    const byte_buffer info = moe::encode_info_request("ffn.0.0");
+    const steady_time limit = deadline_after(std::chrono::seconds(10));
+    while (!refusing && std::chrono::steady_clock::now() < limit) {
+      try {
+        co_await client.call(at, moe::info_method, info);
+      } catch (const unavailable_error&) {
+        refusing = true;
+      }
+      if (!refusing) co_await sleep_for(std::chrono::milliseconds(1));
+    }
+    gate->release();
+    co_await group.join();
+    co_await client.close();
+  }());
+  stopper.join();
+  BOOST_TEST(queued);
+  BOOST_TEST(refusing);
+  auto local = nn::make_expert("ffn", 16, expert_seed("ffn.0.0", o.seed));
+  for (int i = 0; i < calls; ++i) BOOST_TEST(dmoe_test::max_abs_diff(answers[i], local->forward(inputs[i])) <= 1e-5f);
+}
+
+BOOST_AUTO_TEST_CASE(a_stop_request_on_run_shuts_the_server_down) {
+  // run() awaited by a coroutine that is stopped (a timeout, a when_any): the server shuts down as when asked,
+  // its task groups joined, instead of ending the process.
+  io_context ctx;
+  dmoe::server::server s(ctx, small_options({"ffn.0.0"}, 16));
+  std::stop_source stop;
+  bool started = false;
+  ctx.run(with_stop_token(s.run([&] {
+                            started = true;
+                            stop.request_stop();
+                          }),
+                          stop.get_token()));
+  BOOST_TEST(started);
+  BOOST_CHECK_THROW(s.compute().submit("ffn.0.0", expert_direction::forward, random_batch(1, 16, 1)), closed_error);
 }
 
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <random>
 #include <string>
 
@@ -76,6 +77,30 @@ inline float max_abs_diff(const dmoe::tensor& a, const dmoe::tensor& b) {
   for (std::size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
   return worst;
 }
+
+// Blocks the compute thread until release() (so requests pile up in the pools deterministically).
+struct compute_gate {
+  std::promise<void> opened;
+  std::shared_future<void> gate = opened.get_future().share();
+  std::promise<void> entered;
+
+  void hold(dmoe::server::runtime& rt) {
+    std::future<void> in = entered.get_future();
+    BOOST_REQUIRE(rt.post_exclusive([this, open = gate] {
+      entered.set_value();
+      open.wait();  // (its own copy: the gate may be gone once it opens)
+    }));
+    in.wait();
+  }
+  void release() {
+    if (!released) opened.set_value();
+    released = true;
+  }
+  // Released on the way out too, so that a failed check never leaves the compute thread held.
+  ~compute_gate() { release(); }
+
+  bool released = false;
+};
 
 // A temporary directory removed when the test ends, also when it fails.
 class temp_dir {

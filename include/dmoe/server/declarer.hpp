@@ -43,7 +43,12 @@ inline dht::ed25519_keypair load_or_create_key(const std::filesystem::path& path
     while (size < sizeof text) {
       const ssize_t n = ::read(fd, text + size, sizeof text - size);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
+      if (n < 0) {  // e.g. a directory: say so, rather than that it holds no seed
+        const int why = errno;
+        ::close(fd);
+        throw system_error(why, fmt::format("cannot read key file {}", path.string()));
+      }
+      if (n == 0) break;
       size += static_cast<std::size_t>(n);
     }
     ::close(fd);

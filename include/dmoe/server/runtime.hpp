@@ -94,11 +94,12 @@ class runtime {
     }
     wake_.notify_all();
     if (thread_.joinable()) thread_.join();
-    // Never started: nothing will compute what is queued.
+    // Never started: nothing will compute what is queued (every batch of it).
     std::lock_guard lock(mutex_);
     for (task_pool* pool : pools_)
-      for (pending_task& t : pool->take_batch())
-        t.completion->complete({{}, std::make_exception_ptr(closed_error("the server's runtime has stopped"))});
+      while (!pool->empty())
+        for (pending_task& t : pool->take_batch())
+          t.completion->complete({{}, std::make_exception_ptr(closed_error("the server's runtime has stopped"))});
   }
 
   // Queues a request (thread-safe) and returns where its outcome will arrive. Throws at once, queueing nothing:
@@ -135,6 +136,25 @@ class runtime {
     }
     wake_.notify_one();
     return completion;
+  }
+
+  // The waiter of a request submitted for (uid, direction) gives up (thread-safe): a request still queued leaves
+  // its pool now, with its tensors, instead of when its pool's turn comes; one already in a batch is computed and
+  // its outcome dropped. Idempotent.
+  void withdraw(std::string_view uid, expert_direction direction, task_completion& completion) {
+    completion.abandoned.store(true, std::memory_order_release);
+    const auto found = experts_.find(std::string(uid));
+    if (found == experts_.end()) return;
+    std::lock_guard lock(mutex_);
+    found->second.pools[direction == expert_direction::forward ? 0 : 1]->remove(completion);
+  }
+
+  // Samples waiting in every pool (thread-safe).
+  std::int64_t queued_samples() const {
+    std::lock_guard lock(mutex_);
+    std::int64_t total = 0;
+    for (const task_pool* pool : pools_) total += pool->queued_samples();
+    return total;
   }
 
   // Runs fn() on the compute thread between batches (e.g. a checkpoint) and returns its result, rethrowing its
@@ -269,13 +289,8 @@ class runtime {
     }
     const auto compute_ns =
         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(steady_clock_now() - start).count());
-    std::int64_t row = 0;
-    for (pending_task& t : batch) {
-      if (failure) t.completion->complete({{}, failure});
-      else t.completion->complete({out.rows(row, row + t.samples), nullptr});
-      row += t.samples;
-    }
     record.failed = failure != nullptr;
+    // Counted before the outcomes go out: a caller that has its answer sees its batch in the statistics.
     {
       std::lock_guard lock(mutex_);
       auto& s = entry.stats;
@@ -287,6 +302,12 @@ class runtime {
       s.largest_batch = std::max<std::uint64_t>(s.largest_batch, static_cast<std::uint64_t>(record.samples));
       s.queue_wait_ns += wait_ns;
       s.compute_ns += compute_ns;
+    }
+    std::int64_t row = 0;
+    for (pending_task& t : batch) {
+      if (failure) t.completion->complete({{}, failure});
+      else t.completion->complete({out.rows(row, row + t.samples), nullptr});
+      row += t.samples;
     }
     if (failure) {
       try {

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -116,7 +117,11 @@ class server {
     runtime_.emplace(std::move(raw), options_.runtime);
     // Twice a full batch: a larger request is refused while decoding, a smaller one that is still over
     // max_batch_size reaches the runtime's check (which names max_batch_size).
-    limits_.max_elements = 2 * options_.runtime.max_batch_size * max_sample_elements();
+    // (Saturating: max_batch_size may be as large as an int64 holds.)
+    const std::int64_t per_sample = max_sample_elements();
+    limits_.max_elements = options_.runtime.max_batch_size > std::numeric_limits<std::int64_t>::max() / 2 / per_sample
+                               ? std::numeric_limits<std::int64_t>::max()
+                               : 2 * options_.runtime.max_batch_size * per_sample;
     limits_.require_finite = true;
     rpc_.emplace(ctx_, options_.listen, options_.rpc);
     announce_ = options_.announce.value_or(rpc_->local_endpoint());
@@ -141,10 +146,10 @@ class server {
     if (runtime_) runtime_->stop();
   }
 
-  // Serves until request_shutdown(): the runtime's thread, the RPC server, the DHT bootstrap and declarations, the
-  // checkpoint and statistics loops. Then finishes requests in flight (up to shutdown_grace), stops the runtime,
-  // writes a final checkpoint and shuts the DHT node down. Call once, on the context's thread; `on_started` is
-  // called once it serves.
+  // Serves until request_shutdown() or a stop request on the awaiting coroutine: the runtime's thread, the RPC
+  // server, the DHT bootstrap and declarations, the checkpoint and statistics loops. Then finishes requests in
+  // flight (up to shutdown_grace), stops the runtime, writes a final checkpoint and shuts the DHT node down. Call
+  // once, on the context's thread; `on_started` is called once it serves.
   task<void> run(std::function<void()> on_started = {}) {
     runtime_->start();
     task_group serving(ctx_);
@@ -158,7 +163,12 @@ class server {
              rpc_->local_endpoint(), node_ ? fmt::format(", DHT on {}", node_->local_endpoint()) : std::string());
     started_.set();
     if (on_started) on_started();
-    co_await shutdown_requested_.wait();
+    try {
+      co_await shutdown_requested_.wait();
+    } catch (const cancelled_error&) {
+      // A stop request on run() shuts down too (without the grace: what is in flight is cancelled), and never
+      // leaves the task groups running.
+    }
     background.request_stop();
     try {
       co_await background.join();
@@ -238,12 +248,17 @@ class server {
     co_return net::rpc_response(moe::encode_info(info));
   }
 
-  // Marks a request abandoned when its handler ends before the outcome arrived (the caller gave up).
+  // Withdraws a request when its handler ends before the outcome arrived (the caller gave up, or its connection
+  // or the server stopped): its tensors leave the queue with it, so requests nobody waits for hold no memory that
+  // the RPC server no longer counts.
   struct abandon_on_exit {
+    runtime& rt;
+    std::string_view uid;
+    moe::expert_direction direction;
     task_completion* completion;
     bool done = false;
     ~abandon_on_exit() {
-      if (!done) completion->abandoned.store(true, std::memory_order_release);
+      if (!done) rt.withdraw(uid, direction, *completion);
     }
   };
 
@@ -251,7 +266,7 @@ class server {
     moe::expert_request r = moe::decode_expert_request(req.payload, direction, limits_);
     req.payload = byte_buffer();
     auto completion = runtime_->submit(r.uid, direction, std::move(r.inputs), std::move(r.grad_outputs));
-    abandon_on_exit guard{completion.get()};
+    abandon_on_exit guard{*runtime_, r.uid, direction, completion.get()};
     std::optional<task_outcome> outcome = co_await completion->done.receive();
     guard.done = true;
     if (!outcome) throw closed_error("the server is shutting down");

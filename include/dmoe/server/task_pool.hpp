@@ -99,6 +99,17 @@ class task_pool {
     return deadline_from(queue_.front().arrived, window_);
   }
 
+  // Removes the request that reports to `completion`, if it still waits here; returns whether it did.
+  bool remove(const task_completion& completion) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (it->completion.get() != &completion) continue;
+      samples_ -= it->samples;
+      queue_.erase(it);
+      return true;
+    }
+    return false;
+  }
+
   // The oldest requests, in arrival order, while they fit in max_batch_size samples (at least one). Requests whose
   // waiter gave up are dropped on the way.
   std::vector<pending_task> take_batch() {

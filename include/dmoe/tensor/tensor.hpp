@@ -13,6 +13,7 @@
 #include <dmoe/tensor/shape.hpp>
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -144,8 +145,15 @@ class tensor {
   std::size_t nbytes() const noexcept { return static_cast<std::size_t>(numel()) * size_of(dtype_); }
   // True when there is no storage (a default-constructed tensor).
   bool empty() const noexcept { return !storage_; }
-  // True when no other tensor (copy or view) shares this storage.
-  bool unique() const noexcept { return storage_ && storage_.use_count() == 1; }
+  // True when no other tensor (copy or view) shares this storage. Then this thread may write the storage: the
+  // acquire fence orders those writes after everything the other holders did with it before letting go, also on
+  // other threads (use_count() alone is a relaxed load; e.g. a server's network thread drops the rows of a batch's
+  // output once sent, while its compute thread reuses the module's buffer for the next batch).
+  bool unique() const noexcept {
+    if (!storage_ || storage_.use_count() != 1) return false;
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return true;
+  }
   bool shares_storage_with(const tensor& other) const noexcept { return storage_ && storage_ == other.storage_; }
   // True when some byte of this tensor's elements is also one of other's (views of disjoint rows do not overlap).
   bool overlaps(const tensor& other) const noexcept {
