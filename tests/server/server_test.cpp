@@ -258,6 +258,7 @@ BOOST_AUTO_TEST_CASE(stopping_finishes_the_requests_in_flight) {
   client_thread.join();
   BOOST_TEST(failures.empty(), (failures.empty() ? "" : failures.front()));
   for (const auto& a : answers) BOOST_TEST(a.shape() == (shape{2, 16}));
+}
 
 BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
   // Callers cancel while the compute thread is busy: their requests' tensors go with their handlers, not when
