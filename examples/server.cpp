@@ -156,16 +156,8 @@ int main(int argc, char** argv) {
       if (host == "0.0.0.0" || host == "::") o.announce = dmoe::endpoint::parse(dmoe_cli::joinable(o.listen));
     }
     server.emplace(o);
-  } catch (const dmoe::system_error& e) {
-    fmt::print(stderr, "dmoe-server: {}\n", e.what());
-    return 2;
-  } catch (const dmoe::invalid_argument_error& e) {
-    fmt::print(stderr, "dmoe-server: {}\n", e.what());
-    return 2;
-  } catch (const dmoe::device_error& e) {
-    fmt::print(stderr, "dmoe-server: {}\n", e.what());
-    return 2;
-  } catch (const dmoe::corrupt_error& e) {
+  } catch (const dmoe::error& e) {
+    // Options, addresses, devices, key files and checkpoint directories the server cannot use.
     fmt::print(stderr, "dmoe-server: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {

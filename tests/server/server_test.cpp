@@ -399,6 +399,16 @@ BOOST_AUTO_TEST_CASE(a_stop_request_on_run_shuts_the_server_down) {
   BOOST_CHECK_THROW(s.compute().submit("ffn.0.0", expert_direction::forward, random_batch(1, 16, 1)), closed_error);
 }
 
+BOOST_AUTO_TEST_CASE(two_threads_may_stop_a_server_at_once) {
+  for (int round = 0; round < 3; ++round) {
+    background_server s(small_options({"ffn.0.0"}));
+    std::thread other([&] { s.stop(); });
+    s.stop();
+    other.join();
+    s.stop();  // and again, once stopped
+  }
+}
+
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {
   auto o = small_options({"ffn.0.0"});
   o.device = "cuda:0";

@@ -41,13 +41,12 @@ class background_server {
   // Finishes requests in flight, writes the final checkpoint, leaves the DHT and joins the threads. Idempotent;
   // rethrows what the server's run() threw, once.
   void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      if (!thread_.joinable()) return;
-      if (!stopping_) {
-        stopping_ = true;
-        ctx_->post([this] { server_->request_shutdown(); });
-      }
+    // Held while joining (the server's threads never take it): a second thread stopping at once waits here.
+    std::lock_guard lock(mutex_);
+    if (!thread_.joinable()) return;
+    if (!stopping_) {
+      stopping_ = true;
+      ctx_->post([this] { server_->request_shutdown(); });
     }
     thread_.join();
     if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));

@@ -93,7 +93,10 @@ class runtime {
       stopping_ = true;
     }
     wake_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    {
+      std::lock_guard joining(join_mutex_);  // two threads stopping at once: one joins, the other waits for it
+      if (thread_.joinable()) thread_.join();
+    }
     // Never started: nothing will compute what is queued (every batch of it).
     std::lock_guard lock(mutex_);
     for (task_pool* pool : pools_)
@@ -233,14 +236,7 @@ class runtime {
   void loop() {
     std::unique_lock lock(mutex_);
     while (true) {
-      if (!exclusive_.empty()) {
-        auto job = std::move(exclusive_.front());
-        exclusive_.pop_front();
-        lock.unlock();
-        job();
-        lock.lock();
-        continue;
-      }
+      if (run_exclusive_job(lock)) continue;
       steady_time wake;
       task_pool* pool = choose(steady_clock_now(), wake);
       if (!pool) {
@@ -257,13 +253,19 @@ class runtime {
       lock.lock();
     }
     // Stopped: exclusive jobs posted meanwhile still run (their callers wait).
-    while (!exclusive_.empty()) {
-      auto job = std::move(exclusive_.front());
-      exclusive_.pop_front();
-      lock.unlock();
-      job();
-      lock.lock();
+    while (run_exclusive_job(lock)) {
     }
+  }
+
+  // Runs the oldest exclusive job, if any, with the lock released; returns whether there was one.
+  bool run_exclusive_job(std::unique_lock<std::mutex>& lock) {
+    if (exclusive_.empty()) return false;
+    auto job = std::move(exclusive_.front());
+    exclusive_.pop_front();
+    lock.unlock();
+    job();
+    lock.lock();
+    return true;
   }
 
   void run_batch(expert_entry& entry, expert_direction direction, std::vector<pending_task>& batch) {
@@ -325,6 +327,7 @@ class runtime {
   std::unordered_map<std::string, expert_entry> experts_;
   std::vector<task_pool*> pools_;
   mutable std::mutex mutex_;
+  std::mutex join_mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> exclusive_;
   std::function<void(const batch_record&)> observer_;
