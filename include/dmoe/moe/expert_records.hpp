@@ -8,6 +8,8 @@
 // overwrite it until it expires: nobody redirects another server's experts. A prefix entry says "a live expert
 // starts with prefix + subkey", which is what the beam search asks.
 // Declaration value: u8 version, string uid, string endpoint ("1.2.3.4:5000" or "[::1]:5000").
+// A trainer that finds a prefix without live successors may store subkey "-" with an empty value there (negative
+// caching, as hivemind does): other trainers then learn at once that it is empty. Live entries always win over it.
 #pragma once
 
 #include <dmoe/async/endpoint.hpp>
@@ -21,6 +23,7 @@
 #include <dmoe/moe/expert_uid.hpp>
 
 #include <cstring>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -110,6 +113,76 @@ inline task<std::vector<std::optional<expert_declaration>>> get_experts(dht::nod
     auto d = decode_declaration(found[i].found->value.value, found[i].found->value.expiration);
     if (d && d->uid == uids[i]) out[i] = std::move(d);
   }
+  co_return out;
+}
+
+// The subkey of the "no live successor here" marker (negative caching).
+inline constexpr std::string_view empty_prefix_subkey = "-";
+
+// Whether `prefix` is a uid prefix: a name, then zero or more coordinates, each followed by a dot ("ffn.", "ffn.3.").
+inline bool is_valid_uid_prefix(std::string_view prefix) {
+  return !prefix.empty() && prefix.back() == uid_delimiter && is_valid_expert_uid(std::string(prefix) + "0");
+}
+
+// The live successors of one prefix, as the DHT holds them.
+struct prefix_successors {
+  // Next coordinate -> a live expert whose uid starts with prefix + that coordinate (the whole uid when the prefix
+  // is one dimension short of it).
+  std::map<std::uint32_t, expert_declaration> next;
+  bool found = false;         // the DHT held a record under the prefix (possibly only the marker)
+  bool marked_empty = false;  // it held the "no live successor" marker and no live entry
+};
+
+// The signed-by-nobody marker saying that `prefix` has no live successor, until `expiration`.
+inline dht::store_entry empty_prefix_entry(std::string_view prefix, wall_seconds expiration) {
+  return dht::store_entry{dht::key_of(prefix), to_buffer(empty_prefix_subkey), byte_buffer{}, expiration, {}};
+}
+
+// Reads the dictionary under one prefix: entries whose subkey is a canonical coordinate and whose declaration names
+// a valid uid that starts with prefix + coordinate are kept; anything else (a malformed or lying record) is skipped.
+inline prefix_successors read_successors(std::string_view prefix, const std::optional<dht::record>& found) {
+  prefix_successors out;
+  if (!found) return out;
+  out.found = true;
+  if (!found->is_dictionary) return out;
+  bool marker = false;
+  for (const auto& [subkey, entry] : found->subkeys) {
+    const std::string_view text(reinterpret_cast<const char*>(subkey.data()), subkey.size());
+    if (text == empty_prefix_subkey) {
+      marker = true;
+      continue;
+    }
+    const std::int64_t coordinate = detail::parse_coordinate(text);
+    if (coordinate < 0) continue;
+    auto d = decode_declaration(entry.value, entry.expiration);
+    if (!d || d->uid.size() < prefix.size() + text.size() || std::string_view(d->uid).substr(0, prefix.size()) != prefix ||
+        std::string_view(d->uid).substr(prefix.size(), text.size()) != text)
+      continue;
+    if (d->uid.size() > prefix.size() + text.size() && d->uid[prefix.size() + text.size()] != uid_delimiter) continue;
+    out.next.emplace(static_cast<std::uint32_t>(coordinate), std::move(*d));
+  }
+  out.marked_empty = marker && out.next.empty();
+  return out;
+}
+
+// The live successors of each prefix ("ffn." -> first coordinates, "ffn.3." -> second coordinates...), in the order
+// asked, from one DHT crawl. `latest` merges the dictionaries of the k nearest nodes (every server's entries) instead
+// of taking the first node's. Ends by `deadline` with what was found by then. Errors: invalid_argument_error for a
+// string that is not a uid prefix (see is_valid_uid_prefix); the node's closed_error and cancelled_error.
+inline task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
+                                                       steady_time deadline = no_deadline, bool latest = true) {
+  std::vector<dht::key_id> keys;
+  keys.reserve(prefixes.size());
+  for (const auto& prefix : prefixes) {
+    if (!is_valid_uid_prefix(prefix))
+      throw invalid_argument_error(
+          fmt::format("successors: '{}' is not a uid prefix (a name and coordinates, each followed by '.')", prefix));
+    keys.push_back(dht::key_of(prefix));
+  }
+  const auto found = co_await node.get_many(std::move(keys), latest, deadline);
+  std::vector<prefix_successors> out;
+  out.reserve(prefixes.size());
+  for (std::size_t i = 0; i < prefixes.size(); ++i) out.push_back(read_successors(prefixes[i], found[i].found));
   co_return out;
 }
 

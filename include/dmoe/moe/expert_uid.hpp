@@ -1,7 +1,8 @@
 // Expert uids on a grid ("ffn.3.17"), the patterns servers are started with ("ffn.[0:16].[0:16]"), and the
 // prefixes under which experts are declared in the DHT ("ffn.", "ffn.3.").
 //
-// Grammar (as Learning@home's hivemind): uid = name ("." coordinate)+, name = [A-Za-z_][A-Za-z0-9_-]*, coordinate =
+// Grammar (as Learning@home's hivemind): uid = name ("." coordinate)+, name = (letter | "_") (letter | digit | "_" |
+// "-")*, where a letter is an ASCII letter or any non-ASCII character in well-formed UTF-8 ("эксперт.3"), coordinate =
 // a decimal integer in [0, 2^31) written without leading zeros (so each expert has exactly one uid). At most
 // max_uid_length bytes in all.
 #pragma once
@@ -36,8 +37,33 @@ struct expert_coordinates {
 
 namespace detail {
 
-inline bool is_name_start(char c) noexcept { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+inline bool is_name_start(char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+}
 inline bool is_name_char(char c) noexcept { return is_name_start(c) || (c >= '0' && c <= '9') || c == '-'; }
+
+// Whether text is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF).
+inline bool is_utf8(std::string_view text) noexcept {
+  for (std::size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    std::size_t n = 0;
+    std::uint32_t code = 0, least = 0;
+    if (c < 0x80) n = 0, code = c;
+    else if ((c & 0xE0) == 0xC0) n = 1, code = c & 0x1Fu, least = 0x80;
+    else if ((c & 0xF0) == 0xE0) n = 2, code = c & 0x0Fu, least = 0x800;
+    else if ((c & 0xF8) == 0xF0) n = 3, code = c & 0x07u, least = 0x10000;
+    else return false;
+    if (i + n + 1 > text.size()) return false;
+    for (std::size_t j = 1; j <= n; ++j) {
+      const auto cc = static_cast<unsigned char>(text[i + j]);
+      if ((cc & 0xC0) != 0x80) return false;
+      code = code << 6 | (cc & 0x3Fu);
+    }
+    if (code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += n + 1;
+  }
+  return true;
+}
 
 // A canonical decimal coordinate, or -1.
 inline std::int64_t parse_coordinate(std::string_view text) noexcept {
@@ -69,6 +95,7 @@ inline void check_name(std::string_view name, std::string_view text) {
   for (char c : name)
     if (!is_name_char(c))
       throw invalid_argument_error(fmt::format("expert uid '{}': '{}' is not allowed in the name", text, c));
+  if (!is_utf8(name)) throw invalid_argument_error(fmt::format("expert uid: the name is not well-formed UTF-8"));
 }
 
 }  // namespace detail

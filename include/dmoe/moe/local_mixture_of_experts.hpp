@@ -114,6 +114,71 @@ struct expert_batch {
   tensor output;  // the expert's output for these rows, kept for the weight gradients
 };
 
+// x itself when it is [batch, in], else its mean over the dimensions between the batch and the last (the gating's
+// input: a sequence routes as one sample).
+inline tensor gating_input(const tensor& x) {
+  if (x.rank() == 2) return x;
+  const std::int64_t batch = x.dim(0), in = x.dim(-1), steps = x.numel() / std::max<std::int64_t>(1, batch * in);
+  tensor mean(shape{batch, in});
+  const float* src = x.data<float>();
+  float* dst = mean.data<float>();
+  // Summed in double and divided once: an f32 running sum drifts with the sequence length and the magnitude.
+  std::vector<double> sum(static_cast<std::size_t>(in));
+  for (std::int64_t b = 0; b < batch; ++b) {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (std::int64_t t = 0; t < steps; ++t)
+      for (std::int64_t i = 0; i < in; ++i)
+        sum[static_cast<std::size_t>(i)] += static_cast<double>(src[(b * steps + t) * in + i]);
+    for (std::int64_t i = 0; i < in; ++i)
+      dst[b * in + i] = static_cast<float>(sum[static_cast<std::size_t>(i)] / static_cast<double>(steps));
+  }
+  return mean;
+}
+
+// Adds the gating input's gradient [batch, in] into dx (spread evenly over a sequence's steps).
+inline void add_gating_dx(const tensor& dgate, tensor& dx) {
+  const std::int64_t batch = dx.dim(0), in = dx.dim(-1), steps = dx.numel() / std::max<std::int64_t>(1, batch * in);
+  const float scale = 1.0f / static_cast<float>(steps);
+  const float* g = dgate.data<float>();
+  float* d = dx.data<float>();
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t t = 0; t < steps; ++t)
+      for (std::int64_t i = 0; i < in; ++i) d[(b * steps + t) * in + i] += scale * g[b * in + i];
+}
+
+// One sample's mixing weights: the softmax of its responders' scores (k of them, responded[j] != 0), 0 elsewhere;
+// all 0 when none responded (never NaN). Computed in double from the largest score.
+inline void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights) {
+  double best = -HUGE_VAL;
+  for (std::int64_t j = 0; j < k; ++j)
+    if (responded[j]) best = std::max(best, static_cast<double>(scores[j]));
+  double total = 0.0;
+  for (std::int64_t j = 0; j < k; ++j)
+    if (responded[j]) total += std::exp(static_cast<double>(scores[j]) - best);
+  for (std::int64_t j = 0; j < k; ++j)
+    weights[j] = responded[j] ? static_cast<float>(std::exp(static_cast<double>(scores[j]) - best) / total) : 0.0f;
+}
+
+// The gradient of the chosen experts' scores [batch, k] from that of the mixing weights (d loss / d w), through the
+// softmax over each sample's responders: d score_j = w_j (d w_j - sum_i w_i d w_i); 0 for non-responders.
+inline tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
+                                         std::span<const double> dweights, std::int64_t batch, std::int64_t k) {
+  tensor dscores(shape{batch, k});
+  float* ds = dscores.data<float>();
+  for (std::int64_t b = 0; b < batch; ++b) {
+    double mean = 0.0;
+    for (std::int64_t j = 0; j < k; ++j) {
+      const auto at = static_cast<std::size_t>(b * k + j);
+      mean += static_cast<double>(weights[at]) * dweights[at];
+    }
+    for (std::int64_t j = 0; j < k; ++j) {
+      const auto at = static_cast<std::size_t>(b * k + j);
+      if (responded[at]) ds[at] = static_cast<float>(weights[at] * (dweights[at] - mean));
+    }
+  }
+  return dscores;
+}
+
 inline void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
   if (schema.type != dtype::f32)
     throw invalid_argument_error(
@@ -150,7 +215,7 @@ class local_mixture_of_experts : public nn::module {
     batches_.clear();
     const tensor x = x_in.to(device::host);
     const std::int64_t batch = x.dim(0);
-    const tensor scores = gating_.forward(gating_input(x).to(Backend::device));
+    const tensor scores = gating_.forward(detail::gating_input(x).to(Backend::device));
     routing_ = moe_routing{};
     routing_.selection =
         call.selection ? rescored(*call.selection, scores.to(device::host)) : gating_.select(scores, options_.k);
@@ -226,19 +291,9 @@ class local_mixture_of_experts : public nn::module {
         for (std::int64_t i = 0; i < in_row; ++i) dst[i] += src[r * in_row + i];
       }
     }
-    // Softmax over the responders: d score_j = w_j (d w_j - sum_i w_i d w_i); non-responders get 0.
-    tensor dscores(shape{batch, k});
-    float* ds = dscores.data<float>();
-    for (std::int64_t b = 0; b < batch; ++b) {
-      double mean = 0.0;
-      for (std::int64_t j = 0; j < k; ++j)
-        mean += static_cast<double>(routing_.weight(b, j)) * dweights[static_cast<std::size_t>(b * k + j)];
-      for (std::int64_t j = 0; j < k; ++j)
-        if (routing_.answered(b, j))
-          ds[b * k + j] =
-              static_cast<float>(routing_.weight(b, j) * (dweights[static_cast<std::size_t>(b * k + j)] - mean));
-    }
-    add_gating_dx(gating_.backward_selected(routing_.selection, dscores).to(device::host), dx);
+    const tensor dscores =
+        detail::responder_softmax_backward(routing_.weights, routing_.responded, dweights, batch, k);
+    detail::add_gating_dx(gating_.backward_selected(routing_.selection, dscores).to(device::host), dx);
     for (detail::expert_batch& eb : batches_) eb.output = tensor();
     return dx.to(Backend::device);
   }
@@ -391,36 +446,6 @@ class local_mixture_of_experts : public nn::module {
     return mask;
   }
 
-  // x itself when it is [batch, in], else its mean over the dimensions between the batch and the last.
-  tensor gating_input(const tensor& x) const {
-    if (x.rank() == 2) return x;
-    const std::int64_t batch = x.dim(0), in = x.dim(-1), steps = x.numel() / std::max<std::int64_t>(1, batch * in);
-    tensor mean(shape{batch, in});
-    const float* src = x.data<float>();
-    float* dst = mean.data<float>();
-    // Summed in double and divided once: an f32 running sum drifts with the sequence length and the magnitude.
-    std::vector<double> sum(static_cast<std::size_t>(in));
-    for (std::int64_t b = 0; b < batch; ++b) {
-      std::fill(sum.begin(), sum.end(), 0.0);
-      for (std::int64_t t = 0; t < steps; ++t)
-        for (std::int64_t i = 0; i < in; ++i)
-          sum[static_cast<std::size_t>(i)] += static_cast<double>(src[(b * steps + t) * in + i]);
-      for (std::int64_t i = 0; i < in; ++i)
-        dst[b * in + i] = static_cast<float>(sum[static_cast<std::size_t>(i)] / static_cast<double>(steps));
-    }
-    return mean;
-  }
-
-  void add_gating_dx(const tensor& dgate, tensor& dx) const {
-    const std::int64_t batch = dx.dim(0), in = dx.dim(-1), steps = dx.numel() / std::max<std::int64_t>(1, batch * in);
-    const float scale = 1.0f / static_cast<float>(steps);
-    const float* g = dgate.data<float>();
-    float* d = dx.data<float>();
-    for (std::int64_t b = 0; b < batch; ++b)
-      for (std::int64_t t = 0; t < steps; ++t)
-        for (std::int64_t i = 0; i < in; ++i) d[(b * steps + t) * in + i] += scale * g[b * in + i];
-  }
-
   // The given selection checked against this layer and batch, with scores from this call's grid scores
   // (summed in double, dimension by dimension, as the top-k does).
   grid_selection rescored(const grid_selection& given, const tensor& grid_scores) const {
@@ -465,15 +490,12 @@ class local_mixture_of_experts : public nn::module {
     routing_.responded.assign(static_cast<std::size_t>(batch * k), 0);
     routing_.weights.assign(static_cast<std::size_t>(batch * k), 0.0f);
     routing_.responders.assign(static_cast<std::size_t>(batch), 0);
-    std::vector<double> exps(static_cast<std::size_t>(k));
     for (std::int64_t b = 0; b < batch; ++b) {
-      double best = -HUGE_VAL;
       std::int64_t count = 0;
       for (std::int64_t j = 0; j < k; ++j) {
         const auto at = static_cast<std::size_t>(b * k + j);
         if (failed_mask[static_cast<std::size_t>(index_of(sel.expert(b, j)))]) continue;
         routing_.responded[at] = 1;
-        best = std::max(best, static_cast<double>(sel.scores[at]));
         ++count;
       }
       routing_.responders[static_cast<std::size_t>(b)] = count;
@@ -483,16 +505,8 @@ class local_mixture_of_experts : public nn::module {
                                               op, b, count, k, options_.k_min));
         routing_.short_samples.push_back(b);
       }
-      if (count == 0) continue;  // no responders: zero weights, zero output, zero gradient
-      double total = 0.0;
-      for (std::int64_t j = 0; j < k; ++j) {
-        const auto at = static_cast<std::size_t>(b * k + j);
-        if (routing_.responded[at]) total += exps[static_cast<std::size_t>(j)] = std::exp(sel.scores[at] - best);
-        else exps[static_cast<std::size_t>(j)] = 0.0;
-      }
-      for (std::int64_t j = 0; j < k; ++j)
-        routing_.weights[static_cast<std::size_t>(b * k + j)] =
-            static_cast<float>(exps[static_cast<std::size_t>(j)] / total);
+      const auto at = static_cast<std::size_t>(b * k);
+      detail::responder_softmax(sel.scores.data() + at, routing_.responded.data() + at, k, routing_.weights.data() + at);
     }
   }
 

@@ -1,0 +1,281 @@
+// moe::beam_search: the best k live experts of each sample, found one grid dimension at a time through the DHT.
+//
+// Servers declare, for every expert "ffn.3.17", dictionary entries under each proper prefix ("ffn." -> 3,
+// "ffn.3." -> 17; moe/expert_records.hpp). The search starts from the root prefix "ffn.", whose subkeys are the
+// first coordinates that have a live expert, keeps the `beam_size` best of them by their dimension-0 score, asks for
+// the successors of those prefixes, keeps the best `beam_size` two-coordinate prefixes by their partial sums, and so
+// on; at the last dimension the successors are the experts themselves (uid and endpoint), of which it returns the k
+// best. A whole batch is searched together: one directory query per dimension for the union of every sample's beam.
+// With beam_size >= k the result is the exact top-k over live experts whenever the live experts fill a product
+// sub-grid (every live prefix of a dimension then has the same successors); otherwise it is the beam's best.
+// (Lample et al. 2019, "Large Memory Layers with Product Keys", for the product-key scores; Ryabinin & Gusev 2020,
+// "Towards Crowdsourced Training of Large Neural Networks using Decentralized Mixture-of-Experts", for the search
+// over the DHT.)
+#pragma once
+
+#include <dmoe/async/endpoint.hpp>
+#include <dmoe/async/task.hpp>
+#include <dmoe/core/clock.hpp>
+#include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/dht/node.hpp>
+#include <dmoe/moe/expert_records.hpp>
+#include <dmoe/moe/expert_uid.hpp>
+#include <dmoe/moe/gating.hpp>
+#include <dmoe/tensor/tensor.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+// One expert a beam search found.
+struct found_expert {
+  std::string uid;
+  endpoint server;
+  std::vector<std::uint32_t> coordinates;
+  float score = 0.0f;  // the sum of its coordinates' scores (in double, dimension by dimension, then rounded)
+};
+
+// Where a beam search learns which prefixes have live successors.
+class expert_directory {
+ public:
+  virtual ~expert_directory() = default;
+  // The successors of each prefix, in the order asked; ends by `deadline` with what it has by then.
+  virtual task<std::vector<prefix_successors>> successors(std::vector<std::string> prefixes, steady_time deadline) = 0;
+};
+
+struct dht_directory_options {
+  std::chrono::milliseconds live_for{5'000};    // how long a live prefix's successors are reused without asking
+  std::chrono::milliseconds empty_for{30'000};  // how long a prefix found empty is remembered (negative caching)
+  bool latest = true;              // merge the k nearest nodes' dictionaries (every server's entries) on each get
+  bool store_empty_markers = true;  // tell the DHT about empty prefixes (seen by other trainers), for empty_for
+  std::size_t max_cached = std::size_t{1} << 16;  // prefixes remembered at most
+};
+
+// Counters of a dht_expert_directory.
+struct directory_stats {
+  std::uint64_t queries = 0;      // successors() calls
+  std::uint64_t dht_gets = 0;     // get_many crawls made for them
+  std::uint64_t keys_asked = 0;   // prefixes asked of the DHT
+  std::uint64_t cache_hits = 0;   // prefixes answered from the cache
+  std::uint64_t markers_stored = 0;
+};
+
+// The directory of a DHT node: one get_many per query for the prefixes it does not remember, with a cache of live
+// prefixes (live_for) and of empty ones (empty_for). A prefix whose crawl was cut short by the deadline is not
+// remembered as empty. Use it on the node's io_context thread only.
+class dht_expert_directory final : public expert_directory {
+ public:
+  explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
+      : node_(node), options_(options) {}
+
+  task<std::vector<prefix_successors>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
+    ++stats_.queries;
+    const steady_time now = std::chrono::steady_clock::now();
+    std::vector<prefix_successors> out(prefixes.size());
+    std::vector<std::string> missing;
+    std::vector<std::size_t> at;
+    for (std::size_t i = 0; i < prefixes.size(); ++i) {
+      const auto it = cache_.find(prefixes[i]);
+      if (it != cache_.end() && it->second.until > now) {
+        out[i] = it->second.value;
+        ++stats_.cache_hits;
+      } else {
+        missing.push_back(prefixes[i]);
+        at.push_back(i);
+      }
+    }
+    if (missing.empty()) co_return out;
+    ++stats_.dht_gets;
+    stats_.keys_asked += missing.size();
+    std::vector<prefix_successors> got = co_await moe::successors(node_, missing, deadline, options_.latest);
+    const steady_time after = std::chrono::steady_clock::now();
+    const bool complete = after < deadline;  // a crawl the deadline cut short proves nothing empty
+    std::vector<dht::store_entry> markers;
+    if (cache_.size() + missing.size() > options_.max_cached) evict(after);
+    for (std::size_t j = 0; j < missing.size(); ++j) {
+      const bool empty = got[j].next.empty();
+      if (!empty || complete) {
+        if (cache_.size() < options_.max_cached || cache_.contains(missing[j]))
+          cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), got[j]};
+      }
+      if (empty && complete && !got[j].marked_empty && options_.store_empty_markers)
+        markers.push_back(empty_prefix_entry(missing[j], node_.options().clock->wall_now() +
+                                                             std::chrono::duration<double>(options_.empty_for).count()));
+      out[at[j]] = std::move(got[j]);
+    }
+    if (!markers.empty()) {
+      try {
+        const auto stored = co_await node_.store_many(std::move(markers), deadline);
+        for (const auto& s : stored) stats_.markers_stored += s.replicas > 0 ? 1 : 0;
+      } catch (const cancelled_error&) {
+        throw;
+      } catch (const error&) {
+        // A marker is a hint: failing to store one changes nothing for this search.
+      }
+    }
+    co_return out;
+  }
+
+  // Forgets everything remembered (e.g. after the swarm changed on purpose).
+  void clear_cache() { cache_.clear(); }
+  const directory_stats& stats() const noexcept { return stats_; }
+  dht::node& node() noexcept { return node_; }
+
+ private:
+  struct cached {
+    steady_time until;
+    prefix_successors value;
+  };
+
+  void evict(steady_time now) {
+    std::erase_if(cache_, [now](const auto& entry) { return entry.second.until <= now; });
+    if (cache_.size() >= options_.max_cached) cache_.clear();
+  }
+
+  dht::node& node_;
+  dht_directory_options options_;
+  std::unordered_map<std::string, cached> cache_;
+  directory_stats stats_;
+};
+
+struct beam_search_options {
+  std::string uid_prefix = "ffn";     // experts are "<uid_prefix>.<c0>.<c1>..."
+  std::vector<std::uint32_t> grid;    // the gating's grid; declared coordinates outside it are ignored
+  std::size_t beam_size = 0;          // prefixes kept per sample and dimension; 0: k
+};
+
+namespace detail {
+
+// A candidate of one sample at one dimension: its parent in the sample's beam and the coordinate it adds.
+struct beam_candidate {
+  double score;
+  std::uint32_t parent;
+  std::uint32_t coordinate;
+};
+
+// One prefix of a sample's beam.
+struct beam_entry {
+  double score = 0.0;
+  std::vector<std::uint32_t> coordinates;
+  std::string prefix;  // "<uid_prefix>.<c0>.….": ends with the delimiter
+};
+
+}  // namespace detail
+
+// The (at most) k best live experts of each sample, best first (equal scores: smaller coordinates first), for
+// grid scores f32 [batch, sum(grid)] on the host (dimension d's scores in columns [sum(grid[:d]), sum(grid[:d+1]))).
+// `exclude(uid)` drops experts (e.g. ones that failed recently); a sample gets fewer than k experts when fewer are
+// live. Makes one directory query per grid dimension, each ending by `deadline`: the search ends by it, with what it
+// found by then. Errors: invalid_argument_error (k < 1, an empty grid or uid prefix, scores of the wrong shape or not
+// finite), shape_error; the directory's errors (closed_error, cancelled_error).
+inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
+                                                                const beam_search_options& options, std::int64_t k,
+                                                                steady_time deadline = no_deadline,
+                                                                std::function<bool(const std::string&)> exclude = {}) {
+  constexpr std::string_view op = "beam_search";
+  detail::check_grid(op, options.grid);
+  expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
+  expect_rank(op, "grid_scores", grid_scores, 2);
+  const std::vector<std::int64_t> offsets = grid_offsets(options.grid);
+  if (grid_scores.dim(1) != offsets.back())
+    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
+                                  detail::grid_text(options.grid), offsets.back()));
+  if (k < 1) throw invalid_argument_error(fmt::format("{}: k = {} must be at least 1", op, k));
+  if (!is_valid_uid_prefix(options.uid_prefix + "."))
+    throw invalid_argument_error(fmt::format("{}: '{}' is not an expert name", op, options.uid_prefix));
+  const tensor scores = grid_scores.to(device::host);
+  const float* s = scores.data<float>();
+  const std::int64_t batch = scores.dim(0), width = offsets.back();
+  for (std::int64_t i = 0; i < batch * width; ++i)
+    if (!std::isfinite(s[i]))
+      throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, i % width, i / width, s[i]));
+  const std::size_t dims = options.grid.size();
+  const auto keep_last = static_cast<std::size_t>(k);
+  const std::size_t keep_beam = options.beam_size == 0 ? keep_last : options.beam_size;
+
+  std::vector<std::vector<detail::beam_entry>> beams(static_cast<std::size_t>(batch));
+  for (auto& beam : beams) beam.push_back({0.0, {}, options.uid_prefix + "."});
+  std::vector<std::vector<found_expert>> out(static_cast<std::size_t>(batch));
+  std::vector<detail::beam_candidate> candidates;
+  for (std::size_t d = 0; d < dims; ++d) {
+    const bool last = d + 1 == dims;
+    std::vector<std::string> asked;
+    std::unordered_map<std::string, std::size_t> index;
+    for (const auto& beam : beams)
+      for (const auto& entry : beam)
+        if (index.emplace(entry.prefix, asked.size()).second) asked.push_back(entry.prefix);
+    if (asked.empty()) break;
+    const std::vector<prefix_successors> found = co_await directory.successors(asked, deadline);
+    for (std::int64_t b = 0; b < batch; ++b) {
+      auto& beam = beams[static_cast<std::size_t>(b)];
+      const float* row = s + b * width + offsets[d];
+      candidates.clear();
+      for (std::size_t p = 0; p < beam.size(); ++p) {
+        const prefix_successors& next = found[index.at(beam[p].prefix)];
+        for (const auto& [coordinate, declaration] : next.next) {
+          if (coordinate >= options.grid[d]) continue;
+          if (last) {
+            // The declaration must be the expert itself, and not one the caller avoids.
+            if (declaration.uid.size() != beam[p].prefix.size() + fmt::formatted_size("{}", coordinate)) continue;
+            if (exclude && exclude(declaration.uid)) continue;
+          }
+          candidates.push_back({beam[p].score + static_cast<double>(row[coordinate]), static_cast<std::uint32_t>(p),
+                                coordinate});
+        }
+      }
+      // Best first; equal scores by smaller coordinates (the parent's, then the new one).
+      const auto better = [&beam](const detail::beam_candidate& x, const detail::beam_candidate& y) {
+        if (x.score != y.score) return x.score > y.score;
+        const auto& cx = beam[x.parent].coordinates;
+        const auto& cy = beam[y.parent].coordinates;
+        if (cx != cy) return cx < cy;
+        return x.coordinate < y.coordinate;
+      };
+      const std::size_t keep = std::min(last ? keep_last : keep_beam, candidates.size());
+      std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(keep), candidates.end(),
+                        better);
+      if (last) {
+        auto& experts = out[static_cast<std::size_t>(b)];
+        for (std::size_t j = 0; j < keep; ++j) {
+          const auto& c = candidates[j];
+          const auto& parent = beam[c.parent];
+          found_expert e;
+          e.coordinates = parent.coordinates;
+          e.coordinates.push_back(c.coordinate);
+          const auto& declaration = found[index.at(parent.prefix)].next.at(c.coordinate);
+          e.uid = declaration.uid;
+          e.server = declaration.server;
+          e.score = static_cast<float>(c.score);
+          experts.push_back(std::move(e));
+        }
+      } else {
+        std::vector<detail::beam_entry> next_beam;
+        next_beam.reserve(keep);
+        for (std::size_t j = 0; j < keep; ++j) {
+          const auto& c = candidates[j];
+          detail::beam_entry e{c.score, beam[c.parent].coordinates,
+                               fmt::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
+          e.coordinates.push_back(c.coordinate);
+          next_beam.push_back(std::move(e));
+        }
+        beam = std::move(next_beam);
+      }
+    }
+  }
+  co_return out;
+}
+
+}  // namespace moe
+DMOE_END_NAMESPACE
