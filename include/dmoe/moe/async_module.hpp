@@ -71,13 +71,18 @@ class model {
   // x -> y through every stage. Errors: those of the stages (a DMoE layer's unavailable_error when too few experts
   // answered, cancelled_error...).
   task<tensor> forward(tensor x) {
-    for (auto& s : stages_) x = s.local ? s.local->forward(x) : co_await s.remote->forward_async(x);
+    for (auto& s : stages_) {
+      if (s.local) x = s.local->forward(x);
+      else x = co_await s.remote->forward_async(x);  // (not in a conditional expression: g++ 12 miscompiles that)
+    }
     co_return x;
   }
   // dy -> dx for the last forward; parameter gradients accumulate (local ones here, experts' on their servers).
   task<tensor> backward(tensor dy) {
-    for (auto it = stages_.rbegin(); it != stages_.rend(); ++it)
-      dy = it->local ? it->local->backward(dy) : co_await it->remote->backward_async(dy);
+    for (auto it = stages_.rbegin(); it != stages_.rend(); ++it) {
+      if (it->local) dy = it->local->backward(dy);
+      else dy = co_await it->remote->backward_async(dy);
+    }
     co_return dy;
   }
 
