@@ -72,28 +72,55 @@ struct swarm {
   struct outcome {
     std::vector<dht::lookup_result> results;
     std::size_t requests = 0;
-    std::size_t most_in_flight = 0;
+    std::size_t most_in_flight = 0;  // slow ones not counted
     std::vector<std::size_t> asked;  // nodes asked, in order
+    std::vector<dht::lookup_result> results_when_keys_done;  // when every key was first done
+    std::size_t slow_when_keys_done = 0;                    // requests still stalled then
+  };
+
+  // How the driver reports slow requests.
+  enum class slow_reports {
+    none,
+    dead_are_slow,  // a dead node's request is reported slow at its turn and fails only once nothing else is left
+    late_timers,    // every answered peer is reported slow just after its answer (a timer that lost the race)
   };
 
   // Runs a lookup from `origin`, answering requests one at a time in the order they were sent (dead nodes time
   // out), so several are in flight while others return.
-  outcome run(std::size_t origin, const std::vector<key_id>& keys, dht::lookup_options options) {
+  outcome run(std::size_t origin, const std::vector<key_id>& keys, dht::lookup_options options,
+              slow_reports reports = slow_reports::none) {
     options.self = ids[origin];
     dht::lookup search(keys, options);
     for (const auto& key : keys) search.add_candidates(key, nearest_of(origin, key));
     std::deque<dht::lookup_request> pending;
+    std::deque<node_id> stalled;
     outcome out;
+    bool keys_were_done = false;
     for (std::size_t step = 0; !search.done(); ++step) {
       BOOST_REQUIRE(step < 100000);
       for (auto& r : search.next()) pending.push_back(std::move(r));
-      out.most_in_flight = std::max(out.most_in_flight, search.in_flight());
-      BOOST_REQUIRE(!pending.empty());
+      out.most_in_flight = std::max(out.most_in_flight, search.in_flight() - search.slow());
+      if (!keys_were_done && std::all_of(keys.begin(), keys.end(), [&](const key_id& k) { return search.done(k); })) {
+        keys_were_done = true;
+        out.results_when_keys_done = search.results();
+        out.slow_when_keys_done = stalled.size();
+      }
+      if (pending.empty()) {
+        BOOST_REQUIRE(!stalled.empty());
+        BOOST_REQUIRE(search.on_failure(stalled.front()));
+        stalled.pop_front();
+        continue;
+      }
       const auto request = pending.front();
       pending.pop_front();
       const std::size_t at = index.at(request.peer.id);
       out.asked.push_back(at);
       BOOST_REQUIRE(at != origin);
+      if (!alive[at] && reports == slow_reports::dead_are_slow) {
+        BOOST_REQUIRE(search.on_slow(request.peer.id));
+        stalled.push_back(request.peer.id);
+        continue;
+      }
       if (!alive[at]) {
         BOOST_REQUIRE(search.on_failure(request.peer.id));
         continue;
@@ -105,6 +132,7 @@ struct swarm {
         answer.push_back(std::move(r));
       }
       BOOST_REQUIRE(search.on_response(request.peer.id, answer, now));
+      if (reports == slow_reports::late_timers) BOOST_REQUIRE(!search.on_slow(request.peer.id));
     }
     BOOST_TEST(pending.empty());
     out.requests = search.requests_sent();
@@ -174,6 +202,43 @@ BOOST_AUTO_TEST_CASE(dead_nodes_time_out_and_the_live_k_nearest_are_found) {
   for (const auto& r : out.results) {
     BOOST_TEST_CONTEXT("key=" << r.key) { BOOST_TEST((ids_of(r.nearest) == net.true_nearest(r.key, 8, 0))); }
   }
+}
+
+// The same swarm, but a dead node is only reported slow when its turn comes: every key is done with the live k
+// nearest while the dead nodes' requests are still outstanding.
+BOOST_AUTO_TEST_CASE(dead_nodes_reported_slow_are_not_waited_for) {
+  swarm net(200, 16, 1, 5);
+  std::mt19937_64 gen(6);
+  for (std::size_t i = 1; i < net.ids.size(); ++i) net.alive[i] = std::bernoulli_distribution(0.2)(gen) ? false : true;
+  dht::lookup_options options;
+  options.k = 8;
+  const auto keys = random_keys(10, 7);
+  const auto out = net.run(0, keys, options, swarm::slow_reports::dead_are_slow);
+  BOOST_TEST(out.most_in_flight <= options.alpha);
+  BOOST_TEST(out.slow_when_keys_done > 0u);
+  BOOST_TEST_REQUIRE(out.results_when_keys_done.size() == keys.size());
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    BOOST_TEST_CONTEXT("key=" << keys[i]) {
+      BOOST_TEST((ids_of(out.results_when_keys_done[i].nearest) == net.true_nearest(keys[i], 8, 0)));
+      BOOST_TEST((ids_of(out.results[i].nearest) == net.true_nearest(keys[i], 8, 0)));
+    }
+  }
+}
+
+// Slow timers that fire after their request was answered (the driver's race) change nothing: the same peers are
+// asked in the same order and the same nearest found as with no reports at all.
+BOOST_AUTO_TEST_CASE(a_healthy_lookup_is_unchanged_by_late_slow_timers) {
+  swarm net(200, 8, 1, 21);
+  const auto keys = random_keys(5, 22);
+  dht::lookup_options options;
+  options.k = 8;
+  const auto plain = net.run(3, keys, options);
+  const auto timed = net.run(3, keys, options, swarm::slow_reports::late_timers);
+  BOOST_TEST(plain.asked == timed.asked, boost::test_tools::per_element());
+  BOOST_TEST(plain.requests == timed.requests);
+  BOOST_TEST_REQUIRE(plain.results.size() == timed.results.size());
+  for (std::size_t i = 0; i < plain.results.size(); ++i)
+    BOOST_TEST((ids_of(plain.results[i].nearest) == ids_of(timed.results[i].nearest)));
 }
 
 BOOST_AUTO_TEST_CASE(a_get_stops_at_the_first_value_unless_latest) {
@@ -262,6 +327,133 @@ BOOST_AUTO_TEST_CASE(alpha_bounds_the_requests_in_flight) {
   const auto results = search.results();
   BOOST_TEST(results[0].nearest.size() == 5u);
   BOOST_TEST((results[0].nearest.front().id == node_id{0, 2}));
+}
+
+namespace {
+
+std::vector<dht::wire_peer> peers_at(std::initializer_list<std::uint64_t> distances) {
+  std::vector<dht::wire_peer> out;
+  for (std::uint64_t d : distances) out.push_back({node_id{0, d}, endpoint("127.0.0.1", 1)});
+  return out;
+}
+
+std::vector<std::uint64_t> distances_of(const std::vector<dht::wire_peer>& peers) {
+  std::vector<std::uint64_t> out;
+  for (const auto& p : peers) out.push_back(p.id.low);
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_slow_request_frees_its_alpha_slot) {
+  dht::lookup_options options;
+  options.k = 5;
+  options.alpha = 2;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({1, 2, 3, 4, 5, 6}));
+  const auto first = search.next();
+  BOOST_TEST_REQUIRE(first.size() == 2u);
+  BOOST_TEST(search.next().empty());
+  BOOST_TEST(!search.on_slow(node_id{0, 9}));  // never asked
+  BOOST_TEST(search.on_slow(node_id{0, 1}));
+  BOOST_TEST(!search.on_slow(node_id{0, 1}));  // slow already
+  BOOST_TEST(search.in_flight() == 2u);
+  BOOST_TEST(search.slow() == 1u);
+  const auto second = search.next();
+  BOOST_TEST_REQUIRE(second.size() == 1u);
+  BOOST_TEST((second[0].peer.id == node_id{0, 3}));
+  BOOST_TEST(search.next().empty());  // 2 and 3 hold the two slots
+  // The slow request still fails like any other.
+  BOOST_TEST(search.on_failure(node_id{0, 1}));
+  BOOST_TEST(search.in_flight() == 2u);
+  BOOST_TEST(search.slow() == 0u);
+  BOOST_TEST(search.next().empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_key_is_done_without_its_slow_peer_once_k_others_answered) {
+  dht::lookup_options options;
+  options.k = 3;
+  options.alpha = 3;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({1, 2, 3, 4, 5}));
+  BOOST_TEST_REQUIRE(search.next().size() == 3u);  // 1, 2, 3
+  BOOST_TEST(search.on_slow(node_id{0, 1}));
+  const auto replacement = search.next();
+  BOOST_TEST_REQUIRE(replacement.size() == 1u);
+  BOOST_TEST((replacement[0].peer.id == node_id{0, 4}));
+  BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
+  BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
+  BOOST_TEST(!search.done(key));
+  BOOST_TEST(search.on_response(node_id{0, 4}, {}, now));
+  BOOST_TEST(search.done(key));
+  BOOST_TEST(!search.done());  // the slow request is still outstanding
+  BOOST_TEST(search.next().empty());
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2, 3, 4}),
+             boost::test_tools::per_element());
+  // Its answer, when it comes, is used.
+  BOOST_TEST(search.on_response(node_id{0, 1}, {}, now));
+  BOOST_TEST(search.done());
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{1, 2, 3}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_answers_waits_for_its_slow_peer) {
+  dht::lookup_options options;
+  options.k = 3;
+  options.alpha = 3;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({1, 2, 3}));
+  BOOST_TEST_REQUIRE(search.next().size() == 3u);
+  BOOST_TEST(search.on_slow(node_id{0, 1}));
+  BOOST_TEST(search.next().empty());  // no one left to ask
+  BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
+  BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
+  BOOST_TEST(!search.done(key));
+  BOOST_TEST(search.on_failure(node_id{0, 1}));
+  BOOST_TEST(search.done(key));
+  BOOST_TEST(search.done());
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2, 3}),
+             boost::test_tools::per_element());
+}
+
+// A slow peer's late answer is merged: its newer value wins and the nearer peer it names is asked.
+BOOST_AUTO_TEST_CASE(a_late_answer_from_a_slow_peer_is_merged) {
+  dht::lookup_options options;
+  options.k = 3;
+  options.alpha = 3;
+  options.want_values = true;
+  options.latest = true;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({2, 3, 4, 5}));
+  BOOST_TEST_REQUIRE(search.next().size() == 3u);  // 2, 3, 4
+  BOOST_TEST(search.on_slow(node_id{0, 2}));
+  BOOST_TEST_REQUIRE(search.next().size() == 1u);  // 5
+  const std::vector<dht::find_result> old_value{
+      dht::find_result{key, dht::record::plain(to_buffer("old"), now + 10), {}}};
+  for (std::uint64_t d : {3, 4, 5}) BOOST_TEST(search.on_response(node_id{0, d}, old_value, now));
+  BOOST_TEST(search.done(key));
+  BOOST_TEST_REQUIRE(search.results()[0].found.has_value());
+  BOOST_TEST(std::string(as_string_view(search.results()[0].found->value.value)) == "old");
+
+  const std::vector<dht::find_result> new_value{
+      dht::find_result{key, dht::record::plain(to_buffer("new"), now + 20), peers_at({1})}};
+  BOOST_TEST(search.on_response(node_id{0, 2}, new_value, now));
+  BOOST_TEST(!search.done(key));  // peer 1, nearer than all, is to be asked
+  const auto again = search.next();
+  BOOST_TEST_REQUIRE(again.size() == 1u);
+  BOOST_TEST((again[0].peer.id == node_id{0, 1}));
+  BOOST_TEST(search.on_response(node_id{0, 1}, {}, now));
+  BOOST_TEST(search.done());
+  const auto result = search.results()[0];
+  BOOST_TEST_REQUIRE(result.found.has_value());
+  BOOST_TEST(std::string(as_string_view(result.found->value.value)) == "new");
+  BOOST_TEST(distances_of(result.nearest) == (std::vector<std::uint64_t>{1, 2, 3}), boost::test_tools::per_element());
+  BOOST_TEST_REQUIRE(result.nearest_without_value.has_value());
+  BOOST_TEST((result.nearest_without_value->id == node_id{0, 1}));
 }
 
 BOOST_AUTO_TEST_CASE(without_candidates_it_is_done_at_once) {

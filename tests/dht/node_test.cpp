@@ -146,6 +146,43 @@ BOOST_AUTO_TEST_CASE(shutdown_ends_a_lookup_waiting_on_a_dead_peer_at_once) {
   }));
 }
 
+// A dead peer among a key's nearest costs a lookup slow_request_after, not rpc_timeout: the lookup goes on without
+// it once k others answered, and the liveness ping that follows still drops it from the routing table.
+BOOST_AUTO_TEST_CASE(a_lookup_goes_on_without_a_slow_dead_peer_and_a_liveness_ping_drops_it) {
+  io_context ctx;
+  swarm s(ctx);
+  auto options = fast_options();
+  options.k = 4;
+  options.rpc_timeout = 1s;
+  options.datagram.attempt_timeout = 400ms;
+  options.datagram.max_attempts = 3;
+  options.slow_request_after = 100ms;
+  sync_wait(ctx, s.run([&]() -> task<void> {
+    BOOST_TEST_REQUIRE(co_await s.grow(12, options) == 12u);
+    const auto key = dht::key_of("slow-peer");
+    dht::node& reader = s[0];
+    const auto stored = co_await s[1].store(key, to_buffer("value"), now_wall() + 300);
+    BOOST_TEST_REQUIRE(stored.replicas >= 1u);
+    // The peer nearest to the key in the reader's table dies: the reader asks it first.
+    const auto nearest = reader.rpc().table().nearest(key, 1);
+    BOOST_TEST_REQUIRE(nearest.size() == 1u);
+    const dht::node_id dead_id = nearest.front().id;
+    for (std::size_t i = 1; i < s.size(); ++i)
+      if (s[i].id() == dead_id) co_await s[i].shutdown();
+
+    const auto before = reader.stats();
+    const auto found = co_await reader.get(key, true);
+    const auto after = reader.stats();
+    BOOST_TEST(text_of(found) == "value");
+    BOOST_TEST(after.slow_requests - before.slow_requests >= 1u);
+    BOOST_TEST(after.slow_given_up - before.slow_given_up >= 1u);
+    BOOST_TEST(after.lookup_failures == before.lookup_failures);  // nothing waited for its timeout
+    BOOST_TEST(after.rpc.liveness_checks - before.rpc.liveness_checks >= 1u);
+    BOOST_TEST(co_await dmoe_test::eventually([&] { return !reader.rpc().table().contains(dead_id); }, 3000ms));
+    BOOST_TEST(reader.rpc().table().bans().failures(dead_id) == 1u);
+  }));
+}
+
 BOOST_AUTO_TEST_CASE(a_failing_peer_is_banned_for_doubling_times_and_a_success_resets_it) {
   io_context ctx;
   swarm s(ctx);

@@ -45,6 +45,13 @@ struct lookup_result {
 // A key is done when the k nearest candidates that did not fail have all answered (or no candidate is left), or,
 // for a get without `latest`, at the first unexpired value. Pure: the caller sends what `next` returns and feeds
 // back responses and failures (timeouts); nothing here reads a clock or touches a socket.
+//
+// Slow peers (section 2.3's "stale" refinement, as BitTorrent's DHT and OpenDHT do it): the caller may report a
+// request outstanding for long with `on_slow`. A slow request frees its α slot and stays outstanding: its answer
+// is still merged, its failure still counts. Until then its peer is passed over like a failed one when the k
+// nearest of a key are chosen, so the next candidate is asked and a key whose k nearest neither failed nor slow
+// have answered is done without waiting for it. A key with fewer than k such answers still waits for its slow
+// peers. With no slow reports, nothing changes.
 class lookup {
  public:
   // Throws invalid_argument_error when k or α is 0.
@@ -69,10 +76,10 @@ class lookup {
       for (const auto& p : peers) add_candidate(state, p);
   }
 
-  // The requests to send now, keeping at most α in flight; empty when waiting or done.
+  // The requests to send now, keeping at most α in flight (slow ones not counted); empty when waiting or done.
   std::vector<lookup_request> next() {
     std::vector<lookup_request> out;
-    while (in_flight_ < options_.alpha) {
+    while (in_flight_ - slow_ < options_.alpha) {
       const candidate* chosen = nullptr;
       for (std::size_t step = 0; step < keys_.size() && !chosen; ++step) {
         key_state& state = keys_[(cursor_ + step) % keys_.size()];
@@ -88,7 +95,7 @@ class lookup {
         if (key_done(state)) continue;
         std::size_t seen = 0;
         for (auto& [d, c] : state.candidates) {
-          if (c.status == progress::failed) continue;
+          if (passed_over(c)) continue;
           if (seen++ >= options_.k) break;
           if (c.peer.id == request.peer.id && c.status == progress::unasked) {
             c.status = progress::asked;
@@ -106,15 +113,17 @@ class lookup {
     return out;
   }
 
-  // `peer` answered a request from `next` (a find response); `now` (wall-clock seconds) decides which values are
-  // alive. Keys it was asked about but left out count as answered without a value. Returns false (and changes
-  // nothing) when no request to `peer` is in flight.
+  // `peer` answered a request from `next` (a find response), slow or not; `now` (wall-clock seconds) decides which
+  // values are alive. Keys it was asked about but left out count as answered without a value. Returns false (and
+  // changes nothing) when no request to `peer` is in flight.
   bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now) {
     auto peer_it = peers_.find(peer_id);
     if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
     auto asked = std::move(peer_it->second.asked);
     peer_it->second.asked.clear();
     peer_it->second.in_flight = false;
+    if (peer_it->second.slow) --slow_;
+    peer_it->second.slow = false;
     --in_flight_;
     std::unordered_map<key_id, const find_result*> by_key;
     for (const auto& r : results) by_key.emplace(r.key, &r);
@@ -143,7 +152,9 @@ class lookup {
     auto& peer = peers_[peer_id];
     const bool was_in_flight = peer.in_flight;
     if (was_in_flight) --in_flight_;
+    if (peer.slow) --slow_;
     peer.in_flight = false;
+    peer.slow = false;
     peer.failed = true;
     peer.asked.clear();
     for (auto& state : keys_) {
@@ -153,8 +164,20 @@ class lookup {
     return was_in_flight;
   }
 
-  // Every key is done and no request is in flight. `done(key)` ignores requests in flight: a caller may return a
-  // key's result at once and drop late answers.
+  // The request to `peer` has been outstanding past the caller's "slow" threshold (well below its timeout): it
+  // stops holding an α slot and its peer is passed over for the keys' k nearest until it answers or fails (see the
+  // class comment). Returns false (and changes nothing) when no request to `peer` is in flight or it is slow
+  // already.
+  bool on_slow(const node_id& peer_id) {
+    auto peer = peers_.find(peer_id);
+    if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
+    peer->second.slow = true;
+    ++slow_;
+    return true;
+  }
+
+  // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
+  // caller may return a key's result at once and drop late answers.
   bool done() const {
     if (in_flight_ != 0) return false;
     for (const auto& state : keys_)
@@ -165,7 +188,10 @@ class lookup {
     auto it = index_.find(key);
     return it == index_.end() || key_done(keys_[it->second]);
   }
+  // Requests sent and not yet answered or failed, slow ones included.
   std::size_t in_flight() const noexcept { return in_flight_; }
+  // Of those, the ones reported slow (they hold no α slot).
+  std::size_t slow() const noexcept { return slow_; }
   std::size_t requests_sent() const noexcept { return requests_sent_; }
 
   // Per key, in the order given to the constructor (repeats removed).
@@ -200,6 +226,7 @@ class lookup {
   };
   struct peer_state {
     bool in_flight = false;
+    bool slow = false;  // its request in flight was reported slow
     bool failed = false;
     std::vector<std::size_t> asked;  // keys of the request in flight
   };
@@ -211,22 +238,37 @@ class lookup {
     state.candidates.try_emplace(distance(state.key, p.id), candidate{p, failed ? progress::failed : progress::unasked});
   }
 
+  // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
+  bool is_slow(const candidate& c) const {
+    if (slow_ == 0 || c.status == progress::answered || c.status == progress::failed) return false;
+    auto peer = peers_.find(c.peer.id);
+    return peer != peers_.end() && peer->second.slow;
+  }
+  // Left out when a key's k nearest are chosen: failed, or slow for now.
+  bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
+
+  // The k nearest neither failed nor slow have answered; with fewer such answers than k, the slow ones must end too.
   bool key_done(const key_state& state) const {
     if (state.finished) return true;
     std::size_t seen = 0;
+    bool waiting_for_slow = false;
     for (const auto& [d, c] : state.candidates) {
       if (c.status == progress::failed) continue;
+      if (is_slow(c)) {
+        waiting_for_slow = true;
+        continue;
+      }
       if (c.status != progress::answered) return false;
-      if (++seen >= options_.k) break;
+      if (++seen >= options_.k) return true;
     }
-    return true;
+    return !waiting_for_slow;
   }
 
-  // The nearest unasked candidate among the key's k nearest not failed whose peer is not busy.
+  // The nearest unasked candidate among the key's k nearest neither failed nor slow whose peer is not busy.
   const candidate* first_askable(const key_state& state) const {
     std::size_t seen = 0;
     for (const auto& [d, c] : state.candidates) {
-      if (c.status == progress::failed) continue;
+      if (passed_over(c)) continue;
       if (seen++ >= options_.k) break;
       if (c.status != progress::unasked) continue;
       auto peer = peers_.find(c.peer.id);
@@ -239,7 +281,8 @@ class lookup {
   std::vector<key_state> keys_;
   std::unordered_map<key_id, std::size_t> index_;
   std::unordered_map<node_id, peer_state> peers_;
-  std::size_t in_flight_ = 0;
+  std::size_t in_flight_ = 0;  // slow ones included
+  std::size_t slow_ = 0;
   std::size_t cursor_ = 0;
   std::size_t requests_sent_ = 0;
 };

@@ -3,10 +3,12 @@
 // Lookups are the iterative search of the Kademlia paper (Maymounkov & Mazières 2002, section 2.3) driven by the
 // pure `lookup` state: α find calls in flight, many keys crawled together, a get ending at its first unexpired
 // value unless `latest` asks for the newest among the k nearest (dictionaries merged per subkey). Concurrent gets
-// of one key share one traversal. A store goes to the num_replicas nodes nearest to the key (ourselves included
-// unless in client mode). Found values are cached locally and on the nearest visited node that lacked them
-// (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes share one
-// io_context thread; each has its own UDP socket.
+// of one key share one traversal. A find call unanswered after slow_request_after stops holding up the lookup (its
+// α slot goes to the next candidate, and keys whose k nearest other peers answered are done without it): a dead
+// peer costs a lookup that delay, not rpc_timeout. A store goes to the num_replicas nodes nearest to the key
+// (ourselves included unless in client mode). Found values are cached locally and on the nearest visited node that
+// lacked them (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes
+// share one io_context thread; each has its own UDP socket.
 #pragma once
 
 #include <dmoe/async/async_event.hpp>
@@ -34,6 +36,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <map>
 #include <memory>
@@ -54,6 +57,12 @@ struct node_options : protocol_options {
   std::chrono::milliseconds default_timeout{10'000};
   // Between rounds of pings to initial peers that did not answer yet, while none has.
   std::chrono::milliseconds bootstrap_retry_pause{200};
+  // A lookup's find call unanswered this long is slow (Kademlia section 2.3's stale peers, as BitTorrent's DHT and
+  // OpenDHT treat them): it frees its α slot and the lookup goes on without waiting for it (lookup::on_slow); its
+  // answer is still used if it comes before the lookup ends. A slow call given up at the lookup's end gets a
+  // liveness ping in the background (protocol::check_alive), so dead peers still leave the routing table. At or
+  // above rpc_timeout, no call is ever slow.
+  std::chrono::milliseconds slow_request_after{300};
 };
 
 // One value to store: a plain value (no subkey) or one subkey of a dictionary.
@@ -100,6 +109,9 @@ struct node_stats {
   std::uint64_t lookups = 0;         // traversals run (shared gets count once)
   std::uint64_t lookup_requests = 0; // find calls those traversals made
   std::uint64_t shared_gets = 0;     // keys of gets served by a traversal already running
+  std::uint64_t lookup_failures = 0;  // find calls that failed (no answer by rpc_timeout, a refusal, garbage)
+  std::uint64_t slow_requests = 0;    // find calls past slow_request_after: their lookup stopped waiting for them
+  std::uint64_t slow_given_up = 0;    // of those, still unanswered when their lookup ended (cancelled)
 };
 
 // A DHT node. Belongs to one io_context: construct it, use it and co_await shutdown() on that context's thread,
@@ -215,6 +227,9 @@ class node {
     s.lookups = lookups_;
     s.lookup_requests = lookup_requests_;
     s.shared_gets = shared_gets_;
+    s.lookup_failures = lookup_failures_;
+    s.slow_requests = slow_requests_;
+    s.slow_given_up = slow_given_up_;
     return s;
   }
   bool is_shut_down() const noexcept { return shut_down_; }
@@ -407,6 +422,19 @@ class node {
     co_return id;
   }
 
+  // A find call in flight.
+  struct outstanding_call {
+    wire_peer peer;
+    std::uint64_t serial = 0;
+    bool slow = false;  // reported to the lookup as slow
+  };
+  // When a find call becomes slow.
+  struct slow_check {
+    node_id peer;
+    std::uint64_t serial = 0;
+    steady_time due;
+  };
+
   // One crawl's state; shared by the gets that wait for it.
   struct traversal {
     traversal(std::vector<key_id> keys_, const lookup_options& options, steady_time deadline_)
@@ -419,11 +447,18 @@ class node {
     bool stopping = false;
     async_event finished;  // every key done
     async_event complete;  // the crawl ended (results final)
+    std::unordered_map<node_id, outstanding_call> asking;  // find calls in flight, by peer (one per peer at most)
+    std::uint64_t serials = 0;
+    bool watching = false;        // slow calls are reported (watch_slow runs)
+    std::deque<slow_check> watch;  // calls to report when slow, in the order sent (all due after the same delay)
+    async_event sent;              // a call joined `watch`: wakes watch_slow
   };
 
   static node_options check(node_options o) {
     if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
     if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
+    if (o.slow_request_after.count() <= 0)
+      throw invalid_argument_error("dht node: slow_request_after must be positive");
     return o;
   }
 
@@ -550,6 +585,8 @@ class node {
     for (const auto& key : t.keys) t.search.add_candidates(key, protocol_.nearest(key, options_.k));
     task_group calls(ctx_);
     t.calls = &calls;
+    t.watching = options_.slow_request_after < options_.rpc_timeout;
+    if (t.watching) calls.spawn(watch_slow(t));
     pump(t);
     std::exception_ptr failure;
     try {
@@ -565,6 +602,12 @@ class node {
       failure = std::current_exception();
     }
     t.stopping = true;
+    // Slow calls are cancelled below, which blames no peer: make sure the dead among them still leave the table.
+    for (const auto& [id, call] : t.asking) {
+      if (!call.slow) continue;
+      ++slow_given_up_;
+      if (!shut_down_) protocol_.check_alive(call.peer);
+    }
     calls.request_stop();
     co_await calls.join();
     t.calls = nullptr;
@@ -612,6 +655,13 @@ class node {
   }
 
   task<void> ask(traversal& t, lookup_request request) {
+    const node_id peer = request.peer.id;
+    const std::uint64_t serial = ++t.serials;
+    t.asking[peer] = outstanding_call{request.peer, serial, false};
+    if (t.watching) {
+      t.watch.push_back({peer, serial, deadline_after(options_.slow_request_after)});
+      t.sent.set();
+    }
     bool answered = false;
     find_response response;
     try {
@@ -627,10 +677,42 @@ class node {
     } catch (const std::exception&) {
       // timeout, refusal or garbage: the peer failed (protocol::call banned it)
     }
+    if (auto it = t.asking.find(peer); it != t.asking.end() && it->second.serial == serial) t.asking.erase(it);
+    if (!answered) ++lookup_failures_;
     if (t.stopping) co_return;
     if (answered) t.search.on_response(request.peer.id, response.results, options_.clock->wall_now());
     else t.search.on_failure(request.peer.id);
     pump(t);
+  }
+
+  static bool still_asking(const traversal& t, const slow_check& check) {
+    auto it = t.asking.find(check.peer);
+    return it != t.asking.end() && it->second.serial == check.serial;
+  }
+
+  // Reports the crawl's find calls unanswered after slow_request_after to its lookup, which then goes on without
+  // waiting for them. One timer at a time: calls are watched in the order sent. Ends when the crawl stops it.
+  task<void> watch_slow(traversal& t) {
+    try {
+      while (!t.stopping) {
+        if (t.watch.empty()) {
+          t.sent.reset();
+          co_await t.sent.wait();
+          continue;
+        }
+        const slow_check check = t.watch.front();
+        if (still_asking(t, check)) co_await sleep_until(check.due);
+        t.watch.pop_front();
+        if (t.stopping || !still_asking(t, check)) continue;
+        t.asking[check.peer].slow = true;
+        if (t.search.on_slow(check.peer)) {
+          ++slow_requests_;
+          pump(t);
+        }
+      }
+    } catch (const cancelled_error&) {
+      // the crawl ended
+    }
   }
 
   task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any) {
@@ -672,6 +754,9 @@ class node {
   std::uint64_t lookups_ = 0;
   std::uint64_t lookup_requests_ = 0;
   std::uint64_t shared_gets_ = 0;
+  std::uint64_t lookup_failures_ = 0;
+  std::uint64_t slow_requests_ = 0;
+  std::uint64_t slow_given_up_ = 0;
   std::size_t callers_ = 0;    // callers' calls in progress (tracked)
   async_event callers_idle_;  // set when callers_ drops to 0
   async_event closing_;       // set by shutdown(): ends waits that no call is behind (bootstrap's pause)

@@ -98,6 +98,7 @@ struct protocol_stats {
   std::uint64_t over_source_quota = 0;   // of those, refused by max_bytes_per_source
   std::uint64_t bans = 0;              // failures recorded against peers (each bans for a doubled time)
   std::uint64_t evictions_checked = 0;  // least-recently-seen peers pinged for a full bucket
+  std::uint64_t liveness_checks = 0;   // peers pinged after a lookup gave up on their slow call (check_alive)
   std::uint64_t handovers = 0;         // store calls handing keys to a new nearer peer
   std::uint64_t background_skipped = 0;  // eviction pings and hand-overs not made at max_background_calls
   std::uint64_t address_conflicts = 0;  // a known id heard from another address (its entry is kept)
@@ -287,6 +288,18 @@ class protocol {
     }
     answered(peer.id, peer.address, decoded.client_mode);
     co_return decoded;
+  }
+
+  // Pings `peer` in the background (one check per peer at a time, within max_background_calls): alive, it stays and
+  // is refreshed; dead, call() drops it from its bucket and bans it. For peers whose call was given up before its
+  // deadline (a lookup that went on without a slow peer), so that dead ones still leave the routing table. Returns
+  // whether a check runs for it now (false also when it is not in the routing table or we are shutting down).
+  bool check_alive(const wire_peer& peer) {
+    if (checking_.contains(peer.id) || !table_.find(peer.id)) return false;
+    if (!spawn_background(check_eviction(peer))) return false;
+    checking_.insert(peer.id);
+    ++stats_.liveness_checks;
+    return true;
   }
 
   // ---- local state ----
@@ -687,13 +700,13 @@ class protocol {
     }
   }
 
-  // Pings the least recently seen peer of a full bucket: alive, it stays (ping() refreshed it); dead, call() has
-  // banned it and its bucket took the newest cached peer.
+  // Pings the least recently seen peer of a full bucket, or a peer check_alive doubts: alive, it stays (ping()
+  // refreshed it); dead, call() has banned it and its bucket took the newest cached peer.
   task<void> check_eviction(wire_peer peer) {
     try {
       co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
     } catch (const std::exception& e) {
-      log_debug("dht node {}: {} did not answer its eviction ping: {}", endpoint_.local_endpoint(), peer.address,
+      log_debug("dht node {}: {} did not answer its liveness ping: {}", endpoint_.local_endpoint(), peer.address,
                 e.what());
     }
     checking_.erase(peer.id);
