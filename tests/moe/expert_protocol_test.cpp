@@ -31,6 +31,22 @@ BOOST_AUTO_TEST_CASE(uid_grammar) {
   BOOST_TEST(p[1].next == "17");
 }
 
+BOOST_AUTO_TEST_CASE(uid_grammar_of_the_issue_lists) {
+  for (std::string good : {"ffn.3.17", "expert.0", "\u044d\u043a\u0441\u043f\u0435\u0440\u0442.3", "\u4e13\u5bb6.1.2"})
+    BOOST_TEST(is_valid_expert_uid(good), good);
+  BOOST_TEST(parse_expert_uid("\u044d\u043a\u0441\u043f\u0435\u0440\u0442.3").name == "\u044d\u043a\u0441\u043f\u0435\u0440\u0442");
+  for (std::string bad : {"expert.01", "expert.-1", "a.b.2", "e..1", "ffn."}) {
+    BOOST_TEST(!is_valid_expert_uid(bad), bad);
+    BOOST_CHECK_THROW(parse_expert_uid(bad), invalid_argument_error);
+  }
+  // Names must be well-formed UTF-8: a lone continuation byte, a truncated sequence, an overlong form, a surrogate.
+  for (std::string bad : {"\x80x.1", "\xd0.1", "\xc0\xaf.1", "\xed\xa0\x80.1"})
+    BOOST_TEST(!is_valid_expert_uid(bad));
+  BOOST_TEST(is_valid_uid_prefix("ffn."));
+  BOOST_TEST(is_valid_uid_prefix("ffn.3."));
+  for (std::string bad : {"ffn", "ffn.3", "ffn..", ".", ""}) BOOST_TEST(!is_valid_uid_prefix(bad), bad);
+}
+
 BOOST_AUTO_TEST_CASE(patterns_expand_row_major) {
   const auto uids = expand_expert_pattern("ffn.[0:2].[3:5]");
   BOOST_TEST(uids == (std::vector<std::string>{"ffn.0.3", "ffn.0.4", "ffn.1.3", "ffn.1.4"}),

@@ -180,30 +180,21 @@ struct beam_entry {
 // live. Makes one directory query per grid dimension, each ending by `deadline`: the search ends by it, with what it
 // found by then. Errors: invalid_argument_error (k < 1, an empty grid or uid prefix, scores of the wrong shape or not
 // finite), shape_error; the directory's errors (closed_error, cancelled_error).
-inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
-                                                                const beam_search_options& options, std::int64_t k,
-                                                                steady_time deadline = no_deadline,
-                                                                std::function<bool(const std::string&)> exclude = {}) {
-  constexpr std::string_view op = "beam_search";
-  detail::check_grid(op, options.grid);
-  expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
-  expect_rank(op, "grid_scores", grid_scores, 2);
+namespace detail {
+
+// One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks the rows where
+// `exclude` dropped an expert.
+inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
+                                                                     std::int64_t batch,
+                                                                     const beam_search_options& options,
+                                                                     std::size_t keep_last, std::size_t keep_beam,
+                                                                     steady_time deadline,
+                                                                     const std::function<bool(const std::string&)>& exclude,
+                                                                     std::vector<std::uint8_t>& excluded_some) {
   const std::vector<std::int64_t> offsets = grid_offsets(options.grid);
-  if (grid_scores.dim(1) != offsets.back())
-    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
-                                  detail::grid_text(options.grid), offsets.back()));
-  if (k < 1) throw invalid_argument_error(fmt::format("{}: k = {} must be at least 1", op, k));
-  if (!is_valid_uid_prefix(options.uid_prefix + "."))
-    throw invalid_argument_error(fmt::format("{}: '{}' is not an expert name", op, options.uid_prefix));
-  const tensor scores = grid_scores.to(device::host);
-  const float* s = scores.data<float>();
-  const std::int64_t batch = scores.dim(0), width = offsets.back();
-  for (std::int64_t i = 0; i < batch * width; ++i)
-    if (!std::isfinite(s[i]))
-      throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, i % width, i / width, s[i]));
+  const std::int64_t width = offsets.back();
+  excluded_some.assign(static_cast<std::size_t>(batch), 0);
   const std::size_t dims = options.grid.size();
-  const auto keep_last = static_cast<std::size_t>(k);
-  const std::size_t keep_beam = options.beam_size == 0 ? keep_last : options.beam_size;
 
   std::vector<std::vector<detail::beam_entry>> beams(static_cast<std::size_t>(batch));
   for (auto& beam : beams) beam.push_back({0.0, {}, options.uid_prefix + "."});
@@ -229,7 +220,10 @@ inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory
           if (last) {
             // The declaration must be the expert itself, and not one the caller avoids.
             if (declaration.uid.size() != beam[p].prefix.size() + fmt::formatted_size("{}", coordinate)) continue;
-            if (exclude && exclude(declaration.uid)) continue;
+            if (exclude && exclude(declaration.uid)) {
+              excluded_some[static_cast<std::size_t>(b)] = 1;
+              continue;
+            }
           }
           candidates.push_back({beam[p].score + static_cast<double>(row[coordinate]), static_cast<std::uint32_t>(p),
                                 coordinate});
@@ -273,6 +267,61 @@ inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory
         beam = std::move(next_beam);
       }
     }
+  }
+  co_return out;
+}
+
+}  // namespace detail
+
+inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
+                                                                const beam_search_options& options, std::int64_t k,
+                                                                steady_time deadline = no_deadline,
+                                                                std::function<bool(const std::string&)> exclude = {}) {
+  constexpr std::string_view op = "beam_search";
+  detail::check_grid(op, options.grid);
+  expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
+  expect_rank(op, "grid_scores", grid_scores, 2);
+  const std::vector<std::int64_t> offsets = grid_offsets(options.grid);
+  if (grid_scores.dim(1) != offsets.back())
+    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
+                                  detail::grid_text(options.grid), offsets.back()));
+  if (k < 1) throw invalid_argument_error(fmt::format("{}: k = {} must be at least 1", op, k));
+  if (!is_valid_uid_prefix(options.uid_prefix + "."))
+    throw invalid_argument_error(fmt::format("{}: '{}' is not an expert name", op, options.uid_prefix));
+  const tensor scores = grid_scores.to(device::host);
+  const float* s = scores.data<float>();
+  const std::int64_t batch = scores.dim(0), width = offsets.back();
+  for (std::int64_t i = 0; i < batch * width; ++i)
+    if (!std::isfinite(s[i]))
+      throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, i % width, i / width, s[i]));
+  const auto keep_last = static_cast<std::size_t>(k);
+  std::size_t keep_beam = options.beam_size == 0 ? keep_last : options.beam_size;
+  std::vector<std::uint8_t> excluded_some;
+  auto out = co_await detail::beam_search_pass(directory, s, batch, options, keep_last, keep_beam, deadline, exclude,
+                                               excluded_some);
+  // Excluded experts are only known at the last dimension, after the beam chose its prefixes: a sample left short
+  // because of them is searched again with a wider beam (up to the widest dimension), so that it can route around
+  // a dead region of the grid.
+  const std::size_t widest = *std::max_element(options.grid.begin(), options.grid.end());
+  for (int round = 0; round < 3 && keep_beam < widest && std::chrono::steady_clock::now() < deadline; ++round) {
+    std::vector<std::int64_t> again;
+    for (std::int64_t b = 0; b < batch; ++b)
+      if (excluded_some[static_cast<std::size_t>(b)] && out[static_cast<std::size_t>(b)].size() < keep_last)
+        again.push_back(b);
+    if (again.empty()) break;
+    keep_beam = std::min(widest, keep_beam * 4);
+    std::vector<float> rows(again.size() * static_cast<std::size_t>(width));
+    for (std::size_t i = 0; i < again.size(); ++i)
+      std::copy(s + again[i] * width, s + (again[i] + 1) * width, rows.begin() + static_cast<std::ptrdiff_t>(i) * width);
+    auto wider = co_await detail::beam_search_pass(directory, rows.data(), static_cast<std::int64_t>(again.size()),
+                                                   options, keep_last, keep_beam, deadline, exclude, excluded_some);
+    for (std::size_t i = 0; i < again.size(); ++i)
+      if (wider[i].size() > out[static_cast<std::size_t>(again[i])].size())
+        out[static_cast<std::size_t>(again[i])] = std::move(wider[i]);
+    // excluded_some now describes the rows of `again`: map it back.
+    std::vector<std::uint8_t> marks(static_cast<std::size_t>(batch), 0);
+    for (std::size_t i = 0; i < again.size(); ++i) marks[static_cast<std::size_t>(again[i])] = excluded_some[i];
+    excluded_some = std::move(marks);
   }
   co_return out;
 }

@@ -65,10 +65,13 @@ class network_thread {
 
   // Runs make() on the network thread (make returns a task<T>; it may capture references to the caller's objects,
   // which the caller keeps alive: run blocks until the task has ended) and returns its result or rethrows its error.
-  // Errors: closed_error after shutdown; the task's errors (cancelled_error when shut down meanwhile).
+  // Errors: closed_error after shutdown; invalid_argument_error from the network thread itself (it would wait for
+  // itself); the task's errors (cancelled_error when shut down meanwhile).
   template <class Make>
   auto run(Make make) -> typename std::invoke_result_t<Make&>::value_type {
     using result = typename std::invoke_result_t<Make&>::value_type;
+    if (std::this_thread::get_id() == thread_.get_id())
+      throw invalid_argument_error("moe::network_thread: run() called on the network thread (co_await the task instead)");
     auto promise = std::make_shared<std::promise<result>>();
     std::future<result> answer = promise->get_future();
     {

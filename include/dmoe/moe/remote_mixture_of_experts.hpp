@@ -20,7 +20,8 @@
 // backward; the trainer's optimizer updates the gating projection (parameters()).
 //
 // With every expert answering, outputs and gradients equal those of local_mixture_of_experts on the same experts.
-// Use the layer on the io_context thread of the rpc client and the directory's DHT node.
+// Use the layer on the io_context thread of the rpc client and the directory's DHT node, one call at a time (a
+// second forward or backward while one is in flight is refused with invalid_argument_error).
 #pragma once
 
 #include <dmoe/async/async_event.hpp>
@@ -97,6 +98,7 @@ struct expert_call {
   tensor grad_outputs;                // backward's request
   tensor grad_inputs;                 // backward's answer
   bool answered = false;              // the last request (forward or backward) answered
+  bool blamed = false;                // it failed by the expert's fault (not cut off by the layer or a deadline)
   std::string failure;                // why it did not, when it did not
 };
 
@@ -130,7 +132,7 @@ class expert_dispatcher {
       for (std::size_t j = 0; j < chosen[b].size(); ++j) {
         const found_expert& e = chosen[b][j];
         const auto [it, added] = index.emplace(e.uid, calls.size());
-        if (added) calls.push_back(expert_call{e.uid, e.server, {}, {}, {}, {}, {}, {}, false, {}});
+        if (added) calls.push_back(expert_call{e.uid, e.server, {}, {}, {}, {}, {}, {}, false, false, {}});
         calls[it->second].samples.push_back(static_cast<std::int64_t>(b));
         calls[it->second].ranks.push_back(static_cast<std::int64_t>(j));
       }
@@ -148,7 +150,9 @@ class expert_dispatcher {
 
   // Sends every call (forward, or backward with grad_outputs) at once. Waits until each sample s has need[s]
   // answers or every call has ended, then at most timeout_after_k_min more, never past `deadline`; cancels what
-  // is left. Sets each call's `answered` and its result or `failure`; experts that failed are avoided from now on.
+  // is left. Sets each call's `answered` and its result or `failure`. Experts that failed by their own fault (refused
+  // the connection, answered an error or a malformed answer) are avoided from now on; one the layer cut off (after
+  // k_min, at the deadline, or because the caller stopped) is not blamed.
   // Errors: cancelled_error when the caller is stopped (every request has ended by then).
   task<void> run(std::vector<expert_call>& calls, bool backward, std::vector<std::int64_t> need, steady_time deadline) {
     progress p;
@@ -159,6 +163,7 @@ class expert_dispatcher {
     task_group group;
     for (expert_call& c : calls) {
       c.answered = false;
+      c.blamed = false;
       c.failure.clear();
       group.spawn(call_one(c, backward, deadline, p));
     }
@@ -177,7 +182,7 @@ class expert_dispatcher {
     for (const expert_call& c : calls) {
       if (c.answered) continue;
       ++stats_.requests_failed;
-      if (!stopped) avoided_[c.uid] = until;
+      if (c.blamed) avoided_[c.uid] = until;
     }
     if (stopped) std::rethrow_exception(stopped);
   }
@@ -236,8 +241,13 @@ class expert_dispatcher {
         auto& need = p.need[static_cast<std::size_t>(s)];
         if (need > 0 && --need == 0) --p.short_samples;
       }
+    } catch (const cancelled_error& e) {
+      c.failure = e.what();  // cut off by the layer (k_min reached) or by the caller
+    } catch (const timeout_error& e) {
+      c.failure = e.what();  // the call's deadline: maybe the beam search used it up; nobody is blamed
     } catch (const std::exception& e) {
       c.failure = e.what();
+      c.blamed = true;
     }
     --p.pending;
     if (p.short_samples == 0 || p.pending == 0) p.enough.set();
@@ -251,6 +261,28 @@ class expert_dispatcher {
   std::unordered_map<std::string, steady_time> avoided_;
   dispatch_stats stats_;
 };
+
+namespace detail {
+
+// Marks a layer busy for one forward or backward: a layer runs one call at a time (its routing is the state of the
+// last forward), so a second call while one is in flight is refused instead of corrupting it.
+class layer_call_guard {
+ public:
+  layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
+    if (busy_)
+      throw invalid_argument_error(fmt::format(
+          "{}: another forward or backward of this layer is in flight (a layer runs one call at a time)", op));
+    busy_ = true;
+  }
+  layer_call_guard(const layer_call_guard&) = delete;
+  layer_call_guard& operator=(const layer_call_guard&) = delete;
+  ~layer_call_guard() { busy_ = false; }
+
+ private:
+  bool& busy_;
+};
+
+}  // namespace detail
 
 struct remote_mixture_of_experts_options : dispatch_options {
   std::int64_t k = 4;               // experts chosen per sample
@@ -294,6 +326,7 @@ class remote_mixture_of_experts : public async_module {
   task<tensor> forward_async(const tensor& x_in) override {
     const steady_time started = std::chrono::steady_clock::now();
     const steady_time deadline = deadline_after(options_.forward_timeout);
+    const detail::layer_call_guard guard(busy_, op);
     options_.schema.input.check(op, x_in);
     pending_ = false;
     calls_.clear();
@@ -373,6 +406,7 @@ class remote_mixture_of_experts : public async_module {
   // Ends within backward_timeout.
   task<tensor> backward_async(const tensor& dy_in) override {
     const steady_time deadline = deadline_after(options_.backward_timeout);
+    const detail::layer_call_guard guard(busy_, op);
     if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
     options_.schema.output.check(std::string(op) + " backward", dy_in);
     const tensor dy = dy_in.to(device::host);
@@ -488,6 +522,7 @@ class remote_mixture_of_experts : public async_module {
   std::vector<expert_call> calls_;
   shape input_shape_;
   bool pending_ = false;
+  bool busy_ = false;  // a forward or backward is in flight
 };
 
 }  // namespace moe

@@ -34,6 +34,7 @@ namespace moe {
 struct switch_mixture_of_experts_options : dispatch_options {
   std::int64_t k = 1;                   // experts called per sample (1: Switch's top-1)
   std::int64_t k_min = 0;               // answers each sample waits for (0: the residual path covers failures)
+  std::int64_t backward_k_min = 1;      // input gradients each sample waits for (at most its forward answers)
   float balancing_loss_weight = 0.01f;  // the load-balancing loss's coefficient (Switch's alpha)
 };
 
@@ -52,6 +53,7 @@ class switch_mixture_of_experts : public async_module {
   // shape_error / invalid_argument_error for x; cancelled_error. Ends within forward_timeout.
   task<tensor> forward_async(const tensor& x_in) override {
     const steady_time deadline = deadline_after(options_.forward_timeout);
+    const detail::layer_call_guard guard(busy_, op);
     options_.schema.input.check(op, x_in);
     pending_ = false;
     calls_.clear();
@@ -114,6 +116,7 @@ class switch_mixture_of_experts : public async_module {
   // shape_error for dy, cancelled_error. Ends within backward_timeout.
   task<tensor> backward_async(const tensor& dy_in) override {
     const steady_time deadline = deadline_after(options_.backward_timeout);
+    const detail::layer_call_guard guard(busy_, op);
     if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
     options_.schema.output.check(std::string(op) + " backward", dy_in);
     const tensor dy = dy_in.to(device::host);
@@ -154,7 +157,10 @@ class switch_mixture_of_experts : public async_module {
       answered.push_back(std::move(c));
     }
     calls_.clear();
-    co_await dispatcher_.run(answered, true, std::vector<std::int64_t>(static_cast<std::size_t>(batch_), 0), deadline);
+    std::vector<std::int64_t> need(static_cast<std::size_t>(batch_));
+    for (std::int64_t b = 0; b < batch_; ++b)
+      need[static_cast<std::size_t>(b)] = std::min(options_.backward_k_min, answered_[static_cast<std::size_t>(b)]);
+    co_await dispatcher_.run(answered, true, std::move(need), deadline);
 
     tensor dx(input_shape_);
     float* pdx = dx.data<float>();
@@ -170,7 +176,7 @@ class switch_mixture_of_experts : public async_module {
         if (answered_[static_cast<std::size_t>(b)] == 0)
           for (std::int64_t i = 0; i < in_row; ++i) pdx[b * in_row + i] += pdy[b * out_row + i];
     // The load-balancing loss: d L / d P_d(c) = weight * grid[d] * f_d(c), and P_d is the batch's mean of p_d.
-    for (std::size_t d = 0; d < dims(); ++d) {
+    for (std::size_t d = 0; d < dims() && batch_ > 0; ++d) {
       const double scale = options_.balancing_loss_weight * options_.grid[d] / static_cast<double>(batch_);
       for (std::int64_t b = 0; b < batch_; ++b) {
         double mean = 0.0;
@@ -213,6 +219,9 @@ class switch_mixture_of_experts : public async_module {
           fmt::format("{}: k = {} but grid {} has {} experts", op, o.k, detail::grid_text(o.grid), experts));
     if (o.k_min < 0 || o.k_min > o.k)
       throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, o.k_min, o.k));
+    if (o.backward_k_min < 0 || o.backward_k_min > o.k)
+      throw invalid_argument_error(
+          fmt::format("{}: backward_k_min = {} must be in [0, k = {}]", op, o.backward_k_min, o.k));
     if (!std::isfinite(o.balancing_loss_weight) || o.balancing_loss_weight < 0)
       throw invalid_argument_error(fmt::format("{}: balancing_loss_weight = {}", op, o.balancing_loss_weight));
     if (o.schema.input.sample_shape.rank() == 0)
@@ -253,6 +262,8 @@ class switch_mixture_of_experts : public async_module {
     const std::vector<std::int64_t> offsets = grid_offsets(options_.grid);
     const std::int64_t width = offsets.back();
     fractions_.assign(static_cast<std::size_t>(width), 0.0);
+    balancing_loss_ = 0.0f;
+    if (batch_ == 0) return;  // no samples, no load
     for (const auto& experts : chosen) {
       if (experts.empty()) continue;
       for (std::size_t d = 0; d < dims(); ++d)
@@ -281,6 +292,7 @@ class switch_mixture_of_experts : public async_module {
   float balancing_loss_ = 0.0f;
   shape input_shape_;
   bool pending_ = false;
+  bool busy_ = false;  // a forward or backward is in flight
 };
 
 }  // namespace moe
