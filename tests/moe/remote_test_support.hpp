@@ -34,18 +34,19 @@ class list_directory final : public dmoe::moe::expert_directory {
   void add(const std::string& uid, const dmoe::endpoint& server) {
     for (const auto& p : dmoe::moe::uid_prefixes(uid)) {
       auto& entry = prefixes_[p.prefix];
-      entry.found = true;
-      entry.next.emplace(static_cast<std::uint32_t>(std::stoul(p.next)), dmoe::moe::expert_declaration{uid, server, 0});
+      if (!entry) entry = std::make_shared<dmoe::moe::prefix_successors>();
+      entry->found = true;
+      entry->next.emplace(static_cast<std::uint32_t>(std::stoul(p.next)), dmoe::moe::expert_declaration{uid, server, 0});
     }
   }
-  dmoe::task<std::vector<dmoe::moe::prefix_successors>> successors(std::vector<std::string> prefixes,
-                                                                   dmoe::steady_time) override {
+  dmoe::task<std::vector<dmoe::moe::successors_ref>> successors(std::vector<std::string> prefixes,
+                                                                dmoe::steady_time) override {
     ++queries;
-    std::vector<dmoe::moe::prefix_successors> out;
+    std::vector<dmoe::moe::successors_ref> out;
     for (const auto& p : prefixes) {
       asked.push_back(p);
       const auto it = prefixes_.find(p);
-      out.push_back(it == prefixes_.end() ? dmoe::moe::prefix_successors{} : it->second);
+      out.push_back(it == prefixes_.end() ? std::make_shared<const dmoe::moe::prefix_successors>() : it->second);
     }
     co_return out;
   }
@@ -54,7 +55,7 @@ class list_directory final : public dmoe::moe::expert_directory {
   std::vector<std::string> asked;
 
  private:
-  std::map<std::string, dmoe::moe::prefix_successors> prefixes_;
+  std::map<std::string, std::shared_ptr<dmoe::moe::prefix_successors>> prefixes_;
 };
 
 // How an expert of a faulty_expert_server behaves.

@@ -126,7 +126,7 @@ remote_mixture_of_experts_options options_for(std::vector<std::uint32_t> grid, s
 class late_directory final : public expert_directory {
  public:
   explicit late_directory(expert_directory& inner) : inner_(inner) {}
-  task<std::vector<prefix_successors>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
+  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
     co_await sleep_until(deadline);
     co_return co_await inner_.successors(std::move(prefixes), no_deadline);
   }
@@ -138,9 +138,9 @@ class late_directory final : public expert_directory {
 // A directory that never answers (until cancelled).
 class hanging_directory final : public expert_directory {
  public:
-  task<std::vector<prefix_successors>> successors(std::vector<std::string>, steady_time) override {
+  task<std::vector<successors_ref>> successors(std::vector<std::string>, steady_time) override {
     co_await sleep_for(60s);
-    co_return std::vector<prefix_successors>{};
+    co_return std::vector<successors_ref>{};
   }
 };
 

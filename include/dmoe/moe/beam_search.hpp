@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -47,12 +48,15 @@ struct found_expert {
   float score = 0.0f;  // the sum of its coordinates' scores (in double, dimension by dimension, then rounded)
 };
 
+// A prefix's successors as a directory hands them out: shared, so that a cached answer is not copied per query.
+using successors_ref = std::shared_ptr<const prefix_successors>;
+
 // Where a beam search learns which prefixes have live successors.
 class expert_directory {
  public:
   virtual ~expert_directory() = default;
-  // The successors of each prefix, in the order asked; ends by `deadline` with what it has by then.
-  virtual task<std::vector<prefix_successors>> successors(std::vector<std::string> prefixes, steady_time deadline) = 0;
+  // The successors of each prefix (never null), in the order asked; ends by `deadline` with what it has by then.
+  virtual task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) = 0;
 };
 
 struct dht_directory_options {
@@ -80,10 +84,10 @@ class dht_expert_directory final : public expert_directory {
   explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
       : node_(node), options_(options) {}
 
-  task<std::vector<prefix_successors>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
+  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
     ++stats_.queries;
     const steady_time now = std::chrono::steady_clock::now();
-    std::vector<prefix_successors> out(prefixes.size());
+    std::vector<successors_ref> out(prefixes.size());
     std::vector<std::string> missing;
     std::vector<std::size_t> at;
     for (std::size_t i = 0; i < prefixes.size(); ++i) {
@@ -106,14 +110,16 @@ class dht_expert_directory final : public expert_directory {
     if (cache_.size() + missing.size() > options_.max_cached) evict(after);
     for (std::size_t j = 0; j < missing.size(); ++j) {
       const bool empty = got[j].next.empty();
+      const bool marked = got[j].marked_empty;
+      auto shared = std::make_shared<const prefix_successors>(std::move(got[j]));
       if (!empty || complete) {
         if (cache_.size() < options_.max_cached || cache_.contains(missing[j]))
-          cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), got[j]};
+          cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), shared};
       }
-      if (empty && complete && !got[j].marked_empty && options_.store_empty_markers)
+      if (empty && complete && !marked && options_.store_empty_markers)
         markers.push_back(empty_prefix_entry(missing[j], node_.options().clock->wall_now() +
                                                              std::chrono::duration<double>(options_.empty_for).count()));
-      out[at[j]] = std::move(got[j]);
+      out[at[j]] = std::move(shared);
     }
     if (!markers.empty()) {
       try {
@@ -136,7 +142,7 @@ class dht_expert_directory final : public expert_directory {
  private:
   struct cached {
     steady_time until;
-    prefix_successors value;
+    successors_ref value;
   };
 
   void evict(steady_time now) {
@@ -208,13 +214,13 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
       for (const auto& entry : beam)
         if (index.emplace(entry.prefix, asked.size()).second) asked.push_back(entry.prefix);
     if (asked.empty()) break;
-    const std::vector<prefix_successors> found = co_await directory.successors(asked, deadline);
+    const std::vector<successors_ref> found = co_await directory.successors(asked, deadline);
     for (std::int64_t b = 0; b < batch; ++b) {
       auto& beam = beams[static_cast<std::size_t>(b)];
       const float* row = s + b * width + offsets[d];
       candidates.clear();
       for (std::size_t p = 0; p < beam.size(); ++p) {
-        const prefix_successors& next = found[index.at(beam[p].prefix)];
+        const prefix_successors& next = *found[index.at(beam[p].prefix)];
         for (const auto& [coordinate, declaration] : next.next) {
           if (coordinate >= options.grid[d]) continue;
           if (last) {
@@ -248,7 +254,7 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
           found_expert e;
           e.coordinates = parent.coordinates;
           e.coordinates.push_back(c.coordinate);
-          const auto& declaration = found[index.at(parent.prefix)].next.at(c.coordinate);
+          const auto& declaration = found[index.at(parent.prefix)]->next.at(c.coordinate);
           e.uid = declaration.uid;
           e.server = declaration.server;
           e.score = static_cast<float>(c.score);
