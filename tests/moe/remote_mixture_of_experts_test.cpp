@@ -218,6 +218,16 @@ BOOST_AUTO_TEST_CASE(checks_its_input_and_its_options) {
   bad.schema = {};
   BOOST_CHECK_THROW(remote_mixture_of_experts<>(b.directory, b.client, bad, gen), invalid_argument_error);
   bad = layer_options(4, 1);
+  bad.grid = {4, 0};  // an empty dimension: refused, not a division by zero
+  BOOST_CHECK_THROW(remote_mixture_of_experts<>(b.directory, b.client, bad, gen), invalid_argument_error);
+  bad.grid = {};
+  BOOST_CHECK_THROW(remote_mixture_of_experts<>(b.directory, b.client, bad, gen), invalid_argument_error);
+  switch_mixture_of_experts_options switch_bad;
+  static_cast<dispatch_options&>(switch_bad) = layer_options(1, 0);
+  switch_bad.k = 1;
+  switch_bad.grid = {0};
+  BOOST_CHECK_THROW(switch_mixture_of_experts<>(b.directory, b.client, switch_bad, gen), invalid_argument_error);
+  bad = layer_options(4, 1);
   bad.uid_prefix = "ffn.";
   BOOST_CHECK_THROW(remote_mixture_of_experts<>(b.directory, b.client, bad, gen), invalid_argument_error);
   remote_mixture_of_experts<> layer(b.directory, b.client, layer_options(2, 1), gen);

@@ -180,12 +180,6 @@ struct beam_entry {
 
 }  // namespace detail
 
-// The (at most) k best live experts of each sample, best first (equal scores: smaller coordinates first), for
-// grid scores f32 [batch, sum(grid)] on the host (dimension d's scores in columns [sum(grid[:d]), sum(grid[:d+1]))).
-// `exclude(uid)` drops experts (e.g. ones that failed recently); a sample gets fewer than k experts when fewer are
-// live. Makes one directory query per grid dimension, each ending by `deadline`: the search ends by it, with what it
-// found by then. Errors: invalid_argument_error (k < 1, an empty grid or uid prefix, scores of the wrong shape or not
-// finite), shape_error; the directory's errors (closed_error, cancelled_error).
 namespace detail {
 
 // One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks the rows where
@@ -279,6 +273,12 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
 
 }  // namespace detail
 
+// The (at most) k best live experts of each sample, best first (equal scores: smaller coordinates first), for
+// grid scores f32 [batch, sum(grid)] on the host (dimension d's scores in columns [sum(grid[:d]), sum(grid[:d+1]))).
+// `exclude(uid)` drops experts (e.g. ones that failed recently); a sample gets fewer than k experts when fewer are
+// live. Makes one directory query per grid dimension, plus up to 3 more passes with a 4x wider beam for samples that
+// `exclude` left short, each ending by `deadline`: the search ends by it, with what it found by then. Errors: invalid_argument_error (k < 1, an empty grid or uid prefix, scores not f32 or not finite),
+// shape_error (scores not [batch, sum(grid)]); the directory's errors (closed_error, cancelled_error).
 inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
                                                                 const beam_search_options& options, std::int64_t k,
                                                                 steady_time deadline = no_deadline,

@@ -105,7 +105,8 @@ class network_thread {
     thread_.join();
   }
 
-  // Used on the network thread only (inside run()).
+  // The objects are used on the network thread only (inside run()); passing the references to a constructor, or
+  // reading a layer's stats between runs, is fine from any thread.
   dht::node& node() noexcept { return *node_; }
   net::rpc_client& client() noexcept { return *client_; }
   dht_expert_directory& directory() noexcept { return *directory_; }

@@ -214,7 +214,9 @@ class expert_dispatcher {
     detail::check_f32_schema("output", o.schema.output);
     if (o.forward_timeout.count() <= 0 || o.backward_timeout.count() <= 0 || o.timeout_after_k_min.count() < 0 ||
         o.avoid_failed_for.count() < 0)
-      throw invalid_argument_error("remote mixture of experts: timeouts must be positive");
+      throw invalid_argument_error(
+          "remote mixture of experts: forward_timeout and backward_timeout must be positive, timeout_after_k_min and "
+          "avoid_failed_for not negative");
     return o;
   }
 
@@ -495,6 +497,7 @@ class remote_mixture_of_experts : public async_module {
   static constexpr std::string_view op = "remote_mixture_of_experts";
 
   static options checked(options o) {
+    detail::check_grid(op, o.grid);
     const std::int64_t experts = detail::grid_size(o.grid);
     if (o.k < 1 || o.k > experts)
       throw invalid_argument_error(

@@ -52,6 +52,7 @@ class switch_mixture_of_experts : public async_module {
   // x [batch] + input sample shape -> [batch] + output sample shape; never fails for lack of experts. Errors:
   // shape_error / invalid_argument_error for x; cancelled_error. Ends within forward_timeout.
   task<tensor> forward_async(const tensor& x_in) override {
+    const steady_time started = std::chrono::steady_clock::now();
     const steady_time deadline = deadline_after(options_.forward_timeout);
     const detail::layer_call_guard guard(busy_, op);
     options_.schema.input.check(op, x_in);
@@ -106,6 +107,8 @@ class switch_mixture_of_experts : public async_module {
         std::copy(px + b * row, px + (b + 1) * row, o + b * row);
     }
     ++dispatcher_.stats().forward_calls;
+    dispatcher_.stats().last_forward_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
     input_shape_ = x.shape();
     pending_ = true;
     co_return out.to(Backend::device);
@@ -213,6 +216,7 @@ class switch_mixture_of_experts : public async_module {
   static constexpr std::string_view op = "switch_mixture_of_experts";
 
   static options checked(options o) {
+    detail::check_grid(op, o.grid);
     const std::int64_t experts = detail::grid_size(o.grid);
     if (o.k < 1 || o.k > experts)
       throw invalid_argument_error(
