@@ -76,7 +76,7 @@ struct bench {
   }
   template <class Body>
   void run(Body body) {
-    sync_wait(ctx, dmoe_test::serving(server.rpc(), client, body));
+    sync_wait(ctx, dmoe_test::with_server(server.rpc(), client, body));
   }
 };
 

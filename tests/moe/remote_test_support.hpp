@@ -15,6 +15,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include "net/rpc_test_support.hpp"  // with_server: serve, run a body, close and stop
+
 #include <chrono>
 #include <map>
 #include <memory>
@@ -114,24 +116,6 @@ class faulty_expert_server {
   std::unordered_map<std::string, expert_fault> faults_;
   std::unordered_map<std::string, std::unique_ptr<dmoe::nn::module>> experts_;
 };
-
-// Runs `body` with `server` serving on the same context; then closes the client and stops the server, also when
-// `body` throws.
-template <class Body>
-dmoe::task<void> serving(dmoe::net::rpc_server& server, dmoe::net::rpc_client& client, Body body) {
-  dmoe::task_group group;
-  group.spawn(server.serve());
-  std::exception_ptr failure;
-  try {
-    co_await body();
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  co_await client.close();
-  server.shutdown(std::chrono::milliseconds(0));
-  co_await group.join();
-  if (failure) std::rethrow_exception(failure);
-}
 
 // The largest |a - b| over two tensors of one shape.
 inline float max_difference(const dmoe::tensor& a, const dmoe::tensor& b) {

@@ -99,7 +99,7 @@ struct rig {
   }
   template <class Body>
   void run(Body body) {
-    sync_wait(ctx, dmoe_test::serving(server.rpc(), client, body));
+    sync_wait(ctx, dmoe_test::with_server(server.rpc(), client, body));
   }
 };
 
@@ -453,7 +453,7 @@ BOOST_AUTO_TEST_CASE(remote_gating_gradient_matches_finite_differences) {
   const tensor dy = tensor::normal(shape{6, hidden}, data);
   float* w = layer.gating().projection().weight().data<float>();
   const std::int64_t nw = layer.gating().projection().weight().numel();
-  sync_wait(ctx, dmoe_test::serving(server.rpc(), client, [&]() -> task<void> {
+  sync_wait(ctx, dmoe_test::with_server(server.rpc(), client, [&]() -> task<void> {
     std::vector<double> numeric;
     for (std::int64_t i = 0; i < nw; ++i) {
       const float saved = w[i];

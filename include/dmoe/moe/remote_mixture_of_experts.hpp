@@ -266,6 +266,22 @@ class expert_dispatcher {
 
 namespace detail {
 
+// The checks every remote layer makes of its options: a grid, 1 <= k <= its experts, k_min and backward_k_min in
+// [0, k], a schema. Throws invalid_argument_error naming the layer and the option.
+inline void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
+                          std::int64_t backward_k_min) {
+  check_grid(op, o.grid);
+  const std::int64_t experts = grid_size(o.grid);
+  if (k < 1 || k > experts)
+    throw invalid_argument_error(fmt::format("{}: k = {} but grid {} has {} experts", op, k, grid_text(o.grid), experts));
+  if (k_min < 0 || k_min > k)
+    throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, k_min, k));
+  if (backward_k_min < 0 || backward_k_min > k)
+    throw invalid_argument_error(fmt::format("{}: backward_k_min = {} must be in [0, k = {}]", op, backward_k_min, k));
+  if (o.schema.input.sample_shape.rank() == 0)
+    throw invalid_argument_error(fmt::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
+}
+
 // Marks a layer busy for one forward or backward: a layer runs one call at a time (its routing is the state of the
 // last forward), so a second call while one is in flight is refused instead of corrupting it.
 class layer_call_guard {
@@ -497,18 +513,7 @@ class remote_mixture_of_experts : public async_module {
   static constexpr std::string_view op = "remote_mixture_of_experts";
 
   static options checked(options o) {
-    detail::check_grid(op, o.grid);
-    const std::int64_t experts = detail::grid_size(o.grid);
-    if (o.k < 1 || o.k > experts)
-      throw invalid_argument_error(
-          fmt::format("{}: k = {} but grid {} has {} experts", op, o.k, detail::grid_text(o.grid), experts));
-    if (o.k_min < 0 || o.k_min > o.k)
-      throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, o.k_min, o.k));
-    if (o.backward_k_min < 0 || o.backward_k_min > o.k)
-      throw invalid_argument_error(
-          fmt::format("{}: backward_k_min = {} must be in [0, k = {}]", op, o.backward_k_min, o.k));
-    if (o.schema.input.sample_shape.rank() == 0)
-      throw invalid_argument_error(fmt::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
+    detail::check_routing(op, o, o.k, o.k_min, o.backward_k_min);
     return o;
   }
 

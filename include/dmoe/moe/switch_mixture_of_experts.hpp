@@ -216,20 +216,9 @@ class switch_mixture_of_experts : public async_module {
   static constexpr std::string_view op = "switch_mixture_of_experts";
 
   static options checked(options o) {
-    detail::check_grid(op, o.grid);
-    const std::int64_t experts = detail::grid_size(o.grid);
-    if (o.k < 1 || o.k > experts)
-      throw invalid_argument_error(
-          fmt::format("{}: k = {} but grid {} has {} experts", op, o.k, detail::grid_text(o.grid), experts));
-    if (o.k_min < 0 || o.k_min > o.k)
-      throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, o.k_min, o.k));
-    if (o.backward_k_min < 0 || o.backward_k_min > o.k)
-      throw invalid_argument_error(
-          fmt::format("{}: backward_k_min = {} must be in [0, k = {}]", op, o.backward_k_min, o.k));
+    detail::check_routing(op, o, o.k, o.k_min, o.backward_k_min);
     if (!std::isfinite(o.balancing_loss_weight) || o.balancing_loss_weight < 0)
       throw invalid_argument_error(fmt::format("{}: balancing_loss_weight = {}", op, o.balancing_loss_weight));
-    if (o.schema.input.sample_shape.rank() == 0)
-      throw invalid_argument_error(fmt::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
     return o;
   }
 
