@@ -7,9 +7,10 @@
 # What a user of the headers needs.
 set(DMOE_DEBIAN_PACKAGES_LIBRARY
     pkg-config liburing-dev libeigen3-dev libxxhash-dev libfmt-dev libsodium-dev zlib1g-dev)
-# What the tests, examples and tools need.
+# What the tests, examples and tools need (the demo trains on Debian's Fashion-MNIST and plots with gnuplot).
 set(DMOE_DEBIAN_PACKAGES_DEVELOPMENT
-    libboost-test-dev libcli11-dev libbenchmark-dev iproute2 clang-14 libclang-rt-14-dev)
+    libboost-test-dev libcli11-dev libbenchmark-dev iproute2 clang-14 libclang-rt-14-dev
+    dataset-fashion-mnist gnuplot-nox)
 # The peers the benchmarks measure against (never used by the library itself).
 set(DMOE_DEBIAN_PACKAGES_BENCHMARK
     libboost-dev libopenblas-dev libopendht-dev python3-torch python3-matplotlib)

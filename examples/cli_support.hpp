@@ -1,8 +1,10 @@
-// Helpers shared by the command-line programs (dmoe_dht_node, dmoe-server): address arguments and the address
-// others join with.
+// Helpers shared by the command-line programs (dmoe_dht_node, dmoe-server, the trainers): address and codec
+// arguments and the address others join with.
 #pragma once
 
 #include <dmoe/async/endpoint.hpp>
+#include <dmoe/core/error.hpp>
+#include <dmoe/tensor/wire.hpp>
 
 #include <optional>
 #include <string>
@@ -24,6 +26,15 @@ inline const CLI::Validator endpoint_text(
                          text);
     },
     "IP:PORT", "endpoint");
+
+// A codec's command-line name: none, f16, bf16, q8.
+inline dmoe::wire_codec parse_codec(const std::string& text) {
+  if (text == "none") return dmoe::wire_codec::none;
+  if (text == "f16") return dmoe::wire_codec::f16;
+  if (text == "bf16") return dmoe::wire_codec::bf16;
+  if (text == "q8") return dmoe::wire_codec::q8_blockwise;
+  throw dmoe::invalid_argument_error("compression '" + text + "': expected none, f16, bf16 or q8");
+}
 
 inline std::vector<dmoe::endpoint> parse_peers(const std::vector<std::string>& texts) {
   std::vector<dmoe::endpoint> peers;

@@ -28,14 +28,6 @@
 
 namespace {
 
-dmoe::wire_codec parse_codec(const std::string& text) {
-  if (text == "none") return dmoe::wire_codec::none;
-  if (text == "f16") return dmoe::wire_codec::f16;
-  if (text == "bf16") return dmoe::wire_codec::bf16;
-  if (text == "q8") return dmoe::wire_codec::q8_blockwise;
-  throw dmoe::invalid_argument_error("compression '" + text + "': expected none, f16, bf16 or q8");
-}
-
 std::chrono::milliseconds seconds(double s) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000.0));
 }
@@ -122,7 +114,7 @@ int main(int argc, char** argv) {
     o.runtime.min_batch_size = min_batch;
     o.runtime.batching_window = std::chrono::microseconds(static_cast<std::int64_t>(window_ms * 1000));
     o.listen = dmoe::endpoint::parse(listen);
-    o.response_codec = parse_codec(compression);
+    o.response_codec = dmoe_cli::parse_codec(compression);
     if (!announce.empty()) {
       o.announce = dmoe::endpoint::parse(announce);
     }

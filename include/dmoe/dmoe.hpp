@@ -3,6 +3,7 @@
 
 #include <dmoe/async.hpp>
 #include <dmoe/core.hpp>
+#include <dmoe/data.hpp>
 #include <dmoe/dht.hpp>
 #include <dmoe/moe.hpp>
 #include <dmoe/net.hpp>

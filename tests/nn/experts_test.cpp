@@ -60,6 +60,20 @@ BOOST_AUTO_TEST_CASE(ffn_gradients) {
   test::check_module_gradients(*ffn, tensor::normal(shape{3, 6}, gen), 5, 2e-2);
 }
 
+// A dense block of the compute of k experts (the trainers' --dense baseline): inner width given, gradients right.
+BOOST_AUTO_TEST_CASE(ffn_with_an_inner_width) {
+  random_engine gen(5);
+  nn::ffn_expert<> wide(6, gen, 40);
+  for (const auto& p : wide.parameters())
+    if (p.name == "fc1.weight") BOOST_TEST((p.value->shape() == shape{40, 6}));
+    else if (p.name == "fc2.weight") BOOST_TEST((p.value->shape() == shape{6, 40}));
+  nn::ffn_expert<> standard(6, gen);
+  for (const auto& p : standard.parameters())
+    if (p.name == "fc1.weight") BOOST_TEST((p.value->shape() == shape{24, 6}));
+  test::check_module_gradients(wide, tensor::normal(shape{3, 6}, gen), 5, 2e-2);
+  BOOST_CHECK_THROW(nn::ffn_expert<>(6, gen, -1), invalid_argument_error);
+}
+
 BOOST_AUTO_TEST_CASE(transformer_gradients) {
   auto block = nn::make_expert("transformer", 4, 3, {.seq_len = 3, .heads = 2});
   random_engine gen(5);

@@ -12,6 +12,7 @@
 #define DMOE_COMPILING_SOURCE 1
 #include <dmoe/dmoe.hpp>
 // Every header with heavy definitions, whether or not an umbrella names it.
+#include <dmoe/data/idx.hpp>
 #include <dmoe/moe/gating.hpp>
 #include <dmoe/nn/checkpoint.hpp>
 #include <dmoe/ops/cpu/activation.hpp>

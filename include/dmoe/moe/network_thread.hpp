@@ -36,6 +36,8 @@ struct network_thread_options {
   std::chrono::milliseconds join_timeout{10'000};
   net::rpc_client_options rpc{};
   dht_directory_options directory{};
+  // Fault injection on the expert calls (added latency, lost requests); null: none. The DHT's traffic is untouched.
+  std::shared_ptr<net::fault_policy> faults{};
 };
 
 // Starts a thread with an io_context, a DHT node (joined to initial_peers), an RPC client and a DHT expert
@@ -137,7 +139,7 @@ class network_thread {
     try {
       ctx.emplace();
       node.emplace(*ctx, options.dht);
-      client.emplace(*ctx, options.rpc);
+      client.emplace(*ctx, options.rpc, options.faults);
       directory.emplace(*node, options.directory);
     } catch (...) {
       ready.set_exception(std::current_exception());

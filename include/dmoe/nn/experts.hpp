@@ -33,13 +33,14 @@ struct expert_options {
   std::int64_t heads = 0;     // transformer: attention heads; 0 picks hidden / 64 (or 1 when that does not divide)
 };
 
-// ffn: y = LayerNorm(x + Linear(4h -> h)(GELU(Linear(h -> 4h)(x)))); input and output [batch, h].
+// ffn: y = LayerNorm(x + Linear(m -> h)(GELU(Linear(h -> m)(x)))); input and output [batch, h]; the inner width m
+// is 4h unless given (a dense block of the compute of k experts: m = 4hk). Throws invalid_argument_error for m < 1.
 template <class Backend = ops::cpu_t>
 class ffn_expert : public expert {
  public:
-  ffn_expert(std::int64_t hidden, random_engine& gen)
-      : hidden_(hidden), fc1_(hidden, 4 * hidden, gen, ops::activation::gelu), fc2_(4 * hidden, hidden, gen),
-        norm_(hidden) {}
+  ffn_expert(std::int64_t hidden, random_engine& gen, std::int64_t inner = 0)
+      : hidden_(hidden), fc1_(hidden, checked_inner(hidden, inner), gen, ops::activation::gelu),
+        fc2_(checked_inner(hidden, inner), hidden, gen), norm_(hidden) {}
 
   tensor forward(const tensor& x) override {
     schema().input.check("ffn expert", x);
@@ -68,6 +69,11 @@ class ffn_expert : public expert {
   expert_schema schema() const override { return {{shape{hidden_}}, {shape{hidden_}}}; }
 
  private:
+  static std::int64_t checked_inner(std::int64_t hidden, std::int64_t inner) {
+    if (inner < 0) throw invalid_argument_error(fmt::format("ffn expert: inner width {} must be positive", inner));
+    return inner == 0 ? 4 * hidden : inner;
+  }
+
   std::int64_t hidden_;
   linear<Backend> fc1_, fc2_;
   layer_norm<Backend> norm_;

@@ -1,0 +1,601 @@
+// The Fashion-MNIST trainer shared by examples/demo.cpp and examples/train_fashion_mnist.cpp:
+// Linear(784 -> h) -> ReLU -> DMoE(grid, k, k_min) -> Linear(h -> 10), trained with Adam over a swarm of expert
+// servers found through the DHT (threads of this process, separate dmoe-server / dmoe_dht_node processes, or an
+// existing swarm), or the same model with one dense ffn block of equal compute per sample.
+#pragma once
+
+#include "child_process.hpp"
+#include "cli_support.hpp"
+
+#include <dmoe/data.hpp>
+#include <dmoe/dht/node_thread.hpp>
+#include <dmoe/moe.hpp>
+#include <dmoe/net/fault.hpp>
+#include <dmoe/nn/activation.hpp>
+#include <dmoe/nn/adam.hpp>
+#include <dmoe/nn/checkpoint.hpp>
+#include <dmoe/nn/experts.hpp>
+#include <dmoe/nn/linear.hpp>
+#include <dmoe/nn/loss.hpp>
+#include <dmoe/nn/schedule.hpp>
+#include <dmoe/server/background_server.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
+
+namespace fashion {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+struct config {
+  std::string program = "train_fashion_mnist";  // the name in the JSON line
+  int servers = 4;
+  std::vector<std::uint32_t> grid{4, 4};
+  int k = 4, k_min = 2;
+  double epochs = 5.0;
+  int batch_size = 128;
+  double lr = 2e-3;  // the peak of Adam's learning rate, the trainer's and the experts' (on servers this program
+                     // starts); it decays linearly to lr / 20 over the training
+  std::int64_t total_steps = 0;  // set by train(): the schedule's length, also the experts' (one update per step)
+  int hidden = 256;
+  std::string compression = "none";  // codec of the tensors sent to and from experts: none, f16, bf16, q8
+  double latency_ms = 0, jitter_ms = 0, failure_rate = 0;
+  double timeout_after_k_min_ms = 300;
+  bool processes = false;
+  std::vector<std::string> initial_peers;
+  bool dense = false;
+  std::uint64_t seed = 1;
+  fs::path out = "fashion-mnist-out";
+  fs::path data = std::string(dmoe::data::fashion_mnist_dir);
+  fs::path checkpoint, resume;
+  int checkpoint_every = 200;       // steps between trainer checkpoints (with --checkpoint)
+  double stop_server_at = -1;       // fraction of the training at which server 1 is stopped (< 0: never)
+  double restart_server_at = -1;    // ... and started again from its checkpoint
+  double progress_interval_s = 1.0;
+  std::string log_level = "warn";
+};
+
+// Every flag of the trainer (the demo sets other defaults before calling it).
+inline void add_flags(CLI::App& app, config& c) {
+  app.add_option("--servers", c.servers, "expert servers to start (threads, or processes with --processes)")
+      ->capture_default_str()->check(CLI::Range(1, 256));
+  app.add_option("--grid", c.grid, "the experts' grid, e.g. --grid 4 4 (16 experts ffn.0.0 ... ffn.3.3)")
+      ->capture_default_str()->expected(1, 4)->check(CLI::Range(1u, 4096u));
+  app.add_option("--k", c.k, "experts per sample")->capture_default_str()->check(CLI::Range(1, 64));
+  app.add_option("--k-min", c.k_min, "answers a sample needs in forward")->capture_default_str()->check(CLI::Range(0, 64));
+  app.add_option("--epochs", c.epochs, "passes over the 60,000 training images (fractions allowed)")
+      ->capture_default_str()->check(CLI::Range(1e-6, 1e4));
+  app.add_option("--batch-size", c.batch_size, "samples per step")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--lr", c.lr, "Adam's learning rate (the trainer's, and the experts' on servers it starts)")
+      ->capture_default_str()->check(CLI::Range(1e-9, 10.0));
+  app.add_option("--hidden", c.hidden, "width of the DMoE layer (experts are ffn blocks of this width)")
+      ->capture_default_str()->check(CLI::Range(1, 16384));
+  app.add_option("--compression", c.compression, "codec of tensors to and from experts")
+      ->capture_default_str()->check(CLI::IsMember({"none", "f16", "bf16", "q8"}));
+  app.add_option("--latency-ms", c.latency_ms, "fault injection: delay added to every expert call")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e5));
+  app.add_option("--jitter", c.jitter_ms, "fault injection: mean of an exponential delay added on top (ms)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e5));
+  app.add_option("--failure-rate", c.failure_rate, "fault injection: fraction of expert calls lost")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_option("--timeout-after-k-min-ms", c.timeout_after_k_min_ms,
+                 "how long the layer waits for more answers once every sample has k-min")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e6));
+  app.add_flag("--processes", c.processes, "run servers as dmoe-server processes and the DHT as dmoe_dht_node processes");
+  app.add_option("--initial-peers", c.initial_peers, "join this swarm (DHT addresses) instead of starting one")
+      ->check(dmoe_cli::endpoint_text);
+  app.add_flag("--dense", c.dense, "one dense ffn block of equal compute per sample instead of the DMoE layer");
+  app.add_option("--seed", c.seed, "seed of the model, the shuffling and the experts")->capture_default_str();
+  app.add_option("--out", c.out, "folder of the metrics CSV, the plot and the servers' checkpoints")->capture_default_str();
+  app.add_option("--data", c.data, "folder of the Fashion-MNIST IDX files")->capture_default_str();
+  app.add_option("--checkpoint", c.checkpoint, "save the trainer's model and optimizer here (every --checkpoint-every "
+                                               "steps and at the end)");
+  app.add_option("--checkpoint-every", c.checkpoint_every, "steps between checkpoints")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--resume", c.resume, "continue from a checkpoint written by --checkpoint")->check(CLI::ExistingFile);
+  app.add_option("--stop-server-at", c.stop_server_at, "stop server 1 at this fraction of the training (< 0: never)")
+      ->capture_default_str()->check(CLI::Range(-1.0, 1.0));
+  app.add_option("--restart-server-at", c.restart_server_at, "start it again from its checkpoint at this fraction")
+      ->capture_default_str()->check(CLI::Range(-1.0, 1.0));
+  app.add_option("--progress-interval", c.progress_interval_s, "seconds between progress lines and metrics rows")
+      ->capture_default_str()->check(CLI::Range(0.01, 3600.0));
+  app.add_option("--log-level", c.log_level, "dmoe's log level")->capture_default_str()
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+}
+
+// The uids of the grid in row-major order, dealt to `servers` servers in contiguous shares.
+inline std::vector<std::vector<std::string>> expert_shares(const std::vector<std::uint32_t>& grid, int servers) {
+  std::string pattern = "ffn";
+  for (const auto g : grid) pattern += fmt::format(".[0:{}]", g);
+  const auto uids = dmoe::moe::expand_expert_pattern(pattern);
+  std::vector<std::vector<std::string>> shares(static_cast<std::size_t>(servers));
+  for (std::size_t i = 0; i < uids.size(); ++i) shares[i * shares.size() / uids.size()].push_back(uids[i]);
+  return shares;
+}
+
+// Where the experts live; stop_server/start_server are the demo's failure and recovery.
+class swarm {
+ public:
+  virtual ~swarm() = default;
+  virtual std::vector<dmoe::endpoint> peers() const = 0;
+  virtual void stop_server(std::size_t i) = 0;
+  // Returns what the server said about its start (e.g. how many experts loaded a checkpoint).
+  virtual std::string start_server(std::size_t i) = 0;
+  virtual std::string describe() const = 0;
+};
+
+inline std::string join_uids(const std::vector<std::string>& uids) {
+  std::string out;
+  for (const auto& u : uids) out += (out.empty() ? "" : ",") + u;
+  return out;
+}
+
+// DHT nodes and servers on threads of this process, on 127.0.0.1.
+class thread_swarm final : public swarm {
+ public:
+  explicit thread_swarm(const config& c) : config_(c), shares_(expert_shares(c.grid, c.servers)) {
+    dmoe::dht::node_options first;
+    first.listen = dmoe::endpoint::loopback_v4(0);
+    dht_.push_back(std::make_unique<dmoe::dht::node_thread>(first));
+    servers_.resize(shares_.size());
+    for (std::size_t i = 0; i < shares_.size(); ++i) start_server(i);
+  }
+  ~thread_swarm() override {
+    for (auto& s : servers_) s.reset();  // each writes its final checkpoint
+  }
+  std::vector<dmoe::endpoint> peers() const override { return {dht_.front()->local_endpoint()}; }
+  void stop_server(std::size_t i) override { servers_.at(i).reset(); }
+  std::string start_server(std::size_t i) override {
+    dmoe::server::server_options o;
+    o.experts = shares_.at(i);
+    o.expert.hidden = config_.hidden;
+    o.expert.optimizer.learning_rate = static_cast<float>(config_.lr);
+    o.expert.optimizer.total_steps = config_.total_steps;
+    o.seed = config_.seed;
+    // Declarations that outlive a dead server by seconds, not a minute: the layer stops choosing its experts soon.
+    o.declarations.update_period = 5s;
+    o.declarations.expiration = 15s;
+    o.dht = dmoe::dht::node_options{};
+    o.initial_peers = peers();
+    o.checkpoint_dir = config_.out / "checkpoints" / fmt::format("server-{}", i);
+    fs::create_directories(o.checkpoint_dir);
+    o.key_file = o.checkpoint_dir / "server.key";  // the same identity after a restart: its declarations replace
+    servers_.at(i) = std::make_unique<dmoe::server::background_server>(std::move(o));
+    return fmt::format("{} of its {} experts loaded a checkpoint", servers_[i]->get().loaded_checkpoints().size(),
+                       shares_[i].size());
+  }
+  std::string describe() const override {
+    return fmt::format("{} expert servers on threads, DHT at {}", servers_.size(), dht_.front()->local_endpoint());
+  }
+
+ private:
+  config config_;
+  std::vector<std::vector<std::string>> shares_;
+  std::vector<std::unique_ptr<dmoe::dht::node_thread>> dht_;
+  std::vector<std::unique_ptr<dmoe::server::background_server>> servers_;
+};
+
+// dmoe_dht_node and dmoe-server processes (found next to this program), on 127.0.0.1; each one's stderr goes to
+// <out>/logs. Every process is stopped by the destructor, and killed by the kernel if this one dies first.
+class process_swarm final : public swarm {
+ public:
+  explicit process_swarm(const config& c) : config_(c), shares_(expert_shares(c.grid, c.servers)) {
+    fs::create_directories(c.out / "logs");
+    const auto dht_program = dmoe_cli::sibling_program("dmoe_dht_node");
+    for (int i = 0; i < 2; ++i) {
+      std::vector<std::string> args{"--listen", "127.0.0.1:0"};
+      if (!dht_addresses_.empty()) args.insert(args.end(), {"--initial-peers", dht_addresses_.front()});
+      dht_.push_back(std::make_unique<dmoe_cli::child_process>(dht_program, args,
+                                                               c.out / "logs" / fmt::format("dht-{}.log", i)));
+      const std::string line = dht_.back()->wait_for_line(" listening on ", 30s);
+      dht_addresses_.push_back(word_after(line, " listening on "));
+    }
+    servers_.resize(shares_.size());
+    for (std::size_t i = 0; i < shares_.size(); ++i) start_server(i);
+  }
+  ~process_swarm() override {
+    for (auto& s : servers_) s.reset();
+    for (auto& d : dht_) d.reset();
+  }
+  std::vector<dmoe::endpoint> peers() const override {
+    std::vector<dmoe::endpoint> out;
+    for (const auto& a : dht_addresses_) out.push_back(dmoe::endpoint::parse(a));
+    return out;
+  }
+  void stop_server(std::size_t i) override {
+    if (servers_.at(i)) servers_[i]->stop(15s);
+    servers_[i].reset();
+  }
+  std::string start_server(std::size_t i) override {
+    const fs::path dir = config_.out / "checkpoints" / fmt::format("server-{}", i);
+    fs::create_directories(dir);
+    std::vector<std::string> args{"--experts", join_uids(shares_.at(i)), "--hidden-dim", std::to_string(config_.hidden),
+                                  "--listen", "127.0.0.1:0", "--lr", fmt::format("{}", config_.lr),
+                                  "--total-steps", std::to_string(config_.total_steps), "--update-period", "5",
+                                  "--expiration", "15",
+                                  "--seed", std::to_string(config_.seed), "--checkpoint-dir", dir.string(),
+                                  "--log-level", config_.log_level, "--initial-peers"};
+    args.insert(args.end(), dht_addresses_.begin(), dht_addresses_.end());
+    servers_.at(i) = std::make_unique<dmoe_cli::child_process>(dmoe_cli::sibling_program("dmoe-server"), args,
+                                                               config_.out / "logs" / fmt::format("server-{}.log", i));
+    return servers_[i]->wait_for_line("serving ", 60s);
+  }
+  std::string describe() const override {
+    std::string pids;
+    for (const auto& d : dht_) pids += fmt::format(" {}", d->pid());
+    for (const auto& s : servers_)
+      if (s) pids += fmt::format(" {}", s->pid());
+    return fmt::format("{} dmoe-server and {} dmoe_dht_node processes (pids{}), DHT at {}", servers_.size(), dht_.size(),
+                       pids, dht_addresses_.front());
+  }
+
+ private:
+  static std::string word_after(const std::string& line, std::string_view marker) {
+    const auto at = line.find(marker) + marker.size();
+    return line.substr(at, line.find(' ', at) - at);
+  }
+
+  config config_;
+  std::vector<std::vector<std::string>> shares_;
+  std::vector<std::unique_ptr<dmoe_cli::child_process>> dht_;
+  std::vector<std::string> dht_addresses_;
+  std::vector<std::unique_ptr<dmoe_cli::child_process>> servers_;
+};
+
+// A swarm someone else runs: joined through its DHT addresses; its servers are not ours to stop.
+class remote_swarm final : public swarm {
+ public:
+  explicit remote_swarm(std::vector<dmoe::endpoint> peers) : peers_(std::move(peers)) {}
+  std::vector<dmoe::endpoint> peers() const override { return peers_; }
+  void stop_server(std::size_t) override {}
+  std::string start_server(std::size_t) override { return {}; }
+  std::string describe() const override { return fmt::format("the swarm at {}", fmt::join(peers_, ", ")); }
+
+ private:
+  std::vector<dmoe::endpoint> peers_;
+};
+
+// Ctrl-C / SIGTERM end the training after the current step (then the evaluation is skipped, files are written and
+// every process this program started is stopped).
+inline std::atomic<int> interrupted{0};
+extern "C" inline void on_interrupt(int signal) { interrupted.store(signal); }
+
+struct window {
+  double loss_sum = 0;
+  std::int64_t samples = 0, correct = 0, steps = 0;
+  std::uint64_t answered = 0, chosen = 0;
+  steady::time_point start = steady::now();
+};
+
+inline std::int64_t count_correct(const dmoe::tensor& logits, const dmoe::tensor& labels) {
+  const std::int64_t n = logits.shape()[0], classes = logits.shape()[1];
+  std::int64_t correct = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* row = logits.data<float>() + i * classes;
+    const auto best = std::max_element(row, row + classes) - row;
+    correct += best == labels.at<std::int64_t>(i) ? 1 : 0;
+  }
+  return correct;
+}
+
+// Writes the plot with gnuplot (pngcairo); returns false (and says why) when gnuplot is missing or fails.
+inline bool plot(const fs::path& csv, const fs::path& png, const std::string& title,
+                 const std::vector<std::pair<double, std::string>>& events) {
+  const fs::path script = png.parent_path() / "plot.gp";
+  {
+    std::ofstream s(script);
+    s << "set terminal pngcairo size 960,420 font ',10' noenhanced\n"
+      << "set output '" << png.string() << "'\n"
+      << "set datafile separator ','\n"
+      << "set multiplot layout 1,2 title '" << title << "'\n"
+      << "set xlabel 'wall time (s)'\nset grid\nset key bottom right\n";
+    for (const auto& [t, label] : events)
+      s << fmt::format("set arrow from {0},graph 0 to {0},graph 1 nohead dt 2 lc rgb 'gray40'\n"
+                       "set label '{1}' at {0},graph 0.95 offset 0.5,0 font ',8'\n",
+                       t, label);
+    s << "set ylabel 'training loss'\nplot '" << csv.string() << "' using 2:3 skip 1 with lines lw 2 title 'loss'\n"
+      << "set ylabel 'fraction'\nset yrange [*:1]\nset key bottom right\n"
+      << "plot '" << csv.string() << "' using 2:4 skip 1 with lines lw 2 lc rgb 'dark-green' title 'running accuracy', "
+      << "'' using 2:($7 > 0 ? $6 / $7 : 1/0) skip 1 with lines lw 1 lc rgb 'orange' title 'experts answering / chosen'\n"
+      << "unset multiplot\n";
+  }
+  const std::string command = fmt::format("gnuplot '{}' 2>'{}'", script.string(), (png.parent_path() / "gnuplot.log").string());
+  const int rc = std::system(command.c_str());
+  if (rc != 0) {
+    fmt::print(stderr, "no plot: gnuplot failed or is missing (Debian package gnuplot-nox); see {}\n",
+               (png.parent_path() / "gnuplot.log").string());
+    return false;
+  }
+  return true;
+}
+
+// Trains and evaluates; returns the process exit code (0: trained; 1: failed; 130/143: interrupted).
+inline int train(config c) {
+  dmoe::set_log_level(dmoe::detail::parse_log_level(c.log_level.c_str()));
+  if (c.k_min > c.k) {
+    fmt::print(stderr, "--k-min {} is larger than --k {}\n", c.k_min, c.k);
+    return 2;
+  }
+  std::uint64_t experts_total = 1;
+  for (const auto g : c.grid) experts_total *= g;
+  if (!c.dense && c.initial_peers.empty() && static_cast<std::uint64_t>(c.servers) > experts_total) {
+    fmt::print(stderr, "--servers {} is more than the grid's {} experts\n", c.servers, experts_total);
+    return 2;
+  }
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+
+  dmoe::data::fashion_mnist data;
+  try {
+    data = dmoe::data::load_fashion_mnist(c.data);
+  } catch (const dmoe::error& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 1;
+  }
+  fs::create_directories(c.out);
+  {
+    const dmoe::data::shuffled_batches counting(data.train, c.batch_size, c.seed);
+    c.total_steps = std::max<std::int64_t>(
+        1, static_cast<std::int64_t>(std::ceil(c.epochs * static_cast<double>(counting.batches_per_epoch()))));
+  }
+  const auto started = steady::now();
+  const auto seconds_since_start = [&] { return std::chrono::duration<double>(steady::now() - started).count(); };
+
+  // The swarm and the trainer's network.
+  std::unique_ptr<swarm> experts;
+  try {
+    if (!c.dense) {
+      if (!c.initial_peers.empty()) experts = std::make_unique<remote_swarm>(dmoe_cli::parse_peers(c.initial_peers));
+      else if (c.processes) experts = std::make_unique<process_swarm>(c);
+      else experts = std::make_unique<thread_swarm>(c);
+      fmt::print("swarm: {}\n", experts->describe());
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "could not start the swarm: {}\n", e.what());
+    return 1;
+  }
+  dmoe::moe::network_thread_options net_options;
+  net_options.dht.client_mode = true;
+  // On loopback for a swarm of this machine; on every interface to reach someone else's (IPv6 peers: an IPv6 one).
+  const auto joined = dmoe_cli::parse_peers(c.initial_peers);
+  net_options.dht.listen = joined.empty()                ? dmoe::endpoint::loopback_v4(0)
+                           : joined.front().is_v4()      ? dmoe::endpoint::any_v4(0)
+                                                         : dmoe::endpoint::any_v6(0);
+  if (experts) net_options.initial_peers = experts->peers();
+  if (c.latency_ms > 0 || c.jitter_ms > 0 || c.failure_rate > 0) {
+    auto faults = std::make_shared<dmoe::net::fault_policy>(c.seed);
+    faults->set_latency(dmoe::net::latency_model::exponential(
+        std::chrono::microseconds(static_cast<std::int64_t>(c.latency_ms * 1000)),
+        std::chrono::microseconds(static_cast<std::int64_t>(c.jitter_ms * 1000))));
+    faults->set_loss(c.failure_rate);
+    net_options.faults = std::move(faults);
+  }
+  std::optional<dmoe::moe::network_thread> net;
+  try {
+    net.emplace(net_options);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "could not join the swarm: {}\n", e.what());
+    return 1;
+  }
+
+  // The model.
+  dmoe::random_engine gen(c.seed);
+  dmoe::moe::remote_mixture_of_experts_options o;
+  o.grid = c.grid;
+  o.schema = dmoe::moe::ffn_schema(c.hidden);
+  o.k = c.k;
+  o.k_min = c.k_min;
+  o.timeout_after_k_min = std::chrono::milliseconds(static_cast<std::int64_t>(c.timeout_after_k_min_ms));
+  o.avoid_failed_for = 20s;  // longer than a dead server's declarations live (15 s) plus the directory's cache (5 s)
+  o.call.codec = dmoe_cli::parse_codec(c.compression);
+  o.call.response_codec = o.call.codec;
+  dmoe::moe::model model;
+  model.emplace<dmoe::nn::linear<>>(784, c.hidden, gen, dmoe::ops::activation::relu);  // Linear -> ReLU
+  dmoe::moe::remote_mixture_of_experts<>* layer = nullptr;
+  if (c.dense) model.emplace<dmoe::nn::ffn_expert<>>(c.hidden, gen, 4 * c.hidden * c.k);
+  else layer = &model.emplace<dmoe::moe::remote_mixture_of_experts<>>(net->directory(), net->client(), o, gen);
+  model.emplace<dmoe::nn::linear<>>(c.hidden, 10, gen);
+  dmoe::nn::adam<> optimizer(model.parameters(), {.learning_rate = static_cast<float>(c.lr)});
+  optimizer.set_schedule(dmoe::nn::linear_warmup_decay(static_cast<float>(c.lr), 0, c.total_steps,
+                                                       static_cast<float>(c.lr / 20)));
+  dmoe::nn::cross_entropy_loss<> loss;
+
+  // The trainer's checkpoint: the model, the optimizer and where the data order was.
+  dmoe::data::shuffled_batches batches(data.train, c.batch_size, c.seed);
+  dmoe::tensor progress(dmoe::shape{3}, dmoe::dtype::i64);  // step, epoch, position
+  const auto checkpoint_parameters = [&] {
+    auto p = model.parameters();
+    p.push_back({"trainer.progress", &progress, nullptr});
+    return p;
+  };
+  std::int64_t step = 0;
+  if (!c.resume.empty()) {
+    try {
+      dmoe::nn::load_checkpoint(c.resume, checkpoint_parameters(), &optimizer);
+      step = progress.at<std::int64_t>(0);
+      batches.restore(progress.at<std::int64_t>(1), progress.at<std::int64_t>(2));
+      fmt::print("resumed from {} at step {}\n", c.resume.string(), step);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "cannot resume from {}: {}\n", c.resume.string(), e.what());
+      return 1;
+    }
+  }
+  const auto save = [&] {
+    progress.at<std::int64_t>(0) = step;
+    progress.at<std::int64_t>(1) = batches.epoch();
+    progress.at<std::int64_t>(2) = batches.position();
+    dmoe::nn::save_checkpoint(c.checkpoint, checkpoint_parameters(), &optimizer);
+  };
+
+  // Waits until the swarm's experts are declared (all of ours; some of someone else's).
+  if (!c.dense) {
+    const auto uids = expert_shares(c.grid, 1).front();
+    const auto deadline = steady::now() + 60s;
+    std::size_t found = 0;
+    while (steady::now() < deadline && interrupted.load() == 0) {
+      found = net->run([&]() -> dmoe::task<std::size_t> {
+        auto declared = co_await dmoe::moe::get_experts(net->node(), uids);
+        co_return static_cast<std::size_t>(std::count_if(declared.begin(), declared.end(),
+                                                         [](const auto& d) { return d.has_value(); }));
+      });
+      if (found == uids.size() || (!c.initial_peers.empty() && found > 0)) break;
+    }
+    fmt::print("{} of {} experts declared in the DHT\n", found, uids.size());
+    if (found == 0) {
+      fmt::print(stderr, "no expert of the grid is declared in the swarm\n");
+      return 1;
+    }
+  }
+
+  const std::int64_t steps_per_epoch = batches.batches_per_epoch();
+  const std::int64_t total_steps = c.total_steps;
+  const std::int64_t stop_step = c.stop_server_at >= 0 ? static_cast<std::int64_t>(c.stop_server_at * total_steps) : -1;
+  const std::int64_t restart_step =
+      c.restart_server_at >= 0 ? static_cast<std::int64_t>(c.restart_server_at * total_steps) : -1;
+  const fs::path csv_path = c.out / "metrics.csv";
+  std::ofstream csv(csv_path);
+  csv << "step,wall_s,loss,accuracy,samples_per_s,experts_answered,experts_chosen\n";
+  std::vector<std::pair<double, std::string>> events;
+  std::int64_t failed_steps = 0, trained_samples = 0;
+  double first_loss = -1, last_loss = -1;
+  window w;
+  const auto train_start = steady::now();
+  fmt::print("training {} for {:g} epoch(s): {} steps of {} samples\n",
+             c.dense ? fmt::format("a dense model (ffn block, inner width {})", 4 * c.hidden * c.k)
+                     : fmt::format("a DMoE model (grid {}, k = {}, k_min = {})", fmt::join(c.grid, "x"), c.k, c.k_min),
+             c.epochs, total_steps, c.batch_size);
+  std::fflush(stdout);
+
+  const auto report = [&](bool final_line) {
+    const double seconds = std::chrono::duration<double>(steady::now() - w.start).count();
+    if (w.steps == 0 && !final_line) return;
+    const double mean_loss = w.steps > 0 ? w.loss_sum / static_cast<double>(w.steps) : 0.0;
+    const double accuracy = w.samples > 0 ? static_cast<double>(w.correct) / static_cast<double>(w.samples) : 0.0;
+    const double rate = seconds > 0 ? static_cast<double>(w.samples) / seconds : 0.0;
+    if (w.steps > 0) {
+      if (first_loss < 0) first_loss = mean_loss;
+      last_loss = mean_loss;
+      csv << fmt::format("{},{:.3f},{:.5f},{:.5f},{:.1f},{},{}\n", step, seconds_since_start(), mean_loss, accuracy,
+                         rate, w.answered, w.chosen);
+      csv.flush();
+    }
+    const std::string line = fmt::format(
+        "epoch {:.2f}/{:g}  step {}/{}  loss {:.4f}  accuracy {:.3f}  {:.0f} samples/s{}{}",
+        static_cast<double>(step) / static_cast<double>(steps_per_epoch), c.epochs, step, total_steps, mean_loss, accuracy,
+        rate, layer ? fmt::format("  experts answering {}/{}", w.answered, w.chosen) : std::string(),
+        failed_steps > 0 ? fmt::format("  failed steps {}", failed_steps) : std::string());
+    if (tty) fmt::print("\r{}\x1b[K{}", line, final_line ? "\n" : "");
+    else fmt::print("{}\n", line);
+    std::fflush(stdout);
+    w = window{};
+  };
+  const auto say = [&](const std::string& text) {  // a line of its own, also on a terminal
+    if (tty) fmt::print("\r\x1b[K");
+    fmt::print("{}\n", text);
+    std::fflush(stdout);
+  };
+
+  while (step < total_steps && interrupted.load() == 0) {
+    if (step == stop_step && experts) {
+      const auto t = steady::now();
+      experts->stop_server(1 % static_cast<std::size_t>(c.servers));
+      events.emplace_back(seconds_since_start(), "server stopped");
+      say(fmt::format("[{:.1f} s] stopped server 1 (its experts are gone; the layer routes around them) in {:.0f} ms",
+                      seconds_since_start(), std::chrono::duration<double, std::milli>(steady::now() - t).count()));
+    }
+    if (step == restart_step && experts) {
+      const std::string note = experts->start_server(1 % static_cast<std::size_t>(c.servers));
+      events.emplace_back(seconds_since_start(), "server restarted");
+      say(fmt::format("[{:.1f} s] started server 1 again from its checkpoint: {}", seconds_since_start(), note));
+    }
+    const auto b = batches.next();
+    const dmoe::moe::dispatch_stats before = layer ? layer->stats() : dmoe::moe::dispatch_stats{};
+    optimizer.zero_grad();
+    try {
+      const auto [value, correct] = net->run([&]() -> dmoe::task<std::pair<float, std::int64_t>> {
+        const dmoe::tensor logits = co_await model.forward(b.x);
+        const float l = loss.forward(logits, b.labels);
+        co_await model.backward(loss.backward());
+        co_return std::pair<float, std::int64_t>(l, count_correct(logits, b.labels));
+      });
+      optimizer.step();
+      w.loss_sum += value;
+      w.correct += correct;
+      w.samples += b.labels.shape()[0];
+      ++w.steps;
+      trained_samples += b.labels.shape()[0];
+    } catch (const dmoe::error& e) {
+      // Too few experts answered (a server just died, the swarm is thin): this step is lost, the training goes on.
+      ++failed_steps;
+      if (failed_steps <= 3 || failed_steps % 100 == 0) say(fmt::format("step {} failed: {}", step, e.what()));
+    }
+    if (layer) {
+      w.answered += layer->stats().experts_answered - before.experts_answered;
+      w.chosen += layer->stats().experts_chosen - before.experts_chosen;
+    }
+    ++step;
+    if (!c.checkpoint.empty() && step % c.checkpoint_every == 0) save();
+    if (std::chrono::duration<double>(steady::now() - w.start).count() >= c.progress_interval_s) report(false);
+  }
+  report(true);
+  const double train_seconds = std::chrono::duration<double>(steady::now() - train_start).count();
+  if (!c.checkpoint.empty()) {
+    save();
+    fmt::print("checkpoint: {}\n", c.checkpoint.string());
+  }
+  if (interrupted.load() != 0) {
+    fmt::print(stderr, "interrupted at step {}\n", step);
+    return 128 + interrupted.load();
+  }
+
+  // The test set, in order.
+  std::int64_t correct = 0, evaluated = 0;
+  model.set_training(false);
+  for (std::int64_t begin = 0; begin < data.test.size(); begin += 500) {
+    const auto b = dmoe::data::slice(data.test, begin, std::min<std::int64_t>(begin + 500, data.test.size()));
+    try {
+      correct += net->run([&]() -> dmoe::task<std::int64_t> { co_return count_correct(co_await model.forward(b.x), b.labels); });
+    } catch (const dmoe::error& e) {
+      say(fmt::format("test images {}..{} not evaluated: {}", begin, begin + b.labels.shape()[0], e.what()));
+      continue;
+    }
+    evaluated += b.labels.shape()[0];
+  }
+  const double test_accuracy = evaluated > 0 ? static_cast<double>(correct) / static_cast<double>(evaluated) : 0.0;
+  csv.close();
+  const fs::path png = c.out / "metrics.png";
+  const bool plotted = plot(csv_path, png,
+                            fmt::format("dmoe {}: Fashion-MNIST, test accuracy {:.4f}", c.program, test_accuracy), events);
+  net.reset();
+  experts.reset();  // servers write their final checkpoints; processes are stopped
+  const double seconds = seconds_since_start();
+  const double samples_per_s = train_seconds > 0 ? static_cast<double>(trained_samples) / train_seconds : 0.0;
+  fmt::print("test accuracy {:.4f} over {} test images; loss {:.4f} -> {:.4f}; {} failed step(s)\n", test_accuracy,
+             evaluated, first_loss, last_loss, failed_steps);
+  fmt::print("metrics: {}\n", fs::absolute(csv_path).string());
+  if (plotted) fmt::print("plot: {}\n", fs::absolute(png).string());
+  fmt::print("{{\"demo\":\"{}\",\"test_accuracy\":{:.4f},\"seconds\":{:.1f},\"samples_per_s\":{:.1f}}}\n", c.program,
+             test_accuracy, seconds, samples_per_s);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace fashion
