@@ -310,7 +310,7 @@ inline bool plot(const fs::path& csv, const fs::path& png, const std::string& ti
       s << fmt::format("set arrow from {0},graph 0 to {0},graph 1 nohead dt 2 lc rgb 'gray40'\n"
                        "set label '{1}' at {0},graph 0.95 offset 0.5,0 font ',8'\n",
                        t, label);
-    s << "set ylabel 'training loss'\nplot '" << csv.string() << "' using 2:3 skip 1 with lines lw 2 title 'loss'\n"
+    s << "set ylabel 'training loss'\nset key center right\nplot '" << csv.string() << "' using 2:3 skip 1 with lines lw 2 title 'loss'\n"
       << "set ylabel 'fraction'\nset yrange [*:1]\nset key bottom right\n"
       << "plot '" << csv.string() << "' using 2:4 skip 1 with lines lw 2 lc rgb 'dark-green' title 'running accuracy', "
       << "'' using 2:($7 > 0 ? $6 / $7 : 1/0) skip 1 with lines lw 1 lc rgb 'orange' title 'experts answering / chosen'\n"
@@ -583,7 +583,8 @@ inline int train(config c) {
   csv.close();
   const fs::path png = c.out / "metrics.png";
   const bool plotted = plot(csv_path, png,
-                            fmt::format("dmoe {}: Fashion-MNIST, test accuracy {:.4f}", c.program, test_accuracy), events);
+                            fmt::format("Fashion-MNIST, {}: test accuracy {:.4f}",
+                                        c.dense ? "dense model" : "DMoE model over the swarm", test_accuracy), events);
   net.reset();
   experts.reset();  // servers write their final checkpoints; processes are stopped
   const double seconds = seconds_since_start();
