@@ -30,7 +30,7 @@ class child_process {
   // Starts `program` with `args`; its stderr goes to `log` (appended). Throws dmoe::system_error.
   child_process(const std::filesystem::path& program, const std::vector<std::string>& args,
                 const std::filesystem::path& log)
-      : name_(program.filename().string()) {
+      : name_(program.filename().string()), log_(log) {
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) throw dmoe::system_error(errno, "pipe for " + name_);
     const int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -56,6 +56,8 @@ class child_process {
     }
     if (pid == 0) {
       // The child: dies with the parent (also when the parent is killed), signals unblocked, then exec.
+      // Its own process group: a Ctrl-C on the terminal reaches the parent, which stops its children in order.
+      ::setpgid(0, 0);
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(127);
       sigset_t all;
@@ -110,8 +112,15 @@ class child_process {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
       auto line = read_line(std::max(left, std::chrono::milliseconds(0)));
       if (!line)
-        throw dmoe::unavailable_error(fmt::format("{} (pid {}) did not print '{}' within {} ms{}", name_, pid_, marker,
-                                                  timeout.count(), running() ? "" : ": it exited"));
+      {
+        const bool alive = running();
+        throw dmoe::unavailable_error(fmt::format(
+            "{} (pid {}) did not print '{}'{}; see {}", name_, pid(), marker,
+            alive ? fmt::format(" within {} ms", timeout.count())
+                  : fmt::format(": it exited ({})", WIFEXITED(status_) ? fmt::format("status {}", WEXITSTATUS(status_))
+                                                                        : fmt::format("signal {}", WTERMSIG(status_))),
+            log_.string()));
+      }
       if (line->find(marker) != std::string::npos) return *line;
     }
   }
@@ -169,11 +178,39 @@ class child_process {
   }
 
   std::string name_;
+  std::filesystem::path log_;
   pid_t pid_ = -1, last_pid_ = -1;
   int out_ = -1, pidfd_ = -1;
   int status_ = 0;
   std::string buffer_;
 };
+
+// Runs `program` (found on the PATH) with `args` to its end, stdout and stderr into `log`; returns its exit status
+// (-1 when it could not be started or was killed). No shell is involved.
+inline int run_program(const std::string& program, const std::vector<std::string>& args,
+                       const std::filesystem::path& log) {
+  const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) return -1;
+  std::vector<std::string> argv_text{program};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_text) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(out, STDOUT_FILENO);
+    ::dup2(out, STDERR_FILENO);
+    ::execvp(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out);
+  if (pid < 0) return -1;
+  int status = 0;
+  pid_t r;
+  do r = ::waitpid(pid, &status, 0);
+  while (r < 0 && errno == EINTR);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 // `name` next to this program (the build tree and an install keep them together), else on the PATH.
 inline std::filesystem::path sibling_program(const std::string& name) {

@@ -14,7 +14,5 @@ int main(int argc, char** argv) {
   c.restart_server_at = 0.75;
   c.out = "demo-out";
   CLI::App app("dmoe demo: a DMoE model trained on Fashion-MNIST over 4 expert servers; one fails and comes back");
-  fashion::add_flags(app, c);
-  CLI11_PARSE(app, argc, argv);
-  return fashion::train(c);
+  return fashion::main_with(app, c, argc, argv);
 }

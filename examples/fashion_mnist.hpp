@@ -36,6 +36,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 namespace fashion {
@@ -197,6 +198,7 @@ class thread_swarm final : public swarm {
 class process_swarm final : public swarm {
  public:
   explicit process_swarm(const config& c) : config_(c), shares_(expert_shares(c.grid, c.servers)) {
+    fs::remove_all(c.out / "logs");  // this run's logs only (a restarted server appends to its own)
     fs::create_directories(c.out / "logs");
     const auto dht_program = dmoe_cli::sibling_program("dmoe_dht_node");
     for (int i = 0; i < 2; ++i) {
@@ -272,10 +274,17 @@ class remote_swarm final : public swarm {
   std::vector<dmoe::endpoint> peers_;
 };
 
-// Ctrl-C / SIGTERM end the training after the current step (then the evaluation is skipped, files are written and
-// every process this program started is stopped).
+// Ctrl-C / SIGTERM end the training after the current step (then the evaluation is skipped, the metrics CSV and the
+// checkpoint are written and every process this program started is stopped).
 inline std::atomic<int> interrupted{0};
 extern "C" inline void on_interrupt(int signal) { interrupted.store(signal); }
+
+// The terminal's width (80 when unknown): a redrawn line must not wrap.
+inline std::size_t terminal_columns() {
+  winsize size{};
+  if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 0) return size.ws_col;
+  return 80;
+}
 
 struct window {
   double loss_sum = 0;
@@ -295,39 +304,44 @@ inline std::int64_t count_correct(const dmoe::tensor& logits, const dmoe::tensor
   return correct;
 }
 
-// Writes the plot with gnuplot (pngcairo); returns false (and says why) when gnuplot is missing or fails.
+// A string in a gnuplot script, single-quoted ('' stands for a quote).
+inline std::string gnuplot_quoted(const std::string& text) {
+  std::string out = "'";
+  for (const char ch : text) out += ch == '\'' ? std::string("''") : std::string(1, ch);
+  return out + "'";
+}
+
+// Writes the plot with gnuplot (pngcairo); returns false (and says why) when gnuplot fails or is missing.
 inline bool plot(const fs::path& csv, const fs::path& png, const std::string& title,
                  const std::vector<std::pair<double, std::string>>& events) {
   const fs::path script = png.parent_path() / "plot.gp";
   {
     std::ofstream s(script);
     s << "set terminal pngcairo size 960,420 font ',10' noenhanced\n"
-      << "set output '" << png.string() << "'\n"
+      << "set output " << gnuplot_quoted(png.string()) << "\n"
       << "set datafile separator ','\n"
-      << "set multiplot layout 1,2 title '" << title << "'\n"
+      << "set multiplot layout 1,2 title " << gnuplot_quoted(title) << "\n"
       << "set xlabel 'wall time (s)'\nset grid\nset key bottom right\n";
     for (const auto& [t, label] : events)
       s << fmt::format("set arrow from {0},graph 0 to {0},graph 1 nohead dt 2 lc rgb 'gray40'\n"
                        "set label '{1}' at {0},graph 0.95 offset 0.5,0 font ',8'\n",
                        t, label);
-    s << "set ylabel 'training loss'\nset key center right\nplot '" << csv.string() << "' using 2:3 skip 1 with lines lw 2 title 'loss'\n"
+    s << "set ylabel 'training loss'\nset key center right\nplot " << gnuplot_quoted(csv.string()) << " using 2:3 skip 1 with lines lw 2 title 'loss'\n"
       << "set ylabel 'fraction'\nset yrange [*:1]\nset key bottom right\n"
-      << "plot '" << csv.string() << "' using 2:4 skip 1 with lines lw 2 lc rgb 'dark-green' title 'running accuracy', "
+      << "plot " << gnuplot_quoted(csv.string()) << " using 2:4 skip 1 with lines lw 2 lc rgb 'dark-green' title 'running accuracy', "
       << "'' using 2:($7 > 0 ? $6 / $7 : 1/0) skip 1 with lines lw 1 lc rgb 'orange' title 'experts answering / chosen'\n"
       << "unset multiplot\n";
   }
-  const std::string command = fmt::format("gnuplot '{}' 2>'{}'", script.string(), (png.parent_path() / "gnuplot.log").string());
-  const int rc = std::system(command.c_str());
-  if (rc != 0) {
-    fmt::print(stderr, "no plot: gnuplot failed or is missing (Debian package gnuplot-nox); see {}\n",
-               (png.parent_path() / "gnuplot.log").string());
-    return false;
-  }
-  return true;
+  const fs::path log = png.parent_path() / "gnuplot.log";
+  const int rc = dmoe_cli::run_program("gnuplot", {script.string()}, log);
+  if (rc == 127) fmt::print(stderr, "no plot: gnuplot is missing (Debian package gnuplot-nox)\n");
+  else if (rc != 0) fmt::print(stderr, "no plot: gnuplot failed (exit {}); see {}\n", rc, log.string());
+  return rc == 0;
 }
 
-// Trains and evaluates; returns the process exit code (0: trained; 1: failed; 130/143: interrupted).
-inline int train(config c) {
+// Trains and evaluates; returns the process exit code (0: trained and evaluated; 1: failed; 2: bad flags;
+// 130/143: interrupted).
+inline int train_and_evaluate(config c) {
   dmoe::set_log_level(dmoe::detail::parse_log_level(c.log_level.c_str()));
   if (c.k_min > c.k) {
     fmt::print(stderr, "--k-min {} is larger than --k {}\n", c.k_min, c.k);
@@ -335,10 +349,23 @@ inline int train(config c) {
   }
   std::uint64_t experts_total = 1;
   for (const auto g : c.grid) experts_total *= g;
-  if (!c.dense && c.initial_peers.empty() && static_cast<std::uint64_t>(c.servers) > experts_total) {
-    fmt::print(stderr, "--servers {} is more than the grid's {} experts\n", c.servers, experts_total);
+  const auto bad = [&](const std::string& text) {
+    fmt::print(stderr, "{}: {}\n", c.program, text);
     return 2;
-  }
+  };
+  if (!c.dense && static_cast<std::uint64_t>(c.k) > experts_total)
+    return bad(fmt::format("--k {} is more than the grid's {} experts", c.k, experts_total));
+  if (!c.dense && c.initial_peers.empty() && static_cast<std::uint64_t>(c.servers) > experts_total)
+    return bad(fmt::format("--servers {} is more than the grid's {} experts", c.servers, experts_total));
+  const bool own_swarm = !c.dense && c.initial_peers.empty();
+  if (c.stop_server_at >= 0 && !own_swarm) c.stop_server_at = c.restart_server_at = -1;  // not ours to stop
+  if (c.stop_server_at >= 0 && c.servers < 2)
+    return bad("--stop-server-at needs at least 2 servers (the others keep the training going)");
+  if (c.restart_server_at >= 0 && !(c.stop_server_at >= 0 && c.restart_server_at > c.stop_server_at))
+    return bad("--restart-server-at needs a --stop-server-at before it");
+  if (c.dense && static_cast<double>(c.hidden) * 4.0 * c.k * c.hidden > 5e8)
+    return bad(fmt::format("--dense with --hidden {} and --k {}: {:.0f} M parameters is more than this trainer takes "
+                           "(500 M)", c.hidden, c.k, 8.0 * c.hidden * c.hidden * c.k / 1e6));
   const bool tty = ::isatty(STDOUT_FILENO) != 0;
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
@@ -351,6 +378,7 @@ inline int train(config c) {
     return 1;
   }
   fs::create_directories(c.out);
+  if (!c.checkpoint.empty() && c.checkpoint.has_parent_path()) fs::create_directories(c.checkpoint.parent_path());
   {
     const dmoe::data::shuffled_batches counting(data.train, c.batch_size, c.seed);
     c.total_steps = std::max<std::int64_t>(
@@ -432,6 +460,9 @@ inline int train(config c) {
       dmoe::nn::load_checkpoint(c.resume, checkpoint_parameters(), &optimizer);
       step = progress.at<std::int64_t>(0);
       batches.restore(progress.at<std::int64_t>(1), progress.at<std::int64_t>(2));
+      if (step >= c.total_steps)
+        return bad(fmt::format("{} is at step {}, and --epochs {:g} ends at step {}: nothing left to train",
+                               c.resume.string(), step, c.epochs, c.total_steps));
       fmt::print("resumed from {} at step {}\n", c.resume.string(), step);
     } catch (const std::exception& e) {
       fmt::print(stderr, "cannot resume from {}: {}\n", c.resume.string(), e.what());
@@ -458,6 +489,7 @@ inline int train(config c) {
       });
       if (found == uids.size() || (!c.initial_peers.empty() && found > 0)) break;
     }
+    if (interrupted.load() != 0) return 128 + interrupted.load();
     fmt::print("{} of {} experts declared in the DHT\n", found, uids.size());
     if (found == 0) {
       fmt::print(stderr, "no expert of the grid is declared in the swarm\n");
@@ -474,7 +506,7 @@ inline int train(config c) {
   std::ofstream csv(csv_path);
   csv << "step,wall_s,loss,accuracy,samples_per_s,experts_answered,experts_chosen\n";
   std::vector<std::pair<double, std::string>> events;
-  std::int64_t failed_steps = 0, trained_samples = 0;
+  std::int64_t failed_steps = 0, retried_steps = 0, trained_samples = 0;
   double first_loss = -1, last_loss = -1;
   window w;
   const auto train_start = steady::now();
@@ -486,7 +518,10 @@ inline int train(config c) {
 
   const auto report = [&](bool final_line) {
     const double seconds = std::chrono::duration<double>(steady::now() - w.start).count();
-    if (w.steps == 0 && !final_line) return;
+    if (w.steps == 0) {  // nothing new since the last line (or every step of the interval failed)
+      if (final_line && tty) fmt::print("\n");
+      if (final_line || w.samples == 0) return;
+    }
     const double mean_loss = w.steps > 0 ? w.loss_sum / static_cast<double>(w.steps) : 0.0;
     const double accuracy = w.samples > 0 ? static_cast<double>(w.correct) / static_cast<double>(w.samples) : 0.0;
     const double rate = seconds > 0 ? static_cast<double>(w.samples) / seconds : 0.0;
@@ -502,7 +537,8 @@ inline int train(config c) {
         static_cast<double>(step) / static_cast<double>(steps_per_epoch), c.epochs, step, total_steps, mean_loss, accuracy,
         rate, layer ? fmt::format("  experts answering {}/{}", w.answered, w.chosen) : std::string(),
         failed_steps > 0 ? fmt::format("  failed steps {}", failed_steps) : std::string());
-    if (tty) fmt::print("\r{}\x1b[K{}", line, final_line ? "\n" : "");
+    if (tty) fmt::print("\r{}\x1b[K{}", line.substr(0, std::max<std::size_t>(terminal_columns() - 1, 20)),
+                        final_line ? "\n" : "");
     else fmt::print("{}\n", line);
     std::fflush(stdout);
     w = window{};
@@ -514,38 +550,51 @@ inline int train(config c) {
   };
 
   while (step < total_steps && interrupted.load() == 0) {
-    if (step == stop_step && experts) {
+    if (step == stop_step && experts && own_swarm) {
       const auto t = steady::now();
       experts->stop_server(1 % static_cast<std::size_t>(c.servers));
       events.emplace_back(seconds_since_start(), "server stopped");
       say(fmt::format("[{:.1f} s] stopped server 1 (its experts are gone; the layer routes around them) in {:.0f} ms",
                       seconds_since_start(), std::chrono::duration<double, std::milli>(steady::now() - t).count()));
     }
-    if (step == restart_step && experts) {
+    if (step == restart_step && experts && own_swarm) {
       const std::string note = experts->start_server(1 % static_cast<std::size_t>(c.servers));
       events.emplace_back(seconds_since_start(), "server restarted");
       say(fmt::format("[{:.1f} s] started server 1 again from its checkpoint: {}", seconds_since_start(), note));
     }
     const auto b = batches.next();
     const dmoe::moe::dispatch_stats before = layer ? layer->stats() : dmoe::moe::dispatch_stats{};
-    optimizer.zero_grad();
-    try {
-      const auto [value, correct] = net->run([&]() -> dmoe::task<std::pair<float, std::int64_t>> {
-        const dmoe::tensor logits = co_await model.forward(b.x);
-        const float l = loss.forward(logits, b.labels);
-        co_await model.backward(loss.backward());
-        co_return std::pair<float, std::int64_t>(l, count_correct(logits, b.labels));
-      });
-      optimizer.step();
-      w.loss_sum += value;
-      w.correct += correct;
-      w.samples += b.labels.shape()[0];
-      ++w.steps;
-      trained_samples += b.labels.shape()[0];
-    } catch (const dmoe::error& e) {
-      // Too few experts answered (a server just died, the swarm is thin): this step is lost, the training goes on.
-      ++failed_steps;
-      if (failed_steps <= 3 || failed_steps % 100 == 0) say(fmt::format("step {} failed: {}", step, e.what()));
+    // Too few experts answered (a server just died, the swarm is thin): the step is tried once more (the layer now
+    // avoids the experts that failed), then given up; the training goes on either way.
+    for (int attempt = 1;; ++attempt) {
+      optimizer.zero_grad();
+      try {
+        const auto [value, correct] = net->run([&]() -> dmoe::task<std::pair<float, std::int64_t>> {
+          const dmoe::tensor logits = co_await model.forward(b.x);
+          const float l = loss.forward(logits, b.labels);
+          co_await model.backward(loss.backward());
+          co_return std::pair<float, std::int64_t>(l, count_correct(logits, b.labels));
+        });
+        optimizer.step();
+        w.loss_sum += value;
+        w.correct += correct;
+        w.samples += b.labels.shape()[0];
+        ++w.steps;
+        trained_samples += b.labels.shape()[0];
+        break;
+      } catch (const dmoe::error& e) {
+        if (attempt == 1 && interrupted.load() == 0) {
+          if (++retried_steps <= 3) say(fmt::format("step {} tried again: {}", step, e.what()));
+          continue;
+        }
+        ++failed_steps;
+        if (failed_steps <= 3 || failed_steps % 100 == 0) say(fmt::format("step {} failed: {}", step, e.what()));
+        break;
+      }
+    }
+    if (trained_samples == 0 && failed_steps >= 10) {  // nothing works (a schema that is not the servers'...)
+      say(fmt::format("{}: the first {} steps all failed; giving up", c.program, failed_steps));
+      return 1;
     }
     if (layer) {
       w.answered += layer->stats().experts_answered - before.experts_answered;
@@ -569,15 +618,23 @@ inline int train(config c) {
   // The test set, in order.
   std::int64_t correct = 0, evaluated = 0;
   model.set_training(false);
-  for (std::int64_t begin = 0; begin < data.test.size(); begin += 500) {
+  for (std::int64_t begin = 0; begin < data.test.size() && interrupted.load() == 0; begin += 500) {
     const auto b = dmoe::data::slice(data.test, begin, std::min<std::int64_t>(begin + 500, data.test.size()));
-    try {
-      correct += net->run([&]() -> dmoe::task<std::int64_t> { co_return count_correct(co_await model.forward(b.x), b.labels); });
-    } catch (const dmoe::error& e) {
-      say(fmt::format("test images {}..{} not evaluated: {}", begin, begin + b.labels.shape()[0], e.what()));
-      continue;
+    for (int attempt = 1; attempt <= 2; ++attempt) {  // once more after a failure, as in training
+      try {
+        correct += net->run(
+            [&]() -> dmoe::task<std::int64_t> { co_return count_correct(co_await model.forward(b.x), b.labels); });
+        evaluated += b.labels.shape()[0];
+        break;
+      } catch (const dmoe::error& e) {
+        if (attempt == 2)
+          say(fmt::format("test images {}..{} not evaluated: {}", begin, begin + b.labels.shape()[0], e.what()));
+      }
     }
-    evaluated += b.labels.shape()[0];
+  }
+  if (interrupted.load() != 0) {
+    fmt::print(stderr, "interrupted while evaluating\n");
+    return 128 + interrupted.load();
   }
   const double test_accuracy = evaluated > 0 ? static_cast<double>(correct) / static_cast<double>(evaluated) : 0.0;
   csv.close();
@@ -589,14 +646,44 @@ inline int train(config c) {
   experts.reset();  // servers write their final checkpoints; processes are stopped
   const double seconds = seconds_since_start();
   const double samples_per_s = train_seconds > 0 ? static_cast<double>(trained_samples) / train_seconds : 0.0;
-  fmt::print("test accuracy {:.4f} over {} test images; loss {:.4f} -> {:.4f}; {} failed step(s)\n", test_accuracy,
-             evaluated, first_loss, last_loss, failed_steps);
+  fmt::print("test accuracy {:.4f} over {} test images; loss {:.4f} -> {:.4f}; {} step(s) tried again, {} failed\n",
+             test_accuracy, evaluated, first_loss, last_loss, retried_steps, failed_steps);
   fmt::print("metrics: {}\n", fs::absolute(csv_path).string());
   if (plotted) fmt::print("plot: {}\n", fs::absolute(png).string());
+  if (trained_samples == 0 || evaluated == 0) {
+    fmt::print(stderr, "{}: {} (see the errors above)\n", c.program,
+               trained_samples == 0 ? "no step trained" : "no test image was evaluated");
+    return 1;
+  }
   fmt::print("{{\"demo\":\"{}\",\"test_accuracy\":{:.4f},\"seconds\":{:.1f},\"samples_per_s\":{:.1f}}}\n", c.program,
              test_accuracy, seconds, samples_per_s);
   std::fflush(stdout);
   return 0;
+}
+
+}  // namespace fashion
+
+namespace fashion {
+
+// train_and_evaluate, with every error reported (the swarm is stopped on the way out).
+inline int train(const config& c) {
+  try {
+    return train_and_evaluate(c);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", c.program, e.what());
+    return 1;
+  }
+}
+
+// Parses the flags (exit status 2 for bad ones, as dmoe-server) and trains.
+inline int main_with(CLI::App& app, config& c, int argc, char** argv) {
+  add_flags(app, c);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return train(c);
 }
 
 }  // namespace fashion

@@ -8,7 +8,5 @@
 int main(int argc, char** argv) {
   fashion::config c;
   CLI::App app("Train a DMoE model (or a dense one) on Fashion-MNIST over a swarm of expert servers");
-  fashion::add_flags(app, c);
-  CLI11_PARSE(app, argc, argv);
-  return fashion::train(c);
+  return fashion::main_with(app, c, argc, argv);
 }
