@@ -2,6 +2,8 @@
 // refused with messages naming the file; Fashion-MNIST loaded from synthetic files (and the real ones when present).
 #include <dmoe/data/idx.hpp>
 
+#include <error_text.hpp>
+
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
@@ -67,18 +69,8 @@ std::string file_bytes(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
-template <class Error>
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  BOOST_FAIL("the expected error was not thrown");
-  return {};
-}
-
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+using dmoe_test::contains;
+using dmoe_test::error_text;
 
 // `n` synthetic 28x28 images with labels i % 10, as the four Fashion-MNIST files would hold them.
 void write_fashion_split(const fs::path& dir, std::string_view prefix, std::uint32_t n) {

@@ -4,6 +4,8 @@
 #include <dmoe/nn/checkpoint.hpp>
 #include <dmoe/nn/sgd.hpp>
 
+#include <error_text.hpp>
+
 #include <boost/test/unit_test.hpp>
 
 #include <csignal>
@@ -88,18 +90,8 @@ void train(toy_model& model, nn::optimizer& opt, std::int64_t steps) {
   }
 }
 
-template <class Error>
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  BOOST_FAIL("the expected error was not thrown");
-  return {};
-}
-
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+using dmoe_test::contains;
+using dmoe_test::error_text;
 
 // A small valid checkpoint file in `dir`, returned as its path.
 fs::path small_checkpoint(const temp_dir& dir) {
