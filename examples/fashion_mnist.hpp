@@ -59,6 +59,7 @@ struct config {
   std::string compression = "none";  // codec of the tensors sent to and from experts: none, f16, bf16, q8
   double latency_ms = 0, jitter_ms = 0, failure_rate = 0;
   double timeout_after_k_min_ms = 300;
+  double timeout_ms = 10'000;  // the layer's forward and backward timeouts (a lost call is waited for this long)
   bool processes = false;
   std::vector<std::string> initial_peers;
   bool dense = false;
@@ -99,6 +100,9 @@ inline void add_flags(CLI::App& app, config& c) {
   app.add_option("--timeout-after-k-min-ms", c.timeout_after_k_min_ms,
                  "how long the layer waits for more answers once every sample has k-min")
       ->capture_default_str()->check(CLI::Range(0.0, 1e6));
+  app.add_option("--timeout-ms", c.timeout_ms, "the most a forward or a backward of the DMoE layer waits (a lost "
+                                              "expert call is waited for this long)")
+      ->capture_default_str()->check(CLI::Range(1.0, 1e7));
   app.add_flag("--processes", c.processes, "run servers as dmoe-server processes and the DHT as dmoe_dht_node processes");
   app.add_option("--initial-peers", c.initial_peers, "join this swarm (DHT addresses) instead of starting one")
       ->check(dmoe_cli::endpoint_text);
@@ -233,11 +237,20 @@ class process_swarm final : public swarm {
                                   "--total-steps", std::to_string(config_.total_steps), "--update-period", "5",
                                   "--expiration", "15",
                                   "--seed", std::to_string(config_.seed), "--checkpoint-dir", dir.string(),
-                                  "--log-level", config_.log_level, "--initial-peers"};
+                                  "--log-level", "info", "--initial-peers"};
     args.insert(args.end(), dht_addresses_.begin(), dht_addresses_.end());
-    servers_.at(i) = std::make_unique<dmoe_cli::child_process>(dmoe_cli::sibling_program("dmoe-server"), args,
-                                                               config_.out / "logs" / fmt::format("server-{}.log", i));
-    return servers_[i]->wait_for_line("serving ", 60s);
+    const fs::path log = config_.out / "logs" / fmt::format("server-{}.log", i);
+    std::error_code ec;
+    const auto log_start = fs::exists(log) ? fs::file_size(log, ec) : 0;
+    servers_.at(i) = std::make_unique<dmoe_cli::child_process>(dmoe_cli::sibling_program("dmoe-server"), args, log);
+    servers_[i]->wait_for_line("serving ", 60s);
+    // It logs each checkpoint it loaded before it serves.
+    std::ifstream in(log);
+    in.seekg(static_cast<std::streamoff>(ec ? 0 : log_start));
+    std::size_t loaded = 0;
+    for (std::string line; std::getline(in, line);) loaded += line.find(": loaded checkpoint ") != std::string::npos;
+    return fmt::format("{} of its {} experts loaded a checkpoint (pid {}, log: {})", loaded, shares_[i].size(),
+                       servers_[i]->pid(), log.string());
   }
   std::string describe() const override {
     std::string pids;
@@ -432,6 +445,7 @@ inline int train_and_evaluate(config c) {
   o.k = c.k;
   o.k_min = c.k_min;
   o.timeout_after_k_min = std::chrono::milliseconds(static_cast<std::int64_t>(c.timeout_after_k_min_ms));
+  o.forward_timeout = o.backward_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.timeout_ms));
   o.avoid_failed_for = 20s;  // longer than a dead server's declarations live (15 s) plus the directory's cache (5 s)
   o.call.codec = dmoe_cli::parse_codec(c.compression);
   o.call.response_codec = o.call.codec;

@@ -34,13 +34,18 @@ all_gone() {
 }
 run() { "$trainer" --processes --servers 2 --hidden 32 --batch-size 64 --out "$out/run" "$@" > "$out/stdout" 2> "$out/stderr" & pid=$!; }
 
-# 1. A normal end.
-run --epochs 0.01 --progress-interval 0.2 --latency-ms 1 --jitter 2 --failure-rate 0.02
+# 1. A normal end; server 1 is stopped (SIGTERM: it writes its checkpoints) and started again (it loads them).
+run --epochs 0.01 --progress-interval 0.2 --latency-ms 1 --jitter 2 --failure-rate 0.02 \
+  --stop-server-at 0.3 --restart-server-at 0.6
 swarm_pids
 status=0; wait "$pid" || status=$?; pid=
 [ "$status" -eq 0 ] || fail "the trainer exited with $status"
 tail -1 "$out/stdout" | grep -q '^{"demo":"train_fashion_mnist","test_accuracy":' || fail "no JSON line"
 grep -q 'experts declared in the DHT' "$out/stdout" || fail "experts not found"
+restarted=$(sed -n 's/.*started server 1 again from its checkpoint: 8 of its 8 experts loaded a checkpoint (pid \([0-9]*\),.*/\1/p' \
+  "$out/stdout")
+[ -n "$restarted" ] || fail "server 1 was not restarted from its checkpoint"
+pids+=("$restarted")
 all_gone "after a normal end"
 ls "$out"/run/checkpoints/server-0 | grep -q . || fail "server 0 wrote no checkpoint"
 
