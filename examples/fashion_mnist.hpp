@@ -36,6 +36,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -202,6 +204,8 @@ class thread_swarm final : public swarm {
 class process_swarm final : public swarm {
  public:
   explicit process_swarm(const config& c) : config_(c), shares_(expert_shares(c.grid, c.servers)) {
+    if (fs::exists(c.out / "logs") && !fs::is_directory(c.out / "logs"))
+      throw dmoe::invalid_argument_error(fmt::format("{} is not a directory", (c.out / "logs").string()));
     fs::remove_all(c.out / "logs");  // this run's logs only (a restarted server appends to its own)
     fs::create_directories(c.out / "logs");
     const auto dht_program = dmoe_cli::sibling_program("dmoe_dht_node");
@@ -356,22 +360,31 @@ inline bool plot(const fs::path& csv, const fs::path& png, const std::string& ti
 // 130/143: interrupted).
 inline int train_and_evaluate(config c) {
   dmoe::set_log_level(dmoe::detail::parse_log_level(c.log_level.c_str()));
-  if (c.k_min > c.k) {
-    fmt::print(stderr, "--k-min {} is larger than --k {}\n", c.k_min, c.k);
-    return 2;
-  }
   std::uint64_t experts_total = 1;
   for (const auto g : c.grid) experts_total *= g;
   const auto bad = [&](const std::string& text) {
     fmt::print(stderr, "{}: {}\n", c.program, text);
     return 2;
   };
+  if (c.k_min > c.k) return bad(fmt::format("--k-min {} is larger than --k {}", c.k_min, c.k));
+  // Paths go into files other programs read (the plot's script): no control characters.
+  for (const auto* path : {&c.out, &c.checkpoint, &c.resume, &c.data})
+    if (std::any_of(path->native().begin(), path->native().end(), [](char ch) { return ch >= 0 && ch < 0x20; }))
+      return bad(fmt::format("the path {:?} holds a control character", path->string()));
+  if (!c.checkpoint.empty() && fs::is_directory(c.checkpoint))
+    return bad(fmt::format("--checkpoint {} is a directory (name a file)", c.checkpoint.string()));
+  if (c.stop_server_at >= 1.0 || c.restart_server_at >= 1.0)
+    return bad("--stop-server-at and --restart-server-at are fractions of the training below 1");
   if (!c.dense && static_cast<std::uint64_t>(c.k) > experts_total)
     return bad(fmt::format("--k {} is more than the grid's {} experts", c.k, experts_total));
   if (!c.dense && c.initial_peers.empty() && static_cast<std::uint64_t>(c.servers) > experts_total)
     return bad(fmt::format("--servers {} is more than the grid's {} experts", c.servers, experts_total));
   const bool own_swarm = !c.dense && c.initial_peers.empty();
-  if (c.stop_server_at >= 0 && !own_swarm) c.stop_server_at = c.restart_server_at = -1;  // not ours to stop
+  if (c.stop_server_at >= 0 && !own_swarm) {
+    fmt::print(stderr, "{}: no server of ours to stop (--dense or --initial-peers): --stop-server-at ignored\n",
+               c.program);
+    c.stop_server_at = c.restart_server_at = -1;
+  }
   if (c.stop_server_at >= 0 && c.servers < 2)
     return bad("--stop-server-at needs at least 2 servers (the others keep the training going)");
   if (c.restart_server_at >= 0 && !(c.stop_server_at >= 0 && c.restart_server_at > c.stop_server_at))
@@ -391,6 +404,14 @@ inline int train_and_evaluate(config c) {
     return 1;
   }
   fs::create_directories(c.out);
+  // One trainer per --out: its metrics, logs, and its servers' checkpoints and keys live there.
+  const int lock = ::open((c.out / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock < 0 || ::flock(lock, LOCK_EX | LOCK_NB) != 0)
+    return bad(fmt::format("another trainer is using --out {} (or it cannot be locked)", c.out.string()));
+  const struct close_on_exit {
+    int fd;
+    ~close_on_exit() { ::close(fd); }
+  } lock_holder{lock};
   if (!c.checkpoint.empty() && c.checkpoint.has_parent_path()) fs::create_directories(c.checkpoint.parent_path());
   {
     const dmoe::data::shuffled_batches counting(data.train, c.batch_size, c.seed);
@@ -463,15 +484,30 @@ inline int train_and_evaluate(config c) {
   // The trainer's checkpoint: the model, the optimizer and where the data order was.
   dmoe::data::shuffled_batches batches(data.train, c.batch_size, c.seed);
   dmoe::tensor progress(dmoe::shape{3}, dmoe::dtype::i64);  // step, epoch, position
+  // What the step and the data position mean, and what the gating's weights stand for: checked on resume.
+  const std::vector<std::int64_t> wanted_settings{c.batch_size, static_cast<std::int64_t>(c.seed), c.hidden, c.k,
+                                                  c.dense ? 1 : 0,
+                                                  c.grid.size() > 0 ? c.grid[0] : 0, c.grid.size() > 1 ? c.grid[1] : 0,
+                                                  c.grid.size() > 2 ? c.grid[2] : 0, c.grid.size() > 3 ? c.grid[3] : 0};
+  const char* const setting_names[] = {"--batch-size", "--seed", "--hidden", "--k", "--dense",
+                                       "--grid (1st)", "--grid (2nd)", "--grid (3rd)", "--grid (4th)"};
+  dmoe::tensor settings(dmoe::shape{static_cast<std::int64_t>(wanted_settings.size())}, dmoe::dtype::i64);
+  for (std::size_t i = 0; i < wanted_settings.size(); ++i)
+    settings.at<std::int64_t>(static_cast<std::int64_t>(i)) = wanted_settings[i];
   const auto checkpoint_parameters = [&] {
     auto p = model.parameters();
     p.push_back({"trainer.progress", &progress, nullptr});
+    p.push_back({"trainer.settings", &settings, nullptr});
     return p;
   };
   std::int64_t step = 0;
   if (!c.resume.empty()) {
     try {
       dmoe::nn::load_checkpoint(c.resume, checkpoint_parameters(), &optimizer);
+      for (std::size_t i = 0; i < wanted_settings.size(); ++i)
+        if (settings.at<std::int64_t>(static_cast<std::int64_t>(i)) != wanted_settings[i])
+          return bad(fmt::format("{} was written with {} {}, not {}", c.resume.string(), setting_names[i],
+                                 settings.at<std::int64_t>(static_cast<std::int64_t>(i)), wanted_settings[i]));
       step = progress.at<std::int64_t>(0);
       batches.restore(progress.at<std::int64_t>(1), progress.at<std::int64_t>(2));
       if (step >= c.total_steps)
@@ -494,6 +530,8 @@ inline int train_and_evaluate(config c) {
   if (!c.dense) {
     const auto uids = expert_shares(c.grid, 1).front();
     const auto deadline = steady::now() + 60s;
+    fmt::print("waiting up to 60 s for the grid's experts to be declared in the DHT\n");
+    std::fflush(stdout);
     std::size_t found = 0;
     while (steady::now() < deadline && interrupted.load() == 0) {
       found = net->run([&]() -> dmoe::task<std::size_t> {
@@ -521,6 +559,7 @@ inline int train_and_evaluate(config c) {
   csv << "step,wall_s,loss,accuracy,samples_per_s,experts_answered,experts_chosen\n";
   std::vector<std::pair<double, std::string>> events;
   std::int64_t failed_steps = 0, retried_steps = 0, trained_samples = 0;
+  bool server_stopped = false;
   double first_loss = -1, last_loss = -1;
   window w;
   const auto train_start = steady::now();
@@ -567,11 +606,13 @@ inline int train_and_evaluate(config c) {
     if (step == stop_step && experts && own_swarm) {
       const auto t = steady::now();
       experts->stop_server(1 % static_cast<std::size_t>(c.servers));
+      server_stopped = true;
       events.emplace_back(seconds_since_start(), "server stopped");
       say(fmt::format("[{:.1f} s] stopped server 1 (its experts are gone; the layer routes around them) in {:.0f} ms",
                       seconds_since_start(), std::chrono::duration<double, std::milli>(steady::now() - t).count()));
     }
-    if (step == restart_step && experts && own_swarm) {
+    if (step == restart_step && experts && own_swarm && server_stopped) {  // (a resumed run may not have stopped it)
+      server_stopped = false;
       const std::string note = experts->start_server(1 % static_cast<std::size_t>(c.servers));
       events.emplace_back(seconds_since_start(), "server restarted");
       say(fmt::format("[{:.1f} s] started server 1 again from its checkpoint: {}", seconds_since_start(), note));
@@ -607,7 +648,8 @@ inline int train_and_evaluate(config c) {
       }
     }
     if (trained_samples == 0 && failed_steps >= 10) {  // nothing works (a schema that is not the servers'...)
-      say(fmt::format("{}: the first {} steps all failed; giving up", c.program, failed_steps));
+      if (tty) fmt::print("\n");
+      fmt::print(stderr, "{}: the first {} steps all failed; giving up\n", c.program, failed_steps);
       return 1;
     }
     if (layer) {

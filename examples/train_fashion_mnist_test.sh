@@ -84,5 +84,11 @@ status=0
 "$trainer" --dense --hidden 16 --epochs 0.01 --resume "$out/dense.ckpt" --out "$out/dense3" > "$out/stdout" 2> "$out/stderr" ||
   status=$?
 [ "$status" -eq 1 ] && grep -q "cannot resume from" "$out/stderr" || fail "a mismatched checkpoint was not refused ($status)"
+# A checkpoint of the same model with another batch size: its step would mean something else, refused.
+status=0
+"$trainer" --dense --hidden 32 --batch-size 32 --epochs 0.04 --resume "$out/dense.ckpt" --out "$out/dense4" \
+  > "$out/stdout" 2> "$out/stderr" || status=$?
+[ "$status" -eq 2 ] && grep -q "was written with --batch-size 64, not 32" "$out/stderr" ||
+  fail "a checkpoint of another batch size was not refused ($status)"
 echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume"
 
