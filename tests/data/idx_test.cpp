@@ -3,6 +3,7 @@
 #include <dmoe/data/idx.hpp>
 
 #include <error_text.hpp>
+#include <temp_dir.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -23,21 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test case, removed afterwards (also when the test fails).
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dmoe_idx_test." + std::to_string(::getpid()) + "." + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using dmoe_test::temp_dir;
 
 // An IDX file's bytes: magic (0, 0, type, rank), big-endian u32 dims, then `values`.
 std::string idx_bytes(std::uint8_t type, const std::vector<std::uint32_t>& dims, const std::vector<std::uint8_t>& values) {

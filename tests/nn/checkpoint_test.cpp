@@ -5,6 +5,7 @@
 #include <dmoe/nn/sgd.hpp>
 
 #include <error_text.hpp>
+#include <temp_dir.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -24,27 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / ("dmoe_checkpoint_test." + std::to_string(::getpid()) + "." +
-                                        std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
+using dmoe_test::temp_dir;
 
 std::string file_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

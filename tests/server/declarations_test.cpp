@@ -125,7 +125,7 @@ BOOST_AUTO_TEST_CASE(start_and_stop_three_times_on_one_dht_keeping_the_identity_
   dht::node_thread peer(dht_options(clock));
   BOOST_REQUIRE(peer.bootstrap({bootstrap.local_endpoint()}).joined);
   auto o = dht_server_options(bootstrap, clock, {"ffn.5.5"});
-  o.key_file = dir.path() / "server.key";
+  o.key_file = dir.path / "server.key";
   std::optional<dht::ed25519_public_key> first_key;
   for (int round = 0; round < 3; ++round) {
     background_server s(o);

@@ -189,7 +189,7 @@ BOOST_AUTO_TEST_CASE(many_clients_at_once_are_batched_within_max_batch_size) {
 BOOST_AUTO_TEST_CASE(a_restarted_server_serves_bit_identical_outputs_from_its_checkpoint) {
   dmoe_test::temp_dir dir;
   auto o = small_options({"ffn.0.0", "ffn.0.1"}, 16);
-  o.checkpoint_dir = dir.path();
+  o.checkpoint_dir = dir.path;
   o.keep_checkpoints = 2;
   const tensor x = random_batch(4, 16, 3);
   tensor before;
@@ -200,7 +200,7 @@ BOOST_AUTO_TEST_CASE(a_restarted_server_serves_bit_identical_outputs_from_its_ch
     client.backward(s.rpc_endpoint(), "ffn.0.1", x, random_batch(4, 16, 4));  // the parameters move
     before = client.forward(s.rpc_endpoint(), "ffn.0.1", x);
   }  // stopping writes the final checkpoint
-  BOOST_TEST(std::filesystem::exists(dir.path() / "ffn.0.1" / "checkpoint-000001.dmoe"));
+  BOOST_TEST(std::filesystem::exists(dir.path / "ffn.0.1" / "checkpoint-000001.dmoe"));
   {
     background_server s(o);
     BOOST_TEST(s.get().loaded_checkpoints().at("ffn.0.1").filename() == "checkpoint-000001.dmoe");
@@ -211,14 +211,14 @@ BOOST_AUTO_TEST_CASE(a_restarted_server_serves_bit_identical_outputs_from_its_ch
   }
   // A corrupt newest checkpoint is skipped for the one before; only `keep` checkpoints are kept.
   {
-    std::ofstream(dir.path() / "ffn.0.1" / "checkpoint-000099.dmoe") << "not a checkpoint";
+    std::ofstream(dir.path / "ffn.0.1" / "checkpoint-000099.dmoe") << "not a checkpoint";
     background_server s(o);
     BOOST_TEST(s.get().loaded_checkpoints().at("ffn.0.1").filename() == "checkpoint-000002.dmoe");
     expert_client client;
     BOOST_TEST(dmoe_test::bit_equal(client.forward(s.rpc_endpoint(), "ffn.0.1", x), before));
   }
   std::size_t files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path() / "ffn.0.1")) files += entry.is_regular_file();
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path / "ffn.0.1")) files += entry.is_regular_file();
   BOOST_TEST(files == 2u);
 }
 
@@ -307,22 +307,22 @@ BOOST_AUTO_TEST_CASE(requests_whose_callers_give_up_leave_the_queue_at_once) {
 BOOST_AUTO_TEST_CASE(key_files_that_cannot_be_used_are_refused_naming_why) {
   dmoe_test::temp_dir dir;
   // A new key is written, and read back the same.
-  const auto made = load_or_create_key(dir.path() / "server.key");
-  BOOST_TEST((load_or_create_key(dir.path() / "server.key").public_key() == made.public_key()));
+  const auto made = load_or_create_key(dir.path / "server.key");
+  BOOST_TEST((load_or_create_key(dir.path / "server.key").public_key() == made.public_key()));
   // A directory where the key should be: the read fails, and the error says so.
-  std::filesystem::create_directories(dir.path() / "a-directory");
+  std::filesystem::create_directories(dir.path / "a-directory");
   try {
-    load_or_create_key(dir.path() / "a-directory");
+    load_or_create_key(dir.path / "a-directory");
     BOOST_FAIL("a directory was taken for a key file");
   } catch (const system_error& e) {
     BOOST_TEST(std::string(e.what()).find("cannot read key file") != std::string::npos, e.what());
   }
   // An empty file is not replaced by a new identity.
-  std::ofstream(dir.path() / "empty.key").flush();
-  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "empty.key"), corrupt_error);
-  BOOST_TEST(std::filesystem::file_size(dir.path() / "empty.key") == 0u);
+  std::ofstream(dir.path / "empty.key").flush();
+  BOOST_CHECK_THROW(load_or_create_key(dir.path / "empty.key"), corrupt_error);
+  BOOST_TEST(std::filesystem::file_size(dir.path / "empty.key") == 0u);
   // No such directory.
-  BOOST_CHECK_THROW(load_or_create_key(dir.path() / "missing" / "server.key"), system_error);
+  BOOST_CHECK_THROW(load_or_create_key(dir.path / "missing" / "server.key"), system_error);
 }
 
 BOOST_AUTO_TEST_CASE(the_largest_max_batch_size_still_serves) {

@@ -1,6 +1,8 @@
 // Helpers of the server tests: a synchronous expert client over rpc_client, and small tensor helpers.
 #pragma once
 
+#include <temp_dir.hpp>
+
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/moe/expert_protocol.hpp>
 #include <dmoe/net/rpc_client.hpp>
@@ -100,24 +102,6 @@ struct compute_gate {
   ~compute_gate() { release(); }
 
   bool released = false;
-};
-
-// A temporary directory removed when the test ends, also when it fails.
-class temp_dir {
- public:
-  temp_dir() {
-    std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("dmoe-server-test-" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path_);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const noexcept { return path_; }
-
- private:
-  std::filesystem::path path_;
 };
 
 // A small ffn server's options: no DHT, no checkpoints.
