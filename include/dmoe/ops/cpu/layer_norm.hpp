@@ -29,6 +29,10 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/ops/cpu/reduction.hpp>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <mutex>
 #include <vector>
@@ -129,8 +133,32 @@ DMOE_DEF void layer_norm_backward(cpu_t, const tensor& x, const tensor& gamma, c
       const double s = sf;
       // One pass in double: sum(dxhat), sum(dxhat * (x - m_hi)) and sum(x - m_hi), whose mean is the part of the
       // row's mean that the f32 m_hi lost; dxhat = dy * gamma.
-      double a[8] = {}, bsum[8] = {}, c[8] = {};
+      alignas(32) double a[8] = {}, bsum[8] = {}, c[8] = {};
       std::int64_t i = 0;
+#if defined(__AVX__)
+      {  // The same 8 lanes in registers (g++ keeps the arrays below in memory: several times slower).
+        __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0;
+        const __m256d mh = _mm256_set1_pd(static_cast<double>(m_hi));
+        const auto lanes = [](const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); };
+        for (; i + 8 <= d; i += 8) {
+          const __m256d gy0 = _mm256_mul_pd(lanes(dyr + i), lanes(g + i));
+          const __m256d gy1 = _mm256_mul_pd(lanes(dyr + i + 4), lanes(g + i + 4));
+          const __m256d xc0 = _mm256_sub_pd(lanes(xr + i), mh), xc1 = _mm256_sub_pd(lanes(xr + i + 4), mh);
+          a0 = _mm256_add_pd(a0, gy0);
+          a1 = _mm256_add_pd(a1, gy1);
+          b0 = _mm256_add_pd(b0, _mm256_mul_pd(gy0, xc0));
+          b1 = _mm256_add_pd(b1, _mm256_mul_pd(gy1, xc1));
+          c0 = _mm256_add_pd(c0, xc0);
+          c1 = _mm256_add_pd(c1, xc1);
+        }
+        _mm256_store_pd(a, a0);
+        _mm256_store_pd(a + 4, a1);
+        _mm256_store_pd(bsum, b0);
+        _mm256_store_pd(bsum + 4, b1);
+        _mm256_store_pd(c, c0);
+        _mm256_store_pd(c + 4, c1);
+      }
+#endif
       for (; i + 8 <= d; i += 8)
         for (std::int64_t j = 0; j < 8; ++j) {
           const double gy = static_cast<double>(dyr[i + j]) * static_cast<double>(g[i + j]);
