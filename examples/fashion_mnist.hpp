@@ -7,6 +7,7 @@
 #include "child_process.hpp"
 #include "cli_support.hpp"
 
+#include <dmoe/async/timer.hpp>
 #include <dmoe/data.hpp>
 #include <dmoe/dht/node_thread.hpp>
 #include <dmoe/moe.hpp>
@@ -154,20 +155,18 @@ inline std::string join_uids(const std::vector<std::string>& uids) {
   return out;
 }
 
-// DHT nodes and servers on threads of this process, on 127.0.0.1.
+// A bootstrap DHT node and servers (each with a DHT node of its own) on threads of this process, on 127.0.0.1.
 class thread_swarm final : public swarm {
  public:
-  explicit thread_swarm(const config& c) : config_(c), shares_(expert_shares(c.grid, c.servers)) {
-    dmoe::dht::node_options first;
-    first.listen = dmoe::endpoint::loopback_v4(0);
-    dht_.push_back(std::make_unique<dmoe::dht::node_thread>(first));
+  explicit thread_swarm(const config& c)
+      : config_(c), shares_(expert_shares(c.grid, c.servers)), bootstrap_(bootstrap_options()) {
     servers_.resize(shares_.size());
     for (std::size_t i = 0; i < shares_.size(); ++i) start_server(i);
   }
   ~thread_swarm() override {
     for (auto& s : servers_) s.reset();  // each writes its final checkpoint
   }
-  std::vector<dmoe::endpoint> peers() const override { return {dht_.front()->local_endpoint()}; }
+  std::vector<dmoe::endpoint> peers() const override { return {bootstrap_.local_endpoint()}; }
   void stop_server(std::size_t i) override { servers_.at(i).reset(); }
   std::string start_server(std::size_t i) override {
     dmoe::server::server_options o;
@@ -189,13 +188,19 @@ class thread_swarm final : public swarm {
                        shares_[i].size());
   }
   std::string describe() const override {
-    return fmt::format("{} expert servers on threads, DHT at {}", servers_.size(), dht_.front()->local_endpoint());
+    return fmt::format("{} expert servers on threads, DHT at {}", servers_.size(), bootstrap_.local_endpoint());
   }
 
  private:
+  static dmoe::dht::node_options bootstrap_options() {
+    dmoe::dht::node_options o;
+    o.listen = dmoe::endpoint::loopback_v4(0);
+    return o;
+  }
+
   config config_;
   std::vector<std::vector<std::string>> shares_;
-  std::vector<std::unique_ptr<dmoe::dht::node_thread>> dht_;
+  dmoe::dht::node_thread bootstrap_;
   std::vector<std::unique_ptr<dmoe::server::background_server>> servers_;
 };
 
@@ -536,8 +541,10 @@ inline int train_and_evaluate(config c) {
     while (steady::now() < deadline && interrupted.load() == 0) {
       found = net->run([&]() -> dmoe::task<std::size_t> {
         auto declared = co_await dmoe::moe::get_experts(net->node(), uids);
-        co_return static_cast<std::size_t>(std::count_if(declared.begin(), declared.end(),
-                                                         [](const auto& d) { return d.has_value(); }));
+        const auto count = static_cast<std::size_t>(
+            std::count_if(declared.begin(), declared.end(), [](const auto& d) { return d.has_value(); }));
+        if (count < uids.size()) co_await dmoe::sleep_for(200ms);  // the next round of lookups, paced
+        co_return count;
       });
       if (found == uids.size() || (!c.initial_peers.empty() && found > 0)) break;
     }

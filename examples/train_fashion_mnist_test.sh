@@ -1,7 +1,8 @@
 #!/bin/bash
 # train_fashion_mnist --processes: the swarm runs as dmoe_dht_node and dmoe-server processes; a few steps train (with
 # fault injection on the expert calls); at the end every process it started is gone — after a normal end, after
-# SIGTERM, and after the trainer is killed. Then --dense with --checkpoint and --resume.
+# SIGTERM, and after the trainer is killed. Then --dense with --checkpoint and --resume, and a trainer joining a
+# dmoe-server's swarm with --initial-peers.
 set -euo pipefail
 trainer=$1
 out=$(mktemp -d)
@@ -90,5 +91,34 @@ status=0
   > "$out/stdout" 2> "$out/stderr" || status=$?
 [ "$status" -eq 2 ] && grep -q "was written with --batch-size 64, not 32" "$out/stderr" ||
   fail "a checkpoint of another batch size was not refused ($status)"
-echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume"
+# 5. Joining someone else's swarm (README "Train over several machines"): a dmoe-server started here, the trainer
+# with --initial-peers; then a trainer whose --hidden is not the servers' gives up with the schema's message.
+server="$(dirname "$trainer")/dmoe-server"
+"$server" --experts 'ffn.[0:4].[0:4]' --hidden-dim 32 --listen 127.0.0.1:0 --checkpoint-dir "$out/volunteer" \
+  > "$out/server.out" 2> "$out/server.err" &
+server_pid=$!
+pids=("$server_pid")
+join=
+for _ in $(seq 600); do
+  join=$(sed -n 's/^join with: --initial-peers //p' "$out/server.out")
+  [ -n "$join" ] && break
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$join" ] || { cat "$out/server.err"; fail "dmoe-server did not start"; }
+status=0
+"$trainer" --initial-peers "$join" --hidden 32 --batch-size 64 --epochs 0.01 --out "$out/joined" \
+  > "$out/stdout" 2> "$out/stderr" || status=$?
+[ "$status" -eq 0 ] || fail "the trainer joining $join exited with $status"
+grep -q '^16 of 16 experts declared in the DHT$' "$out/stdout" || fail "the volunteer's experts were not found"
+grep -q 'experts answering' "$out/stdout" || fail "no expert answered"
+tail -1 "$out/stdout" | grep -q '^{"demo":"train_fashion_mnist","test_accuracy":' || fail "no JSON line (joined)"
+status=0
+"$trainer" --initial-peers "$join" --hidden 16 --batch-size 64 --epochs 0.05 --out "$out/mismatch" \
+  > "$out/stdout" 2> "$out/stderr" || status=$?
+[ "$status" -eq 1 ] && grep -q 'the first 10 steps all failed; giving up' "$out/stderr" &&
+  grep -q 'schema' "$out/stdout" || fail "a --hidden other than the servers' was not refused ($status)"
+kill -TERM "$server_pid"
+wait "$server_pid" || fail "dmoe-server did not exit cleanly"
+echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume; joined a volunteer's swarm"
 
