@@ -9,8 +9,8 @@ out=$(mktemp -d)
 pid=
 pids=()
 cleanup() {
-  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$out"
 }
 trap cleanup EXIT
@@ -120,5 +120,6 @@ status=0
   grep -q 'schema' "$out/stdout" || fail "a --hidden other than the servers' was not refused ($status)"
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "dmoe-server did not exit cleanly"
+pids=()
 echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume; joined a volunteer's swarm"
 
