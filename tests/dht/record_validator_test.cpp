@@ -66,6 +66,32 @@ BOOST_AUTO_TEST_CASE(a_forged_signature_is_refused) {
               validation::missing_signature));
 }
 
+// The validator remembers records that verified: only a byte-for-byte copy skips the check, so a copy edited in
+// any field after the original was remembered is still refused, also once the memory started over.
+BOOST_AUTO_TEST_CASE(remembered_verifications_cover_exact_copies_only) {
+  const auto v = signed_by(alice, &alice_subkey, "10.0.0.1:4000", t0 + 10);
+  BOOST_TEST((validator.validate(key, &alice_subkey, v, std::nullopt) == validation::ok));
+  for (int round = 0; round < 2; ++round) {
+    BOOST_TEST((validator.validate(key, &alice_subkey, v, std::nullopt) == validation::ok));
+    auto edited = v;
+    edited.value = to_buffer("10.6.6.6:4000");
+    BOOST_TEST((validator.validate(key, &alice_subkey, edited, std::nullopt) == validation::bad_signature));
+    edited = v;
+    edited.expiration = t0 + 1000;
+    BOOST_TEST((validator.validate(key, &alice_subkey, edited, std::nullopt) == validation::bad_signature));
+    edited = v;
+    edited.signature[40] ^= std::byte{1};
+    BOOST_TEST((validator.validate(key, &alice_subkey, edited, std::nullopt) == validation::bad_signature));
+    BOOST_TEST((validator.validate(dht::key_of("ffn.4."), &alice_subkey, v, std::nullopt) == validation::bad_signature));
+    const byte_buffer other_subkey = to_buffer("18" + dht::owner_tag(alice.public_key()));
+    BOOST_TEST((validator.validate(key, &other_subkey, v, std::nullopt) == validation::bad_signature));
+    // Fill the memory past its size so that it starts over, then check again.
+    for (std::size_t i = 0; i * 200 < dht::record_validator::max_remembered_bytes; ++i)
+      BOOST_TEST_REQUIRE((validator.validate(key, &alice_subkey, signed_by(alice, &alice_subkey, "x", t0 + 11 + i),
+                                             std::nullopt) == validation::ok));
+  }
+}
+
 BOOST_AUTO_TEST_CASE(a_record_signed_by_another_key_is_refused) {
   const auto v = signed_by(mallory, &alice_subkey, "10.6.6.6:4000", t0 + 10);
   BOOST_TEST((validator.validate(key, &alice_subkey, v, std::nullopt) == validation::wrong_owner));

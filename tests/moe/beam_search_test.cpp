@@ -31,9 +31,18 @@ std::vector<std::vector<found_expert>> search(expert_directory& directory, const
   return sync_wait(beam_search(directory, scores, options, k));
 }
 
+// Every next coordinate of a prefix, leaf or inner.
 std::set<std::uint32_t> coordinates_of(const prefix_successors& s) {
   std::set<std::uint32_t> out;
-  for (const auto& [c, d] : s.next) out.insert(c);
+  for (const auto c : s.leaf_coordinates()) out.insert(c);
+  for (const auto c : s.inner_coordinates()) out.insert(c);
+  return out;
+}
+
+// "[a,b) [c,d)" for a list of ranges.
+std::string successor_text(const std::vector<coordinate_range>& ranges) {
+  std::string out;
+  for (const auto& r : ranges) out += fmt::format("{}[{},{})", out.empty() ? "" : " ", r.begin, r.end);
   return out;
 }
 
@@ -111,15 +120,18 @@ BOOST_AUTO_TEST_CASE(skips_excluded_experts_coordinates_outside_the_grid_and_lyi
   BOOST_TEST(found[0][0].uid == "ffn.1.2");
   BOOST_TEST(found[0][1].uid == "ffn.0.0");
 
-  // A dictionary entry whose declaration names another prefix is not a successor.
-  dht::record lying;
-  lying.is_dictionary = true;
-  lying.subkeys.emplace(to_buffer("3"), dht::timed_value{encode_declaration("ffn.4.3", fake_server(1)), 1e12, {}});
-  lying.subkeys.emplace(to_buffer("03"), dht::timed_value{encode_declaration("ffn.1.03", fake_server(1)), 1e12, {}});
-  lying.subkeys.emplace(to_buffer("4"), dht::timed_value{encode_declaration("ffn.1.4", fake_server(2)), 1e12, {}});
-  lying.subkeys.emplace(to_buffer("5"), dht::timed_value{to_buffer("garbage"), 1e12, {}});
-  const prefix_successors read = read_successors("ffn.1.", lying);
-  BOOST_TEST(coordinates_of(read) == (std::set<std::uint32_t>{4}));
+  // Leaves and inner successors are told apart: under "ffn.", 0 and 1 lead further and no expert is named
+  // "ffn.0", so a 1-D search over the same name finds nothing.
+  const auto flat = search(directory, tensor::from(shape{1, 2}, {1.0f, 2.0f}), {"ffn", {2}, 2}, 2);
+  BOOST_TEST(flat[0].empty());
+  // An expert two servers claim is served where its own record says (the first declaration here), asked once.
+  directory.add("ffn.1.3", fake_server(9013));
+  directory.add("ffn.1.3", fake_server(9666));
+  const auto claimed = search(directory, tensor::from(shape{1, 6}, {0.0f, 1.0f, 0.0f, 0.0f, 0.0f, 5.0f}), {"ffn", {2, 4}, 4}, 1);
+  BOOST_REQUIRE_EQUAL(claimed[0].size(), 1u);
+  BOOST_TEST(claimed[0][0].uid == "ffn.1.3");
+  BOOST_TEST(claimed[0][0].server == fake_server(9013));
+  BOOST_TEST(directory.owner_queries == 1u);
   BOOST_CHECK_THROW(search(directory, tensor::from(shape{1, 5}, {0.f, 0.f, 0.f, 0.f, 0.f}), {"ffn", {2, 4}, 4}, 1),
                     shape_error);
   BOOST_CHECK_THROW(search(directory, tensor::from(shape{1, 6}, {0.f, NAN, 0.f, 0.f, 0.f, 0.f}), {"ffn", {2, 4}, 4}, 1),
@@ -141,15 +153,30 @@ BOOST_AUTO_TEST_CASE(declared_records_and_their_successors) {
     const wall_seconds expiration = dmoe_test::now_wall() + 600;
     const endpoint server("127.0.0.1", 7000);
     const auto entries = declaration_entries({"e.1.2.3", "e.1.2.5", "e.2.0"}, server, expiration, key);
-    // Exactly: three uid keys, and one entry per (prefix, next): e.->1, e.1.->2, e.1.2.->3, e.1.2.->5, e.->2, e.2.->0.
-    std::multiset<std::pair<dht::key_id, std::string>> got;
-    for (const auto& e : entries)
-      got.emplace(e.key, e.subkey ? std::string(reinterpret_cast<const char*>(e.subkey->data()), e.subkey->size())
-                                  : std::string("<plain>"));
-    const std::multiset<std::pair<dht::key_id, std::string>> want{
-        {dht::key_of("e.1.2.3"), "<plain>"}, {dht::key_of("e.1.2.5"), "<plain>"}, {dht::key_of("e.2.0"), "<plain>"},
-        {dht::key_of("e."), "1"},          {dht::key_of("e.1."), "2"},         {dht::key_of("e.1.2."), "3"},
-        {dht::key_of("e.1.2."), "5"},      {dht::key_of("e."), "2"},           {dht::key_of("e.2."), "0"}};
+    // Exactly: three uid keys, and under each prefix one successor set under the server's owner subkey:
+    // e. -> inner {1, 2}; e.1. -> inner {2}; e.1.2. -> leaves {3, 5}; e.2. -> leaves {0}.
+    const std::string owner = dht::owner_tag(key.public_key());
+    std::map<std::pair<dht::key_id, std::string>, std::string> got;
+    for (const auto& e : entries) {
+      std::string what = "<declaration>";
+      if (e.subkey) {
+        const auto set = decode_successor_set(e.value);
+        BOOST_REQUIRE(set);
+        BOOST_TEST(set->server == server);
+        what = fmt::format("leaves {} inner {}", successor_text(set->leaves), successor_text(set->inner));
+      } else {
+        BOOST_TEST(decode_declaration(e.value, e.expiration)->server == server);
+      }
+      BOOST_TEST(got.emplace(std::pair{e.key, e.subkey ? std::string(as_string_view(*e.subkey)) : "<plain>"}, what).second);
+    }
+    const std::map<std::pair<dht::key_id, std::string>, std::string> want{
+        {{dht::key_of("e.1.2.3"), "<plain>"}, "<declaration>"},
+        {{dht::key_of("e.1.2.5"), "<plain>"}, "<declaration>"},
+        {{dht::key_of("e.2.0"), "<plain>"}, "<declaration>"},
+        {{dht::key_of("e."), owner}, "leaves  inner [1,3)"},
+        {{dht::key_of("e.1."), owner}, "leaves  inner [2,3)"},
+        {{dht::key_of("e.1.2."), owner}, "leaves [3,4) [5,6) inner "},
+        {{dht::key_of("e.2."), owner}, "leaves [0,1) inner "}};
     BOOST_TEST((got == want));
     const auto stored = co_await nodes[3].store_many(entries);
     for (const auto& s : stored) BOOST_TEST(s.replicas > 0u);
@@ -160,12 +187,16 @@ BOOST_AUTO_TEST_CASE(declared_records_and_their_successors) {
     const std::vector<std::string> not_prefix{"e"};
     const auto found = co_await successors(nodes[6], prefixes);
     BOOST_TEST(coordinates_of(found[0]) == (std::set<std::uint32_t>{3, 5}));
-    BOOST_TEST(found[0].next.at(5).uid == "e.1.2.5");
-    BOOST_TEST(found[0].next.at(5).server == server);
+    BOOST_TEST(found[0].leaf_coordinates() == (std::vector<std::uint32_t>{3, 5}), boost::test_tools::per_element());
+    BOOST_TEST(found[0].inner.empty());
+    BOOST_REQUIRE(found[0].expert_server(5));
+    BOOST_TEST(*found[0].expert_server(5) == server);
+    BOOST_TEST(!found[0].expert_server(4));
     BOOST_TEST(coordinates_of(found[1]) == (std::set<std::uint32_t>{0}));
-    BOOST_TEST(found[2].next.empty());
+    BOOST_TEST(found[2].empty());
     BOOST_TEST(!found[2].found);
     BOOST_TEST(coordinates_of(found[3]) == (std::set<std::uint32_t>{1, 2}));
+    BOOST_TEST(found[3].leaves.empty());
     BOOST_TEST(coordinates_of(found[4]) == (std::set<std::uint32_t>{2}));
     const auto experts = co_await get_experts(nodes[5], uids);
     BOOST_REQUIRE(experts[0].has_value());
@@ -200,10 +231,9 @@ BOOST_AUTO_TEST_CASE(every_query_of_a_batch_gets_k_experts_on_a_20_node_dht) {
       auto entries = declaration_entries(per_server[s], endpoint("127.0.0.1", static_cast<std::uint16_t>(7000 + s)),
                                          expiration, dht::ed25519_keypair::generate());
       const auto stored = co_await nodes[s * 4].store_many(entries);
-      // A prefix entry another server signed first is refused (it says the same: a live successor exists); every
-      // expert's own entries are stored.
-      for (std::size_t e = 0; e < entries.size(); ++e)
-        if (!entries[e].subkey || entries[e].key != dht::key_of("ffn.")) BOOST_REQUIRE(stored[e].replicas > 0u);
+      // Every server's entries are stored, prefixes shared with other servers included (each under its own
+      // owner subkey).
+      for (std::size_t e = 0; e < entries.size(); ++e) BOOST_REQUIRE(stored[e].replicas > 0u);
     }
     dht_expert_directory directory(nodes[19]);
     random_engine rng(11);
@@ -231,6 +261,40 @@ BOOST_AUTO_TEST_CASE(every_query_of_a_batch_gets_k_experts_on_a_20_node_dht) {
   }));
 }
 
+// A server that claims another's expert in its successor set (anyone may sign one) does not get its calls: the
+// expert's own uid record, owned by its first signer, settles the claim, and only contested experts are looked up.
+BOOST_AUTO_TEST_CASE(a_claimed_expert_is_served_where_its_own_record_says) {
+  io_context ctx;
+  dmoe_test::swarm nodes(ctx);
+  sync_wait(ctx, nodes.run([&]() -> task<void> {
+    nodes.add();
+    BOOST_REQUIRE_EQUAL(co_await nodes.grow(9), 9u);
+    const wall_seconds expiration = dmoe_test::now_wall() + 600;
+    const endpoint honest("127.0.0.1", 7000), attacker("127.0.0.1", 7666);
+    const std::vector<std::string> hosted{"ffn.0.0", "ffn.0.1", "ffn.0.2", "ffn.0.3"}, claimed{"ffn.0.1", "ffn.0.3"};
+    const auto declared = declaration_entries(hosted, honest, expiration, dht::ed25519_keypair::generate());
+    const auto honest_stored = co_await nodes[0].store_many(declared);
+    for (const auto& s : honest_stored) BOOST_REQUIRE(s.replicas > 0u);
+    const auto claims = declaration_entries(claimed, attacker, expiration + 100, dht::ed25519_keypair::generate());
+    const auto stored = co_await nodes[1].store_many(claims);
+    for (std::size_t i = 0; i < claims.size(); ++i)  // its successor sets are stored, its uid records refused
+      BOOST_TEST((stored[i].replicas > 0u) == claims[i].subkey.has_value());
+
+    dht_expert_directory directory(nodes[5]);
+    const tensor scores = tensor::from(shape{2, 5}, {0.f, 1.f, 4.f, 2.f, 3.f,  //
+                                                     0.f, 4.f, 3.f, 2.f, 1.f});
+    const beam_search_options row{"ffn", {1, 4}, 4};
+    const auto found = co_await beam_search(directory, scores, row, 4, deadline_after(10s));
+    for (const auto& sample : found) {
+      BOOST_REQUIRE_EQUAL(sample.size(), 4u);
+      for (const auto& e : sample) BOOST_TEST(e.server == honest, e.uid);
+    }
+    BOOST_TEST(directory.stats().owner_gets == 1u);  // ffn.0.1 and ffn.0.3 of both samples in one crawl
+    co_await beam_search(directory, scores, row, 4, deadline_after(10s));
+    BOOST_TEST(directory.stats().owner_gets == 1u);  // remembered
+  }));
+}
+
 BOOST_AUTO_TEST_CASE(empty_prefixes_are_cached_and_marked_for_a_fresh_node) {
   io_context ctx;
   dmoe_test::swarm nodes(ctx);
@@ -241,8 +305,9 @@ BOOST_AUTO_TEST_CASE(empty_prefixes_are_cached_and_marked_for_a_fresh_node) {
     // "ffn." lists first coordinate 3, but nothing live under "ffn.3." (its entries were lost or expired).
     auto entries = declaration_entries({"ffn.1.1"}, endpoint("127.0.0.1", 7000), expiration,
                                        dht::ed25519_keypair::generate());
-    entries.push_back(dht::store_entry{dht::key_of("ffn."), to_buffer("3"),
-                                       encode_declaration("ffn.3.0", endpoint("127.0.0.1", 7001)), expiration, {}});
+    for (auto& e : declaration_entries({"ffn.3.0"}, endpoint("127.0.0.1", 7001), expiration,
+                                       dht::ed25519_keypair::generate()))
+      if (e.key == dht::key_of("ffn.")) entries.push_back(std::move(e));
     co_await nodes[0].store_many(entries);
 
     dht_expert_directory directory(nodes[5]);
@@ -265,7 +330,7 @@ BOOST_AUTO_TEST_CASE(empty_prefixes_are_cached_and_marked_for_a_fresh_node) {
     const auto seen = co_await successors(fresh, asked);
     BOOST_TEST(seen[0].found);
     BOOST_TEST(seen[0].marked_empty);
-    BOOST_TEST(seen[0].next.empty());
+    BOOST_TEST(seen[0].empty());
     BOOST_TEST(!seen[1].marked_empty);
     BOOST_TEST(coordinates_of(seen[1]) == (std::set<std::uint32_t>{1}));
   }));

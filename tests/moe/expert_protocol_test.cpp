@@ -97,17 +97,38 @@ BOOST_AUTO_TEST_CASE(declaration_entries_cover_uids_and_each_prefix_once) {
   const auto key = dht::ed25519_keypair::generate();
   const endpoint at("127.0.0.5", 4000);
   const auto entries = declaration_entries({"ffn.0.3", "ffn.0.4", "ffn.1.3"}, at, 1e9, key);
-  BOOST_TEST(entries.size() == 8u);  // 3 uids + ffn./0, ffn./1, ffn.0./3, ffn.0./4, ffn.1./3
+  BOOST_TEST(entries.size() == 6u);  // 3 uids + one successor set each under ffn., ffn.0., ffn.1.
   const dht::record_validator validator;
+  std::size_t sets = 0;
   for (const auto& e : entries) {
     BOOST_TEST((validator.validate(e.key, e.subkey ? &*e.subkey : nullptr, {e.value, e.expiration, e.signature},
                                    std::nullopt) == dht::validation::ok));
-    const auto d = decode_declaration(e.value, e.expiration);
-    BOOST_REQUIRE(d);
-    BOOST_TEST(d->server == at);
+    if (e.subkey) {
+      BOOST_TEST(as_string_view(*e.subkey) == dht::owner_tag(key.public_key()));
+      const auto set = decode_successor_set(e.value);
+      BOOST_REQUIRE(set);
+      BOOST_TEST(set->server == at);
+      if (e.key == dht::key_of("ffn.0.")) {
+        BOOST_TEST((set->leaves == std::vector<coordinate_range>{{3, 5}}));
+        BOOST_TEST(set->inner.empty());
+      }
+      if (e.key == dht::key_of("ffn.")) {
+        BOOST_TEST(set->leaves.empty());
+        BOOST_TEST((set->inner == std::vector<coordinate_range>{{0, 2}}));
+      }
+      ++sets;
+    } else {
+      const auto d = decode_declaration(e.value, e.expiration);
+      BOOST_REQUIRE(d);
+      BOOST_TEST(d->server == at);
+    }
   }
+  BOOST_TEST(sets == 3u);
   BOOST_TEST(!decode_declaration(to_buffer("garbage"), 1.0));
   BOOST_TEST(!decode_declaration(encode_declaration("ffn.1", endpoint("127.0.0.1", 0)), 1.0));  // no port
+  BOOST_TEST(!decode_successor_set(encode_successor_set({endpoint("127.0.0.1", 0), {{1, 2}}, {}})));  // no port
+  BOOST_TEST(!decode_successor_set(to_buffer("garbage")));
+  BOOST_TEST((ranges_of({0, 1, 2, 5, 7, 8}) == std::vector<coordinate_range>{{0, 3}, {5, 6}, {7, 9}}));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -28,17 +29,19 @@
 
 namespace dmoe_test {
 
-// A directory that knows a fixed list of experts, as honest servers would have declared them (one entry per
-// (prefix, next coordinate): the first uid given).
+// A directory that knows a fixed list of experts, as honest servers would have declared them: per prefix, one
+// successor set per server under an owner subkey, read back through moe::read_successors.
 class list_directory final : public dmoe::moe::expert_directory {
  public:
   list_directory() = default;
+  // Declares `uid` at `server`; the first server given for a uid owns its uid record (see owners()).
   void add(const std::string& uid, const dmoe::endpoint& server) {
-    for (const auto& p : dmoe::moe::uid_prefixes(uid)) {
-      auto& entry = prefixes_[p.prefix];
-      if (!entry) entry = std::make_shared<dmoe::moe::prefix_successors>();
-      entry->found = true;
-      entry->next.emplace(static_cast<std::uint32_t>(std::stoul(p.next)), dmoe::moe::expert_declaration{uid, server, 0});
+    owners_.emplace(uid, server);
+    const auto chain = dmoe::moe::uid_prefixes(uid);
+    for (std::size_t i = 0; i < chain.size(); ++i) {
+      auto& sets = prefixes_[chain[i].prefix][server.to_string()];
+      sets.server = server;
+      (i + 1 == chain.size() ? sets.leaves : sets.inner).insert(static_cast<std::uint32_t>(std::stoul(chain[i].next)));
     }
   }
   dmoe::task<std::vector<dmoe::moe::successors_ref>> successors(std::vector<std::string> prefixes,
@@ -48,16 +51,49 @@ class list_directory final : public dmoe::moe::expert_directory {
     for (const auto& p : prefixes) {
       asked.push_back(p);
       const auto it = prefixes_.find(p);
-      out.push_back(it == prefixes_.end() ? std::make_shared<const dmoe::moe::prefix_successors>() : it->second);
+      if (it == prefixes_.end()) {
+        out.push_back(std::make_shared<const dmoe::moe::prefix_successors>());
+        continue;
+      }
+      dmoe::dht::record r;
+      r.is_dictionary = true;
+      for (const auto& [address, sets] : it->second) {
+        dmoe::dht::ed25519_public_key owner{};
+        const std::size_t h = std::hash<std::string>{}(address);
+        for (std::size_t i = 0; i < owner.size(); ++i) owner[i] = static_cast<std::byte>(h >> (8 * (i % 8)));
+        const dmoe::moe::successor_set set{
+            sets.server, dmoe::moe::ranges_of({sets.leaves.begin(), sets.leaves.end()}),
+            dmoe::moe::ranges_of({sets.inner.begin(), sets.inner.end()})};
+        r.subkeys.emplace(dmoe::to_buffer(dmoe::dht::owner_tag(owner)),
+                          dmoe::dht::timed_value{dmoe::moe::encode_successor_set(set), 1e12, {}});
+      }
+      out.push_back(std::make_shared<const dmoe::moe::prefix_successors>(dmoe::moe::read_successors(r)));
+    }
+    co_return out;
+  }
+
+  dmoe::task<std::vector<std::optional<dmoe::endpoint>>> owners(std::vector<std::string> uids,
+                                                                dmoe::steady_time) override {
+    ++owner_queries;
+    std::vector<std::optional<dmoe::endpoint>> out;
+    for (const auto& uid : uids) {
+      const auto it = owners_.find(uid);
+      out.push_back(it == owners_.end() ? std::nullopt : std::optional(it->second));
     }
     co_return out;
   }
 
   std::size_t queries = 0;
+  std::size_t owner_queries = 0;
   std::vector<std::string> asked;
 
  private:
-  std::map<std::string, std::shared_ptr<dmoe::moe::prefix_successors>> prefixes_;
+  struct server_sets {
+    dmoe::endpoint server;
+    std::set<std::uint32_t> leaves, inner;
+  };
+  std::map<std::string, std::map<std::string, server_sets>> prefixes_;  // prefix -> server address -> its sets
+  std::map<std::string, dmoe::endpoint> owners_;
 };
 
 // How an expert of a faulty_expert_server behaves.

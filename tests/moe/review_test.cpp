@@ -510,29 +510,56 @@ BOOST_AUTO_TEST_CASE(beam_search_equals_product_key_topk_under_ties) {
   }
 }
 
-// read_successors against hostile records: a declaration under the wrong prefix or coordinate, a non-canonical
-// coordinate, coordinates far outside the grid, and the "-" marker next to live entries (live entries win).
+// read_successors against hostile records: successor sets that are malformed (empty, unordered or overlapping
+// ranges, coordinates past the uid limit, another version, trailing bytes), a set under a subkey that names no
+// owner, overlapping leaves of two servers, coordinates far outside any grid, and the "-" marker next to live
+// entries (live entries win).
 BOOST_AUTO_TEST_CASE(read_successors_and_beam_search_skip_hostile_records) {
-  const endpoint at("127.0.0.1", 9000);
+  const endpoint at("127.0.0.1", 9000), other("127.0.0.1", 9001);
   dht::record rec;
   rec.is_dictionary = true;
-  const auto put = [&](const std::string& subkey, const std::string& uid) {
-    dht::timed_value v;
-    v.value = encode_declaration(uid, at);
-    v.expiration = 1e12;
-    rec.subkeys[to_buffer(subkey)] = v;
+  std::uint8_t next_owner = 1;
+  const auto put_bytes = [&](byte_buffer value, double expiration = 1e12) {
+    dht::ed25519_public_key owner{};
+    owner.fill(std::byte{next_owner++});
+    rec.subkeys[to_buffer(dht::owner_tag(owner))] = dht::timed_value{std::move(value), expiration, {}};
   };
-  put("0", "ffn.0.5");          // honest
-  put("1", "ffn.2.5");          // another coordinate
-  put("2", "ffo.2.5");          // another layer
-  put("03", "ffn.3.5");         // non-canonical
-  put("4", "ffn.42.1");         // "4" is a prefix of "42" only as text
-  put("2147483647", "ffn.2147483647.0");  // far outside any grid
+  const auto put = [&](std::vector<coordinate_range> leaves, std::vector<coordinate_range> inner,
+                       const endpoint& server = endpoint("127.0.0.1", 9000), double expiration = 1e12) {
+    put_bytes(encode_successor_set({server, std::move(leaves), std::move(inner)}), expiration);
+  };
+  put({{0, 1}}, {{7, 9}});                     // honest
+  put({{5, 5}}, {});                           // an empty range
+  put({{6, 8}, {3, 4}}, {});                   // out of order
+  put({{10, 13}, {12, 14}}, {});               // overlapping
+  put({{20, 21}}, {{2147483647, 2147483649}});  // past the largest coordinate
+  put({{2147483646, 2147483648}}, {});         // far outside any grid, but valid
+  put({{1, 3}}, {}, other, 1e11);              // overlaps the next one, starts first: serves 1 and 2
+  put({{2, 5}}, {}, at, 1e12);                 // serves 3 and 4
+  byte_buffer versioned = encode_successor_set({at, {{30, 31}}, {}});
+  versioned[0] = std::byte{1};
+  put_bytes(versioned);                                // another version
+  byte_buffer trailing = encode_successor_set({at, {{31, 32}}, {}});
+  trailing.push_back(std::byte{0});
+  put_bytes(trailing);                                 // trailing bytes
+  put_bytes(encode_declaration("ffn.0.5", at));        // an old-style declaration
+  byte_buffer huge_count = encode_successor_set({at, {}, {}});
+  huge_count[huge_count.size() - 5] = std::byte{0xff};  // the leaves' count: ~4e9 ranges announced, none there
+  put_bytes(huge_count);
+  rec.subkeys[to_buffer("33")] =
+      dht::timed_value{encode_successor_set({at, {{33, 34}}, {}}), 1e12, {}};  // names no owner
   rec.subkeys[to_buffer(std::string(empty_prefix_subkey))] = dht::timed_value{};
-  const prefix_successors s = read_successors("ffn.", rec);
-  BOOST_TEST(s.next.size() == 2u);
-  BOOST_TEST(s.next.contains(0u));
-  BOOST_TEST(s.next.contains(2147483647u));
+  const prefix_successors s = read_successors(rec);
+  BOOST_TEST(s.leaf_coordinates(std::numeric_limits<std::uint32_t>::max()) ==
+                 (std::vector<std::uint32_t>{0, 1, 2, 3, 4, 2147483646, 2147483647}),
+             boost::test_tools::per_element());
+  BOOST_TEST(s.inner_coordinates() == (std::vector<std::uint32_t>{7, 8}), boost::test_tools::per_element());
+  BOOST_TEST(*s.expert_server(1) == other);
+  BOOST_TEST(*s.expert_server(2) == other);
+  BOOST_TEST(*s.expert_server(3) == at);
+  BOOST_TEST(s.expert_server(5) == nullptr);
+  BOOST_TEST(s.has_inner(8));
+  BOOST_TEST(!s.has_inner(9));
   BOOST_TEST(!s.marked_empty);
 }
 

@@ -69,21 +69,23 @@ BOOST_AUTO_TEST_CASE(uids_and_prefixes_are_declared_signed_and_expire_after_the_
   BOOST_TEST(declared->expiration == clock.wall_now() + 90.0);
   BOOST_TEST((moe::declaration_signer(uid->value) == key));
 
-  // Prefix entries: "ffn." holds subkeys 0 and 1; "ffn.0." holds 3 and 4; each names its uid, signed.
+  // Prefix entries: one successor set of the server's under each prefix, under its owner subkey and signed by it:
+  // "ffn." leads on to 0 and 1; "ffn.0." holds experts 3 and 4 at the server's endpoint.
   const auto top = peer.get(dht::key_of("ffn."), true);
   BOOST_REQUIRE(top && top->is_dictionary);
-  std::vector<std::string> subkeys;
-  for (const auto& [subkey, value] : top->subkeys) {
-    subkeys.emplace_back(as_string_view(subkey));
-    BOOST_TEST((moe::declaration_signer(value) == key));
-  }
-  BOOST_TEST(subkeys == (std::vector<std::string>{"0", "1"}), boost::test_tools::per_element());
+  BOOST_REQUIRE_EQUAL(top->subkeys.size(), 1u);
+  BOOST_TEST(as_string_view(top->subkeys.begin()->first) == dht::owner_tag(key));
+  BOOST_TEST((moe::declaration_signer(top->subkeys.begin()->second) == key));
+  const auto top_set = moe::decode_successor_set(top->subkeys.begin()->second.value);
+  BOOST_REQUIRE(top_set);
+  BOOST_TEST((top_set->inner == std::vector<moe::coordinate_range>{{0, 2}}));
+  BOOST_TEST(top_set->leaves.empty());
   const auto row = peer.get(dht::key_of("ffn.0."), true);
   BOOST_REQUIRE(row && row->is_dictionary);
-  BOOST_REQUIRE_EQUAL(row->subkeys.size(), 2u);
-  const auto four = row->subkeys.find(to_buffer("4"));
-  BOOST_REQUIRE(four != row->subkeys.end());
-  BOOST_TEST(moe::decode_declaration(four->second.value, four->second.expiration)->uid == "ffn.0.4");
+  const moe::prefix_successors successors = moe::read_successors(row);
+  BOOST_TEST(successors.leaf_coordinates() == (std::vector<std::uint32_t>{3, 4}), boost::test_tools::per_element());
+  BOOST_REQUIRE(successors.expert_server(4));
+  BOOST_TEST(*successors.expert_server(4) == at);
 
   s.reset();  // stops the server: no more declarations
   BOOST_TEST(peer.get(dht::key_of("ffn.1.3"), true).has_value());  // still alive until its expiration
@@ -100,14 +102,20 @@ BOOST_AUTO_TEST_CASE(a_declaration_signed_by_another_key_is_refused) {
   background_server s(dht_server_options(bootstrap, clock, {"ffn.0.0"}));
   BOOST_REQUIRE(wait_for(peer, "ffn.0.0", s));
 
-  // An attacker redirects ffn.0.0 to itself, signing with its own key and a later expiration.
+  // An attacker redirects ffn.0.0 to itself, signing with its own key and a later expiration: its uid record is
+  // refused (the server's key owns it); its successor sets are stored under its own owner subkey, which makes
+  // ffn.0.0 contested, settled by the uid record (moe::beam_search).
   const auto attacker = dht::ed25519_keypair::generate();
   const endpoint fake("127.0.0.1", 1);
   const auto entries = moe::declaration_entries({"ffn.0.0"}, fake, clock.wall_now() + 1000, attacker);
   const auto outcomes = peer.store_many(entries);
-  for (const auto& outcome : outcomes) {
-    BOOST_TEST(outcome.replicas == 0u);
-    BOOST_TEST((outcome.refusal == dht::store_result::refused));
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].subkey) {
+      BOOST_TEST(outcomes[i].replicas > 0u);
+    } else {
+      BOOST_TEST(outcomes[i].replicas == 0u);
+      BOOST_TEST((outcomes[i].refusal == dht::store_result::refused));
+    }
   }
   // Unsigned, it is refused as well.
   const auto unsigned_outcome =
@@ -116,6 +124,14 @@ BOOST_AUTO_TEST_CASE(a_declaration_signed_by_another_key_is_refused) {
   const auto found = peer.get(dht::key_of("ffn.0.0"), true);
   BOOST_REQUIRE(found);
   BOOST_TEST(moe::decode_declaration(found->value.value, found->value.expiration)->server == s.rpc_endpoint());
+  const auto row = moe::read_successors(peer.get(dht::key_of("ffn.0."), true));
+  BOOST_TEST(row.is_contested(0));
+  // Nor can it replace the server's own successor set: that subkey is owned by the server's key.
+  auto forged = entries.back();
+  BOOST_REQUIRE(forged.subkey);
+  forged.subkey = to_buffer(dht::owner_tag(*s.get().public_key()));
+  forged = dht::store_entry{forged.key, forged.subkey, forged.value, forged.expiration, {}}.signed_by(attacker);
+  BOOST_TEST(peer.store_many({forged})[0].replicas == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(start_and_stop_three_times_on_one_dht_keeping_the_identity_in_the_key_file) {

@@ -1,16 +1,17 @@
 // moe::beam_search: the best k live experts of each sample, found one grid dimension at a time through the DHT.
 //
-// Servers declare, for every expert "ffn.3.17", dictionary entries under each proper prefix ("ffn." -> 3,
-// "ffn.3." -> 17; moe/expert_records.hpp). The search starts from the root prefix "ffn.", whose subkeys are the
-// first coordinates that have a live expert, keeps the `beam_size` best of them by their dimension-0 score, asks for
-// the successors of those prefixes, keeps the best `beam_size` two-coordinate prefixes by their partial sums, and so
-// on; at the last dimension the successors are the experts themselves (uid and endpoint), of which it returns the k
-// best. A whole batch is searched together: one directory query per dimension for the union of every sample's beam.
-// With beam_size >= k the result is the exact top-k over live experts whenever the live experts fill a product
-// sub-grid (every live prefix of a dimension then has the same successors); otherwise it is the beam's best.
-// (Lample et al. 2019, "Large Memory Layers with Product Keys", for the product-key scores; Ryabinin & Gusev 2020,
-// "Towards Crowdsourced Training of Large Neural Networks using Decentralized Mixture-of-Experts", for the search
-// over the DHT.)
+// Servers declare, under every proper prefix of their experts' uids, a successor set (moe/expert_records.hpp):
+// "ffn." -> inner {3} and "ffn.3." -> leaves {17} at its endpoint, for expert "ffn.3.17". The search starts from
+// the root prefix "ffn.", whose inner successors are the first coordinates that lead to a live expert, keeps the
+// `beam_size` best of them by their dimension-0 score, asks for the successors of those prefixes, keeps the best
+// `beam_size` two-coordinate prefixes by their partial sums, and so on; at the last dimension the leaves are the
+// experts themselves (uid = prefix + coordinate, with the endpoint of the set that names it), of which it returns
+// the k best. A whole batch is searched together: one directory query per dimension for the union of every
+// sample's beam. With beam_size >= k the result is the exact top-k over live experts whenever the live experts fill
+// a product sub-grid (every live prefix of a dimension then has the same successors); otherwise it is the beam's
+// best. (Lample et al. 2019, "Large Memory Layers with Product Keys", for the product-key scores; Ryabinin & Gusev
+// 2020, "Towards Crowdsourced Training of Large Neural Networks using Decentralized Mixture-of-Experts", for the
+// search over the DHT.)
 #pragma once
 
 #include <dmoe/async/endpoint.hpp>
@@ -29,7 +30,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -57,6 +60,13 @@ class expert_directory {
   virtual ~expert_directory() = default;
   // The successors of each prefix (never null), in the order asked; ends by `deadline` with what it has by then.
   virtual task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) = 0;
+  // Where each expert's own record says it is served, in the order asked (nothing where no live record names it);
+  // ends by `deadline`. A beam search asks it only for chosen experts that several successor sets claim
+  // (prefix_successors::contested). This default knows no records: such experts are dropped.
+  virtual task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) {
+    (void)deadline;
+    co_return std::vector<std::optional<endpoint>>(uids.size());
+  }
 };
 
 struct dht_directory_options {
@@ -74,6 +84,7 @@ struct directory_stats {
   std::uint64_t keys_asked = 0;   // prefixes asked of the DHT
   std::uint64_t cache_hits = 0;   // prefixes answered from the cache
   std::uint64_t markers_stored = 0;
+  std::uint64_t owner_gets = 0;   // get_many crawls for the uid records of contested experts
 };
 
 // The directory of a DHT node: one get_many per query for the prefixes it does not remember, with a cache of live
@@ -109,7 +120,7 @@ class dht_expert_directory final : public expert_directory {
     std::vector<dht::store_entry> markers;
     if (cache_.size() + missing.size() > options_.max_cached) evict(after);
     for (std::size_t j = 0; j < missing.size(); ++j) {
-      const bool empty = got[j].next.empty();
+      const bool empty = got[j].empty();
       const bool marked = got[j].marked_empty;
       auto shared = std::make_shared<const prefix_successors>(std::move(got[j]));
       if (!empty || complete) {
@@ -134,8 +145,41 @@ class dht_expert_directory final : public expert_directory {
     co_return out;
   }
 
+  // Reads the uid records (moe::get_experts) of the experts not remembered; found owners are remembered live_for.
+  task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override {
+    const steady_time now = std::chrono::steady_clock::now();
+    std::vector<std::optional<endpoint>> out(uids.size());
+    std::vector<std::string> missing;
+    std::vector<std::size_t> at;
+    for (std::size_t i = 0; i < uids.size(); ++i) {
+      const auto it = owners_.find(uids[i]);
+      if (it != owners_.end() && it->second.until > now) {
+        out[i] = it->second.server;
+      } else {
+        missing.push_back(uids[i]);
+        at.push_back(i);
+      }
+    }
+    if (missing.empty()) co_return out;
+    ++stats_.owner_gets;
+    const auto found = co_await get_experts(node_, missing, deadline);
+    const steady_time after = std::chrono::steady_clock::now();
+    if (owners_.size() + missing.size() > options_.max_cached) std::erase_if(owners_, [after](const auto& entry) {
+      return entry.second.until <= after;
+    });
+    for (std::size_t j = 0; j < missing.size(); ++j) {
+      if (!found[j]) continue;
+      out[at[j]] = found[j]->server;
+      if (owners_.size() < options_.max_cached) owners_[missing[j]] = owner{after + options_.live_for, found[j]->server};
+    }
+    co_return out;
+  }
+
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
-  void clear_cache() { cache_.clear(); }
+  void clear_cache() {
+    cache_.clear();
+    owners_.clear();
+  }
   const directory_stats& stats() const noexcept { return stats_; }
   dht::node& node() noexcept { return node_; }
 
@@ -150,9 +194,15 @@ class dht_expert_directory final : public expert_directory {
     if (cache_.size() >= options_.max_cached) cache_.clear();
   }
 
+  struct owner {
+    steady_time until;
+    endpoint server;
+  };
+
   dht::node& node_;
   dht_directory_options options_;
   std::unordered_map<std::string, cached> cache_;
+  std::unordered_map<std::string, owner> owners_;  // uid -> the server its own record names
   directory_stats stats_;
 };
 
@@ -199,7 +249,10 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
   std::vector<std::vector<detail::beam_entry>> beams(static_cast<std::size_t>(batch));
   for (auto& beam : beams) beam.push_back({0.0, {}, options.uid_prefix + "."});
   std::vector<std::vector<found_expert>> out(static_cast<std::size_t>(batch));
-  std::vector<detail::beam_candidate> candidates;
+  std::vector<detail::beam_candidate> candidates, chosen;
+  std::vector<const prefix_successors*> parents;
+  std::vector<std::pair<std::int64_t, std::size_t>> contested;  // (sample, index in out[sample])
+  std::string uid;
   for (std::size_t d = 0; d < dims; ++d) {
     const bool last = d + 1 == dims;
     std::vector<std::string> asked;
@@ -209,25 +262,25 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
         if (index.emplace(entry.prefix, asked.size()).second) asked.push_back(entry.prefix);
     if (asked.empty()) break;
     const std::vector<successors_ref> found = co_await directory.successors(asked, deadline);
+    const std::uint32_t side = options.grid[d];
     for (std::int64_t b = 0; b < batch; ++b) {
       auto& beam = beams[static_cast<std::size_t>(b)];
       const float* row = s + b * width + offsets[d];
       candidates.clear();
+      parents.assign(beam.size(), nullptr);
       for (std::size_t p = 0; p < beam.size(); ++p) {
         const prefix_successors& next = *found[index.at(beam[p].prefix)];
-        for (const auto& [coordinate, declaration] : next.next) {
-          if (coordinate >= options.grid[d]) continue;
-          if (last) {
-            // The declaration must be the expert itself, and not one the caller avoids.
-            if (declaration.uid.size() != beam[p].prefix.size() + fmt::formatted_size("{}", coordinate)) continue;
-            if (exclude && exclude(declaration.uid)) {
-              excluded_some[static_cast<std::size_t>(b)] = 1;
-              continue;
-            }
-          }
-          candidates.push_back({beam[p].score + static_cast<double>(row[coordinate]), static_cast<std::uint32_t>(p),
-                                coordinate});
-        }
+        parents[p] = &next;
+        const double base = beam[p].score;
+        const auto add = [&](std::uint32_t begin, std::uint32_t end) {
+          end = std::min(end, side);
+          for (std::uint32_t c = begin; c < end; ++c)
+            candidates.push_back({base + static_cast<double>(row[c]), static_cast<std::uint32_t>(p), c});
+        };
+        if (last)
+          for (const auto& r : next.leaves) add(r.begin, r.end);
+        else
+          for (const auto& r : next.inner) add(r.begin, r.end);
       }
       // Best first; equal scores by smaller coordinates (the parent's, then the new one).
       const auto better = [&beam](const detail::beam_candidate& x, const detail::beam_candidate& y) {
@@ -237,28 +290,45 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
         if (cx != cy) return cx < cy;
         return x.coordinate < y.coordinate;
       };
-      const std::size_t keep = std::min(last ? keep_last : keep_beam, candidates.size());
-      std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(keep), candidates.end(),
-                        better);
+      // The best `keep` candidates in order, skipping experts the caller avoids: sorted a slice at a time, so that
+      // only the candidates near the top are ever sorted or named.
+      const std::size_t keep = last ? keep_last : keep_beam;
+      chosen.clear();
+      for (std::size_t sorted = 0; chosen.size() < keep && sorted < candidates.size();) {
+        const std::size_t upto = std::min(candidates.size(), sorted + std::max(keep, sorted));
+        std::partial_sort(candidates.begin() + static_cast<std::ptrdiff_t>(sorted),
+                          candidates.begin() + static_cast<std::ptrdiff_t>(upto), candidates.end(), better);
+        for (std::size_t i = sorted; i < upto && chosen.size() < keep; ++i) {
+          const auto& c = candidates[i];
+          if (last && exclude) {
+            uid.assign(beam[c.parent].prefix);
+            fmt::format_to(std::back_inserter(uid), "{}", c.coordinate);
+            if (exclude(uid)) {
+              excluded_some[static_cast<std::size_t>(b)] = 1;
+              continue;
+            }
+          }
+          chosen.push_back(c);
+        }
+        sorted = upto;
+      }
       if (last) {
         auto& experts = out[static_cast<std::size_t>(b)];
-        for (std::size_t j = 0; j < keep; ++j) {
-          const auto& c = candidates[j];
+        for (const auto& c : chosen) {
           const auto& parent = beam[c.parent];
           found_expert e;
           e.coordinates = parent.coordinates;
           e.coordinates.push_back(c.coordinate);
-          const auto& declaration = found[index.at(parent.prefix)]->next.at(c.coordinate);
-          e.uid = declaration.uid;
-          e.server = declaration.server;
+          e.uid = fmt::format("{}{}", parent.prefix, c.coordinate);
+          e.server = *parents[c.parent]->expert_server(c.coordinate);
           e.score = static_cast<float>(c.score);
+          if (parents[c.parent]->is_contested(c.coordinate)) contested.emplace_back(b, experts.size());
           experts.push_back(std::move(e));
         }
       } else {
         std::vector<detail::beam_entry> next_beam;
-        next_beam.reserve(keep);
-        for (std::size_t j = 0; j < keep; ++j) {
-          const auto& c = candidates[j];
+        next_beam.reserve(chosen.size());
+        for (const auto& c : chosen) {
           detail::beam_entry e{c.score, beam[c.parent].coordinates,
                                fmt::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
           e.coordinates.push_back(c.coordinate);
@@ -267,6 +337,20 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
         beam = std::move(next_beam);
       }
     }
+  }
+  // Experts that several successor sets claim are served where their own uid record says (its first signer owns it:
+  // nobody redirects another server's experts); one whose record is gone is dropped.
+  if (!contested.empty()) {
+    std::vector<std::string> uids;
+    for (const auto& [b, j] : contested) uids.push_back(out[static_cast<std::size_t>(b)][j].uid);
+    const std::vector<std::optional<endpoint>> owners = co_await directory.owners(std::move(uids), deadline);
+    for (std::size_t i = 0; i < contested.size(); ++i) {
+      auto& e = out[static_cast<std::size_t>(contested[i].first)][contested[i].second];
+      if (owners[i]) e.server = *owners[i];
+      else e.uid.clear();
+    }
+    for (auto& experts : out)
+      std::erase_if(experts, [](const found_expert& e) { return e.uid.empty(); });
   }
   co_return out;
 }
