@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <random>
 #include <unordered_map>
 
@@ -73,6 +74,7 @@ struct swarm {
     std::vector<dht::lookup_result> results;
     std::size_t requests = 0;
     std::size_t most_in_flight = 0;  // slow ones not counted
+    std::size_t most_in_flight_per_key = 0;  // requests pending that carry one key, most ever
     std::vector<std::size_t> asked;  // nodes asked, in order
     std::vector<dht::lookup_result> results_when_keys_done;  // when every key was first done
     std::size_t slow_when_keys_done = 0;                    // requests still stalled then
@@ -100,6 +102,9 @@ struct swarm {
       BOOST_REQUIRE(step < 100000);
       for (auto& r : search.next()) pending.push_back(std::move(r));
       out.most_in_flight = std::max(out.most_in_flight, search.in_flight() - search.slow());
+      std::map<key_id, std::size_t> per_key;  // pending requests are the ones in flight and not slow
+      for (const auto& r : pending)
+        for (const auto& key : r.keys) out.most_in_flight_per_key = std::max(out.most_in_flight_per_key, ++per_key[key]);
       if (!keys_were_done && std::all_of(keys.begin(), keys.end(), [&](const key_id& k) { return search.done(k); })) {
         keys_were_done = true;
         out.results_when_keys_done = search.results();
@@ -171,7 +176,8 @@ BOOST_AUTO_TEST_CASE(finds_the_true_k_nearest_in_simulated_swarms) {
       const std::size_t origin = batch * 7 % s.nodes;
       const std::vector<key_id> some(keys.begin() + batch * 5, keys.begin() + batch * 5 + 5);
       const auto out = net.run(origin, some, options);
-      BOOST_TEST(out.most_in_flight <= options.alpha);
+      BOOST_TEST(out.most_in_flight_per_key <= options.alpha);
+      BOOST_TEST(out.most_in_flight <= options.max_in_flight);
       BOOST_TEST_REQUIRE(out.results.size() == some.size());
       for (const auto& r : out.results) {
         BOOST_TEST_CONTEXT("nodes=" << s.nodes << " k=" << s.k << " b=" << s.b << " key=" << r.key) {
@@ -214,7 +220,7 @@ BOOST_AUTO_TEST_CASE(dead_nodes_reported_slow_are_not_waited_for) {
   options.k = 8;
   const auto keys = random_keys(10, 7);
   const auto out = net.run(0, keys, options, swarm::slow_reports::dead_are_slow);
-  BOOST_TEST(out.most_in_flight <= options.alpha);
+  BOOST_TEST(out.most_in_flight_per_key <= options.alpha);
   BOOST_TEST(out.slow_when_keys_done > 0u);
   BOOST_TEST_REQUIRE(out.results_when_keys_done.size() == keys.size());
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -293,6 +299,22 @@ BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_v
   // The nearest node that answered without a live value is where the value would be cached.
   BOOST_TEST_REQUIRE(r.nearest_without_value.has_value());
   BOOST_TEST((r.nearest_without_value->id == holders[1]));
+}
+
+// A crawl of many keys keeps α requests in flight for each key, not α in all (it would take as many round trips
+// as the keys together need), and never more than max_in_flight; the k nearest are still the true ones.
+BOOST_AUTO_TEST_CASE(many_keys_keep_alpha_each_in_flight_up_to_max_in_flight) {
+  swarm net(300, 20, 5, 320);
+  const auto keys = random_keys(40, 21);
+  dht::lookup_options options;
+  options.max_in_flight = 24;
+  const auto out = net.run(3, keys, options);
+  BOOST_TEST(out.most_in_flight == options.max_in_flight);
+  BOOST_TEST(out.most_in_flight_per_key <= options.alpha);
+  for (const auto& r : out.results)
+    BOOST_TEST_CONTEXT("key=" << r.key) { BOOST_TEST((ids_of(r.nearest) == net.true_nearest(r.key, 20, 3))); }
+  options.max_in_flight = 0;
+  BOOST_CHECK_THROW(dht::lookup(keys, options), invalid_argument_error);
 }
 
 BOOST_AUTO_TEST_CASE(alpha_bounds_the_requests_in_flight) {

@@ -10,8 +10,10 @@
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <limits>
 #include <utility>
 
 #include <fmt/format.h>
@@ -151,6 +153,18 @@ class udp_socket {
   bool is_open() const noexcept { return fd_ >= 0; }
   int native_handle() const noexcept { return fd_; }
   const endpoint& local_endpoint() const noexcept { return local_; }
+
+  // Asks the kernel for a receive queue of `bytes` (SO_RCVBUF: it holds datagrams that arrive faster than they
+  // are read; Linux caps the request at net.core.rmem_max and books twice the size for its overhead). Returns
+  // the size granted. Throws system_error if the socket refuses the option.
+  std::size_t set_receive_queue(std::size_t bytes) {
+    const int wanted = static_cast<int>(std::min<std::size_t>(bytes, std::numeric_limits<int>::max() / 2));
+    if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted) != 0) throw system_error(errno, "SO_RCVBUF");
+    int granted = 0;
+    socklen_t size = sizeof granted;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &granted, &size) != 0) throw system_error(errno, "SO_RCVBUF");
+    return static_cast<std::size_t>(granted);
+  }
 
  private:
   io_context* ctx_ = nullptr;

@@ -1,4 +1,5 @@
-// The iterative Kademlia lookup's pure state: many keys crawled together, α requests in flight, k nearest kept.
+// The iterative Kademlia lookup's pure state: many keys crawled together, α requests in flight per key, k nearest
+// kept.
 #pragma once
 
 #include <dmoe/core/clock.hpp>
@@ -21,7 +22,8 @@ namespace dht {
 
 struct lookup_options {
   std::size_t k = 20;     // nearest nodes kept and visited per key (Kademlia's k)
-  std::size_t alpha = 3;  // requests in flight at once (Kademlia's α)
+  std::size_t alpha = 3;  // requests in flight at once per key (Kademlia's α)
+  std::size_t max_in_flight = 64;  // requests in flight at once over all keys of a crawl
   bool want_values = false;  // a get: a key ends at its first unexpired value...
   bool latest = false;       // ...unless `latest`: then its k nearest are all visited and the newest merged
   std::optional<node_id> self;  // our own id, never asked
@@ -41,7 +43,9 @@ struct lookup_result {
 };
 
 // Iterative node/value lookup (Maymounkov & Mazières 2002, "Kademlia", section 2.3), for many keys in one crawl
-// as hivemind does: a peer is asked once about every key it is currently among the k nearest candidates of.
+// as hivemind does: a peer is asked once about every key it is currently among the k nearest candidates of. Each
+// key keeps α requests of its own in flight (a request counts for every key it carries), up to max_in_flight for
+// the whole crawl, so a crawl of many keys takes about as many round trips as one lookup.
 // A key is done when the k nearest candidates that did not fail have all answered (or no candidate is left), or,
 // for a get without `latest`, at the first unexpired value. Pure: the caller sends what `next` returns and feeds
 // back responses and failures (timeouts); nothing here reads a clock or touches a socket.
@@ -54,61 +58,64 @@ struct lookup_result {
 // peers. With no slow reports, nothing changes.
 class lookup {
  public:
-  // Throws invalid_argument_error when k or α is 0.
+  // Throws invalid_argument_error when k, α or max_in_flight is 0.
   lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
-    if (options_.k == 0 || options_.alpha == 0)
-      throw invalid_argument_error(
-          fmt::format("lookup needs k >= 1 and alpha >= 1, got k={} alpha={}", options_.k, options_.alpha));
+    if (options_.k == 0 || options_.alpha == 0 || options_.max_in_flight == 0)
+      throw invalid_argument_error(fmt::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
+                                               "max_in_flight={}",
+                                               options_.k, options_.alpha, options_.max_in_flight));
     keys_.reserve(keys.size());
     for (const auto& key : keys) {
       if (index_.emplace(key, keys_.size()).second) keys_.push_back(key_state{key, {}, {}, false});
     }
+    for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
   }
 
   // Candidates to start from (typically the routing table's nearest), for one key or for all.
   void add_candidates(const key_id& key, const std::vector<wire_peer>& peers) {
     auto it = index_.find(key);
     if (it == index_.end()) return;
-    for (const auto& p : peers) add_candidate(keys_[it->second], p);
+    for (const auto& p : peers) add_candidate(it->second, p);
+    refresh(it->second);
   }
   void add_candidates(const std::vector<wire_peer>& peers) {
-    for (auto& state : keys_)
-      for (const auto& p : peers) add_candidate(state, p);
+    for (std::size_t i = 0; i < keys_.size(); ++i) {
+      for (const auto& p : peers) add_candidate(i, p);
+      refresh(i);
+    }
   }
 
-  // The requests to send now, keeping at most α in flight (slow ones not counted); empty when waiting or done.
+  // The requests to send now, keeping at most α in flight per key and max_in_flight in all (slow ones not
+  // counted); empty when waiting or done. Keys take turns at choosing the next peer to ask.
   std::vector<lookup_request> next() {
     std::vector<lookup_request> out;
-    while (in_flight_ - slow_ < options_.alpha) {
-      const candidate* chosen = nullptr;
-      for (std::size_t step = 0; step < keys_.size() && !chosen; ++step) {
-        key_state& state = keys_[(cursor_ + step) % keys_.size()];
-        if (key_done(state)) continue;
-        chosen = first_askable(state);
-      }
-      if (!chosen) break;
+    for (std::size_t scanned = 0; scanned < keys_.size() && in_flight_ - slow_ < options_.max_in_flight;) {
+      key_state& state = keys_[cursor_];
       cursor_ = (cursor_ + 1) % keys_.size();
+      ++scanned;
+      if (state.done || state.in_flight >= options_.alpha) continue;
+      const candidate* chosen = first_askable(state);
+      if (!chosen) continue;
       lookup_request request{chosen->peer, {}};
       auto& peer = peers_[request.peer.id];
-      for (std::size_t i = 0; i < keys_.size(); ++i) {
-        key_state& state = keys_[i];
-        if (key_done(state)) continue;
-        std::size_t seen = 0;
-        for (auto& [d, c] : state.candidates) {
-          if (passed_over(c)) continue;
-          if (seen++ >= options_.k) break;
-          if (c.peer.id == request.peer.id && c.status == progress::unasked) {
-            c.status = progress::asked;
-            request.keys.push_back(state.key);
-            peer.asked.push_back(i);
-            break;
-          }
-        }
+      for (const std::size_t i : peer.candidate_in) {
+        key_state& other = keys_[i];
+        if (other.done || other.in_flight >= options_.alpha) continue;
+        auto c = other.candidates.find(distance(other.key, request.peer.id));
+        if (c == other.candidates.end() || c->second.status != progress::unasked || passed_over(c->second)) continue;
+        std::size_t nearer = 0;  // candidates before it that are not passed over
+        for (auto it = other.candidates.begin(); it != c && nearer < options_.k; ++it) nearer += !passed_over(it->second);
+        if (nearer >= options_.k) continue;
+        c->second.status = progress::asked;
+        request.keys.push_back(other.key);
+        peer.asked.push_back(i);
+        ++other.in_flight;
       }
       peer.in_flight = true;
       ++in_flight_;
       ++requests_sent_;
       out.push_back(std::move(request));
+      scanned = 0;
     }
     return out;
   }
@@ -122,9 +129,12 @@ class lookup {
     auto asked = std::move(peer_it->second.asked);
     peer_it->second.asked.clear();
     peer_it->second.in_flight = false;
-    if (peer_it->second.slow) --slow_;
+    const bool was_slow = peer_it->second.slow;
+    if (was_slow) --slow_;
     peer_it->second.slow = false;
     --in_flight_;
+    for (std::size_t i : asked)
+      if (!was_slow) --keys_[i].in_flight;
     std::unordered_map<key_id, const find_result*> by_key;
     for (const auto& r : results) by_key.emplace(r.key, &r);
     for (std::size_t i : asked) {
@@ -134,7 +144,7 @@ class lookup {
       c->second.status = progress::answered;
       auto r = by_key.find(state.key);
       if (r == by_key.end()) continue;
-      for (const auto& p : r->second->nearest) add_candidate(state, p);
+      for (const auto& p : r->second->nearest) add_candidate(i, p);
       if (!options_.want_values || !r->second->found) continue;
       record alive = *r->second->found;
       if (!alive.drop_expired(now)) continue;
@@ -143,6 +153,8 @@ class lookup {
       else merge_into(*state.found, alive);
       if (!options_.latest) state.finished = true;
     }
+    // The peer is no longer slow: every key it is a candidate of may be done or not now.
+    for (std::size_t i : was_slow ? peers_[peer_id].candidate_in : asked) refresh(i);
     return true;
   }
 
@@ -151,15 +163,21 @@ class lookup {
   bool on_failure(const node_id& peer_id) {
     auto& peer = peers_[peer_id];
     const bool was_in_flight = peer.in_flight;
-    if (was_in_flight) --in_flight_;
+    if (was_in_flight) {
+      --in_flight_;
+      if (!peer.slow)
+        for (std::size_t i : peer.asked) --keys_[i].in_flight;
+    }
     if (peer.slow) --slow_;
     peer.in_flight = false;
     peer.slow = false;
     peer.failed = true;
     peer.asked.clear();
-    for (auto& state : keys_) {
+    for (std::size_t i : peer.candidate_in) {
+      key_state& state = keys_[i];
       auto c = state.candidates.find(distance(state.key, peer_id));
       if (c != state.candidates.end()) c->second.status = progress::failed;
+      refresh(i);
     }
     return was_in_flight;
   }
@@ -173,21 +191,20 @@ class lookup {
     if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
     peer->second.slow = true;
     ++slow_;
+    for (std::size_t i : peer->second.asked) --keys_[i].in_flight;
+    for (std::size_t i : peer->second.candidate_in) refresh(i);
     return true;
   }
 
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
-  bool done() const {
-    if (in_flight_ != 0) return false;
-    for (const auto& state : keys_)
-      if (!key_done(state)) return false;
-    return true;
-  }
+  bool done() const { return in_flight_ == 0 && keys_done(); }
   bool done(const key_id& key) const {
     auto it = index_.find(key);
-    return it == index_.end() || key_done(keys_[it->second]);
+    return it == index_.end() || keys_[it->second].done;
   }
+  // Every key is done (requests may still be in flight).
+  bool keys_done() const noexcept { return keys_done_ == keys_.size(); }
   // Requests sent and not yet answered or failed, slow ones included.
   std::size_t in_flight() const noexcept { return in_flight_; }
   // Of those, the ones reported slow (they hold no α slot).
@@ -222,20 +239,37 @@ class lookup {
     key_id key;
     std::map<node_id, candidate> candidates;  // by distance to the key
     std::optional<record> found;
-    bool finished = false;  // a get without `latest` found its value
+    bool finished = false;      // a get without `latest` found its value
+    bool done = false;          // key_done(), kept current by refresh()
+    std::size_t in_flight = 0;  // requests in flight that carry this key, slow ones not counted
   };
   struct peer_state {
     bool in_flight = false;
     bool slow = false;  // its request in flight was reported slow
     bool failed = false;
-    std::vector<std::size_t> asked;  // keys of the request in flight
+    std::vector<std::size_t> asked;         // keys of the request in flight
+    std::vector<std::size_t> candidate_in;  // keys it is a candidate of
   };
 
-  void add_candidate(key_state& state, const wire_peer& p) {
+  void add_candidate(std::size_t i, const wire_peer& p) {
     if (options_.self && p.id == *options_.self) return;
-    auto peer = peers_.find(p.id);
-    const bool failed = peer != peers_.end() && peer->second.failed;
-    state.candidates.try_emplace(distance(state.key, p.id), candidate{p, failed ? progress::failed : progress::unasked});
+    key_state& state = keys_[i];
+    auto& peer = peers_[p.id];
+    const bool added = state.candidates
+                           .try_emplace(distance(state.key, p.id),
+                                        candidate{p, peer.failed ? progress::failed : progress::unasked})
+                           .second;
+    if (added) peer.candidate_in.push_back(i);
+  }
+
+  // Recomputes whether key i is done, after anything it depends on changed.
+  void refresh(std::size_t i) {
+    key_state& state = keys_[i];
+    const bool now = key_done(state);
+    if (now == state.done) return;
+    state.done = now;
+    if (now) ++keys_done_;
+    else --keys_done_;
   }
 
   // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
@@ -283,6 +317,7 @@ class lookup {
   std::unordered_map<node_id, peer_state> peers_;
   std::size_t in_flight_ = 0;  // slow ones included
   std::size_t slow_ = 0;
+  std::size_t keys_done_ = 0;
   std::size_t cursor_ = 0;
   std::size_t requests_sent_ = 0;
 };

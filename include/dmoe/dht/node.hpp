@@ -52,7 +52,8 @@ DMOE_BEGIN_NAMESPACE
 namespace dht {
 
 struct node_options : protocol_options {
-  std::size_t alpha = 3;  // Kademlia's α: find calls in flight per lookup
+  std::size_t alpha = 3;  // Kademlia's α: find calls in flight per key of a lookup
+  std::size_t max_lookup_in_flight = 64;  // find calls in flight per crawl (over all its keys)
   // The deadline of a bootstrap, store or get given none (no_deadline).
   std::chrono::milliseconds default_timeout{10'000};
   // Between rounds of pings to initial peers that did not answer yet, while none has.
@@ -456,6 +457,7 @@ class node {
 
   static node_options check(node_options o) {
     if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
+    if (o.max_lookup_in_flight == 0) throw invalid_argument_error("dht node needs max_lookup_in_flight >= 1");
     if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
     if (o.slow_request_after.count() <= 0)
       throw invalid_argument_error("dht node: slow_request_after must be positive");
@@ -619,6 +621,7 @@ class node {
     lookup_options o;
     o.k = options_.k;
     o.alpha = options_.alpha;
+    o.max_in_flight = options_.max_lookup_in_flight;
     o.want_values = want_values;
     o.latest = latest;
     o.self = protocol_.id();
@@ -644,13 +647,7 @@ class node {
       }
       if (!skipped) break;
     }
-    bool all_done = true;
-    for (const auto& key : t.keys) {
-      if (!t.search.done(key)) {
-        all_done = false;
-        break;
-      }
-    }
+    const bool all_done = t.search.keys_done();
     if (all_done || t.search.in_flight() == 0) t.finished.set();
   }
 

@@ -48,6 +48,9 @@ struct datagram_endpoint_options {
   std::size_t max_handlers_in_flight = 1024;          // requests being handled at once; more are dropped
   std::size_t max_handlers_per_address = 64;          // one peer address's share of them
   std::size_t receive_buffer = 65536;                 // the largest datagram received whole (at most 1 MiB)
+  // The kernel's queue of datagrams not yet read (SO_RCVBUF), for bursts such as the answers to a crawl's many
+  // requests in flight; capped by net.core.rmem_max. 0 keeps the system default (net.core.rmem_default).
+  std::size_t socket_receive_queue = std::size_t{4} << 20;
 };
 
 // A request as a handler sees it; the handler may move the message out.
@@ -137,6 +140,7 @@ class datagram_endpoint {
       throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is over 1 MiB (no "
                                                "datagram is larger than 64 KiB)",
                                                options_.receive_buffer));
+    if (options_.socket_receive_queue > 0) socket_.set_receive_queue(options_.socket_receive_queue);
     if (options_.receive_buffer < options_.limits.max_datagram)
       throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is smaller than "
                                                "max_datagram ({} bytes)",
