@@ -35,7 +35,7 @@ dht=$(wait_line "$out/server.out" "join with: --initial-peers ")
 [ -n "$dht" ] || { echo "the server did not start:"; cat "$out/server.out" "$out/server.err"; exit 1; }
 rpc=$(wait_line "$out/server.out" "serving 4 ffn experts (ffn.0.0 ... ffn.1.1) at ")
 [ -n "$rpc" ] || { echo "the server did not print its address:"; cat "$out/server.out"; exit 1; }
-# Its declarations are in the DHT: the uid, and the prefix entries with subkeys.
+# Its declarations are in the DHT: the uid, and its successor set under each prefix (its owner subkey).
 found=
 for _ in $(seq 100); do
   if "$dht_node" --initial-peers "$dht" --timeout 2 get ffn.1.1 > "$out/get.txt" 2> /dev/null; then found=1; break; fi
@@ -43,8 +43,8 @@ done
 [ -n "$found" ] || { echo "ffn.1.1 was never declared:"; cat "$out/server.err"; exit 1; }
 grep -aq "$rpc" "$out/get.txt"
 "$dht_node" --initial-peers "$dht" --timeout 2 get ffn.0. --latest > "$out/prefix.txt"
-grep -aq "ffn.0.\[0\]" "$out/prefix.txt"
-grep -aq "ffn.0.\[1\]" "$out/prefix.txt"
+grep -aq "ffn.0.\[\[owner:[0-9a-f]\{64\}\]\]" "$out/prefix.txt"
+grep -aq "$rpc" "$out/prefix.txt"
 
 stop_with TERM
 for uid in ffn.0.0 ffn.0.1 ffn.1.0 ffn.1.1; do

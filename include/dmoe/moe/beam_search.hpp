@@ -232,27 +232,49 @@ struct beam_entry {
 
 namespace detail {
 
-// One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks the rows where
-// `exclude` dropped an expert.
+// One sample's choice among its last-dimension candidates: sorted a slice at a time, so that only candidates near
+// the top are ever sorted or named; contested ones wait for their owner.
+struct last_choice {
+  std::vector<beam_candidate> candidates;
+  std::vector<const prefix_successors*> parents;  // per beam entry
+  std::size_t sorted = 0;                         // candidates[0, sorted) are in order
+  std::size_t next = 0;                           // the next candidate to consider
+  std::vector<std::pair<beam_candidate, endpoint>> taken;
+  std::vector<beam_candidate> pending;  // contested, waiting for directory.owners
+};
+
+inline constexpr int max_owner_rounds = 6;
+
+// One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks in `retry` the rows
+// that a wider beam may serve better: an expert was excluded or dropped, or a prefix of the beam led nowhere.
 inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
                                                                      std::int64_t batch,
                                                                      const beam_search_options& options,
                                                                      std::size_t keep_last, std::size_t keep_beam,
                                                                      steady_time deadline,
                                                                      const std::function<bool(const std::string&)>& exclude,
-                                                                     std::vector<std::uint8_t>& excluded_some) {
+                                                                     std::vector<std::uint8_t>& retry) {
   const std::vector<std::int64_t> offsets = grid_offsets(options.grid);
   const std::int64_t width = offsets.back();
-  excluded_some.assign(static_cast<std::size_t>(batch), 0);
+  const auto rows = static_cast<std::size_t>(batch);
+  retry.assign(rows, 0);
   const std::size_t dims = options.grid.size();
 
-  std::vector<std::vector<detail::beam_entry>> beams(static_cast<std::size_t>(batch));
+  std::vector<std::vector<detail::beam_entry>> beams(rows);
   for (auto& beam : beams) beam.push_back({0.0, {}, options.uid_prefix + "."});
-  std::vector<std::vector<found_expert>> out(static_cast<std::size_t>(batch));
-  std::vector<detail::beam_candidate> candidates, chosen;
-  std::vector<const prefix_successors*> parents;
-  std::vector<std::pair<std::int64_t, std::size_t>> contested;  // (sample, index in out[sample])
-  std::string uid;
+  std::vector<last_choice> choices;
+  std::vector<detail::beam_candidate> candidates;
+  std::vector<successors_ref> found;
+  const auto better_in = [](const std::vector<detail::beam_entry>& beam) {
+    // Best first; equal scores by smaller coordinates (the parent's, then the new one).
+    return [&beam](const detail::beam_candidate& x, const detail::beam_candidate& y) {
+      if (x.score != y.score) return x.score > y.score;
+      const auto& cx = beam[x.parent].coordinates;
+      const auto& cy = beam[y.parent].coordinates;
+      if (cx != cy) return cx < cy;
+      return x.coordinate < y.coordinate;
+    };
+  };
   for (std::size_t d = 0; d < dims; ++d) {
     const bool last = d + 1 == dims;
     std::vector<std::string> asked;
@@ -260,97 +282,138 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
     for (const auto& beam : beams)
       for (const auto& entry : beam)
         if (index.emplace(entry.prefix, asked.size()).second) asked.push_back(entry.prefix);
-    if (asked.empty()) break;
-    const std::vector<successors_ref> found = co_await directory.successors(asked, deadline);
+    if (asked.empty()) co_return std::vector<std::vector<found_expert>>(rows);
+    found = co_await directory.successors(asked, deadline);  // kept past the loop: choices point into it
+    if (found.size() != asked.size())
+      throw protocol_error(
+          fmt::format("beam_search: the expert directory answered {} of {} prefixes", found.size(), asked.size()));
+    static const prefix_successors nothing;
     const std::uint32_t side = options.grid[d];
-    for (std::int64_t b = 0; b < batch; ++b) {
-      auto& beam = beams[static_cast<std::size_t>(b)];
-      const float* row = s + b * width + offsets[d];
-      candidates.clear();
-      parents.assign(beam.size(), nullptr);
+    if (last) choices.assign(rows, {});
+    for (std::size_t b = 0; b < rows; ++b) {
+      auto& beam = beams[b];
+      const float* row = s + static_cast<std::int64_t>(b) * width + offsets[d];
+      std::vector<detail::beam_candidate>& pool = last ? choices[b].candidates : candidates;
+      pool.clear();
       for (std::size_t p = 0; p < beam.size(); ++p) {
-        const prefix_successors& next = *found[index.at(beam[p].prefix)];
-        parents[p] = &next;
+        const successors_ref& ref = found[index.at(beam[p].prefix)];
+        const prefix_successors& next = ref ? *ref : nothing;
+        if (last) choices[b].parents.push_back(&next);
         const double base = beam[p].score;
+        const std::size_t before = pool.size();
         const auto add = [&](std::uint32_t begin, std::uint32_t end) {
           end = std::min(end, side);
           for (std::uint32_t c = begin; c < end; ++c)
-            candidates.push_back({base + static_cast<double>(row[c]), static_cast<std::uint32_t>(p), c});
+            pool.push_back({base + static_cast<double>(row[c]), static_cast<std::uint32_t>(p), c});
         };
         if (last)
           for (const auto& r : next.leaves) add(r.begin, r.end);
         else
           for (const auto& r : next.inner) add(r.begin, r.end);
+        if (d > 0 && pool.size() == before) retry[b] = 1;  // a prefix that led nowhere took a place in the beam
       }
-      // Best first; equal scores by smaller coordinates (the parent's, then the new one).
-      const auto better = [&beam](const detail::beam_candidate& x, const detail::beam_candidate& y) {
-        if (x.score != y.score) return x.score > y.score;
-        const auto& cx = beam[x.parent].coordinates;
-        const auto& cy = beam[y.parent].coordinates;
-        if (cx != cy) return cx < cy;
-        return x.coordinate < y.coordinate;
-      };
-      // The best `keep` candidates in order, skipping experts the caller avoids: sorted a slice at a time, so that
-      // only the candidates near the top are ever sorted or named.
-      const std::size_t keep = last ? keep_last : keep_beam;
-      chosen.clear();
-      for (std::size_t sorted = 0; chosen.size() < keep && sorted < candidates.size();) {
-        const std::size_t upto = std::min(candidates.size(), sorted + std::max(keep, sorted));
-        std::partial_sort(candidates.begin() + static_cast<std::ptrdiff_t>(sorted),
-                          candidates.begin() + static_cast<std::ptrdiff_t>(upto), candidates.end(), better);
-        for (std::size_t i = sorted; i < upto && chosen.size() < keep; ++i) {
-          const auto& c = candidates[i];
-          if (last && exclude) {
-            uid.assign(beam[c.parent].prefix);
-            fmt::format_to(std::back_inserter(uid), "{}", c.coordinate);
-            if (exclude(uid)) {
-              excluded_some[static_cast<std::size_t>(b)] = 1;
-              continue;
-            }
-          }
-          chosen.push_back(c);
-        }
-        sorted = upto;
+      if (last) continue;
+      const std::size_t keep = std::min(keep_beam, pool.size());
+      std::partial_sort(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(keep), pool.end(), better_in(beam));
+      std::vector<detail::beam_entry> next_beam;
+      next_beam.reserve(keep);
+      for (std::size_t j = 0; j < keep; ++j) {
+        const auto& c = pool[j];
+        detail::beam_entry e{c.score, beam[c.parent].coordinates,
+                             fmt::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
+        e.coordinates.push_back(c.coordinate);
+        next_beam.push_back(std::move(e));
       }
-      if (last) {
-        auto& experts = out[static_cast<std::size_t>(b)];
-        for (const auto& c : chosen) {
-          const auto& parent = beam[c.parent];
-          found_expert e;
-          e.coordinates = parent.coordinates;
-          e.coordinates.push_back(c.coordinate);
-          e.uid = fmt::format("{}{}", parent.prefix, c.coordinate);
-          e.server = *parents[c.parent]->expert_server(c.coordinate);
-          e.score = static_cast<float>(c.score);
-          if (parents[c.parent]->is_contested(c.coordinate)) contested.emplace_back(b, experts.size());
-          experts.push_back(std::move(e));
-        }
-      } else {
-        std::vector<detail::beam_entry> next_beam;
-        next_beam.reserve(chosen.size());
-        for (const auto& c : chosen) {
-          detail::beam_entry e{c.score, beam[c.parent].coordinates,
-                               fmt::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
-          e.coordinates.push_back(c.coordinate);
-          next_beam.push_back(std::move(e));
-        }
-        beam = std::move(next_beam);
-      }
+      beam = std::move(next_beam);
     }
   }
-  // Experts that several successor sets claim are served where their own uid record says (its first signer owns it:
-  // nobody redirects another server's experts); one whose record is gone is dropped.
-  if (!contested.empty()) {
-    std::vector<std::string> uids;
-    for (const auto& [b, j] : contested) uids.push_back(out[static_cast<std::size_t>(b)][j].uid);
-    const std::vector<std::optional<endpoint>> owners = co_await directory.owners(std::move(uids), deadline);
-    for (std::size_t i = 0; i < contested.size(); ++i) {
-      auto& e = out[static_cast<std::size_t>(contested[i].first)][contested[i].second];
-      if (owners[i]) e.server = *owners[i];
-      else e.uid.clear();
+
+  // The last dimension: each sample takes its best candidates in order, skipping experts the caller avoids. An
+  // expert that several successor sets claim is served where its own uid record says (its first signer owns it:
+  // nobody redirects another server's experts); one whose record is gone is dropped and the next candidate taken.
+  // Owners are asked for all samples at once, a widening slice per round.
+  std::unordered_map<std::string, std::optional<endpoint>> owner_of;
+  std::string uid;
+  const auto uid_of = [&](std::size_t b, const detail::beam_candidate& c) -> const std::string& {
+    uid.assign(beams[b][c.parent].prefix);
+    fmt::format_to(std::back_inserter(uid), "{}", c.coordinate);
+    return uid;
+  };
+  for (int round = 0;; ++round) {
+    // The first round takes k per sample, contested ones included; a sample short after its contested experts
+    // were dropped looks 4x further ahead each round (contested candidates kept pending), so a flood of claims
+    // without records costs a few rounds, not one per claim.
+    const std::size_t spare = round == 0 ? 0 : keep_last << std::min(2 * round, 20);
+    std::vector<std::string> to_ask;
+    std::unordered_map<std::string, std::size_t> asking;
+    for (std::size_t b = 0; b < rows; ++b) {
+      last_choice& choice = choices[b];
+      auto& pool = choice.candidates;
+      while (choice.next < pool.size() && choice.taken.size() < keep_last &&
+             choice.taken.size() + choice.pending.size() < keep_last + spare) {
+        if (choice.next == choice.sorted) {
+          const std::size_t upto = std::min(pool.size(), choice.sorted + std::max(keep_last, choice.sorted));
+          std::partial_sort(pool.begin() + static_cast<std::ptrdiff_t>(choice.sorted),
+                            pool.begin() + static_cast<std::ptrdiff_t>(upto), pool.end(), better_in(beams[b]));
+          choice.sorted = upto;
+        }
+        const detail::beam_candidate c = pool[choice.next++];
+        const bool contested = choice.parents[c.parent]->is_contested(c.coordinate);
+        if (exclude || contested) uid_of(b, c);
+        if (exclude && exclude(uid)) {
+          retry[b] = 1;
+          continue;
+        }
+        if (!contested) {
+          choice.taken.emplace_back(c, *choice.parents[c.parent]->expert_server(c.coordinate));
+          continue;
+        }
+        if (const auto known = owner_of.find(uid); known != owner_of.end()) {
+          if (known->second) choice.taken.emplace_back(c, *known->second);
+          else retry[b] = 1;
+          continue;
+        }
+        choice.pending.push_back(c);
+        if (asking.emplace(uid, to_ask.size()).second) to_ask.push_back(uid);
+      }
     }
-    for (auto& experts : out)
-      std::erase_if(experts, [](const found_expert& e) { return e.uid.empty(); });
+    if (to_ask.empty()) break;
+    std::vector<std::optional<endpoint>> owners(to_ask.size());
+    if (round < max_owner_rounds && std::chrono::steady_clock::now() < deadline) {
+      owners = co_await directory.owners(to_ask, deadline);
+      if (owners.size() != to_ask.size())
+        throw protocol_error(fmt::format("beam_search: the expert directory answered {} of {} owners",
+                                         owners.size(), to_ask.size()));
+    }
+    for (std::size_t i = 0; i < to_ask.size(); ++i) owner_of[to_ask[i]] = owners[i];
+    for (std::size_t b = 0; b < rows; ++b) {
+      last_choice& choice = choices[b];
+      // Every pending candidate ranks above the ones taken after it: take the owned ones, keep the best k below.
+      for (const auto& c : choice.pending) {
+        const auto& owner = owner_of.at(uid_of(b, c));
+        if (owner) choice.taken.emplace_back(c, *owner);
+        else retry[b] = 1;
+      }
+      choice.pending.clear();
+    }
+    if (round >= max_owner_rounds || std::chrono::steady_clock::now() >= deadline) break;
+  }
+  std::vector<std::vector<found_expert>> out(rows);
+  for (std::size_t b = 0; b < rows; ++b) {
+    auto& taken = choices[b].taken;
+    const auto better = better_in(beams[b]);
+    std::sort(taken.begin(), taken.end(), [&better](const auto& x, const auto& y) { return better(x.first, y.first); });
+    if (taken.size() > keep_last) taken.resize(keep_last);
+    for (const auto& [c, server] : taken) {
+      const auto& parent = beams[b][c.parent];
+      found_expert e;
+      e.coordinates = parent.coordinates;
+      e.coordinates.push_back(c.coordinate);
+      e.uid = fmt::format("{}{}", parent.prefix, c.coordinate);
+      e.server = server;
+      e.score = static_cast<float>(c.score);
+      out[b].push_back(std::move(e));
+    }
   }
   co_return out;
 }
@@ -360,9 +423,12 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
 // The (at most) k best live experts of each sample, best first (equal scores: smaller coordinates first), for
 // grid scores f32 [batch, sum(grid)] on the host (dimension d's scores in columns [sum(grid[:d]), sum(grid[:d+1]))).
 // `exclude(uid)` drops experts (e.g. ones that failed recently); a sample gets fewer than k experts when fewer are
-// live. Makes one directory query per grid dimension, plus up to 3 more passes with a 4x wider beam for samples that
-// `exclude` left short, each ending by `deadline`: the search ends by it, with what it found by then. Errors: invalid_argument_error (k < 1, an empty grid or uid prefix, scores not f32 or not finite),
-// shape_error (scores not [batch, sum(grid)]); the directory's errors (closed_error, cancelled_error).
+// live. Makes one directory query per grid dimension, one `owners` query per round of contested experts (up to 6),
+// plus up to 3 more passes with a 4x wider beam for samples left short by exclusions, dropped experts or prefixes
+// that led nowhere, each ending by `deadline`: the search ends by it, with what it found by then. Errors:
+// invalid_argument_error (k < 1, an empty grid or uid prefix, scores not f32 or not finite), shape_error (scores
+// not [batch, sum(grid)]), protocol_error (a directory answering another number of entries than asked); the
+// directory's errors (closed_error, cancelled_error).
 inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
                                                                 const beam_search_options& options, std::int64_t k,
                                                                 steady_time deadline = no_deadline,
@@ -389,9 +455,9 @@ inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory
   std::vector<std::uint8_t> excluded_some;
   auto out = co_await detail::beam_search_pass(directory, s, batch, options, keep_last, keep_beam, deadline, exclude,
                                                excluded_some);
-  // Excluded experts are only known at the last dimension, after the beam chose its prefixes: a sample left short
-  // because of them is searched again with a wider beam (up to the widest dimension), so that it can route around
-  // a dead region of the grid.
+  // Excluded and dropped experts, and prefixes that lead nowhere, are only known after the beam chose its prefixes:
+  // a sample left short because of them is searched again with a wider beam (up to the widest dimension), so that
+  // it can route around a dead region of the grid (or a successor set that claims prefixes it does not have).
   const std::size_t widest = *std::max_element(options.grid.begin(), options.grid.end());
   for (int round = 0; round < 3 && keep_beam < widest && std::chrono::steady_clock::now() < deadline; ++round) {
     std::vector<std::int64_t> again;
