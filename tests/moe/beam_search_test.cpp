@@ -280,18 +280,30 @@ BOOST_AUTO_TEST_CASE(a_claimed_expert_is_served_where_its_own_record_says) {
     for (std::size_t i = 0; i < claims.size(); ++i)  // its successor sets are stored, its uid records refused
       BOOST_TEST((stored[i].replicas > 0u) == claims[i].subkey.has_value());
 
+    // Two more keys both claim ffn.0.4, which no record names: contested, nobody's, dropped for the next best.
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<std::string> unowned{"ffn.0.4"};
+      std::vector<dht::store_entry> sets;
+      for (auto& e : declaration_entries(unowned, attacker, expiration + 100, dht::ed25519_keypair::generate()))
+        if (e.subkey) sets.push_back(std::move(e));
+      for (const auto& s : co_await nodes[2].store_many(sets)) BOOST_REQUIRE(s.replicas > 0u);
+    }
+
     dht_expert_directory directory(nodes[5]);
-    const tensor scores = tensor::from(shape{2, 5}, {0.f, 1.f, 4.f, 2.f, 3.f,  //
-                                                     0.f, 4.f, 3.f, 2.f, 1.f});
-    const beam_search_options row{"ffn", {1, 4}, 4};
+    const tensor scores = tensor::from(shape{2, 6}, {0.f, 1.f, 4.f, 2.f, 3.f, 9.f,  //
+                                                     0.f, 4.f, 3.f, 2.f, 1.f, 9.f});
+    const beam_search_options row{"ffn", {1, 5}, 4};
     const auto found = co_await beam_search(directory, scores, row, 4, deadline_after(10s));
     for (const auto& sample : found) {
       BOOST_REQUIRE_EQUAL(sample.size(), 4u);
-      for (const auto& e : sample) BOOST_TEST(e.server == honest, e.uid);
+      for (const auto& e : sample) {
+        BOOST_TEST(e.server == honest, e.uid);
+        BOOST_TEST(e.uid != "ffn.0.4");
+      }
     }
-    BOOST_TEST(directory.stats().owner_gets == 1u);  // ffn.0.1 and ffn.0.3 of both samples in one crawl
+    BOOST_TEST(directory.stats().owner_gets == 1u);  // ffn.0.1, ffn.0.3 and ffn.0.4 of both samples in one crawl
     co_await beam_search(directory, scores, row, 4, deadline_after(10s));
-    BOOST_TEST(directory.stats().owner_gets == 1u);  // remembered
+    BOOST_TEST(directory.stats().owner_gets == 1u);  // remembered, the missing record too
   }));
 }
 

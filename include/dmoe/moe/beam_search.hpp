@@ -82,7 +82,7 @@ struct directory_stats {
   std::uint64_t queries = 0;      // successors() calls
   std::uint64_t dht_gets = 0;     // get_many crawls made for them
   std::uint64_t keys_asked = 0;   // prefixes asked of the DHT
-  std::uint64_t cache_hits = 0;   // prefixes answered from the cache
+  std::uint64_t cache_hits = 0;   // prefixes and owners answered from the cache
   std::uint64_t markers_stored = 0;
   std::uint64_t owner_gets = 0;   // get_many crawls for the uid records of contested experts
 };
@@ -145,7 +145,9 @@ class dht_expert_directory final : public expert_directory {
     co_return out;
   }
 
-  // Reads the uid records (moe::get_experts) of the experts not remembered; found owners are remembered live_for.
+  // Reads the uid records (moe::get_experts) of the experts not remembered; owners found are remembered live_for,
+  // and uids without a record empty_for when the crawl was not cut by the deadline (claims nobody owns, e.g. a
+  // flood of them, then cost one crawl, not one per batch).
   task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override {
     const steady_time now = std::chrono::steady_clock::now();
     std::vector<std::optional<endpoint>> out(uids.size());
@@ -155,6 +157,7 @@ class dht_expert_directory final : public expert_directory {
       const auto it = owners_.find(uids[i]);
       if (it != owners_.end() && it->second.until > now) {
         out[i] = it->second.server;
+        ++stats_.cache_hits;
       } else {
         missing.push_back(uids[i]);
         at.push_back(i);
@@ -164,13 +167,14 @@ class dht_expert_directory final : public expert_directory {
     ++stats_.owner_gets;
     const auto found = co_await get_experts(node_, missing, deadline);
     const steady_time after = std::chrono::steady_clock::now();
+    const bool complete = after < deadline;  // a crawl the deadline cut short proves no record missing
     if (owners_.size() + missing.size() > options_.max_cached) std::erase_if(owners_, [after](const auto& entry) {
       return entry.second.until <= after;
     });
     for (std::size_t j = 0; j < missing.size(); ++j) {
-      if (!found[j]) continue;
-      out[at[j]] = found[j]->server;
-      if (owners_.size() < options_.max_cached) owners_[missing[j]] = owner{after + options_.live_for, found[j]->server};
+      if (found[j]) out[at[j]] = found[j]->server;
+      if ((found[j] || complete) && owners_.size() < options_.max_cached)
+        owners_[missing[j]] = owner{after + (found[j] ? options_.live_for : options_.empty_for), out[at[j]]};
     }
     co_return out;
   }
@@ -196,13 +200,13 @@ class dht_expert_directory final : public expert_directory {
 
   struct owner {
     steady_time until;
-    endpoint server;
+    std::optional<endpoint> server;  // nothing: no record names the uid
   };
 
   dht::node& node_;
   dht_directory_options options_;
   std::unordered_map<std::string, cached> cache_;
-  std::unordered_map<std::string, owner> owners_;  // uid -> the server its own record names
+  std::unordered_map<std::string, owner> owners_;  // uid -> the server its own record names, if any
   directory_stats stats_;
 };
 
