@@ -1,4 +1,4 @@
-# <dmoe/impl/src.hpp> must define every heavy function: each header that defines one with DMOE_DEF is included
+# <dmoe/impl/src.hpp> must define every heavy function: each header that defines one with DMOE_DEF or DMOE_INLINE is included
 # there by name, and keeps its definitions behind DMOE_HEAVY_DEFINITIONS (else separate compilation links fail or
 # every user compiles them again).
 cmake_minimum_required(VERSION 3.25)
@@ -10,6 +10,10 @@ set(heavy 0)
 foreach(header IN LISTS headers)
   file(READ ${INCLUDE_DIR}/${header} text)
   string(FIND "${text}" "\nDMOE_DEF " defines)
+  string(FIND "${text}" "\nDMOE_INLINE " defines_inline)
+  if(defines EQUAL -1 OR (defines_inline GREATER -1 AND defines_inline LESS defines))
+    set(defines ${defines_inline})
+  endif()
   if(defines EQUAL -1)
     continue()
   endif()
@@ -24,7 +28,7 @@ foreach(header IN LISTS headers)
   endif()
 endforeach()
 if(heavy EQUAL 0)
-  message(FATAL_ERROR "no header defines a heavy function: the DMOE_DEF pattern no longer matches")
+  message(FATAL_ERROR "no header defines a heavy function: the DMOE_DEF / DMOE_INLINE patterns no longer match")
 endif()
 if(problems)
   message(FATAL_ERROR "separate compilation would miss definitions:${problems}")

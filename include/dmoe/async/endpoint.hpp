@@ -40,41 +40,9 @@ class endpoint {
         fmt::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
   }
 
-  static std::optional<endpoint> try_parse(std::string_view text) noexcept {
-    std::string_view host;
-    std::string_view port_text;
-    if (!text.empty() && text.front() == '[') {
-      const auto close = text.find(']');
-      if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
-      host = text.substr(1, close - 1);
-      port_text = text.substr(close + 2);
-      if (host.find(':') == std::string_view::npos) return std::nullopt;  // brackets are for IPv6
-    } else {
-      const auto colon = text.rfind(':');
-      if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;
-      host = text.substr(0, colon);
-      port_text = text.substr(colon + 1);
-    }
-    unsigned port = 0;
-    const auto* end = port_text.data() + port_text.size();
-    auto [ptr, ec] = std::from_chars(port_text.data(), end, port);
-    if (port_text.empty() || ec != std::errc() || ptr != end || port > 65535) return std::nullopt;
-    endpoint result;
-    if (!result.assign_address(host, static_cast<std::uint16_t>(port))) return std::nullopt;
-    return result;
-  }
+  static std::optional<endpoint> try_parse(std::string_view text) noexcept;
 
-  static endpoint from_sockaddr(const sockaddr* address, socklen_t length) {
-    endpoint result;
-    if (address->sa_family == AF_INET && length >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
-      std::memcpy(&result.addr_.v4, address, sizeof(sockaddr_in));
-    } else if (address->sa_family == AF_INET6 && length >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
-      std::memcpy(&result.addr_.v6, address, sizeof(sockaddr_in6));
-    } else {
-      throw invalid_argument_error(fmt::format("unsupported socket address family {}", address->sa_family));
-    }
-    return result;
-  }
+  static endpoint from_sockaddr(const sockaddr* address, socklen_t length);
 
   static endpoint loopback_v4(std::uint16_t port = 0) { return endpoint("127.0.0.1", port); }
   static endpoint loopback_v6(std::uint16_t port = 0) { return endpoint("::1", port); }
@@ -91,20 +59,10 @@ class endpoint {
     if (is_v6()) return ntohs(addr_.v6.sin6_port);
     return 0;
   }
-  endpoint with_port(std::uint16_t port) const noexcept {
-    endpoint copy = *this;
-    if (is_v4()) copy.addr_.v4.sin_port = htons(port);
-    if (is_v6()) copy.addr_.v6.sin6_port = htons(port);
-    return copy;
-  }
+  endpoint with_port(std::uint16_t port) const noexcept;
 
   // The address alone: "127.0.0.1", "::1".
-  std::string address() const {
-    char text[INET6_ADDRSTRLEN] = {};
-    if (is_v4()) return inet_ntop(AF_INET, &addr_.v4.sin_addr, text, sizeof text);
-    if (is_v6()) return inet_ntop(AF_INET6, &addr_.v6.sin6_addr, text, sizeof text);
-    return "unspecified";
-  }
+  std::string address() const;
   std::string to_string() const {
     if (is_v6()) return fmt::format("[{}]:{}", address(), port());
     if (is_v4()) return fmt::format("{}:{}", address(), port());
@@ -128,33 +86,10 @@ class endpoint {
 
   friend std::ostream& operator<<(std::ostream& out, const endpoint& e) { return out << e.to_string(); }
 
-  std::size_t hash() const noexcept {
-    std::size_t h = std::hash<int>{}(family()) * 31 + port();
-    const auto* bytes = reinterpret_cast<const unsigned char*>(is_v6() ? static_cast<const void*>(&addr_.v6.sin6_addr)
-                                                                       : static_cast<const void*>(&addr_.v4.sin_addr));
-    const std::size_t count = is_v6() ? sizeof(in6_addr) : sizeof(in_addr);
-    for (std::size_t i = 0; i < count; ++i) h = h * 131 + bytes[i];
-    return h;
-  }
+  std::size_t hash() const noexcept;
 
  private:
-  bool assign_address(std::string_view address, std::uint16_t port) noexcept {
-    char text[INET6_ADDRSTRLEN] = {};
-    if (address.empty() || address.size() >= sizeof text) return false;
-    std::memcpy(text, address.data(), address.size());
-    std::memset(&addr_, 0, sizeof addr_);
-    if (inet_pton(AF_INET, text, &addr_.v4.sin_addr) == 1) {
-      addr_.v4.sin_family = AF_INET;
-      addr_.v4.sin_port = htons(port);
-      return true;
-    }
-    if (inet_pton(AF_INET6, text, &addr_.v6.sin6_addr) == 1) {
-      addr_.v6.sin6_family = AF_INET6;
-      addr_.v6.sin6_port = htons(port);
-      return true;
-    }
-    return false;
-  }
+  bool assign_address(std::string_view address, std::uint16_t port) noexcept;
 
   union {
     sockaddr base;
@@ -177,3 +112,87 @@ struct fmt::formatter<dmoe::endpoint> : fmt::formatter<std::string_view> {
     return fmt::formatter<std::string_view>::format(e.to_string(), ctx);
   }
 };
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+DMOE_INLINE auto endpoint::try_parse(std::string_view text) noexcept -> std::optional<endpoint> {
+  std::string_view host;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+    if (host.find(':') == std::string_view::npos) return std::nullopt;  // brackets are for IPv6
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+  }
+  unsigned port = 0;
+  const auto* end = port_text.data() + port_text.size();
+  auto [ptr, ec] = std::from_chars(port_text.data(), end, port);
+  if (port_text.empty() || ec != std::errc() || ptr != end || port > 65535) return std::nullopt;
+  endpoint result;
+  if (!result.assign_address(host, static_cast<std::uint16_t>(port))) return std::nullopt;
+  return result;
+}
+
+DMOE_INLINE auto endpoint::from_sockaddr(const sockaddr* address, socklen_t length) -> endpoint {
+  endpoint result;
+  if (address->sa_family == AF_INET && length >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+    std::memcpy(&result.addr_.v4, address, sizeof(sockaddr_in));
+  } else if (address->sa_family == AF_INET6 && length >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+    std::memcpy(&result.addr_.v6, address, sizeof(sockaddr_in6));
+  } else {
+    throw invalid_argument_error(fmt::format("unsupported socket address family {}", address->sa_family));
+  }
+  return result;
+}
+
+DMOE_INLINE auto endpoint::with_port(std::uint16_t port) const noexcept -> endpoint {
+  endpoint copy = *this;
+  if (is_v4()) copy.addr_.v4.sin_port = htons(port);
+  if (is_v6()) copy.addr_.v6.sin6_port = htons(port);
+  return copy;
+}
+
+DMOE_INLINE auto endpoint::address() const -> std::string {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (is_v4()) return inet_ntop(AF_INET, &addr_.v4.sin_addr, text, sizeof text);
+  if (is_v6()) return inet_ntop(AF_INET6, &addr_.v6.sin6_addr, text, sizeof text);
+  return "unspecified";
+}
+
+DMOE_INLINE auto endpoint::hash() const noexcept -> std::size_t {
+  std::size_t h = std::hash<int>{}(family()) * 31 + port();
+  const auto* bytes = reinterpret_cast<const unsigned char*>(is_v6() ? static_cast<const void*>(&addr_.v6.sin6_addr)
+                                                                     : static_cast<const void*>(&addr_.v4.sin_addr));
+  const std::size_t count = is_v6() ? sizeof(in6_addr) : sizeof(in_addr);
+  for (std::size_t i = 0; i < count; ++i) h = h * 131 + bytes[i];
+  return h;
+}
+
+DMOE_INLINE auto endpoint::assign_address(std::string_view address, std::uint16_t port) noexcept -> bool {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (address.empty() || address.size() >= sizeof text) return false;
+  std::memcpy(text, address.data(), address.size());
+  std::memset(&addr_, 0, sizeof addr_);
+  if (inet_pton(AF_INET, text, &addr_.v4.sin_addr) == 1) {
+    addr_.v4.sin_family = AF_INET;
+    addr_.v4.sin_port = htons(port);
+    return true;
+  }
+  if (inet_pton(AF_INET6, text, &addr_.v6.sin6_addr) == 1) {
+    addr_.v6.sin6_family = AF_INET6;
+    addr_.v6.sin6_port = htons(port);
+    return true;
+  }
+  return false;
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

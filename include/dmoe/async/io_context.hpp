@@ -109,52 +109,12 @@ class io_context {
 
   // Throws dmoe::system_error ("io_uring_setup: ...") when the kernel refuses a ring, and
   // dmoe::unavailable_error when it lacks an operation dmoe needs.
-  explicit io_context(unsigned entries = default_entries) {
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
-    if (wake_fd_ < 0) throw system_error(errno, "eventfd");
-    // Fastest first; older kernels refuse newer flags with EINVAL.
-    const unsigned attempts[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
-            IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
-        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
-        IORING_SETUP_CQSIZE,
-        0u,
-    };
-    int result = -EINVAL;
-    for (unsigned flags : attempts) {
-      io_uring_params params{};
-      params.flags = flags;
-      params.cq_entries = entries * 4;
-      result = io_uring_queue_init_params(entries, &ring_, &params);
-      if (result == 0) {
-        setup_flags_ = flags;
-        break;
-      }
-      if (result != -EINVAL) break;
-    }
-    if (result < 0) {
-      ::close(wake_fd_);
-      throw detail::io_uring_setup_error(-result);
-    }
-    try {
-      probe();
-    } catch (...) {
-      io_uring_queue_exit(&ring_);
-      ::close(wake_fd_);
-      throw;
-    }
-    if (!(setup_flags_ & IORING_SETUP_R_DISABLED)) arm_wake();
-  }
+  explicit io_context(unsigned entries = default_entries);
 
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
 
-  ~io_context() {
-    io_uring_queue_exit(&ring_);
-    ::close(wake_fd_);
-    release_nodes(local_head_);
-    release_nodes(remote_head_);
-  }
+  ~io_context();
 
   // Runs until stop() is called (a stop() before run() makes the next run() return at once).
   void run() { run_loop(nullptr); }
@@ -218,12 +178,7 @@ class io_context {
   // ---- building blocks for awaitables (dmoe's own operations use these) ----
 
   // A free SQE whose completion is delivered to `op`. Submitted at the next loop iteration.
-  io_uring_sqe* get_sqe(detail::io_completion* op) {
-    io_uring_sqe* sqe = next_sqe();
-    io_uring_sqe_set_data(sqe, op);
-    ++ops_in_flight_;
-    return sqe;
-  }
+  io_uring_sqe* get_sqe(detail::io_completion* op);
   // A free SQE whose completion is ignored (cancel requests, linked timeouts).
   io_uring_sqe* get_ignored_sqe() {
     io_uring_sqe* sqe = next_sqe();
@@ -242,123 +197,28 @@ class io_context {
   // Resumes `handle` on the next loop iteration. Only from this context's thread.
   void schedule(std::coroutine_handle<> handle) { ready_.push_back(handle); }
   // Resumes node->handle on this context from any thread (the node lives in the waiting frame).
-  void resume_from_any_thread(detail::posted_resume* node) {
-    if (in_this_thread()) {
-      schedule(node->handle);
-      return;
-    }
-    {
-      std::lock_guard lock(remote_mutex_);
-      append(remote_head_, remote_tail_, node);
-    }
-    wake();
-  }
+  void resume_from_any_thread(detail::posted_resume* node);
   // From a stop callback, on any thread: runs target->cancel on this context's thread.
-  void request_cancel(detail::cancel_target* target) noexcept {
-    if (in_this_thread()) {
-      target->cancel(target);
-      return;
-    }
-    {
-      std::lock_guard lock(remote_mutex_);
-      remote_cancels_.push_back(target);
-      target->remote_queued.store(true, std::memory_order_release);
-    }
-    wake();
-  }
+  void request_cancel(detail::cancel_target* target) noexcept;
   // After its stop callback is gone: drops a queued cross-thread cancel of a finished target.
-  void forget_cancel(detail::cancel_target* target) noexcept {
-    if (!target->remote_queued.load(std::memory_order_acquire)) return;
-    std::lock_guard lock(remote_mutex_);
-    for (auto& queued : remote_cancels_) {
-      if (queued == target) queued = nullptr;
-    }
-    target->remote_queued.store(false, std::memory_order_relaxed);
-  }
+  void forget_cancel(detail::cancel_target* target) noexcept;
 
   io_uring* native_handle() noexcept { return &ring_; }
 
  private:
-  static void append(detail::posted_node*& head, detail::posted_node*& tail, detail::posted_node* node) noexcept {
-    node->next = nullptr;
-    if (tail) {
-      tail->next = node;
-    } else {
-      head = node;
-    }
-    tail = node;
-  }
+  static void append(detail::posted_node*& head, detail::posted_node*& tail, detail::posted_node* node) noexcept;
 
-  static void release_nodes(detail::posted_node* node) noexcept {
-    while (node) {
-      detail::posted_node* next = node->next;
-      node->invoke(node, false);
-      node = next;
-    }
-  }
+  static void release_nodes(detail::posted_node* node) noexcept;
 
-  void probe() {
-    io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
-    if (!probe) throw unavailable_error("io_uring cannot report its supported operations (kernel older than 5.6?)");
-    supported_.assign(IORING_OP_LAST, false);
-    for (unsigned op = 0; op < IORING_OP_LAST; ++op) supported_[op] = io_uring_opcode_supported(probe, static_cast<int>(op));
-    io_uring_free_probe(probe);
-    struct needed {
-      unsigned op;
-      const char* name;
-    };
-    static constexpr needed required[] = {
-        {IORING_OP_READ, "READ"},          {IORING_OP_TIMEOUT, "TIMEOUT"},
-        {IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
-        {IORING_OP_ACCEPT, "ACCEPT"},      {IORING_OP_CONNECT, "CONNECT"},
-        {IORING_OP_SEND, "SEND"},          {IORING_OP_RECV, "RECV"},
-        {IORING_OP_SENDMSG, "SENDMSG"},    {IORING_OP_RECVMSG, "RECVMSG"},
-    };
-    for (const auto& n : required) {
-      if (!supports(n.op)) throw unavailable_error(std::string("io_uring lacks IORING_OP_") + n.name + " (kernel too old)");
-    }
-  }
+  void probe();
 
-  io_uring_sqe* next_sqe() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (sqe) [[likely]]
-      return sqe;
-    flush_submissions();
-    sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) throw system_error(EBUSY, "io_uring submission queue full");
-    return sqe;
-  }
+  io_uring_sqe* next_sqe();
 
   // Submits what is queued so SQ slots free up; completions stay for the loop to reap.
-  void flush_submissions() {
-    for (int attempt = 0; attempt < 1000; ++attempt) {
-      int result = io_uring_submit(&ring_);
-      // Completions arriving during a long submission burst are moved out before the CQ overflows.
-      if (io_uring_cq_ready(&ring_) > *ring_.cq.kring_entries / 2) stash_completions();
-      if (result >= 0 || result == -EINTR) {
-        if (io_uring_sq_space_left(&ring_) > 0) return;
-        continue;
-      }
-      if (result == -EBUSY || result == -EAGAIN) {
-        stash_completions();
-        continue;
-      }
-      throw system_error(-result, "io_uring_submit");
-    }
-    throw system_error(EBUSY, "io_uring_submit");
-  }
+  void flush_submissions();
 
   // Moves completions out of a full CQ ring so submission can go on; the loop dispatches them.
-  void stash_completions() {
-    io_uring_cqe* cqe = nullptr;
-    unsigned head = 0;
-    unsigned count = 0;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      stashed_.push_back({cqe->user_data, cqe->res, cqe->flags});
-      ++count;
-    }
-    io_uring_cq_advance(&ring_, count);
-  }
+  void stash_completions();
 
   void arm_wake() {
     io_uring_sqe* sqe = next_sqe();
@@ -372,137 +232,22 @@ class io_context {
     [[maybe_unused]] auto written = ::write(wake_fd_, &one, sizeof one);
   }
 
-  void bind_to_this_thread() {
-    if (enabled_) {
-      if ((setup_flags_ & IORING_SETUP_SINGLE_ISSUER) && owner_ != std::this_thread::get_id()) {
-        throw invalid_argument_error("io_context is bound to the thread that first ran it (IORING_SETUP_SINGLE_ISSUER)");
-      }
-      return;
-    }
-    if (setup_flags_ & IORING_SETUP_R_DISABLED) {
-      int result = io_uring_register(static_cast<unsigned>(ring_.ring_fd), IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
-      if (result < 0) throw system_error(-result, "io_uring_register(IORING_REGISTER_ENABLE_RINGS)");
-      arm_wake();
-    }
-    owner_ = std::this_thread::get_id();
-    enabled_ = true;
-  }
+  void bind_to_this_thread();
 
-  void run_loop(const bool* done) {
-    if (running_) throw invalid_argument_error("io_context::run called while the context is already running");
-    bind_to_this_thread();
-    struct scope {
-      io_context* self;
-      io_context* previous;
-      detail::transfer_guard previous_guard;
-      ~scope() {
-        self->running_ = false;
-        detail::current_context = previous;
-        detail::current_transfer_guard = previous_guard;
-        io_uring_submit(&self->ring_);  // leftover cancel requests go out now
-      }
-    } guard{this, std::exchange(detail::current_context, this),
-            std::exchange(detail::current_transfer_guard,
-                          detail::transfer_guard{static_cast<const char*>(__builtin_frame_address(0)), this,
-                                                 &io_context::defer_transfer})};
-    running_ = true;
-    for (;;) {
-      run_ready();
-      if (done && *done) break;
-      if (stop_requested_.load(std::memory_order_acquire)) {
-        stop_requested_.store(false, std::memory_order_relaxed);
-        if (!done) break;
-        root_stop_->request_stop();
-        continue;
-      }
-      submit_and_wait(ready_.empty() && !local_head_ && stashed_.empty() ? 1u : 0u);
-      reap();
-    }
-  }
+  void run_loop(const bool* done);
 
   static void defer_transfer(void* self, std::coroutine_handle<> next) { static_cast<io_context*>(self)->schedule(next); }
 
   // Runs what was ready when it started; what that makes ready waits until I/O was polled.
-  void run_ready() {
-    if (!stashed_.empty()) {
-      std::vector<stashed_cqe> batch;
-      batch.swap(stashed_);
-      for (const auto& c : batch) dispatch(c.user_data, c.result, c.flags);
-    }
-    if (!ready_.empty()) {
-      ready_.swap(resuming_);
-      for (std::size_t i = 0; i < resuming_.size(); ++i) resuming_[i].resume();
-      resuming_.clear();
-    }
-    if (local_head_) {
-      detail::posted_node* node = std::exchange(local_head_, nullptr);
-      local_tail_ = nullptr;
-      while (node) {
-        detail::posted_node* next = node->next;
-        node->invoke(node, true);
-        node = next;
-      }
-    }
-  }
+  void run_ready();
 
-  void submit_and_wait(unsigned wait_count) {
-    int result = io_uring_submit_and_wait(&ring_, wait_count);
-    if (result >= 0 || result == -EINTR || result == -ETIME) return;
-    if (result == -EBUSY || result == -EAGAIN) {
-      stash_completions();
-      return;
-    }
-    throw system_error(-result, "io_uring_enter");
-  }
+  void submit_and_wait(unsigned wait_count);
 
-  void reap() {
-    constexpr unsigned batch_size = 128;
-    for (;;) {
-      io_uring_cqe* cqes[batch_size];
-      unsigned count = io_uring_peek_batch_cqe(&ring_, cqes, batch_size);
-      if (count == 0) return;
-      stashed_cqe batch[batch_size];
-      for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
-      io_uring_cq_advance(&ring_, count);
-      for (unsigned i = 0; i < count; ++i) dispatch(batch[i].user_data, batch[i].result, batch[i].flags);
-      if (count < batch_size) return;
-    }
-  }
+  void reap();
 
-  void dispatch(std::uint64_t user_data, int result, unsigned flags) {
-    if (user_data == detail::ignored_user_data) return;
-    if (user_data == detail::wake_user_data) {
-      on_wake();
-      return;
-    }
-    auto* op = reinterpret_cast<detail::io_completion*>(user_data);
-    --ops_in_flight_;
-    op->complete(op, result, flags);
-  }
+  void dispatch(std::uint64_t user_data, int result, unsigned flags);
 
-  void on_wake() {
-    wake_pending_.store(false, std::memory_order_seq_cst);
-    arm_wake();
-    detail::posted_node* nodes = nullptr;
-    {
-      std::lock_guard lock(remote_mutex_);
-      nodes = std::exchange(remote_head_, nullptr);
-      remote_tail_ = nullptr;
-      cancels_in_progress_.swap(remote_cancels_);
-      for (auto* target : cancels_in_progress_) {
-        if (target) target->remote_queued.store(false, std::memory_order_relaxed);
-      }
-    }
-    for (auto* target : cancels_in_progress_) {
-      if (target) target->cancel(target);
-    }
-    cancels_in_progress_.clear();
-    while (nodes) {
-      detail::posted_node* next = nodes->next;
-      nodes->invoke(nodes, true);
-      nodes = next;
-    }
-  }
+  void on_wake();
 
   struct stashed_cqe {
     std::uint64_t user_data;
@@ -539,3 +284,304 @@ class io_context {
 inline void detail::stop_forwarder::operator()() const noexcept { target->ctx->request_cancel(target); }
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+DMOE_INLINE io_context::io_context(unsigned entries) {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw system_error(errno, "eventfd");
+  // Fastest first; older kernels refuse newer flags with EINVAL.
+  const unsigned attempts[] = {
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+          IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
+      IORING_SETUP_CQSIZE,
+      0u,
+  };
+  int result = -EINVAL;
+  for (unsigned flags : attempts) {
+    io_uring_params params{};
+    params.flags = flags;
+    params.cq_entries = entries * 4;
+    result = io_uring_queue_init_params(entries, &ring_, &params);
+    if (result == 0) {
+      setup_flags_ = flags;
+      break;
+    }
+    if (result != -EINVAL) break;
+  }
+  if (result < 0) {
+    ::close(wake_fd_);
+    throw detail::io_uring_setup_error(-result);
+  }
+  try {
+    probe();
+  } catch (...) {
+    io_uring_queue_exit(&ring_);
+    ::close(wake_fd_);
+    throw;
+  }
+  if (!(setup_flags_ & IORING_SETUP_R_DISABLED)) arm_wake();
+}
+
+DMOE_INLINE io_context::~io_context() {
+  io_uring_queue_exit(&ring_);
+  ::close(wake_fd_);
+  release_nodes(local_head_);
+  release_nodes(remote_head_);
+}
+
+DMOE_INLINE auto io_context::get_sqe(detail::io_completion* op) -> io_uring_sqe* {
+  io_uring_sqe* sqe = next_sqe();
+  io_uring_sqe_set_data(sqe, op);
+  ++ops_in_flight_;
+  return sqe;
+}
+
+DMOE_INLINE auto io_context::resume_from_any_thread(detail::posted_resume* node) -> void {
+  if (in_this_thread()) {
+    schedule(node->handle);
+    return;
+  }
+  {
+    std::lock_guard lock(remote_mutex_);
+    append(remote_head_, remote_tail_, node);
+  }
+  wake();
+}
+
+DMOE_INLINE auto io_context::request_cancel(detail::cancel_target* target) noexcept -> void {
+  if (in_this_thread()) {
+    target->cancel(target);
+    return;
+  }
+  {
+    std::lock_guard lock(remote_mutex_);
+    remote_cancels_.push_back(target);
+    target->remote_queued.store(true, std::memory_order_release);
+  }
+  wake();
+}
+
+DMOE_INLINE auto io_context::forget_cancel(detail::cancel_target* target) noexcept -> void {
+  if (!target->remote_queued.load(std::memory_order_acquire)) return;
+  std::lock_guard lock(remote_mutex_);
+  for (auto& queued : remote_cancels_) {
+    if (queued == target) queued = nullptr;
+  }
+  target->remote_queued.store(false, std::memory_order_relaxed);
+}
+
+DMOE_INLINE auto io_context::append(detail::posted_node*& head, detail::posted_node*& tail,
+    detail::posted_node* node) noexcept -> void {
+  node->next = nullptr;
+  if (tail) {
+    tail->next = node;
+  } else {
+    head = node;
+  }
+  tail = node;
+}
+
+DMOE_INLINE auto io_context::release_nodes(detail::posted_node* node) noexcept -> void {
+  while (node) {
+    detail::posted_node* next = node->next;
+    node->invoke(node, false);
+    node = next;
+  }
+}
+
+DMOE_INLINE auto io_context::probe() -> void {
+  io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
+  if (!probe) throw unavailable_error("io_uring cannot report its supported operations (kernel older than 5.6?)");
+  supported_.assign(IORING_OP_LAST, false);
+  for (unsigned op = 0; op < IORING_OP_LAST; ++op) supported_[op] = io_uring_opcode_supported(probe, static_cast<int>(op));
+  io_uring_free_probe(probe);
+  struct needed {
+    unsigned op;
+    const char* name;
+  };
+  static constexpr needed required[] = {
+      {IORING_OP_READ, "READ"},          {IORING_OP_TIMEOUT, "TIMEOUT"},
+      {IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+      {IORING_OP_ACCEPT, "ACCEPT"},      {IORING_OP_CONNECT, "CONNECT"},
+      {IORING_OP_SEND, "SEND"},          {IORING_OP_RECV, "RECV"},
+      {IORING_OP_SENDMSG, "SENDMSG"},    {IORING_OP_RECVMSG, "RECVMSG"},
+  };
+  for (const auto& n : required) {
+    if (!supports(n.op)) throw unavailable_error(std::string("io_uring lacks IORING_OP_") + n.name + " (kernel too old)");
+  }
+}
+
+DMOE_INLINE auto io_context::next_sqe() -> io_uring_sqe* {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe) [[likely]]
+    return sqe;
+  flush_submissions();
+  sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) throw system_error(EBUSY, "io_uring submission queue full");
+  return sqe;
+}
+
+DMOE_INLINE auto io_context::flush_submissions() -> void {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    int result = io_uring_submit(&ring_);
+    // Completions arriving during a long submission burst are moved out before the CQ overflows.
+    if (io_uring_cq_ready(&ring_) > *ring_.cq.kring_entries / 2) stash_completions();
+    if (result >= 0 || result == -EINTR) {
+      if (io_uring_sq_space_left(&ring_) > 0) return;
+      continue;
+    }
+    if (result == -EBUSY || result == -EAGAIN) {
+      stash_completions();
+      continue;
+    }
+    throw system_error(-result, "io_uring_submit");
+  }
+  throw system_error(EBUSY, "io_uring_submit");
+}
+
+DMOE_INLINE auto io_context::stash_completions() -> void {
+  io_uring_cqe* cqe = nullptr;
+  unsigned head = 0;
+  unsigned count = 0;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    stashed_.push_back({cqe->user_data, cqe->res, cqe->flags});
+    ++count;
+  }
+  io_uring_cq_advance(&ring_, count);
+}
+
+DMOE_INLINE auto io_context::bind_to_this_thread() -> void {
+  if (enabled_) {
+    if ((setup_flags_ & IORING_SETUP_SINGLE_ISSUER) && owner_ != std::this_thread::get_id()) {
+      throw invalid_argument_error("io_context is bound to the thread that first ran it (IORING_SETUP_SINGLE_ISSUER)");
+    }
+    return;
+  }
+  if (setup_flags_ & IORING_SETUP_R_DISABLED) {
+    int result = io_uring_register(static_cast<unsigned>(ring_.ring_fd), IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+    if (result < 0) throw system_error(-result, "io_uring_register(IORING_REGISTER_ENABLE_RINGS)");
+    arm_wake();
+  }
+  owner_ = std::this_thread::get_id();
+  enabled_ = true;
+}
+
+DMOE_INLINE auto io_context::run_loop(const bool* done) -> void {
+  if (running_) throw invalid_argument_error("io_context::run called while the context is already running");
+  bind_to_this_thread();
+  struct scope {
+    io_context* self;
+    io_context* previous;
+    detail::transfer_guard previous_guard;
+    ~scope() {
+      self->running_ = false;
+      detail::current_context = previous;
+      detail::current_transfer_guard = previous_guard;
+      io_uring_submit(&self->ring_);  // leftover cancel requests go out now
+    }
+  } guard{this, std::exchange(detail::current_context, this),
+          std::exchange(detail::current_transfer_guard,
+                        detail::transfer_guard{static_cast<const char*>(__builtin_frame_address(0)), this,
+                                               &io_context::defer_transfer})};
+  running_ = true;
+  for (;;) {
+    run_ready();
+    if (done && *done) break;
+    if (stop_requested_.load(std::memory_order_acquire)) {
+      stop_requested_.store(false, std::memory_order_relaxed);
+      if (!done) break;
+      root_stop_->request_stop();
+      continue;
+    }
+    submit_and_wait(ready_.empty() && !local_head_ && stashed_.empty() ? 1u : 0u);
+    reap();
+  }
+}
+
+DMOE_INLINE auto io_context::run_ready() -> void {
+  if (!stashed_.empty()) {
+    std::vector<stashed_cqe> batch;
+    batch.swap(stashed_);
+    for (const auto& c : batch) dispatch(c.user_data, c.result, c.flags);
+  }
+  if (!ready_.empty()) {
+    ready_.swap(resuming_);
+    for (std::size_t i = 0; i < resuming_.size(); ++i) resuming_[i].resume();
+    resuming_.clear();
+  }
+  if (local_head_) {
+    detail::posted_node* node = std::exchange(local_head_, nullptr);
+    local_tail_ = nullptr;
+    while (node) {
+      detail::posted_node* next = node->next;
+      node->invoke(node, true);
+      node = next;
+    }
+  }
+}
+
+DMOE_INLINE auto io_context::submit_and_wait(unsigned wait_count) -> void {
+  int result = io_uring_submit_and_wait(&ring_, wait_count);
+  if (result >= 0 || result == -EINTR || result == -ETIME) return;
+  if (result == -EBUSY || result == -EAGAIN) {
+    stash_completions();
+    return;
+  }
+  throw system_error(-result, "io_uring_enter");
+}
+
+DMOE_INLINE auto io_context::reap() -> void {
+  constexpr unsigned batch_size = 128;
+  for (;;) {
+    io_uring_cqe* cqes[batch_size];
+    unsigned count = io_uring_peek_batch_cqe(&ring_, cqes, batch_size);
+    if (count == 0) return;
+    stashed_cqe batch[batch_size];
+    for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+    io_uring_cq_advance(&ring_, count);
+    for (unsigned i = 0; i < count; ++i) dispatch(batch[i].user_data, batch[i].result, batch[i].flags);
+    if (count < batch_size) return;
+  }
+}
+
+DMOE_INLINE auto io_context::dispatch(std::uint64_t user_data, int result, unsigned flags) -> void {
+  if (user_data == detail::ignored_user_data) return;
+  if (user_data == detail::wake_user_data) {
+    on_wake();
+    return;
+  }
+  auto* op = reinterpret_cast<detail::io_completion*>(user_data);
+  --ops_in_flight_;
+  op->complete(op, result, flags);
+}
+
+DMOE_INLINE auto io_context::on_wake() -> void {
+  wake_pending_.store(false, std::memory_order_seq_cst);
+  arm_wake();
+  detail::posted_node* nodes = nullptr;
+  {
+    std::lock_guard lock(remote_mutex_);
+    nodes = std::exchange(remote_head_, nullptr);
+    remote_tail_ = nullptr;
+    cancels_in_progress_.swap(remote_cancels_);
+    for (auto* target : cancels_in_progress_) {
+      if (target) target->remote_queued.store(false, std::memory_order_relaxed);
+    }
+  }
+  for (auto* target : cancels_in_progress_) {
+    if (target) target->cancel(target);
+  }
+  cancels_in_progress_.clear();
+  while (nodes) {
+    detail::posted_node* next = nodes->next;
+    nodes->invoke(nodes, true);
+    nodes = next;
+  }
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -76,12 +76,7 @@ class task_group {
   explicit task_group(io_context& ctx) noexcept : ctx_(&ctx), token_(source_.get_token()) {}
   task_group(const task_group&) = delete;
   task_group& operator=(const task_group&) = delete;
-  ~task_group() {
-    if (running_ != 0) {
-      log_error("task_group destroyed with {} tasks still running (join() was not awaited)", running_);
-      std::terminate();
-    }
-  }
+  ~task_group();
 
   template <class T>
   void spawn(task<T> work) {
@@ -128,13 +123,7 @@ class task_group {
     return *ctx;
   }
 
-  void finished(std::exception_ptr error) noexcept {
-    if (error) {
-      ++failures_;
-      if (!first_error_) first_error_ = std::move(error);
-    }
-    if (--running_ == 0 && joiner_) ctx_->schedule(std::exchange(joiner_, nullptr));
-  }
+  void finished(std::exception_ptr error) noexcept;
 
   io_context* ctx_;
   std::stop_source source_;
@@ -156,3 +145,25 @@ inline void detail::spawned_task::promise_type::final_awaiter::await_suspend(
 inline void detail::group_stopper::operator()() const noexcept { group->request_stop(); }
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+DMOE_INLINE task_group::~task_group() {
+  if (running_ != 0) {
+    log_error("task_group destroyed with {} tasks still running (join() was not awaited)", running_);
+    std::terminate();
+  }
+}
+
+DMOE_INLINE auto task_group::finished(std::exception_ptr error) noexcept -> void {
+  if (error) {
+    ++failures_;
+    if (!first_error_) first_error_ = std::move(error);
+  }
+  if (--running_ == 0 && joiner_) ctx_->schedule(std::exchange(joiner_, nullptr));
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -28,12 +28,7 @@ class accept_operation final : public io_operation<accept_operation> {
   accept_operation(io_context* ctx, int fd, const endpoint* local, steady_time deadline) noexcept
       : io_operation(ctx, deadline), fd_(fd), local_(local) {}
 
-  tcp_socket await_resume() {
-    if (result() < 0) throw_failure(result(), fmt::format("tcp accept on {}", *local_));
-    tcp_socket socket(*ctx, result(), endpoint::from_sockaddr(&peer_.base, peer_length_));
-    socket.set_option(IPPROTO_TCP, TCP_NODELAY, 1);
-    return socket;
-  }
+  tcp_socket await_resume();
 
  private:
   friend class io_operation<accept_operation>;
@@ -60,31 +55,10 @@ class accept_operation final : public io_operation<accept_operation> {
 class tcp_listener {
  public:
   tcp_listener() noexcept = default;
-  tcp_listener(io_context& ctx, const endpoint& local, int backlog = 1024) : ctx_(&ctx) {
-    if (!local.is_specified()) throw invalid_argument_error("tcp_listener needs a specified local endpoint");
-    fd_ = ::socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) throw system_error(errno, "socket");
-    try {
-      detail::set_socket_option(fd_, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
-      if (::bind(fd_, local.data(), local.size()) != 0) throw system_error(errno, fmt::format("bind to {}", local));
-      if (::listen(fd_, backlog) != 0) throw system_error(errno, fmt::format("listen on {}", local));
-      local_ = detail::local_endpoint_of(fd_);
-    } catch (...) {
-      ::close(fd_);
-      throw;
-    }
-  }
+  tcp_listener(io_context& ctx, const endpoint& local, int backlog = 1024);
   tcp_listener(tcp_listener&& other) noexcept
       : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), local_(other.local_) {}
-  tcp_listener& operator=(tcp_listener&& other) noexcept {
-    if (this != &other) {
-      close();
-      ctx_ = other.ctx_;
-      fd_ = std::exchange(other.fd_, -1);
-      local_ = other.local_;
-    }
-    return *this;
-  }
+  tcp_listener& operator=(tcp_listener&& other) noexcept;
   tcp_listener(const tcp_listener&) = delete;
   tcp_listener& operator=(const tcp_listener&) = delete;
   ~tcp_listener() { close(); }
@@ -108,3 +82,46 @@ class tcp_listener {
 };
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace detail {
+
+DMOE_INLINE auto accept_operation::await_resume() -> tcp_socket {
+  if (result() < 0) throw_failure(result(), fmt::format("tcp accept on {}", *local_));
+  tcp_socket socket(*ctx, result(), endpoint::from_sockaddr(&peer_.base, peer_length_));
+  socket.set_option(IPPROTO_TCP, TCP_NODELAY, 1);
+  return socket;
+}
+
+}  // namespace detail
+
+DMOE_INLINE tcp_listener::tcp_listener(io_context& ctx, const endpoint& local, int backlog) : ctx_(&ctx) {
+  if (!local.is_specified()) throw invalid_argument_error("tcp_listener needs a specified local endpoint");
+  fd_ = ::socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw system_error(errno, "socket");
+  try {
+    detail::set_socket_option(fd_, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
+    if (::bind(fd_, local.data(), local.size()) != 0) throw system_error(errno, fmt::format("bind to {}", local));
+    if (::listen(fd_, backlog) != 0) throw system_error(errno, fmt::format("listen on {}", local));
+    local_ = detail::local_endpoint_of(fd_);
+  } catch (...) {
+    ::close(fd_);
+    throw;
+  }
+}
+
+DMOE_INLINE auto tcp_listener::operator=(tcp_listener&& other) noexcept -> tcp_listener& {
+  if (this != &other) {
+    close();
+    ctx_ = other.ctx_;
+    fd_ = std::exchange(other.fd_, -1);
+    local_ = other.local_;
+  }
+  return *this;
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -36,12 +36,15 @@ inline void set_socket_option(int fd, int level, int name, int value, const char
   if (::setsockopt(fd, level, name, &value, sizeof value) != 0) throw system_error(errno, what);
 }
 
-inline endpoint local_endpoint_of(int fd) {
+endpoint local_endpoint_of(int fd);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE endpoint local_endpoint_of(int fd) {
   sockaddr_in6 storage{};
   socklen_t length = sizeof storage;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&storage), &length) != 0) throw system_error(errno, "getsockname");
   return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), length);
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The pieces of one scatter/gather transfer, advanced as bytes move; a few fit inline.
 class iovec_list {
@@ -63,16 +66,7 @@ class iovec_list {
   std::size_t current_count() const noexcept { return count_ - first_; }
   std::size_t total() const noexcept { return total_; }
 
-  void advance(std::size_t bytes) noexcept {
-    while (bytes > 0 && first_ < count_) {
-      iovec& piece = data_[first_];
-      const std::size_t step = bytes < piece.iov_len ? bytes : piece.iov_len;
-      piece.iov_base = static_cast<std::byte*>(piece.iov_base) + step;
-      piece.iov_len -= step;
-      bytes -= step;
-      if (piece.iov_len == 0) ++first_;
-    }
-  }
+  void advance(std::size_t bytes) noexcept;
 
  private:
   std::array<iovec, 4> inline_{};
@@ -214,15 +208,7 @@ class tcp_socket {
   tcp_socket(io_context& ctx, int fd, const endpoint& peer) noexcept : ctx_(&ctx), fd_(fd), peer_(peer) {}
   tcp_socket(tcp_socket&& other) noexcept
       : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), peer_(other.peer_) {}
-  tcp_socket& operator=(tcp_socket&& other) noexcept {
-    if (this != &other) {
-      close();
-      ctx_ = other.ctx_;
-      fd_ = std::exchange(other.fd_, -1);
-      peer_ = other.peer_;
-    }
-    return *this;
-  }
+  tcp_socket& operator=(tcp_socket&& other) noexcept;
   tcp_socket(const tcp_socket&) = delete;
   tcp_socket& operator=(const tcp_socket&) = delete;
   ~tcp_socket() { close(); }
@@ -290,3 +276,35 @@ inline tcp_socket detail::connect_operation::await_resume() {
 }
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace detail {
+
+DMOE_INLINE auto iovec_list::advance(std::size_t bytes) noexcept -> void {
+  while (bytes > 0 && first_ < count_) {
+    iovec& piece = data_[first_];
+    const std::size_t step = bytes < piece.iov_len ? bytes : piece.iov_len;
+    piece.iov_base = static_cast<std::byte*>(piece.iov_base) + step;
+    piece.iov_len -= step;
+    bytes -= step;
+    if (piece.iov_len == 0) ++first_;
+  }
+}
+
+}  // namespace detail
+
+DMOE_INLINE auto tcp_socket::operator=(tcp_socket&& other) noexcept -> tcp_socket& {
+  if (this != &other) {
+    close();
+    ctx_ = other.ctx_;
+    fd_ = std::exchange(other.fd_, -1);
+    peer_ = other.peer_;
+  }
+  return *this;
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

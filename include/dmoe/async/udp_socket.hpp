@@ -49,14 +49,7 @@ class udp_send_operation final : public io_operation<udp_send_operation> {
  private:
   friend class io_operation<udp_send_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept {
-    message_ = msghdr{};
-    message_.msg_name = const_cast<sockaddr*>(peer_.data());
-    message_.msg_namelen = peer_.size();
-    message_.msg_iov = &piece_;
-    message_.msg_iovlen = 1;
-    io_uring_prep_sendmsg(sqe, fd_, &message_, MSG_NOSIGNAL);
-  }
+  void prepare(io_uring_sqe* sqe) noexcept;
 
   int fd_;
   endpoint peer_;
@@ -71,28 +64,12 @@ class udp_receive_operation final : public io_operation<udp_receive_operation> {
     piece_ = iovec{buffer.data(), buffer.size()};
   }
 
-  datagram await_resume() const {
-    if (result() < 0) throw_failure(result(), fmt::format("udp recv on {}", *local_));
-    datagram received;
-    const auto length = static_cast<std::size_t>(result());  // MSG_TRUNC: the datagram's real length
-    received.size = length < piece_.iov_len ? length : piece_.iov_len;
-    received.truncated = length > piece_.iov_len;
-    received.peer = endpoint::from_sockaddr(&peer_.base, peer_.base.sa_family == AF_INET6 ? sizeof(sockaddr_in6)
-                                                                                          : sizeof(sockaddr_in));
-    return received;
-  }
+  datagram await_resume() const;
 
  private:
   friend class io_operation<udp_receive_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept {
-    message_ = msghdr{};
-    message_.msg_name = &peer_.base;
-    message_.msg_namelen = sizeof peer_;
-    message_.msg_iov = &piece_;
-    message_.msg_iovlen = 1;
-    io_uring_prep_recvmsg(sqe, fd_, &message_, MSG_TRUNC);
-  }
+  void prepare(io_uring_sqe* sqe) noexcept;
 
   int fd_;
   const endpoint* local_;
@@ -112,27 +89,9 @@ class udp_receive_operation final : public io_operation<udp_receive_operation> {
 class udp_socket {
  public:
   udp_socket() noexcept = default;
-  udp_socket(io_context& ctx, const endpoint& local) : ctx_(&ctx) {
-    if (!local.is_specified()) throw invalid_argument_error("udp_socket needs a specified local endpoint");
-    fd_ = ::socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) throw system_error(errno, "socket");
-    if (::bind(fd_, local.data(), local.size()) != 0) {
-      const int error = errno;
-      ::close(fd_);
-      throw system_error(error, fmt::format("bind to {}", local));
-    }
-    local_ = detail::local_endpoint_of(fd_);
-  }
+  udp_socket(io_context& ctx, const endpoint& local);
   udp_socket(udp_socket&& other) noexcept : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), local_(other.local_) {}
-  udp_socket& operator=(udp_socket&& other) noexcept {
-    if (this != &other) {
-      close();
-      ctx_ = other.ctx_;
-      fd_ = std::exchange(other.fd_, -1);
-      local_ = other.local_;
-    }
-    return *this;
-  }
+  udp_socket& operator=(udp_socket&& other) noexcept;
   udp_socket(const udp_socket&) = delete;
   udp_socket& operator=(const udp_socket&) = delete;
   ~udp_socket() { close(); }
@@ -157,14 +116,7 @@ class udp_socket {
   // Asks the kernel for a receive queue of `bytes` (SO_RCVBUF: it holds datagrams that arrive faster than they
   // are read; Linux caps the request at net.core.rmem_max and books twice the size for its overhead). Returns
   // the size granted. Throws system_error if the socket refuses the option.
-  std::size_t set_receive_queue(std::size_t bytes) {
-    const int wanted = static_cast<int>(std::min<std::size_t>(bytes, std::numeric_limits<int>::max() / 2));
-    if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted) != 0) throw system_error(errno, "SO_RCVBUF");
-    int granted = 0;
-    socklen_t size = sizeof granted;
-    if (::getsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &granted, &size) != 0) throw system_error(errno, "SO_RCVBUF");
-    return static_cast<std::size_t>(granted);
-  }
+  std::size_t set_receive_queue(std::size_t bytes);
 
  private:
   io_context* ctx_ = nullptr;
@@ -173,3 +125,74 @@ class udp_socket {
 };
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace detail {
+
+DMOE_INLINE auto udp_send_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
+  message_ = msghdr{};
+  message_.msg_name = const_cast<sockaddr*>(peer_.data());
+  message_.msg_namelen = peer_.size();
+  message_.msg_iov = &piece_;
+  message_.msg_iovlen = 1;
+  io_uring_prep_sendmsg(sqe, fd_, &message_, MSG_NOSIGNAL);
+}
+
+DMOE_INLINE auto udp_receive_operation::await_resume() const -> datagram {
+  if (result() < 0) throw_failure(result(), fmt::format("udp recv on {}", *local_));
+  datagram received;
+  const auto length = static_cast<std::size_t>(result());  // MSG_TRUNC: the datagram's real length
+  received.size = length < piece_.iov_len ? length : piece_.iov_len;
+  received.truncated = length > piece_.iov_len;
+  received.peer = endpoint::from_sockaddr(&peer_.base, peer_.base.sa_family == AF_INET6 ? sizeof(sockaddr_in6)
+                                                                                        : sizeof(sockaddr_in));
+  return received;
+}
+
+DMOE_INLINE auto udp_receive_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
+  message_ = msghdr{};
+  message_.msg_name = &peer_.base;
+  message_.msg_namelen = sizeof peer_;
+  message_.msg_iov = &piece_;
+  message_.msg_iovlen = 1;
+  io_uring_prep_recvmsg(sqe, fd_, &message_, MSG_TRUNC);
+}
+
+}  // namespace detail
+
+DMOE_INLINE udp_socket::udp_socket(io_context& ctx, const endpoint& local) : ctx_(&ctx) {
+  if (!local.is_specified()) throw invalid_argument_error("udp_socket needs a specified local endpoint");
+  fd_ = ::socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw system_error(errno, "socket");
+  if (::bind(fd_, local.data(), local.size()) != 0) {
+    const int error = errno;
+    ::close(fd_);
+    throw system_error(error, fmt::format("bind to {}", local));
+  }
+  local_ = detail::local_endpoint_of(fd_);
+}
+
+DMOE_INLINE auto udp_socket::operator=(udp_socket&& other) noexcept -> udp_socket& {
+  if (this != &other) {
+    close();
+    ctx_ = other.ctx_;
+    fd_ = std::exchange(other.fd_, -1);
+    local_ = other.local_;
+  }
+  return *this;
+}
+
+DMOE_INLINE auto udp_socket::set_receive_queue(std::size_t bytes) -> std::size_t {
+  const int wanted = static_cast<int>(std::min<std::size_t>(bytes, std::numeric_limits<int>::max() / 2));
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted) != 0) throw system_error(errno, "SO_RCVBUF");
+  int granted = 0;
+  socklen_t size = sizeof granted;
+  if (::getsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &granted, &size) != 0) throw system_error(errno, "SO_RCVBUF");
+  return static_cast<std::size_t>(granted);
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -64,11 +64,14 @@ task<std::vector<T>> when_all(std::vector<task<T>> children) {
   co_return results;
 }
 
-inline task<void> when_all(std::vector<task<void>> children) {
+task<void> when_all(std::vector<task<void>> children);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE task<void> when_all(std::vector<task<void>> children) {
   detail::child_group group(detail::child_group::policy::all);
   const auto handles = detail::adopt_all(group, children);
   co_await group.run(handles);
   if (group.first_error()) std::rethrow_exception(group.first_error());
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 DMOE_END_NAMESPACE

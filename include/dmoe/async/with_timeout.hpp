@@ -68,12 +68,7 @@ class timeout_race final : public child_observer, public io_completion {
     void await_resume() const noexcept {}
   };
 
-  void arm_timer() {
-    deadline_ts_ = to_kernel_timespec(deadline_);
-    io_uring_prep_timeout(ctx_->get_sqe(this), &deadline_ts_, 0, IORING_TIMEOUT_ABS);
-    timer_armed_ = true;
-    ++remaining_;
-  }
+  void arm_timer();
 
   bool finish_one() noexcept {
     if (--remaining_ != 0) return false;
@@ -81,15 +76,7 @@ class timeout_race final : public child_observer, public io_completion {
     return true;
   }
 
-  static void on_timer(io_completion* completion, int result, unsigned) noexcept {
-    auto& self = static_cast<timeout_race&>(*completion);
-    self.timer_armed_ = false;
-    if (result == -ETIME && !self.child_finished_) {
-      self.timed_out_ = true;
-      self.stop_.request_stop();
-    }
-    if (self.finish_one()) self.parent_.resume();
-  }
+  static void on_timer(io_completion* completion, int result, unsigned) noexcept;
 
   steady_time deadline_;
   __kernel_timespec deadline_ts_{};
@@ -103,7 +90,9 @@ class timeout_race final : public child_observer, public io_completion {
 };
 
 // Rethrows the task's failure; a cancellation the deadline caused becomes timeout_error.
-inline void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit) {
+void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit) {
   try {
     std::rethrow_exception(error);
   } catch (const cancelled_error& cancelled) {
@@ -111,6 +100,7 @@ inline void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, c
     throw;
   }
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 template <class T>
 task<T> race_deadline(task<T> work, steady_time deadline, std::string limit) {
@@ -138,3 +128,30 @@ task<T> with_timeout(task<T> work, std::chrono::duration<Rep, Period> timeout) {
 }
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace detail {
+
+DMOE_INLINE auto timeout_race::arm_timer() -> void {
+  deadline_ts_ = to_kernel_timespec(deadline_);
+  io_uring_prep_timeout(ctx_->get_sqe(this), &deadline_ts_, 0, IORING_TIMEOUT_ABS);
+  timer_armed_ = true;
+  ++remaining_;
+}
+
+DMOE_INLINE auto timeout_race::on_timer(io_completion* completion, int result, unsigned) noexcept -> void {
+  auto& self = static_cast<timeout_race&>(*completion);
+  self.timer_armed_ = false;
+  if (result == -ETIME && !self.child_finished_) {
+    self.timed_out_ = true;
+    self.stop_.request_stop();
+  }
+  if (self.finish_one()) self.parent_.resume();
+}
+
+}  // namespace detail
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -37,6 +37,15 @@
 // DMOE_DECL starts the declaration of a heavy function, DMOE_DEF its definition (which repeats the signature
 // without default arguments). Header-only: `template <int = 0>` / `template <int>`, so calls are unchanged and the
 // body is instantiated only where it is called. Separate compilation: an ordinary function, defined once.
+// DMOE_INLINE starts the out-of-line definition of a heavy member function or non-template function (coroutines
+// and long bodies of the runtime, RPC, DHT, server and DMoE layers), placed behind DMOE_HEAVY_DEFINITIONS: `inline`
+// header-only, an ordinary definition, compiled once, with separate compilation.
+#if DMOE_HEADER_ONLY
+#define DMOE_INLINE inline
+#else
+#define DMOE_INLINE
+#endif
+
 #if DMOE_HEADER_ONLY
 #define DMOE_DECL template <int = 0>
 #define DMOE_DEF template <int>

@@ -59,142 +59,30 @@ struct lookup_result {
 class lookup {
  public:
   // Throws invalid_argument_error when k, α or max_in_flight is 0.
-  lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
-    if (options_.k == 0 || options_.alpha == 0 || options_.max_in_flight == 0)
-      throw invalid_argument_error(fmt::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
-                                               "max_in_flight={}",
-                                               options_.k, options_.alpha, options_.max_in_flight));
-    keys_.reserve(keys.size());
-    for (const auto& key : keys) {
-      if (index_.emplace(key, keys_.size()).second) keys_.push_back(key_state{key, {}, {}, false});
-    }
-    for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
-  }
+  lookup(std::vector<key_id> keys, lookup_options options);
 
   // Candidates to start from (typically the routing table's nearest), for one key or for all.
-  void add_candidates(const key_id& key, const std::vector<wire_peer>& peers) {
-    auto it = index_.find(key);
-    if (it == index_.end()) return;
-    for (const auto& p : peers) add_candidate(it->second, p);
-    refresh(it->second);
-  }
-  void add_candidates(const std::vector<wire_peer>& peers) {
-    for (std::size_t i = 0; i < keys_.size(); ++i) {
-      for (const auto& p : peers) add_candidate(i, p);
-      refresh(i);
-    }
-  }
+  void add_candidates(const key_id& key, const std::vector<wire_peer>& peers);
+  void add_candidates(const std::vector<wire_peer>& peers);
 
   // The requests to send now, keeping at most α in flight per key and max_in_flight in all (slow ones not
   // counted); empty when waiting or done. Keys take turns at choosing the next peer to ask.
-  std::vector<lookup_request> next() {
-    std::vector<lookup_request> out;
-    for (std::size_t scanned = 0; scanned < keys_.size() && in_flight_ - slow_ < options_.max_in_flight;) {
-      key_state& state = keys_[cursor_];
-      cursor_ = (cursor_ + 1) % keys_.size();
-      ++scanned;
-      if (state.done || state.in_flight >= options_.alpha) continue;
-      const candidate* chosen = first_askable(state);
-      if (!chosen) continue;
-      lookup_request request{chosen->peer, {}};
-      auto& peer = peers_[request.peer.id];
-      for (const std::size_t i : peer.candidate_in) {
-        key_state& other = keys_[i];
-        if (other.done || other.in_flight >= options_.alpha) continue;
-        auto c = other.candidates.find(distance(other.key, request.peer.id));
-        if (c == other.candidates.end() || c->second.status != progress::unasked || passed_over(c->second)) continue;
-        std::size_t nearer = 0;  // candidates before it that are not passed over
-        for (auto it = other.candidates.begin(); it != c && nearer < options_.k; ++it) nearer += !passed_over(it->second);
-        if (nearer >= options_.k) continue;
-        c->second.status = progress::asked;
-        request.keys.push_back(other.key);
-        peer.asked.push_back(i);
-        ++other.in_flight;
-      }
-      peer.in_flight = true;
-      ++in_flight_;
-      ++requests_sent_;
-      out.push_back(std::move(request));
-      scanned = 0;
-    }
-    return out;
-  }
+  std::vector<lookup_request> next();
 
   // `peer` answered a request from `next` (a find response), slow or not; `now` (wall-clock seconds) decides which
   // values are alive. Keys it was asked about but left out count as answered without a value. Returns false (and
   // changes nothing) when no request to `peer` is in flight.
-  bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now) {
-    auto peer_it = peers_.find(peer_id);
-    if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
-    auto asked = std::move(peer_it->second.asked);
-    peer_it->second.asked.clear();
-    peer_it->second.in_flight = false;
-    const bool was_slow = peer_it->second.slow;
-    if (was_slow) --slow_;
-    peer_it->second.slow = false;
-    --in_flight_;
-    for (std::size_t i : asked)
-      if (!was_slow) --keys_[i].in_flight;
-    std::unordered_map<key_id, const find_result*> by_key;
-    for (const auto& r : results) by_key.emplace(r.key, &r);
-    for (std::size_t i : asked) {
-      key_state& state = keys_[i];
-      auto c = state.candidates.find(distance(state.key, peer_id));
-      if (c == state.candidates.end() || c->second.status != progress::asked) continue;
-      c->second.status = progress::answered;
-      auto r = by_key.find(state.key);
-      if (r == by_key.end()) continue;
-      for (const auto& p : r->second->nearest) add_candidate(i, p);
-      if (!options_.want_values || !r->second->found) continue;
-      record alive = *r->second->found;
-      if (!alive.drop_expired(now)) continue;
-      c->second.had_value = true;
-      if (!state.found) state.found = std::move(alive);
-      else merge_into(*state.found, alive);
-      if (!options_.latest) state.finished = true;
-    }
-    // The peer is no longer slow: every key it is a candidate of may be done or not now.
-    for (std::size_t i : was_slow ? peers_[peer_id].candidate_in : asked) refresh(i);
-    return true;
-  }
+  bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now);
 
   // `peer` did not answer (timeout) or answered garbage: it counts as failed for every key. Returns false when
   // no request to it was in flight.
-  bool on_failure(const node_id& peer_id) {
-    auto& peer = peers_[peer_id];
-    const bool was_in_flight = peer.in_flight;
-    if (was_in_flight) {
-      --in_flight_;
-      if (!peer.slow)
-        for (std::size_t i : peer.asked) --keys_[i].in_flight;
-    }
-    if (peer.slow) --slow_;
-    peer.in_flight = false;
-    peer.slow = false;
-    peer.failed = true;
-    peer.asked.clear();
-    for (std::size_t i : peer.candidate_in) {
-      key_state& state = keys_[i];
-      auto c = state.candidates.find(distance(state.key, peer_id));
-      if (c != state.candidates.end()) c->second.status = progress::failed;
-      refresh(i);
-    }
-    return was_in_flight;
-  }
+  bool on_failure(const node_id& peer_id);
 
   // The request to `peer` has been outstanding past the caller's "slow" threshold (well below its timeout): it
   // stops holding an α slot and its peer is passed over for the keys' k nearest until it answers or fails (see the
   // class comment). Returns false (and changes nothing) when no request to `peer` is in flight or it is slow
   // already.
-  bool on_slow(const node_id& peer_id) {
-    auto peer = peers_.find(peer_id);
-    if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
-    peer->second.slow = true;
-    ++slow_;
-    for (std::size_t i : peer->second.asked) --keys_[i].in_flight;
-    for (std::size_t i : peer->second.candidate_in) refresh(i);
-    return true;
-  }
+  bool on_slow(const node_id& peer_id);
 
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
@@ -212,21 +100,7 @@ class lookup {
   std::size_t requests_sent() const noexcept { return requests_sent_; }
 
   // Per key, in the order given to the constructor (repeats removed).
-  std::vector<lookup_result> results() const {
-    std::vector<lookup_result> out;
-    out.reserve(keys_.size());
-    for (const auto& state : keys_) {
-      lookup_result r{state.key, {}, state.found, std::nullopt};
-      for (const auto& [d, c] : state.candidates) {
-        if (c.status != progress::answered) continue;
-        if (r.nearest.size() >= options_.k) break;
-        r.nearest.push_back(c.peer);
-        if (options_.want_values && !c.had_value && !r.nearest_without_value) r.nearest_without_value = c.peer;
-      }
-      out.push_back(std::move(r));
-    }
-    return out;
-  }
+  std::vector<lookup_result> results() const;
 
  private:
   enum class progress { unasked, asked, answered, failed };
@@ -251,26 +125,10 @@ class lookup {
     std::vector<std::size_t> candidate_in;  // keys it is a candidate of
   };
 
-  void add_candidate(std::size_t i, const wire_peer& p) {
-    if (options_.self && p.id == *options_.self) return;
-    key_state& state = keys_[i];
-    auto& peer = peers_[p.id];
-    const bool added = state.candidates
-                           .try_emplace(distance(state.key, p.id),
-                                        candidate{p, peer.failed ? progress::failed : progress::unasked})
-                           .second;
-    if (added) peer.candidate_in.push_back(i);
-  }
+  void add_candidate(std::size_t i, const wire_peer& p);
 
   // Recomputes whether key i is done, after anything it depends on changed.
-  void refresh(std::size_t i) {
-    key_state& state = keys_[i];
-    const bool now = key_done(state);
-    if (now == state.done) return;
-    state.done = now;
-    if (now) ++keys_done_;
-    else --keys_done_;
-  }
+  void refresh(std::size_t i);
 
   // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
   bool is_slow(const candidate& c) const {
@@ -282,34 +140,10 @@ class lookup {
   bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
   // The k nearest neither failed nor slow have answered; with fewer such answers than k, the slow ones must end too.
-  bool key_done(const key_state& state) const {
-    if (state.finished) return true;
-    std::size_t seen = 0;
-    bool waiting_for_slow = false;
-    for (const auto& [d, c] : state.candidates) {
-      if (c.status == progress::failed) continue;
-      if (is_slow(c)) {
-        waiting_for_slow = true;
-        continue;
-      }
-      if (c.status != progress::answered) return false;
-      if (++seen >= options_.k) return true;
-    }
-    return !waiting_for_slow;
-  }
+  bool key_done(const key_state& state) const;
 
   // The nearest unasked candidate among the key's k nearest neither failed nor slow whose peer is not busy.
-  const candidate* first_askable(const key_state& state) const {
-    std::size_t seen = 0;
-    for (const auto& [d, c] : state.candidates) {
-      if (passed_over(c)) continue;
-      if (seen++ >= options_.k) break;
-      if (c.status != progress::unasked) continue;
-      auto peer = peers_.find(c.peer.id);
-      if (peer == peers_.end() || !peer->second.in_flight) return &c;
-    }
-    return nullptr;
-  }
+  const candidate* first_askable(const key_state& state) const;
 
   lookup_options options_;
   std::vector<key_state> keys_;
@@ -324,3 +158,204 @@ class lookup {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE lookup::lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
+  if (options_.k == 0 || options_.alpha == 0 || options_.max_in_flight == 0)
+    throw invalid_argument_error(fmt::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
+                                             "max_in_flight={}",
+                                             options_.k, options_.alpha, options_.max_in_flight));
+  keys_.reserve(keys.size());
+  for (const auto& key : keys) {
+    if (index_.emplace(key, keys_.size()).second) keys_.push_back(key_state{key, {}, {}, false});
+  }
+  for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
+}
+
+DMOE_INLINE auto lookup::add_candidates(const key_id& key, const std::vector<wire_peer>& peers) -> void {
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  for (const auto& p : peers) add_candidate(it->second, p);
+  refresh(it->second);
+}
+
+DMOE_INLINE auto lookup::add_candidates(const std::vector<wire_peer>& peers) -> void {
+  for (std::size_t i = 0; i < keys_.size(); ++i) {
+    for (const auto& p : peers) add_candidate(i, p);
+    refresh(i);
+  }
+}
+
+DMOE_INLINE auto lookup::next() -> std::vector<lookup_request> {
+  std::vector<lookup_request> out;
+  for (std::size_t scanned = 0; scanned < keys_.size() && in_flight_ - slow_ < options_.max_in_flight;) {
+    key_state& state = keys_[cursor_];
+    cursor_ = (cursor_ + 1) % keys_.size();
+    ++scanned;
+    if (state.done || state.in_flight >= options_.alpha) continue;
+    const candidate* chosen = first_askable(state);
+    if (!chosen) continue;
+    lookup_request request{chosen->peer, {}};
+    auto& peer = peers_[request.peer.id];
+    for (const std::size_t i : peer.candidate_in) {
+      key_state& other = keys_[i];
+      if (other.done || other.in_flight >= options_.alpha) continue;
+      auto c = other.candidates.find(distance(other.key, request.peer.id));
+      if (c == other.candidates.end() || c->second.status != progress::unasked || passed_over(c->second)) continue;
+      std::size_t nearer = 0;  // candidates before it that are not passed over
+      for (auto it = other.candidates.begin(); it != c && nearer < options_.k; ++it) nearer += !passed_over(it->second);
+      if (nearer >= options_.k) continue;
+      c->second.status = progress::asked;
+      request.keys.push_back(other.key);
+      peer.asked.push_back(i);
+      ++other.in_flight;
+    }
+    peer.in_flight = true;
+    ++in_flight_;
+    ++requests_sent_;
+    out.push_back(std::move(request));
+    scanned = 0;
+  }
+  return out;
+}
+
+DMOE_INLINE auto lookup::on_response(const node_id& peer_id, const std::vector<find_result>& results,
+    wall_seconds now) -> bool {
+  auto peer_it = peers_.find(peer_id);
+  if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
+  auto asked = std::move(peer_it->second.asked);
+  peer_it->second.asked.clear();
+  peer_it->second.in_flight = false;
+  const bool was_slow = peer_it->second.slow;
+  if (was_slow) --slow_;
+  peer_it->second.slow = false;
+  --in_flight_;
+  for (std::size_t i : asked)
+    if (!was_slow) --keys_[i].in_flight;
+  std::unordered_map<key_id, const find_result*> by_key;
+  for (const auto& r : results) by_key.emplace(r.key, &r);
+  for (std::size_t i : asked) {
+    key_state& state = keys_[i];
+    auto c = state.candidates.find(distance(state.key, peer_id));
+    if (c == state.candidates.end() || c->second.status != progress::asked) continue;
+    c->second.status = progress::answered;
+    auto r = by_key.find(state.key);
+    if (r == by_key.end()) continue;
+    for (const auto& p : r->second->nearest) add_candidate(i, p);
+    if (!options_.want_values || !r->second->found) continue;
+    record alive = *r->second->found;
+    if (!alive.drop_expired(now)) continue;
+    c->second.had_value = true;
+    if (!state.found) state.found = std::move(alive);
+    else merge_into(*state.found, alive);
+    if (!options_.latest) state.finished = true;
+  }
+  // The peer is no longer slow: every key it is a candidate of may be done or not now.
+  for (std::size_t i : was_slow ? peers_[peer_id].candidate_in : asked) refresh(i);
+  return true;
+}
+
+DMOE_INLINE auto lookup::on_failure(const node_id& peer_id) -> bool {
+  auto& peer = peers_[peer_id];
+  const bool was_in_flight = peer.in_flight;
+  if (was_in_flight) {
+    --in_flight_;
+    if (!peer.slow)
+      for (std::size_t i : peer.asked) --keys_[i].in_flight;
+  }
+  if (peer.slow) --slow_;
+  peer.in_flight = false;
+  peer.slow = false;
+  peer.failed = true;
+  peer.asked.clear();
+  for (std::size_t i : peer.candidate_in) {
+    key_state& state = keys_[i];
+    auto c = state.candidates.find(distance(state.key, peer_id));
+    if (c != state.candidates.end()) c->second.status = progress::failed;
+    refresh(i);
+  }
+  return was_in_flight;
+}
+
+DMOE_INLINE auto lookup::on_slow(const node_id& peer_id) -> bool {
+  auto peer = peers_.find(peer_id);
+  if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
+  peer->second.slow = true;
+  ++slow_;
+  for (std::size_t i : peer->second.asked) --keys_[i].in_flight;
+  for (std::size_t i : peer->second.candidate_in) refresh(i);
+  return true;
+}
+
+DMOE_INLINE auto lookup::results() const -> std::vector<lookup_result> {
+  std::vector<lookup_result> out;
+  out.reserve(keys_.size());
+  for (const auto& state : keys_) {
+    lookup_result r{state.key, {}, state.found, std::nullopt};
+    for (const auto& [d, c] : state.candidates) {
+      if (c.status != progress::answered) continue;
+      if (r.nearest.size() >= options_.k) break;
+      r.nearest.push_back(c.peer);
+      if (options_.want_values && !c.had_value && !r.nearest_without_value) r.nearest_without_value = c.peer;
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+DMOE_INLINE auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
+  if (options_.self && p.id == *options_.self) return;
+  key_state& state = keys_[i];
+  auto& peer = peers_[p.id];
+  const bool added = state.candidates
+                         .try_emplace(distance(state.key, p.id),
+                                      candidate{p, peer.failed ? progress::failed : progress::unasked})
+                         .second;
+  if (added) peer.candidate_in.push_back(i);
+}
+
+DMOE_INLINE auto lookup::refresh(std::size_t i) -> void {
+  key_state& state = keys_[i];
+  const bool now = key_done(state);
+  if (now == state.done) return;
+  state.done = now;
+  if (now) ++keys_done_;
+  else --keys_done_;
+}
+
+DMOE_INLINE auto lookup::key_done(const key_state& state) const -> bool {
+  if (state.finished) return true;
+  std::size_t seen = 0;
+  bool waiting_for_slow = false;
+  for (const auto& [d, c] : state.candidates) {
+    if (c.status == progress::failed) continue;
+    if (is_slow(c)) {
+      waiting_for_slow = true;
+      continue;
+    }
+    if (c.status != progress::answered) return false;
+    if (++seen >= options_.k) return true;
+  }
+  return !waiting_for_slow;
+}
+
+DMOE_INLINE auto lookup::first_askable(const key_state& state) const -> const candidate* {
+  std::size_t seen = 0;
+  for (const auto& [d, c] : state.candidates) {
+    if (passed_over(c)) continue;
+    if (seen++ >= options_.k) break;
+    if (c.status != progress::unasked) continue;
+    auto peer = peers_.find(c.peer.id);
+    if (peer == peers_.end() || !peer->second.in_flight) return &c;
+  }
+  return nullptr;
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -120,7 +120,9 @@ inline void write_key(binary_writer& w, const node_id& id) {
   const auto bytes = id.to_bytes();
   w.write_bytes(bytes);
 }
-inline void write_address(binary_writer& w, const endpoint& address) {
+void write_address(binary_writer& w, const endpoint& address);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void write_address(binary_writer& w, const endpoint& address) {
   if (address.is_v4()) {
     sockaddr_in v4;
     std::memcpy(&v4, address.data(), sizeof v4);
@@ -136,6 +138,7 @@ inline void write_address(binary_writer& w, const endpoint& address) {
   }
   w.write<std::uint16_t>(address.port());
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 inline void write_timed_value(binary_writer& w, const timed_value& v) {
   w.write_blob(v.value);
   w.write<double>(v.expiration);
@@ -148,15 +151,7 @@ class wire_reader {
   wire_reader(const_byte_span bytes, const message_limits& limits, std::string_view what)
       : in_(bytes, what), limits_(limits), what_(what) {}
 
-  bool header() {
-    const auto version = in_.read<std::uint8_t>();
-    if (version != dht_wire_version)
-      throw protocol_error(fmt::format("{}: unsupported DHT wire version {} (expected {})", what_, version,
-                                       dht_wire_version));
-    const auto flags = in_.read<std::uint8_t>();
-    if (flags > 1) throw protocol_error(fmt::format("{}: unknown flags {:#x}", what_, flags));
-    return flags == 1;
-  }
+  bool header();
   std::size_t count(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
     if (n > max) throw protocol_error(fmt::format("{}: {} {} exceed limit {}", what_, n, field, max));
@@ -169,33 +164,8 @@ class wire_reader {
   }
   node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
   std::uint8_t byte() { return in_.read<std::uint8_t>(); }
-  timed_value value() {
-    timed_value v;
-    v.value = blob(limits_.max_value_size, "value");
-    v.expiration = in_.read<double>();
-    if (!std::isfinite(v.expiration))
-      throw protocol_error(fmt::format("{}: expiration {} is not finite", what_, v.expiration));
-    v.signature = blob(limits_.max_signature_size, "signature");
-    return v;
-  }
-  endpoint address() {
-    const auto family = in_.read<std::uint8_t>();
-    if (family == 4) {
-      sockaddr_in v4{};
-      v4.sin_family = AF_INET;
-      std::memcpy(&v4.sin_addr, in_.read_bytes(4).data(), 4);
-      v4.sin_port = htons(in_.read<std::uint16_t>());
-      return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), sizeof v4);
-    }
-    if (family == 6) {
-      sockaddr_in6 v6{};
-      v6.sin6_family = AF_INET6;
-      std::memcpy(&v6.sin6_addr, in_.read_bytes(16).data(), 16);
-      v6.sin6_port = htons(in_.read<std::uint16_t>());
-      return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v6);
-    }
-    throw protocol_error(fmt::format("{}: unknown address family {} (expected 4 or 6)", what_, family));
-  }
+  timed_value value();
+  endpoint address();
   void end() { in_.expect_end(); }
 
   const message_limits& limits() const noexcept { return limits_; }
@@ -209,20 +179,28 @@ class wire_reader {
 
 }  // namespace detail
 
-inline byte_buffer encode(const ping_request& m) {
+byte_buffer encode(const ping_request& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const ping_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
   return out;
 }
-inline byte_buffer encode(const ping_response& m) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+byte_buffer encode(const ping_response& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const ping_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
   detail::write_address(w, m.observed);
   return out;
 }
-inline byte_buffer encode(const store_request& m) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+byte_buffer encode(const store_request& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const store_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -235,7 +213,10 @@ inline byte_buffer encode(const store_request& m) {
   }
   return out;
 }
-inline byte_buffer encode(const store_response& m) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+byte_buffer encode(const store_response& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const store_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -243,7 +224,10 @@ inline byte_buffer encode(const store_response& m) {
   for (auto r : m.results) w.write<std::uint8_t>(static_cast<std::uint8_t>(r));
   return out;
 }
-inline byte_buffer encode(const find_request& m) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+byte_buffer encode(const find_request& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const find_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -251,7 +235,10 @@ inline byte_buffer encode(const find_request& m) {
   for (const auto& key : m.keys) detail::write_key(w, key);
   return out;
 }
-inline byte_buffer encode(const find_response& m) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+byte_buffer encode(const find_response& m);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode(const find_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -279,16 +266,22 @@ inline byte_buffer encode(const find_response& m) {
   }
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Decoders: throw protocol_error (with the message and field named) on anything malformed or over a limit.
-inline ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits = {}) {
+ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht ping request");
   ping_request m;
   m.client_mode = in.header();
   in.end();
   return m;
 }
-inline ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits = {}) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht ping response");
   ping_response m;
   m.client_mode = in.header();
@@ -296,7 +289,10 @@ inline ping_response decode_ping_response(const_byte_span bytes, const message_l
   in.end();
   return m;
 }
-inline store_request decode_store_request(const_byte_span bytes, const message_limits& limits = {}) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+store_request decode_store_request(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE store_request decode_store_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht store request");
   store_request m;
   m.client_mode = in.header();
@@ -314,7 +310,10 @@ inline store_request decode_store_request(const_byte_span bytes, const message_l
   in.end();
   return m;
 }
-inline store_response decode_store_response(const_byte_span bytes, const message_limits& limits = {}) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+store_response decode_store_response(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE store_response decode_store_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht store response");
   store_response m;
   m.client_mode = in.header();
@@ -329,7 +328,10 @@ inline store_response decode_store_response(const_byte_span bytes, const message
   in.end();
   return m;
 }
-inline find_request decode_find_request(const_byte_span bytes, const message_limits& limits = {}) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+find_request decode_find_request(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE find_request decode_find_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht find request");
   find_request m;
   m.client_mode = in.header();
@@ -339,7 +341,10 @@ inline find_request decode_find_request(const_byte_span bytes, const message_lim
   in.end();
   return m;
 }
-inline find_response decode_find_response(const_byte_span bytes, const message_limits& limits = {}) {
+#endif  // DMOE_HEAVY_DEFINITIONS
+find_response decode_find_response(const_byte_span bytes, const message_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE find_response decode_find_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht find response");
   find_response m;
   m.client_mode = in.header();
@@ -380,6 +385,56 @@ inline find_response decode_find_response(const_byte_span bytes, const message_l
   in.end();
   return m;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht::detail {
+
+DMOE_INLINE auto wire_reader::header() -> bool {
+  const auto version = in_.read<std::uint8_t>();
+  if (version != dht_wire_version)
+    throw protocol_error(fmt::format("{}: unsupported DHT wire version {} (expected {})", what_, version,
+                                     dht_wire_version));
+  const auto flags = in_.read<std::uint8_t>();
+  if (flags > 1) throw protocol_error(fmt::format("{}: unknown flags {:#x}", what_, flags));
+  return flags == 1;
+}
+
+DMOE_INLINE auto wire_reader::value() -> timed_value {
+  timed_value v;
+  v.value = blob(limits_.max_value_size, "value");
+  v.expiration = in_.read<double>();
+  if (!std::isfinite(v.expiration))
+    throw protocol_error(fmt::format("{}: expiration {} is not finite", what_, v.expiration));
+  v.signature = blob(limits_.max_signature_size, "signature");
+  return v;
+}
+
+DMOE_INLINE auto wire_reader::address() -> endpoint {
+  const auto family = in_.read<std::uint8_t>();
+  if (family == 4) {
+    sockaddr_in v4{};
+    v4.sin_family = AF_INET;
+    std::memcpy(&v4.sin_addr, in_.read_bytes(4).data(), 4);
+    v4.sin_port = htons(in_.read<std::uint16_t>());
+    return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), sizeof v4);
+  }
+  if (family == 6) {
+    sockaddr_in6 v6{};
+    v6.sin6_family = AF_INET6;
+    std::memcpy(&v6.sin6_addr, in_.read_bytes(16).data(), 16);
+    v6.sin6_port = htons(in_.read<std::uint16_t>());
+    return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v6);
+  }
+  throw protocol_error(fmt::format("{}: unknown address family {} (expected 4 or 6)", what_, family));
+}
+
+}  // namespace dht::detail
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

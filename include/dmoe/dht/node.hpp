@@ -137,42 +137,24 @@ class node {
   // ping's own retries and no more; then looks up our own id to fill the routing table. With no initial peers the
   // node starts a new swarm (joined). Answers from our own id (our own address) do not count. shutdown() ends it
   // (not joined). Errors: closed_error after shutdown, cancelled_error.
-  task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline) {
-    co_return co_await tracked("bootstrap", bootstrap_body(std::move(initial_peers), deadline));
-  }
+  task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline);
 
   // Stores a plain value under `key` on the num_replicas nearest nodes. See store_many.
-  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline) {
-    std::vector<store_entry> entries;
-    entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
-    auto outcomes = co_await store_many(std::move(entries), deadline);
-    co_return outcomes.front();
-  }
+  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline);
   // Stores one subkey of the dictionary under `key`. See store_many.
   task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
-                            steady_time deadline = no_deadline) {
-    std::vector<store_entry> entries;
-    entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
-    auto outcomes = co_await store_many(std::move(entries), deadline);
-    co_return outcomes.front();
-  }
+                            steady_time deadline = no_deadline);
 
   // Stores every entry on the num_replicas nodes nearest to its key (one lookup crawls all keys; each node gets
   // one store call with all its entries). An entry already expired is refused (`expired`) without a call; the
   // newer-wins and signature rules are the storing nodes' (store_result, `refused`). Ends by `deadline`.
   // Errors: invalid_argument_error for an entry over the size limits or with a non-finite expiration (nothing is
   // stored then), closed_error after shutdown, cancelled_error.
-  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline) {
-    co_return co_await tracked("store", store_many_body(std::move(entries), deadline));
-  }
+  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline);
 
   // The value under `key`: the first unexpired one found, or with `latest` the newest among the k nearest nodes
   // (dictionaries merged per subkey). Nothing when no node holds it. Ends by `deadline`. Errors as get_many.
-  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline) {
-    std::vector<key_id> keys{key};
-    auto results = co_await get_many(std::move(keys), latest, deadline);
-    co_return std::move(results.front().found);
-  }
+  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline);
 
   // Gets every key in one crawl; results in the order given (repeats kept). A key already being got by another
   // call waits for that traversal (a plain get also joins a `latest` one), whose deadline is extended to this
@@ -181,58 +163,25 @@ class node {
   // the nearest visited node that lacked them. Ends by `deadline` with what was found by then. Errors:
   // closed_error after shutdown, cancelled_error.
   task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
-                                         steady_time deadline = no_deadline) {
-    co_return co_await tracked("get", get_many_body(std::move(keys), latest, deadline));
-  }
+                                         steady_time deadline = no_deadline);
 
   // The `count` nodes nearest to `key` in the swarm (ourselves included unless in client mode), nearest first.
-  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline) {
-    co_return co_await tracked("find_nearest", find_nearest_body(key, count, deadline));
-  }
+  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline);
 
   // Pings `address`; returns the id that answered. Errors: timeout_error, closed_error, cancelled_error.
-  task<node_id> ping(endpoint address, steady_time deadline = no_deadline) {
-    co_return co_await tracked("ping", ping_body(address, deadline));
-  }
+  task<node_id> ping(endpoint address, steady_time deadline = no_deadline);
 
   // Stops serving and every lookup and call in progress (bootstrap, store, get...: they end at once with what they
   // had, or closed_error) and waits for all of them to return; afterwards the node may be destroyed. Calls made
   // later fail with closed_error. Idempotent.
-  task<void> shutdown() {
-    shut_down_ = true;
-    protocol_.close();
-    group_.request_stop();
-    closing_.set();
-    try {
-      co_await group_.join();
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: {} while shutting down", protocol_.local_endpoint(), e.what());
-    }
-    while (callers_ != 0) {
-      callers_idle_.reset();
-      co_await callers_idle_.wait();
-    }
-  }
+  task<void> shutdown();
 
   const node_id& id() const noexcept { return protocol_.id(); }
   // The address others join with (bootstrap's initial peers).
   const endpoint& local_endpoint() const noexcept { return protocol_.local_endpoint(); }
   const node_options& options() const noexcept { return options_; }
   std::size_t peer_count() const noexcept { return protocol_.table().size(); }
-  node_stats stats() const {
-    node_stats s;
-    s.rpc = protocol_.stats();
-    s.datagram = protocol_.datagram_stats();
-    s.peers = protocol_.table().size();
-    s.stored_keys = protocol_.stored().size();
-    s.lookups = lookups_;
-    s.lookup_requests = lookup_requests_;
-    s.shared_gets = shared_gets_;
-    s.lookup_failures = lookup_failures_;
-    s.slow_requests = slow_requests_;
-    s.slow_given_up = slow_given_up_;
-    return s;
-  }
+  node_stats stats() const;
   bool is_shut_down() const noexcept { return shut_down_; }
   // The protocol underneath: routing table, storage, counters (for tests and tools).
   protocol& rpc() noexcept { return protocol_; }
@@ -257,171 +206,15 @@ class node {
     co_return std::move(*result);
   }
 
-  task<bootstrap_result> bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline) {
-    ensure_open("bootstrap");
-    deadline = resolve(deadline);
-    bootstrap_result result;
-    if (initial_peers.empty()) {
-      result.joined = true;
-      result.peers = protocol_.table().size();
-      co_return result;
-    }
-    std::vector<int> answers(initial_peers.size(), 0);
-    bool any = false;
-    {
-      task_group pings(ctx_);
-      for (std::size_t i = 0; i < initial_peers.size(); ++i)
-        pings.spawn(ping_until_answered(initial_peers[i], deadline, answers[i], any));
-      co_await pings.join();
-    }
-    for (std::size_t i = 0; i < initial_peers.size(); ++i)
-      (answers[i] ? result.answered : result.not_answered).push_back(initial_peers[i]);
-    result.joined = !result.answered.empty();
-    if (result.joined) {
-      traversal self_lookup({protocol_.id()}, lookup_with(false, false), deadline);
-      co_await crawl(self_lookup);
-    }
-    result.peers = protocol_.table().size();
-    co_return result;
-  }
+  task<bootstrap_result> bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline);
 
-  task<std::vector<store_outcome>> store_many_body(std::vector<store_entry> entries, steady_time deadline) {
-    ensure_open("store");
-    check_entries(entries);
-    deadline = resolve(deadline);
-    std::vector<store_outcome> outcomes(entries.size());
-    const wall_seconds now = options_.clock->wall_now();
-    std::vector<key_id> keys;
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      if (!(now < entries[i].expiration)) {
-        outcomes[i].refusal = store_result::expired;
-        continue;
-      }
-      keys.push_back(entries[i].key);
-    }
-    if (keys.empty()) co_return outcomes;
-    traversal search(std::move(keys), lookup_with(false, false), deadline);
-    co_await crawl(search);
+  task<std::vector<store_outcome>> store_many_body(std::vector<store_entry> entries, steady_time deadline);
 
-    // Per key, the num_replicas nearest nodes: those the lookup heard from, and ourselves.
-    std::unordered_map<key_id, std::vector<wire_peer>> replicas;
-    for (auto& r : search.search.results()) {
-      std::vector<wire_peer> nearest = std::move(r.nearest);
-      if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
-      std::sort(nearest.begin(), nearest.end(),
-                [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(r.key, a.id, b.id); });
-      if (nearest.size() > options_.num_replicas) nearest.resize(options_.num_replicas);
-      replicas.emplace(r.key, std::move(nearest));
-    }
-    struct batch {
-      wire_peer peer;
-      std::vector<std::size_t> entries;
-    };
-    std::map<node_id, batch> batches;
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      if (outcomes[i].refusal) continue;
-      for (const auto& peer : replicas[entries[i].key]) {
-        ++outcomes[i].asked;
-        if (peer.id == protocol_.id()) {
-          note(outcomes[i], protocol_.store_locally(to_item(entries[i])));
-          continue;
-        }
-        auto& b = batches[peer.id];
-        b.peer = peer;
-        b.entries.push_back(i);
-      }
-    }
-    task_group calls(ctx_);
-    for (auto& [id, b] : batches) {
-      for (std::size_t begin = 0; begin < b.entries.size(); begin += options_.limits.max_keys) {
-        const std::size_t end = std::min(b.entries.size(), begin + options_.limits.max_keys);
-        std::vector<std::size_t> chunk(b.entries.begin() + static_cast<std::ptrdiff_t>(begin),
-                                       b.entries.begin() + static_cast<std::ptrdiff_t>(end));
-        calls.spawn(store_on(b.peer, std::move(chunk), entries, outcomes, deadline));
-      }
-    }
-    co_await calls.join();
-    co_return outcomes;
-  }
+  task<std::vector<get_result>> get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline);
 
-  task<std::vector<get_result>> get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline) {
-    ensure_open("get");
-    deadline = resolve(deadline);
-    std::vector<get_result> out;
-    out.reserve(keys.size());
-    std::vector<key_id> to_crawl;
-    std::vector<std::shared_ptr<traversal>> joined;
-    std::unordered_map<key_id, std::shared_ptr<traversal>> source;
-    for (const auto& key : keys) {
-      out.push_back({key, protocol_.local(key)});
-      if (out.back().found && !latest) continue;
-      if (source.contains(key)) continue;
-      std::shared_ptr<traversal> running = find_running(key, latest);
-      if (running) {
-        // Each caller keeps its own deadline: a later one extends the traversal (crawl() rechecks it).
-        running->deadline = std::max(running->deadline, deadline);
-        ++shared_gets_;
-        source.emplace(key, running);
-        if (std::find(joined.begin(), joined.end(), running) == joined.end()) joined.push_back(running);
-        continue;
-      }
-      source.emplace(key, nullptr);
-      to_crawl.push_back(key);
-    }
-    if (!to_crawl.empty()) {
-      auto fresh = std::make_shared<traversal>(to_crawl, lookup_with(true, latest), deadline);
-      for (const auto& key : to_crawl) {
-        source[key] = fresh;
-        (latest ? latest_gets_ : plain_gets_)[key] = fresh;
-      }
-      joined.push_back(fresh);
-      group_.spawn(shared_get(fresh));
-    }
-    for (const auto& t : joined) {
-      if (t->complete.is_set()) continue;
-      try {
-        co_await with_deadline(wait_for(t->complete), deadline);
-      } catch (const timeout_error&) {
-        // our deadline came first: take what the traversal found so far
-      }
-    }
-    // What each traversal found, alive now, by key.
-    const wall_seconds now = options_.clock->wall_now();
-    std::unordered_map<const traversal*, std::unordered_map<key_id, record>> found;
-    for (const auto& t : joined) {
-      auto& by_key = found[t.get()];
-      for (auto& r : t->search.results())
-        if (r.found && r.found->drop_expired(now)) by_key.emplace(r.key, std::move(*r.found));
-    }
-    for (auto& r : out) {
-      auto it = source.find(r.key);
-      if (it == source.end() || !it->second) continue;
-      const auto& by_key = found[it->second.get()];
-      auto value = by_key.find(r.key);
-      if (value == by_key.end()) continue;
-      if (!r.found) r.found = value->second;
-      else merge_into(*r.found, value->second);
-    }
-    co_return out;
-  }
+  task<std::vector<wire_peer>> find_nearest_body(key_id key, std::size_t count, steady_time deadline);
 
-  task<std::vector<wire_peer>> find_nearest_body(key_id key, std::size_t count, steady_time deadline) {
-    ensure_open("find_nearest");
-    traversal search({key}, lookup_with(false, false), resolve(deadline));
-    co_await crawl(search);
-    std::vector<wire_peer> nearest = search.search.results().front().nearest;
-    if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
-    std::sort(nearest.begin(), nearest.end(),
-              [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(key, a.id, b.id); });
-    if (nearest.size() > count) nearest.resize(count);
-    co_return nearest;
-  }
-
-  task<node_id> ping_body(endpoint address, steady_time deadline) {
-    ensure_open("ping");
-    auto [id, answer] = co_await protocol_.ping(address, resolve(deadline));
-    co_return id;
-  }
+  task<node_id> ping_body(endpoint address, steady_time deadline);
 
   // A find call in flight.
   struct outstanding_call {
@@ -455,14 +248,7 @@ class node {
     async_event sent;              // a call joined `watch`: wakes watch_slow
   };
 
-  static node_options check(node_options o) {
-    if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
-    if (o.max_lookup_in_flight == 0) throw invalid_argument_error("dht node needs max_lookup_in_flight >= 1");
-    if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
-    if (o.slow_request_after.count() <= 0)
-      throw invalid_argument_error("dht node: slow_request_after must be positive");
-    return o;
-  }
+  static node_options check(node_options o);
 
   steady_time resolve(steady_time deadline) const {
     return deadline == no_deadline ? deadline_after(options_.default_timeout) : deadline;
@@ -473,29 +259,7 @@ class node {
       throw closed_error(fmt::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
   }
 
-  void check_entries(const std::vector<store_entry>& entries) const {
-    const auto& limits = options_.storage;
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      const store_entry& e = entries[i];
-      if (!std::isfinite(e.expiration))
-        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a non-finite expiration {}", i,
-                                                 e.key.to_hex(), e.expiration));
-      if (e.value.size() > std::min(limits.max_value_size, options_.limits.max_value_size))
-        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a value of {} bytes, over the "
-                                                 "limit of {}",
-                                                 i, e.key.to_hex(), e.value.size(),
-                                                 std::min(limits.max_value_size, options_.limits.max_value_size)));
-      if (e.subkey && e.subkey->size() > std::min(limits.max_subkey_size, options_.limits.max_subkey_size))
-        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a subkey of {} bytes, over the "
-                                                 "limit of {}",
-                                                 i, e.key.to_hex(), e.subkey->size(),
-                                                 std::min(limits.max_subkey_size, options_.limits.max_subkey_size)));
-      if (e.signature.size() > options_.limits.max_signature_size)
-        throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a signature of {} bytes, over the "
-                                                 "limit of {}",
-                                                 i, e.key.to_hex(), e.signature.size(), options_.limits.max_signature_size));
-    }
-  }
+  void check_entries(const std::vector<store_entry>& entries) const;
 
   static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
 
@@ -504,183 +268,33 @@ class node {
     else if (!outcome.refusal) outcome.refusal = result;
   }
 
-  task<void> serve() {
-    try {
-      co_await protocol_.serve();
-    } catch (const std::exception& e) {
-      log_error("dht node {} stopped serving: {}", protocol_.local_endpoint(), e.what());
-    }
-  }
+  task<void> serve();
 
-  static task<void> wait_for(async_event& event) { co_await event.wait(); }
+  static task<void> wait_for(async_event& event);
 
-  std::shared_ptr<traversal> find_running(const key_id& key, bool latest) {
-    if (!latest) {
-      if (auto it = plain_gets_.find(key); it != plain_gets_.end()) return it->second;
-    }
-    if (auto it = latest_gets_.find(key); it != latest_gets_.end()) return it->second;
-    return nullptr;
-  }
+  std::shared_ptr<traversal> find_running(const key_id& key, bool latest);
 
   // A get's traversal, run in the node's group so the gets that share it do not depend on the first caller.
-  task<void> shared_get(std::shared_ptr<traversal> t) {
-    try {
-      co_await crawl(*t);
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: get traversal ended: {}", protocol_.local_endpoint(), e.what());
-    }
-    auto& running = t->latest ? latest_gets_ : plain_gets_;
-    for (const auto& key : t->keys) {
-      auto it = running.find(key);
-      if (it != running.end() && it->second == t) running.erase(it);
-    }
-    t->complete.set();
-    if (!shut_down_) cache_found(*t);
-  }
+  task<void> shared_get(std::shared_ptr<traversal> t);
 
   // Found values: cached here, and stored on the nearest visited node that lacked them.
-  void cache_found(const traversal& t) {
-    const wall_seconds now = options_.clock->wall_now();
-    for (const auto& r : t.search.results()) {
-      if (!r.found) continue;
-      record alive = *r.found;
-      if (!alive.drop_expired(now)) continue;
-      protocol_.cache(r.key, alive);
-      if (!r.nearest_without_value) continue;
-      std::vector<store_item> items;
-      if (alive.is_dictionary) {
-        for (const auto& [subkey, v] : alive.subkeys)
-          if (items.size() < options_.limits.max_keys) items.push_back({r.key, subkey, v});
-      } else {
-        items.push_back({r.key, std::nullopt, alive.value});
-      }
-      if (group_.running() < options_.max_background_calls + 1) group_.spawn(store_quietly(*r.nearest_without_value, std::move(items)));
-    }
-  }
+  void cache_found(const traversal& t);
 
-  task<void> store_quietly(wire_peer peer, std::vector<store_item> items) {
-    try {
-      co_await protocol_.store(peer, std::move(items), deadline_after(options_.rpc_timeout));
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: caching at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
-    }
-  }
+  task<void> store_quietly(wire_peer peer, std::vector<store_item> items);
 
   task<void> store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
-                      std::vector<store_outcome>& outcomes, steady_time deadline) {
-    std::vector<store_item> items;
-    items.reserve(chunk.size());
-    for (std::size_t i : chunk) items.push_back(to_item(entries[i]));
-    try {
-      const std::vector<store_result> results = co_await protocol_.store(peer, std::move(items), deadline);
-      for (std::size_t j = 0; j < chunk.size() && j < results.size(); ++j) note(outcomes[chunk[j]], results[j]);
-    } catch (const cancelled_error&) {
-      throw;
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: store at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
-    }
-  }
+                      std::vector<store_outcome>& outcomes, steady_time deadline);
 
   // Runs one traversal to its end or its deadline; find calls still in flight are then cancelled and awaited.
-  task<void> crawl(traversal& t) {
-    ++lookups_;
-    for (const auto& key : t.keys) t.search.add_candidates(key, protocol_.nearest(key, options_.k));
-    task_group calls(ctx_);
-    t.calls = &calls;
-    t.watching = options_.slow_request_after < options_.rpc_timeout;
-    if (t.watching) calls.spawn(watch_slow(t));
-    pump(t);
-    std::exception_ptr failure;
-    try {
-      // The deadline may be extended meanwhile by a get joining this traversal.
-      while (!t.finished.is_set()) {
-        try {
-          co_await with_deadline(wait_for(t.finished), t.deadline);
-        } catch (const timeout_error&) {
-          if (std::chrono::steady_clock::now() >= t.deadline) break;  // the deadline: end with what was found
-        }
-      }
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    t.stopping = true;
-    // Slow calls are cancelled below, which blames no peer: make sure the dead among them still leave the table.
-    for (const auto& [id, call] : t.asking) {
-      if (!call.slow) continue;
-      ++slow_given_up_;
-      if (!shut_down_) protocol_.check_alive(call.peer);
-    }
-    calls.request_stop();
-    co_await calls.join();
-    t.calls = nullptr;
-    lookup_requests_ += t.search.requests_sent();
-    if (failure) std::rethrow_exception(failure);
-  }
+  task<void> crawl(traversal& t);
 
-  lookup_options lookup_with(bool want_values, bool latest) const {
-    lookup_options o;
-    o.k = options_.k;
-    o.alpha = options_.alpha;
-    o.max_in_flight = options_.max_lookup_in_flight;
-    o.want_values = want_values;
-    o.latest = latest;
-    o.self = protocol_.id();
-    return o;
-  }
+  lookup_options lookup_with(bool want_values, bool latest) const;
 
   // Sends what the lookup asks for; banned peers count as failed without a call. Sets `finished` when every key is
   // done.
-  void pump(traversal& t) {
-    if (t.stopping) return;
-    const steady_time now = options_.clock->steady_now();
-    for (;;) {
-      std::vector<lookup_request> requests = t.search.next();
-      if (requests.empty()) break;
-      bool skipped = false;
-      for (auto& request : requests) {
-        if (protocol_.table().is_banned(request.peer.id, now)) {
-          t.search.on_failure(request.peer.id);
-          skipped = true;
-          continue;
-        }
-        t.calls->spawn(ask(t, std::move(request)));
-      }
-      if (!skipped) break;
-    }
-    const bool all_done = t.search.keys_done();
-    if (all_done || t.search.in_flight() == 0) t.finished.set();
-  }
+  void pump(traversal& t);
 
-  task<void> ask(traversal& t, lookup_request request) {
-    const node_id peer = request.peer.id;
-    const std::uint64_t serial = ++t.serials;
-    t.asking[peer] = outstanding_call{request.peer, serial, false};
-    if (t.watching) {
-      t.watch.push_back({peer, serial, deadline_after(options_.slow_request_after)});
-      t.sent.set();
-    }
-    bool answered = false;
-    find_response response;
-    try {
-      // Not cut at the traversal's deadline (crawl() cancels calls then, which blames no peer; a timeout would ban
-      // the peer for our haste, and a joining get may extend the deadline).
-      response = co_await protocol_.find(request.peer, request.keys, deadline_after(options_.rpc_timeout));
-      answered = true;
-    } catch (const cancelled_error&) {
-      co_return;
-    } catch (const closed_error&) {
-      t.finished.set();  // shutting down: the crawl ends now, not at its deadline
-      co_return;
-    } catch (const std::exception&) {
-      // timeout, refusal or garbage: the peer failed (protocol::call banned it)
-    }
-    if (auto it = t.asking.find(peer); it != t.asking.end() && it->second.serial == serial) t.asking.erase(it);
-    if (!answered) ++lookup_failures_;
-    if (t.stopping) co_return;
-    if (answered) t.search.on_response(request.peer.id, response.results, options_.clock->wall_now());
-    else t.search.on_failure(request.peer.id);
-    pump(t);
-  }
+  task<void> ask(traversal& t, lookup_request request);
 
   static bool still_asking(const traversal& t, const slow_check& check) {
     auto it = t.asking.find(check.peer);
@@ -689,57 +303,9 @@ class node {
 
   // Reports the crawl's find calls unanswered after slow_request_after to its lookup, which then goes on without
   // waiting for them. One timer at a time: calls are watched in the order sent. Ends when the crawl stops it.
-  task<void> watch_slow(traversal& t) {
-    try {
-      while (!t.stopping) {
-        if (t.watch.empty()) {
-          t.sent.reset();
-          co_await t.sent.wait();
-          continue;
-        }
-        const slow_check check = t.watch.front();
-        if (still_asking(t, check)) co_await sleep_until(check.due);
-        t.watch.pop_front();
-        if (t.stopping || !still_asking(t, check)) continue;
-        t.asking[check.peer].slow = true;
-        if (t.search.on_slow(check.peer)) {
-          ++slow_requests_;
-          pump(t);
-        }
-      }
-    } catch (const cancelled_error&) {
-      // the crawl ended
-    }
-  }
+  task<void> watch_slow(traversal& t);
 
-  task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any) {
-    for (;;) {
-      try {
-        const auto [id, answer] = co_await protocol_.ping(address, deadline);
-        if (id == protocol_.id()) {
-          // Our own address (or someone answering with our id): not a peer; asking again will not change that.
-          log_debug("dht node {}: initial peer {} is this node", protocol_.local_endpoint(), address);
-          co_return;
-        }
-        answered = 1;
-        any = true;
-        co_return;
-      } catch (const cancelled_error&) {
-        throw;
-      } catch (const closed_error&) {
-        throw;
-      } catch (const std::exception& e) {
-        log_debug("dht node {}: initial peer {} did not answer: {}", protocol_.local_endpoint(), address, e.what());
-      }
-      if (any || std::chrono::steady_clock::now() >= deadline) co_return;
-      const steady_time pause = std::min(deadline, deadline_after(options_.bootstrap_retry_pause));
-      try {
-        co_await with_deadline(wait_for(closing_), pause);  // shutdown() ends the pause
-      } catch (const timeout_error&) {
-      }
-      if (any || shut_down_ || std::chrono::steady_clock::now() >= deadline) co_return;
-    }
-  }
+  task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any);
 
   io_context& ctx_;
   node_options options_;
@@ -761,3 +327,518 @@ class node {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto node::bootstrap(std::vector<endpoint> initial_peers, steady_time deadline) -> task<bootstrap_result> {
+  co_return co_await tracked("bootstrap", bootstrap_body(std::move(initial_peers), deadline));
+}
+
+DMOE_INLINE auto node::store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline)
+    -> task<store_outcome> {
+  std::vector<store_entry> entries;
+  entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
+  auto outcomes = co_await store_many(std::move(entries), deadline);
+  co_return outcomes.front();
+}
+
+DMOE_INLINE auto node::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+                          steady_time deadline) -> task<store_outcome> {
+  std::vector<store_entry> entries;
+  entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
+  auto outcomes = co_await store_many(std::move(entries), deadline);
+  co_return outcomes.front();
+}
+
+DMOE_INLINE auto node::store_many(std::vector<store_entry> entries, steady_time deadline)
+    -> task<std::vector<store_outcome>> {
+  co_return co_await tracked("store", store_many_body(std::move(entries), deadline));
+}
+
+DMOE_INLINE auto node::get(key_id key, bool latest, steady_time deadline) -> task<std::optional<record>> {
+  std::vector<key_id> keys{key};
+  auto results = co_await get_many(std::move(keys), latest, deadline);
+  co_return std::move(results.front().found);
+}
+
+DMOE_INLINE auto node::get_many(std::vector<key_id> keys, bool latest,
+                                       steady_time deadline) -> task<std::vector<get_result>> {
+  co_return co_await tracked("get", get_many_body(std::move(keys), latest, deadline));
+}
+
+DMOE_INLINE auto node::find_nearest(key_id key, std::size_t count, steady_time deadline)
+    -> task<std::vector<wire_peer>> {
+  co_return co_await tracked("find_nearest", find_nearest_body(key, count, deadline));
+}
+
+DMOE_INLINE auto node::ping(endpoint address, steady_time deadline) -> task<node_id> {
+  co_return co_await tracked("ping", ping_body(address, deadline));
+}
+
+DMOE_INLINE auto node::shutdown() -> task<void> {
+  shut_down_ = true;
+  protocol_.close();
+  group_.request_stop();
+  closing_.set();
+  try {
+    co_await group_.join();
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: {} while shutting down", protocol_.local_endpoint(), e.what());
+  }
+  while (callers_ != 0) {
+    callers_idle_.reset();
+    co_await callers_idle_.wait();
+  }
+}
+
+DMOE_INLINE auto node::stats() const -> node_stats {
+  node_stats s;
+  s.rpc = protocol_.stats();
+  s.datagram = protocol_.datagram_stats();
+  s.peers = protocol_.table().size();
+  s.stored_keys = protocol_.stored().size();
+  s.lookups = lookups_;
+  s.lookup_requests = lookup_requests_;
+  s.shared_gets = shared_gets_;
+  s.lookup_failures = lookup_failures_;
+  s.slow_requests = slow_requests_;
+  s.slow_given_up = slow_given_up_;
+  return s;
+}
+
+DMOE_INLINE auto node::bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline)
+    -> task<bootstrap_result> {
+  ensure_open("bootstrap");
+  deadline = resolve(deadline);
+  bootstrap_result result;
+  if (initial_peers.empty()) {
+    result.joined = true;
+    result.peers = protocol_.table().size();
+    co_return result;
+  }
+  std::vector<int> answers(initial_peers.size(), 0);
+  bool any = false;
+  {
+    task_group pings(ctx_);
+    for (std::size_t i = 0; i < initial_peers.size(); ++i)
+      pings.spawn(ping_until_answered(initial_peers[i], deadline, answers[i], any));
+    co_await pings.join();
+  }
+  for (std::size_t i = 0; i < initial_peers.size(); ++i)
+    (answers[i] ? result.answered : result.not_answered).push_back(initial_peers[i]);
+  result.joined = !result.answered.empty();
+  if (result.joined) {
+    traversal self_lookup({protocol_.id()}, lookup_with(false, false), deadline);
+    co_await crawl(self_lookup);
+  }
+  result.peers = protocol_.table().size();
+  co_return result;
+}
+
+DMOE_INLINE auto node::store_many_body(std::vector<store_entry> entries, steady_time deadline)
+    -> task<std::vector<store_outcome>> {
+  ensure_open("store");
+  check_entries(entries);
+  deadline = resolve(deadline);
+  std::vector<store_outcome> outcomes(entries.size());
+  const wall_seconds now = options_.clock->wall_now();
+  std::vector<key_id> keys;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (!(now < entries[i].expiration)) {
+      outcomes[i].refusal = store_result::expired;
+      continue;
+    }
+    keys.push_back(entries[i].key);
+  }
+  if (keys.empty()) co_return outcomes;
+  traversal search(std::move(keys), lookup_with(false, false), deadline);
+  co_await crawl(search);
+
+  // Per key, the num_replicas nearest nodes: those the lookup heard from, and ourselves.
+  std::unordered_map<key_id, std::vector<wire_peer>> replicas;
+  for (auto& r : search.search.results()) {
+    std::vector<wire_peer> nearest = std::move(r.nearest);
+    if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
+    std::sort(nearest.begin(), nearest.end(),
+              [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(r.key, a.id, b.id); });
+    if (nearest.size() > options_.num_replicas) nearest.resize(options_.num_replicas);
+    replicas.emplace(r.key, std::move(nearest));
+  }
+  struct batch {
+    wire_peer peer;
+    std::vector<std::size_t> entries;
+  };
+  std::map<node_id, batch> batches;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (outcomes[i].refusal) continue;
+    for (const auto& peer : replicas[entries[i].key]) {
+      ++outcomes[i].asked;
+      if (peer.id == protocol_.id()) {
+        note(outcomes[i], protocol_.store_locally(to_item(entries[i])));
+        continue;
+      }
+      auto& b = batches[peer.id];
+      b.peer = peer;
+      b.entries.push_back(i);
+    }
+  }
+  task_group calls(ctx_);
+  for (auto& [id, b] : batches) {
+    for (std::size_t begin = 0; begin < b.entries.size(); begin += options_.limits.max_keys) {
+      const std::size_t end = std::min(b.entries.size(), begin + options_.limits.max_keys);
+      std::vector<std::size_t> chunk(b.entries.begin() + static_cast<std::ptrdiff_t>(begin),
+                                     b.entries.begin() + static_cast<std::ptrdiff_t>(end));
+      calls.spawn(store_on(b.peer, std::move(chunk), entries, outcomes, deadline));
+    }
+  }
+  co_await calls.join();
+  co_return outcomes;
+}
+
+DMOE_INLINE auto node::get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline)
+    -> task<std::vector<get_result>> {
+  ensure_open("get");
+  deadline = resolve(deadline);
+  std::vector<get_result> out;
+  out.reserve(keys.size());
+  std::vector<key_id> to_crawl;
+  std::vector<std::shared_ptr<traversal>> joined;
+  std::unordered_map<key_id, std::shared_ptr<traversal>> source;
+  for (const auto& key : keys) {
+    out.push_back({key, protocol_.local(key)});
+    if (out.back().found && !latest) continue;
+    if (source.contains(key)) continue;
+    std::shared_ptr<traversal> running = find_running(key, latest);
+    if (running) {
+      // Each caller keeps its own deadline: a later one extends the traversal (crawl() rechecks it).
+      running->deadline = std::max(running->deadline, deadline);
+      ++shared_gets_;
+      source.emplace(key, running);
+      if (std::find(joined.begin(), joined.end(), running) == joined.end()) joined.push_back(running);
+      continue;
+    }
+    source.emplace(key, nullptr);
+    to_crawl.push_back(key);
+  }
+  if (!to_crawl.empty()) {
+    auto fresh = std::make_shared<traversal>(to_crawl, lookup_with(true, latest), deadline);
+    for (const auto& key : to_crawl) {
+      source[key] = fresh;
+      (latest ? latest_gets_ : plain_gets_)[key] = fresh;
+    }
+    joined.push_back(fresh);
+    group_.spawn(shared_get(fresh));
+  }
+  for (const auto& t : joined) {
+    if (t->complete.is_set()) continue;
+    try {
+      co_await with_deadline(wait_for(t->complete), deadline);
+    } catch (const timeout_error&) {
+      // our deadline came first: take what the traversal found so far
+    }
+  }
+  // What each traversal found, alive now, by key.
+  const wall_seconds now = options_.clock->wall_now();
+  std::unordered_map<const traversal*, std::unordered_map<key_id, record>> found;
+  for (const auto& t : joined) {
+    auto& by_key = found[t.get()];
+    for (auto& r : t->search.results())
+      if (r.found && r.found->drop_expired(now)) by_key.emplace(r.key, std::move(*r.found));
+  }
+  for (auto& r : out) {
+    auto it = source.find(r.key);
+    if (it == source.end() || !it->second) continue;
+    const auto& by_key = found[it->second.get()];
+    auto value = by_key.find(r.key);
+    if (value == by_key.end()) continue;
+    if (!r.found) r.found = value->second;
+    else merge_into(*r.found, value->second);
+  }
+  co_return out;
+}
+
+DMOE_INLINE auto node::find_nearest_body(key_id key, std::size_t count, steady_time deadline)
+    -> task<std::vector<wire_peer>> {
+  ensure_open("find_nearest");
+  traversal search({key}, lookup_with(false, false), resolve(deadline));
+  co_await crawl(search);
+  std::vector<wire_peer> nearest = search.search.results().front().nearest;
+  if (!options_.client_mode) nearest.push_back({protocol_.id(), protocol_.local_endpoint()});
+  std::sort(nearest.begin(), nearest.end(),
+            [&](const wire_peer& a, const wire_peer& b) { return dht::nearer(key, a.id, b.id); });
+  if (nearest.size() > count) nearest.resize(count);
+  co_return nearest;
+}
+
+DMOE_INLINE auto node::ping_body(endpoint address, steady_time deadline) -> task<node_id> {
+  ensure_open("ping");
+  auto [id, answer] = co_await protocol_.ping(address, resolve(deadline));
+  co_return id;
+}
+
+DMOE_INLINE auto node::check(node_options o) -> node_options {
+  if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
+  if (o.max_lookup_in_flight == 0) throw invalid_argument_error("dht node needs max_lookup_in_flight >= 1");
+  if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
+  if (o.slow_request_after.count() <= 0)
+    throw invalid_argument_error("dht node: slow_request_after must be positive");
+  return o;
+}
+
+DMOE_INLINE auto node::check_entries(const std::vector<store_entry>& entries) const -> void {
+  const auto& limits = options_.storage;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const store_entry& e = entries[i];
+    if (!std::isfinite(e.expiration))
+      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a non-finite expiration {}", i,
+                                               e.key.to_hex(), e.expiration));
+    if (e.value.size() > std::min(limits.max_value_size, options_.limits.max_value_size))
+      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a value of {} bytes, over the "
+                                               "limit of {}",
+                                               i, e.key.to_hex(), e.value.size(),
+                                               std::min(limits.max_value_size, options_.limits.max_value_size)));
+    if (e.subkey && e.subkey->size() > std::min(limits.max_subkey_size, options_.limits.max_subkey_size))
+      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a subkey of {} bytes, over the "
+                                               "limit of {}",
+                                               i, e.key.to_hex(), e.subkey->size(),
+                                               std::min(limits.max_subkey_size, options_.limits.max_subkey_size)));
+    if (e.signature.size() > options_.limits.max_signature_size)
+      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a signature of {} bytes, over the "
+                                               "limit of {}",
+                                               i, e.key.to_hex(), e.signature.size(), options_.limits.max_signature_size));
+  }
+}
+
+DMOE_INLINE auto node::serve() -> task<void> {
+  try {
+    co_await protocol_.serve();
+  } catch (const std::exception& e) {
+    log_error("dht node {} stopped serving: {}", protocol_.local_endpoint(), e.what());
+  }
+}
+
+DMOE_INLINE auto node::wait_for(async_event& event) -> task<void> { co_await event.wait(); }
+
+DMOE_INLINE auto node::find_running(const key_id& key, bool latest) -> std::shared_ptr<traversal> {
+  if (!latest) {
+    if (auto it = plain_gets_.find(key); it != plain_gets_.end()) return it->second;
+  }
+  if (auto it = latest_gets_.find(key); it != latest_gets_.end()) return it->second;
+  return nullptr;
+}
+
+DMOE_INLINE auto node::shared_get(std::shared_ptr<traversal> t) -> task<void> {
+  try {
+    co_await crawl(*t);
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: get traversal ended: {}", protocol_.local_endpoint(), e.what());
+  }
+  auto& running = t->latest ? latest_gets_ : plain_gets_;
+  for (const auto& key : t->keys) {
+    auto it = running.find(key);
+    if (it != running.end() && it->second == t) running.erase(it);
+  }
+  t->complete.set();
+  if (!shut_down_) cache_found(*t);
+}
+
+DMOE_INLINE auto node::cache_found(const traversal& t) -> void {
+  const wall_seconds now = options_.clock->wall_now();
+  for (const auto& r : t.search.results()) {
+    if (!r.found) continue;
+    record alive = *r.found;
+    if (!alive.drop_expired(now)) continue;
+    protocol_.cache(r.key, alive);
+    if (!r.nearest_without_value) continue;
+    std::vector<store_item> items;
+    if (alive.is_dictionary) {
+      for (const auto& [subkey, v] : alive.subkeys)
+        if (items.size() < options_.limits.max_keys) items.push_back({r.key, subkey, v});
+    } else {
+      items.push_back({r.key, std::nullopt, alive.value});
+    }
+    if (group_.running() < options_.max_background_calls + 1) group_.spawn(store_quietly(*r.nearest_without_value, std::move(items)));
+  }
+}
+
+DMOE_INLINE auto node::store_quietly(wire_peer peer, std::vector<store_item> items) -> task<void> {
+  try {
+    co_await protocol_.store(peer, std::move(items), deadline_after(options_.rpc_timeout));
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: caching at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
+  }
+}
+
+DMOE_INLINE auto node::store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
+                    std::vector<store_outcome>& outcomes, steady_time deadline) -> task<void> {
+  std::vector<store_item> items;
+  items.reserve(chunk.size());
+  for (std::size_t i : chunk) items.push_back(to_item(entries[i]));
+  try {
+    const std::vector<store_result> results = co_await protocol_.store(peer, std::move(items), deadline);
+    for (std::size_t j = 0; j < chunk.size() && j < results.size(); ++j) note(outcomes[chunk[j]], results[j]);
+  } catch (const cancelled_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: store at {} failed: {}", protocol_.local_endpoint(), peer.address, e.what());
+  }
+}
+
+DMOE_INLINE auto node::crawl(traversal& t) -> task<void> {
+  ++lookups_;
+  for (const auto& key : t.keys) t.search.add_candidates(key, protocol_.nearest(key, options_.k));
+  task_group calls(ctx_);
+  t.calls = &calls;
+  t.watching = options_.slow_request_after < options_.rpc_timeout;
+  if (t.watching) calls.spawn(watch_slow(t));
+  pump(t);
+  std::exception_ptr failure;
+  try {
+    // The deadline may be extended meanwhile by a get joining this traversal.
+    while (!t.finished.is_set()) {
+      try {
+        co_await with_deadline(wait_for(t.finished), t.deadline);
+      } catch (const timeout_error&) {
+        if (std::chrono::steady_clock::now() >= t.deadline) break;  // the deadline: end with what was found
+      }
+    }
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  t.stopping = true;
+  // Slow calls are cancelled below, which blames no peer: make sure the dead among them still leave the table.
+  for (const auto& [id, call] : t.asking) {
+    if (!call.slow) continue;
+    ++slow_given_up_;
+    if (!shut_down_) protocol_.check_alive(call.peer);
+  }
+  calls.request_stop();
+  co_await calls.join();
+  t.calls = nullptr;
+  lookup_requests_ += t.search.requests_sent();
+  if (failure) std::rethrow_exception(failure);
+}
+
+DMOE_INLINE auto node::lookup_with(bool want_values, bool latest) const -> lookup_options {
+  lookup_options o;
+  o.k = options_.k;
+  o.alpha = options_.alpha;
+  o.max_in_flight = options_.max_lookup_in_flight;
+  o.want_values = want_values;
+  o.latest = latest;
+  o.self = protocol_.id();
+  return o;
+}
+
+DMOE_INLINE auto node::pump(traversal& t) -> void {
+  if (t.stopping) return;
+  const steady_time now = options_.clock->steady_now();
+  for (;;) {
+    std::vector<lookup_request> requests = t.search.next();
+    if (requests.empty()) break;
+    bool skipped = false;
+    for (auto& request : requests) {
+      if (protocol_.table().is_banned(request.peer.id, now)) {
+        t.search.on_failure(request.peer.id);
+        skipped = true;
+        continue;
+      }
+      t.calls->spawn(ask(t, std::move(request)));
+    }
+    if (!skipped) break;
+  }
+  const bool all_done = t.search.keys_done();
+  if (all_done || t.search.in_flight() == 0) t.finished.set();
+}
+
+DMOE_INLINE auto node::ask(traversal& t, lookup_request request) -> task<void> {
+  const node_id peer = request.peer.id;
+  const std::uint64_t serial = ++t.serials;
+  t.asking[peer] = outstanding_call{request.peer, serial, false};
+  if (t.watching) {
+    t.watch.push_back({peer, serial, deadline_after(options_.slow_request_after)});
+    t.sent.set();
+  }
+  bool answered = false;
+  find_response response;
+  try {
+    // Not cut at the traversal's deadline (crawl() cancels calls then, which blames no peer; a timeout would ban
+    // the peer for our haste, and a joining get may extend the deadline).
+    response = co_await protocol_.find(request.peer, request.keys, deadline_after(options_.rpc_timeout));
+    answered = true;
+  } catch (const cancelled_error&) {
+    co_return;
+  } catch (const closed_error&) {
+    t.finished.set();  // shutting down: the crawl ends now, not at its deadline
+    co_return;
+  } catch (const std::exception&) {
+    // timeout, refusal or garbage: the peer failed (protocol::call banned it)
+  }
+  if (auto it = t.asking.find(peer); it != t.asking.end() && it->second.serial == serial) t.asking.erase(it);
+  if (!answered) ++lookup_failures_;
+  if (t.stopping) co_return;
+  if (answered) t.search.on_response(request.peer.id, response.results, options_.clock->wall_now());
+  else t.search.on_failure(request.peer.id);
+  pump(t);
+}
+
+DMOE_INLINE auto node::watch_slow(traversal& t) -> task<void> {
+  try {
+    while (!t.stopping) {
+      if (t.watch.empty()) {
+        t.sent.reset();
+        co_await t.sent.wait();
+        continue;
+      }
+      const slow_check check = t.watch.front();
+      if (still_asking(t, check)) co_await sleep_until(check.due);
+      t.watch.pop_front();
+      if (t.stopping || !still_asking(t, check)) continue;
+      t.asking[check.peer].slow = true;
+      if (t.search.on_slow(check.peer)) {
+        ++slow_requests_;
+        pump(t);
+      }
+    }
+  } catch (const cancelled_error&) {
+    // the crawl ended
+  }
+}
+
+DMOE_INLINE auto node::ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any)
+    -> task<void> {
+  for (;;) {
+    try {
+      const auto [id, answer] = co_await protocol_.ping(address, deadline);
+      if (id == protocol_.id()) {
+        // Our own address (or someone answering with our id): not a peer; asking again will not change that.
+        log_debug("dht node {}: initial peer {} is this node", protocol_.local_endpoint(), address);
+        co_return;
+      }
+      answered = 1;
+      any = true;
+      co_return;
+    } catch (const cancelled_error&) {
+      throw;
+    } catch (const closed_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: initial peer {} did not answer: {}", protocol_.local_endpoint(), address, e.what());
+    }
+    if (any || std::chrono::steady_clock::now() >= deadline) co_return;
+    const steady_time pause = std::min(deadline, deadline_after(options_.bootstrap_retry_pause));
+    try {
+      co_await with_deadline(wait_for(closing_), pause);  // shutdown() ends the pause
+    } catch (const timeout_error&) {
+    }
+    if (any || shut_down_ || std::chrono::steady_clock::now() >= deadline) co_return;
+  }
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

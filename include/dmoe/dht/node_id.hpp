@@ -63,44 +63,13 @@ struct node_id {
   }
 
   // Big-endian bytes, the wire form.
-  std::array<std::byte, size> to_bytes() const noexcept {
-    std::array<std::byte, size> out{};
-    for (std::size_t i = 0; i < 8; ++i) {
-      out[i] = static_cast<std::byte>(high >> (56 - 8 * i));
-      out[8 + i] = static_cast<std::byte>(low >> (56 - 8 * i));
-    }
-    return out;
-  }
-  static node_id from_bytes(const_byte_span bytes) {
-    if (bytes.size() != size)
-      throw invalid_argument_error(fmt::format("a node id is {} bytes, got {}", size, bytes.size()));
-    node_id out;
-    for (std::size_t i = 0; i < 8; ++i) {
-      out.high = (out.high << 8) | static_cast<std::uint8_t>(bytes[i]);
-      out.low = (out.low << 8) | static_cast<std::uint8_t>(bytes[8 + i]);
-    }
-    return out;
-  }
+  std::array<std::byte, size> to_bytes() const noexcept;
+  static node_id from_bytes(const_byte_span bytes);
 
   // 32 lowercase hex digits, most significant first.
   std::string to_hex() const { return fmt::format("{:016x}{:016x}", high, low); }
   // Accepts exactly 32 hex digits (either case); throws invalid_argument_error.
-  static node_id from_hex(std::string_view text) {
-    if (text.size() != 32)
-      throw invalid_argument_error(fmt::format("a node id is 32 hex digits, got {} characters", text.size()));
-    node_id out;
-    for (std::size_t i = 0; i < 32; ++i) {
-      const char c = text[i];
-      unsigned digit = 0;
-      if (c >= '0' && c <= '9') digit = static_cast<unsigned>(c - '0');
-      else if (c >= 'a' && c <= 'f') digit = static_cast<unsigned>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') digit = static_cast<unsigned>(c - 'A' + 10);
-      else throw invalid_argument_error(fmt::format("not a hex digit '{}' at {} in node id '{}'", c, i, text));
-      auto& half = i < 16 ? out.high : out.low;
-      half = (half << 4) | digit;
-    }
-    return out;
-  }
+  static node_id from_hex(std::string_view text);
 
   friend std::ostream& operator<<(std::ostream& out, const node_id& id) { return out << id.to_hex(); }
 };
@@ -140,17 +109,22 @@ node_id random_node_id(Generator& generator) {
 
 namespace detail {
 // The process's seed: one std::random_device read (~23 µs here) for the whole process.
-inline std::uint64_t process_seed() {
+std::uint64_t process_seed();
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::uint64_t process_seed() {
   static const std::uint64_t seed = [] {
     std::random_device device;
     return (std::uint64_t{device()} << 32) ^ device();
   }();
   return seed;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 }  // namespace detail
 
 // A random id from a per-thread generator seeded once from the process seed (never std::random_device per id).
-inline node_id random_node_id() {
+node_id random_node_id();
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE node_id random_node_id() {
   thread_local std::mt19937_64 generator = [] {
     static std::atomic<std::uint64_t> threads{0};
     const std::uint64_t seed = detail::process_seed();
@@ -161,6 +135,7 @@ inline node_id random_node_id() {
   }();
   return random_node_id(generator);
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace dht
 DMOE_END_NAMESPACE
@@ -171,3 +146,50 @@ struct std::hash<dmoe::dht::node_id> {
     return static_cast<std::size_t>(id.high ^ (id.low * 0x9e3779b97f4a7c15ull));
   }
 };
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto node_id::to_bytes() const noexcept -> std::array<std::byte, size> {
+  std::array<std::byte, size> out{};
+  for (std::size_t i = 0; i < 8; ++i) {
+    out[i] = static_cast<std::byte>(high >> (56 - 8 * i));
+    out[8 + i] = static_cast<std::byte>(low >> (56 - 8 * i));
+  }
+  return out;
+}
+
+DMOE_INLINE auto node_id::from_bytes(const_byte_span bytes) -> node_id {
+  if (bytes.size() != size)
+    throw invalid_argument_error(fmt::format("a node id is {} bytes, got {}", size, bytes.size()));
+  node_id out;
+  for (std::size_t i = 0; i < 8; ++i) {
+    out.high = (out.high << 8) | static_cast<std::uint8_t>(bytes[i]);
+    out.low = (out.low << 8) | static_cast<std::uint8_t>(bytes[8 + i]);
+  }
+  return out;
+}
+
+DMOE_INLINE auto node_id::from_hex(std::string_view text) -> node_id {
+  if (text.size() != 32)
+    throw invalid_argument_error(fmt::format("a node id is 32 hex digits, got {} characters", text.size()));
+  node_id out;
+  for (std::size_t i = 0; i < 32; ++i) {
+    const char c = text[i];
+    unsigned digit = 0;
+    if (c >= '0' && c <= '9') digit = static_cast<unsigned>(c - '0');
+    else if (c >= 'a' && c <= 'f') digit = static_cast<unsigned>(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') digit = static_cast<unsigned>(c - 'A' + 10);
+    else throw invalid_argument_error(fmt::format("not a hex digit '{}' at {} in node id '{}'", c, i, text));
+    auto& half = i < 16 ? out.high : out.low;
+    half = (half << 4) | digit;
+  }
+  return out;
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

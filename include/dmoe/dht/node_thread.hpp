@@ -35,77 +35,29 @@ class node_thread {
  public:
   // Starts the thread and the node. Rethrows what the node's constructor threw (invalid_argument_error,
   // system_error when the bind fails).
-  explicit node_thread(node_options options = {}) {
-    std::promise<void> ready;
-    std::future<void> started = ready.get_future();
-    thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-      run(std::move(options), ready);
-    });
-    try {
-      started.get();
-    } catch (...) {
-      thread_.join();
-      throw;
-    }
-  }
+  explicit node_thread(node_options options = {});
   node_thread(const node_thread&) = delete;
   node_thread& operator=(const node_thread&) = delete;
   ~node_thread() { shutdown(); }
 
   // node::bootstrap, with a timeout instead of a deadline.
-  bootstrap_result bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout = default_timeout) {
-    const steady_time deadline = deadline_after(timeout);
-    return call([peers = std::move(initial_peers), deadline](node& n) mutable {
-      return n.bootstrap(std::move(peers), deadline);
-    });
-  }
+  bootstrap_result bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout = default_timeout);
   store_outcome store(key_id key, byte_buffer value, wall_seconds expiration,
-                      std::chrono::milliseconds timeout = default_timeout) {
-    const steady_time deadline = deadline_after(timeout);
-    return call([=, value = std::move(value)](node& n) mutable {
-      return n.store(key, std::move(value), expiration, deadline);
-    });
-  }
+                      std::chrono::milliseconds timeout = default_timeout);
   store_outcome store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
-                      std::chrono::milliseconds timeout = default_timeout) {
-    const steady_time deadline = deadline_after(timeout);
-    return call([=, subkey = std::move(subkey), value = std::move(value)](node& n) mutable {
-      return n.store(key, std::move(subkey), std::move(value), expiration, deadline);
-    });
-  }
+                      std::chrono::milliseconds timeout = default_timeout);
   std::vector<store_outcome> store_many(std::vector<store_entry> entries,
-                                        std::chrono::milliseconds timeout = default_timeout) {
-    const steady_time deadline = deadline_after(timeout);
-    return call([entries = std::move(entries), deadline](node& n) mutable {
-      return n.store_many(std::move(entries), deadline);
-    });
-  }
+                                        std::chrono::milliseconds timeout = default_timeout);
   std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
     const steady_time deadline = deadline_after(timeout);
     return call([=](node& n) { return n.get(key, latest, deadline); });
   }
   std::vector<get_result> get_many(std::vector<key_id> keys, bool latest = false,
-                                   std::chrono::milliseconds timeout = default_timeout) {
-    const steady_time deadline = deadline_after(timeout);
-    return call([keys = std::move(keys), latest, deadline](node& n) mutable {
-      return n.get_many(std::move(keys), latest, deadline);
-    });
-  }
-  node_stats stats() {
-    return call([](node& n) -> task<node_stats> { co_return n.stats(); });
-  }
+                                   std::chrono::milliseconds timeout = default_timeout);
+  node_stats stats();
 
   // Cancels calls in progress, shuts the node down and joins its thread. Idempotent; later calls throw closed_error.
-  void shutdown() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard lock(post_mutex_);
-      if (stopping_) return;
-      stopping_ = true;
-      ctx_->post([this] { stop_.set(); });
-    }
-    thread_.join();
-  }
+  void shutdown();
 
   const node_id& id() const noexcept { return id_; }
   // The address others join with.
@@ -148,36 +100,9 @@ class node_thread {
     }
   }
 
-  void run(node_options options, std::promise<void>& ready) {
-    std::optional<io_context> ctx;
-    std::optional<node> n;
-    try {
-      ctx.emplace();
-      n.emplace(*ctx, std::move(options));
-    } catch (...) {
-      ready.set_exception(std::current_exception());
-      return;
-    }
-    ctx_ = &*ctx;
-    node_ = &*n;
-    id_ = n->id();
-    local_ = n->local_endpoint();
-    ready.set_value();
-    ctx->run(main());
-  }
+  void run(node_options options, std::promise<void>& ready);
 
-  task<void> main() {
-    task_group calls(*ctx_);
-    calls_ = &calls;
-    try {
-      co_await stop_.wait();
-    } catch (const cancelled_error&) {
-    }
-    calls_ = nullptr;
-    calls.request_stop();
-    co_await calls.join();
-    co_await node_->shutdown();
-  }
+  task<void> main();
 
   std::thread thread_;
   io_context* ctx_ = nullptr;
@@ -192,3 +117,113 @@ class node_thread {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE node_thread::node_thread(node_options options) {
+  std::promise<void> ready;
+  std::future<void> started = ready.get_future();
+  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
+    run(std::move(options), ready);
+  });
+  try {
+    started.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+DMOE_INLINE auto node_thread::bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout)
+    -> bootstrap_result {
+  const steady_time deadline = deadline_after(timeout);
+  return call([peers = std::move(initial_peers), deadline](node& n) mutable {
+    return n.bootstrap(std::move(peers), deadline);
+  });
+}
+
+DMOE_INLINE auto node_thread::store(key_id key, byte_buffer value, wall_seconds expiration,
+                    std::chrono::milliseconds timeout) -> store_outcome {
+  const steady_time deadline = deadline_after(timeout);
+  return call([=, value = std::move(value)](node& n) mutable {
+    return n.store(key, std::move(value), expiration, deadline);
+  });
+}
+
+DMOE_INLINE auto node_thread::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+                    std::chrono::milliseconds timeout) -> store_outcome {
+  const steady_time deadline = deadline_after(timeout);
+  return call([=, subkey = std::move(subkey), value = std::move(value)](node& n) mutable {
+    return n.store(key, std::move(subkey), std::move(value), expiration, deadline);
+  });
+}
+
+DMOE_INLINE auto node_thread::store_many(std::vector<store_entry> entries,
+                                      std::chrono::milliseconds timeout) -> std::vector<store_outcome> {
+  const steady_time deadline = deadline_after(timeout);
+  return call([entries = std::move(entries), deadline](node& n) mutable {
+    return n.store_many(std::move(entries), deadline);
+  });
+}
+
+DMOE_INLINE auto node_thread::get_many(std::vector<key_id> keys, bool latest,
+                                 std::chrono::milliseconds timeout) -> std::vector<get_result> {
+  const steady_time deadline = deadline_after(timeout);
+  return call([keys = std::move(keys), latest, deadline](node& n) mutable {
+    return n.get_many(std::move(keys), latest, deadline);
+  });
+}
+
+DMOE_INLINE auto node_thread::stats() -> node_stats {
+  return call([](node& n) -> task<node_stats> { co_return n.stats(); });
+}
+
+DMOE_INLINE auto node_thread::shutdown() -> void {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard lock(post_mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+    ctx_->post([this] { stop_.set(); });
+  }
+  thread_.join();
+}
+
+DMOE_INLINE auto node_thread::run(node_options options, std::promise<void>& ready) -> void {
+  std::optional<io_context> ctx;
+  std::optional<node> n;
+  try {
+    ctx.emplace();
+    n.emplace(*ctx, std::move(options));
+  } catch (...) {
+    ready.set_exception(std::current_exception());
+    return;
+  }
+  ctx_ = &*ctx;
+  node_ = &*n;
+  id_ = n->id();
+  local_ = n->local_endpoint();
+  ready.set_value();
+  ctx->run(main());
+}
+
+DMOE_INLINE auto node_thread::main() -> task<void> {
+  task_group calls(*ctx_);
+  calls_ = &calls;
+  try {
+    co_await stop_.wait();
+  } catch (const cancelled_error&) {
+  }
+  calls_ = nullptr;
+  calls.request_stop();
+  co_await calls.join();
+  co_await node_->shutdown();
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

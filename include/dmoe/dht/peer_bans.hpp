@@ -27,15 +27,7 @@ class peer_bans {
 
   // `id` did not answer at `now`: it is banned for first_ban * 2^(failures - 1), at most longest_ban.
   // Returns the end of the ban.
-  steady_time failed(const node_id& id, steady_time now) {
-    auto& entry = entries_[id];
-    entry.failures = std::min<std::size_t>(entry.failures + 1, 62);
-    auto length = options_.first_ban;
-    for (std::size_t i = 1; i < entry.failures && length < options_.longest_ban; ++i) length *= 2;
-    length = std::min(length, options_.longest_ban);
-    entry.banned_until = now + length;
-    return entry.banned_until;
-  }
+  steady_time failed(const node_id& id, steady_time now);
 
   // `id` answered: its failures are forgotten.
   void succeeded(const node_id& id) { entries_.erase(id); }
@@ -66,3 +58,23 @@ class peer_bans {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto peer_bans::failed(const node_id& id, steady_time now) -> steady_time {
+  auto& entry = entries_[id];
+  entry.failures = std::min<std::size_t>(entry.failures + 1, 62);
+  auto length = options_.first_ban;
+  for (std::size_t i = 1; i < entry.failures && length < options_.longest_ban; ++i) length *= 2;
+  length = std::min(length, options_.longest_ban);
+  entry.banned_until = now + length;
+  return entry.banned_until;
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -120,16 +120,7 @@ class source_limits {
       : rate_(rate), burst_(static_cast<double>(burst)), max_bytes_(max_bytes), max_sources_(max_sources) {}
 
   // Takes one request token from `source` at `now`; false when its bucket is empty.
-  bool take_request(const std::string& source, steady_time now) {
-    if (rate_ <= 0) return true;
-    entry& e = at(source, now);
-    const double elapsed = std::chrono::duration<double>(now - e.refilled).count();
-    e.tokens = std::min(burst_, e.tokens + std::max(0.0, elapsed) * rate_);
-    e.refilled = now;
-    if (e.tokens < 1) return false;
-    e.tokens -= 1;
-    return true;
-  }
+  bool take_request(const std::string& source, steady_time now);
 
   // Whether `source` may add `bytes` expiring at `expiration` (wall seconds) given its alive stored bytes at `now`.
   bool fits(const std::string& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
@@ -156,29 +147,9 @@ class source_limits {
         stored;
   };
 
-  static void drop_expired(entry& e, wall_seconds now) {
-    while (!e.stored.empty() && !(now < e.stored.top().first)) {
-      e.bytes -= e.stored.top().second;
-      e.stored.pop();
-    }
-  }
+  static void drop_expired(entry& e, wall_seconds now);
 
-  entry& at(const std::string& source, steady_time now) {
-    auto it = entries_.find(source);
-    if (it != entries_.end()) return it->second;
-    if (entries_.size() >= max_sources_) {
-      // Forget sources that hold nothing and whose bucket has refilled: they lose no protection.
-      std::erase_if(entries_, [&](auto& item) {
-        const double elapsed = std::chrono::duration<double>(now - item.second.refilled).count();
-        return item.second.bytes == 0 && (rate_ <= 0 || item.second.tokens + elapsed * rate_ >= burst_);
-      });
-      if (entries_.size() >= max_sources_) entries_.erase(entries_.begin());
-    }
-    entry fresh;
-    fresh.tokens = burst_;
-    fresh.refilled = now;
-    return entries_.emplace(source, std::move(fresh)).first->second;
-  }
+  entry& at(const std::string& source, steady_time now);
 
   double rate_;
   double burst_;
@@ -194,46 +165,12 @@ class source_limits {
 class protocol {
  public:
   // Binds the socket. Throws invalid_argument_error for unusable options, system_error when the bind fails.
-  protocol(io_context& ctx, protocol_options options)
-      : ctx_(ctx),
-        options_(check(std::move(options))),
-        self_(options_.id ? *options_.id : random_node_id()),
-        endpoint_(ctx, options_.listen, to_sender_id(self_), options_.datagram),
-        table_(self_, table_options(options_)),
-        storage_(options_.storage, *options_.clock),
-        cache_(options_.cache, *options_.clock),
-        sources_(options_.max_requests_per_second, options_.request_burst, options_.max_bytes_per_source,
-                 options_.max_tracked_sources),
-        background_(ctx) {
-    endpoint_.add_handler(static_cast<std::uint16_t>(message_type::ping),
-                          [this](net::datagram_request& r) { return on_ping(r); });
-    endpoint_.add_handler(static_cast<std::uint16_t>(message_type::store),
-                          [this](net::datagram_request& r) { return on_store(r); });
-    endpoint_.add_handler(static_cast<std::uint16_t>(message_type::find),
-                          [this](net::datagram_request& r) { return on_find(r); });
-  }
+  protocol(io_context& ctx, protocol_options options);
   protocol(const protocol&) = delete;
   protocol& operator=(const protocol&) = delete;
 
   // Receives and answers until close(); then stops and joins the background calls (eviction pings, hand-overs).
-  task<void> serve() {
-    serving_ = true;
-    std::exception_ptr failure;
-    try {
-      co_await endpoint_.serve();
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    closed_ = true;
-    background_.request_stop();
-    try {
-      co_await background_.join();
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: a background call failed while stopping: {}", endpoint_.local_endpoint(), e.what());
-    }
-    serving_ = false;
-    if (failure) std::rethrow_exception(failure);
-  }
+  task<void> serve();
 
   // Makes serve() return; calls in progress fail with closed_error.
   void close() {
@@ -248,142 +185,39 @@ class protocol {
   // Errors: timeout_error (no answer by `deadline`; a known id is then banned), remote_error, protocol_error,
   // closed_error, cancelled_error.
   task<std::pair<node_id, ping_response>> ping(endpoint address, steady_time deadline,
-                                               std::optional<node_id> expected = std::nullopt) {
-    ++stats_.pings_sent;
-    const byte_buffer request = encode(ping_request{options_.client_mode});
-    net::datagram_response answer =
-        co_await call(address, message_type::ping, request, deadline, expected);
-    const node_id sender = from_sender_id(answer.sender);
-    const ping_response decoded = decoded_or_failed(
-        expected ? *expected : sender, [&] { return decode_ping_response(answer.message, options_.limits); });
-    answered(sender, address, decoded.client_mode);
-    co_return std::pair{sender, std::move(decoded)};
-  }
+                                               std::optional<node_id> expected = std::nullopt);
 
   // Asks `peer` to store `items` (at most limits.max_keys). Returns one result per item. Errors as ping().
-  task<std::vector<store_result>> store(wire_peer peer, std::vector<store_item> items, steady_time deadline) {
-    ++stats_.stores_sent;
-    const byte_buffer request = encode(store_request{options_.client_mode, std::move(items)});
-    net::datagram_response answer = co_await call(peer.address, message_type::store, request, deadline, peer.id);
-    store_response decoded =
-        decoded_or_failed(peer.id, [&] { return decode_store_response(answer.message, options_.limits); });
-    answered(peer.id, peer.address, decoded.client_mode);
-    co_return std::move(decoded.results);
-  }
+  task<std::vector<store_result>> store(wire_peer peer, std::vector<store_item> items, steady_time deadline);
 
   // Asks `peer` about `keys` (at most limits.max_keys): per key, the value if it holds one and the k nearest peers
   // it knows. Errors as ping().
-  task<find_response> find(wire_peer peer, std::vector<key_id> keys, steady_time deadline) {
-    ++stats_.finds_sent;
-    const byte_buffer request = encode(find_request{options_.client_mode, std::move(keys)});
-    net::datagram_response answer = co_await call(peer.address, message_type::find, request, deadline, peer.id);
-    find_response decoded =
-        decoded_or_failed(peer.id, [&] { return decode_find_response(answer.message, options_.limits); });
-    if (const std::size_t forged = screen(decoded); forged != 0) {
-      // Honest peers validated what they store: a forged record marks the peer as hostile.
-      ++stats_.calls_failed;
-      record_failure(peer.id);
-      throw protocol_error(fmt::format("dht find answer from {} at {}: {} record(s) with a refused signature",
-                                       peer.id.to_hex(), peer.address, forged));
-    }
-    answered(peer.id, peer.address, decoded.client_mode);
-    co_return decoded;
-  }
+  task<find_response> find(wire_peer peer, std::vector<key_id> keys, steady_time deadline);
 
   // Pings `peer` in the background (one check per peer at a time, within max_background_calls): alive, it stays and
   // is refreshed; dead, call() drops it from its bucket and bans it. For peers whose call was given up before its
   // deadline (a lookup that went on without a slow peer), so that dead ones still leave the routing table. Returns
   // whether a check runs for it now (false also when it is not in the routing table or we are shutting down).
-  bool check_alive(const wire_peer& peer) {
-    if (checking_.contains(peer.id) || !table_.find(peer.id)) return false;
-    if (!spawn_background(check_eviction(peer))) return false;
-    checking_.insert(peer.id);
-    ++stats_.liveness_checks;
-    return true;
-  }
+  bool check_alive(const wire_peer& peer);
 
   // ---- local state ----
 
   // Stores into our own storage under the same rules a remote store meets (the validator, newer wins). `source`
   // names the source whose quota it counts against (empty: ours, unlimited).
-  store_result store_locally(const store_item& item, const std::string& source = {}) {
-    const std::optional<record> stored = storage_.get(item.key);
-    const byte_buffer* subkey = item.subkey ? &*item.subkey : nullptr;
-    if (validator_.validate(item.key, subkey, item.value, stored) != validation::ok) {
-      ++stats_.signatures_refused;
-      return store_result::refused;
-    }
-    const std::size_t bytes = item.value.value.size() + item.value.signature.size() + (subkey ? subkey->size() : 0);
-    const steady_time steady = options_.clock->steady_now();
-    if (!source.empty() && !sources_.fits(source, bytes + node_id::size, options_.clock->wall_now(), steady)) {
-      ++stats_.over_source_quota;
-      return store_result::no_room;
-    }
-    const store_result result = item.subkey ? storage_.put(item.key, record::single_subkey(*item.subkey, item.value.value,
-                                                                                          item.value.expiration,
-                                                                                          item.value.signature))
-                                            : storage_.put(item.key, record::plain(item.value.value,
-                                                                                   item.value.expiration,
-                                                                                   item.value.signature));
-    if (result == store_result::stored && !source.empty())
-      sources_.add(source, bytes + node_id::size, item.value.expiration, steady);
-    return result;
-  }
+  store_result store_locally(const store_item& item, const std::string& source = {});
 
   // Caches a value found by a lookup (served to others' finds like a stored one, never handed over).
-  void cache(const key_id& key, const record& found) {
-    // Signed values are cached only as the validator would store them.
-    if (found.is_dictionary) {
-      for (const auto& [subkey, v] : found.subkeys) {
-        if (validator_.validate(key, &subkey, v, cache_.get(key)) == validation::ok)
-          cache_.put(key, record::single_subkey(subkey, v.value, v.expiration, v.signature));
-      }
-    } else if (validator_.validate(key, nullptr, found.value, cache_.get(key)) == validation::ok) {
-      cache_.put(key, found);
-    }
-  }
+  void cache(const key_id& key, const record& found);
 
   // What we hold for `key`: the stored record merged with the cached one (newer wins), expired parts left out.
-  std::optional<record> local(const key_id& key) {
-    std::optional<record> out = storage_.get(key);
-    if (std::optional<record> cached = cache_.get(key)) {
-      if (!out) out = std::move(cached);
-      else merge_into(*out, *cached);
-    }
-    return out;
-  }
+  std::optional<record> local(const key_id& key);
 
   // We heard from `id` at `address`: put it in its bucket (a request from it: `from_request`). Client-mode peers
   // and our own id are ignored. Sender ids are not authenticated, so a known id heard at another address keeps
   // its entry: the known address is pinged, and only if it fails is the new one pinged (and learnt if it answers
   // with that id). A full bucket's least recently seen peer is pinged. A peer newly added to a bucket gets the keys
   // it is nearer to than the replicas we know, once it has answered us (a request alone proves nothing).
-  void heard_from(const node_id& id, const endpoint& address, bool from_request) {
-    if (id == self_ || closed_) return;
-    const heard_result heard = table_.heard_from(id, address, options_.clock->steady_now(), !from_request);
-    switch (heard.outcome) {
-      case heard_outcome::added:
-        if (options_.client_mode || storage_.size() == 0) break;
-        if (from_request) spawn_background(welcome(wire_peer{id, address}));
-        else hand_over_to(wire_peer{id, address});
-        break;
-      case heard_outcome::cached:
-        if (heard.ping && !checking_.contains(heard.ping->id)) {
-          ++stats_.evictions_checked;
-          if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
-            checking_.insert(heard.ping->id);
-        }
-        break;
-      case heard_outcome::address_conflict:
-        ++stats_.address_conflicts;
-        if (heard.ping && !checking_.contains(id)) {
-          if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_.insert(id);
-        }
-        break;
-      default:
-        break;
-    }
-  }
+  void heard_from(const node_id& id, const endpoint& address, bool from_request);
 
   // An answer from `id` decoded by `decode`; a protocol_error (a malformed answer) counts as its failure and goes on.
   template <class Decode>
@@ -397,12 +231,7 @@ class protocol {
   }
 
   // `id` failed to answer: out of its bucket, banned for a doubled time.
-  void record_failure(const node_id& id) {
-    ++stats_.bans;
-    const steady_time now = options_.clock->steady_now();
-    table_.failed(id, now);
-    if (table_.bans().size() > 4 * max_remembered_bans) table_.bans().expire(now);
-  }
+  void record_failure(const node_id& id);
 
   const node_id& id() const noexcept { return self_; }
   const endpoint& local_endpoint() const noexcept { return endpoint_.local_endpoint(); }
@@ -427,65 +256,14 @@ class protocol {
  private:
   static constexpr std::size_t max_remembered_bans = 4096;
 
-  static protocol_options check(protocol_options o) {
-    if (o.k == 0 || o.b == 0) throw invalid_argument_error(fmt::format("dht node needs k >= 1 and b >= 1, got k={} b={}", o.k, o.b));
-    if (o.num_replicas == 0) throw invalid_argument_error("dht node needs num_replicas >= 1");
-    if (o.k > o.limits.max_peers)
-      throw invalid_argument_error(fmt::format("dht node: k={} exceeds limits.max_peers={} (find answers carry k peers)",
-                                               o.k, o.limits.max_peers));
-    if (o.rpc_timeout.count() <= 0) throw invalid_argument_error("dht node: rpc_timeout must be positive");
-    if (o.max_requests_per_second < 0 || (o.max_requests_per_second > 0 && o.request_burst == 0))
-      throw invalid_argument_error("dht node: max_requests_per_second must be >= 0, with request_burst >= 1");
-    if (!std::isfinite(o.find_answer_ratio) || o.find_answer_ratio < 0)
-      throw invalid_argument_error("dht node: find_answer_ratio must be finite and >= 0");
-    if (o.max_tracked_sources == 0) throw invalid_argument_error("dht node: max_tracked_sources must be >= 1");
-    if (!o.clock) throw invalid_argument_error("dht node: clock must not be null");
-    return o;
-  }
-  static routing_table_options table_options(const protocol_options& o) {
-    routing_table_options t = o.table;
-    t.k = o.k;
-    t.b = o.b;
-    return t;
-  }
+  static protocol_options check(protocol_options o);
+  static routing_table_options table_options(const protocol_options& o);
 
   // One datagram call; a peer that does not answer (or answers as someone else) is recorded as failed.
   task<net::datagram_response> call(endpoint address, message_type type, const byte_buffer& request,
-                                    steady_time deadline, std::optional<node_id> expected) {
-    if (closed_) throw closed_error(fmt::format("dht node {} is shut down", endpoint_.local_endpoint()));
-    deadline = std::min(deadline, deadline_after(options_.rpc_timeout));
-    net::datagram_response answer;
-    try {
-      answer = co_await endpoint_.request(address, static_cast<std::uint16_t>(type), request, deadline);
-    } catch (const timeout_error&) {
-      ++stats_.calls_failed;
-      if (expected) record_failure(*expected);
-      throw;
-    } catch (const remote_error&) {
-      ++stats_.calls_failed;
-      if (expected) record_failure(*expected);
-      throw;
-    }
-    const node_id sender = from_sender_id(answer.sender);
-    if (expected && sender != *expected) {
-      // Another node answers at that address now: the one we asked is gone; learn the new one.
-      ++stats_.calls_failed;
-      record_failure(*expected);
-      throw protocol_error(fmt::format("dht {} call to {}: answered by node {} instead of {}", to_string(type), address,
-                                       sender.to_hex(), expected->to_hex()));
-    }
-    ++stats_.calls_answered;
-    co_return answer;
-  }
+                                    steady_time deadline, std::optional<node_id> expected);
 
-  static std::string_view to_string(message_type type) noexcept {
-    switch (type) {
-      case message_type::ping: return "ping";
-      case message_type::store: return "store";
-      case message_type::find: return "find";
-    }
-    return "unknown";
-  }
+  static std::string_view to_string(message_type type) noexcept;
 
   void answered(const node_id& id, const endpoint& address, bool client_mode) {
     if (!client_mode) heard_from(id, address, false);
@@ -494,33 +272,7 @@ class protocol {
   // Drops the values and subkeys of a find answer that the record validator refuses or whose expiration is not
   // finite or beyond our storage horizon (such a value would win every newer-wins merge). Returns how many had a
   // refused signature.
-  std::size_t screen(find_response& answer) {
-    const wall_seconds latest = options_.clock->wall_now() + options_.storage.max_expiration_horizon;
-    std::size_t forged = 0;
-    auto acceptable = [&](const key_id& key, const byte_buffer* subkey, const timed_value& v) {
-      if (!std::isfinite(v.expiration) || v.expiration > latest) {
-        ++stats_.records_dropped;
-        return false;
-      }
-      if (validator_.validate(key, subkey, v, std::nullopt) != validation::ok) {
-        ++stats_.records_dropped;
-        ++forged;
-        return false;
-      }
-      return true;
-    };
-    for (auto& result : answer.results) {
-      if (!result.found) continue;
-      record& found = *result.found;
-      if (found.is_dictionary) {
-        std::erase_if(found.subkeys, [&](const auto& item) { return !acceptable(result.key, &item.first, item.second); });
-        if (found.subkeys.empty()) result.found.reset();
-      } else if (!acceptable(result.key, nullptr, found.value)) {
-        result.found.reset();
-      }
-    }
-    return forged;
-  }
+  std::size_t screen(find_response& answer);
 
   // ---- handlers ----
 
@@ -545,62 +297,11 @@ class protocol {
     heard_from(from_sender_id(r.sender), r.peer, true);
   }
 
-  task<byte_buffer> on_ping(net::datagram_request& r) {
-    const ping_request m = admit<ping_request>(r, [](const_byte_span b, const message_limits& l) {
-      return decode_ping_request(b, l);
-    });
-    ++stats_.pings_received;
-    learn_requester(r, m.client_mode);
-    co_return encode(ping_response{options_.client_mode, r.peer});
-  }
+  task<byte_buffer> on_ping(net::datagram_request& r);
 
-  task<byte_buffer> on_store(net::datagram_request& r) {
-    const store_request m = admit<store_request>(r, [](const_byte_span b, const message_limits& l) {
-      return decode_store_request(b, l);
-    });
-    ++stats_.stores_received;
-    learn_requester(r, m.client_mode);
-    store_response out{options_.client_mode, {}};
-    out.results.reserve(m.items.size());
-    const std::string source = r.peer.address();
-    for (const auto& item : m.items) {
-      const store_result result = store_locally(item, source);
-      if (result != store_result::stored) ++stats_.items_refused;
-      out.results.push_back(result);
-    }
-    co_return encode(out);
-  }
+  task<byte_buffer> on_store(net::datagram_request& r);
 
-  task<byte_buffer> on_find(net::datagram_request& r) {
-    const find_request m = admit<find_request>(r, [](const_byte_span b, const message_limits& l) {
-      return decode_find_request(b, l);
-    });
-    ++stats_.finds_received;
-    learn_requester(r, m.client_mode);
-    const node_id requester = from_sender_id(r.sender);
-    find_response out{options_.client_mode, {}};
-    out.results.reserve(m.keys.size());
-    // The answer goes to an unverified source address: values are included only up to a budget proportional to
-    // the request (at least find_answer_min_value_bytes, so one largest value fits), and a repeated key is answered
-    // once, so a small request cannot reflect a large answer. The budget also stays under the message limit.
-    const double proportional = std::min(options_.find_answer_ratio * static_cast<double>(r.message.size()), 1e15);
-    std::size_t budget =
-        std::min<std::size_t>(options_.datagram.limits.max_message / 2,
-                              std::max(options_.find_answer_min_value_bytes, static_cast<std::size_t>(proportional)));
-    std::unordered_set<key_id> seen;
-    for (const auto& key : m.keys) {
-      if (!seen.insert(key).second) continue;
-      find_result result{key, local(key), {}};
-      if (result.found) {
-        const std::size_t size = result.found->byte_size() + 64 * (result.found->subkeys.size() + 1);
-        if (size > budget) result.found.reset();
-        else budget -= size;
-      }
-      for (const auto& p : table_.nearest(key, options_.k, requester)) result.nearest.push_back({p.id, p.address});
-      out.results.push_back(std::move(result));
-    }
-    co_return encode(out);
-  }
+  task<byte_buffer> on_find(net::datagram_request& r);
 
   // ---- background calls ----
 
@@ -617,100 +318,24 @@ class protocol {
   // The keys a newcomer (already in its bucket) should get (hivemind's rule): those we are the nearest known holder
   // of and the newcomer is nearer to than the farthest of their num_replicas nearest other known peers. Examines
   // at most max_handover_scan stored keys.
-  std::vector<store_item> keys_for_newcomer(const node_id& newcomer) {
-    std::vector<store_item> out;
-    if (storage_.size() == 0) return out;
-    const wall_seconds now = options_.clock->wall_now();
-    std::size_t examined = 0;
-    for (const auto& [key, held] : storage_.entries()) {
-      if (out.size() >= options_.limits.max_keys || examined++ >= options_.max_handover_scan) break;
-      const auto neighbours = table_.nearest(key, options_.num_replicas, newcomer);
-      bool give = neighbours.empty();
-      if (!give) {
-        const bool we_are_nearest = nearer(key, self_, neighbours.front().id);
-        const bool newcomer_is_near = neighbours.size() < options_.num_replicas || nearer(key, newcomer, neighbours.back().id);
-        give = we_are_nearest && newcomer_is_near;
-      }
-      if (!give) continue;
-      if (held.is_dictionary) {
-        for (const auto& [subkey, v] : held.subkeys)
-          if (now < v.expiration && out.size() < options_.limits.max_keys) out.push_back({key, subkey, v});
-      } else if (now < held.value.expiration) {
-        out.push_back({key, std::nullopt, held.value});
-      }
-    }
-    return out;
-  }
+  std::vector<store_item> keys_for_newcomer(const node_id& newcomer);
 
   // Hands `peer` (just added to its bucket, and known to answer) the keys it should hold.
-  void hand_over_to(const wire_peer& peer) {
-    std::vector<store_item> items = keys_for_newcomer(peer.id);
-    if (items.empty()) return;
-    ++stats_.handovers;
-    spawn_background(hand_over(peer, std::move(items)));
-  }
+  void hand_over_to(const wire_peer& peer);
 
   // A peer added to its bucket on a request: pinged first; if it answers as itself and is still in its bucket at
   // that address, it gets its keys.
-  task<void> welcome(wire_peer peer) {
-    try {
-      co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: new peer {} did not answer: {}", endpoint_.local_endpoint(), peer.address, e.what());
-      co_return;
-    }
-    if (closed_) co_return;
-    const auto entry = table_.find(peer.id);
-    if (!entry || entry->address != peer.address) co_return;
-    std::vector<store_item> items = keys_for_newcomer(peer.id);
-    if (items.empty()) co_return;
-    ++stats_.handovers;
-    co_await hand_over(peer, std::move(items));
-  }
+  task<void> welcome(wire_peer peer);
 
   // `known` was heard from at `moved_to`: it keeps its entry while it answers at its known address; if it does not
   // (call() then drops and bans it), `moved_to` is pinged expecting that id, and learnt only if it answers as it.
-  task<void> check_moved(wire_peer known, endpoint moved_to) {
-    bool try_new = false;
-    try {
-      co_await ping(known.address, deadline_after(options_.rpc_timeout), known.id);
-    } catch (const cancelled_error&) {
-    } catch (const closed_error&) {
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: {} did not answer at {}: {}", endpoint_.local_endpoint(), known.id.to_hex(),
-                known.address, e.what());
-      try_new = true;
-    }
-    if (try_new && !closed_) {
-      try {
-        co_await ping(moved_to, deadline_after(options_.rpc_timeout), known.id);
-      } catch (const std::exception& e) {
-        log_debug("dht node {}: {} did not answer at {} either: {}", endpoint_.local_endpoint(), known.id.to_hex(),
-                  moved_to, e.what());
-      }
-    }
-    checking_.erase(known.id);
-  }
+  task<void> check_moved(wire_peer known, endpoint moved_to);
 
-  task<void> hand_over(wire_peer peer, std::vector<store_item> items) {
-    try {
-      co_await store(peer, std::move(items), deadline_after(options_.rpc_timeout));
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: handing keys to {} failed: {}", endpoint_.local_endpoint(), peer.address, e.what());
-    }
-  }
+  task<void> hand_over(wire_peer peer, std::vector<store_item> items);
 
   // Pings the least recently seen peer of a full bucket, or a peer check_alive doubts: alive, it stays (ping()
   // refreshed it); dead, call() has banned it and its bucket took the newest cached peer.
-  task<void> check_eviction(wire_peer peer) {
-    try {
-      co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
-    } catch (const std::exception& e) {
-      log_debug("dht node {}: {} did not answer its liveness ping: {}", endpoint_.local_endpoint(), peer.address,
-                e.what());
-    }
-    checking_.erase(peer.id);
-  }
+  task<void> check_eviction(wire_peer peer);
 
   io_context& ctx_;
   protocol_options options_;
@@ -730,3 +355,450 @@ class protocol {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht::detail {
+
+DMOE_INLINE auto source_limits::take_request(const std::string& source, steady_time now) -> bool {
+  if (rate_ <= 0) return true;
+  entry& e = at(source, now);
+  const double elapsed = std::chrono::duration<double>(now - e.refilled).count();
+  e.tokens = std::min(burst_, e.tokens + std::max(0.0, elapsed) * rate_);
+  e.refilled = now;
+  if (e.tokens < 1) return false;
+  e.tokens -= 1;
+  return true;
+}
+
+DMOE_INLINE auto source_limits::drop_expired(entry& e, wall_seconds now) -> void {
+  while (!e.stored.empty() && !(now < e.stored.top().first)) {
+    e.bytes -= e.stored.top().second;
+    e.stored.pop();
+  }
+}
+
+DMOE_INLINE auto source_limits::at(const std::string& source, steady_time now) -> entry& {
+  auto it = entries_.find(source);
+  if (it != entries_.end()) return it->second;
+  if (entries_.size() >= max_sources_) {
+    // Forget sources that hold nothing and whose bucket has refilled: they lose no protection.
+    std::erase_if(entries_, [&](auto& item) {
+      const double elapsed = std::chrono::duration<double>(now - item.second.refilled).count();
+      return item.second.bytes == 0 && (rate_ <= 0 || item.second.tokens + elapsed * rate_ >= burst_);
+    });
+    if (entries_.size() >= max_sources_) entries_.erase(entries_.begin());
+  }
+  entry fresh;
+  fresh.tokens = burst_;
+  fresh.refilled = now;
+  return entries_.emplace(source, std::move(fresh)).first->second;
+}
+
+}  // namespace dht::detail
+
+namespace dht {
+
+DMOE_INLINE protocol::protocol(io_context& ctx, protocol_options options) : ctx_(ctx),
+      options_(check(std::move(options))),
+      self_(options_.id ? *options_.id : random_node_id()),
+      endpoint_(ctx, options_.listen, to_sender_id(self_), options_.datagram),
+      table_(self_, table_options(options_)),
+      storage_(options_.storage, *options_.clock),
+      cache_(options_.cache, *options_.clock),
+      sources_(options_.max_requests_per_second, options_.request_burst, options_.max_bytes_per_source,
+               options_.max_tracked_sources),
+      background_(ctx) {
+  endpoint_.add_handler(static_cast<std::uint16_t>(message_type::ping),
+                        [this](net::datagram_request& r) { return on_ping(r); });
+  endpoint_.add_handler(static_cast<std::uint16_t>(message_type::store),
+                        [this](net::datagram_request& r) { return on_store(r); });
+  endpoint_.add_handler(static_cast<std::uint16_t>(message_type::find),
+                        [this](net::datagram_request& r) { return on_find(r); });
+}
+
+DMOE_INLINE auto protocol::serve() -> task<void> {
+  serving_ = true;
+  std::exception_ptr failure;
+  try {
+    co_await endpoint_.serve();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  closed_ = true;
+  background_.request_stop();
+  try {
+    co_await background_.join();
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: a background call failed while stopping: {}", endpoint_.local_endpoint(), e.what());
+  }
+  serving_ = false;
+  if (failure) std::rethrow_exception(failure);
+}
+
+DMOE_INLINE auto protocol::ping(endpoint address, steady_time deadline,
+                                             std::optional<node_id> expected) -> task<std::pair<node_id, ping_response>> {
+  ++stats_.pings_sent;
+  const byte_buffer request = encode(ping_request{options_.client_mode});
+  net::datagram_response answer =
+      co_await call(address, message_type::ping, request, deadline, expected);
+  const node_id sender = from_sender_id(answer.sender);
+  const ping_response decoded = decoded_or_failed(
+      expected ? *expected : sender, [&] { return decode_ping_response(answer.message, options_.limits); });
+  answered(sender, address, decoded.client_mode);
+  co_return std::pair{sender, std::move(decoded)};
+}
+
+DMOE_INLINE auto protocol::store(wire_peer peer, std::vector<store_item> items, steady_time deadline)
+    -> task<std::vector<store_result>> {
+  ++stats_.stores_sent;
+  const byte_buffer request = encode(store_request{options_.client_mode, std::move(items)});
+  net::datagram_response answer = co_await call(peer.address, message_type::store, request, deadline, peer.id);
+  store_response decoded =
+      decoded_or_failed(peer.id, [&] { return decode_store_response(answer.message, options_.limits); });
+  answered(peer.id, peer.address, decoded.client_mode);
+  co_return std::move(decoded.results);
+}
+
+DMOE_INLINE auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady_time deadline) -> task<find_response> {
+  ++stats_.finds_sent;
+  const byte_buffer request = encode(find_request{options_.client_mode, std::move(keys)});
+  net::datagram_response answer = co_await call(peer.address, message_type::find, request, deadline, peer.id);
+  find_response decoded =
+      decoded_or_failed(peer.id, [&] { return decode_find_response(answer.message, options_.limits); });
+  if (const std::size_t forged = screen(decoded); forged != 0) {
+    // Honest peers validated what they store: a forged record marks the peer as hostile.
+    ++stats_.calls_failed;
+    record_failure(peer.id);
+    throw protocol_error(fmt::format("dht find answer from {} at {}: {} record(s) with a refused signature",
+                                     peer.id.to_hex(), peer.address, forged));
+  }
+  answered(peer.id, peer.address, decoded.client_mode);
+  co_return decoded;
+}
+
+DMOE_INLINE auto protocol::check_alive(const wire_peer& peer) -> bool {
+  if (checking_.contains(peer.id) || !table_.find(peer.id)) return false;
+  if (!spawn_background(check_eviction(peer))) return false;
+  checking_.insert(peer.id);
+  ++stats_.liveness_checks;
+  return true;
+}
+
+DMOE_INLINE auto protocol::store_locally(const store_item& item, const std::string& source) -> store_result {
+  const std::optional<record> stored = storage_.get(item.key);
+  const byte_buffer* subkey = item.subkey ? &*item.subkey : nullptr;
+  if (validator_.validate(item.key, subkey, item.value, stored) != validation::ok) {
+    ++stats_.signatures_refused;
+    return store_result::refused;
+  }
+  const std::size_t bytes = item.value.value.size() + item.value.signature.size() + (subkey ? subkey->size() : 0);
+  const steady_time steady = options_.clock->steady_now();
+  if (!source.empty() && !sources_.fits(source, bytes + node_id::size, options_.clock->wall_now(), steady)) {
+    ++stats_.over_source_quota;
+    return store_result::no_room;
+  }
+  const store_result result = item.subkey ? storage_.put(item.key, record::single_subkey(*item.subkey, item.value.value,
+                                                                                        item.value.expiration,
+                                                                                        item.value.signature))
+                                          : storage_.put(item.key, record::plain(item.value.value,
+                                                                                 item.value.expiration,
+                                                                                 item.value.signature));
+  if (result == store_result::stored && !source.empty())
+    sources_.add(source, bytes + node_id::size, item.value.expiration, steady);
+  return result;
+}
+
+DMOE_INLINE auto protocol::cache(const key_id& key, const record& found) -> void {
+  // Signed values are cached only as the validator would store them.
+  if (found.is_dictionary) {
+    for (const auto& [subkey, v] : found.subkeys) {
+      if (validator_.validate(key, &subkey, v, cache_.get(key)) == validation::ok)
+        cache_.put(key, record::single_subkey(subkey, v.value, v.expiration, v.signature));
+    }
+  } else if (validator_.validate(key, nullptr, found.value, cache_.get(key)) == validation::ok) {
+    cache_.put(key, found);
+  }
+}
+
+DMOE_INLINE auto protocol::local(const key_id& key) -> std::optional<record> {
+  std::optional<record> out = storage_.get(key);
+  if (std::optional<record> cached = cache_.get(key)) {
+    if (!out) out = std::move(cached);
+    else merge_into(*out, *cached);
+  }
+  return out;
+}
+
+DMOE_INLINE auto protocol::heard_from(const node_id& id, const endpoint& address, bool from_request) -> void {
+  if (id == self_ || closed_) return;
+  const heard_result heard = table_.heard_from(id, address, options_.clock->steady_now(), !from_request);
+  switch (heard.outcome) {
+    case heard_outcome::added:
+      if (options_.client_mode || storage_.size() == 0) break;
+      if (from_request) spawn_background(welcome(wire_peer{id, address}));
+      else hand_over_to(wire_peer{id, address});
+      break;
+    case heard_outcome::cached:
+      if (heard.ping && !checking_.contains(heard.ping->id)) {
+        ++stats_.evictions_checked;
+        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
+          checking_.insert(heard.ping->id);
+      }
+      break;
+    case heard_outcome::address_conflict:
+      ++stats_.address_conflicts;
+      if (heard.ping && !checking_.contains(id)) {
+        if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_.insert(id);
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+DMOE_INLINE auto protocol::record_failure(const node_id& id) -> void {
+  ++stats_.bans;
+  const steady_time now = options_.clock->steady_now();
+  table_.failed(id, now);
+  if (table_.bans().size() > 4 * max_remembered_bans) table_.bans().expire(now);
+}
+
+DMOE_INLINE auto protocol::check(protocol_options o) -> protocol_options {
+  if (o.k == 0 || o.b == 0) throw invalid_argument_error(fmt::format("dht node needs k >= 1 and b >= 1, got k={} b={}", o.k, o.b));
+  if (o.num_replicas == 0) throw invalid_argument_error("dht node needs num_replicas >= 1");
+  if (o.k > o.limits.max_peers)
+    throw invalid_argument_error(fmt::format("dht node: k={} exceeds limits.max_peers={} (find answers carry k peers)",
+                                             o.k, o.limits.max_peers));
+  if (o.rpc_timeout.count() <= 0) throw invalid_argument_error("dht node: rpc_timeout must be positive");
+  if (o.max_requests_per_second < 0 || (o.max_requests_per_second > 0 && o.request_burst == 0))
+    throw invalid_argument_error("dht node: max_requests_per_second must be >= 0, with request_burst >= 1");
+  if (!std::isfinite(o.find_answer_ratio) || o.find_answer_ratio < 0)
+    throw invalid_argument_error("dht node: find_answer_ratio must be finite and >= 0");
+  if (o.max_tracked_sources == 0) throw invalid_argument_error("dht node: max_tracked_sources must be >= 1");
+  if (!o.clock) throw invalid_argument_error("dht node: clock must not be null");
+  return o;
+}
+
+DMOE_INLINE auto protocol::table_options(const protocol_options& o) -> routing_table_options {
+  routing_table_options t = o.table;
+  t.k = o.k;
+  t.b = o.b;
+  return t;
+}
+
+DMOE_INLINE auto protocol::call(endpoint address, message_type type, const byte_buffer& request,
+                                  steady_time deadline, std::optional<node_id> expected) -> task<net::datagram_response> {
+  if (closed_) throw closed_error(fmt::format("dht node {} is shut down", endpoint_.local_endpoint()));
+  deadline = std::min(deadline, deadline_after(options_.rpc_timeout));
+  net::datagram_response answer;
+  try {
+    answer = co_await endpoint_.request(address, static_cast<std::uint16_t>(type), request, deadline);
+  } catch (const timeout_error&) {
+    ++stats_.calls_failed;
+    if (expected) record_failure(*expected);
+    throw;
+  } catch (const remote_error&) {
+    ++stats_.calls_failed;
+    if (expected) record_failure(*expected);
+    throw;
+  }
+  const node_id sender = from_sender_id(answer.sender);
+  if (expected && sender != *expected) {
+    // Another node answers at that address now: the one we asked is gone; learn the new one.
+    ++stats_.calls_failed;
+    record_failure(*expected);
+    throw protocol_error(fmt::format("dht {} call to {}: answered by node {} instead of {}", to_string(type), address,
+                                     sender.to_hex(), expected->to_hex()));
+  }
+  ++stats_.calls_answered;
+  co_return answer;
+}
+
+DMOE_INLINE auto protocol::to_string(message_type type) noexcept -> std::string_view {
+  switch (type) {
+    case message_type::ping: return "ping";
+    case message_type::store: return "store";
+    case message_type::find: return "find";
+  }
+  return "unknown";
+}
+
+DMOE_INLINE auto protocol::screen(find_response& answer) -> std::size_t {
+  const wall_seconds latest = options_.clock->wall_now() + options_.storage.max_expiration_horizon;
+  std::size_t forged = 0;
+  auto acceptable = [&](const key_id& key, const byte_buffer* subkey, const timed_value& v) {
+    if (!std::isfinite(v.expiration) || v.expiration > latest) {
+      ++stats_.records_dropped;
+      return false;
+    }
+    if (validator_.validate(key, subkey, v, std::nullopt) != validation::ok) {
+      ++stats_.records_dropped;
+      ++forged;
+      return false;
+    }
+    return true;
+  };
+  for (auto& result : answer.results) {
+    if (!result.found) continue;
+    record& found = *result.found;
+    if (found.is_dictionary) {
+      std::erase_if(found.subkeys, [&](const auto& item) { return !acceptable(result.key, &item.first, item.second); });
+      if (found.subkeys.empty()) result.found.reset();
+    } else if (!acceptable(result.key, nullptr, found.value)) {
+      result.found.reset();
+    }
+  }
+  return forged;
+}
+
+DMOE_INLINE auto protocol::on_ping(net::datagram_request& r) -> task<byte_buffer> {
+  const ping_request m = admit<ping_request>(r, [](const_byte_span b, const message_limits& l) {
+    return decode_ping_request(b, l);
+  });
+  ++stats_.pings_received;
+  learn_requester(r, m.client_mode);
+  co_return encode(ping_response{options_.client_mode, r.peer});
+}
+
+DMOE_INLINE auto protocol::on_store(net::datagram_request& r) -> task<byte_buffer> {
+  const store_request m = admit<store_request>(r, [](const_byte_span b, const message_limits& l) {
+    return decode_store_request(b, l);
+  });
+  ++stats_.stores_received;
+  learn_requester(r, m.client_mode);
+  store_response out{options_.client_mode, {}};
+  out.results.reserve(m.items.size());
+  const std::string source = r.peer.address();
+  for (const auto& item : m.items) {
+    const store_result result = store_locally(item, source);
+    if (result != store_result::stored) ++stats_.items_refused;
+    out.results.push_back(result);
+  }
+  co_return encode(out);
+}
+
+DMOE_INLINE auto protocol::on_find(net::datagram_request& r) -> task<byte_buffer> {
+  const find_request m = admit<find_request>(r, [](const_byte_span b, const message_limits& l) {
+    return decode_find_request(b, l);
+  });
+  ++stats_.finds_received;
+  learn_requester(r, m.client_mode);
+  const node_id requester = from_sender_id(r.sender);
+  find_response out{options_.client_mode, {}};
+  out.results.reserve(m.keys.size());
+  // The answer goes to an unverified source address: values are included only up to a budget proportional to
+  // the request (at least find_answer_min_value_bytes, so one largest value fits), and a repeated key is answered
+  // once, so a small request cannot reflect a large answer. The budget also stays under the message limit.
+  const double proportional = std::min(options_.find_answer_ratio * static_cast<double>(r.message.size()), 1e15);
+  std::size_t budget =
+      std::min<std::size_t>(options_.datagram.limits.max_message / 2,
+                            std::max(options_.find_answer_min_value_bytes, static_cast<std::size_t>(proportional)));
+  std::unordered_set<key_id> seen;
+  for (const auto& key : m.keys) {
+    if (!seen.insert(key).second) continue;
+    find_result result{key, local(key), {}};
+    if (result.found) {
+      const std::size_t size = result.found->byte_size() + 64 * (result.found->subkeys.size() + 1);
+      if (size > budget) result.found.reset();
+      else budget -= size;
+    }
+    for (const auto& p : table_.nearest(key, options_.k, requester)) result.nearest.push_back({p.id, p.address});
+    out.results.push_back(std::move(result));
+  }
+  co_return encode(out);
+}
+
+DMOE_INLINE auto protocol::keys_for_newcomer(const node_id& newcomer) -> std::vector<store_item> {
+  std::vector<store_item> out;
+  if (storage_.size() == 0) return out;
+  const wall_seconds now = options_.clock->wall_now();
+  std::size_t examined = 0;
+  for (const auto& [key, held] : storage_.entries()) {
+    if (out.size() >= options_.limits.max_keys || examined++ >= options_.max_handover_scan) break;
+    const auto neighbours = table_.nearest(key, options_.num_replicas, newcomer);
+    bool give = neighbours.empty();
+    if (!give) {
+      const bool we_are_nearest = nearer(key, self_, neighbours.front().id);
+      const bool newcomer_is_near = neighbours.size() < options_.num_replicas || nearer(key, newcomer, neighbours.back().id);
+      give = we_are_nearest && newcomer_is_near;
+    }
+    if (!give) continue;
+    if (held.is_dictionary) {
+      for (const auto& [subkey, v] : held.subkeys)
+        if (now < v.expiration && out.size() < options_.limits.max_keys) out.push_back({key, subkey, v});
+    } else if (now < held.value.expiration) {
+      out.push_back({key, std::nullopt, held.value});
+    }
+  }
+  return out;
+}
+
+DMOE_INLINE auto protocol::hand_over_to(const wire_peer& peer) -> void {
+  std::vector<store_item> items = keys_for_newcomer(peer.id);
+  if (items.empty()) return;
+  ++stats_.handovers;
+  spawn_background(hand_over(peer, std::move(items)));
+}
+
+DMOE_INLINE auto protocol::welcome(wire_peer peer) -> task<void> {
+  try {
+    co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: new peer {} did not answer: {}", endpoint_.local_endpoint(), peer.address, e.what());
+    co_return;
+  }
+  if (closed_) co_return;
+  const auto entry = table_.find(peer.id);
+  if (!entry || entry->address != peer.address) co_return;
+  std::vector<store_item> items = keys_for_newcomer(peer.id);
+  if (items.empty()) co_return;
+  ++stats_.handovers;
+  co_await hand_over(peer, std::move(items));
+}
+
+DMOE_INLINE auto protocol::check_moved(wire_peer known, endpoint moved_to) -> task<void> {
+  bool try_new = false;
+  try {
+    co_await ping(known.address, deadline_after(options_.rpc_timeout), known.id);
+  } catch (const cancelled_error&) {
+  } catch (const closed_error&) {
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: {} did not answer at {}: {}", endpoint_.local_endpoint(), known.id.to_hex(),
+              known.address, e.what());
+    try_new = true;
+  }
+  if (try_new && !closed_) {
+    try {
+      co_await ping(moved_to, deadline_after(options_.rpc_timeout), known.id);
+    } catch (const std::exception& e) {
+      log_debug("dht node {}: {} did not answer at {} either: {}", endpoint_.local_endpoint(), known.id.to_hex(),
+                moved_to, e.what());
+    }
+  }
+  checking_.erase(known.id);
+}
+
+DMOE_INLINE auto protocol::hand_over(wire_peer peer, std::vector<store_item> items) -> task<void> {
+  try {
+    co_await store(peer, std::move(items), deadline_after(options_.rpc_timeout));
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: handing keys to {} failed: {}", endpoint_.local_endpoint(), peer.address, e.what());
+  }
+}
+
+DMOE_INLINE auto protocol::check_eviction(wire_peer peer) -> task<void> {
+  try {
+    co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
+  } catch (const std::exception& e) {
+    log_debug("dht node {}: {} did not answer its liveness ping: {}", endpoint_.local_endpoint(), peer.address,
+              e.what());
+  }
+  checking_.erase(peer.id);
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -45,28 +45,13 @@ struct record {
     return r;
   }
   static record single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
-                              byte_buffer signature = {}) {
-    record r;
-    r.is_dictionary = true;
-    r.subkeys.emplace(std::move(subkey), timed_value{std::move(value), expiration, std::move(signature)});
-    return r;
-  }
+                              byte_buffer signature = {});
 
   // The plain value's expiration, or the latest subkey's (a dictionary lives as long as its newest entry).
-  wall_seconds expiration() const noexcept {
-    if (!is_dictionary) return value.expiration;
-    wall_seconds latest = 0;
-    for (const auto& [subkey, entry] : subkeys) latest = std::max(latest, entry.expiration);
-    return latest;
-  }
+  wall_seconds expiration() const noexcept;
 
   // Bytes this record accounts for in storage limits: values, subkeys and signatures.
-  std::size_t byte_size() const noexcept {
-    if (!is_dictionary) return value.value.size() + value.signature.size();
-    std::size_t total = 0;
-    for (const auto& [subkey, entry] : subkeys) total += subkey.size() + entry.value.size() + entry.signature.size();
-    return total;
-  }
+  std::size_t byte_size() const noexcept;
 
   // Drops subkeys that expired at `now`; returns false when nothing alive is left.
   bool drop_expired(wall_seconds now) {
@@ -80,7 +65,9 @@ struct record {
 
 // Whether merging `incoming` into `current` would change it: a plain value or a dictionary replaces the other
 // kind only when its expiration is strictly later; dictionaries merge per subkey, each subkey newer-wins.
-inline bool would_change(const record& current, const record& incoming) {
+bool would_change(const record& current, const record& incoming);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE bool would_change(const record& current, const record& incoming) {
   if (current.is_dictionary && incoming.is_dictionary) {
     for (const auto& [subkey, entry] : incoming.subkeys) {
       auto it = current.subkeys.find(subkey);
@@ -90,9 +77,12 @@ inline bool would_change(const record& current, const record& incoming) {
   }
   return incoming.expiration() > current.expiration();
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Merges `incoming` into `current` by the rules of `would_change`; returns whether anything changed.
-inline bool merge_into(record& current, const record& incoming) {
+bool merge_into(record& current, const record& incoming);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE bool merge_into(record& current, const record& incoming) {
   if (current.is_dictionary && incoming.is_dictionary) {
     bool changed = false;
     for (const auto& [subkey, entry] : incoming.subkeys) {
@@ -112,6 +102,39 @@ inline bool merge_into(record& current, const record& incoming) {
   }
   return false;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto record::single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+                            byte_buffer signature) -> record {
+  record r;
+  r.is_dictionary = true;
+  r.subkeys.emplace(std::move(subkey), timed_value{std::move(value), expiration, std::move(signature)});
+  return r;
+}
+
+DMOE_INLINE auto record::expiration() const noexcept -> wall_seconds {
+  if (!is_dictionary) return value.expiration;
+  wall_seconds latest = 0;
+  for (const auto& [subkey, entry] : subkeys) latest = std::max(latest, entry.expiration);
+  return latest;
+}
+
+DMOE_INLINE auto record::byte_size() const noexcept -> std::size_t {
+  if (!is_dictionary) return value.value.size() + value.signature.size();
+  std::size_t total = 0;
+  for (const auto& [subkey, entry] : subkeys) total += subkey.size() + entry.value.size() + entry.signature.size();
+  return total;
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -48,39 +48,15 @@ inline void init_sodium() {
 class ed25519_keypair {
  public:
   // A fresh key pair from libsodium's generator.
-  static ed25519_keypair generate() {
-    detail::init_sodium();
-    ed25519_keypair pair;
-    crypto_sign_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
-                        reinterpret_cast<unsigned char*>(pair.secret_.data()));
-    return pair;
-  }
+  static ed25519_keypair generate();
   // The key pair of a 32-byte seed (the same seed always gives the same pair: keep the seed to keep an identity).
-  static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed) {
-    detail::init_sodium();
-    ed25519_keypair pair;
-    crypto_sign_seed_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
-                             reinterpret_cast<unsigned char*>(pair.secret_.data()),
-                             reinterpret_cast<const unsigned char*>(seed.data()));
-    return pair;
-  }
+  static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed);
   // The seed this pair derives from (secret: whoever has it can sign as this key).
-  std::array<std::byte, crypto_sign_SEEDBYTES> seed() const {
-    std::array<std::byte, crypto_sign_SEEDBYTES> out{};
-    crypto_sign_ed25519_sk_to_seed(reinterpret_cast<unsigned char*>(out.data()),
-                                   reinterpret_cast<const unsigned char*>(secret_.data()));
-    return out;
-  }
+  std::array<std::byte, crypto_sign_SEEDBYTES> seed() const;
   const ed25519_public_key& public_key() const noexcept { return public_; }
 
   // The detached signature of `message`.
-  std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const {
-    std::array<std::byte, crypto_sign_BYTES> out{};
-    crypto_sign_detached(reinterpret_cast<unsigned char*>(out.data()), nullptr,
-                         reinterpret_cast<const unsigned char*>(message.data()), message.size(),
-                         reinterpret_cast<const unsigned char*>(secret_.data()));
-    return out;
-  }
+  std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const;
 
  private:
   ed25519_public_key public_{};
@@ -95,7 +71,9 @@ inline std::string owner_tag(const ed25519_public_key& key) {
 }
 
 // The public key a subkey names with an owner tag, if any; a malformed tag names nobody (and so protects nothing).
-inline std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
+std::optional<ed25519_public_key> owner_of(const_byte_span subkey);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
   constexpr std::string_view marker = "[owner:";
   const std::string_view text = as_string_view(subkey);
   const auto at = text.find(marker);
@@ -118,9 +96,13 @@ inline std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
   }
   return key;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The bytes a record's signature covers.
-inline byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
+byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
+                                  wall_seconds expiration);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
                                   wall_seconds expiration) {
   constexpr std::string_view domain = "dmoe.dht.record.v1";
   byte_buffer out;
@@ -135,15 +117,20 @@ inline byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, 
   w.write<double>(expiration);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The signature blob (public key, signature) for a record.
-inline byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
+byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
+                               const_byte_span value, wall_seconds expiration);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
                                const_byte_span value, wall_seconds expiration) {
   const auto signature = owner.sign(signed_payload(key, subkey, value, expiration));
   byte_buffer out(owner.public_key().begin(), owner.public_key().end());
   out.insert(out.end(), signature.begin(), signature.end());
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The verdict on one incoming record.
 enum class validation : std::uint8_t {
@@ -181,66 +168,10 @@ class record_validator {
   // Validates storing `incoming` under `key` (and `subkey`, for a dictionary entry) where `stored` is what the
   // key holds now (storage::get), if anything.
   validation validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
-                      const std::optional<record>& stored) const {
-    std::optional<ed25519_public_key> signer;
-    if (!incoming.signature.empty()) {
-      if (incoming.signature.size() != signature_blob_size) return validation::malformed_signature;
-      ed25519_public_key key_bytes{};
-      std::memcpy(key_bytes.data(), incoming.signature.data(), key_bytes.size());
-      byte_buffer payload = signed_payload(key, subkey, incoming.value, incoming.expiration);
-      const std::size_t payload_size = payload.size();
-      payload.insert(payload.end(), incoming.signature.begin(), incoming.signature.end());
-      const std::string_view whole = as_string_view(payload);
-      const bool small = whole.size() <= max_remembered_record;
-      if (!small || !verified_.contains(std::string(whole))) {
-        if (crypto_sign_verify_detached(
-                reinterpret_cast<const unsigned char*>(incoming.signature.data()) + crypto_sign_PUBLICKEYBYTES,
-                reinterpret_cast<const unsigned char*>(payload.data()), payload_size,
-                reinterpret_cast<const unsigned char*>(key_bytes.data())) != 0)
-          return validation::bad_signature;
-        if (small) {
-          if (verified_bytes_ + whole.size() > max_remembered_bytes) {
-            verified_.clear();
-            verified_bytes_ = 0;
-          }
-          if (verified_.emplace(whole).second) verified_bytes_ += whole.size();
-        }
-      }
-      signer = key_bytes;
-    }
-    if (subkey) {
-      if (auto owner = owner_of(*subkey)) {
-        if (!signer) return validation::missing_signature;
-        if (*signer != *owner) return validation::wrong_owner;
-      }
-    }
-    if (!stored) return validation::ok;
-    // Every signed value this store would replace must be replaced by its own signer, and only by a later one.
-    auto check_protected = [&](const timed_value& old) {
-      const auto old_signer = signer_of(old);
-      if (!old_signer) return validation::ok;
-      if (!signer) return validation::missing_signature;
-      if (*signer != *old_signer) return validation::wrong_owner;
-      if (!(incoming.expiration > old.expiration)) return validation::replay;
-      return validation::ok;
-    };
-    if (!stored->is_dictionary) return check_protected(stored->value);
-    if (subkey) {
-      auto it = stored->subkeys.find(*subkey);
-      return it == stored->subkeys.end() ? validation::ok : check_protected(it->second);
-    }
-    for (const auto& [name, old] : stored->subkeys)  // a plain value would replace the whole dictionary
-      if (auto verdict = check_protected(old); verdict != validation::ok) return verdict;
-    return validation::ok;
-  }
+                      const std::optional<record>& stored) const;
 
  private:
-  static std::optional<ed25519_public_key> signer_of(const timed_value& v) {
-    if (v.signature.size() != signature_blob_size) return std::nullopt;
-    ed25519_public_key key{};
-    std::memcpy(key.data(), v.signature.data(), key.size());
-    return key;
-  }
+  static std::optional<ed25519_public_key> signer_of(const timed_value& v);
 
   mutable std::unordered_set<std::string> verified_;  // payload + signature blob of records that verified
   mutable std::size_t verified_bytes_ = 0;
@@ -248,3 +179,106 @@ class record_validator {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto ed25519_keypair::generate() -> ed25519_keypair {
+  detail::init_sodium();
+  ed25519_keypair pair;
+  crypto_sign_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
+                      reinterpret_cast<unsigned char*>(pair.secret_.data()));
+  return pair;
+}
+
+DMOE_INLINE auto ed25519_keypair::from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed) -> ed25519_keypair {
+  detail::init_sodium();
+  ed25519_keypair pair;
+  crypto_sign_seed_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
+                           reinterpret_cast<unsigned char*>(pair.secret_.data()),
+                           reinterpret_cast<const unsigned char*>(seed.data()));
+  return pair;
+}
+
+DMOE_INLINE auto ed25519_keypair::seed() const -> std::array<std::byte, crypto_sign_SEEDBYTES> {
+  std::array<std::byte, crypto_sign_SEEDBYTES> out{};
+  crypto_sign_ed25519_sk_to_seed(reinterpret_cast<unsigned char*>(out.data()),
+                                 reinterpret_cast<const unsigned char*>(secret_.data()));
+  return out;
+}
+
+DMOE_INLINE auto ed25519_keypair::sign(const_byte_span message) const -> std::array<std::byte, crypto_sign_BYTES> {
+  std::array<std::byte, crypto_sign_BYTES> out{};
+  crypto_sign_detached(reinterpret_cast<unsigned char*>(out.data()), nullptr,
+                       reinterpret_cast<const unsigned char*>(message.data()), message.size(),
+                       reinterpret_cast<const unsigned char*>(secret_.data()));
+  return out;
+}
+
+DMOE_INLINE auto record_validator::validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
+                    const std::optional<record>& stored) const -> validation {
+  std::optional<ed25519_public_key> signer;
+  if (!incoming.signature.empty()) {
+    if (incoming.signature.size() != signature_blob_size) return validation::malformed_signature;
+    ed25519_public_key key_bytes{};
+    std::memcpy(key_bytes.data(), incoming.signature.data(), key_bytes.size());
+    byte_buffer payload = signed_payload(key, subkey, incoming.value, incoming.expiration);
+    const std::size_t payload_size = payload.size();
+    payload.insert(payload.end(), incoming.signature.begin(), incoming.signature.end());
+    const std::string_view whole = as_string_view(payload);
+    const bool small = whole.size() <= max_remembered_record;
+    if (!small || !verified_.contains(std::string(whole))) {
+      if (crypto_sign_verify_detached(
+              reinterpret_cast<const unsigned char*>(incoming.signature.data()) + crypto_sign_PUBLICKEYBYTES,
+              reinterpret_cast<const unsigned char*>(payload.data()), payload_size,
+              reinterpret_cast<const unsigned char*>(key_bytes.data())) != 0)
+        return validation::bad_signature;
+      if (small) {
+        if (verified_bytes_ + whole.size() > max_remembered_bytes) {
+          verified_.clear();
+          verified_bytes_ = 0;
+        }
+        if (verified_.emplace(whole).second) verified_bytes_ += whole.size();
+      }
+    }
+    signer = key_bytes;
+  }
+  if (subkey) {
+    if (auto owner = owner_of(*subkey)) {
+      if (!signer) return validation::missing_signature;
+      if (*signer != *owner) return validation::wrong_owner;
+    }
+  }
+  if (!stored) return validation::ok;
+  // Every signed value this store would replace must be replaced by its own signer, and only by a later one.
+  auto check_protected = [&](const timed_value& old) {
+    const auto old_signer = signer_of(old);
+    if (!old_signer) return validation::ok;
+    if (!signer) return validation::missing_signature;
+    if (*signer != *old_signer) return validation::wrong_owner;
+    if (!(incoming.expiration > old.expiration)) return validation::replay;
+    return validation::ok;
+  };
+  if (!stored->is_dictionary) return check_protected(stored->value);
+  if (subkey) {
+    auto it = stored->subkeys.find(*subkey);
+    return it == stored->subkeys.end() ? validation::ok : check_protected(it->second);
+  }
+  for (const auto& [name, old] : stored->subkeys)  // a plain value would replace the whole dictionary
+    if (auto verdict = check_protected(old); verdict != validation::ok) return verdict;
+  return validation::ok;
+}
+
+DMOE_INLINE auto record_validator::signer_of(const timed_value& v) -> std::optional<ed25519_public_key> {
+  if (v.signature.size() != signature_blob_size) return std::nullopt;
+  ed25519_public_key key{};
+  std::memcpy(key.data(), v.signature.data(), key.size());
+  return key;
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -69,13 +69,7 @@ class routing_table {
   };
 
   // Throws invalid_argument_error when k, b or the cache size is 0.
-  explicit routing_table(node_id self, routing_table_options options = {})
-      : self_(self), options_(options), bans_(options.bans) {
-    if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
-      throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
-                                               options_.k, options_.b, options_.replacement_cache_size));
-    buckets_.push_back(bucket{});
-  }
+  explicit routing_table(node_id self, routing_table_options options = {});
 
   const node_id& self() const noexcept { return self_; }
   const routing_table_options& options() const noexcept { return options_; }
@@ -84,110 +78,28 @@ class routing_table {
   // success: its ban, if any, is lifted); false for a request it sent us, which a banned node cannot use to
   // get back in before its ban ends. A known node moves to the tail of its bucket; a known node heard from at
   // another address is left exactly as it was (address_conflict): the address of a known id never changes here.
-  heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true) {
-    if (id == self_) return {heard_outcome::self, std::nullopt};
-    {
-      const bucket& b = bucket_for(id);
-      for (const auto* list : {&b.peers, &b.replacements})
-        for (const auto& p : *list)
-          if (p.id == id && p.address != address) return {heard_outcome::address_conflict, p};
-    }
-    if (answered) {
-      bans_.succeeded(id);
-    } else if (bans_.is_banned(id, now)) {
-      return {heard_outcome::banned, std::nullopt};
-    }
-    const peer_info incoming{id, address, now};
-    for (;;) {
-      bucket& b = bucket_for(id);
-      auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
-      if (it != b.peers.end()) {
-        b.peers.erase(it);
-        b.peers.push_back(incoming);
-        return {heard_outcome::refreshed, std::nullopt};
-      }
-      if (b.peers.size() < options_.k) {
-        std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
-        b.peers.push_back(incoming);
-        ++size_;
-        return {heard_outcome::added, std::nullopt};
-      }
-      if (can_split(b)) {
-        split(b);
-        continue;
-      }
-      std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
-      b.replacements.push_back(incoming);
-      if (b.replacements.size() > options_.replacement_cache_size) b.replacements.erase(b.replacements.begin());
-      return {heard_outcome::cached, b.peers.front()};
-    }
-  }
+  heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true);
 
   // `id` did not answer at `now`: it leaves its bucket (or cache), is banned (the ban doubles with each failure
   // in a row), and the most recently seen cached node of its bucket takes its place. Returns the end of the ban.
-  steady_time failed(const node_id& id, steady_time now) {
-    if (id != self_) {
-      bucket& b = bucket_for(id);
-      std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
-      auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
-      if (it != b.peers.end()) {
-        b.peers.erase(it);
-        --size_;
-        if (!b.replacements.empty()) {
-          peer_info promoted = b.replacements.back();
-          b.replacements.pop_back();
-          // Keep least-recently-seen-first order.
-          auto at = std::upper_bound(b.peers.begin(), b.peers.end(), promoted.last_seen,
-                                     [](steady_time t, const peer_info& p) { return t < p.last_seen; });
-          b.peers.insert(at, promoted);
-          ++size_;
-        }
-      }
-    }
-    return bans_.failed(id, now);
-  }
+  steady_time failed(const node_id& id, steady_time now);
 
   bool is_banned(const node_id& id, steady_time now) const { return bans_.is_banned(id, now); }
   const peer_bans& bans() const noexcept { return bans_; }
   peer_bans& bans() noexcept { return bans_; }
 
   // The peer with this id, if it is in a bucket (not the replacement cache).
-  std::optional<peer_info> find(const node_id& id) const {
-    const bucket& b = buckets_[bucket_index(id)];
-    for (const auto& p : b.peers)
-      if (p.id == id) return p;
-    return std::nullopt;
-  }
+  std::optional<peer_info> find(const node_id& id) const;
   bool contains(const node_id& id) const { return find(id).has_value(); }
 
   // The `count` peers nearest to `target` by XOR distance, nearest first, leaving out `exclude` (our own id is
   // never in the table). Equal to sorting every peer by distance; visits buckets in order of their distance
   // range (the ranges are disjoint), so it stops after the first buckets that hold `count` peers.
   std::vector<peer_info> nearest(const node_id& target, std::size_t count,
-                                 std::optional<node_id> exclude = std::nullopt) const {
-    std::vector<std::pair<node_id, const bucket*>> order;
-    order.reserve(buckets_.size());
-    for (const auto& b : buckets_) order.emplace_back(distance(target, b.prefix).prefix(b.depth), &b);
-    std::sort(order.begin(), order.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
-    std::vector<peer_info> out;
-    for (const auto& [lowest, b] : order) {
-      if (out.size() >= count) break;
-      for (const auto& p : b->peers)
-        if (!exclude || p.id != *exclude) out.push_back(p);
-    }
-    std::sort(out.begin(), out.end(),
-              [&](const peer_info& x, const peer_info& y) { return nearer(target, x.id, y.id); });
-    if (out.size() > count) out.resize(count);
-    return out;
-  }
+                                 std::optional<node_id> exclude = std::nullopt) const;
 
   // Every peer in a bucket, bucket by bucket.
-  std::vector<peer_info> peers() const {
-    std::vector<peer_info> out;
-    out.reserve(size_);
-    for (const auto& b : buckets_) out.insert(out.end(), b.peers.begin(), b.peers.end());
-    return out;
-  }
+  std::vector<peer_info> peers() const;
 
   std::size_t size() const noexcept { return size_; }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
@@ -209,20 +121,7 @@ class routing_table {
   }
 
   // Only a bucket without a replacement cache splits (one that cannot split never will: its range and our id stay).
-  void split(bucket& b) {
-    bucket upper;
-    upper.depth = b.depth + 1;
-    upper.prefix = b.prefix.with_bit(b.depth, true);
-    b.depth += 1;
-    auto moves = [&](const peer_info& p) { return p.id.bit(b.depth - 1); };
-    for (auto& p : b.peers)
-      if (moves(p)) upper.peers.push_back(p);
-    for (auto& p : b.replacements)
-      if (moves(p)) upper.replacements.push_back(p);
-    std::erase_if(b.peers, moves);
-    std::erase_if(b.replacements, moves);
-    buckets_.push_back(std::move(upper));  // invalidates `b`
-  }
+  void split(bucket& b);
 
   node_id self_;
   routing_table_options options_;
@@ -233,3 +132,130 @@ class routing_table {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE routing_table::routing_table(node_id self, routing_table_options options) : self_(self),
+    options_(options), bans_(options.bans) {
+  if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
+    throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
+                                             options_.k, options_.b, options_.replacement_cache_size));
+  buckets_.push_back(bucket{});
+}
+
+DMOE_INLINE auto routing_table::heard_from(const node_id& id, const endpoint& address, steady_time now,
+    bool answered) -> heard_result {
+  if (id == self_) return {heard_outcome::self, std::nullopt};
+  {
+    const bucket& b = bucket_for(id);
+    for (const auto* list : {&b.peers, &b.replacements})
+      for (const auto& p : *list)
+        if (p.id == id && p.address != address) return {heard_outcome::address_conflict, p};
+  }
+  if (answered) {
+    bans_.succeeded(id);
+  } else if (bans_.is_banned(id, now)) {
+    return {heard_outcome::banned, std::nullopt};
+  }
+  const peer_info incoming{id, address, now};
+  for (;;) {
+    bucket& b = bucket_for(id);
+    auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
+    if (it != b.peers.end()) {
+      b.peers.erase(it);
+      b.peers.push_back(incoming);
+      return {heard_outcome::refreshed, std::nullopt};
+    }
+    if (b.peers.size() < options_.k) {
+      std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+      b.peers.push_back(incoming);
+      ++size_;
+      return {heard_outcome::added, std::nullopt};
+    }
+    if (can_split(b)) {
+      split(b);
+      continue;
+    }
+    std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+    b.replacements.push_back(incoming);
+    if (b.replacements.size() > options_.replacement_cache_size) b.replacements.erase(b.replacements.begin());
+    return {heard_outcome::cached, b.peers.front()};
+  }
+}
+
+DMOE_INLINE auto routing_table::failed(const node_id& id, steady_time now) -> steady_time {
+  if (id != self_) {
+    bucket& b = bucket_for(id);
+    std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
+    auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
+    if (it != b.peers.end()) {
+      b.peers.erase(it);
+      --size_;
+      if (!b.replacements.empty()) {
+        peer_info promoted = b.replacements.back();
+        b.replacements.pop_back();
+        // Keep least-recently-seen-first order.
+        auto at = std::upper_bound(b.peers.begin(), b.peers.end(), promoted.last_seen,
+                                   [](steady_time t, const peer_info& p) { return t < p.last_seen; });
+        b.peers.insert(at, promoted);
+        ++size_;
+      }
+    }
+  }
+  return bans_.failed(id, now);
+}
+
+DMOE_INLINE auto routing_table::find(const node_id& id) const -> std::optional<peer_info> {
+  const bucket& b = buckets_[bucket_index(id)];
+  for (const auto& p : b.peers)
+    if (p.id == id) return p;
+  return std::nullopt;
+}
+
+DMOE_INLINE auto routing_table::nearest(const node_id& target, std::size_t count,
+                               std::optional<node_id> exclude) const -> std::vector<peer_info> {
+  std::vector<std::pair<node_id, const bucket*>> order;
+  order.reserve(buckets_.size());
+  for (const auto& b : buckets_) order.emplace_back(distance(target, b.prefix).prefix(b.depth), &b);
+  std::sort(order.begin(), order.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::vector<peer_info> out;
+  for (const auto& [lowest, b] : order) {
+    if (out.size() >= count) break;
+    for (const auto& p : b->peers)
+      if (!exclude || p.id != *exclude) out.push_back(p);
+  }
+  std::sort(out.begin(), out.end(),
+            [&](const peer_info& x, const peer_info& y) { return nearer(target, x.id, y.id); });
+  if (out.size() > count) out.resize(count);
+  return out;
+}
+
+DMOE_INLINE auto routing_table::peers() const -> std::vector<peer_info> {
+  std::vector<peer_info> out;
+  out.reserve(size_);
+  for (const auto& b : buckets_) out.insert(out.end(), b.peers.begin(), b.peers.end());
+  return out;
+}
+
+DMOE_INLINE auto routing_table::split(bucket& b) -> void {
+  bucket upper;
+  upper.depth = b.depth + 1;
+  upper.prefix = b.prefix.with_bit(b.depth, true);
+  b.depth += 1;
+  auto moves = [&](const peer_info& p) { return p.id.bit(b.depth - 1); };
+  for (auto& p : b.peers)
+    if (moves(p)) upper.peers.push_back(p);
+  for (auto& p : b.replacements)
+    if (moves(p)) upper.replacements.push_back(p);
+  std::erase_if(b.peers, moves);
+  std::erase_if(b.replacements, moves);
+  buckets_.push_back(std::move(upper));  // invalidates `b`
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

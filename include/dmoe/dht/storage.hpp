@@ -80,72 +80,13 @@ class storage {
 
   // Merges a whole record (plain, or a dictionary of any number of subkeys) by the newer-wins rules; subkeys
   // that are expired or too far ahead are refused as a whole.
-  store_result put(const key_id& key, const record& incoming) {
-    const wall_seconds now = clock_->wall_now();
-    drop_expired(now);
-    if (auto refusal = check(incoming, now)) return *refusal;
-
-    auto found = entries_.find(key);
-    std::size_t old_bytes = 0;
-    record merged;
-    if (found != entries_.end()) {
-      merged = found->second;  // a copy: a refused store leaves the stored record untouched
-      merged.drop_expired(now);
-      if (!would_change(merged, incoming)) return store_result::not_newer;
-      merge_into(merged, incoming);
-      old_bytes = entry_bytes(found->second);
-    } else {
-      merged = incoming;
-    }
-    if (merged.is_dictionary && merged.subkeys.size() > options_.max_subkeys) return store_result::too_large;
-    const std::size_t new_bytes = entry_bytes(merged);
-    if (new_bytes > options_.max_total_bytes) return store_result::too_large;
-
-    // Which earlier-expiring keys would have to go; nothing is evicted unless the store is taken.
-    const wall_seconds new_expiration = merged.expiration();
-    std::size_t bytes_after = total_bytes_ - old_bytes + new_bytes;
-    std::size_t keys_after = entries_.size() + (found == entries_.end() ? 1 : 0);
-    std::vector<key_id> victims;
-    for (auto it = by_expiration_.begin();
-         it != by_expiration_.end() && (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys);
-         ++it) {
-      if (it->second == key) continue;
-      if (!(it->first < new_expiration)) return store_result::no_room;
-      bytes_after -= entry_bytes(entries_.at(it->second));
-      keys_after -= 1;
-      victims.push_back(it->second);
-    }
-    if (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys) return store_result::no_room;
-
-    for (const auto& victim : victims) erase(victim);
-    found = entries_.find(key);
-    if (found != entries_.end()) erase(key);
-    insert(key, std::move(merged));
-    return store_result::stored;
-  }
+  store_result put(const key_id& key, const record& incoming);
 
   // The key's alive content (expired subkeys left out), or nothing.
-  std::optional<record> get(const key_id& key) {
-    const wall_seconds now = clock_->wall_now();
-    auto it = entries_.find(key);
-    if (it == entries_.end()) return std::nullopt;
-    record copy = it->second;
-    if (!copy.drop_expired(now)) {
-      erase(key);
-      return std::nullopt;
-    }
-    return copy;
-  }
+  std::optional<record> get(const key_id& key);
 
   // Drops every entry that expired at `now`; returns how many keys went.
-  std::size_t drop_expired(wall_seconds now) {
-    std::size_t dropped = 0;
-    while (!by_expiration_.empty() && !(now < by_expiration_.begin()->first)) {
-      erase(by_expiration_.begin()->second);
-      ++dropped;
-    }
-    return dropped;
-  }
+  std::size_t drop_expired(wall_seconds now);
   std::size_t drop_expired() { return drop_expired(clock_->wall_now()); }
 
   std::size_t size() const noexcept { return entries_.size(); }
@@ -159,35 +100,10 @@ class storage {
   static constexpr std::size_t key_overhead = node_id::size;
   static std::size_t entry_bytes(const record& r) noexcept { return key_overhead + r.byte_size(); }
 
-  std::optional<store_result> check(const record& incoming, wall_seconds now) const {
-    auto check_one = [&](const byte_buffer* subkey, const timed_value& v) -> std::optional<store_result> {
-      if (!std::isfinite(v.expiration)) return store_result::invalid;
-      if (!(now < v.expiration)) return store_result::expired;
-      if (v.expiration > now + options_.max_expiration_horizon) return store_result::too_far_ahead;
-      if (v.value.size() > options_.max_value_size) return store_result::too_large;
-      if (subkey && subkey->size() > options_.max_subkey_size) return store_result::too_large;
-      return std::nullopt;
-    };
-    if (!incoming.is_dictionary) return check_one(nullptr, incoming.value);
-    if (incoming.subkeys.empty()) return store_result::invalid;
-    for (const auto& [subkey, v] : incoming.subkeys)
-      if (auto refusal = check_one(&subkey, v)) return refusal;
-    return std::nullopt;
-  }
+  std::optional<store_result> check(const record& incoming, wall_seconds now) const;
 
-  void insert(const key_id& key, record r) {
-    const wall_seconds expiration = r.expiration();
-    total_bytes_ += entry_bytes(r);
-    by_expiration_.emplace(expiration, key);
-    entries_.emplace(key, std::move(r));
-  }
-  void erase(const key_id& key) {
-    auto it = entries_.find(key);
-    if (it == entries_.end()) return;
-    by_expiration_.erase({it->second.expiration(), key});
-    total_bytes_ -= entry_bytes(it->second);
-    entries_.erase(it);
-  }
+  void insert(const key_id& key, record r);
+  void erase(const key_id& key);
 
   storage_options options_;
   const clock_source* clock_;
@@ -199,3 +115,109 @@ class storage {
 
 }  // namespace dht
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace dht {
+
+DMOE_INLINE auto storage::put(const key_id& key, const record& incoming) -> store_result {
+  const wall_seconds now = clock_->wall_now();
+  drop_expired(now);
+  if (auto refusal = check(incoming, now)) return *refusal;
+
+  auto found = entries_.find(key);
+  std::size_t old_bytes = 0;
+  record merged;
+  if (found != entries_.end()) {
+    merged = found->second;  // a copy: a refused store leaves the stored record untouched
+    merged.drop_expired(now);
+    if (!would_change(merged, incoming)) return store_result::not_newer;
+    merge_into(merged, incoming);
+    old_bytes = entry_bytes(found->second);
+  } else {
+    merged = incoming;
+  }
+  if (merged.is_dictionary && merged.subkeys.size() > options_.max_subkeys) return store_result::too_large;
+  const std::size_t new_bytes = entry_bytes(merged);
+  if (new_bytes > options_.max_total_bytes) return store_result::too_large;
+
+  // Which earlier-expiring keys would have to go; nothing is evicted unless the store is taken.
+  const wall_seconds new_expiration = merged.expiration();
+  std::size_t bytes_after = total_bytes_ - old_bytes + new_bytes;
+  std::size_t keys_after = entries_.size() + (found == entries_.end() ? 1 : 0);
+  std::vector<key_id> victims;
+  for (auto it = by_expiration_.begin();
+       it != by_expiration_.end() && (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys);
+       ++it) {
+    if (it->second == key) continue;
+    if (!(it->first < new_expiration)) return store_result::no_room;
+    bytes_after -= entry_bytes(entries_.at(it->second));
+    keys_after -= 1;
+    victims.push_back(it->second);
+  }
+  if (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys) return store_result::no_room;
+
+  for (const auto& victim : victims) erase(victim);
+  found = entries_.find(key);
+  if (found != entries_.end()) erase(key);
+  insert(key, std::move(merged));
+  return store_result::stored;
+}
+
+DMOE_INLINE auto storage::get(const key_id& key) -> std::optional<record> {
+  const wall_seconds now = clock_->wall_now();
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  record copy = it->second;
+  if (!copy.drop_expired(now)) {
+    erase(key);
+    return std::nullopt;
+  }
+  return copy;
+}
+
+DMOE_INLINE auto storage::drop_expired(wall_seconds now) -> std::size_t {
+  std::size_t dropped = 0;
+  while (!by_expiration_.empty() && !(now < by_expiration_.begin()->first)) {
+    erase(by_expiration_.begin()->second);
+    ++dropped;
+  }
+  return dropped;
+}
+
+DMOE_INLINE auto storage::check(const record& incoming, wall_seconds now) const -> std::optional<store_result> {
+  auto check_one = [&](const byte_buffer* subkey, const timed_value& v) -> std::optional<store_result> {
+    if (!std::isfinite(v.expiration)) return store_result::invalid;
+    if (!(now < v.expiration)) return store_result::expired;
+    if (v.expiration > now + options_.max_expiration_horizon) return store_result::too_far_ahead;
+    if (v.value.size() > options_.max_value_size) return store_result::too_large;
+    if (subkey && subkey->size() > options_.max_subkey_size) return store_result::too_large;
+    return std::nullopt;
+  };
+  if (!incoming.is_dictionary) return check_one(nullptr, incoming.value);
+  if (incoming.subkeys.empty()) return store_result::invalid;
+  for (const auto& [subkey, v] : incoming.subkeys)
+    if (auto refusal = check_one(&subkey, v)) return refusal;
+  return std::nullopt;
+}
+
+DMOE_INLINE auto storage::insert(const key_id& key, record r) -> void {
+  const wall_seconds expiration = r.expiration();
+  total_bytes_ += entry_bytes(r);
+  by_expiration_.emplace(expiration, key);
+  entries_.emplace(key, std::move(r));
+}
+
+DMOE_INLINE auto storage::erase(const key_id& key) -> void {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  by_expiration_.erase({it->second.expiration(), key});
+  total_bytes_ -= entry_bytes(it->second);
+  entries_.erase(it);
+}
+
+}  // namespace dht
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

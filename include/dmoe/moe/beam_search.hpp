@@ -63,10 +63,7 @@ class expert_directory {
   // Where each expert's own record says it is served, in the order asked (nothing where no live record names it);
   // ends by `deadline`. A beam search asks it only for chosen experts that several successor sets claim
   // (prefix_successors::contested). This default knows no records: such experts are dropped.
-  virtual task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) {
-    (void)deadline;
-    co_return std::vector<std::optional<endpoint>>(uids.size());
-  }
+  virtual task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline);
 };
 
 struct dht_directory_options {
@@ -95,89 +92,12 @@ class dht_expert_directory final : public expert_directory {
   explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
       : node_(node), options_(options) {}
 
-  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
-    ++stats_.queries;
-    const steady_time now = std::chrono::steady_clock::now();
-    std::vector<successors_ref> out(prefixes.size());
-    std::vector<std::string> missing;
-    std::vector<std::size_t> at;
-    for (std::size_t i = 0; i < prefixes.size(); ++i) {
-      const auto it = cache_.find(prefixes[i]);
-      if (it != cache_.end() && it->second.until > now) {
-        out[i] = it->second.value;
-        ++stats_.cache_hits;
-      } else {
-        missing.push_back(prefixes[i]);
-        at.push_back(i);
-      }
-    }
-    if (missing.empty()) co_return out;
-    ++stats_.dht_gets;
-    stats_.keys_asked += missing.size();
-    std::vector<prefix_successors> got = co_await moe::successors(node_, missing, deadline, options_.latest);
-    const steady_time after = std::chrono::steady_clock::now();
-    const bool complete = after < deadline;  // a crawl the deadline cut short proves nothing empty
-    std::vector<dht::store_entry> markers;
-    if (cache_.size() + missing.size() > options_.max_cached) evict(after);
-    for (std::size_t j = 0; j < missing.size(); ++j) {
-      const bool empty = got[j].empty();
-      const bool marked = got[j].marked_empty;
-      auto shared = std::make_shared<const prefix_successors>(std::move(got[j]));
-      if (!empty || complete) {
-        if (cache_.size() < options_.max_cached || cache_.contains(missing[j]))
-          cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), shared};
-      }
-      if (empty && complete && !marked && options_.store_empty_markers)
-        markers.push_back(empty_prefix_entry(missing[j], node_.options().clock->wall_now() +
-                                                             std::chrono::duration<double>(options_.empty_for).count()));
-      out[at[j]] = std::move(shared);
-    }
-    if (!markers.empty()) {
-      try {
-        const auto stored = co_await node_.store_many(std::move(markers), deadline);
-        for (const auto& s : stored) stats_.markers_stored += s.replicas > 0 ? 1 : 0;
-      } catch (const cancelled_error&) {
-        throw;
-      } catch (const error&) {
-        // A marker is a hint: failing to store one changes nothing for this search.
-      }
-    }
-    co_return out;
-  }
+  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override;
 
   // Reads the uid records (moe::get_experts) of the experts not remembered; owners found are remembered live_for,
   // and uids without a record empty_for when the crawl was not cut by the deadline (claims nobody owns, e.g. a
   // flood of them, then cost one crawl, not one per batch).
-  task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override {
-    const steady_time now = std::chrono::steady_clock::now();
-    std::vector<std::optional<endpoint>> out(uids.size());
-    std::vector<std::string> missing;
-    std::vector<std::size_t> at;
-    for (std::size_t i = 0; i < uids.size(); ++i) {
-      const auto it = owners_.find(uids[i]);
-      if (it != owners_.end() && it->second.until > now) {
-        out[i] = it->second.server;
-        ++stats_.cache_hits;
-      } else {
-        missing.push_back(uids[i]);
-        at.push_back(i);
-      }
-    }
-    if (missing.empty()) co_return out;
-    ++stats_.owner_gets;
-    const auto found = co_await get_experts(node_, missing, deadline);
-    const steady_time after = std::chrono::steady_clock::now();
-    const bool complete = after < deadline;  // a crawl the deadline cut short proves no record missing
-    if (owners_.size() + missing.size() > options_.max_cached) std::erase_if(owners_, [after](const auto& entry) {
-      return entry.second.until <= after;
-    });
-    for (std::size_t j = 0; j < missing.size(); ++j) {
-      if (found[j]) out[at[j]] = found[j]->server;
-      if ((found[j] || complete) && owners_.size() < options_.max_cached)
-        owners_[missing[j]] = owner{after + (found[j] ? options_.live_for : options_.empty_for), out[at[j]]};
-    }
-    co_return out;
-  }
+  task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override;
 
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
   void clear_cache() {
@@ -251,7 +171,15 @@ inline constexpr int max_owner_rounds = 6;
 
 // One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks in `retry` the rows
 // that a wider beam may serve better: an expert was excluded or dropped, or a prefix of the beam led nowhere.
-inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
+task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
+                                                                     std::int64_t batch,
+                                                                     const beam_search_options& options,
+                                                                     std::size_t keep_last, std::size_t keep_beam,
+                                                                     steady_time deadline,
+                                                                     const std::function<bool(const std::string&)>& exclude,
+                                                                     std::vector<std::uint8_t>& retry);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
                                                                      std::int64_t batch,
                                                                      const beam_search_options& options,
                                                                      std::size_t keep_last, std::size_t keep_beam,
@@ -421,6 +349,7 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
   }
   co_return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace detail
 
@@ -433,10 +362,16 @@ inline task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_dire
 // invalid_argument_error (k < 1, an empty grid or uid prefix, scores not f32 or not finite), shape_error (scores
 // not [batch, sum(grid)]), protocol_error (a directory answering another number of entries than asked); the
 // directory's errors (closed_error, cancelled_error).
-inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
+task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
                                                                 const beam_search_options& options, std::int64_t k,
                                                                 steady_time deadline = no_deadline,
-                                                                std::function<bool(const std::string&)> exclude = {}) {
+                                                                std::function<bool(const std::string&)> exclude = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory,
+    const tensor& grid_scores,
+                                                                const beam_search_options& options, std::int64_t k,
+                                                                steady_time deadline,
+                                                                std::function<bool(const std::string&)> exclude) {
   constexpr std::string_view op = "beam_search";
   detail::check_grid(op, options.grid);
   expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
@@ -485,6 +420,106 @@ inline task<std::vector<std::vector<found_expert>>> beam_search(expert_directory
   }
   co_return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace moe
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+DMOE_INLINE auto expert_directory::owners(std::vector<std::string> uids, steady_time deadline)
+    -> task<std::vector<std::optional<endpoint>>> {
+  (void)deadline;
+  co_return std::vector<std::optional<endpoint>>(uids.size());
+}
+
+DMOE_INLINE auto dht_expert_directory::successors(std::vector<std::string> prefixes, steady_time deadline)
+    -> task<std::vector<successors_ref>> {
+  ++stats_.queries;
+  const steady_time now = std::chrono::steady_clock::now();
+  std::vector<successors_ref> out(prefixes.size());
+  std::vector<std::string> missing;
+  std::vector<std::size_t> at;
+  for (std::size_t i = 0; i < prefixes.size(); ++i) {
+    const auto it = cache_.find(prefixes[i]);
+    if (it != cache_.end() && it->second.until > now) {
+      out[i] = it->second.value;
+      ++stats_.cache_hits;
+    } else {
+      missing.push_back(prefixes[i]);
+      at.push_back(i);
+    }
+  }
+  if (missing.empty()) co_return out;
+  ++stats_.dht_gets;
+  stats_.keys_asked += missing.size();
+  std::vector<prefix_successors> got = co_await moe::successors(node_, missing, deadline, options_.latest);
+  const steady_time after = std::chrono::steady_clock::now();
+  const bool complete = after < deadline;  // a crawl the deadline cut short proves nothing empty
+  std::vector<dht::store_entry> markers;
+  if (cache_.size() + missing.size() > options_.max_cached) evict(after);
+  for (std::size_t j = 0; j < missing.size(); ++j) {
+    const bool empty = got[j].empty();
+    const bool marked = got[j].marked_empty;
+    auto shared = std::make_shared<const prefix_successors>(std::move(got[j]));
+    if (!empty || complete) {
+      if (cache_.size() < options_.max_cached || cache_.contains(missing[j]))
+        cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), shared};
+    }
+    if (empty && complete && !marked && options_.store_empty_markers)
+      markers.push_back(empty_prefix_entry(missing[j], node_.options().clock->wall_now() +
+                                                           std::chrono::duration<double>(options_.empty_for).count()));
+    out[at[j]] = std::move(shared);
+  }
+  if (!markers.empty()) {
+    try {
+      const auto stored = co_await node_.store_many(std::move(markers), deadline);
+      for (const auto& s : stored) stats_.markers_stored += s.replicas > 0 ? 1 : 0;
+    } catch (const cancelled_error&) {
+      throw;
+    } catch (const error&) {
+      // A marker is a hint: failing to store one changes nothing for this search.
+    }
+  }
+  co_return out;
+}
+
+DMOE_INLINE auto dht_expert_directory::owners(std::vector<std::string> uids, steady_time deadline)
+    -> task<std::vector<std::optional<endpoint>>> {
+  const steady_time now = std::chrono::steady_clock::now();
+  std::vector<std::optional<endpoint>> out(uids.size());
+  std::vector<std::string> missing;
+  std::vector<std::size_t> at;
+  for (std::size_t i = 0; i < uids.size(); ++i) {
+    const auto it = owners_.find(uids[i]);
+    if (it != owners_.end() && it->second.until > now) {
+      out[i] = it->second.server;
+      ++stats_.cache_hits;
+    } else {
+      missing.push_back(uids[i]);
+      at.push_back(i);
+    }
+  }
+  if (missing.empty()) co_return out;
+  ++stats_.owner_gets;
+  const auto found = co_await get_experts(node_, missing, deadline);
+  const steady_time after = std::chrono::steady_clock::now();
+  const bool complete = after < deadline;  // a crawl the deadline cut short proves no record missing
+  if (owners_.size() + missing.size() > options_.max_cached) std::erase_if(owners_, [after](const auto& entry) {
+    return entry.second.until <= after;
+  });
+  for (std::size_t j = 0; j < missing.size(); ++j) {
+    if (found[j]) out[at[j]] = found[j]->server;
+    if ((found[j] || complete) && owners_.size() < options_.max_cached)
+      owners_[missing[j]] = owner{after + (found[j] ? options_.live_for : options_.empty_for), out[at[j]]};
+  }
+  co_return out;
+}
+
+}  // namespace moe
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

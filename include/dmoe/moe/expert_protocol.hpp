@@ -78,7 +78,9 @@ inline void write_schema(binary_writer& w, const nn::tensor_schema& s) {
   for (std::int64_t d : s.sample_shape.dims()) w.write<std::int64_t>(d);
 }
 
-inline nn::tensor_schema read_schema(binary_reader& r) {
+nn::tensor_schema read_schema(binary_reader& r);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE nn::tensor_schema read_schema(binary_reader& r) {
   nn::tensor_schema s;
   const auto code = r.read<std::uint8_t>();
   try {
@@ -96,8 +98,11 @@ inline nn::tensor_schema read_schema(binary_reader& r) {
   s.sample_shape = shape(dims);
   return s;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline std::string read_uid(binary_reader& r) {
+std::string read_uid(binary_reader& r);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::string read_uid(binary_reader& r) {
   std::string uid = r.read_string(max_uid_length);
   try {
     parse_expert_uid(uid);
@@ -106,22 +111,31 @@ inline std::string read_uid(binary_reader& r) {
   }
   return uid;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline void check_version(binary_reader& r, std::string_view what) {
+void check_version(binary_reader& r, std::string_view what);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void check_version(binary_reader& r, std::string_view what) {
   const auto version = r.read<std::uint8_t>();
   if (version != expert_protocol_version)
     throw protocol_error(fmt::format("{}: expert protocol version {} (this side speaks {})", what, version,
                                      expert_protocol_version));
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline wire_codec read_codec(binary_reader& r) {
+wire_codec read_codec(binary_reader& r);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE wire_codec read_codec(binary_reader& r) {
   const auto code = r.read<std::uint8_t>();
   if (code > static_cast<std::uint8_t>(wire_codec::q8_blockwise))
     throw protocol_error(fmt::format("expert request: unknown response codec {}", code));
   return static_cast<wire_codec>(code);
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec) {
+void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec) {
   if (codec == wire_codec::none) {
     tensor_wire_view view = wire_view(t);
     out.parts.emplace_back(view.header.span().begin(), view.header.span().end());
@@ -133,10 +147,13 @@ inline void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec 
     out.pieces.push_back(out.parts.back());
   }
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace detail
 
-inline byte_buffer encode_info_request(std::string_view uid) {
+byte_buffer encode_info_request(std::string_view uid);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode_info_request(std::string_view uid) {
   byte_buffer out;
   out.reserve(1 + 4 + uid.size());  // (exact: g++ 12 warns falsely about growing from a smaller buffer)
   binary_writer w(out);
@@ -144,16 +161,22 @@ inline byte_buffer encode_info_request(std::string_view uid) {
   w.write_string(uid);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline std::string decode_info_request(const_byte_span bytes) {
+std::string decode_info_request(const_byte_span bytes);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::string decode_info_request(const_byte_span bytes) {
   binary_reader r(bytes, "expert info request");
   detail::check_version(r, "expert info request");
   std::string uid = detail::read_uid(r);
   r.expect_end();
   return uid;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline byte_buffer encode_info(const expert_info& info) {
+byte_buffer encode_info(const expert_info& info);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode_info(const expert_info& info) {
   byte_buffer out;
   out.reserve(64 + info.uid.size() + info.kind.size() + 16 * shape::max_rank);
   binary_writer w(out);
@@ -166,8 +189,11 @@ inline byte_buffer encode_info(const expert_info& info) {
   w.write<std::int64_t>(info.parameter_count);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline expert_info decode_info(const_byte_span bytes) {
+expert_info decode_info(const_byte_span bytes);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE expert_info decode_info(const_byte_span bytes) {
   binary_reader r(bytes, "expert info");
   detail::check_version(r, "expert info");
   expert_info info;
@@ -180,12 +206,17 @@ inline expert_info decode_info(const_byte_span bytes) {
   r.expect_end();
   return info;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // A forward request (no grad_outputs) or a backward request. The tensors are sent as they are with codec none
 // (kept alive by the result), else compressed with `codec` (f32 tensors only).
-inline encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
+encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
                                                     const tensor* grad_outputs, wire_codec codec = wire_codec::none,
-                                                    wire_codec response_codec = wire_codec::none) {
+                                                    wire_codec response_codec = wire_codec::none);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
+                                                    const tensor* grad_outputs, wire_codec codec,
+                                                    wire_codec response_codec) {
   encoded_expert_request out;
   out.head.reserve(1 + 4 + uid.size() + 1);
   binary_writer w(out.head);
@@ -198,11 +229,15 @@ inline encoded_expert_request encode_expert_request(std::string_view uid, const 
   out.pieces.insert(out.pieces.begin(), const_byte_span(out.head));
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Reads a forward or backward request; tensors are checked against `limits` (finite values, element counts).
 // Throws protocol_error naming the problem (the uid, a codec, a tensor field, a non-finite element, trailing bytes).
-inline expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
-                                            const wire_limits& limits = {}) {
+expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
+                                            const wire_limits& limits = {});
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
+                                            const wire_limits& limits) {
   const std::string_view what = direction == expert_direction::forward ? "expert forward request"
                                                                        : "expert backward request";
   binary_reader r(bytes, what);
@@ -219,6 +254,7 @@ inline expert_request decode_expert_request(const_byte_span bytes, expert_direct
   r.expect_end();
   return req;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The answer to a forward or backward request: one tensor.
 inline tensor decode_expert_response(const_byte_span bytes, const wire_limits& limits = {}) {

@@ -50,7 +50,9 @@ struct expert_declaration {
   wall_seconds expiration = 0;
 };
 
-inline byte_buffer encode_declaration(std::string_view uid, const endpoint& server) {
+byte_buffer encode_declaration(std::string_view uid, const endpoint& server);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode_declaration(std::string_view uid, const endpoint& server) {
   const std::string address = server.to_string();
   byte_buffer out;
   out.reserve(1 + 4 + uid.size() + 4 + address.size());
@@ -60,9 +62,12 @@ inline byte_buffer encode_declaration(std::string_view uid, const endpoint& serv
   w.write_string(address);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Reads a declaration value; nothing for anything malformed (records come from untrusted peers).
-inline std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration) {
+std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration) {
   try {
     binary_reader r(bytes, "expert declaration");
     if (r.read<std::uint8_t>() != declaration_version) return std::nullopt;
@@ -80,6 +85,7 @@ inline std::optional<expert_declaration> decode_declaration(const_byte_span byte
     return std::nullopt;
   }
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // A half-open range of coordinates [begin, end).
 struct coordinate_range {
@@ -89,7 +95,9 @@ struct coordinate_range {
 };
 
 // The ranges of a sorted list of distinct coordinates (consecutive ones joined).
-inline std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted) {
+std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted) {
   std::vector<coordinate_range> out;
   for (const std::uint32_t c : sorted) {
     if (!out.empty() && out.back().end == c) ++out.back().end;
@@ -97,6 +105,7 @@ inline std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>&
   }
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 inline constexpr std::uint8_t successor_set_version = 2;
 
@@ -108,7 +117,9 @@ struct successor_set {
   std::vector<coordinate_range> inner;
 };
 
-inline byte_buffer encode_successor_set(const successor_set& set) {
+byte_buffer encode_successor_set(const successor_set& set);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE byte_buffer encode_successor_set(const successor_set& set) {
   const std::string address = set.server.to_string();
   byte_buffer out;
   out.reserve(1 + 4 + address.size() + 8 + 8 * (set.leaves.size() + set.inner.size()));
@@ -124,10 +135,13 @@ inline byte_buffer encode_successor_set(const successor_set& set) {
   }
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Reads a successor set; nothing for anything malformed: another version, an unusable endpoint, a range that is
 // empty, out of order, overlapping its predecessor or past max_uid_coordinate (records come from untrusted peers).
-inline std::optional<successor_set> decode_successor_set(const_byte_span bytes) {
+std::optional<successor_set> decode_successor_set(const_byte_span bytes);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::optional<successor_set> decode_successor_set(const_byte_span bytes) {
   try {
     binary_reader r(bytes, "successor set");
     if (r.read<std::uint8_t>() != successor_set_version) return std::nullopt;
@@ -152,11 +166,16 @@ inline std::optional<successor_set> decode_successor_set(const_byte_span bytes) 
     return std::nullopt;
   }
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The signed store entries declaring `uids` (valid expert uids) at `server` until `expiration` (wall-clock
 // seconds): one plain entry per uid, and one successor set per proper prefix under the key's owner subkey.
 // Throws invalid_argument_error for an invalid uid.
-inline std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids, const endpoint& server,
+std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids, const endpoint& server,
+                                                         wall_seconds expiration, const dht::ed25519_keypair& key);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids,
+    const endpoint& server,
                                                          wall_seconds expiration, const dht::ed25519_keypair& key) {
   std::vector<dht::store_entry> entries;
   struct next_coordinates {
@@ -184,20 +203,28 @@ inline std::vector<dht::store_entry> declaration_entries(const std::vector<std::
   }
   return entries;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The public key that signed a stored value (nothing when unsigned or malformed).
-inline std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v) {
+std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v) {
   if (v.signature.size() != dht::signature_blob_size) return std::nullopt;
   dht::ed25519_public_key key{};
   std::memcpy(key.data(), v.signature.data(), key.size());
   return key;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Where each expert is served, in the order asked: nothing for an expert that no live declaration names (or whose
 // record is malformed or declares another uid). Ends by `deadline`.
-inline task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
+task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
                                                                        const std::vector<std::string>& uids,
-                                                                       steady_time deadline = no_deadline) {
+                                                                       steady_time deadline = no_deadline);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
+                                                                       const std::vector<std::string>& uids,
+                                                                       steady_time deadline) {
   std::vector<dht::key_id> keys;
   keys.reserve(uids.size());
   for (const auto& uid : uids) keys.push_back(dht::key_of(uid));
@@ -210,6 +237,7 @@ inline task<std::vector<std::optional<expert_declaration>>> get_experts(dht::nod
   }
   co_return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The subkey of the "no live successor here" marker (negative caching).
 inline constexpr std::string_view empty_prefix_subkey = "-";
@@ -255,18 +283,8 @@ struct prefix_successors {
     return it != inner.end() && it->begin <= c;
   }
   // The coordinates below `limit` of the leaves, or of the inner successors, in order (for inspection and tests).
-  std::vector<std::uint32_t> leaf_coordinates(std::uint32_t limit = 1u << 20) const {
-    std::vector<std::uint32_t> out;
-    for (const auto& r : leaves)
-      for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);
-    return out;
-  }
-  std::vector<std::uint32_t> inner_coordinates(std::uint32_t limit = 1u << 20) const {
-    std::vector<std::uint32_t> out;
-    for (const auto& r : inner)
-      for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);
-    return out;
-  }
+  std::vector<std::uint32_t> leaf_coordinates(std::uint32_t limit = 1u << 20) const;
+  std::vector<std::uint32_t> inner_coordinates(std::uint32_t limit = 1u << 20) const;
 };
 
 // The signed-by-nobody marker saying that `prefix` has no live successor, until `expiration`.
@@ -279,7 +297,9 @@ inline dht::store_entry empty_prefix_entry(std::string_view prefix, wall_seconds
 // another subkey) is skipped. Where entries' leaves overlap, the coordinates are marked contested (anyone can sign a
 // successor set, but only the first signer owns a uid's own record: moe::get_experts settles them) and served
 // meanwhile by the range that starts first (the later-expiring entry's when two start together).
-inline prefix_successors read_successors(const std::optional<dht::record>& found) {
+prefix_successors read_successors(const std::optional<dht::record>& found);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE prefix_successors read_successors(const std::optional<dht::record>& found) {
   prefix_successors out;
   if (!found) return out;
   out.found = true;
@@ -336,13 +356,17 @@ inline prefix_successors read_successors(const std::optional<dht::record>& found
   out.marked_empty = marker && out.empty();
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The live successors of each prefix ("ffn." -> first coordinates, "ffn.3." -> second coordinates...), in the order
 // asked, from one DHT crawl. `latest` merges the dictionaries of the k nearest nodes (every server's entries) instead
 // of taking the first node's. Ends by `deadline` with what was found by then. Errors: invalid_argument_error for a
 // string that is not a uid prefix (see is_valid_uid_prefix); the node's closed_error and cancelled_error.
-inline task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
-                                                       steady_time deadline = no_deadline, bool latest = true) {
+task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
+                                                       steady_time deadline = no_deadline, bool latest = true);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
+                                                       steady_time deadline, bool latest) {
   std::vector<dht::key_id> keys;
   keys.reserve(prefixes.size());
   for (const auto& prefix : prefixes) {
@@ -357,6 +381,31 @@ inline task<std::vector<prefix_successors>> successors(dht::node& node, const st
   for (std::size_t i = 0; i < prefixes.size(); ++i) out.push_back(read_successors(found[i].found));
   co_return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace moe
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+DMOE_INLINE auto prefix_successors::leaf_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
+  std::vector<std::uint32_t> out;
+  for (const auto& r : leaves)
+    for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);
+  return out;
+}
+
+DMOE_INLINE auto prefix_successors::inner_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
+  std::vector<std::uint32_t> out;
+  for (const auto& r : inner)
+    for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);
+  return out;
+}
+
+}  // namespace moe
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -116,7 +116,9 @@ struct expert_batch {
 
 // x itself when it is [batch, in], else its mean over the dimensions between the batch and the last (the gating's
 // input: a sequence routes as one sample).
-inline tensor gating_input(const tensor& x) {
+tensor gating_input(const tensor& x);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE tensor gating_input(const tensor& x) {
   if (x.rank() == 2) return x;
   const std::int64_t batch = x.dim(0), in = x.dim(-1), steps = x.numel() / std::max<std::int64_t>(1, batch * in);
   tensor mean(shape{batch, in});
@@ -134,9 +136,12 @@ inline tensor gating_input(const tensor& x) {
   }
   return mean;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Adds the gating input's gradient [batch, in] into dx (spread evenly over a sequence's steps).
-inline void add_gating_dx(const tensor& dgate, tensor& dx) {
+void add_gating_dx(const tensor& dgate, tensor& dx);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void add_gating_dx(const tensor& dgate, tensor& dx) {
   const std::int64_t batch = dx.dim(0), in = dx.dim(-1), steps = dx.numel() / std::max<std::int64_t>(1, batch * in);
   const float scale = 1.0f / static_cast<float>(steps);
   const float* g = dgate.data<float>();
@@ -145,10 +150,13 @@ inline void add_gating_dx(const tensor& dgate, tensor& dx) {
     for (std::int64_t t = 0; t < steps; ++t)
       for (std::int64_t i = 0; i < in; ++i) d[(b * steps + t) * in + i] += scale * g[b * in + i];
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // One sample's mixing weights: the softmax of its responders' scores (k of them, responded[j] != 0), 0 elsewhere;
 // all 0 when none responded (never NaN). Computed in double from the largest score.
-inline void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights) {
+void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights) {
   double best = -HUGE_VAL;
   for (std::int64_t j = 0; j < k; ++j)
     if (responded[j]) best = std::max(best, static_cast<double>(scores[j]));
@@ -158,10 +166,14 @@ inline void responder_softmax(const float* scores, const std::uint8_t* responded
   for (std::int64_t j = 0; j < k; ++j)
     weights[j] = responded[j] ? static_cast<float>(std::exp(static_cast<double>(scores[j]) - best) / total) : 0.0f;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The gradient of the chosen experts' scores [batch, k] from that of the mixing weights (d loss / d w), through the
 // softmax over each sample's responders: d score_j = w_j (d w_j - sum_i w_i d w_i); 0 for non-responders.
-inline tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
+tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
+                                         std::span<const double> dweights, std::int64_t batch, std::int64_t k);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
                                          std::span<const double> dweights, std::int64_t batch, std::int64_t k) {
   tensor dscores(shape{batch, k});
   float* ds = dscores.data<float>();
@@ -178,14 +190,18 @@ inline tensor responder_softmax_backward(std::span<const float> weights, std::sp
   }
   return dscores;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
-inline void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
+void check_f32_schema(std::string_view what, const nn::tensor_schema& schema);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
   if (schema.type != dtype::f32)
     throw invalid_argument_error(
         fmt::format("local_mixture_of_experts: expert {} is {} but the layer mixes f32", what, schema.type));
   if (schema.sample_shape.rank() == 0)
     throw invalid_argument_error(fmt::format("local_mixture_of_experts: expert {} samples are scalars", what));
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace detail
 

@@ -48,19 +48,7 @@ class network_thread {
  public:
   // Throws what the node's constructor throws (invalid_argument_error, system_error when the bind fails), and
   // unavailable_error when initial peers were given and none answered within join_timeout.
-  explicit network_thread(network_thread_options options = {}) {
-    std::promise<void> ready;
-    std::future<void> started = ready.get_future();
-    thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-      thread_main(std::move(options), ready);
-    });
-    try {
-      started.get();
-    } catch (...) {
-      thread_.join();
-      throw;
-    }
-  }
+  explicit network_thread(network_thread_options options = {});
   network_thread(const network_thread&) = delete;
   network_thread& operator=(const network_thread&) = delete;
   ~network_thread() { shutdown(); }
@@ -95,17 +83,7 @@ class network_thread {
   }
 
   // Cancels runs in progress, closes the client, shuts the node down and joins the thread. Idempotent.
-  void shutdown() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard lock(post_mutex_);
-      if (!stopping_) {
-        stopping_ = true;
-        ctx_->post([this] { stop_.set(); });
-      }
-    }
-    thread_.join();
-  }
+  void shutdown();
 
   // The objects are used on the network thread only (inside run()); passing the references to a constructor, or
   // reading a layer's stats between runs, is fine from any thread.
@@ -131,61 +109,9 @@ class network_thread {
     }
   }
 
-  void thread_main(network_thread_options options, std::promise<void>& ready) {
-    std::optional<io_context> ctx;
-    std::optional<dht::node> node;
-    std::optional<net::rpc_client> client;
-    std::optional<dht_expert_directory> directory;
-    try {
-      ctx.emplace();
-      node.emplace(*ctx, options.dht);
-      client.emplace(*ctx, options.rpc, options.faults);
-      directory.emplace(*node, options.directory);
-    } catch (...) {
-      ready.set_exception(std::current_exception());
-      return;
-    }
-    ctx_ = &*ctx;
-    node_ = &*node;
-    client_ = &*client;
-    directory_ = &*directory;
-    local_ = node->local_endpoint();
-    ctx->run(main(std::move(options), ready));
-  }
+  void thread_main(network_thread_options options, std::promise<void>& ready);
 
-  task<void> main(network_thread_options options, std::promise<void>& ready) {
-    task_group runs(*ctx_);
-    std::exception_ptr failed;
-    try {
-      const auto joined = co_await node_->bootstrap(options.initial_peers, deadline_after(options.join_timeout));
-      if (!joined.joined)
-        throw unavailable_error(fmt::format("moe::network_thread: none of the {} initial peers answered within {} ms",
-                                            options.initial_peers.size(), options.join_timeout.count()));
-    } catch (...) {
-      failed = std::current_exception();
-    }
-    if (failed) {
-      {
-        std::lock_guard lock(post_mutex_);
-        stopping_ = true;
-      }
-      co_await client_->close();
-      co_await node_->shutdown();
-      ready.set_exception(failed);
-      co_return;
-    }
-    runs_ = &runs;
-    ready.set_value();
-    try {
-      co_await stop_.wait();
-    } catch (const cancelled_error&) {
-    }
-    runs_ = nullptr;
-    runs.request_stop();
-    co_await runs.join();
-    co_await client_->close();
-    co_await node_->shutdown();
-  }
+  task<void> main(network_thread_options options, std::promise<void>& ready);
 
   std::thread thread_;
   io_context* ctx_ = nullptr;
@@ -201,3 +127,95 @@ class network_thread {
 
 }  // namespace moe
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+DMOE_INLINE network_thread::network_thread(network_thread_options options) {
+  std::promise<void> ready;
+  std::future<void> started = ready.get_future();
+  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
+    thread_main(std::move(options), ready);
+  });
+  try {
+    started.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+DMOE_INLINE auto network_thread::shutdown() -> void {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard lock(post_mutex_);
+    if (!stopping_) {
+      stopping_ = true;
+      ctx_->post([this] { stop_.set(); });
+    }
+  }
+  thread_.join();
+}
+
+DMOE_INLINE auto network_thread::thread_main(network_thread_options options, std::promise<void>& ready) -> void {
+  std::optional<io_context> ctx;
+  std::optional<dht::node> node;
+  std::optional<net::rpc_client> client;
+  std::optional<dht_expert_directory> directory;
+  try {
+    ctx.emplace();
+    node.emplace(*ctx, options.dht);
+    client.emplace(*ctx, options.rpc, options.faults);
+    directory.emplace(*node, options.directory);
+  } catch (...) {
+    ready.set_exception(std::current_exception());
+    return;
+  }
+  ctx_ = &*ctx;
+  node_ = &*node;
+  client_ = &*client;
+  directory_ = &*directory;
+  local_ = node->local_endpoint();
+  ctx->run(main(std::move(options), ready));
+}
+
+DMOE_INLINE auto network_thread::main(network_thread_options options, std::promise<void>& ready) -> task<void> {
+  task_group runs(*ctx_);
+  std::exception_ptr failed;
+  try {
+    const auto joined = co_await node_->bootstrap(options.initial_peers, deadline_after(options.join_timeout));
+    if (!joined.joined)
+      throw unavailable_error(fmt::format("moe::network_thread: none of the {} initial peers answered within {} ms",
+                                          options.initial_peers.size(), options.join_timeout.count()));
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) {
+    {
+      std::lock_guard lock(post_mutex_);
+      stopping_ = true;
+    }
+    co_await client_->close();
+    co_await node_->shutdown();
+    ready.set_exception(failed);
+    co_return;
+  }
+  runs_ = &runs;
+  ready.set_value();
+  try {
+    co_await stop_.wait();
+  } catch (const cancelled_error&) {
+  }
+  runs_ = nullptr;
+  runs.request_stop();
+  co_await runs.join();
+  co_await client_->close();
+  co_await node_->shutdown();
+}
+
+}  // namespace moe
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

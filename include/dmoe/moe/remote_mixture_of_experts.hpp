@@ -113,40 +113,10 @@ class expert_dispatcher {
         search_options_{options_.uid_prefix, options_.grid, options_.beam_size} {}
 
   // Each sample's (at most) k best live experts not avoided, by `deadline`.
-  task<std::vector<std::vector<found_expert>>> search(const tensor& grid_scores, std::int64_t k, steady_time deadline) {
-    const steady_time now = std::chrono::steady_clock::now();
-    std::erase_if(avoided_, [now](const auto& entry) { return entry.second <= now; });
-    const auto skip = [this](const std::string& uid) { return avoided_.contains(uid); };
-    const auto started = std::chrono::steady_clock::now();
-    auto found = co_await beam_search(directory_, grid_scores, search_options_, k, deadline, skip);
-    stats_.last_search_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-    co_return found;
-  }
+  task<std::vector<std::vector<found_expert>>> search(const tensor& grid_scores, std::int64_t k, steady_time deadline);
 
   // The requests for a batch's choices: one per expert, with the rows (in sample order) that chose it.
-  static std::vector<expert_call> group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x) {
-    std::vector<expert_call> calls;
-    std::unordered_map<std::string, std::size_t> index;
-    for (std::size_t b = 0; b < chosen.size(); ++b)
-      for (std::size_t j = 0; j < chosen[b].size(); ++j) {
-        const found_expert& e = chosen[b][j];
-        const auto [it, added] = index.emplace(e.uid, calls.size());
-        if (added) calls.push_back(expert_call{e.uid, e.server, {}, {}, {}, {}, {}, {}, false, false, {}});
-        calls[it->second].samples.push_back(static_cast<std::int64_t>(b));
-        calls[it->second].ranks.push_back(static_cast<std::int64_t>(j));
-      }
-    const std::int64_t row = x.numel() / std::max<std::int64_t>(1, x.dim(0));
-    const float* px = x.data<float>();
-    for (expert_call& c : calls) {
-      c.inputs = tensor::uninitialized(x.shape().without_first().with_leading(static_cast<std::int64_t>(c.samples.size())));
-      float* dst = c.inputs.data<float>();
-      for (std::size_t r = 0; r < c.samples.size(); ++r)
-        std::memcpy(dst + static_cast<std::int64_t>(r) * row, px + c.samples[r] * row,
-                    static_cast<std::size_t>(row) * sizeof(float));
-    }
-    return calls;
-  }
+  static std::vector<expert_call> group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x);
 
   // Sends every call (forward, or backward with grad_outputs) at once. Waits until each sample s has need[s]
   // answers or every call has ended, then at most timeout_after_k_min more, never past `deadline`; cancels what
@@ -154,38 +124,7 @@ class expert_dispatcher {
   // the connection, answered an error or a malformed answer) are avoided from now on; one the layer cut off (after
   // k_min, at the deadline, or because the caller stopped) is not blamed.
   // Errors: cancelled_error when the caller is stopped (every request has ended by then).
-  task<void> run(std::vector<expert_call>& calls, bool backward, std::vector<std::int64_t> need, steady_time deadline) {
-    progress p;
-    p.need = std::move(need);
-    for (std::int64_t n : p.need) p.short_samples += n > 0 ? 1 : 0;
-    p.pending = calls.size();
-    if (calls.empty()) co_return;
-    task_group group;
-    for (expert_call& c : calls) {
-      c.answered = false;
-      c.blamed = false;
-      c.failure.clear();
-      group.spawn(call_one(c, backward, deadline, p));
-    }
-    stats_.requests += calls.size();
-    std::exception_ptr stopped;
-    try {
-      if (p.short_samples > 0) co_await wait_until(p.enough, deadline);
-      const steady_time grace = std::min(deadline, deadline_after(options_.timeout_after_k_min));
-      if (p.pending > 0) co_await wait_until(p.all_done, grace);
-    } catch (...) {
-      stopped = std::current_exception();
-    }
-    group.request_stop();
-    co_await group.join();  // call_one never throws
-    const steady_time until = deadline_after(options_.avoid_failed_for);
-    for (const expert_call& c : calls) {
-      if (c.answered) continue;
-      ++stats_.requests_failed;
-      if (c.blamed) avoided_[c.uid] = until;
-    }
-    if (stopped) std::rethrow_exception(stopped);
-  }
+  task<void> run(std::vector<expert_call>& calls, bool backward, std::vector<std::int64_t> need, steady_time deadline);
 
   const dispatch_options& options() const noexcept { return options_; }
   dispatch_stats& stats() noexcept { return stats_; }
@@ -205,56 +144,13 @@ class expert_dispatcher {
     async_event all_done;            // pending == 0
   };
 
-  static dispatch_options checked(dispatch_options o) {
-    detail::check_grid("remote mixture of experts", o.grid);
-    detail::check_grid_keys("remote mixture of experts", o.grid);
-    if (!is_valid_uid_prefix(o.uid_prefix + "."))
-      throw invalid_argument_error(fmt::format("remote mixture of experts: '{}' is not an expert name", o.uid_prefix));
-    detail::check_f32_schema("input", o.schema.input);
-    detail::check_f32_schema("output", o.schema.output);
-    if (o.forward_timeout.count() <= 0 || o.backward_timeout.count() <= 0 || o.timeout_after_k_min.count() < 0 ||
-        o.avoid_failed_for.count() < 0)
-      throw invalid_argument_error(
-          "remote mixture of experts: forward_timeout and backward_timeout must be positive, timeout_after_k_min and "
-          "avoid_failed_for not negative");
-    return o;
-  }
+  static dispatch_options checked(dispatch_options o);
 
-  static task<void> wait_event(async_event& event) { co_await event.wait(); }
+  static task<void> wait_event(async_event& event);
   // Waits for `event` until `until`; returns either way (a stop request still throws cancelled_error).
-  static task<void> wait_until(async_event& event, steady_time until) {
-    try {
-      co_await with_deadline(wait_event(event), until);
-    } catch (const timeout_error&) {
-    }
-  }
+  static task<void> wait_until(async_event& event, steady_time until);
 
-  task<void> call_one(expert_call& c, bool backward, steady_time deadline, progress& p) {
-    try {
-      if (backward) {
-        c.grad_inputs = co_await call_expert(client_, c.server, c.uid, c.inputs, &c.grad_outputs,
-                                             &options_.schema.input, deadline, {}, options_.call);
-      } else {
-        c.outputs = co_await call_expert(client_, c.server, c.uid, c.inputs, nullptr, &options_.schema.output,
-                                         deadline, {}, options_.call);
-      }
-      c.answered = true;
-      for (std::int64_t s : c.samples) {
-        auto& need = p.need[static_cast<std::size_t>(s)];
-        if (need > 0 && --need == 0) --p.short_samples;
-      }
-    } catch (const cancelled_error& e) {
-      c.failure = e.what();  // cut off by the layer (k_min reached) or by the caller
-    } catch (const timeout_error& e) {
-      c.failure = e.what();  // the call's deadline: maybe the beam search used it up; nobody is blamed
-    } catch (const std::exception& e) {
-      c.failure = e.what();
-      c.blamed = true;
-    }
-    --p.pending;
-    if (p.short_samples == 0 || p.pending == 0) p.enough.set();
-    if (p.pending == 0) p.all_done.set();
-  }
+  task<void> call_one(expert_call& c, bool backward, steady_time deadline, progress& p);
 
   expert_directory& directory_;
   net::rpc_client& client_;
@@ -268,7 +164,10 @@ namespace detail {
 
 // The checks every remote layer makes of its options: a grid, 1 <= k <= its experts, k_min and backward_k_min in
 // [0, k], a schema. Throws invalid_argument_error naming the layer and the option.
-inline void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
+void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
+                          std::int64_t backward_k_min);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
                           std::int64_t backward_k_min) {
   check_grid(op, o.grid);
   const std::int64_t experts = grid_size(o.grid);
@@ -281,17 +180,13 @@ inline void check_routing(std::string_view op, const dispatch_options& o, std::i
   if (o.schema.input.sample_shape.rank() == 0)
     throw invalid_argument_error(fmt::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Marks a layer busy for one forward or backward: a layer runs one call at a time (its routing is the state of the
 // last forward), so a second call while one is in flight is refused instead of corrupting it.
 class layer_call_guard {
  public:
-  layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
-    if (busy_)
-      throw invalid_argument_error(fmt::format(
-          "{}: another forward or backward of this layer is in flight (a layer runs one call at a time)", op));
-    busy_ = true;
-  }
+  layer_call_guard(bool& busy, std::string_view op);
   layer_call_guard(const layer_call_guard&) = delete;
   layer_call_guard& operator=(const layer_call_guard&) = delete;
   ~layer_call_guard() { busy_ = false; }
@@ -535,3 +430,146 @@ class remote_mixture_of_experts : public async_module {
 
 }  // namespace moe
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace moe {
+
+DMOE_INLINE auto expert_dispatcher::search(const tensor& grid_scores, std::int64_t k, steady_time deadline)
+    -> task<std::vector<std::vector<found_expert>>> {
+  const steady_time now = std::chrono::steady_clock::now();
+  std::erase_if(avoided_, [now](const auto& entry) { return entry.second <= now; });
+  const auto skip = [this](const std::string& uid) { return avoided_.contains(uid); };
+  const auto started = std::chrono::steady_clock::now();
+  auto found = co_await beam_search(directory_, grid_scores, search_options_, k, deadline, skip);
+  stats_.last_search_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  co_return found;
+}
+
+DMOE_INLINE auto expert_dispatcher::group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x)
+    -> std::vector<expert_call> {
+  std::vector<expert_call> calls;
+  std::unordered_map<std::string, std::size_t> index;
+  for (std::size_t b = 0; b < chosen.size(); ++b)
+    for (std::size_t j = 0; j < chosen[b].size(); ++j) {
+      const found_expert& e = chosen[b][j];
+      const auto [it, added] = index.emplace(e.uid, calls.size());
+      if (added) calls.push_back(expert_call{e.uid, e.server, {}, {}, {}, {}, {}, {}, false, false, {}});
+      calls[it->second].samples.push_back(static_cast<std::int64_t>(b));
+      calls[it->second].ranks.push_back(static_cast<std::int64_t>(j));
+    }
+  const std::int64_t row = x.numel() / std::max<std::int64_t>(1, x.dim(0));
+  const float* px = x.data<float>();
+  for (expert_call& c : calls) {
+    c.inputs = tensor::uninitialized(x.shape().without_first().with_leading(static_cast<std::int64_t>(c.samples.size())));
+    float* dst = c.inputs.data<float>();
+    for (std::size_t r = 0; r < c.samples.size(); ++r)
+      std::memcpy(dst + static_cast<std::int64_t>(r) * row, px + c.samples[r] * row,
+                  static_cast<std::size_t>(row) * sizeof(float));
+  }
+  return calls;
+}
+
+DMOE_INLINE auto expert_dispatcher::run(std::vector<expert_call>& calls, bool backward,
+    std::vector<std::int64_t> need, steady_time deadline) -> task<void> {
+  progress p;
+  p.need = std::move(need);
+  for (std::int64_t n : p.need) p.short_samples += n > 0 ? 1 : 0;
+  p.pending = calls.size();
+  if (calls.empty()) co_return;
+  task_group group;
+  for (expert_call& c : calls) {
+    c.answered = false;
+    c.blamed = false;
+    c.failure.clear();
+    group.spawn(call_one(c, backward, deadline, p));
+  }
+  stats_.requests += calls.size();
+  std::exception_ptr stopped;
+  try {
+    if (p.short_samples > 0) co_await wait_until(p.enough, deadline);
+    const steady_time grace = std::min(deadline, deadline_after(options_.timeout_after_k_min));
+    if (p.pending > 0) co_await wait_until(p.all_done, grace);
+  } catch (...) {
+    stopped = std::current_exception();
+  }
+  group.request_stop();
+  co_await group.join();  // call_one never throws
+  const steady_time until = deadline_after(options_.avoid_failed_for);
+  for (const expert_call& c : calls) {
+    if (c.answered) continue;
+    ++stats_.requests_failed;
+    if (c.blamed) avoided_[c.uid] = until;
+  }
+  if (stopped) std::rethrow_exception(stopped);
+}
+
+DMOE_INLINE auto expert_dispatcher::checked(dispatch_options o) -> dispatch_options {
+  detail::check_grid("remote mixture of experts", o.grid);
+  detail::check_grid_keys("remote mixture of experts", o.grid);
+  if (!is_valid_uid_prefix(o.uid_prefix + "."))
+    throw invalid_argument_error(fmt::format("remote mixture of experts: '{}' is not an expert name", o.uid_prefix));
+  detail::check_f32_schema("input", o.schema.input);
+  detail::check_f32_schema("output", o.schema.output);
+  if (o.forward_timeout.count() <= 0 || o.backward_timeout.count() <= 0 || o.timeout_after_k_min.count() < 0 ||
+      o.avoid_failed_for.count() < 0)
+    throw invalid_argument_error(
+        "remote mixture of experts: forward_timeout and backward_timeout must be positive, timeout_after_k_min and "
+        "avoid_failed_for not negative");
+  return o;
+}
+
+DMOE_INLINE auto expert_dispatcher::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
+
+DMOE_INLINE auto expert_dispatcher::wait_until(async_event& event, steady_time until) -> task<void> {
+  try {
+    co_await with_deadline(wait_event(event), until);
+  } catch (const timeout_error&) {
+  }
+}
+
+DMOE_INLINE auto expert_dispatcher::call_one(expert_call& c, bool backward, steady_time deadline, progress& p)
+    -> task<void> {
+  try {
+    if (backward) {
+      c.grad_inputs = co_await call_expert(client_, c.server, c.uid, c.inputs, &c.grad_outputs,
+                                           &options_.schema.input, deadline, {}, options_.call);
+    } else {
+      c.outputs = co_await call_expert(client_, c.server, c.uid, c.inputs, nullptr, &options_.schema.output,
+                                       deadline, {}, options_.call);
+    }
+    c.answered = true;
+    for (std::int64_t s : c.samples) {
+      auto& need = p.need[static_cast<std::size_t>(s)];
+      if (need > 0 && --need == 0) --p.short_samples;
+    }
+  } catch (const cancelled_error& e) {
+    c.failure = e.what();  // cut off by the layer (k_min reached) or by the caller
+  } catch (const timeout_error& e) {
+    c.failure = e.what();  // the call's deadline: maybe the beam search used it up; nobody is blamed
+  } catch (const std::exception& e) {
+    c.failure = e.what();
+    c.blamed = true;
+  }
+  --p.pending;
+  if (p.short_samples == 0 || p.pending == 0) p.enough.set();
+  if (p.pending == 0) p.all_done.set();
+}
+
+}  // namespace moe
+
+namespace moe::detail {
+
+DMOE_INLINE layer_call_guard::layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
+  if (busy_)
+    throw invalid_argument_error(fmt::format(
+        "{}: another forward or backward of this layer is in flight (a layer runs one call at a time)", op));
+  busy_ = true;
+}
+
+}  // namespace moe::detail
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

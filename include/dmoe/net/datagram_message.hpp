@@ -73,7 +73,9 @@ struct datagram_limits {
 };
 
 // Throws invalid_argument_error naming the first unusable limit; `owner` names who holds them.
-inline void validate(const datagram_limits& limits, std::string_view owner) {
+void validate(const datagram_limits& limits, std::string_view owner);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void validate(const datagram_limits& limits, std::string_view owner) {
   if (limits.max_datagram <= datagram_header_size || limits.max_datagram > datagram_max_udp_payload)
     throw invalid_argument_error(fmt::format("{}: max_datagram of {} bytes is outside {} to {} (the {}-byte header "
                                              "and the largest UDP payload)",
@@ -86,6 +88,7 @@ inline void validate(const datagram_limits& limits, std::string_view owner) {
   if (limits.partial_timeout.count() <= 0)
     throw invalid_argument_error(fmt::format("{}: partial_timeout must be positive", owner));
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // One decoded datagram: its header and a view of its part of the message.
 struct datagram_message {
@@ -95,7 +98,9 @@ struct datagram_message {
 
 using datagram_header_bytes = std::array<std::byte, datagram_header_size>;
 
-inline datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept {
+datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept;
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept {
   datagram_header_bytes out{};
   std::byte* at = out.data();
   detail::store_le<std::uint8_t>(at + 0, datagram_version);
@@ -110,6 +115,7 @@ inline datagram_header_bytes encode_datagram_header(const datagram_header& heade
   detail::store_le<std::uint16_t>(at + 38, 0);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The message bytes part `index` carries, given the message size and the bytes per part.
 constexpr std::size_t datagram_part_payload(std::size_t total_size, std::size_t part_size, std::size_t index) noexcept {
@@ -118,7 +124,10 @@ constexpr std::size_t datagram_part_payload(std::size_t total_size, std::size_t 
 }
 
 // Decodes and checks one datagram from untrusted bytes; `peer` names the sender in errors.
-inline datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer) {
+datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits,
+    std::string_view peer) {
   if (bytes.size() < datagram_header_size)
     throw protocol_error(fmt::format("datagram of {} bytes is shorter than its {}-byte header from {}", bytes.size(),
                                      datagram_header_size, peer));
@@ -165,28 +174,13 @@ inline datagram_message decode_datagram(const_byte_span bytes, const datagram_li
                                      h.part_count, out.payload.size(), expected, peer));
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // How a message is cut into datagrams of at most `max_datagram` bytes (header included); send part i as the two
 // pieces header_bytes(i) and payload(i) (one sendmsg with two iovecs, no copy of the message).
 class datagram_parts {
  public:
-  datagram_parts(const datagram_header& header, const_byte_span message, const datagram_limits& limits)
-      : header_(header), message_(message) {
-    if (message.size() > limits.max_message)
-      throw limit_error(fmt::format("datagram message of {} exceeds limit {}", size_text(message.size()),
-                                    size_text(limits.max_message)));
-    if (limits.max_datagram <= datagram_header_size)
-      throw invalid_argument_error(fmt::format("datagram size limit of {} bytes leaves no room after the {}-byte header",
-                                               limits.max_datagram, datagram_header_size));
-    const std::size_t part_size = std::min<std::size_t>(limits.max_datagram - datagram_header_size, 0xffff);
-    const std::size_t count = message.empty() ? 1 : (message.size() + part_size - 1) / part_size;
-    if (count > 0xffff)
-      throw limit_error(fmt::format("datagram message of {} needs {} parts, more than 65535", size_text(message.size()),
-                                    count));
-    header_.total_size = static_cast<std::uint32_t>(message.size());
-    header_.part_count = static_cast<std::uint16_t>(count);
-    header_.part_size = static_cast<std::uint16_t>(count == 1 ? message.size() : part_size);
-  }
+  datagram_parts(const datagram_header& header, const_byte_span message, const datagram_limits& limits);
 
   std::size_t count() const noexcept { return header_.part_count; }
 
@@ -203,13 +197,7 @@ class datagram_parts {
   }
 
   // Part `index` as one contiguous datagram (replaces `out`'s contents).
-  void encode(std::size_t index, byte_buffer& out) const {
-    const auto head = header_bytes(index);
-    const auto body = payload(index);
-    out.resize(head.size() + body.size());
-    std::memcpy(out.data(), head.data(), head.size());
-    if (!body.empty()) std::memcpy(out.data() + head.size(), body.data(), body.size());
-  }
+  void encode(std::size_t index, byte_buffer& out) const;
 
  private:
   datagram_header header_;
@@ -218,3 +206,39 @@ class datagram_parts {
 
 }  // namespace net
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
+
+DMOE_INLINE datagram_parts::datagram_parts(const datagram_header& header, const_byte_span message,
+    const datagram_limits& limits) : header_(header), message_(message) {
+  if (message.size() > limits.max_message)
+    throw limit_error(fmt::format("datagram message of {} exceeds limit {}", size_text(message.size()),
+                                  size_text(limits.max_message)));
+  if (limits.max_datagram <= datagram_header_size)
+    throw invalid_argument_error(fmt::format("datagram size limit of {} bytes leaves no room after the {}-byte header",
+                                             limits.max_datagram, datagram_header_size));
+  const std::size_t part_size = std::min<std::size_t>(limits.max_datagram - datagram_header_size, 0xffff);
+  const std::size_t count = message.empty() ? 1 : (message.size() + part_size - 1) / part_size;
+  if (count > 0xffff)
+    throw limit_error(fmt::format("datagram message of {} needs {} parts, more than 65535", size_text(message.size()),
+                                  count));
+  header_.total_size = static_cast<std::uint32_t>(message.size());
+  header_.part_count = static_cast<std::uint16_t>(count);
+  header_.part_size = static_cast<std::uint16_t>(count == 1 ? message.size() : part_size);
+}
+
+DMOE_INLINE auto datagram_parts::encode(std::size_t index, byte_buffer& out) const -> void {
+  const auto head = header_bytes(index);
+  const auto body = payload(index);
+  out.resize(head.size() + body.size());
+  std::memcpy(out.data(), head.data(), head.size());
+  if (!body.empty()) std::memcpy(out.data() + head.size(), body.data(), body.size());
+}
+
+}  // namespace net
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -41,13 +41,7 @@ struct latency_model {
   }
 
   // The expected delay.
-  std::chrono::nanoseconds mean() const noexcept {
-    double random_part = 0;
-    if (distribution == delay_distribution::exponential) random_part = static_cast<double>(scale.count());
-    if (distribution == delay_distribution::weibull)
-      random_part = static_cast<double>(scale.count()) * std::tgamma(1.0 + 1.0 / shape);
-    return constant + std::chrono::nanoseconds(static_cast<std::int64_t>(random_part));
-  }
+  std::chrono::nanoseconds mean() const noexcept;
 };
 
 // What to do with one message.
@@ -61,22 +55,8 @@ class fault_policy {
  public:
   explicit fault_policy(std::uint64_t seed = 1) : random_(seed) {}
 
-  fault_policy& set_latency(const latency_model& model) {
-    if (model.constant.count() < 0 || model.scale.count() < 0 || !(model.shape > 0))
-      throw invalid_argument_error(fmt::format("fault policy: latency needs non-negative times and a positive shape "
-                                               "(constant {} ns, scale {} ns, shape {})",
-                                               model.constant.count(), model.scale.count(), model.shape));
-    std::lock_guard lock(mutex_);
-    latency_ = model;
-    return *this;
-  }
-  fault_policy& set_loss(double probability) {
-    if (!(probability >= 0.0 && probability <= 1.0))
-      throw invalid_argument_error(fmt::format("fault policy: loss probability {} is outside [0, 1]", probability));
-    std::lock_guard lock(mutex_);
-    loss_ = probability;
-    return *this;
-  }
+  fault_policy& set_latency(const latency_model& model);
+  fault_policy& set_loss(double probability);
   // A stalled endpoint accepts connections and requests but never answers.
   fault_policy& set_stall(bool stalled = true) {
     stalled_.store(stalled, std::memory_order_relaxed);
@@ -98,19 +78,7 @@ class fault_policy {
   bool stalled() const noexcept { return stalled_.load(std::memory_order_relaxed); }
 
   // The fate of one message from `from` to `to` (endpoint texts such as "127.0.0.5:4100").
-  fault_decision on_send(std::string_view from, std::string_view to) {
-    std::lock_guard lock(mutex_);
-    ++sent_;
-    fault_decision d;
-    if (partitioned_locked(from, to) || (loss_ > 0.0 && uniform_(random_) < loss_)) {
-      d.drop = true;
-      ++dropped_;
-      return d;
-    }
-    d.delay = sample_delay_locked();
-    total_delay_ += d.delay;
-    return d;
-  }
+  fault_decision on_send(std::string_view from, std::string_view to);
 
   // A delay drawn from the latency model alone (no loss, no partition).
   std::chrono::nanoseconds sample_delay() {
@@ -138,13 +106,7 @@ class fault_policy {
     std::vector<std::string> a, b;
   };
 
-  static bool matches(const std::vector<std::string>& group, std::string_view address) {
-    const auto colon = address.rfind(':');
-    const std::string_view host = colon == std::string_view::npos ? address : address.substr(0, colon);
-    return std::any_of(group.begin(), group.end(), [&](const std::string& entry) {
-      return entry == address || entry == host;
-    });
-  }
+  static bool matches(const std::vector<std::string>& group, std::string_view address);
 
   bool partitioned_locked(std::string_view from, std::string_view to) const {
     for (const auto& p : partitions_)
@@ -152,21 +114,7 @@ class fault_policy {
     return false;
   }
 
-  std::chrono::nanoseconds sample_delay_locked() {
-    double random_part = 0;
-    switch (latency_.distribution) {
-      case delay_distribution::none: break;
-      case delay_distribution::exponential:
-        random_part = std::exponential_distribution<double>(1.0)(random_) * static_cast<double>(latency_.scale.count());
-        break;
-      case delay_distribution::weibull:
-        random_part = std::weibull_distribution<double>(latency_.shape, static_cast<double>(latency_.scale.count()))(random_);
-        break;
-    }
-    // Heavy tails are cut at an hour so a delay always fits a timer.
-    random_part = std::min(random_part, 3.6e12);
-    return latency_.constant + std::chrono::nanoseconds(static_cast<std::int64_t>(random_part));
-  }
+  std::chrono::nanoseconds sample_delay_locked();
 
   mutable std::mutex mutex_;
   std::mt19937_64 random_;
@@ -182,3 +130,77 @@ class fault_policy {
 
 }  // namespace net
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
+
+DMOE_INLINE auto latency_model::mean() const noexcept -> std::chrono::nanoseconds {
+  double random_part = 0;
+  if (distribution == delay_distribution::exponential) random_part = static_cast<double>(scale.count());
+  if (distribution == delay_distribution::weibull)
+    random_part = static_cast<double>(scale.count()) * std::tgamma(1.0 + 1.0 / shape);
+  return constant + std::chrono::nanoseconds(static_cast<std::int64_t>(random_part));
+}
+
+DMOE_INLINE auto fault_policy::set_latency(const latency_model& model) -> fault_policy& {
+  if (model.constant.count() < 0 || model.scale.count() < 0 || !(model.shape > 0))
+    throw invalid_argument_error(fmt::format("fault policy: latency needs non-negative times and a positive shape "
+                                             "(constant {} ns, scale {} ns, shape {})",
+                                             model.constant.count(), model.scale.count(), model.shape));
+  std::lock_guard lock(mutex_);
+  latency_ = model;
+  return *this;
+}
+
+DMOE_INLINE auto fault_policy::set_loss(double probability) -> fault_policy& {
+  if (!(probability >= 0.0 && probability <= 1.0))
+    throw invalid_argument_error(fmt::format("fault policy: loss probability {} is outside [0, 1]", probability));
+  std::lock_guard lock(mutex_);
+  loss_ = probability;
+  return *this;
+}
+
+DMOE_INLINE auto fault_policy::on_send(std::string_view from, std::string_view to) -> fault_decision {
+  std::lock_guard lock(mutex_);
+  ++sent_;
+  fault_decision d;
+  if (partitioned_locked(from, to) || (loss_ > 0.0 && uniform_(random_) < loss_)) {
+    d.drop = true;
+    ++dropped_;
+    return d;
+  }
+  d.delay = sample_delay_locked();
+  total_delay_ += d.delay;
+  return d;
+}
+
+DMOE_INLINE auto fault_policy::matches(const std::vector<std::string>& group, std::string_view address) -> bool {
+  const auto colon = address.rfind(':');
+  const std::string_view host = colon == std::string_view::npos ? address : address.substr(0, colon);
+  return std::any_of(group.begin(), group.end(), [&](const std::string& entry) {
+    return entry == address || entry == host;
+  });
+}
+
+DMOE_INLINE auto fault_policy::sample_delay_locked() -> std::chrono::nanoseconds {
+  double random_part = 0;
+  switch (latency_.distribution) {
+    case delay_distribution::none: break;
+    case delay_distribution::exponential:
+      random_part = std::exponential_distribution<double>(1.0)(random_) * static_cast<double>(latency_.scale.count());
+      break;
+    case delay_distribution::weibull:
+      random_part = std::weibull_distribution<double>(latency_.shape, static_cast<double>(latency_.scale.count()))(random_);
+      break;
+  }
+  // Heavy tails are cut at an hour so a delay always fits a timer.
+  random_part = std::min(random_part, 3.6e12);
+  return latency_.constant + std::chrono::nanoseconds(static_cast<std::int64_t>(random_part));
+}
+
+}  // namespace net
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -109,7 +109,9 @@ inline void validate(const frame_limits& limits, std::string_view owner) {
 
 using frame_header_bytes = std::array<std::byte, frame_header_size>;
 
-inline frame_header_bytes encode_frame_header(const frame_header& header) noexcept {
+frame_header_bytes encode_frame_header(const frame_header& header) noexcept;
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE frame_header_bytes encode_frame_header(const frame_header& header) noexcept {
   frame_header_bytes out{};
   detail::store_le<std::uint32_t>(out.data() + 0, frame_magic);
   detail::store_le<std::uint8_t>(out.data() + 4, frame_version);
@@ -121,9 +123,12 @@ inline frame_header_bytes encode_frame_header(const frame_header& header) noexce
   detail::store_le<std::uint64_t>(out.data() + 24, header.payload_size);
   return out;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Decodes a header from untrusted bytes and checks its structure, but not its size against a limit.
-inline frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
+frame_header parse_frame_header(const_byte_span bytes, std::string_view peer);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
   if (bytes.size() < frame_header_size)
     throw protocol_error(fmt::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
                                      frame_header_size, peer));
@@ -157,6 +162,7 @@ inline frame_header parse_frame_header(const_byte_span bytes, std::string_view p
                                      size_text(header.payload_size), size_text(frame_max_control_payload), peer));
   return header;
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Throws limit_error when the header's payload exceeds the limit.
 inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
@@ -196,64 +202,13 @@ class frame_reader {
   }
 
   // `count` bytes were written at the start of prepare()'s span.
-  void commit(std::size_t count) {
-    if (large_) {
-      large_filled_ += std::min(count, large_->payload.size() - large_filled_);
-    } else {
-      end_ += std::min(count, buffer_.size() - end_);
-    }
-  }
+  void commit(std::size_t count);
 
   // The next whole frame, or nothing until more bytes arrive. Throws protocol_error (naming `peer`) on a bad
   // header: the stream cannot be resynchronised after that, so the connection should be closed. Throws
   // limit_error for a well-formed header over the limit: its payload is then skipped as it arrives (see
   // refused_header()) and the stream stays usable, so the caller may go on calling next().
-  std::optional<frame> next(std::string_view peer) {
-    if (large_) {
-      if (large_filled_ < large_->payload.size()) return std::nullopt;
-      std::optional<frame> done = std::move(large_);
-      large_.reset();
-      large_filled_ = 0;
-      ++frames_done_;
-      return done;
-    }
-    if (!discard_buffered()) return std::nullopt;
-    const std::size_t available = end_ - begin_;
-    if (available < frame_header_size) {
-      if (begin_ == end_) begin_ = end_ = 0;
-      return std::nullopt;
-    }
-    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
-    if (header.payload_size > limits_.max_payload) {
-      refused_ = header;
-      skip_frame();
-      check_frame_size(header, limits_, peer);
-    }
-    const std::uint64_t frame_size = frame_header_size + header.payload_size;
-    if (frame_size <= available) {
-      frame out{header, byte_buffer()};
-      const auto* payload = buffer_.data() + begin_ + frame_header_size;
-      out.payload.assign(payload, payload + header.payload_size);
-      begin_ += static_cast<std::size_t>(frame_size);
-      if (begin_ == end_) begin_ = end_ = 0;
-      ++frames_done_;
-      return out;
-    }
-    if (frame_size <= buffer_.size()) {
-      // The frame will fit the buffer: make room for the rest of it after what is here.
-      if (begin_ + frame_size > buffer_.size()) compact();
-      return std::nullopt;
-    }
-    // A large payload: take what already arrived and receive the rest in place.
-    large_.emplace();
-    large_->header = header;
-    large_->payload.resize(static_cast<std::size_t>(header.payload_size));
-    const std::size_t have = available - frame_header_size;
-    std::memcpy(large_->payload.data(), buffer_.data() + begin_ + frame_header_size, have);
-    large_filled_ = have;
-    begin_ = end_ = 0;
-    return std::nullopt;
-  }
+  std::optional<frame> next(std::string_view peer);
 
   // The header of the next frame once it has arrived (before next() allocates or copies its payload), so the
   // caller can reserve memory for it or skip it; nothing while a frame is in progress. Throws protocol_error on
@@ -271,38 +226,19 @@ class frame_reader {
   }
 
   // Skips the frame peek() returned: its payload is dropped as it arrives, never stored.
-  void skip_frame() {
-    const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), "");
-    begin_ += frame_header_size;
-    skip_ = header.payload_size;
-    skipped_frame_ = frame_header_size + header.payload_size;
-    discard_buffered();
-  }
+  void skip_frame();
 
   // The large frame being received in place, if any.
   const frame_header* large_frame() const noexcept { return large_ ? &large_->header : nullptr; }
 
   // Gives up the large frame being received: its memory goes now and the rest of its payload is skipped.
-  void abandon_large() {
-    if (!large_) return;
-    skip_ = large_->payload.size() - large_filled_;
-    skipped_frame_ = frame_header_size + large_->payload.size();
-    large_.reset();
-    large_filled_ = 0;
-    begin_ = end_ = 0;
-    discard_buffered();
-  }
+  void abandon_large();
 
   // True while part of a frame is held or being skipped: a peer that stops sending here has stalled mid-frame.
   bool mid_frame() const noexcept { return large_.has_value() || skip_ > 0 || end_ > begin_; }
 
   // The size (header included) of the frame in progress, as far as known: what must arrive before it completes.
-  std::uint64_t frame_in_progress_size() const noexcept {
-    if (large_) return frame_header_size + large_->payload.size();
-    if (skip_ > 0) return skipped_frame_;
-    if (end_ - begin_ < frame_header_size) return frame_header_size;
-    return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
-  }
+  std::uint64_t frame_in_progress_size() const noexcept;
 
   // Frames completed or skipped so far (tells the caller when a new frame has started).
   std::uint64_t frames_done() const noexcept { return frames_done_; }
@@ -324,23 +260,9 @@ class frame_reader {
 
  private:
   // Drops received bytes of a skipped payload; true once nothing is left to skip.
-  bool discard_buffered() noexcept {
-    if (skip_ == 0) return true;
-    const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip_, end_ - begin_));
-    begin_ += drop;
-    skip_ -= drop;
-    if (begin_ == end_) begin_ = end_ = 0;
-    if (skip_ > 0) return false;
-    ++frames_done_;
-    return true;
-  }
+  bool discard_buffered() noexcept;
 
-  void compact() noexcept {
-    if (begin_ == 0) return;
-    std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
-    end_ -= begin_;
-    begin_ = 0;
-  }
+  void compact() noexcept;
 
   frame_limits limits_;
   byte_buffer buffer_;
@@ -360,17 +282,7 @@ class frame_reader {
 class frame_deadline {
  public:
   // Call after each commit (and before each read); `now` is the steady time.
-  void update(const frame_reader& reader, steady_time now) noexcept {
-    if (!reader.mid_frame()) {
-      active_ = false;
-      return;
-    }
-    if (!active_ || reader.frames_done() != frame_) {
-      active_ = true;
-      frame_ = reader.frames_done();
-      started_ = now;
-    }
-  }
+  void update(const frame_reader& reader, steady_time now) noexcept;
   // The receiver was not reading (waiting for memory): the frame's clock starts again.
   void restart(steady_time now) noexcept { started_ = now; }
 
@@ -390,3 +302,123 @@ class frame_deadline {
 
 }  // namespace net
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
+
+DMOE_INLINE auto frame_reader::commit(std::size_t count) -> void {
+  if (large_) {
+    large_filled_ += std::min(count, large_->payload.size() - large_filled_);
+  } else {
+    end_ += std::min(count, buffer_.size() - end_);
+  }
+}
+
+DMOE_INLINE auto frame_reader::next(std::string_view peer) -> std::optional<frame> {
+  if (large_) {
+    if (large_filled_ < large_->payload.size()) return std::nullopt;
+    std::optional<frame> done = std::move(large_);
+    large_.reset();
+    large_filled_ = 0;
+    ++frames_done_;
+    return done;
+  }
+  if (!discard_buffered()) return std::nullopt;
+  const std::size_t available = end_ - begin_;
+  if (available < frame_header_size) {
+    if (begin_ == end_) begin_ = end_ = 0;
+    return std::nullopt;
+  }
+  const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
+  if (header.payload_size > limits_.max_payload) {
+    refused_ = header;
+    skip_frame();
+    check_frame_size(header, limits_, peer);
+  }
+  const std::uint64_t frame_size = frame_header_size + header.payload_size;
+  if (frame_size <= available) {
+    frame out{header, byte_buffer()};
+    const auto* payload = buffer_.data() + begin_ + frame_header_size;
+    out.payload.assign(payload, payload + header.payload_size);
+    begin_ += static_cast<std::size_t>(frame_size);
+    if (begin_ == end_) begin_ = end_ = 0;
+    ++frames_done_;
+    return out;
+  }
+  if (frame_size <= buffer_.size()) {
+    // The frame will fit the buffer: make room for the rest of it after what is here.
+    if (begin_ + frame_size > buffer_.size()) compact();
+    return std::nullopt;
+  }
+  // A large payload: take what already arrived and receive the rest in place.
+  large_.emplace();
+  large_->header = header;
+  large_->payload.resize(static_cast<std::size_t>(header.payload_size));
+  const std::size_t have = available - frame_header_size;
+  std::memcpy(large_->payload.data(), buffer_.data() + begin_ + frame_header_size, have);
+  large_filled_ = have;
+  begin_ = end_ = 0;
+  return std::nullopt;
+}
+
+DMOE_INLINE auto frame_reader::skip_frame() -> void {
+  const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), "");
+  begin_ += frame_header_size;
+  skip_ = header.payload_size;
+  skipped_frame_ = frame_header_size + header.payload_size;
+  discard_buffered();
+}
+
+DMOE_INLINE auto frame_reader::abandon_large() -> void {
+  if (!large_) return;
+  skip_ = large_->payload.size() - large_filled_;
+  skipped_frame_ = frame_header_size + large_->payload.size();
+  large_.reset();
+  large_filled_ = 0;
+  begin_ = end_ = 0;
+  discard_buffered();
+}
+
+DMOE_INLINE auto frame_reader::frame_in_progress_size() const noexcept -> std::uint64_t {
+  if (large_) return frame_header_size + large_->payload.size();
+  if (skip_ > 0) return skipped_frame_;
+  if (end_ - begin_ < frame_header_size) return frame_header_size;
+  return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
+}
+
+DMOE_INLINE auto frame_reader::discard_buffered() noexcept -> bool {
+  if (skip_ == 0) return true;
+  const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip_, end_ - begin_));
+  begin_ += drop;
+  skip_ -= drop;
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (skip_ > 0) return false;
+  ++frames_done_;
+  return true;
+}
+
+DMOE_INLINE auto frame_reader::compact() noexcept -> void {
+  if (begin_ == 0) return;
+  std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
+  end_ -= begin_;
+  begin_ = 0;
+}
+
+DMOE_INLINE auto frame_deadline::update(const frame_reader& reader, steady_time now) noexcept -> void {
+  if (!reader.mid_frame()) {
+    active_ = false;
+    return;
+  }
+  if (!active_ || reader.frames_done() != frame_) {
+    active_ = true;
+    frame_ = reader.frames_done();
+    started_ = now;
+  }
+}
+
+}  // namespace net
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -12,7 +12,9 @@
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-inline std::string size_text(std::uint64_t bytes) {
+std::string size_text(std::uint64_t bytes);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::string size_text(std::uint64_t bytes) {
   static constexpr const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
   if (bytes < 1024) return fmt::format("{} bytes", bytes);
   double value = static_cast<double>(bytes);
@@ -27,6 +29,7 @@ inline std::string size_text(std::uint64_t bytes) {
                                                                           : std::string_view(text);
   return fmt::format("{} {}", shown, units[unit]);
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 }  // namespace net
 DMOE_END_NAMESPACE

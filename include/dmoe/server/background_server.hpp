@@ -21,36 +21,14 @@ namespace server {
 class background_server {
  public:
   // Starts the threads and the server, and returns once it serves. Rethrows what the server's constructor threw.
-  explicit background_server(server_options options) {
-    std::promise<void> ready;
-    std::future<void> started = ready.get_future();
-    thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-      main(std::move(options), ready);
-    });
-    try {
-      started.get();
-    } catch (...) {
-      thread_.join();
-      throw;
-    }
-  }
+  explicit background_server(server_options options);
   background_server(const background_server&) = delete;
   background_server& operator=(const background_server&) = delete;
   ~background_server() { stop(); }
 
   // Finishes requests in flight, writes the final checkpoint, leaves the DHT and joins the threads. Idempotent;
   // rethrows what the server's run() threw, once.
-  void stop() {
-    // Held while joining (the server's threads never take it): a second thread stopping at once waits here.
-    std::lock_guard lock(mutex_);
-    if (!thread_.joinable()) return;
-    if (!stopping_) {
-      stopping_ = true;
-      ctx_->post([this] { server_->request_shutdown(); });
-    }
-    thread_.join();
-    if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
-  }
+  void stop();
 
   const endpoint& rpc_endpoint() const noexcept { return rpc_; }
   const std::optional<endpoint>& dht_endpoint() const noexcept { return dht_; }
@@ -59,31 +37,7 @@ class background_server {
   server& get() noexcept { return *server_; }
 
  private:
-  void main(server_options options, std::promise<void>& ready) {
-    std::optional<io_context> ctx;
-    std::optional<server> s;
-    try {
-      ctx.emplace();
-      s.emplace(*ctx, std::move(options));
-    } catch (...) {
-      ready.set_exception(std::current_exception());
-      return;
-    }
-    ctx_ = &*ctx;
-    server_ = &*s;
-    rpc_ = s->rpc_endpoint();
-    dht_ = s->dht_endpoint();
-    bool announced = false;
-    try {
-      ctx->run(s->run([&] {
-        announced = true;
-        ready.set_value();
-      }));
-    } catch (...) {
-      if (!announced) ready.set_exception(std::current_exception());
-      else failure_ = std::current_exception();
-    }
-  }
+  void main(server_options options, std::promise<void>& ready);
 
   std::thread thread_;
   std::mutex mutex_;
@@ -97,3 +51,65 @@ class background_server {
 
 }  // namespace server
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace server {
+
+DMOE_INLINE background_server::background_server(server_options options) {
+  std::promise<void> ready;
+  std::future<void> started = ready.get_future();
+  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
+    main(std::move(options), ready);
+  });
+  try {
+    started.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+DMOE_INLINE auto background_server::stop() -> void {
+  // Held while joining (the server's threads never take it): a second thread stopping at once waits here.
+  std::lock_guard lock(mutex_);
+  if (!thread_.joinable()) return;
+  if (!stopping_) {
+    stopping_ = true;
+    ctx_->post([this] { server_->request_shutdown(); });
+  }
+  thread_.join();
+  if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+}
+
+DMOE_INLINE auto background_server::main(server_options options, std::promise<void>& ready) -> void {
+  std::optional<io_context> ctx;
+  std::optional<server> s;
+  try {
+    ctx.emplace();
+    s.emplace(*ctx, std::move(options));
+  } catch (...) {
+    ready.set_exception(std::current_exception());
+    return;
+  }
+  ctx_ = &*ctx;
+  server_ = &*s;
+  rpc_ = s->rpc_endpoint();
+  dht_ = s->dht_endpoint();
+  bool announced = false;
+  try {
+    ctx->run(s->run([&] {
+      announced = true;
+      ready.set_value();
+    }));
+  } catch (...) {
+    if (!announced) ready.set_exception(std::current_exception());
+    else failure_ = std::current_exception();
+  }
+}
+
+}  // namespace server
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -60,15 +60,7 @@ struct expert_stats {
   std::uint64_t queue_wait_ns = 0;         // summed over requests: arrival to the start of their batch
   std::uint64_t compute_ns = 0;            // summed over batches
 
-  expert_stats& operator+=(const expert_stats& o) {
-    forward_requests += o.forward_requests, backward_requests += o.backward_requests;
-    forward_samples += o.forward_samples, backward_samples += o.backward_samples;
-    forward_batches += o.forward_batches, backward_batches += o.backward_batches;
-    failed_batches += o.failed_batches, updates += o.updates;
-    largest_batch = std::max(largest_batch, o.largest_batch);
-    queue_wait_ns += o.queue_wait_ns, compute_ns += o.compute_ns;
-    return *this;
-  }
+  expert_stats& operator+=(const expert_stats& o);
 };
 
 class expert_backend {
@@ -94,22 +86,7 @@ class expert_backend {
   // grad_inputs of (inputs, grad_outputs), recomputing the forward pass (the server keeps no per-request state),
   // then one optimizer step over the gradients of this batch alone. A non-finite gradient norm throws
   // invalid_argument_error before the step: the parameters are left as they were.
-  tensor backward(const tensor& inputs, const tensor& grad_outputs) {
-    schema_.input.check(fmt::format("expert {} backward inputs", uid_), inputs);
-    schema_.output.check(fmt::format("expert {} backward grad_outputs", uid_), grad_outputs);
-    if (inputs.dim(0) != grad_outputs.dim(0))
-      throw shape_error(fmt::format("expert {} backward: {} inputs but {} output gradients", uid_, inputs.dim(0),
-                                    grad_outputs.dim(0)));
-    module_->zero_grad();
-    module_->forward(to_device(inputs));
-    tensor grad_inputs = module_->backward(to_device(grad_outputs));
-    if (!parameters_.empty()) {  // (a parameter-free expert, e.g. nop, has nothing to update)
-      clip_gradients();
-      optimizer_->step();
-      ++updates_;
-    }
-    return to_host(grad_inputs);
-  }
+  tensor backward(const tensor& inputs, const tensor& grad_outputs);
 
   // Parameters and optimizer state to one checkpoint file (nn/checkpoint.hpp: atomic, checksummed).
   void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
@@ -212,3 +189,40 @@ inline std::unique_ptr<expert_backend> make_expert_backend(std::string uid, cons
 
 }  // namespace server
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace server {
+
+DMOE_INLINE auto expert_stats::operator+=(const expert_stats& o) -> expert_stats& {
+  forward_requests += o.forward_requests, backward_requests += o.backward_requests;
+  forward_samples += o.forward_samples, backward_samples += o.backward_samples;
+  forward_batches += o.forward_batches, backward_batches += o.backward_batches;
+  failed_batches += o.failed_batches, updates += o.updates;
+  largest_batch = std::max(largest_batch, o.largest_batch);
+  queue_wait_ns += o.queue_wait_ns, compute_ns += o.compute_ns;
+  return *this;
+}
+
+DMOE_INLINE auto expert_backend::backward(const tensor& inputs, const tensor& grad_outputs) -> tensor {
+  schema_.input.check(fmt::format("expert {} backward inputs", uid_), inputs);
+  schema_.output.check(fmt::format("expert {} backward grad_outputs", uid_), grad_outputs);
+  if (inputs.dim(0) != grad_outputs.dim(0))
+    throw shape_error(fmt::format("expert {} backward: {} inputs but {} output gradients", uid_, inputs.dim(0),
+                                  grad_outputs.dim(0)));
+  module_->zero_grad();
+  module_->forward(to_device(inputs));
+  tensor grad_inputs = module_->backward(to_device(grad_outputs));
+  if (!parameters_.empty()) {  // (a parameter-free expert, e.g. nop, has nothing to update)
+    clip_gradients();
+    optimizer_->step();
+    ++updates_;
+  }
+  return to_host(grad_inputs);
+}
+
+}  // namespace server
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -28,7 +28,9 @@ namespace net::detail {
 // count (0 when it would block). A frame written this way leaves at once instead of at the event loop's next
 // submission, which saves a loop iteration and a completion per frame; the caller awaits a write for the rest.
 // Throws what a failed write throws: closed_error when the peer reset or closed the connection, system_error else.
-inline std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer) {
+std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer) {
   constexpr std::size_t max_pieces = 64;  // more wait for the awaited write
   std::array<iovec, max_pieces> iov;
   std::size_t count = 0;
@@ -51,14 +53,18 @@ inline std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std
     throw system_error(errno, fmt::format("tcp send to {}", peer));
   }
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // Drops the first `bytes` of a piece list (what send_now sent).
-inline void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes) {
+void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes);
+#if DMOE_HEAVY_DEFINITIONS
+DMOE_INLINE void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes) {
   std::size_t whole = 0;
   while (whole < pieces.size() && bytes >= pieces[whole].size()) bytes -= pieces[whole++].size();
   pieces.erase(pieces.begin(), pieces.begin() + static_cast<std::ptrdiff_t>(whole));
   if (!pieces.empty()) pieces.front() = pieces.front().subspan(bytes);
 }
+#endif  // DMOE_HEAVY_DEFINITIONS
 
 // The writers of one client or server that are ready to write in the same loop iteration. `co_await pass.join()`
 // resumes a writer after the coroutines already resumed in this iteration (posted work runs after them, before the
