@@ -39,7 +39,9 @@
 // body is instantiated only where it is called. Separate compilation: an ordinary function, defined once.
 // DMOE_INLINE starts the out-of-line definition of a heavy member function or non-template function (coroutines
 // and long bodies of the runtime, RPC, DHT, server and DMoE layers), placed behind DMOE_HEAVY_DEFINITIONS: `inline`
-// header-only, an ordinary definition, compiled once, with separate compilation.
+// header-only, an ordinary definition, compiled once, with separate compilation. A virtual function defined so is
+// declared DMOE_INLINE in its class as well: otherwise it would be the class's key function, and every header-only
+// translation unit would emit the vtable and everything it reaches.
 #if DMOE_HEADER_ONLY
 #define DMOE_INLINE inline
 #else

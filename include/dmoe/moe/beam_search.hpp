@@ -63,7 +63,7 @@ class expert_directory {
   // Where each expert's own record says it is served, in the order asked (nothing where no live record names it);
   // ends by `deadline`. A beam search asks it only for chosen experts that several successor sets claim
   // (prefix_successors::contested). This default knows no records: such experts are dropped.
-  virtual task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline);
+  DMOE_INLINE virtual task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline);
 };
 
 struct dht_directory_options {
@@ -92,12 +92,12 @@ class dht_expert_directory final : public expert_directory {
   explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
       : node_(node), options_(options) {}
 
-  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override;
+  DMOE_INLINE task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override;
 
   // Reads the uid records (moe::get_experts) of the experts not remembered; owners found are remembered live_for,
   // and uids without a record empty_for when the crawl was not cut by the deadline (claims nobody owns, e.g. a
   // flood of them, then cost one crawl, not one per batch).
-  task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override;
+  DMOE_INLINE task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override;
 
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
   void clear_cache() {
