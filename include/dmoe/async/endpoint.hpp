@@ -40,9 +40,9 @@ class endpoint {
         fmt::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
   }
 
-  static std::optional<endpoint> try_parse(std::string_view text) noexcept;
+  DMOE_DECL static std::optional<endpoint> try_parse(std::string_view text) noexcept;
 
-  static endpoint from_sockaddr(const sockaddr* address, socklen_t length);
+  DMOE_DECL static endpoint from_sockaddr(const sockaddr* address, socklen_t length);
 
   static endpoint loopback_v4(std::uint16_t port = 0) { return endpoint("127.0.0.1", port); }
   static endpoint loopback_v6(std::uint16_t port = 0) { return endpoint("::1", port); }
@@ -59,10 +59,10 @@ class endpoint {
     if (is_v6()) return ntohs(addr_.v6.sin6_port);
     return 0;
   }
-  endpoint with_port(std::uint16_t port) const noexcept;
+  DMOE_DECL endpoint with_port(std::uint16_t port) const noexcept;
 
   // The address alone: "127.0.0.1", "::1".
-  std::string address() const;
+  DMOE_DECL std::string address() const;
   std::string to_string() const {
     if (is_v6()) return fmt::format("[{}]:{}", address(), port());
     if (is_v4()) return fmt::format("{}:{}", address(), port());
@@ -86,10 +86,10 @@ class endpoint {
 
   friend std::ostream& operator<<(std::ostream& out, const endpoint& e) { return out << e.to_string(); }
 
-  std::size_t hash() const noexcept;
+  DMOE_DECL std::size_t hash() const noexcept;
 
  private:
-  bool assign_address(std::string_view address, std::uint16_t port) noexcept;
+  DMOE_DECL bool assign_address(std::string_view address, std::uint16_t port) noexcept;
 
   union {
     sockaddr base;
@@ -116,7 +116,7 @@ struct fmt::formatter<dmoe::endpoint> : fmt::formatter<std::string_view> {
 #if DMOE_HEAVY_DEFINITIONS
 
 DMOE_BEGIN_NAMESPACE
-DMOE_INLINE auto endpoint::try_parse(std::string_view text) noexcept -> std::optional<endpoint> {
+DMOE_DEF auto endpoint::try_parse(std::string_view text) noexcept -> std::optional<endpoint> {
   std::string_view host;
   std::string_view port_text;
   if (!text.empty() && text.front() == '[') {
@@ -140,7 +140,7 @@ DMOE_INLINE auto endpoint::try_parse(std::string_view text) noexcept -> std::opt
   return result;
 }
 
-DMOE_INLINE auto endpoint::from_sockaddr(const sockaddr* address, socklen_t length) -> endpoint {
+DMOE_DEF auto endpoint::from_sockaddr(const sockaddr* address, socklen_t length) -> endpoint {
   endpoint result;
   if (address->sa_family == AF_INET && length >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
     std::memcpy(&result.addr_.v4, address, sizeof(sockaddr_in));
@@ -152,21 +152,21 @@ DMOE_INLINE auto endpoint::from_sockaddr(const sockaddr* address, socklen_t leng
   return result;
 }
 
-DMOE_INLINE auto endpoint::with_port(std::uint16_t port) const noexcept -> endpoint {
+DMOE_DEF auto endpoint::with_port(std::uint16_t port) const noexcept -> endpoint {
   endpoint copy = *this;
   if (is_v4()) copy.addr_.v4.sin_port = htons(port);
   if (is_v6()) copy.addr_.v6.sin6_port = htons(port);
   return copy;
 }
 
-DMOE_INLINE auto endpoint::address() const -> std::string {
+DMOE_DEF auto endpoint::address() const -> std::string {
   char text[INET6_ADDRSTRLEN] = {};
   if (is_v4()) return inet_ntop(AF_INET, &addr_.v4.sin_addr, text, sizeof text);
   if (is_v6()) return inet_ntop(AF_INET6, &addr_.v6.sin6_addr, text, sizeof text);
   return "unspecified";
 }
 
-DMOE_INLINE auto endpoint::hash() const noexcept -> std::size_t {
+DMOE_DEF auto endpoint::hash() const noexcept -> std::size_t {
   std::size_t h = std::hash<int>{}(family()) * 31 + port();
   const auto* bytes = reinterpret_cast<const unsigned char*>(is_v6() ? static_cast<const void*>(&addr_.v6.sin6_addr)
                                                                      : static_cast<const void*>(&addr_.v4.sin_addr));
@@ -175,7 +175,7 @@ DMOE_INLINE auto endpoint::hash() const noexcept -> std::size_t {
   return h;
 }
 
-DMOE_INLINE auto endpoint::assign_address(std::string_view address, std::uint16_t port) noexcept -> bool {
+DMOE_DEF auto endpoint::assign_address(std::string_view address, std::uint16_t port) noexcept -> bool {
   char text[INET6_ADDRSTRLEN] = {};
   if (address.empty() || address.size() >= sizeof text) return false;
   std::memcpy(text, address.data(), address.size());

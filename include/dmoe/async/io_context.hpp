@@ -178,7 +178,7 @@ class io_context {
   // ---- building blocks for awaitables (dmoe's own operations use these) ----
 
   // A free SQE whose completion is delivered to `op`. Submitted at the next loop iteration.
-  io_uring_sqe* get_sqe(detail::io_completion* op);
+  DMOE_DECL io_uring_sqe* get_sqe(detail::io_completion* op);
   // A free SQE whose completion is ignored (cancel requests, linked timeouts).
   io_uring_sqe* get_ignored_sqe() {
     io_uring_sqe* sqe = next_sqe();
@@ -197,28 +197,28 @@ class io_context {
   // Resumes `handle` on the next loop iteration. Only from this context's thread.
   void schedule(std::coroutine_handle<> handle) { ready_.push_back(handle); }
   // Resumes node->handle on this context from any thread (the node lives in the waiting frame).
-  void resume_from_any_thread(detail::posted_resume* node);
+  DMOE_DECL void resume_from_any_thread(detail::posted_resume* node);
   // From a stop callback, on any thread: runs target->cancel on this context's thread.
-  void request_cancel(detail::cancel_target* target) noexcept;
+  DMOE_DECL void request_cancel(detail::cancel_target* target) noexcept;
   // After its stop callback is gone: drops a queued cross-thread cancel of a finished target.
-  void forget_cancel(detail::cancel_target* target) noexcept;
+  DMOE_DECL void forget_cancel(detail::cancel_target* target) noexcept;
 
   io_uring* native_handle() noexcept { return &ring_; }
 
  private:
-  static void append(detail::posted_node*& head, detail::posted_node*& tail, detail::posted_node* node) noexcept;
+  DMOE_DECL static void append(detail::posted_node*& head, detail::posted_node*& tail, detail::posted_node* node) noexcept;
 
-  static void release_nodes(detail::posted_node* node) noexcept;
+  DMOE_DECL static void release_nodes(detail::posted_node* node) noexcept;
 
-  void probe();
+  DMOE_DECL void probe();
 
-  io_uring_sqe* next_sqe();
+  DMOE_DECL io_uring_sqe* next_sqe();
 
   // Submits what is queued so SQ slots free up; completions stay for the loop to reap.
-  void flush_submissions();
+  DMOE_DECL void flush_submissions();
 
   // Moves completions out of a full CQ ring so submission can go on; the loop dispatches them.
-  void stash_completions();
+  DMOE_DECL void stash_completions();
 
   void arm_wake() {
     io_uring_sqe* sqe = next_sqe();
@@ -232,22 +232,22 @@ class io_context {
     [[maybe_unused]] auto written = ::write(wake_fd_, &one, sizeof one);
   }
 
-  void bind_to_this_thread();
+  DMOE_DECL void bind_to_this_thread();
 
-  void run_loop(const bool* done);
+  DMOE_DECL void run_loop(const bool* done);
 
   static void defer_transfer(void* self, std::coroutine_handle<> next) { static_cast<io_context*>(self)->schedule(next); }
 
   // Runs what was ready when it started; what that makes ready waits until I/O was polled.
-  void run_ready();
+  DMOE_DECL void run_ready();
 
-  void submit_and_wait(unsigned wait_count);
+  DMOE_DECL void submit_and_wait(unsigned wait_count);
 
-  void reap();
+  DMOE_DECL void reap();
 
-  void dispatch(std::uint64_t user_data, int result, unsigned flags);
+  DMOE_DECL void dispatch(std::uint64_t user_data, int result, unsigned flags);
 
-  void on_wake();
+  DMOE_DECL void on_wake();
 
   struct stashed_cqe {
     std::uint64_t user_data;
@@ -332,14 +332,14 @@ DMOE_INLINE io_context::~io_context() {
   release_nodes(remote_head_);
 }
 
-DMOE_INLINE auto io_context::get_sqe(detail::io_completion* op) -> io_uring_sqe* {
+DMOE_DEF auto io_context::get_sqe(detail::io_completion* op) -> io_uring_sqe* {
   io_uring_sqe* sqe = next_sqe();
   io_uring_sqe_set_data(sqe, op);
   ++ops_in_flight_;
   return sqe;
 }
 
-DMOE_INLINE auto io_context::resume_from_any_thread(detail::posted_resume* node) -> void {
+DMOE_DEF auto io_context::resume_from_any_thread(detail::posted_resume* node) -> void {
   if (in_this_thread()) {
     schedule(node->handle);
     return;
@@ -351,7 +351,7 @@ DMOE_INLINE auto io_context::resume_from_any_thread(detail::posted_resume* node)
   wake();
 }
 
-DMOE_INLINE auto io_context::request_cancel(detail::cancel_target* target) noexcept -> void {
+DMOE_DEF auto io_context::request_cancel(detail::cancel_target* target) noexcept -> void {
   if (in_this_thread()) {
     target->cancel(target);
     return;
@@ -364,7 +364,7 @@ DMOE_INLINE auto io_context::request_cancel(detail::cancel_target* target) noexc
   wake();
 }
 
-DMOE_INLINE auto io_context::forget_cancel(detail::cancel_target* target) noexcept -> void {
+DMOE_DEF auto io_context::forget_cancel(detail::cancel_target* target) noexcept -> void {
   if (!target->remote_queued.load(std::memory_order_acquire)) return;
   std::lock_guard lock(remote_mutex_);
   for (auto& queued : remote_cancels_) {
@@ -373,7 +373,7 @@ DMOE_INLINE auto io_context::forget_cancel(detail::cancel_target* target) noexce
   target->remote_queued.store(false, std::memory_order_relaxed);
 }
 
-DMOE_INLINE auto io_context::append(detail::posted_node*& head, detail::posted_node*& tail,
+DMOE_DEF auto io_context::append(detail::posted_node*& head, detail::posted_node*& tail,
     detail::posted_node* node) noexcept -> void {
   node->next = nullptr;
   if (tail) {
@@ -384,7 +384,7 @@ DMOE_INLINE auto io_context::append(detail::posted_node*& head, detail::posted_n
   tail = node;
 }
 
-DMOE_INLINE auto io_context::release_nodes(detail::posted_node* node) noexcept -> void {
+DMOE_DEF auto io_context::release_nodes(detail::posted_node* node) noexcept -> void {
   while (node) {
     detail::posted_node* next = node->next;
     node->invoke(node, false);
@@ -392,7 +392,7 @@ DMOE_INLINE auto io_context::release_nodes(detail::posted_node* node) noexcept -
   }
 }
 
-DMOE_INLINE auto io_context::probe() -> void {
+DMOE_DEF auto io_context::probe() -> void {
   io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
   if (!probe) throw unavailable_error("io_uring cannot report its supported operations (kernel older than 5.6?)");
   supported_.assign(IORING_OP_LAST, false);
@@ -414,7 +414,7 @@ DMOE_INLINE auto io_context::probe() -> void {
   }
 }
 
-DMOE_INLINE auto io_context::next_sqe() -> io_uring_sqe* {
+DMOE_DEF auto io_context::next_sqe() -> io_uring_sqe* {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   if (sqe) [[likely]]
     return sqe;
@@ -424,7 +424,7 @@ DMOE_INLINE auto io_context::next_sqe() -> io_uring_sqe* {
   return sqe;
 }
 
-DMOE_INLINE auto io_context::flush_submissions() -> void {
+DMOE_DEF auto io_context::flush_submissions() -> void {
   for (int attempt = 0; attempt < 1000; ++attempt) {
     int result = io_uring_submit(&ring_);
     // Completions arriving during a long submission burst are moved out before the CQ overflows.
@@ -442,7 +442,7 @@ DMOE_INLINE auto io_context::flush_submissions() -> void {
   throw system_error(EBUSY, "io_uring_submit");
 }
 
-DMOE_INLINE auto io_context::stash_completions() -> void {
+DMOE_DEF auto io_context::stash_completions() -> void {
   io_uring_cqe* cqe = nullptr;
   unsigned head = 0;
   unsigned count = 0;
@@ -453,7 +453,7 @@ DMOE_INLINE auto io_context::stash_completions() -> void {
   io_uring_cq_advance(&ring_, count);
 }
 
-DMOE_INLINE auto io_context::bind_to_this_thread() -> void {
+DMOE_DEF auto io_context::bind_to_this_thread() -> void {
   if (enabled_) {
     if ((setup_flags_ & IORING_SETUP_SINGLE_ISSUER) && owner_ != std::this_thread::get_id()) {
       throw invalid_argument_error("io_context is bound to the thread that first ran it (IORING_SETUP_SINGLE_ISSUER)");
@@ -469,7 +469,7 @@ DMOE_INLINE auto io_context::bind_to_this_thread() -> void {
   enabled_ = true;
 }
 
-DMOE_INLINE auto io_context::run_loop(const bool* done) -> void {
+DMOE_DEF auto io_context::run_loop(const bool* done) -> void {
   if (running_) throw invalid_argument_error("io_context::run called while the context is already running");
   bind_to_this_thread();
   struct scope {
@@ -501,7 +501,7 @@ DMOE_INLINE auto io_context::run_loop(const bool* done) -> void {
   }
 }
 
-DMOE_INLINE auto io_context::run_ready() -> void {
+DMOE_DEF auto io_context::run_ready() -> void {
   if (!stashed_.empty()) {
     std::vector<stashed_cqe> batch;
     batch.swap(stashed_);
@@ -523,7 +523,7 @@ DMOE_INLINE auto io_context::run_ready() -> void {
   }
 }
 
-DMOE_INLINE auto io_context::submit_and_wait(unsigned wait_count) -> void {
+DMOE_DEF auto io_context::submit_and_wait(unsigned wait_count) -> void {
   int result = io_uring_submit_and_wait(&ring_, wait_count);
   if (result >= 0 || result == -EINTR || result == -ETIME) return;
   if (result == -EBUSY || result == -EAGAIN) {
@@ -533,7 +533,7 @@ DMOE_INLINE auto io_context::submit_and_wait(unsigned wait_count) -> void {
   throw system_error(-result, "io_uring_enter");
 }
 
-DMOE_INLINE auto io_context::reap() -> void {
+DMOE_DEF auto io_context::reap() -> void {
   constexpr unsigned batch_size = 128;
   for (;;) {
     io_uring_cqe* cqes[batch_size];
@@ -547,7 +547,7 @@ DMOE_INLINE auto io_context::reap() -> void {
   }
 }
 
-DMOE_INLINE auto io_context::dispatch(std::uint64_t user_data, int result, unsigned flags) -> void {
+DMOE_DEF auto io_context::dispatch(std::uint64_t user_data, int result, unsigned flags) -> void {
   if (user_data == detail::ignored_user_data) return;
   if (user_data == detail::wake_user_data) {
     on_wake();
@@ -558,7 +558,7 @@ DMOE_INLINE auto io_context::dispatch(std::uint64_t user_data, int result, unsig
   op->complete(op, result, flags);
 }
 
-DMOE_INLINE auto io_context::on_wake() -> void {
+DMOE_DEF auto io_context::on_wake() -> void {
   wake_pending_.store(false, std::memory_order_seq_cst);
   arm_wake();
   detail::posted_node* nodes = nullptr;

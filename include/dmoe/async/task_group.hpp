@@ -123,7 +123,7 @@ class task_group {
     return *ctx;
   }
 
-  void finished(std::exception_ptr error) noexcept;
+  DMOE_DECL void finished(std::exception_ptr error) noexcept;
 
   io_context* ctx_;
   std::stop_source source_;
@@ -156,7 +156,7 @@ DMOE_INLINE task_group::~task_group() {
   }
 }
 
-DMOE_INLINE auto task_group::finished(std::exception_ptr error) noexcept -> void {
+DMOE_DEF auto task_group::finished(std::exception_ptr error) noexcept -> void {
   if (error) {
     ++failures_;
     if (!first_error_) first_error_ = std::move(error);

@@ -28,7 +28,7 @@ class accept_operation final : public io_operation<accept_operation> {
   accept_operation(io_context* ctx, int fd, const endpoint* local, steady_time deadline) noexcept
       : io_operation(ctx, deadline), fd_(fd), local_(local) {}
 
-  tcp_socket await_resume();
+  DMOE_DECL tcp_socket await_resume();
 
  private:
   friend class io_operation<accept_operation>;
@@ -88,7 +88,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace detail {
 
-DMOE_INLINE auto accept_operation::await_resume() -> tcp_socket {
+DMOE_DEF auto accept_operation::await_resume() -> tcp_socket {
   if (result() < 0) throw_failure(result(), fmt::format("tcp accept on {}", *local_));
   tcp_socket socket(*ctx, result(), endpoint::from_sockaddr(&peer_.base, peer_length_));
   socket.set_option(IPPROTO_TCP, TCP_NODELAY, 1);

@@ -36,9 +36,9 @@ inline void set_socket_option(int fd, int level, int name, int value, const char
   if (::setsockopt(fd, level, name, &value, sizeof value) != 0) throw system_error(errno, what);
 }
 
-endpoint local_endpoint_of(int fd);
+DMOE_DECL endpoint local_endpoint_of(int fd);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE endpoint local_endpoint_of(int fd) {
+DMOE_DEF endpoint local_endpoint_of(int fd) {
   sockaddr_in6 storage{};
   socklen_t length = sizeof storage;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&storage), &length) != 0) throw system_error(errno, "getsockname");
@@ -66,7 +66,7 @@ class iovec_list {
   std::size_t current_count() const noexcept { return count_ - first_; }
   std::size_t total() const noexcept { return total_; }
 
-  void advance(std::size_t bytes) noexcept;
+  DMOE_DECL void advance(std::size_t bytes) noexcept;
 
  private:
   std::array<iovec, 4> inline_{};
@@ -282,7 +282,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace detail {
 
-DMOE_INLINE auto iovec_list::advance(std::size_t bytes) noexcept -> void {
+DMOE_DEF auto iovec_list::advance(std::size_t bytes) noexcept -> void {
   while (bytes > 0 && first_ < count_) {
     iovec& piece = data_[first_];
     const std::size_t step = bytes < piece.iov_len ? bytes : piece.iov_len;

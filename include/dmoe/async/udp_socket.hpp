@@ -49,7 +49,7 @@ class udp_send_operation final : public io_operation<udp_send_operation> {
  private:
   friend class io_operation<udp_send_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept;
+  DMOE_DECL void prepare(io_uring_sqe* sqe) noexcept;
 
   int fd_;
   endpoint peer_;
@@ -64,12 +64,12 @@ class udp_receive_operation final : public io_operation<udp_receive_operation> {
     piece_ = iovec{buffer.data(), buffer.size()};
   }
 
-  datagram await_resume() const;
+  DMOE_DECL datagram await_resume() const;
 
  private:
   friend class io_operation<udp_receive_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept;
+  DMOE_DECL void prepare(io_uring_sqe* sqe) noexcept;
 
   int fd_;
   const endpoint* local_;
@@ -116,7 +116,7 @@ class udp_socket {
   // Asks the kernel for a receive queue of `bytes` (SO_RCVBUF: it holds datagrams that arrive faster than they
   // are read; Linux caps the request at net.core.rmem_max and books twice the size for its overhead). Returns
   // the size granted. Throws system_error if the socket refuses the option.
-  std::size_t set_receive_queue(std::size_t bytes);
+  DMOE_DECL std::size_t set_receive_queue(std::size_t bytes);
 
  private:
   io_context* ctx_ = nullptr;
@@ -131,7 +131,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace detail {
 
-DMOE_INLINE auto udp_send_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
+DMOE_DEF auto udp_send_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
   message_ = msghdr{};
   message_.msg_name = const_cast<sockaddr*>(peer_.data());
   message_.msg_namelen = peer_.size();
@@ -140,7 +140,7 @@ DMOE_INLINE auto udp_send_operation::prepare(io_uring_sqe* sqe) noexcept -> void
   io_uring_prep_sendmsg(sqe, fd_, &message_, MSG_NOSIGNAL);
 }
 
-DMOE_INLINE auto udp_receive_operation::await_resume() const -> datagram {
+DMOE_DEF auto udp_receive_operation::await_resume() const -> datagram {
   if (result() < 0) throw_failure(result(), fmt::format("udp recv on {}", *local_));
   datagram received;
   const auto length = static_cast<std::size_t>(result());  // MSG_TRUNC: the datagram's real length
@@ -151,7 +151,7 @@ DMOE_INLINE auto udp_receive_operation::await_resume() const -> datagram {
   return received;
 }
 
-DMOE_INLINE auto udp_receive_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
+DMOE_DEF auto udp_receive_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
   message_ = msghdr{};
   message_.msg_name = &peer_.base;
   message_.msg_namelen = sizeof peer_;
@@ -184,7 +184,7 @@ DMOE_INLINE auto udp_socket::operator=(udp_socket&& other) noexcept -> udp_socke
   return *this;
 }
 
-DMOE_INLINE auto udp_socket::set_receive_queue(std::size_t bytes) -> std::size_t {
+DMOE_DEF auto udp_socket::set_receive_queue(std::size_t bytes) -> std::size_t {
   const int wanted = static_cast<int>(std::min<std::size_t>(bytes, std::numeric_limits<int>::max() / 2));
   if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted) != 0) throw system_error(errno, "SO_RCVBUF");
   int granted = 0;

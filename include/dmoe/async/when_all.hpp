@@ -64,9 +64,9 @@ task<std::vector<T>> when_all(std::vector<task<T>> children) {
   co_return results;
 }
 
-task<void> when_all(std::vector<task<void>> children);
+DMOE_DECL task<void> when_all(std::vector<task<void>> children);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<void> when_all(std::vector<task<void>> children) {
+DMOE_DEF task<void> when_all(std::vector<task<void>> children) {
   detail::child_group group(detail::child_group::policy::all);
   const auto handles = detail::adopt_all(group, children);
   co_await group.run(handles);

@@ -59,9 +59,9 @@ task<std::pair<std::size_t, T>> when_any(std::vector<task<T>> children) {
 }
 
 // when_any over void tasks: the winner's index.
-task<std::size_t> when_any(std::vector<task<void>> children);
+DMOE_DECL task<std::size_t> when_any(std::vector<task<void>> children);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<std::size_t> when_any(std::vector<task<void>> children) {
+DMOE_DEF task<std::size_t> when_any(std::vector<task<void>> children) {
   if (children.empty()) throw invalid_argument_error("when_any given no tasks");
   detail::child_group group(detail::child_group::policy::any);
   const auto handles = detail::adopt_all(group, children);

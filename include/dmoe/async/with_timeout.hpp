@@ -68,7 +68,7 @@ class timeout_race final : public child_observer, public io_completion {
     void await_resume() const noexcept {}
   };
 
-  void arm_timer();
+  DMOE_DECL void arm_timer();
 
   bool finish_one() noexcept {
     if (--remaining_ != 0) return false;
@@ -76,7 +76,7 @@ class timeout_race final : public child_observer, public io_completion {
     return true;
   }
 
-  static void on_timer(io_completion* completion, int result, unsigned) noexcept;
+  DMOE_DECL static void on_timer(io_completion* completion, int result, unsigned) noexcept;
 
   steady_time deadline_;
   __kernel_timespec deadline_ts_{};
@@ -90,9 +90,9 @@ class timeout_race final : public child_observer, public io_completion {
 };
 
 // Rethrows the task's failure; a cancellation the deadline caused becomes timeout_error.
-void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit);
+DMOE_DECL void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit) {
+DMOE_DEF void rethrow_timed_out(const std::exception_ptr& error, bool timed_out, const std::string& limit) {
   try {
     std::rethrow_exception(error);
   } catch (const cancelled_error& cancelled) {
@@ -134,14 +134,14 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace detail {
 
-DMOE_INLINE auto timeout_race::arm_timer() -> void {
+DMOE_DEF auto timeout_race::arm_timer() -> void {
   deadline_ts_ = to_kernel_timespec(deadline_);
   io_uring_prep_timeout(ctx_->get_sqe(this), &deadline_ts_, 0, IORING_TIMEOUT_ABS);
   timer_armed_ = true;
   ++remaining_;
 }
 
-DMOE_INLINE auto timeout_race::on_timer(io_completion* completion, int result, unsigned) noexcept -> void {
+DMOE_DEF auto timeout_race::on_timer(io_completion* completion, int result, unsigned) noexcept -> void {
   auto& self = static_cast<timeout_race&>(*completion);
   self.timer_armed_ = false;
   if (result == -ETIME && !self.child_finished_) {

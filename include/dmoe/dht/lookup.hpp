@@ -62,27 +62,27 @@ class lookup {
   lookup(std::vector<key_id> keys, lookup_options options);
 
   // Candidates to start from (typically the routing table's nearest), for one key or for all.
-  void add_candidates(const key_id& key, const std::vector<wire_peer>& peers);
-  void add_candidates(const std::vector<wire_peer>& peers);
+  DMOE_DECL void add_candidates(const key_id& key, const std::vector<wire_peer>& peers);
+  DMOE_DECL void add_candidates(const std::vector<wire_peer>& peers);
 
   // The requests to send now, keeping at most α in flight per key and max_in_flight in all (slow ones not
   // counted); empty when waiting or done. Keys take turns at choosing the next peer to ask.
-  std::vector<lookup_request> next();
+  DMOE_DECL std::vector<lookup_request> next();
 
   // `peer` answered a request from `next` (a find response), slow or not; `now` (wall-clock seconds) decides which
   // values are alive. Keys it was asked about but left out count as answered without a value. Returns false (and
   // changes nothing) when no request to `peer` is in flight.
-  bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now);
+  DMOE_DECL bool on_response(const node_id& peer_id, const std::vector<find_result>& results, wall_seconds now);
 
   // `peer` did not answer (timeout) or answered garbage: it counts as failed for every key. Returns false when
   // no request to it was in flight.
-  bool on_failure(const node_id& peer_id);
+  DMOE_DECL bool on_failure(const node_id& peer_id);
 
   // The request to `peer` has been outstanding past the caller's "slow" threshold (well below its timeout): it
   // stops holding an α slot and its peer is passed over for the keys' k nearest until it answers or fails (see the
   // class comment). Returns false (and changes nothing) when no request to `peer` is in flight or it is slow
   // already.
-  bool on_slow(const node_id& peer_id);
+  DMOE_DECL bool on_slow(const node_id& peer_id);
 
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
@@ -100,7 +100,7 @@ class lookup {
   std::size_t requests_sent() const noexcept { return requests_sent_; }
 
   // Per key, in the order given to the constructor (repeats removed).
-  std::vector<lookup_result> results() const;
+  DMOE_DECL std::vector<lookup_result> results() const;
 
  private:
   enum class progress { unasked, asked, answered, failed };
@@ -125,10 +125,10 @@ class lookup {
     std::vector<std::size_t> candidate_in;  // keys it is a candidate of
   };
 
-  void add_candidate(std::size_t i, const wire_peer& p);
+  DMOE_DECL void add_candidate(std::size_t i, const wire_peer& p);
 
   // Recomputes whether key i is done, after anything it depends on changed.
-  void refresh(std::size_t i);
+  DMOE_DECL void refresh(std::size_t i);
 
   // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
   bool is_slow(const candidate& c) const {
@@ -140,10 +140,10 @@ class lookup {
   bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
   // The k nearest neither failed nor slow have answered; with fewer such answers than k, the slow ones must end too.
-  bool key_done(const key_state& state) const;
+  DMOE_DECL bool key_done(const key_state& state) const;
 
   // The nearest unasked candidate among the key's k nearest neither failed nor slow whose peer is not busy.
-  const candidate* first_askable(const key_state& state) const;
+  DMOE_DECL const candidate* first_askable(const key_state& state) const;
 
   lookup_options options_;
   std::vector<key_state> keys_;
@@ -176,21 +176,21 @@ DMOE_INLINE lookup::lookup(std::vector<key_id> keys, lookup_options options) : o
   for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
 }
 
-DMOE_INLINE auto lookup::add_candidates(const key_id& key, const std::vector<wire_peer>& peers) -> void {
+DMOE_DEF auto lookup::add_candidates(const key_id& key, const std::vector<wire_peer>& peers) -> void {
   auto it = index_.find(key);
   if (it == index_.end()) return;
   for (const auto& p : peers) add_candidate(it->second, p);
   refresh(it->second);
 }
 
-DMOE_INLINE auto lookup::add_candidates(const std::vector<wire_peer>& peers) -> void {
+DMOE_DEF auto lookup::add_candidates(const std::vector<wire_peer>& peers) -> void {
   for (std::size_t i = 0; i < keys_.size(); ++i) {
     for (const auto& p : peers) add_candidate(i, p);
     refresh(i);
   }
 }
 
-DMOE_INLINE auto lookup::next() -> std::vector<lookup_request> {
+DMOE_DEF auto lookup::next() -> std::vector<lookup_request> {
   std::vector<lookup_request> out;
   for (std::size_t scanned = 0; scanned < keys_.size() && in_flight_ - slow_ < options_.max_in_flight;) {
     key_state& state = keys_[cursor_];
@@ -223,7 +223,7 @@ DMOE_INLINE auto lookup::next() -> std::vector<lookup_request> {
   return out;
 }
 
-DMOE_INLINE auto lookup::on_response(const node_id& peer_id, const std::vector<find_result>& results,
+DMOE_DEF auto lookup::on_response(const node_id& peer_id, const std::vector<find_result>& results,
     wall_seconds now) -> bool {
   auto peer_it = peers_.find(peer_id);
   if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
@@ -259,7 +259,7 @@ DMOE_INLINE auto lookup::on_response(const node_id& peer_id, const std::vector<f
   return true;
 }
 
-DMOE_INLINE auto lookup::on_failure(const node_id& peer_id) -> bool {
+DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
   auto& peer = peers_[peer_id];
   const bool was_in_flight = peer.in_flight;
   if (was_in_flight) {
@@ -281,7 +281,7 @@ DMOE_INLINE auto lookup::on_failure(const node_id& peer_id) -> bool {
   return was_in_flight;
 }
 
-DMOE_INLINE auto lookup::on_slow(const node_id& peer_id) -> bool {
+DMOE_DEF auto lookup::on_slow(const node_id& peer_id) -> bool {
   auto peer = peers_.find(peer_id);
   if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
   peer->second.slow = true;
@@ -291,7 +291,7 @@ DMOE_INLINE auto lookup::on_slow(const node_id& peer_id) -> bool {
   return true;
 }
 
-DMOE_INLINE auto lookup::results() const -> std::vector<lookup_result> {
+DMOE_DEF auto lookup::results() const -> std::vector<lookup_result> {
   std::vector<lookup_result> out;
   out.reserve(keys_.size());
   for (const auto& state : keys_) {
@@ -307,7 +307,7 @@ DMOE_INLINE auto lookup::results() const -> std::vector<lookup_result> {
   return out;
 }
 
-DMOE_INLINE auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
+DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
   if (options_.self && p.id == *options_.self) return;
   key_state& state = keys_[i];
   auto& peer = peers_[p.id];
@@ -318,7 +318,7 @@ DMOE_INLINE auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> voi
   if (added) peer.candidate_in.push_back(i);
 }
 
-DMOE_INLINE auto lookup::refresh(std::size_t i) -> void {
+DMOE_DEF auto lookup::refresh(std::size_t i) -> void {
   key_state& state = keys_[i];
   const bool now = key_done(state);
   if (now == state.done) return;
@@ -327,7 +327,7 @@ DMOE_INLINE auto lookup::refresh(std::size_t i) -> void {
   else --keys_done_;
 }
 
-DMOE_INLINE auto lookup::key_done(const key_state& state) const -> bool {
+DMOE_DEF auto lookup::key_done(const key_state& state) const -> bool {
   if (state.finished) return true;
   std::size_t seen = 0;
   bool waiting_for_slow = false;
@@ -343,7 +343,7 @@ DMOE_INLINE auto lookup::key_done(const key_state& state) const -> bool {
   return !waiting_for_slow;
 }
 
-DMOE_INLINE auto lookup::first_askable(const key_state& state) const -> const candidate* {
+DMOE_DEF auto lookup::first_askable(const key_state& state) const -> const candidate* {
   std::size_t seen = 0;
   for (const auto& [d, c] : state.candidates) {
     if (passed_over(c)) continue;

@@ -120,9 +120,9 @@ inline void write_key(binary_writer& w, const node_id& id) {
   const auto bytes = id.to_bytes();
   w.write_bytes(bytes);
 }
-void write_address(binary_writer& w, const endpoint& address);
+DMOE_DECL void write_address(binary_writer& w, const endpoint& address);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void write_address(binary_writer& w, const endpoint& address) {
+DMOE_DEF void write_address(binary_writer& w, const endpoint& address) {
   if (address.is_v4()) {
     sockaddr_in v4;
     std::memcpy(&v4, address.data(), sizeof v4);
@@ -151,7 +151,7 @@ class wire_reader {
   wire_reader(const_byte_span bytes, const message_limits& limits, std::string_view what)
       : in_(bytes, what), limits_(limits), what_(what) {}
 
-  bool header();
+  DMOE_DECL bool header();
   std::size_t count(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
     if (n > max) throw protocol_error(fmt::format("{}: {} {} exceed limit {}", what_, n, field, max));
@@ -164,8 +164,8 @@ class wire_reader {
   }
   node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
   std::uint8_t byte() { return in_.read<std::uint8_t>(); }
-  timed_value value();
-  endpoint address();
+  DMOE_DECL timed_value value();
+  DMOE_DECL endpoint address();
   void end() { in_.expect_end(); }
 
   const message_limits& limits() const noexcept { return limits_; }
@@ -179,18 +179,18 @@ class wire_reader {
 
 }  // namespace detail
 
-byte_buffer encode(const ping_request& m);
+DMOE_DECL byte_buffer encode(const ping_request& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const ping_request& m) {
+DMOE_DEF byte_buffer encode(const ping_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-byte_buffer encode(const ping_response& m);
+DMOE_DECL byte_buffer encode(const ping_response& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const ping_response& m) {
+DMOE_DEF byte_buffer encode(const ping_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -198,9 +198,9 @@ DMOE_INLINE byte_buffer encode(const ping_response& m) {
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-byte_buffer encode(const store_request& m);
+DMOE_DECL byte_buffer encode(const store_request& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const store_request& m) {
+DMOE_DEF byte_buffer encode(const store_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -214,9 +214,9 @@ DMOE_INLINE byte_buffer encode(const store_request& m) {
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-byte_buffer encode(const store_response& m);
+DMOE_DECL byte_buffer encode(const store_response& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const store_response& m) {
+DMOE_DEF byte_buffer encode(const store_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -225,9 +225,9 @@ DMOE_INLINE byte_buffer encode(const store_response& m) {
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-byte_buffer encode(const find_request& m);
+DMOE_DECL byte_buffer encode(const find_request& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const find_request& m) {
+DMOE_DEF byte_buffer encode(const find_request& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -236,9 +236,9 @@ DMOE_INLINE byte_buffer encode(const find_request& m) {
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-byte_buffer encode(const find_response& m);
+DMOE_DECL byte_buffer encode(const find_response& m);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode(const find_response& m) {
+DMOE_DEF byte_buffer encode(const find_response& m) {
   byte_buffer out;
   binary_writer w(out);
   detail::write_header(w, m.client_mode);
@@ -269,9 +269,9 @@ DMOE_INLINE byte_buffer encode(const find_response& m) {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Decoders: throw protocol_error (with the message and field named) on anything malformed or over a limit.
-ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF ping_request decode_ping_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht ping request");
   ping_request m;
   m.client_mode = in.header();
@@ -279,9 +279,9 @@ DMOE_INLINE ping_request decode_ping_request(const_byte_span bytes, const messag
   return m;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF ping_response decode_ping_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht ping response");
   ping_response m;
   m.client_mode = in.header();
@@ -290,9 +290,9 @@ DMOE_INLINE ping_response decode_ping_response(const_byte_span bytes, const mess
   return m;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-store_request decode_store_request(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL store_request decode_store_request(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE store_request decode_store_request(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF store_request decode_store_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht store request");
   store_request m;
   m.client_mode = in.header();
@@ -311,9 +311,9 @@ DMOE_INLINE store_request decode_store_request(const_byte_span bytes, const mess
   return m;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-store_response decode_store_response(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL store_response decode_store_response(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE store_response decode_store_response(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF store_response decode_store_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht store response");
   store_response m;
   m.client_mode = in.header();
@@ -329,9 +329,9 @@ DMOE_INLINE store_response decode_store_response(const_byte_span bytes, const me
   return m;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-find_request decode_find_request(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL find_request decode_find_request(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE find_request decode_find_request(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF find_request decode_find_request(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht find request");
   find_request m;
   m.client_mode = in.header();
@@ -342,9 +342,9 @@ DMOE_INLINE find_request decode_find_request(const_byte_span bytes, const messag
   return m;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-find_response decode_find_response(const_byte_span bytes, const message_limits& limits = {});
+DMOE_DECL find_response decode_find_response(const_byte_span bytes, const message_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE find_response decode_find_response(const_byte_span bytes, const message_limits& limits) {
+DMOE_DEF find_response decode_find_response(const_byte_span bytes, const message_limits& limits) {
   detail::wire_reader in(bytes, limits, "dht find response");
   find_response m;
   m.client_mode = in.header();
@@ -395,7 +395,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht::detail {
 
-DMOE_INLINE auto wire_reader::header() -> bool {
+DMOE_DEF auto wire_reader::header() -> bool {
   const auto version = in_.read<std::uint8_t>();
   if (version != dht_wire_version)
     throw protocol_error(fmt::format("{}: unsupported DHT wire version {} (expected {})", what_, version,
@@ -405,7 +405,7 @@ DMOE_INLINE auto wire_reader::header() -> bool {
   return flags == 1;
 }
 
-DMOE_INLINE auto wire_reader::value() -> timed_value {
+DMOE_DEF auto wire_reader::value() -> timed_value {
   timed_value v;
   v.value = blob(limits_.max_value_size, "value");
   v.expiration = in_.read<double>();
@@ -415,7 +415,7 @@ DMOE_INLINE auto wire_reader::value() -> timed_value {
   return v;
 }
 
-DMOE_INLINE auto wire_reader::address() -> endpoint {
+DMOE_DEF auto wire_reader::address() -> endpoint {
   const auto family = in_.read<std::uint8_t>();
   if (family == 4) {
     sockaddr_in v4{};

@@ -137,12 +137,12 @@ class node {
   // ping's own retries and no more; then looks up our own id to fill the routing table. With no initial peers the
   // node starts a new swarm (joined). Answers from our own id (our own address) do not count. shutdown() ends it
   // (not joined). Errors: closed_error after shutdown, cancelled_error.
-  task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline);
+  DMOE_DECL task<bootstrap_result> bootstrap(std::vector<endpoint> initial_peers, steady_time deadline = no_deadline);
 
   // Stores a plain value under `key` on the num_replicas nearest nodes. See store_many.
-  task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline);
+  DMOE_DECL task<store_outcome> store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline = no_deadline);
   // Stores one subkey of the dictionary under `key`. See store_many.
-  task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+  DMOE_DECL task<store_outcome> store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                             steady_time deadline = no_deadline);
 
   // Stores every entry on the num_replicas nodes nearest to its key (one lookup crawls all keys; each node gets
@@ -150,11 +150,11 @@ class node {
   // newer-wins and signature rules are the storing nodes' (store_result, `refused`). Ends by `deadline`.
   // Errors: invalid_argument_error for an entry over the size limits or with a non-finite expiration (nothing is
   // stored then), closed_error after shutdown, cancelled_error.
-  task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline);
+  DMOE_DECL task<std::vector<store_outcome>> store_many(std::vector<store_entry> entries, steady_time deadline = no_deadline);
 
   // The value under `key`: the first unexpired one found, or with `latest` the newest among the k nearest nodes
   // (dictionaries merged per subkey). Nothing when no node holds it. Ends by `deadline`. Errors as get_many.
-  task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline);
+  DMOE_DECL task<std::optional<record>> get(key_id key, bool latest = false, steady_time deadline = no_deadline);
 
   // Gets every key in one crawl; results in the order given (repeats kept). A key already being got by another
   // call waits for that traversal (a plain get also joins a `latest` one), whose deadline is extended to this
@@ -162,26 +162,26 @@ class node {
   // found (after the record validator and the expiration horizon, see protocol::find) are cached locally and on
   // the nearest visited node that lacked them. Ends by `deadline` with what was found by then. Errors:
   // closed_error after shutdown, cancelled_error.
-  task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
+  DMOE_DECL task<std::vector<get_result>> get_many(std::vector<key_id> keys, bool latest = false,
                                          steady_time deadline = no_deadline);
 
   // The `count` nodes nearest to `key` in the swarm (ourselves included unless in client mode), nearest first.
-  task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline);
+  DMOE_DECL task<std::vector<wire_peer>> find_nearest(key_id key, std::size_t count, steady_time deadline = no_deadline);
 
   // Pings `address`; returns the id that answered. Errors: timeout_error, closed_error, cancelled_error.
-  task<node_id> ping(endpoint address, steady_time deadline = no_deadline);
+  DMOE_DECL task<node_id> ping(endpoint address, steady_time deadline = no_deadline);
 
   // Stops serving and every lookup and call in progress (bootstrap, store, get...: they end at once with what they
   // had, or closed_error) and waits for all of them to return; afterwards the node may be destroyed. Calls made
   // later fail with closed_error. Idempotent.
-  task<void> shutdown();
+  DMOE_DECL task<void> shutdown();
 
   const node_id& id() const noexcept { return protocol_.id(); }
   // The address others join with (bootstrap's initial peers).
   const endpoint& local_endpoint() const noexcept { return protocol_.local_endpoint(); }
   const node_options& options() const noexcept { return options_; }
   std::size_t peer_count() const noexcept { return protocol_.table().size(); }
-  node_stats stats() const;
+  DMOE_DECL node_stats stats() const;
   bool is_shut_down() const noexcept { return shut_down_; }
   // The protocol underneath: routing table, storage, counters (for tests and tools).
   protocol& rpc() noexcept { return protocol_; }
@@ -206,15 +206,15 @@ class node {
     co_return std::move(*result);
   }
 
-  task<bootstrap_result> bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline);
+  DMOE_DECL task<bootstrap_result> bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline);
 
-  task<std::vector<store_outcome>> store_many_body(std::vector<store_entry> entries, steady_time deadline);
+  DMOE_DECL task<std::vector<store_outcome>> store_many_body(std::vector<store_entry> entries, steady_time deadline);
 
-  task<std::vector<get_result>> get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline);
+  DMOE_DECL task<std::vector<get_result>> get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline);
 
-  task<std::vector<wire_peer>> find_nearest_body(key_id key, std::size_t count, steady_time deadline);
+  DMOE_DECL task<std::vector<wire_peer>> find_nearest_body(key_id key, std::size_t count, steady_time deadline);
 
-  task<node_id> ping_body(endpoint address, steady_time deadline);
+  DMOE_DECL task<node_id> ping_body(endpoint address, steady_time deadline);
 
   // A find call in flight.
   struct outstanding_call {
@@ -248,7 +248,7 @@ class node {
     async_event sent;              // a call joined `watch`: wakes watch_slow
   };
 
-  static node_options check(node_options o);
+  DMOE_DECL static node_options check(node_options o);
 
   steady_time resolve(steady_time deadline) const {
     return deadline == no_deadline ? deadline_after(options_.default_timeout) : deadline;
@@ -259,7 +259,7 @@ class node {
       throw closed_error(fmt::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
   }
 
-  void check_entries(const std::vector<store_entry>& entries) const;
+  DMOE_DECL void check_entries(const std::vector<store_entry>& entries) const;
 
   static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
 
@@ -268,33 +268,33 @@ class node {
     else if (!outcome.refusal) outcome.refusal = result;
   }
 
-  task<void> serve();
+  DMOE_DECL task<void> serve();
 
-  static task<void> wait_for(async_event& event);
+  DMOE_DECL static task<void> wait_for(async_event& event);
 
-  std::shared_ptr<traversal> find_running(const key_id& key, bool latest);
+  DMOE_DECL std::shared_ptr<traversal> find_running(const key_id& key, bool latest);
 
   // A get's traversal, run in the node's group so the gets that share it do not depend on the first caller.
-  task<void> shared_get(std::shared_ptr<traversal> t);
+  DMOE_DECL task<void> shared_get(std::shared_ptr<traversal> t);
 
   // Found values: cached here, and stored on the nearest visited node that lacked them.
-  void cache_found(const traversal& t);
+  DMOE_DECL void cache_found(const traversal& t);
 
-  task<void> store_quietly(wire_peer peer, std::vector<store_item> items);
+  DMOE_DECL task<void> store_quietly(wire_peer peer, std::vector<store_item> items);
 
-  task<void> store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
+  DMOE_DECL task<void> store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
                       std::vector<store_outcome>& outcomes, steady_time deadline);
 
   // Runs one traversal to its end or its deadline; find calls still in flight are then cancelled and awaited.
-  task<void> crawl(traversal& t);
+  DMOE_DECL task<void> crawl(traversal& t);
 
-  lookup_options lookup_with(bool want_values, bool latest) const;
+  DMOE_DECL lookup_options lookup_with(bool want_values, bool latest) const;
 
   // Sends what the lookup asks for; banned peers count as failed without a call. Sets `finished` when every key is
   // done.
-  void pump(traversal& t);
+  DMOE_DECL void pump(traversal& t);
 
-  task<void> ask(traversal& t, lookup_request request);
+  DMOE_DECL task<void> ask(traversal& t, lookup_request request);
 
   static bool still_asking(const traversal& t, const slow_check& check) {
     auto it = t.asking.find(check.peer);
@@ -303,9 +303,9 @@ class node {
 
   // Reports the crawl's find calls unanswered after slow_request_after to its lookup, which then goes on without
   // waiting for them. One timer at a time: calls are watched in the order sent. Ends when the crawl stops it.
-  task<void> watch_slow(traversal& t);
+  DMOE_DECL task<void> watch_slow(traversal& t);
 
-  task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any);
+  DMOE_DECL task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any);
 
   io_context& ctx_;
   node_options options_;
@@ -333,11 +333,11 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto node::bootstrap(std::vector<endpoint> initial_peers, steady_time deadline) -> task<bootstrap_result> {
+DMOE_DEF auto node::bootstrap(std::vector<endpoint> initial_peers, steady_time deadline) -> task<bootstrap_result> {
   co_return co_await tracked("bootstrap", bootstrap_body(std::move(initial_peers), deadline));
 }
 
-DMOE_INLINE auto node::store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline)
+DMOE_DEF auto node::store(key_id key, byte_buffer value, wall_seconds expiration, steady_time deadline)
     -> task<store_outcome> {
   std::vector<store_entry> entries;
   entries.push_back({key, std::nullopt, std::move(value), expiration, {}});
@@ -345,7 +345,7 @@ DMOE_INLINE auto node::store(key_id key, byte_buffer value, wall_seconds expirat
   co_return outcomes.front();
 }
 
-DMOE_INLINE auto node::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+DMOE_DEF auto node::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                           steady_time deadline) -> task<store_outcome> {
   std::vector<store_entry> entries;
   entries.push_back({key, std::move(subkey), std::move(value), expiration, {}});
@@ -353,32 +353,32 @@ DMOE_INLINE auto node::store(key_id key, byte_buffer subkey, byte_buffer value, 
   co_return outcomes.front();
 }
 
-DMOE_INLINE auto node::store_many(std::vector<store_entry> entries, steady_time deadline)
+DMOE_DEF auto node::store_many(std::vector<store_entry> entries, steady_time deadline)
     -> task<std::vector<store_outcome>> {
   co_return co_await tracked("store", store_many_body(std::move(entries), deadline));
 }
 
-DMOE_INLINE auto node::get(key_id key, bool latest, steady_time deadline) -> task<std::optional<record>> {
+DMOE_DEF auto node::get(key_id key, bool latest, steady_time deadline) -> task<std::optional<record>> {
   std::vector<key_id> keys{key};
   auto results = co_await get_many(std::move(keys), latest, deadline);
   co_return std::move(results.front().found);
 }
 
-DMOE_INLINE auto node::get_many(std::vector<key_id> keys, bool latest,
+DMOE_DEF auto node::get_many(std::vector<key_id> keys, bool latest,
                                        steady_time deadline) -> task<std::vector<get_result>> {
   co_return co_await tracked("get", get_many_body(std::move(keys), latest, deadline));
 }
 
-DMOE_INLINE auto node::find_nearest(key_id key, std::size_t count, steady_time deadline)
+DMOE_DEF auto node::find_nearest(key_id key, std::size_t count, steady_time deadline)
     -> task<std::vector<wire_peer>> {
   co_return co_await tracked("find_nearest", find_nearest_body(key, count, deadline));
 }
 
-DMOE_INLINE auto node::ping(endpoint address, steady_time deadline) -> task<node_id> {
+DMOE_DEF auto node::ping(endpoint address, steady_time deadline) -> task<node_id> {
   co_return co_await tracked("ping", ping_body(address, deadline));
 }
 
-DMOE_INLINE auto node::shutdown() -> task<void> {
+DMOE_DEF auto node::shutdown() -> task<void> {
   shut_down_ = true;
   protocol_.close();
   group_.request_stop();
@@ -394,7 +394,7 @@ DMOE_INLINE auto node::shutdown() -> task<void> {
   }
 }
 
-DMOE_INLINE auto node::stats() const -> node_stats {
+DMOE_DEF auto node::stats() const -> node_stats {
   node_stats s;
   s.rpc = protocol_.stats();
   s.datagram = protocol_.datagram_stats();
@@ -409,7 +409,7 @@ DMOE_INLINE auto node::stats() const -> node_stats {
   return s;
 }
 
-DMOE_INLINE auto node::bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline)
+DMOE_DEF auto node::bootstrap_body(std::vector<endpoint> initial_peers, steady_time deadline)
     -> task<bootstrap_result> {
   ensure_open("bootstrap");
   deadline = resolve(deadline);
@@ -438,7 +438,7 @@ DMOE_INLINE auto node::bootstrap_body(std::vector<endpoint> initial_peers, stead
   co_return result;
 }
 
-DMOE_INLINE auto node::store_many_body(std::vector<store_entry> entries, steady_time deadline)
+DMOE_DEF auto node::store_many_body(std::vector<store_entry> entries, steady_time deadline)
     -> task<std::vector<store_outcome>> {
   ensure_open("store");
   check_entries(entries);
@@ -498,7 +498,7 @@ DMOE_INLINE auto node::store_many_body(std::vector<store_entry> entries, steady_
   co_return outcomes;
 }
 
-DMOE_INLINE auto node::get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline)
+DMOE_DEF auto node::get_many_body(std::vector<key_id> keys, bool latest, steady_time deadline)
     -> task<std::vector<get_result>> {
   ensure_open("get");
   deadline = resolve(deadline);
@@ -560,7 +560,7 @@ DMOE_INLINE auto node::get_many_body(std::vector<key_id> keys, bool latest, stea
   co_return out;
 }
 
-DMOE_INLINE auto node::find_nearest_body(key_id key, std::size_t count, steady_time deadline)
+DMOE_DEF auto node::find_nearest_body(key_id key, std::size_t count, steady_time deadline)
     -> task<std::vector<wire_peer>> {
   ensure_open("find_nearest");
   traversal search({key}, lookup_with(false, false), resolve(deadline));
@@ -573,13 +573,13 @@ DMOE_INLINE auto node::find_nearest_body(key_id key, std::size_t count, steady_t
   co_return nearest;
 }
 
-DMOE_INLINE auto node::ping_body(endpoint address, steady_time deadline) -> task<node_id> {
+DMOE_DEF auto node::ping_body(endpoint address, steady_time deadline) -> task<node_id> {
   ensure_open("ping");
   auto [id, answer] = co_await protocol_.ping(address, resolve(deadline));
   co_return id;
 }
 
-DMOE_INLINE auto node::check(node_options o) -> node_options {
+DMOE_DEF auto node::check(node_options o) -> node_options {
   if (o.alpha == 0) throw invalid_argument_error("dht node needs alpha >= 1");
   if (o.max_lookup_in_flight == 0) throw invalid_argument_error("dht node needs max_lookup_in_flight >= 1");
   if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
@@ -588,7 +588,7 @@ DMOE_INLINE auto node::check(node_options o) -> node_options {
   return o;
 }
 
-DMOE_INLINE auto node::check_entries(const std::vector<store_entry>& entries) const -> void {
+DMOE_DEF auto node::check_entries(const std::vector<store_entry>& entries) const -> void {
   const auto& limits = options_.storage;
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const store_entry& e = entries[i];
@@ -612,7 +612,7 @@ DMOE_INLINE auto node::check_entries(const std::vector<store_entry>& entries) co
   }
 }
 
-DMOE_INLINE auto node::serve() -> task<void> {
+DMOE_DEF auto node::serve() -> task<void> {
   try {
     co_await protocol_.serve();
   } catch (const std::exception& e) {
@@ -620,9 +620,9 @@ DMOE_INLINE auto node::serve() -> task<void> {
   }
 }
 
-DMOE_INLINE auto node::wait_for(async_event& event) -> task<void> { co_await event.wait(); }
+DMOE_DEF auto node::wait_for(async_event& event) -> task<void> { co_await event.wait(); }
 
-DMOE_INLINE auto node::find_running(const key_id& key, bool latest) -> std::shared_ptr<traversal> {
+DMOE_DEF auto node::find_running(const key_id& key, bool latest) -> std::shared_ptr<traversal> {
   if (!latest) {
     if (auto it = plain_gets_.find(key); it != plain_gets_.end()) return it->second;
   }
@@ -630,7 +630,7 @@ DMOE_INLINE auto node::find_running(const key_id& key, bool latest) -> std::shar
   return nullptr;
 }
 
-DMOE_INLINE auto node::shared_get(std::shared_ptr<traversal> t) -> task<void> {
+DMOE_DEF auto node::shared_get(std::shared_ptr<traversal> t) -> task<void> {
   try {
     co_await crawl(*t);
   } catch (const std::exception& e) {
@@ -645,7 +645,7 @@ DMOE_INLINE auto node::shared_get(std::shared_ptr<traversal> t) -> task<void> {
   if (!shut_down_) cache_found(*t);
 }
 
-DMOE_INLINE auto node::cache_found(const traversal& t) -> void {
+DMOE_DEF auto node::cache_found(const traversal& t) -> void {
   const wall_seconds now = options_.clock->wall_now();
   for (const auto& r : t.search.results()) {
     if (!r.found) continue;
@@ -664,7 +664,7 @@ DMOE_INLINE auto node::cache_found(const traversal& t) -> void {
   }
 }
 
-DMOE_INLINE auto node::store_quietly(wire_peer peer, std::vector<store_item> items) -> task<void> {
+DMOE_DEF auto node::store_quietly(wire_peer peer, std::vector<store_item> items) -> task<void> {
   try {
     co_await protocol_.store(peer, std::move(items), deadline_after(options_.rpc_timeout));
   } catch (const std::exception& e) {
@@ -672,7 +672,7 @@ DMOE_INLINE auto node::store_quietly(wire_peer peer, std::vector<store_item> ite
   }
 }
 
-DMOE_INLINE auto node::store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
+DMOE_DEF auto node::store_on(wire_peer peer, std::vector<std::size_t> chunk, const std::vector<store_entry>& entries,
                     std::vector<store_outcome>& outcomes, steady_time deadline) -> task<void> {
   std::vector<store_item> items;
   items.reserve(chunk.size());
@@ -687,7 +687,7 @@ DMOE_INLINE auto node::store_on(wire_peer peer, std::vector<std::size_t> chunk, 
   }
 }
 
-DMOE_INLINE auto node::crawl(traversal& t) -> task<void> {
+DMOE_DEF auto node::crawl(traversal& t) -> task<void> {
   ++lookups_;
   for (const auto& key : t.keys) t.search.add_candidates(key, protocol_.nearest(key, options_.k));
   task_group calls(ctx_);
@@ -722,7 +722,7 @@ DMOE_INLINE auto node::crawl(traversal& t) -> task<void> {
   if (failure) std::rethrow_exception(failure);
 }
 
-DMOE_INLINE auto node::lookup_with(bool want_values, bool latest) const -> lookup_options {
+DMOE_DEF auto node::lookup_with(bool want_values, bool latest) const -> lookup_options {
   lookup_options o;
   o.k = options_.k;
   o.alpha = options_.alpha;
@@ -733,7 +733,7 @@ DMOE_INLINE auto node::lookup_with(bool want_values, bool latest) const -> looku
   return o;
 }
 
-DMOE_INLINE auto node::pump(traversal& t) -> void {
+DMOE_DEF auto node::pump(traversal& t) -> void {
   if (t.stopping) return;
   const steady_time now = options_.clock->steady_now();
   for (;;) {
@@ -754,7 +754,7 @@ DMOE_INLINE auto node::pump(traversal& t) -> void {
   if (all_done || t.search.in_flight() == 0) t.finished.set();
 }
 
-DMOE_INLINE auto node::ask(traversal& t, lookup_request request) -> task<void> {
+DMOE_DEF auto node::ask(traversal& t, lookup_request request) -> task<void> {
   const node_id peer = request.peer.id;
   const std::uint64_t serial = ++t.serials;
   t.asking[peer] = outstanding_call{request.peer, serial, false};
@@ -785,7 +785,7 @@ DMOE_INLINE auto node::ask(traversal& t, lookup_request request) -> task<void> {
   pump(t);
 }
 
-DMOE_INLINE auto node::watch_slow(traversal& t) -> task<void> {
+DMOE_DEF auto node::watch_slow(traversal& t) -> task<void> {
   try {
     while (!t.stopping) {
       if (t.watch.empty()) {
@@ -808,7 +808,7 @@ DMOE_INLINE auto node::watch_slow(traversal& t) -> task<void> {
   }
 }
 
-DMOE_INLINE auto node::ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any)
+DMOE_DEF auto node::ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any)
     -> task<void> {
   for (;;) {
     try {

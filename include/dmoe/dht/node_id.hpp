@@ -63,13 +63,13 @@ struct node_id {
   }
 
   // Big-endian bytes, the wire form.
-  std::array<std::byte, size> to_bytes() const noexcept;
-  static node_id from_bytes(const_byte_span bytes);
+  DMOE_DECL std::array<std::byte, size> to_bytes() const noexcept;
+  DMOE_DECL static node_id from_bytes(const_byte_span bytes);
 
   // 32 lowercase hex digits, most significant first.
   std::string to_hex() const { return fmt::format("{:016x}{:016x}", high, low); }
   // Accepts exactly 32 hex digits (either case); throws invalid_argument_error.
-  static node_id from_hex(std::string_view text);
+  DMOE_DECL static node_id from_hex(std::string_view text);
 
   friend std::ostream& operator<<(std::ostream& out, const node_id& id) { return out << id.to_hex(); }
 };
@@ -109,9 +109,9 @@ node_id random_node_id(Generator& generator) {
 
 namespace detail {
 // The process's seed: one std::random_device read (~23 µs here) for the whole process.
-std::uint64_t process_seed();
+DMOE_DECL std::uint64_t process_seed();
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::uint64_t process_seed() {
+DMOE_DEF std::uint64_t process_seed() {
   static const std::uint64_t seed = [] {
     std::random_device device;
     return (std::uint64_t{device()} << 32) ^ device();
@@ -122,9 +122,9 @@ DMOE_INLINE std::uint64_t process_seed() {
 }  // namespace detail
 
 // A random id from a per-thread generator seeded once from the process seed (never std::random_device per id).
-node_id random_node_id();
+DMOE_DECL node_id random_node_id();
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE node_id random_node_id() {
+DMOE_DEF node_id random_node_id() {
   thread_local std::mt19937_64 generator = [] {
     static std::atomic<std::uint64_t> threads{0};
     const std::uint64_t seed = detail::process_seed();
@@ -152,7 +152,7 @@ struct std::hash<dmoe::dht::node_id> {
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto node_id::to_bytes() const noexcept -> std::array<std::byte, size> {
+DMOE_DEF auto node_id::to_bytes() const noexcept -> std::array<std::byte, size> {
   std::array<std::byte, size> out{};
   for (std::size_t i = 0; i < 8; ++i) {
     out[i] = static_cast<std::byte>(high >> (56 - 8 * i));
@@ -161,7 +161,7 @@ DMOE_INLINE auto node_id::to_bytes() const noexcept -> std::array<std::byte, siz
   return out;
 }
 
-DMOE_INLINE auto node_id::from_bytes(const_byte_span bytes) -> node_id {
+DMOE_DEF auto node_id::from_bytes(const_byte_span bytes) -> node_id {
   if (bytes.size() != size)
     throw invalid_argument_error(fmt::format("a node id is {} bytes, got {}", size, bytes.size()));
   node_id out;
@@ -172,7 +172,7 @@ DMOE_INLINE auto node_id::from_bytes(const_byte_span bytes) -> node_id {
   return out;
 }
 
-DMOE_INLINE auto node_id::from_hex(std::string_view text) -> node_id {
+DMOE_DEF auto node_id::from_hex(std::string_view text) -> node_id {
   if (text.size() != 32)
     throw invalid_argument_error(fmt::format("a node id is 32 hex digits, got {} characters", text.size()));
   node_id out;

@@ -41,23 +41,23 @@ class node_thread {
   ~node_thread() { shutdown(); }
 
   // node::bootstrap, with a timeout instead of a deadline.
-  bootstrap_result bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout = default_timeout);
-  store_outcome store(key_id key, byte_buffer value, wall_seconds expiration,
+  DMOE_DECL bootstrap_result bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout = default_timeout);
+  DMOE_DECL store_outcome store(key_id key, byte_buffer value, wall_seconds expiration,
                       std::chrono::milliseconds timeout = default_timeout);
-  store_outcome store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+  DMOE_DECL store_outcome store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                       std::chrono::milliseconds timeout = default_timeout);
-  std::vector<store_outcome> store_many(std::vector<store_entry> entries,
+  DMOE_DECL std::vector<store_outcome> store_many(std::vector<store_entry> entries,
                                         std::chrono::milliseconds timeout = default_timeout);
   std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
     const steady_time deadline = deadline_after(timeout);
     return call([=](node& n) { return n.get(key, latest, deadline); });
   }
-  std::vector<get_result> get_many(std::vector<key_id> keys, bool latest = false,
+  DMOE_DECL std::vector<get_result> get_many(std::vector<key_id> keys, bool latest = false,
                                    std::chrono::milliseconds timeout = default_timeout);
-  node_stats stats();
+  DMOE_DECL node_stats stats();
 
   // Cancels calls in progress, shuts the node down and joins its thread. Idempotent; later calls throw closed_error.
-  void shutdown();
+  DMOE_DECL void shutdown();
 
   const node_id& id() const noexcept { return id_; }
   // The address others join with.
@@ -100,9 +100,9 @@ class node_thread {
     }
   }
 
-  void run(node_options options, std::promise<void>& ready);
+  DMOE_DECL void run(node_options options, std::promise<void>& ready);
 
-  task<void> main();
+  DMOE_DECL task<void> main();
 
   std::thread thread_;
   io_context* ctx_ = nullptr;
@@ -137,7 +137,7 @@ DMOE_INLINE node_thread::node_thread(node_options options) {
   }
 }
 
-DMOE_INLINE auto node_thread::bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout)
+DMOE_DEF auto node_thread::bootstrap(std::vector<endpoint> initial_peers, std::chrono::milliseconds timeout)
     -> bootstrap_result {
   const steady_time deadline = deadline_after(timeout);
   return call([peers = std::move(initial_peers), deadline](node& n) mutable {
@@ -145,7 +145,7 @@ DMOE_INLINE auto node_thread::bootstrap(std::vector<endpoint> initial_peers, std
   });
 }
 
-DMOE_INLINE auto node_thread::store(key_id key, byte_buffer value, wall_seconds expiration,
+DMOE_DEF auto node_thread::store(key_id key, byte_buffer value, wall_seconds expiration,
                     std::chrono::milliseconds timeout) -> store_outcome {
   const steady_time deadline = deadline_after(timeout);
   return call([=, value = std::move(value)](node& n) mutable {
@@ -153,7 +153,7 @@ DMOE_INLINE auto node_thread::store(key_id key, byte_buffer value, wall_seconds 
   });
 }
 
-DMOE_INLINE auto node_thread::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+DMOE_DEF auto node_thread::store(key_id key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                     std::chrono::milliseconds timeout) -> store_outcome {
   const steady_time deadline = deadline_after(timeout);
   return call([=, subkey = std::move(subkey), value = std::move(value)](node& n) mutable {
@@ -161,7 +161,7 @@ DMOE_INLINE auto node_thread::store(key_id key, byte_buffer subkey, byte_buffer 
   });
 }
 
-DMOE_INLINE auto node_thread::store_many(std::vector<store_entry> entries,
+DMOE_DEF auto node_thread::store_many(std::vector<store_entry> entries,
                                       std::chrono::milliseconds timeout) -> std::vector<store_outcome> {
   const steady_time deadline = deadline_after(timeout);
   return call([entries = std::move(entries), deadline](node& n) mutable {
@@ -169,7 +169,7 @@ DMOE_INLINE auto node_thread::store_many(std::vector<store_entry> entries,
   });
 }
 
-DMOE_INLINE auto node_thread::get_many(std::vector<key_id> keys, bool latest,
+DMOE_DEF auto node_thread::get_many(std::vector<key_id> keys, bool latest,
                                  std::chrono::milliseconds timeout) -> std::vector<get_result> {
   const steady_time deadline = deadline_after(timeout);
   return call([keys = std::move(keys), latest, deadline](node& n) mutable {
@@ -177,11 +177,11 @@ DMOE_INLINE auto node_thread::get_many(std::vector<key_id> keys, bool latest,
   });
 }
 
-DMOE_INLINE auto node_thread::stats() -> node_stats {
+DMOE_DEF auto node_thread::stats() -> node_stats {
   return call([](node& n) -> task<node_stats> { co_return n.stats(); });
 }
 
-DMOE_INLINE auto node_thread::shutdown() -> void {
+DMOE_DEF auto node_thread::shutdown() -> void {
   if (!thread_.joinable()) return;
   {
     std::lock_guard lock(post_mutex_);
@@ -192,7 +192,7 @@ DMOE_INLINE auto node_thread::shutdown() -> void {
   thread_.join();
 }
 
-DMOE_INLINE auto node_thread::run(node_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto node_thread::run(node_options options, std::promise<void>& ready) -> void {
   std::optional<io_context> ctx;
   std::optional<node> n;
   try {
@@ -210,7 +210,7 @@ DMOE_INLINE auto node_thread::run(node_options options, std::promise<void>& read
   ctx->run(main());
 }
 
-DMOE_INLINE auto node_thread::main() -> task<void> {
+DMOE_DEF auto node_thread::main() -> task<void> {
   task_group calls(*ctx_);
   calls_ = &calls;
   try {

@@ -27,7 +27,7 @@ class peer_bans {
 
   // `id` did not answer at `now`: it is banned for first_ban * 2^(failures - 1), at most longest_ban.
   // Returns the end of the ban.
-  steady_time failed(const node_id& id, steady_time now);
+  DMOE_DECL steady_time failed(const node_id& id, steady_time now);
 
   // `id` answered: its failures are forgotten.
   void succeeded(const node_id& id) { entries_.erase(id); }
@@ -64,7 +64,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto peer_bans::failed(const node_id& id, steady_time now) -> steady_time {
+DMOE_DEF auto peer_bans::failed(const node_id& id, steady_time now) -> steady_time {
   auto& entry = entries_[id];
   entry.failures = std::min<std::size_t>(entry.failures + 1, 62);
   auto length = options_.first_ban;

@@ -120,7 +120,7 @@ class source_limits {
       : rate_(rate), burst_(static_cast<double>(burst)), max_bytes_(max_bytes), max_sources_(max_sources) {}
 
   // Takes one request token from `source` at `now`; false when its bucket is empty.
-  bool take_request(const std::string& source, steady_time now);
+  DMOE_DECL bool take_request(const std::string& source, steady_time now);
 
   // Whether `source` may add `bytes` expiring at `expiration` (wall seconds) given its alive stored bytes at `now`.
   bool fits(const std::string& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
@@ -147,9 +147,9 @@ class source_limits {
         stored;
   };
 
-  static void drop_expired(entry& e, wall_seconds now);
+  DMOE_DECL static void drop_expired(entry& e, wall_seconds now);
 
-  entry& at(const std::string& source, steady_time now);
+  DMOE_DECL entry& at(const std::string& source, steady_time now);
 
   double rate_;
   double burst_;
@@ -170,7 +170,7 @@ class protocol {
   protocol& operator=(const protocol&) = delete;
 
   // Receives and answers until close(); then stops and joins the background calls (eviction pings, hand-overs).
-  task<void> serve();
+  DMOE_DECL task<void> serve();
 
   // Makes serve() return; calls in progress fail with closed_error.
   void close() {
@@ -184,40 +184,40 @@ class protocol {
   // Pings `address`; returns the answering node's id and its answer. Learns the peer (unless it is in client mode).
   // Errors: timeout_error (no answer by `deadline`; a known id is then banned), remote_error, protocol_error,
   // closed_error, cancelled_error.
-  task<std::pair<node_id, ping_response>> ping(endpoint address, steady_time deadline,
+  DMOE_DECL task<std::pair<node_id, ping_response>> ping(endpoint address, steady_time deadline,
                                                std::optional<node_id> expected = std::nullopt);
 
   // Asks `peer` to store `items` (at most limits.max_keys). Returns one result per item. Errors as ping().
-  task<std::vector<store_result>> store(wire_peer peer, std::vector<store_item> items, steady_time deadline);
+  DMOE_DECL task<std::vector<store_result>> store(wire_peer peer, std::vector<store_item> items, steady_time deadline);
 
   // Asks `peer` about `keys` (at most limits.max_keys): per key, the value if it holds one and the k nearest peers
   // it knows. Errors as ping().
-  task<find_response> find(wire_peer peer, std::vector<key_id> keys, steady_time deadline);
+  DMOE_DECL task<find_response> find(wire_peer peer, std::vector<key_id> keys, steady_time deadline);
 
   // Pings `peer` in the background (one check per peer at a time, within max_background_calls): alive, it stays and
   // is refreshed; dead, call() drops it from its bucket and bans it. For peers whose call was given up before its
   // deadline (a lookup that went on without a slow peer), so that dead ones still leave the routing table. Returns
   // whether a check runs for it now (false also when it is not in the routing table or we are shutting down).
-  bool check_alive(const wire_peer& peer);
+  DMOE_DECL bool check_alive(const wire_peer& peer);
 
   // ---- local state ----
 
   // Stores into our own storage under the same rules a remote store meets (the validator, newer wins). `source`
   // names the source whose quota it counts against (empty: ours, unlimited).
-  store_result store_locally(const store_item& item, const std::string& source = {});
+  DMOE_DECL store_result store_locally(const store_item& item, const std::string& source = {});
 
   // Caches a value found by a lookup (served to others' finds like a stored one, never handed over).
-  void cache(const key_id& key, const record& found);
+  DMOE_DECL void cache(const key_id& key, const record& found);
 
   // What we hold for `key`: the stored record merged with the cached one (newer wins), expired parts left out.
-  std::optional<record> local(const key_id& key);
+  DMOE_DECL std::optional<record> local(const key_id& key);
 
   // We heard from `id` at `address`: put it in its bucket (a request from it: `from_request`). Client-mode peers
   // and our own id are ignored. Sender ids are not authenticated, so a known id heard at another address keeps
   // its entry: the known address is pinged, and only if it fails is the new one pinged (and learnt if it answers
   // with that id). A full bucket's least recently seen peer is pinged. A peer newly added to a bucket gets the keys
   // it is nearer to than the replicas we know, once it has answered us (a request alone proves nothing).
-  void heard_from(const node_id& id, const endpoint& address, bool from_request);
+  DMOE_DECL void heard_from(const node_id& id, const endpoint& address, bool from_request);
 
   // An answer from `id` decoded by `decode`; a protocol_error (a malformed answer) counts as its failure and goes on.
   template <class Decode>
@@ -231,7 +231,7 @@ class protocol {
   }
 
   // `id` failed to answer: out of its bucket, banned for a doubled time.
-  void record_failure(const node_id& id);
+  DMOE_DECL void record_failure(const node_id& id);
 
   const node_id& id() const noexcept { return self_; }
   const endpoint& local_endpoint() const noexcept { return endpoint_.local_endpoint(); }
@@ -256,14 +256,14 @@ class protocol {
  private:
   static constexpr std::size_t max_remembered_bans = 4096;
 
-  static protocol_options check(protocol_options o);
-  static routing_table_options table_options(const protocol_options& o);
+  DMOE_DECL static protocol_options check(protocol_options o);
+  DMOE_DECL static routing_table_options table_options(const protocol_options& o);
 
   // One datagram call; a peer that does not answer (or answers as someone else) is recorded as failed.
-  task<net::datagram_response> call(endpoint address, message_type type, const byte_buffer& request,
+  DMOE_DECL task<net::datagram_response> call(endpoint address, message_type type, const byte_buffer& request,
                                     steady_time deadline, std::optional<node_id> expected);
 
-  static std::string_view to_string(message_type type) noexcept;
+  DMOE_DECL static std::string_view to_string(message_type type) noexcept;
 
   void answered(const node_id& id, const endpoint& address, bool client_mode) {
     if (!client_mode) heard_from(id, address, false);
@@ -272,7 +272,7 @@ class protocol {
   // Drops the values and subkeys of a find answer that the record validator refuses or whose expiration is not
   // finite or beyond our storage horizon (such a value would win every newer-wins merge). Returns how many had a
   // refused signature.
-  std::size_t screen(find_response& answer);
+  DMOE_DECL std::size_t screen(find_response& answer);
 
   // ---- handlers ----
 
@@ -297,11 +297,11 @@ class protocol {
     heard_from(from_sender_id(r.sender), r.peer, true);
   }
 
-  task<byte_buffer> on_ping(net::datagram_request& r);
+  DMOE_DECL task<byte_buffer> on_ping(net::datagram_request& r);
 
-  task<byte_buffer> on_store(net::datagram_request& r);
+  DMOE_DECL task<byte_buffer> on_store(net::datagram_request& r);
 
-  task<byte_buffer> on_find(net::datagram_request& r);
+  DMOE_DECL task<byte_buffer> on_find(net::datagram_request& r);
 
   // ---- background calls ----
 
@@ -318,24 +318,24 @@ class protocol {
   // The keys a newcomer (already in its bucket) should get (hivemind's rule): those we are the nearest known holder
   // of and the newcomer is nearer to than the farthest of their num_replicas nearest other known peers. Examines
   // at most max_handover_scan stored keys.
-  std::vector<store_item> keys_for_newcomer(const node_id& newcomer);
+  DMOE_DECL std::vector<store_item> keys_for_newcomer(const node_id& newcomer);
 
   // Hands `peer` (just added to its bucket, and known to answer) the keys it should hold.
-  void hand_over_to(const wire_peer& peer);
+  DMOE_DECL void hand_over_to(const wire_peer& peer);
 
   // A peer added to its bucket on a request: pinged first; if it answers as itself and is still in its bucket at
   // that address, it gets its keys.
-  task<void> welcome(wire_peer peer);
+  DMOE_DECL task<void> welcome(wire_peer peer);
 
   // `known` was heard from at `moved_to`: it keeps its entry while it answers at its known address; if it does not
   // (call() then drops and bans it), `moved_to` is pinged expecting that id, and learnt only if it answers as it.
-  task<void> check_moved(wire_peer known, endpoint moved_to);
+  DMOE_DECL task<void> check_moved(wire_peer known, endpoint moved_to);
 
-  task<void> hand_over(wire_peer peer, std::vector<store_item> items);
+  DMOE_DECL task<void> hand_over(wire_peer peer, std::vector<store_item> items);
 
   // Pings the least recently seen peer of a full bucket, or a peer check_alive doubts: alive, it stays (ping()
   // refreshed it); dead, call() has banned it and its bucket took the newest cached peer.
-  task<void> check_eviction(wire_peer peer);
+  DMOE_DECL task<void> check_eviction(wire_peer peer);
 
   io_context& ctx_;
   protocol_options options_;
@@ -361,7 +361,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht::detail {
 
-DMOE_INLINE auto source_limits::take_request(const std::string& source, steady_time now) -> bool {
+DMOE_DEF auto source_limits::take_request(const std::string& source, steady_time now) -> bool {
   if (rate_ <= 0) return true;
   entry& e = at(source, now);
   const double elapsed = std::chrono::duration<double>(now - e.refilled).count();
@@ -372,14 +372,14 @@ DMOE_INLINE auto source_limits::take_request(const std::string& source, steady_t
   return true;
 }
 
-DMOE_INLINE auto source_limits::drop_expired(entry& e, wall_seconds now) -> void {
+DMOE_DEF auto source_limits::drop_expired(entry& e, wall_seconds now) -> void {
   while (!e.stored.empty() && !(now < e.stored.top().first)) {
     e.bytes -= e.stored.top().second;
     e.stored.pop();
   }
 }
 
-DMOE_INLINE auto source_limits::at(const std::string& source, steady_time now) -> entry& {
+DMOE_DEF auto source_limits::at(const std::string& source, steady_time now) -> entry& {
   auto it = entries_.find(source);
   if (it != entries_.end()) return it->second;
   if (entries_.size() >= max_sources_) {
@@ -418,7 +418,7 @@ DMOE_INLINE protocol::protocol(io_context& ctx, protocol_options options) : ctx_
                         [this](net::datagram_request& r) { return on_find(r); });
 }
 
-DMOE_INLINE auto protocol::serve() -> task<void> {
+DMOE_DEF auto protocol::serve() -> task<void> {
   serving_ = true;
   std::exception_ptr failure;
   try {
@@ -437,7 +437,7 @@ DMOE_INLINE auto protocol::serve() -> task<void> {
   if (failure) std::rethrow_exception(failure);
 }
 
-DMOE_INLINE auto protocol::ping(endpoint address, steady_time deadline,
+DMOE_DEF auto protocol::ping(endpoint address, steady_time deadline,
                                              std::optional<node_id> expected) -> task<std::pair<node_id, ping_response>> {
   ++stats_.pings_sent;
   const byte_buffer request = encode(ping_request{options_.client_mode});
@@ -450,7 +450,7 @@ DMOE_INLINE auto protocol::ping(endpoint address, steady_time deadline,
   co_return std::pair{sender, std::move(decoded)};
 }
 
-DMOE_INLINE auto protocol::store(wire_peer peer, std::vector<store_item> items, steady_time deadline)
+DMOE_DEF auto protocol::store(wire_peer peer, std::vector<store_item> items, steady_time deadline)
     -> task<std::vector<store_result>> {
   ++stats_.stores_sent;
   const byte_buffer request = encode(store_request{options_.client_mode, std::move(items)});
@@ -461,7 +461,7 @@ DMOE_INLINE auto protocol::store(wire_peer peer, std::vector<store_item> items, 
   co_return std::move(decoded.results);
 }
 
-DMOE_INLINE auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady_time deadline) -> task<find_response> {
+DMOE_DEF auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady_time deadline) -> task<find_response> {
   ++stats_.finds_sent;
   const byte_buffer request = encode(find_request{options_.client_mode, std::move(keys)});
   net::datagram_response answer = co_await call(peer.address, message_type::find, request, deadline, peer.id);
@@ -478,7 +478,7 @@ DMOE_INLINE auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady
   co_return decoded;
 }
 
-DMOE_INLINE auto protocol::check_alive(const wire_peer& peer) -> bool {
+DMOE_DEF auto protocol::check_alive(const wire_peer& peer) -> bool {
   if (checking_.contains(peer.id) || !table_.find(peer.id)) return false;
   if (!spawn_background(check_eviction(peer))) return false;
   checking_.insert(peer.id);
@@ -486,7 +486,7 @@ DMOE_INLINE auto protocol::check_alive(const wire_peer& peer) -> bool {
   return true;
 }
 
-DMOE_INLINE auto protocol::store_locally(const store_item& item, const std::string& source) -> store_result {
+DMOE_DEF auto protocol::store_locally(const store_item& item, const std::string& source) -> store_result {
   const std::optional<record> stored = storage_.get(item.key);
   const byte_buffer* subkey = item.subkey ? &*item.subkey : nullptr;
   if (validator_.validate(item.key, subkey, item.value, stored) != validation::ok) {
@@ -510,7 +510,7 @@ DMOE_INLINE auto protocol::store_locally(const store_item& item, const std::stri
   return result;
 }
 
-DMOE_INLINE auto protocol::cache(const key_id& key, const record& found) -> void {
+DMOE_DEF auto protocol::cache(const key_id& key, const record& found) -> void {
   // Signed values are cached only as the validator would store them.
   if (found.is_dictionary) {
     for (const auto& [subkey, v] : found.subkeys) {
@@ -522,7 +522,7 @@ DMOE_INLINE auto protocol::cache(const key_id& key, const record& found) -> void
   }
 }
 
-DMOE_INLINE auto protocol::local(const key_id& key) -> std::optional<record> {
+DMOE_DEF auto protocol::local(const key_id& key) -> std::optional<record> {
   std::optional<record> out = storage_.get(key);
   if (std::optional<record> cached = cache_.get(key)) {
     if (!out) out = std::move(cached);
@@ -531,7 +531,7 @@ DMOE_INLINE auto protocol::local(const key_id& key) -> std::optional<record> {
   return out;
 }
 
-DMOE_INLINE auto protocol::heard_from(const node_id& id, const endpoint& address, bool from_request) -> void {
+DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, bool from_request) -> void {
   if (id == self_ || closed_) return;
   const heard_result heard = table_.heard_from(id, address, options_.clock->steady_now(), !from_request);
   switch (heard.outcome) {
@@ -558,14 +558,14 @@ DMOE_INLINE auto protocol::heard_from(const node_id& id, const endpoint& address
   }
 }
 
-DMOE_INLINE auto protocol::record_failure(const node_id& id) -> void {
+DMOE_DEF auto protocol::record_failure(const node_id& id) -> void {
   ++stats_.bans;
   const steady_time now = options_.clock->steady_now();
   table_.failed(id, now);
   if (table_.bans().size() > 4 * max_remembered_bans) table_.bans().expire(now);
 }
 
-DMOE_INLINE auto protocol::check(protocol_options o) -> protocol_options {
+DMOE_DEF auto protocol::check(protocol_options o) -> protocol_options {
   if (o.k == 0 || o.b == 0) throw invalid_argument_error(fmt::format("dht node needs k >= 1 and b >= 1, got k={} b={}", o.k, o.b));
   if (o.num_replicas == 0) throw invalid_argument_error("dht node needs num_replicas >= 1");
   if (o.k > o.limits.max_peers)
@@ -581,14 +581,14 @@ DMOE_INLINE auto protocol::check(protocol_options o) -> protocol_options {
   return o;
 }
 
-DMOE_INLINE auto protocol::table_options(const protocol_options& o) -> routing_table_options {
+DMOE_DEF auto protocol::table_options(const protocol_options& o) -> routing_table_options {
   routing_table_options t = o.table;
   t.k = o.k;
   t.b = o.b;
   return t;
 }
 
-DMOE_INLINE auto protocol::call(endpoint address, message_type type, const byte_buffer& request,
+DMOE_DEF auto protocol::call(endpoint address, message_type type, const byte_buffer& request,
                                   steady_time deadline, std::optional<node_id> expected) -> task<net::datagram_response> {
   if (closed_) throw closed_error(fmt::format("dht node {} is shut down", endpoint_.local_endpoint()));
   deadline = std::min(deadline, deadline_after(options_.rpc_timeout));
@@ -616,7 +616,7 @@ DMOE_INLINE auto protocol::call(endpoint address, message_type type, const byte_
   co_return answer;
 }
 
-DMOE_INLINE auto protocol::to_string(message_type type) noexcept -> std::string_view {
+DMOE_DEF auto protocol::to_string(message_type type) noexcept -> std::string_view {
   switch (type) {
     case message_type::ping: return "ping";
     case message_type::store: return "store";
@@ -625,7 +625,7 @@ DMOE_INLINE auto protocol::to_string(message_type type) noexcept -> std::string_
   return "unknown";
 }
 
-DMOE_INLINE auto protocol::screen(find_response& answer) -> std::size_t {
+DMOE_DEF auto protocol::screen(find_response& answer) -> std::size_t {
   const wall_seconds latest = options_.clock->wall_now() + options_.storage.max_expiration_horizon;
   std::size_t forged = 0;
   auto acceptable = [&](const key_id& key, const byte_buffer* subkey, const timed_value& v) {
@@ -653,7 +653,7 @@ DMOE_INLINE auto protocol::screen(find_response& answer) -> std::size_t {
   return forged;
 }
 
-DMOE_INLINE auto protocol::on_ping(net::datagram_request& r) -> task<byte_buffer> {
+DMOE_DEF auto protocol::on_ping(net::datagram_request& r) -> task<byte_buffer> {
   const ping_request m = admit<ping_request>(r, [](const_byte_span b, const message_limits& l) {
     return decode_ping_request(b, l);
   });
@@ -662,7 +662,7 @@ DMOE_INLINE auto protocol::on_ping(net::datagram_request& r) -> task<byte_buffer
   co_return encode(ping_response{options_.client_mode, r.peer});
 }
 
-DMOE_INLINE auto protocol::on_store(net::datagram_request& r) -> task<byte_buffer> {
+DMOE_DEF auto protocol::on_store(net::datagram_request& r) -> task<byte_buffer> {
   const store_request m = admit<store_request>(r, [](const_byte_span b, const message_limits& l) {
     return decode_store_request(b, l);
   });
@@ -679,7 +679,7 @@ DMOE_INLINE auto protocol::on_store(net::datagram_request& r) -> task<byte_buffe
   co_return encode(out);
 }
 
-DMOE_INLINE auto protocol::on_find(net::datagram_request& r) -> task<byte_buffer> {
+DMOE_DEF auto protocol::on_find(net::datagram_request& r) -> task<byte_buffer> {
   const find_request m = admit<find_request>(r, [](const_byte_span b, const message_limits& l) {
     return decode_find_request(b, l);
   });
@@ -710,7 +710,7 @@ DMOE_INLINE auto protocol::on_find(net::datagram_request& r) -> task<byte_buffer
   co_return encode(out);
 }
 
-DMOE_INLINE auto protocol::keys_for_newcomer(const node_id& newcomer) -> std::vector<store_item> {
+DMOE_DEF auto protocol::keys_for_newcomer(const node_id& newcomer) -> std::vector<store_item> {
   std::vector<store_item> out;
   if (storage_.size() == 0) return out;
   const wall_seconds now = options_.clock->wall_now();
@@ -735,14 +735,14 @@ DMOE_INLINE auto protocol::keys_for_newcomer(const node_id& newcomer) -> std::ve
   return out;
 }
 
-DMOE_INLINE auto protocol::hand_over_to(const wire_peer& peer) -> void {
+DMOE_DEF auto protocol::hand_over_to(const wire_peer& peer) -> void {
   std::vector<store_item> items = keys_for_newcomer(peer.id);
   if (items.empty()) return;
   ++stats_.handovers;
   spawn_background(hand_over(peer, std::move(items)));
 }
 
-DMOE_INLINE auto protocol::welcome(wire_peer peer) -> task<void> {
+DMOE_DEF auto protocol::welcome(wire_peer peer) -> task<void> {
   try {
     co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
   } catch (const std::exception& e) {
@@ -758,7 +758,7 @@ DMOE_INLINE auto protocol::welcome(wire_peer peer) -> task<void> {
   co_await hand_over(peer, std::move(items));
 }
 
-DMOE_INLINE auto protocol::check_moved(wire_peer known, endpoint moved_to) -> task<void> {
+DMOE_DEF auto protocol::check_moved(wire_peer known, endpoint moved_to) -> task<void> {
   bool try_new = false;
   try {
     co_await ping(known.address, deadline_after(options_.rpc_timeout), known.id);
@@ -780,7 +780,7 @@ DMOE_INLINE auto protocol::check_moved(wire_peer known, endpoint moved_to) -> ta
   checking_.erase(known.id);
 }
 
-DMOE_INLINE auto protocol::hand_over(wire_peer peer, std::vector<store_item> items) -> task<void> {
+DMOE_DEF auto protocol::hand_over(wire_peer peer, std::vector<store_item> items) -> task<void> {
   try {
     co_await store(peer, std::move(items), deadline_after(options_.rpc_timeout));
   } catch (const std::exception& e) {
@@ -788,7 +788,7 @@ DMOE_INLINE auto protocol::hand_over(wire_peer peer, std::vector<store_item> ite
   }
 }
 
-DMOE_INLINE auto protocol::check_eviction(wire_peer peer) -> task<void> {
+DMOE_DEF auto protocol::check_eviction(wire_peer peer) -> task<void> {
   try {
     co_await ping(peer.address, deadline_after(options_.rpc_timeout), peer.id);
   } catch (const std::exception& e) {

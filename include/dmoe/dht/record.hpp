@@ -44,14 +44,14 @@ struct record {
     r.value = {std::move(value), expiration, std::move(signature)};
     return r;
   }
-  static record single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+  DMOE_DECL static record single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                               byte_buffer signature = {});
 
   // The plain value's expiration, or the latest subkey's (a dictionary lives as long as its newest entry).
-  wall_seconds expiration() const noexcept;
+  DMOE_DECL wall_seconds expiration() const noexcept;
 
   // Bytes this record accounts for in storage limits: values, subkeys and signatures.
-  std::size_t byte_size() const noexcept;
+  DMOE_DECL std::size_t byte_size() const noexcept;
 
   // Drops subkeys that expired at `now`; returns false when nothing alive is left.
   bool drop_expired(wall_seconds now) {
@@ -65,9 +65,9 @@ struct record {
 
 // Whether merging `incoming` into `current` would change it: a plain value or a dictionary replaces the other
 // kind only when its expiration is strictly later; dictionaries merge per subkey, each subkey newer-wins.
-bool would_change(const record& current, const record& incoming);
+DMOE_DECL bool would_change(const record& current, const record& incoming);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE bool would_change(const record& current, const record& incoming) {
+DMOE_DEF bool would_change(const record& current, const record& incoming) {
   if (current.is_dictionary && incoming.is_dictionary) {
     for (const auto& [subkey, entry] : incoming.subkeys) {
       auto it = current.subkeys.find(subkey);
@@ -80,9 +80,9 @@ DMOE_INLINE bool would_change(const record& current, const record& incoming) {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Merges `incoming` into `current` by the rules of `would_change`; returns whether anything changed.
-bool merge_into(record& current, const record& incoming);
+DMOE_DECL bool merge_into(record& current, const record& incoming);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE bool merge_into(record& current, const record& incoming) {
+DMOE_DEF bool merge_into(record& current, const record& incoming) {
   if (current.is_dictionary && incoming.is_dictionary) {
     bool changed = false;
     for (const auto& [subkey, entry] : incoming.subkeys) {
@@ -112,7 +112,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto record::single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+DMOE_DEF auto record::single_subkey(byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                             byte_buffer signature) -> record {
   record r;
   r.is_dictionary = true;
@@ -120,14 +120,14 @@ DMOE_INLINE auto record::single_subkey(byte_buffer subkey, byte_buffer value, wa
   return r;
 }
 
-DMOE_INLINE auto record::expiration() const noexcept -> wall_seconds {
+DMOE_DEF auto record::expiration() const noexcept -> wall_seconds {
   if (!is_dictionary) return value.expiration;
   wall_seconds latest = 0;
   for (const auto& [subkey, entry] : subkeys) latest = std::max(latest, entry.expiration);
   return latest;
 }
 
-DMOE_INLINE auto record::byte_size() const noexcept -> std::size_t {
+DMOE_DEF auto record::byte_size() const noexcept -> std::size_t {
   if (!is_dictionary) return value.value.size() + value.signature.size();
   std::size_t total = 0;
   for (const auto& [subkey, entry] : subkeys) total += subkey.size() + entry.value.size() + entry.signature.size();

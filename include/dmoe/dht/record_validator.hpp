@@ -48,15 +48,15 @@ inline void init_sodium() {
 class ed25519_keypair {
  public:
   // A fresh key pair from libsodium's generator.
-  static ed25519_keypair generate();
+  DMOE_DECL static ed25519_keypair generate();
   // The key pair of a 32-byte seed (the same seed always gives the same pair: keep the seed to keep an identity).
-  static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed);
+  DMOE_DECL static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed);
   // The seed this pair derives from (secret: whoever has it can sign as this key).
-  std::array<std::byte, crypto_sign_SEEDBYTES> seed() const;
+  DMOE_DECL std::array<std::byte, crypto_sign_SEEDBYTES> seed() const;
   const ed25519_public_key& public_key() const noexcept { return public_; }
 
   // The detached signature of `message`.
-  std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const;
+  DMOE_DECL std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const;
 
  private:
   ed25519_public_key public_{};
@@ -71,9 +71,9 @@ inline std::string owner_tag(const ed25519_public_key& key) {
 }
 
 // The public key a subkey names with an owner tag, if any; a malformed tag names nobody (and so protects nothing).
-std::optional<ed25519_public_key> owner_of(const_byte_span subkey);
+DMOE_DECL std::optional<ed25519_public_key> owner_of(const_byte_span subkey);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
+DMOE_DEF std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
   constexpr std::string_view marker = "[owner:";
   const std::string_view text = as_string_view(subkey);
   const auto at = text.find(marker);
@@ -99,10 +99,10 @@ DMOE_INLINE std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // The bytes a record's signature covers.
-byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
+DMOE_DECL byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
                                   wall_seconds expiration);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
+DMOE_DEF byte_buffer signed_payload(const key_id& key, const byte_buffer* subkey, const_byte_span value,
                                   wall_seconds expiration) {
   constexpr std::string_view domain = "dmoe.dht.record.v1";
   byte_buffer out;
@@ -120,10 +120,10 @@ DMOE_INLINE byte_buffer signed_payload(const key_id& key, const byte_buffer* sub
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // The signature blob (public key, signature) for a record.
-byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
+DMOE_DECL byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
                                const_byte_span value, wall_seconds expiration);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
+DMOE_DEF byte_buffer sign_record(const ed25519_keypair& owner, const key_id& key, const byte_buffer* subkey,
                                const_byte_span value, wall_seconds expiration) {
   const auto signature = owner.sign(signed_payload(key, subkey, value, expiration));
   byte_buffer out(owner.public_key().begin(), owner.public_key().end());
@@ -167,11 +167,11 @@ class record_validator {
 
   // Validates storing `incoming` under `key` (and `subkey`, for a dictionary entry) where `stored` is what the
   // key holds now (storage::get), if anything.
-  validation validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
+  DMOE_DECL validation validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
                       const std::optional<record>& stored) const;
 
  private:
-  static std::optional<ed25519_public_key> signer_of(const timed_value& v);
+  DMOE_DECL static std::optional<ed25519_public_key> signer_of(const timed_value& v);
 
   mutable std::unordered_set<std::string> verified_;  // payload + signature blob of records that verified
   mutable std::size_t verified_bytes_ = 0;
@@ -185,7 +185,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto ed25519_keypair::generate() -> ed25519_keypair {
+DMOE_DEF auto ed25519_keypair::generate() -> ed25519_keypair {
   detail::init_sodium();
   ed25519_keypair pair;
   crypto_sign_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
@@ -193,7 +193,7 @@ DMOE_INLINE auto ed25519_keypair::generate() -> ed25519_keypair {
   return pair;
 }
 
-DMOE_INLINE auto ed25519_keypair::from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed) -> ed25519_keypair {
+DMOE_DEF auto ed25519_keypair::from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed) -> ed25519_keypair {
   detail::init_sodium();
   ed25519_keypair pair;
   crypto_sign_seed_keypair(reinterpret_cast<unsigned char*>(pair.public_.data()),
@@ -202,14 +202,14 @@ DMOE_INLINE auto ed25519_keypair::from_seed(std::span<const std::byte, crypto_si
   return pair;
 }
 
-DMOE_INLINE auto ed25519_keypair::seed() const -> std::array<std::byte, crypto_sign_SEEDBYTES> {
+DMOE_DEF auto ed25519_keypair::seed() const -> std::array<std::byte, crypto_sign_SEEDBYTES> {
   std::array<std::byte, crypto_sign_SEEDBYTES> out{};
   crypto_sign_ed25519_sk_to_seed(reinterpret_cast<unsigned char*>(out.data()),
                                  reinterpret_cast<const unsigned char*>(secret_.data()));
   return out;
 }
 
-DMOE_INLINE auto ed25519_keypair::sign(const_byte_span message) const -> std::array<std::byte, crypto_sign_BYTES> {
+DMOE_DEF auto ed25519_keypair::sign(const_byte_span message) const -> std::array<std::byte, crypto_sign_BYTES> {
   std::array<std::byte, crypto_sign_BYTES> out{};
   crypto_sign_detached(reinterpret_cast<unsigned char*>(out.data()), nullptr,
                        reinterpret_cast<const unsigned char*>(message.data()), message.size(),
@@ -217,7 +217,7 @@ DMOE_INLINE auto ed25519_keypair::sign(const_byte_span message) const -> std::ar
   return out;
 }
 
-DMOE_INLINE auto record_validator::validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
+DMOE_DEF auto record_validator::validate(const key_id& key, const byte_buffer* subkey, const timed_value& incoming,
                     const std::optional<record>& stored) const -> validation {
   std::optional<ed25519_public_key> signer;
   if (!incoming.signature.empty()) {
@@ -271,7 +271,7 @@ DMOE_INLINE auto record_validator::validate(const key_id& key, const byte_buffer
   return validation::ok;
 }
 
-DMOE_INLINE auto record_validator::signer_of(const timed_value& v) -> std::optional<ed25519_public_key> {
+DMOE_DEF auto record_validator::signer_of(const timed_value& v) -> std::optional<ed25519_public_key> {
   if (v.signature.size() != signature_blob_size) return std::nullopt;
   ed25519_public_key key{};
   std::memcpy(key.data(), v.signature.data(), key.size());

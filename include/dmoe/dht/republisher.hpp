@@ -43,7 +43,7 @@ class republisher {
 
   // Adds an entry, or replaces the one with the same key and subkey. Its expiration and signature are made anew
   // each round; `owner` (which must outlive this) signs it, when given.
-  void set(key_id key, std::optional<byte_buffer> subkey, byte_buffer value, const ed25519_keypair* owner = nullptr);
+  DMOE_DECL void set(key_id key, std::optional<byte_buffer> subkey, byte_buffer value, const ed25519_keypair* owner = nullptr);
   // Stops republishing an entry (the stored copies live until their expiration). Returns whether it was there.
   bool erase(const key_id& key, const std::optional<byte_buffer>& subkey = std::nullopt) {
     const auto before = entries_.size();
@@ -54,11 +54,11 @@ class republisher {
 
   // One round now: every entry stored with expiration now + ttl, by the end of one period. Returns how many
   // entries some node took. Errors: those of node::store_many (closed_error after shutdown, cancelled_error).
-  task<std::size_t> publish_once();
+  DMOE_DECL task<std::size_t> publish_once();
 
   // A round now and then every period, until the awaiting coroutine is stopped (cancelled_error) or the node
   // shuts down (returns). A failed round is logged and the next one comes on time.
-  task<void> run();
+  DMOE_DECL task<void> run();
 
   // Rounds done (thread-safe).
   std::uint64_t rounds() const noexcept { return rounds_.load(); }
@@ -95,7 +95,7 @@ DMOE_INLINE republisher::republisher(node& n, republish_options options) : node_
                                              options_.ttl.count(), options_.period.count()));
 }
 
-DMOE_INLINE auto republisher::set(key_id key, std::optional<byte_buffer> subkey, byte_buffer value,
+DMOE_DEF auto republisher::set(key_id key, std::optional<byte_buffer> subkey, byte_buffer value,
     const ed25519_keypair* owner) -> void {
   for (auto& e : entries_)
     if (e.entry.key == key && e.entry.subkey == subkey) {
@@ -106,7 +106,7 @@ DMOE_INLINE auto republisher::set(key_id key, std::optional<byte_buffer> subkey,
   entries_.push_back({store_entry{key, std::move(subkey), std::move(value), 0, {}}, owner});
 }
 
-DMOE_INLINE auto republisher::publish_once() -> task<std::size_t> {
+DMOE_DEF auto republisher::publish_once() -> task<std::size_t> {
   const wall_seconds expiration =
       node_.options().clock->wall_now() + std::chrono::duration<double>(options_.ttl).count();
   std::vector<store_entry> batch;
@@ -128,7 +128,7 @@ DMOE_INLINE auto republisher::publish_once() -> task<std::size_t> {
   co_return stored;
 }
 
-DMOE_INLINE auto republisher::run() -> task<void> {
+DMOE_DEF auto republisher::run() -> task<void> {
   while (true) {
     const steady_time next = deadline_after(options_.period);
     try {

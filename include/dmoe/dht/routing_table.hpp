@@ -78,28 +78,28 @@ class routing_table {
   // success: its ban, if any, is lifted); false for a request it sent us, which a banned node cannot use to
   // get back in before its ban ends. A known node moves to the tail of its bucket; a known node heard from at
   // another address is left exactly as it was (address_conflict): the address of a known id never changes here.
-  heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true);
+  DMOE_DECL heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true);
 
   // `id` did not answer at `now`: it leaves its bucket (or cache), is banned (the ban doubles with each failure
   // in a row), and the most recently seen cached node of its bucket takes its place. Returns the end of the ban.
-  steady_time failed(const node_id& id, steady_time now);
+  DMOE_DECL steady_time failed(const node_id& id, steady_time now);
 
   bool is_banned(const node_id& id, steady_time now) const { return bans_.is_banned(id, now); }
   const peer_bans& bans() const noexcept { return bans_; }
   peer_bans& bans() noexcept { return bans_; }
 
   // The peer with this id, if it is in a bucket (not the replacement cache).
-  std::optional<peer_info> find(const node_id& id) const;
+  DMOE_DECL std::optional<peer_info> find(const node_id& id) const;
   bool contains(const node_id& id) const { return find(id).has_value(); }
 
   // The `count` peers nearest to `target` by XOR distance, nearest first, leaving out `exclude` (our own id is
   // never in the table). Equal to sorting every peer by distance; visits buckets in order of their distance
   // range (the ranges are disjoint), so it stops after the first buckets that hold `count` peers.
-  std::vector<peer_info> nearest(const node_id& target, std::size_t count,
+  DMOE_DECL std::vector<peer_info> nearest(const node_id& target, std::size_t count,
                                  std::optional<node_id> exclude = std::nullopt) const;
 
   // Every peer in a bucket, bucket by bucket.
-  std::vector<peer_info> peers() const;
+  DMOE_DECL std::vector<peer_info> peers() const;
 
   std::size_t size() const noexcept { return size_; }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
@@ -121,7 +121,7 @@ class routing_table {
   }
 
   // Only a bucket without a replacement cache splits (one that cannot split never will: its range and our id stay).
-  void split(bucket& b);
+  DMOE_DECL void split(bucket& b);
 
   node_id self_;
   routing_table_options options_;
@@ -146,7 +146,7 @@ DMOE_INLINE routing_table::routing_table(node_id self, routing_table_options opt
   buckets_.push_back(bucket{});
 }
 
-DMOE_INLINE auto routing_table::heard_from(const node_id& id, const endpoint& address, steady_time now,
+DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& address, steady_time now,
     bool answered) -> heard_result {
   if (id == self_) return {heard_outcome::self, std::nullopt};
   {
@@ -186,7 +186,7 @@ DMOE_INLINE auto routing_table::heard_from(const node_id& id, const endpoint& ad
   }
 }
 
-DMOE_INLINE auto routing_table::failed(const node_id& id, steady_time now) -> steady_time {
+DMOE_DEF auto routing_table::failed(const node_id& id, steady_time now) -> steady_time {
   if (id != self_) {
     bucket& b = bucket_for(id);
     std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
@@ -208,14 +208,14 @@ DMOE_INLINE auto routing_table::failed(const node_id& id, steady_time now) -> st
   return bans_.failed(id, now);
 }
 
-DMOE_INLINE auto routing_table::find(const node_id& id) const -> std::optional<peer_info> {
+DMOE_DEF auto routing_table::find(const node_id& id) const -> std::optional<peer_info> {
   const bucket& b = buckets_[bucket_index(id)];
   for (const auto& p : b.peers)
     if (p.id == id) return p;
   return std::nullopt;
 }
 
-DMOE_INLINE auto routing_table::nearest(const node_id& target, std::size_t count,
+DMOE_DEF auto routing_table::nearest(const node_id& target, std::size_t count,
                                std::optional<node_id> exclude) const -> std::vector<peer_info> {
   std::vector<std::pair<node_id, const bucket*>> order;
   order.reserve(buckets_.size());
@@ -233,14 +233,14 @@ DMOE_INLINE auto routing_table::nearest(const node_id& target, std::size_t count
   return out;
 }
 
-DMOE_INLINE auto routing_table::peers() const -> std::vector<peer_info> {
+DMOE_DEF auto routing_table::peers() const -> std::vector<peer_info> {
   std::vector<peer_info> out;
   out.reserve(size_);
   for (const auto& b : buckets_) out.insert(out.end(), b.peers.begin(), b.peers.end());
   return out;
 }
 
-DMOE_INLINE auto routing_table::split(bucket& b) -> void {
+DMOE_DEF auto routing_table::split(bucket& b) -> void {
   bucket upper;
   upper.depth = b.depth + 1;
   upper.prefix = b.prefix.with_bit(b.depth, true);

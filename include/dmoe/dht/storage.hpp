@@ -80,13 +80,13 @@ class storage {
 
   // Merges a whole record (plain, or a dictionary of any number of subkeys) by the newer-wins rules; subkeys
   // that are expired or too far ahead are refused as a whole.
-  store_result put(const key_id& key, const record& incoming);
+  DMOE_DECL store_result put(const key_id& key, const record& incoming);
 
   // The key's alive content (expired subkeys left out), or nothing.
-  std::optional<record> get(const key_id& key);
+  DMOE_DECL std::optional<record> get(const key_id& key);
 
   // Drops every entry that expired at `now`; returns how many keys went.
-  std::size_t drop_expired(wall_seconds now);
+  DMOE_DECL std::size_t drop_expired(wall_seconds now);
   std::size_t drop_expired() { return drop_expired(clock_->wall_now()); }
 
   std::size_t size() const noexcept { return entries_.size(); }
@@ -100,10 +100,10 @@ class storage {
   static constexpr std::size_t key_overhead = node_id::size;
   static std::size_t entry_bytes(const record& r) noexcept { return key_overhead + r.byte_size(); }
 
-  std::optional<store_result> check(const record& incoming, wall_seconds now) const;
+  DMOE_DECL std::optional<store_result> check(const record& incoming, wall_seconds now) const;
 
-  void insert(const key_id& key, record r);
-  void erase(const key_id& key);
+  DMOE_DECL void insert(const key_id& key, record r);
+  DMOE_DECL void erase(const key_id& key);
 
   storage_options options_;
   const clock_source* clock_;
@@ -121,7 +121,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE auto storage::put(const key_id& key, const record& incoming) -> store_result {
+DMOE_DEF auto storage::put(const key_id& key, const record& incoming) -> store_result {
   const wall_seconds now = clock_->wall_now();
   drop_expired(now);
   if (auto refusal = check(incoming, now)) return *refusal;
@@ -165,7 +165,7 @@ DMOE_INLINE auto storage::put(const key_id& key, const record& incoming) -> stor
   return store_result::stored;
 }
 
-DMOE_INLINE auto storage::get(const key_id& key) -> std::optional<record> {
+DMOE_DEF auto storage::get(const key_id& key) -> std::optional<record> {
   const wall_seconds now = clock_->wall_now();
   auto it = entries_.find(key);
   if (it == entries_.end()) return std::nullopt;
@@ -177,7 +177,7 @@ DMOE_INLINE auto storage::get(const key_id& key) -> std::optional<record> {
   return copy;
 }
 
-DMOE_INLINE auto storage::drop_expired(wall_seconds now) -> std::size_t {
+DMOE_DEF auto storage::drop_expired(wall_seconds now) -> std::size_t {
   std::size_t dropped = 0;
   while (!by_expiration_.empty() && !(now < by_expiration_.begin()->first)) {
     erase(by_expiration_.begin()->second);
@@ -186,7 +186,7 @@ DMOE_INLINE auto storage::drop_expired(wall_seconds now) -> std::size_t {
   return dropped;
 }
 
-DMOE_INLINE auto storage::check(const record& incoming, wall_seconds now) const -> std::optional<store_result> {
+DMOE_DEF auto storage::check(const record& incoming, wall_seconds now) const -> std::optional<store_result> {
   auto check_one = [&](const byte_buffer* subkey, const timed_value& v) -> std::optional<store_result> {
     if (!std::isfinite(v.expiration)) return store_result::invalid;
     if (!(now < v.expiration)) return store_result::expired;
@@ -202,14 +202,14 @@ DMOE_INLINE auto storage::check(const record& incoming, wall_seconds now) const 
   return std::nullopt;
 }
 
-DMOE_INLINE auto storage::insert(const key_id& key, record r) -> void {
+DMOE_DEF auto storage::insert(const key_id& key, record r) -> void {
   const wall_seconds expiration = r.expiration();
   total_bytes_ += entry_bytes(r);
   by_expiration_.emplace(expiration, key);
   entries_.emplace(key, std::move(r));
 }
 
-DMOE_INLINE auto storage::erase(const key_id& key) -> void {
+DMOE_DEF auto storage::erase(const key_id& key) -> void {
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   by_expiration_.erase({it->second.expiration(), key});

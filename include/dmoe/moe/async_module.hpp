@@ -46,8 +46,8 @@ class model {
   model(const model&) = delete;
   model& operator=(const model&) = delete;
 
-  nn::module& add(std::unique_ptr<nn::module> m);
-  async_module& add(std::unique_ptr<async_module> m);
+  DMOE_DECL nn::module& add(std::unique_ptr<nn::module> m);
+  DMOE_DECL async_module& add(std::unique_ptr<async_module> m);
   // Constructs a module in place: `model.emplace<nn::linear<>>(784, 256, gen)`.
   template <class Module, class... Args>
   Module& emplace(Args&&... args) {
@@ -60,11 +60,11 @@ class model {
 
   // x -> y through every stage. Errors: those of the stages (a DMoE layer's unavailable_error when too few experts
   // answered, cancelled_error...).
-  task<tensor> forward(tensor x);
+  DMOE_DECL task<tensor> forward(tensor x);
   // dy -> dx for the last forward; parameter gradients accumulate (local ones here, experts' on their servers).
-  task<tensor> backward(tensor dy);
+  DMOE_DECL task<tensor> backward(tensor dy);
 
-  nn::parameter_list parameters();
+  DMOE_DECL nn::parameter_list parameters();
   void zero_grad() {
     for (nn::parameter& p : parameters()) p.grad->zero();
   }
@@ -92,21 +92,21 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
-DMOE_INLINE auto model::add(std::unique_ptr<nn::module> m) -> nn::module& {
+DMOE_DEF auto model::add(std::unique_ptr<nn::module> m) -> nn::module& {
   if (!m) throw invalid_argument_error("moe::model: add given no module");
   m->set_training(training_);
   stages_.push_back(stage{std::move(m), nullptr});
   return *stages_.back().local;
 }
 
-DMOE_INLINE auto model::add(std::unique_ptr<async_module> m) -> async_module& {
+DMOE_DEF auto model::add(std::unique_ptr<async_module> m) -> async_module& {
   if (!m) throw invalid_argument_error("moe::model: add given no module");
   m->set_training(training_);
   stages_.push_back(stage{nullptr, std::move(m)});
   return *stages_.back().remote;
 }
 
-DMOE_INLINE auto model::forward(tensor x) -> task<tensor> {
+DMOE_DEF auto model::forward(tensor x) -> task<tensor> {
   for (auto& s : stages_) {
     if (s.local) x = s.local->forward(x);
     else x = co_await s.remote->forward_async(x);  // (not in a conditional expression: g++ 12 miscompiles that)
@@ -114,7 +114,7 @@ DMOE_INLINE auto model::forward(tensor x) -> task<tensor> {
   co_return x;
 }
 
-DMOE_INLINE auto model::backward(tensor dy) -> task<tensor> {
+DMOE_DEF auto model::backward(tensor dy) -> task<tensor> {
   for (auto it = stages_.rbegin(); it != stages_.rend(); ++it) {
     if (it->local) dy = it->local->backward(dy);
     else dy = co_await it->remote->backward_async(dy);
@@ -122,7 +122,7 @@ DMOE_INLINE auto model::backward(tensor dy) -> task<tensor> {
   co_return dy;
 }
 
-DMOE_INLINE auto model::parameters() -> nn::parameter_list {
+DMOE_DEF auto model::parameters() -> nn::parameter_list {
   nn::parameter_list out;
   for (std::size_t i = 0; i < stages_.size(); ++i)
     nn::append_parameters(out, std::to_string(i),

@@ -171,7 +171,7 @@ inline constexpr int max_owner_rounds = 6;
 
 // One beam search of every row of `s` (f32 [batch, width], finite) with beam `keep_beam`; marks in `retry` the rows
 // that a wider beam may serve better: an expert was excluded or dropped, or a prefix of the beam led nowhere.
-task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
+DMOE_DECL task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
                                                                      std::int64_t batch,
                                                                      const beam_search_options& options,
                                                                      std::size_t keep_last, std::size_t keep_beam,
@@ -179,7 +179,7 @@ task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& 
                                                                      const std::function<bool(const std::string&)>& exclude,
                                                                      std::vector<std::uint8_t>& retry);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
+DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_directory& directory, const float* s,
                                                                      std::int64_t batch,
                                                                      const beam_search_options& options,
                                                                      std::size_t keep_last, std::size_t keep_beam,
@@ -362,12 +362,12 @@ DMOE_INLINE task<std::vector<std::vector<found_expert>>> beam_search_pass(expert
 // invalid_argument_error (k < 1, an empty grid or uid prefix, scores not f32 or not finite), shape_error (scores
 // not [batch, sum(grid)]), protocol_error (a directory answering another number of entries than asked); the
 // directory's errors (closed_error, cancelled_error).
-task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
+DMOE_DECL task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory, const tensor& grid_scores,
                                                                 const beam_search_options& options, std::int64_t k,
                                                                 steady_time deadline = no_deadline,
                                                                 std::function<bool(const std::string&)> exclude = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory,
+DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search(expert_directory& directory,
     const tensor& grid_scores,
                                                                 const beam_search_options& options, std::int64_t k,
                                                                 steady_time deadline,

@@ -78,9 +78,9 @@ inline void write_schema(binary_writer& w, const nn::tensor_schema& s) {
   for (std::int64_t d : s.sample_shape.dims()) w.write<std::int64_t>(d);
 }
 
-nn::tensor_schema read_schema(binary_reader& r);
+DMOE_DECL nn::tensor_schema read_schema(binary_reader& r);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE nn::tensor_schema read_schema(binary_reader& r) {
+DMOE_DEF nn::tensor_schema read_schema(binary_reader& r) {
   nn::tensor_schema s;
   const auto code = r.read<std::uint8_t>();
   try {
@@ -100,9 +100,9 @@ DMOE_INLINE nn::tensor_schema read_schema(binary_reader& r) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-std::string read_uid(binary_reader& r);
+DMOE_DECL std::string read_uid(binary_reader& r);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::string read_uid(binary_reader& r) {
+DMOE_DEF std::string read_uid(binary_reader& r) {
   std::string uid = r.read_string(max_uid_length);
   try {
     parse_expert_uid(uid);
@@ -113,9 +113,9 @@ DMOE_INLINE std::string read_uid(binary_reader& r) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-void check_version(binary_reader& r, std::string_view what);
+DMOE_DECL void check_version(binary_reader& r, std::string_view what);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_version(binary_reader& r, std::string_view what) {
+DMOE_DEF void check_version(binary_reader& r, std::string_view what) {
   const auto version = r.read<std::uint8_t>();
   if (version != expert_protocol_version)
     throw protocol_error(fmt::format("{}: expert protocol version {} (this side speaks {})", what, version,
@@ -123,9 +123,9 @@ DMOE_INLINE void check_version(binary_reader& r, std::string_view what) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-wire_codec read_codec(binary_reader& r);
+DMOE_DECL wire_codec read_codec(binary_reader& r);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE wire_codec read_codec(binary_reader& r) {
+DMOE_DEF wire_codec read_codec(binary_reader& r) {
   const auto code = r.read<std::uint8_t>();
   if (code > static_cast<std::uint8_t>(wire_codec::q8_blockwise))
     throw protocol_error(fmt::format("expert request: unknown response codec {}", code));
@@ -133,9 +133,9 @@ DMOE_INLINE wire_codec read_codec(binary_reader& r) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec);
+DMOE_DECL void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec) {
+DMOE_DEF void add_tensor(encoded_expert_request& out, const tensor& t, wire_codec codec) {
   if (codec == wire_codec::none) {
     tensor_wire_view view = wire_view(t);
     out.parts.emplace_back(view.header.span().begin(), view.header.span().end());
@@ -151,9 +151,9 @@ DMOE_INLINE void add_tensor(encoded_expert_request& out, const tensor& t, wire_c
 
 }  // namespace detail
 
-byte_buffer encode_info_request(std::string_view uid);
+DMOE_DECL byte_buffer encode_info_request(std::string_view uid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode_info_request(std::string_view uid) {
+DMOE_DEF byte_buffer encode_info_request(std::string_view uid) {
   byte_buffer out;
   out.reserve(1 + 4 + uid.size());  // (exact: g++ 12 warns falsely about growing from a smaller buffer)
   binary_writer w(out);
@@ -163,9 +163,9 @@ DMOE_INLINE byte_buffer encode_info_request(std::string_view uid) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-std::string decode_info_request(const_byte_span bytes);
+DMOE_DECL std::string decode_info_request(const_byte_span bytes);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::string decode_info_request(const_byte_span bytes) {
+DMOE_DEF std::string decode_info_request(const_byte_span bytes) {
   binary_reader r(bytes, "expert info request");
   detail::check_version(r, "expert info request");
   std::string uid = detail::read_uid(r);
@@ -174,9 +174,9 @@ DMOE_INLINE std::string decode_info_request(const_byte_span bytes) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-byte_buffer encode_info(const expert_info& info);
+DMOE_DECL byte_buffer encode_info(const expert_info& info);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode_info(const expert_info& info) {
+DMOE_DEF byte_buffer encode_info(const expert_info& info) {
   byte_buffer out;
   out.reserve(64 + info.uid.size() + info.kind.size() + 16 * shape::max_rank);
   binary_writer w(out);
@@ -191,9 +191,9 @@ DMOE_INLINE byte_buffer encode_info(const expert_info& info) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-expert_info decode_info(const_byte_span bytes);
+DMOE_DECL expert_info decode_info(const_byte_span bytes);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE expert_info decode_info(const_byte_span bytes) {
+DMOE_DEF expert_info decode_info(const_byte_span bytes) {
   binary_reader r(bytes, "expert info");
   detail::check_version(r, "expert info");
   expert_info info;
@@ -210,11 +210,11 @@ DMOE_INLINE expert_info decode_info(const_byte_span bytes) {
 
 // A forward request (no grad_outputs) or a backward request. The tensors are sent as they are with codec none
 // (kept alive by the result), else compressed with `codec` (f32 tensors only).
-encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
+DMOE_DECL encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
                                                     const tensor* grad_outputs, wire_codec codec = wire_codec::none,
                                                     wire_codec response_codec = wire_codec::none);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
+DMOE_DEF encoded_expert_request encode_expert_request(std::string_view uid, const tensor& inputs,
                                                     const tensor* grad_outputs, wire_codec codec,
                                                     wire_codec response_codec) {
   encoded_expert_request out;
@@ -233,10 +233,10 @@ DMOE_INLINE encoded_expert_request encode_expert_request(std::string_view uid, c
 
 // Reads a forward or backward request; tensors are checked against `limits` (finite values, element counts).
 // Throws protocol_error naming the problem (the uid, a codec, a tensor field, a non-finite element, trailing bytes).
-expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
+DMOE_DECL expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
                                             const wire_limits& limits = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
+DMOE_DEF expert_request decode_expert_request(const_byte_span bytes, expert_direction direction,
                                             const wire_limits& limits) {
   const std::string_view what = direction == expert_direction::forward ? "expert forward request"
                                                                        : "expert backward request";

@@ -50,9 +50,9 @@ struct expert_declaration {
   wall_seconds expiration = 0;
 };
 
-byte_buffer encode_declaration(std::string_view uid, const endpoint& server);
+DMOE_DECL byte_buffer encode_declaration(std::string_view uid, const endpoint& server);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode_declaration(std::string_view uid, const endpoint& server) {
+DMOE_DEF byte_buffer encode_declaration(std::string_view uid, const endpoint& server) {
   const std::string address = server.to_string();
   byte_buffer out;
   out.reserve(1 + 4 + uid.size() + 4 + address.size());
@@ -65,9 +65,9 @@ DMOE_INLINE byte_buffer encode_declaration(std::string_view uid, const endpoint&
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Reads a declaration value; nothing for anything malformed (records come from untrusted peers).
-std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration);
+DMOE_DECL std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration) {
+DMOE_DEF std::optional<expert_declaration> decode_declaration(const_byte_span bytes, wall_seconds expiration) {
   try {
     binary_reader r(bytes, "expert declaration");
     if (r.read<std::uint8_t>() != declaration_version) return std::nullopt;
@@ -95,9 +95,9 @@ struct coordinate_range {
 };
 
 // The ranges of a sorted list of distinct coordinates (consecutive ones joined).
-std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted);
+DMOE_DECL std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted) {
+DMOE_DEF std::vector<coordinate_range> ranges_of(const std::vector<std::uint32_t>& sorted) {
   std::vector<coordinate_range> out;
   for (const std::uint32_t c : sorted) {
     if (!out.empty() && out.back().end == c) ++out.back().end;
@@ -117,9 +117,9 @@ struct successor_set {
   std::vector<coordinate_range> inner;
 };
 
-byte_buffer encode_successor_set(const successor_set& set);
+DMOE_DECL byte_buffer encode_successor_set(const successor_set& set);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE byte_buffer encode_successor_set(const successor_set& set) {
+DMOE_DEF byte_buffer encode_successor_set(const successor_set& set) {
   const std::string address = set.server.to_string();
   byte_buffer out;
   out.reserve(1 + 4 + address.size() + 8 + 8 * (set.leaves.size() + set.inner.size()));
@@ -139,9 +139,9 @@ DMOE_INLINE byte_buffer encode_successor_set(const successor_set& set) {
 
 // Reads a successor set; nothing for anything malformed: another version, an unusable endpoint, a range that is
 // empty, out of order, overlapping its predecessor or past max_uid_coordinate (records come from untrusted peers).
-std::optional<successor_set> decode_successor_set(const_byte_span bytes);
+DMOE_DECL std::optional<successor_set> decode_successor_set(const_byte_span bytes);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::optional<successor_set> decode_successor_set(const_byte_span bytes) {
+DMOE_DEF std::optional<successor_set> decode_successor_set(const_byte_span bytes) {
   try {
     binary_reader r(bytes, "successor set");
     if (r.read<std::uint8_t>() != successor_set_version) return std::nullopt;
@@ -171,10 +171,10 @@ DMOE_INLINE std::optional<successor_set> decode_successor_set(const_byte_span by
 // The signed store entries declaring `uids` (valid expert uids) at `server` until `expiration` (wall-clock
 // seconds): one plain entry per uid, and one successor set per proper prefix under the key's owner subkey.
 // Throws invalid_argument_error for an invalid uid.
-std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids, const endpoint& server,
+DMOE_DECL std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids, const endpoint& server,
                                                          wall_seconds expiration, const dht::ed25519_keypair& key);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids,
+DMOE_DEF std::vector<dht::store_entry> declaration_entries(const std::vector<std::string>& uids,
     const endpoint& server,
                                                          wall_seconds expiration, const dht::ed25519_keypair& key) {
   std::vector<dht::store_entry> entries;
@@ -206,9 +206,9 @@ DMOE_INLINE std::vector<dht::store_entry> declaration_entries(const std::vector<
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // The public key that signed a stored value (nothing when unsigned or malformed).
-std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v);
+DMOE_DECL std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v) {
+DMOE_DEF std::optional<dht::ed25519_public_key> declaration_signer(const dht::timed_value& v) {
   if (v.signature.size() != dht::signature_blob_size) return std::nullopt;
   dht::ed25519_public_key key{};
   std::memcpy(key.data(), v.signature.data(), key.size());
@@ -218,11 +218,11 @@ DMOE_INLINE std::optional<dht::ed25519_public_key> declaration_signer(const dht:
 
 // Where each expert is served, in the order asked: nothing for an expert that no live declaration names (or whose
 // record is malformed or declares another uid). Ends by `deadline`.
-task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
+DMOE_DECL task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
                                                                        const std::vector<std::string>& uids,
                                                                        steady_time deadline = no_deadline);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
+DMOE_DEF task<std::vector<std::optional<expert_declaration>>> get_experts(dht::node& node,
                                                                        const std::vector<std::string>& uids,
                                                                        steady_time deadline) {
   std::vector<dht::key_id> keys;
@@ -283,8 +283,8 @@ struct prefix_successors {
     return it != inner.end() && it->begin <= c;
   }
   // The coordinates below `limit` of the leaves, or of the inner successors, in order (for inspection and tests).
-  std::vector<std::uint32_t> leaf_coordinates(std::uint32_t limit = 1u << 20) const;
-  std::vector<std::uint32_t> inner_coordinates(std::uint32_t limit = 1u << 20) const;
+  DMOE_DECL std::vector<std::uint32_t> leaf_coordinates(std::uint32_t limit = 1u << 20) const;
+  DMOE_DECL std::vector<std::uint32_t> inner_coordinates(std::uint32_t limit = 1u << 20) const;
 };
 
 // The signed-by-nobody marker saying that `prefix` has no live successor, until `expiration`.
@@ -297,9 +297,9 @@ inline dht::store_entry empty_prefix_entry(std::string_view prefix, wall_seconds
 // another subkey) is skipped. Where entries' leaves overlap, the coordinates are marked contested (anyone can sign a
 // successor set, but only the first signer owns a uid's own record: moe::get_experts settles them) and served
 // meanwhile by the range that starts first (the later-expiring entry's when two start together).
-prefix_successors read_successors(const std::optional<dht::record>& found);
+DMOE_DECL prefix_successors read_successors(const std::optional<dht::record>& found);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE prefix_successors read_successors(const std::optional<dht::record>& found) {
+DMOE_DEF prefix_successors read_successors(const std::optional<dht::record>& found) {
   prefix_successors out;
   if (!found) return out;
   out.found = true;
@@ -362,10 +362,10 @@ DMOE_INLINE prefix_successors read_successors(const std::optional<dht::record>& 
 // asked, from one DHT crawl. `latest` merges the dictionaries of the k nearest nodes (every server's entries) instead
 // of taking the first node's. Ends by `deadline` with what was found by then. Errors: invalid_argument_error for a
 // string that is not a uid prefix (see is_valid_uid_prefix); the node's closed_error and cancelled_error.
-task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
+DMOE_DECL task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
                                                        steady_time deadline = no_deadline, bool latest = true);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
+DMOE_DEF task<std::vector<prefix_successors>> successors(dht::node& node, const std::vector<std::string>& prefixes,
                                                        steady_time deadline, bool latest) {
   std::vector<dht::key_id> keys;
   keys.reserve(prefixes.size());
@@ -391,14 +391,14 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
-DMOE_INLINE auto prefix_successors::leaf_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
+DMOE_DEF auto prefix_successors::leaf_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
   std::vector<std::uint32_t> out;
   for (const auto& r : leaves)
     for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);
   return out;
 }
 
-DMOE_INLINE auto prefix_successors::inner_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
+DMOE_DEF auto prefix_successors::inner_coordinates(std::uint32_t limit) const -> std::vector<std::uint32_t> {
   std::vector<std::uint32_t> out;
   for (const auto& r : inner)
     for (std::uint32_t c = r.begin; c < r.end && c < limit; ++c) out.push_back(c);

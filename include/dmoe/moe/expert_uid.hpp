@@ -43,9 +43,9 @@ inline bool is_name_start(char c) noexcept {
 inline bool is_name_char(char c) noexcept { return is_name_start(c) || (c >= '0' && c <= '9') || c == '-'; }
 
 // Whether text is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most U+10FFFF).
-bool is_utf8(std::string_view text) noexcept;
+DMOE_DECL bool is_utf8(std::string_view text) noexcept;
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE bool is_utf8(std::string_view text) noexcept {
+DMOE_DEF bool is_utf8(std::string_view text) noexcept {
   for (std::size_t i = 0; i < text.size();) {
     const auto c = static_cast<unsigned char>(text[i]);
     std::size_t n = 0;
@@ -69,9 +69,9 @@ DMOE_INLINE bool is_utf8(std::string_view text) noexcept {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // A canonical decimal coordinate, or -1.
-std::int64_t parse_coordinate(std::string_view text) noexcept;
+DMOE_DECL std::int64_t parse_coordinate(std::string_view text) noexcept;
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::int64_t parse_coordinate(std::string_view text) noexcept {
+DMOE_DEF std::int64_t parse_coordinate(std::string_view text) noexcept {
   if (text.empty() || text.size() > 10 || (text.size() > 1 && text[0] == '0')) return -1;
   std::int64_t value = 0;
   for (char c : text) {
@@ -82,9 +82,9 @@ DMOE_INLINE std::int64_t parse_coordinate(std::string_view text) noexcept {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-std::vector<std::string_view> split_uid(std::string_view text);
+DMOE_DECL std::vector<std::string_view> split_uid(std::string_view text);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::vector<std::string_view> split_uid(std::string_view text) {
+DMOE_DEF std::vector<std::string_view> split_uid(std::string_view text) {
   std::vector<std::string_view> parts;
   std::size_t begin = 0;
   while (true) {
@@ -97,9 +97,9 @@ DMOE_INLINE std::vector<std::string_view> split_uid(std::string_view text) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-void check_name(std::string_view name, std::string_view text);
+DMOE_DECL void check_name(std::string_view name, std::string_view text);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_name(std::string_view name, std::string_view text) {
+DMOE_DEF void check_name(std::string_view name, std::string_view text) {
   if (name.empty() || !is_name_start(name[0]))
     throw invalid_argument_error(
         fmt::format("expert uid '{}': the name must start with a letter or '_' (uid grammar: name.i.j...)", text));
@@ -114,9 +114,9 @@ DMOE_INLINE void check_name(std::string_view name, std::string_view text) {
 
 // Splits a uid; throws invalid_argument_error naming what is wrong (empty, too long, a bad name, no coordinate, a
 // coordinate that is not a canonical decimal in [0, 2^31)).
-expert_coordinates parse_expert_uid(std::string_view uid);
+DMOE_DECL expert_coordinates parse_expert_uid(std::string_view uid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE expert_coordinates parse_expert_uid(std::string_view uid) {
+DMOE_DEF expert_coordinates parse_expert_uid(std::string_view uid) {
   if (uid.size() > max_uid_length)
     throw invalid_argument_error(fmt::format("expert uid of {} bytes exceeds {}", uid.size(), max_uid_length));
   const auto parts = detail::split_uid(uid);
@@ -135,9 +135,9 @@ DMOE_INLINE expert_coordinates parse_expert_uid(std::string_view uid) {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-bool is_valid_expert_uid(std::string_view uid) noexcept;
+DMOE_DECL bool is_valid_expert_uid(std::string_view uid) noexcept;
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE bool is_valid_expert_uid(std::string_view uid) noexcept {
+DMOE_DEF bool is_valid_expert_uid(std::string_view uid) noexcept {
   try {
     parse_expert_uid(uid);
     return true;
@@ -147,9 +147,9 @@ DMOE_INLINE bool is_valid_expert_uid(std::string_view uid) noexcept {
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-std::string make_expert_uid(std::string_view name, const std::vector<std::int64_t>& coordinates);
+DMOE_DECL std::string make_expert_uid(std::string_view name, const std::vector<std::int64_t>& coordinates);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::string make_expert_uid(std::string_view name, const std::vector<std::int64_t>& coordinates) {
+DMOE_DEF std::string make_expert_uid(std::string_view name, const std::vector<std::int64_t>& coordinates) {
   std::string uid(name);
   for (std::int64_t c : coordinates) uid += fmt::format("{}{}", uid_delimiter, c);
   parse_expert_uid(uid);  // validates
@@ -165,9 +165,9 @@ struct uid_prefix {
 };
 
 // Every proper prefix of a valid uid, shortest first: "ffn.3.17" -> {"ffn.", "3"}, {"ffn.3.", "17"}.
-std::vector<uid_prefix> uid_prefixes(std::string_view uid);
+DMOE_DECL std::vector<uid_prefix> uid_prefixes(std::string_view uid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::vector<uid_prefix> uid_prefixes(std::string_view uid) {
+DMOE_DEF std::vector<uid_prefix> uid_prefixes(std::string_view uid) {
   parse_expert_uid(uid);
   std::vector<uid_prefix> out;
   std::size_t dot = uid.find(uid_delimiter);
@@ -184,9 +184,9 @@ DMOE_INLINE std::vector<uid_prefix> uid_prefixes(std::string_view uid) {
 // Expands a pattern to uids, in row-major order: each coordinate is a number or a half-open range [a:b], e.g.
 // "ffn.[0:16].[0:16]" (256 uids) or "ffn.[0:4].7". Several patterns or uids may be given separated by commas or
 // spaces. Repeated uids are an error, as are empty ranges and more than max_pattern_experts uids.
-std::vector<std::string> expand_expert_pattern(std::string_view pattern);
+DMOE_DECL std::vector<std::string> expand_expert_pattern(std::string_view pattern);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::vector<std::string> expand_expert_pattern(std::string_view pattern) {
+DMOE_DEF std::vector<std::string> expand_expert_pattern(std::string_view pattern) {
   std::vector<std::string> out;
   std::size_t begin = 0;
   while (begin < pattern.size()) {

@@ -53,9 +53,9 @@ inline std::string grid_text(std::span<const std::uint32_t> values) {
   return fmt::format("[{}]", fmt::join(values, ", "));
 }
 
-void check_grid(std::string_view op, std::span<const std::uint32_t> grid);
+DMOE_DECL void check_grid(std::string_view op, std::span<const std::uint32_t> grid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_grid(std::string_view op, std::span<const std::uint32_t> grid) {
+DMOE_DEF void check_grid(std::string_view op, std::span<const std::uint32_t> grid) {
   if (grid.empty()) throw invalid_argument_error(fmt::format("{}: the grid has no dimensions", op));
   for (std::uint32_t extent : grid)
     if (extent == 0)
@@ -65,9 +65,9 @@ DMOE_INLINE void check_grid(std::string_view op, std::span<const std::uint32_t> 
 
 // The top-k keys every expert by its row-major index in 64 bits: grids with more than 2^64 experts are refused
 // (e.g. 8192^5), rather than have keys wrap and return wrong coordinates.
-void check_grid_keys(std::string_view op, std::span<const std::uint32_t> grid);
+DMOE_DECL void check_grid_keys(std::string_view op, std::span<const std::uint32_t> grid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_grid_keys(std::string_view op, std::span<const std::uint32_t> grid) {
+DMOE_DEF void check_grid_keys(std::string_view op, std::span<const std::uint32_t> grid) {
   std::uint64_t last = 0;  // the largest row-major index so far
   for (std::uint32_t extent : grid) {
     if (last > (UINT64_MAX - (extent - 1)) / extent)
@@ -84,9 +84,9 @@ inline std::int64_t grid_width(std::span<const std::uint32_t> grid) {
 }
 
 // Number of experts, saturating at INT64_MAX (a grid may be larger than anything we enumerate).
-std::int64_t grid_size(std::span<const std::uint32_t> grid);
+DMOE_DECL std::int64_t grid_size(std::span<const std::uint32_t> grid);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::int64_t grid_size(std::span<const std::uint32_t> grid) {
+DMOE_DEF std::int64_t grid_size(std::span<const std::uint32_t> grid) {
   std::int64_t n = 1;
   for (std::uint32_t extent : grid) {
     if (n > INT64_MAX / static_cast<std::int64_t>(extent)) return INT64_MAX;

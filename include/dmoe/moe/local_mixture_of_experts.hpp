@@ -116,9 +116,9 @@ struct expert_batch {
 
 // x itself when it is [batch, in], else its mean over the dimensions between the batch and the last (the gating's
 // input: a sequence routes as one sample).
-tensor gating_input(const tensor& x);
+DMOE_DECL tensor gating_input(const tensor& x);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE tensor gating_input(const tensor& x) {
+DMOE_DEF tensor gating_input(const tensor& x) {
   if (x.rank() == 2) return x;
   const std::int64_t batch = x.dim(0), in = x.dim(-1), steps = x.numel() / std::max<std::int64_t>(1, batch * in);
   tensor mean(shape{batch, in});
@@ -139,9 +139,9 @@ DMOE_INLINE tensor gating_input(const tensor& x) {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Adds the gating input's gradient [batch, in] into dx (spread evenly over a sequence's steps).
-void add_gating_dx(const tensor& dgate, tensor& dx);
+DMOE_DECL void add_gating_dx(const tensor& dgate, tensor& dx);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void add_gating_dx(const tensor& dgate, tensor& dx) {
+DMOE_DEF void add_gating_dx(const tensor& dgate, tensor& dx) {
   const std::int64_t batch = dx.dim(0), in = dx.dim(-1), steps = dx.numel() / std::max<std::int64_t>(1, batch * in);
   const float scale = 1.0f / static_cast<float>(steps);
   const float* g = dgate.data<float>();
@@ -154,9 +154,9 @@ DMOE_INLINE void add_gating_dx(const tensor& dgate, tensor& dx) {
 
 // One sample's mixing weights: the softmax of its responders' scores (k of them, responded[j] != 0), 0 elsewhere;
 // all 0 when none responded (never NaN). Computed in double from the largest score.
-void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights);
+DMOE_DECL void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights) {
+DMOE_DEF void responder_softmax(const float* scores, const std::uint8_t* responded, std::int64_t k, float* weights) {
   double best = -HUGE_VAL;
   for (std::int64_t j = 0; j < k; ++j)
     if (responded[j]) best = std::max(best, static_cast<double>(scores[j]));
@@ -170,10 +170,10 @@ DMOE_INLINE void responder_softmax(const float* scores, const std::uint8_t* resp
 
 // The gradient of the chosen experts' scores [batch, k] from that of the mixing weights (d loss / d w), through the
 // softmax over each sample's responders: d score_j = w_j (d w_j - sum_i w_i d w_i); 0 for non-responders.
-tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
+DMOE_DECL tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
                                          std::span<const double> dweights, std::int64_t batch, std::int64_t k);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
+DMOE_DEF tensor responder_softmax_backward(std::span<const float> weights, std::span<const std::uint8_t> responded,
                                          std::span<const double> dweights, std::int64_t batch, std::int64_t k) {
   tensor dscores(shape{batch, k});
   float* ds = dscores.data<float>();
@@ -192,9 +192,9 @@ DMOE_INLINE tensor responder_softmax_backward(std::span<const float> weights, st
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
-void check_f32_schema(std::string_view what, const nn::tensor_schema& schema);
+DMOE_DECL void check_f32_schema(std::string_view what, const nn::tensor_schema& schema);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
+DMOE_DEF void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
   if (schema.type != dtype::f32)
     throw invalid_argument_error(
         fmt::format("local_mixture_of_experts: expert {} is {} but the layer mixes f32", what, schema.type));

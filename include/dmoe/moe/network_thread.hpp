@@ -83,7 +83,7 @@ class network_thread {
   }
 
   // Cancels runs in progress, closes the client, shuts the node down and joins the thread. Idempotent.
-  void shutdown();
+  DMOE_DECL void shutdown();
 
   // The objects are used on the network thread only (inside run()); passing the references to a constructor, or
   // reading a layer's stats between runs, is fine from any thread.
@@ -109,9 +109,9 @@ class network_thread {
     }
   }
 
-  void thread_main(network_thread_options options, std::promise<void>& ready);
+  DMOE_DECL void thread_main(network_thread_options options, std::promise<void>& ready);
 
-  task<void> main(network_thread_options options, std::promise<void>& ready);
+  DMOE_DECL task<void> main(network_thread_options options, std::promise<void>& ready);
 
   std::thread thread_;
   io_context* ctx_ = nullptr;
@@ -147,7 +147,7 @@ DMOE_INLINE network_thread::network_thread(network_thread_options options) {
   }
 }
 
-DMOE_INLINE auto network_thread::shutdown() -> void {
+DMOE_DEF auto network_thread::shutdown() -> void {
   if (!thread_.joinable()) return;
   {
     std::lock_guard lock(post_mutex_);
@@ -159,7 +159,7 @@ DMOE_INLINE auto network_thread::shutdown() -> void {
   thread_.join();
 }
 
-DMOE_INLINE auto network_thread::thread_main(network_thread_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto network_thread::thread_main(network_thread_options options, std::promise<void>& ready) -> void {
   std::optional<io_context> ctx;
   std::optional<dht::node> node;
   std::optional<net::rpc_client> client;
@@ -181,7 +181,7 @@ DMOE_INLINE auto network_thread::thread_main(network_thread_options options, std
   ctx->run(main(std::move(options), ready));
 }
 
-DMOE_INLINE auto network_thread::main(network_thread_options options, std::promise<void>& ready) -> task<void> {
+DMOE_DEF auto network_thread::main(network_thread_options options, std::promise<void>& ready) -> task<void> {
   task_group runs(*ctx_);
   std::exception_ptr failed;
   try {

@@ -34,12 +34,12 @@ struct expert_call_options {
 // of `expected` samples (its dtype and sample shape when `expected` is given) with as many rows as `inputs`.
 // Errors: the rpc client's (timeout_error, unavailable_error, closed_error, remote_error, limit_error,
 // cancelled_error), protocol_error for an answer that is malformed, not finite or of the wrong shape.
-task<tensor> call_expert(net::rpc_client& client, const endpoint& server, const std::string& uid,
+DMOE_DECL task<tensor> call_expert(net::rpc_client& client, const endpoint& server, const std::string& uid,
                                 const tensor& inputs, const tensor* grad_outputs, const nn::tensor_schema* expected,
                                 steady_time deadline, std::stop_token stop = {},
                                 const expert_call_options& options = {});
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE task<tensor> call_expert(net::rpc_client& client, const endpoint& server, const std::string& uid,
+DMOE_DEF task<tensor> call_expert(net::rpc_client& client, const endpoint& server, const std::string& uid,
                                 const tensor& inputs, const tensor* grad_outputs, const nn::tensor_schema* expected,
                                 steady_time deadline, std::stop_token stop,
                                 const expert_call_options& options) {
@@ -84,15 +84,15 @@ class remote_expert {
 
   // What the server says about the expert; fetched on the first call and cached (a failed fetch is not). Errors:
   // the rpc client's; protocol_error for a malformed answer or one about another uid.
-  task<expert_info> info(steady_time deadline = no_deadline, std::stop_token stop = {});
+  DMOE_DECL task<expert_info> info(steady_time deadline = no_deadline, std::stop_token stop = {});
 
   // inputs [batch] + input sample shape -> outputs [batch] + output sample shape (checked against the cached info
   // when there is one). Errors as call_expert.
-  task<tensor> forward(const tensor& inputs, steady_time deadline = no_deadline, std::stop_token stop = {});
+  DMOE_DECL task<tensor> forward(const tensor& inputs, steady_time deadline = no_deadline, std::stop_token stop = {});
 
   // (inputs, d loss / d outputs) -> d loss / d inputs, [batch] + input sample shape; the server also steps the
   // expert's optimizer with the parameter gradients. Errors as call_expert.
-  task<tensor> backward(const tensor& inputs, const tensor& grad_outputs, steady_time deadline = no_deadline,
+  DMOE_DECL task<tensor> backward(const tensor& inputs, const tensor& grad_outputs, steady_time deadline = no_deadline,
                         std::stop_token stop = {});
 
  private:
@@ -111,7 +111,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
-DMOE_INLINE auto remote_expert::info(steady_time deadline, std::stop_token stop) -> task<expert_info> {
+DMOE_DEF auto remote_expert::info(steady_time deadline, std::stop_token stop) -> task<expert_info> {
   if (info_) co_return *info_;
   const byte_buffer request = encode_info_request(uid_);
   const byte_buffer answer = co_await client_->call(server_, info_method, request, deadline, std::move(stop));
@@ -127,13 +127,13 @@ DMOE_INLINE auto remote_expert::info(steady_time deadline, std::stop_token stop)
   co_return *info_;
 }
 
-DMOE_INLINE auto remote_expert::forward(const tensor& inputs, steady_time deadline, std::stop_token stop)
+DMOE_DEF auto remote_expert::forward(const tensor& inputs, steady_time deadline, std::stop_token stop)
     -> task<tensor> {
   co_return co_await call_expert(*client_, server_, uid_, inputs, nullptr, info_ ? &info_->schema.output : nullptr,
                                  deadline, std::move(stop), options_);
 }
 
-DMOE_INLINE auto remote_expert::backward(const tensor& inputs, const tensor& grad_outputs, steady_time deadline,
+DMOE_DEF auto remote_expert::backward(const tensor& inputs, const tensor& grad_outputs, steady_time deadline,
                       std::stop_token stop) -> task<tensor> {
   co_return co_await call_expert(*client_, server_, uid_, inputs, &grad_outputs,
                                  info_ ? &info_->schema.input : nullptr, deadline, std::move(stop), options_);

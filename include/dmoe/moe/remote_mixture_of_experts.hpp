@@ -113,10 +113,10 @@ class expert_dispatcher {
         search_options_{options_.uid_prefix, options_.grid, options_.beam_size} {}
 
   // Each sample's (at most) k best live experts not avoided, by `deadline`.
-  task<std::vector<std::vector<found_expert>>> search(const tensor& grid_scores, std::int64_t k, steady_time deadline);
+  DMOE_DECL task<std::vector<std::vector<found_expert>>> search(const tensor& grid_scores, std::int64_t k, steady_time deadline);
 
   // The requests for a batch's choices: one per expert, with the rows (in sample order) that chose it.
-  static std::vector<expert_call> group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x);
+  DMOE_DECL static std::vector<expert_call> group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x);
 
   // Sends every call (forward, or backward with grad_outputs) at once. Waits until each sample s has need[s]
   // answers or every call has ended, then at most timeout_after_k_min more, never past `deadline`; cancels what
@@ -124,7 +124,7 @@ class expert_dispatcher {
   // the connection, answered an error or a malformed answer) are avoided from now on; one the layer cut off (after
   // k_min, at the deadline, or because the caller stopped) is not blamed.
   // Errors: cancelled_error when the caller is stopped (every request has ended by then).
-  task<void> run(std::vector<expert_call>& calls, bool backward, std::vector<std::int64_t> need, steady_time deadline);
+  DMOE_DECL task<void> run(std::vector<expert_call>& calls, bool backward, std::vector<std::int64_t> need, steady_time deadline);
 
   const dispatch_options& options() const noexcept { return options_; }
   dispatch_stats& stats() noexcept { return stats_; }
@@ -144,13 +144,13 @@ class expert_dispatcher {
     async_event all_done;            // pending == 0
   };
 
-  static dispatch_options checked(dispatch_options o);
+  DMOE_DECL static dispatch_options checked(dispatch_options o);
 
-  static task<void> wait_event(async_event& event);
+  DMOE_DECL static task<void> wait_event(async_event& event);
   // Waits for `event` until `until`; returns either way (a stop request still throws cancelled_error).
-  static task<void> wait_until(async_event& event, steady_time until);
+  DMOE_DECL static task<void> wait_until(async_event& event, steady_time until);
 
-  task<void> call_one(expert_call& c, bool backward, steady_time deadline, progress& p);
+  DMOE_DECL task<void> call_one(expert_call& c, bool backward, steady_time deadline, progress& p);
 
   expert_directory& directory_;
   net::rpc_client& client_;
@@ -164,10 +164,10 @@ namespace detail {
 
 // The checks every remote layer makes of its options: a grid, 1 <= k <= its experts, k_min and backward_k_min in
 // [0, k], a schema. Throws invalid_argument_error naming the layer and the option.
-void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
+DMOE_DECL void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
                           std::int64_t backward_k_min);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
+DMOE_DEF void check_routing(std::string_view op, const dispatch_options& o, std::int64_t k, std::int64_t k_min,
                           std::int64_t backward_k_min) {
   check_grid(op, o.grid);
   const std::int64_t experts = grid_size(o.grid);
@@ -436,7 +436,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
-DMOE_INLINE auto expert_dispatcher::search(const tensor& grid_scores, std::int64_t k, steady_time deadline)
+DMOE_DEF auto expert_dispatcher::search(const tensor& grid_scores, std::int64_t k, steady_time deadline)
     -> task<std::vector<std::vector<found_expert>>> {
   const steady_time now = std::chrono::steady_clock::now();
   std::erase_if(avoided_, [now](const auto& entry) { return entry.second <= now; });
@@ -448,7 +448,7 @@ DMOE_INLINE auto expert_dispatcher::search(const tensor& grid_scores, std::int64
   co_return found;
 }
 
-DMOE_INLINE auto expert_dispatcher::group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x)
+DMOE_DEF auto expert_dispatcher::group(const std::vector<std::vector<found_expert>>& chosen, const tensor& x)
     -> std::vector<expert_call> {
   std::vector<expert_call> calls;
   std::unordered_map<std::string, std::size_t> index;
@@ -472,7 +472,7 @@ DMOE_INLINE auto expert_dispatcher::group(const std::vector<std::vector<found_ex
   return calls;
 }
 
-DMOE_INLINE auto expert_dispatcher::run(std::vector<expert_call>& calls, bool backward,
+DMOE_DEF auto expert_dispatcher::run(std::vector<expert_call>& calls, bool backward,
     std::vector<std::int64_t> need, steady_time deadline) -> task<void> {
   progress p;
   p.need = std::move(need);
@@ -506,7 +506,7 @@ DMOE_INLINE auto expert_dispatcher::run(std::vector<expert_call>& calls, bool ba
   if (stopped) std::rethrow_exception(stopped);
 }
 
-DMOE_INLINE auto expert_dispatcher::checked(dispatch_options o) -> dispatch_options {
+DMOE_DEF auto expert_dispatcher::checked(dispatch_options o) -> dispatch_options {
   detail::check_grid("remote mixture of experts", o.grid);
   detail::check_grid_keys("remote mixture of experts", o.grid);
   if (!is_valid_uid_prefix(o.uid_prefix + "."))
@@ -521,16 +521,16 @@ DMOE_INLINE auto expert_dispatcher::checked(dispatch_options o) -> dispatch_opti
   return o;
 }
 
-DMOE_INLINE auto expert_dispatcher::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
+DMOE_DEF auto expert_dispatcher::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
 
-DMOE_INLINE auto expert_dispatcher::wait_until(async_event& event, steady_time until) -> task<void> {
+DMOE_DEF auto expert_dispatcher::wait_until(async_event& event, steady_time until) -> task<void> {
   try {
     co_await with_deadline(wait_event(event), until);
   } catch (const timeout_error&) {
   }
 }
 
-DMOE_INLINE auto expert_dispatcher::call_one(expert_call& c, bool backward, steady_time deadline, progress& p)
+DMOE_DEF auto expert_dispatcher::call_one(expert_call& c, bool backward, steady_time deadline, progress& p)
     -> task<void> {
   try {
     if (backward) {

@@ -94,9 +94,9 @@ struct pending_datagram_request {
 
 // Transaction ids: unpredictable (so off-path peers cannot answer for others), drawn from one generator per
 // thread seeded once (std::random_device is slow here).
-std::uint64_t next_transaction_id();
+DMOE_DECL std::uint64_t next_transaction_id();
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::uint64_t next_transaction_id() {
+DMOE_DEF std::uint64_t next_transaction_id() {
   thread_local std::mt19937_64 generator = [] {
     std::random_device device;
     std::seed_seq seeds{device(), device(), device(), device()};
@@ -134,7 +134,7 @@ class datagram_endpoint {
   // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined,
   // and requests still waiting fail with closed_error and are awaited: once it returns, the socket is closed (its
   // port free again) and the endpoint may be destroyed.
-  task<void> serve();
+  DMOE_DECL task<void> serve();
 
   // Makes serve() return; requests still waiting then fail with closed_error.
   void close() {
@@ -146,7 +146,7 @@ class datagram_endpoint {
   // attempt_timeout without an answer, up to max_attempts, and ends by `deadline` (or after default_timeout).
   // Errors: timeout_error (no answer), remote_error (the peer refused: its handler threw or knows no such type),
   // limit_error (message too large), closed_error (the endpoint closed), cancelled_error (stop request).
-  task<datagram_response> request(endpoint peer, std::uint16_t type, const_byte_span message,
+  DMOE_DECL task<datagram_response> request(endpoint peer, std::uint16_t type, const_byte_span message,
                                   steady_time deadline = no_deadline);
 
   const endpoint& local_endpoint() const noexcept { return local_; }
@@ -186,16 +186,16 @@ class datagram_endpoint {
 
   static std::uint64_t source_key(const endpoint& peer) noexcept { return std::hash<endpoint>{}(peer); }
 
-  static task<void> wait_for(async_event& event);
+  DMOE_DECL static task<void> wait_for(async_event& event);
 
-  task<void> receive_loop(task_group& handling);
+  DMOE_DECL task<void> receive_loop(task_group& handling);
 
-  void on_datagram(task_group& handling, const endpoint& peer, const_byte_span bytes, steady_time now);
+  DMOE_DECL void on_datagram(task_group& handling, const endpoint& peer, const_byte_span bytes, steady_time now);
 
-  task<void> handle_request(datagram_request request, std::string address);
+  DMOE_DECL task<void> handle_request(datagram_request request, std::string address);
 
   // Sends every part; fault injection may drop parts and delays the message by one draw.
-  task<void> send_parts(const datagram_parts& parts, endpoint peer, bool is_request);
+  DMOE_DECL task<void> send_parts(const datagram_parts& parts, endpoint peer, bool is_request);
 
   io_context& ctx_;
   datagram_endpoint_options options_;
@@ -251,7 +251,7 @@ DMOE_INLINE datagram_endpoint::datagram_endpoint(io_context& ctx, const endpoint
                                              options_.receive_buffer, options_.limits.max_datagram));
 }
 
-DMOE_INLINE auto datagram_endpoint::serve() -> task<void> {
+DMOE_DEF auto datagram_endpoint::serve() -> task<void> {
   if (serving_) throw invalid_argument_error(fmt::format("datagram endpoint {} is already serving", local_text_));
   serving_ = true;
   task_group receiving(ctx_);
@@ -284,7 +284,7 @@ DMOE_INLINE auto datagram_endpoint::serve() -> task<void> {
   if (failure) std::rethrow_exception(failure);
 }
 
-DMOE_INLINE auto datagram_endpoint::request(endpoint peer, std::uint16_t type, const_byte_span message,
+DMOE_DEF auto datagram_endpoint::request(endpoint peer, std::uint16_t type, const_byte_span message,
                                 steady_time deadline) -> task<datagram_response> {
   if (closed_) throw closed_error(fmt::format("datagram request of type {} to {}: endpoint {} is closed", type, peer,
                                               local_text_));
@@ -330,9 +330,9 @@ DMOE_INLINE auto datagram_endpoint::request(endpoint peer, std::uint16_t type, c
   co_return datagram_response{peer, pending.sender, std::move(pending.message), attempts};
 }
 
-DMOE_INLINE auto datagram_endpoint::wait_for(async_event& event) -> task<void> { co_await event.wait(); }
+DMOE_DEF auto datagram_endpoint::wait_for(async_event& event) -> task<void> { co_await event.wait(); }
 
-DMOE_INLINE auto datagram_endpoint::receive_loop(task_group& handling) -> task<void> {
+DMOE_DEF auto datagram_endpoint::receive_loop(task_group& handling) -> task<void> {
   byte_buffer buffer(options_.receive_buffer);
   for (;;) {
     dmoe::datagram received;
@@ -356,7 +356,7 @@ DMOE_INLINE auto datagram_endpoint::receive_loop(task_group& handling) -> task<v
   }
 }
 
-DMOE_INLINE auto datagram_endpoint::on_datagram(task_group& handling, const endpoint& peer, const_byte_span bytes,
+DMOE_DEF auto datagram_endpoint::on_datagram(task_group& handling, const endpoint& peer, const_byte_span bytes,
     steady_time now) -> void {
   const std::string peer_text = peer.to_string();
   const datagram_message part = decode_datagram(bytes, options_.limits, peer_text);
@@ -394,7 +394,7 @@ DMOE_INLINE auto datagram_endpoint::on_datagram(task_group& handling, const endp
   pending.done.set();
 }
 
-DMOE_INLINE auto datagram_endpoint::handle_request(datagram_request request, std::string address) -> task<void> {
+DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, std::string address) -> task<void> {
   struct in_flight_scope {
     datagram_endpoint* self;
     const std::string& address;
@@ -446,7 +446,7 @@ DMOE_INLINE auto datagram_endpoint::handle_request(datagram_request request, std
   ++stats_.responses_sent;
 }
 
-DMOE_INLINE auto datagram_endpoint::send_parts(const datagram_parts& parts, endpoint peer, bool is_request)
+DMOE_DEF auto datagram_endpoint::send_parts(const datagram_parts& parts, endpoint peer, bool is_request)
     -> task<void> {
   const std::string peer_text = peer.to_string();
   std::vector<bool> keep(parts.count(), true);

@@ -73,9 +73,9 @@ struct datagram_limits {
 };
 
 // Throws invalid_argument_error naming the first unusable limit; `owner` names who holds them.
-void validate(const datagram_limits& limits, std::string_view owner);
+DMOE_DECL void validate(const datagram_limits& limits, std::string_view owner);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void validate(const datagram_limits& limits, std::string_view owner) {
+DMOE_DEF void validate(const datagram_limits& limits, std::string_view owner) {
   if (limits.max_datagram <= datagram_header_size || limits.max_datagram > datagram_max_udp_payload)
     throw invalid_argument_error(fmt::format("{}: max_datagram of {} bytes is outside {} to {} (the {}-byte header "
                                              "and the largest UDP payload)",
@@ -98,9 +98,9 @@ struct datagram_message {
 
 using datagram_header_bytes = std::array<std::byte, datagram_header_size>;
 
-datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept;
+DMOE_DECL datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept;
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept {
+DMOE_DEF datagram_header_bytes encode_datagram_header(const datagram_header& header) noexcept {
   datagram_header_bytes out{};
   std::byte* at = out.data();
   detail::store_le<std::uint8_t>(at + 0, datagram_version);
@@ -124,9 +124,9 @@ constexpr std::size_t datagram_part_payload(std::size_t total_size, std::size_t 
 }
 
 // Decodes and checks one datagram from untrusted bytes; `peer` names the sender in errors.
-datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer);
+DMOE_DECL datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits, std::string_view peer);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits,
+DMOE_DEF datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits,
     std::string_view peer) {
   if (bytes.size() < datagram_header_size)
     throw protocol_error(fmt::format("datagram of {} bytes is shorter than its {}-byte header from {}", bytes.size(),
@@ -197,7 +197,7 @@ class datagram_parts {
   }
 
   // Part `index` as one contiguous datagram (replaces `out`'s contents).
-  void encode(std::size_t index, byte_buffer& out) const;
+  DMOE_DECL void encode(std::size_t index, byte_buffer& out) const;
 
  private:
   datagram_header header_;
@@ -230,7 +230,7 @@ DMOE_INLINE datagram_parts::datagram_parts(const datagram_header& header, const_
   header_.part_size = static_cast<std::uint16_t>(count == 1 ? message.size() : part_size);
 }
 
-DMOE_INLINE auto datagram_parts::encode(std::size_t index, byte_buffer& out) const -> void {
+DMOE_DEF auto datagram_parts::encode(std::size_t index, byte_buffer& out) const -> void {
   const auto head = header_bytes(index);
   const auto body = payload(index);
   out.resize(head.size() + body.size());

@@ -31,14 +31,14 @@ class datagram_reassembler {
   // Adds one decoded datagram from `source` (a key for the sender's address). Returns the whole message once its
   // last missing part arrives; single-part messages come back at once. Duplicate parts are ignored; a part that
   // contradicts the earlier parts of its message throws protocol_error and leaves the message as it was.
-  std::optional<byte_buffer> add(std::uint64_t source, const datagram_message& part, steady_time now,
+  DMOE_DECL std::optional<byte_buffer> add(std::uint64_t source, const datagram_message& part, steady_time now,
                                  std::string_view peer = "peer");
 
   // Drops messages that have waited longer than the partial timeout for their missing parts.
-  void expire(steady_time now);
+  DMOE_DECL void expire(steady_time now);
 
   // Drops everything held for one transaction (its caller gave up).
-  void forget(std::uint64_t source, std::uint64_t transaction_id);
+  DMOE_DECL void forget(std::uint64_t source, std::uint64_t transaction_id);
 
   std::size_t partial_messages() const noexcept { return partials_.size(); }
   std::size_t buffered_bytes() const noexcept { return buffered_; }
@@ -62,10 +62,10 @@ class datagram_reassembler {
            a.part_size == b.part_size;
   }
 
-  std::pair<std::size_t, std::size_t> held_by(std::uint64_t source) const noexcept;
+  DMOE_DECL std::pair<std::size_t, std::size_t> held_by(std::uint64_t source) const noexcept;
 
   // The source holding the most bytes (then messages) in reassembly.
-  std::uint64_t largest_holder() const noexcept;
+  DMOE_DECL std::uint64_t largest_holder() const noexcept;
 
   std::vector<partial>::iterator oldest_of(std::uint64_t source) noexcept {
     return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.source == source; });
@@ -92,7 +92,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE auto datagram_reassembler::add(std::uint64_t source, const datagram_message& part, steady_time now,
+DMOE_DEF auto datagram_reassembler::add(std::uint64_t source, const datagram_message& part, steady_time now,
                                std::string_view peer) -> std::optional<byte_buffer> {
   const datagram_header& h = part.header;
   if (h.part_count <= 1) return byte_buffer(part.payload.begin(), part.payload.end());
@@ -146,7 +146,7 @@ DMOE_INLINE auto datagram_reassembler::add(std::uint64_t source, const datagram_
   return whole;
 }
 
-DMOE_INLINE auto datagram_reassembler::expire(steady_time now) -> void {
+DMOE_DEF auto datagram_reassembler::expire(steady_time now) -> void {
   std::erase_if(partials_, [&](const partial& p) {
     if (now < deadline_from(p.started, limits_.partial_timeout)) return false;
     buffered_ -= p.data.size();
@@ -155,7 +155,7 @@ DMOE_INLINE auto datagram_reassembler::expire(steady_time now) -> void {
   });
 }
 
-DMOE_INLINE auto datagram_reassembler::forget(std::uint64_t source, std::uint64_t transaction_id) -> void {
+DMOE_DEF auto datagram_reassembler::forget(std::uint64_t source, std::uint64_t transaction_id) -> void {
   std::erase_if(partials_, [&](const partial& p) {
     if (p.source != source || p.header.transaction_id != transaction_id) return false;
     buffered_ -= p.data.size();
@@ -163,7 +163,7 @@ DMOE_INLINE auto datagram_reassembler::forget(std::uint64_t source, std::uint64_
   });
 }
 
-DMOE_INLINE auto datagram_reassembler::held_by(std::uint64_t source) const noexcept -> std::pair<std::size_t,
+DMOE_DEF auto datagram_reassembler::held_by(std::uint64_t source) const noexcept -> std::pair<std::size_t,
     std::size_t> {
   std::size_t count = 0;
   std::size_t bytes = 0;
@@ -175,7 +175,7 @@ DMOE_INLINE auto datagram_reassembler::held_by(std::uint64_t source) const noexc
   return {count, bytes};
 }
 
-DMOE_INLINE auto datagram_reassembler::largest_holder() const noexcept -> std::uint64_t {
+DMOE_DEF auto datagram_reassembler::largest_holder() const noexcept -> std::uint64_t {
   std::uint64_t best = partials_.front().source;
   std::pair<std::size_t, std::size_t> best_held{0, 0};
   for (const partial& p : partials_) {

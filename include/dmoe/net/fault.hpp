@@ -41,7 +41,7 @@ struct latency_model {
   }
 
   // The expected delay.
-  std::chrono::nanoseconds mean() const noexcept;
+  DMOE_DECL std::chrono::nanoseconds mean() const noexcept;
 };
 
 // What to do with one message.
@@ -55,8 +55,8 @@ class fault_policy {
  public:
   explicit fault_policy(std::uint64_t seed = 1) : random_(seed) {}
 
-  fault_policy& set_latency(const latency_model& model);
-  fault_policy& set_loss(double probability);
+  DMOE_DECL fault_policy& set_latency(const latency_model& model);
+  DMOE_DECL fault_policy& set_loss(double probability);
   // A stalled endpoint accepts connections and requests but never answers.
   fault_policy& set_stall(bool stalled = true) {
     stalled_.store(stalled, std::memory_order_relaxed);
@@ -78,7 +78,7 @@ class fault_policy {
   bool stalled() const noexcept { return stalled_.load(std::memory_order_relaxed); }
 
   // The fate of one message from `from` to `to` (endpoint texts such as "127.0.0.5:4100").
-  fault_decision on_send(std::string_view from, std::string_view to);
+  DMOE_DECL fault_decision on_send(std::string_view from, std::string_view to);
 
   // A delay drawn from the latency model alone (no loss, no partition).
   std::chrono::nanoseconds sample_delay() {
@@ -106,7 +106,7 @@ class fault_policy {
     std::vector<std::string> a, b;
   };
 
-  static bool matches(const std::vector<std::string>& group, std::string_view address);
+  DMOE_DECL static bool matches(const std::vector<std::string>& group, std::string_view address);
 
   bool partitioned_locked(std::string_view from, std::string_view to) const {
     for (const auto& p : partitions_)
@@ -114,7 +114,7 @@ class fault_policy {
     return false;
   }
 
-  std::chrono::nanoseconds sample_delay_locked();
+  DMOE_DECL std::chrono::nanoseconds sample_delay_locked();
 
   mutable std::mutex mutex_;
   std::mt19937_64 random_;
@@ -136,7 +136,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE auto latency_model::mean() const noexcept -> std::chrono::nanoseconds {
+DMOE_DEF auto latency_model::mean() const noexcept -> std::chrono::nanoseconds {
   double random_part = 0;
   if (distribution == delay_distribution::exponential) random_part = static_cast<double>(scale.count());
   if (distribution == delay_distribution::weibull)
@@ -144,7 +144,7 @@ DMOE_INLINE auto latency_model::mean() const noexcept -> std::chrono::nanosecond
   return constant + std::chrono::nanoseconds(static_cast<std::int64_t>(random_part));
 }
 
-DMOE_INLINE auto fault_policy::set_latency(const latency_model& model) -> fault_policy& {
+DMOE_DEF auto fault_policy::set_latency(const latency_model& model) -> fault_policy& {
   if (model.constant.count() < 0 || model.scale.count() < 0 || !(model.shape > 0))
     throw invalid_argument_error(fmt::format("fault policy: latency needs non-negative times and a positive shape "
                                              "(constant {} ns, scale {} ns, shape {})",
@@ -154,7 +154,7 @@ DMOE_INLINE auto fault_policy::set_latency(const latency_model& model) -> fault_
   return *this;
 }
 
-DMOE_INLINE auto fault_policy::set_loss(double probability) -> fault_policy& {
+DMOE_DEF auto fault_policy::set_loss(double probability) -> fault_policy& {
   if (!(probability >= 0.0 && probability <= 1.0))
     throw invalid_argument_error(fmt::format("fault policy: loss probability {} is outside [0, 1]", probability));
   std::lock_guard lock(mutex_);
@@ -162,7 +162,7 @@ DMOE_INLINE auto fault_policy::set_loss(double probability) -> fault_policy& {
   return *this;
 }
 
-DMOE_INLINE auto fault_policy::on_send(std::string_view from, std::string_view to) -> fault_decision {
+DMOE_DEF auto fault_policy::on_send(std::string_view from, std::string_view to) -> fault_decision {
   std::lock_guard lock(mutex_);
   ++sent_;
   fault_decision d;
@@ -176,7 +176,7 @@ DMOE_INLINE auto fault_policy::on_send(std::string_view from, std::string_view t
   return d;
 }
 
-DMOE_INLINE auto fault_policy::matches(const std::vector<std::string>& group, std::string_view address) -> bool {
+DMOE_DEF auto fault_policy::matches(const std::vector<std::string>& group, std::string_view address) -> bool {
   const auto colon = address.rfind(':');
   const std::string_view host = colon == std::string_view::npos ? address : address.substr(0, colon);
   return std::any_of(group.begin(), group.end(), [&](const std::string& entry) {
@@ -184,7 +184,7 @@ DMOE_INLINE auto fault_policy::matches(const std::vector<std::string>& group, st
   });
 }
 
-DMOE_INLINE auto fault_policy::sample_delay_locked() -> std::chrono::nanoseconds {
+DMOE_DEF auto fault_policy::sample_delay_locked() -> std::chrono::nanoseconds {
   double random_part = 0;
   switch (latency_.distribution) {
     case delay_distribution::none: break;

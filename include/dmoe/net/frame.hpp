@@ -109,9 +109,9 @@ inline void validate(const frame_limits& limits, std::string_view owner) {
 
 using frame_header_bytes = std::array<std::byte, frame_header_size>;
 
-frame_header_bytes encode_frame_header(const frame_header& header) noexcept;
+DMOE_DECL frame_header_bytes encode_frame_header(const frame_header& header) noexcept;
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE frame_header_bytes encode_frame_header(const frame_header& header) noexcept {
+DMOE_DEF frame_header_bytes encode_frame_header(const frame_header& header) noexcept {
   frame_header_bytes out{};
   detail::store_le<std::uint32_t>(out.data() + 0, frame_magic);
   detail::store_le<std::uint8_t>(out.data() + 4, frame_version);
@@ -126,9 +126,9 @@ DMOE_INLINE frame_header_bytes encode_frame_header(const frame_header& header) n
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Decodes a header from untrusted bytes and checks its structure, but not its size against a limit.
-frame_header parse_frame_header(const_byte_span bytes, std::string_view peer);
+DMOE_DECL frame_header parse_frame_header(const_byte_span bytes, std::string_view peer);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
+DMOE_DEF frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
   if (bytes.size() < frame_header_size)
     throw protocol_error(fmt::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
                                      frame_header_size, peer));
@@ -202,13 +202,13 @@ class frame_reader {
   }
 
   // `count` bytes were written at the start of prepare()'s span.
-  void commit(std::size_t count);
+  DMOE_DECL void commit(std::size_t count);
 
   // The next whole frame, or nothing until more bytes arrive. Throws protocol_error (naming `peer`) on a bad
   // header: the stream cannot be resynchronised after that, so the connection should be closed. Throws
   // limit_error for a well-formed header over the limit: its payload is then skipped as it arrives (see
   // refused_header()) and the stream stays usable, so the caller may go on calling next().
-  std::optional<frame> next(std::string_view peer);
+  DMOE_DECL std::optional<frame> next(std::string_view peer);
 
   // The header of the next frame once it has arrived (before next() allocates or copies its payload), so the
   // caller can reserve memory for it or skip it; nothing while a frame is in progress. Throws protocol_error on
@@ -226,19 +226,19 @@ class frame_reader {
   }
 
   // Skips the frame peek() returned: its payload is dropped as it arrives, never stored.
-  void skip_frame();
+  DMOE_DECL void skip_frame();
 
   // The large frame being received in place, if any.
   const frame_header* large_frame() const noexcept { return large_ ? &large_->header : nullptr; }
 
   // Gives up the large frame being received: its memory goes now and the rest of its payload is skipped.
-  void abandon_large();
+  DMOE_DECL void abandon_large();
 
   // True while part of a frame is held or being skipped: a peer that stops sending here has stalled mid-frame.
   bool mid_frame() const noexcept { return large_.has_value() || skip_ > 0 || end_ > begin_; }
 
   // The size (header included) of the frame in progress, as far as known: what must arrive before it completes.
-  std::uint64_t frame_in_progress_size() const noexcept;
+  DMOE_DECL std::uint64_t frame_in_progress_size() const noexcept;
 
   // Frames completed or skipped so far (tells the caller when a new frame has started).
   std::uint64_t frames_done() const noexcept { return frames_done_; }
@@ -260,9 +260,9 @@ class frame_reader {
 
  private:
   // Drops received bytes of a skipped payload; true once nothing is left to skip.
-  bool discard_buffered() noexcept;
+  DMOE_DECL bool discard_buffered() noexcept;
 
-  void compact() noexcept;
+  DMOE_DECL void compact() noexcept;
 
   frame_limits limits_;
   byte_buffer buffer_;
@@ -282,7 +282,7 @@ class frame_reader {
 class frame_deadline {
  public:
   // Call after each commit (and before each read); `now` is the steady time.
-  void update(const frame_reader& reader, steady_time now) noexcept;
+  DMOE_DECL void update(const frame_reader& reader, steady_time now) noexcept;
   // The receiver was not reading (waiting for memory): the frame's clock starts again.
   void restart(steady_time now) noexcept { started_ = now; }
 
@@ -308,7 +308,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE auto frame_reader::commit(std::size_t count) -> void {
+DMOE_DEF auto frame_reader::commit(std::size_t count) -> void {
   if (large_) {
     large_filled_ += std::min(count, large_->payload.size() - large_filled_);
   } else {
@@ -316,7 +316,7 @@ DMOE_INLINE auto frame_reader::commit(std::size_t count) -> void {
   }
 }
 
-DMOE_INLINE auto frame_reader::next(std::string_view peer) -> std::optional<frame> {
+DMOE_DEF auto frame_reader::next(std::string_view peer) -> std::optional<frame> {
   if (large_) {
     if (large_filled_ < large_->payload.size()) return std::nullopt;
     std::optional<frame> done = std::move(large_);
@@ -363,7 +363,7 @@ DMOE_INLINE auto frame_reader::next(std::string_view peer) -> std::optional<fram
   return std::nullopt;
 }
 
-DMOE_INLINE auto frame_reader::skip_frame() -> void {
+DMOE_DEF auto frame_reader::skip_frame() -> void {
   const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), "");
   begin_ += frame_header_size;
   skip_ = header.payload_size;
@@ -371,7 +371,7 @@ DMOE_INLINE auto frame_reader::skip_frame() -> void {
   discard_buffered();
 }
 
-DMOE_INLINE auto frame_reader::abandon_large() -> void {
+DMOE_DEF auto frame_reader::abandon_large() -> void {
   if (!large_) return;
   skip_ = large_->payload.size() - large_filled_;
   skipped_frame_ = frame_header_size + large_->payload.size();
@@ -381,14 +381,14 @@ DMOE_INLINE auto frame_reader::abandon_large() -> void {
   discard_buffered();
 }
 
-DMOE_INLINE auto frame_reader::frame_in_progress_size() const noexcept -> std::uint64_t {
+DMOE_DEF auto frame_reader::frame_in_progress_size() const noexcept -> std::uint64_t {
   if (large_) return frame_header_size + large_->payload.size();
   if (skip_ > 0) return skipped_frame_;
   if (end_ - begin_ < frame_header_size) return frame_header_size;
   return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
 }
 
-DMOE_INLINE auto frame_reader::discard_buffered() noexcept -> bool {
+DMOE_DEF auto frame_reader::discard_buffered() noexcept -> bool {
   if (skip_ == 0) return true;
   const std::size_t drop = static_cast<std::size_t>(std::min<std::uint64_t>(skip_, end_ - begin_));
   begin_ += drop;
@@ -399,14 +399,14 @@ DMOE_INLINE auto frame_reader::discard_buffered() noexcept -> bool {
   return true;
 }
 
-DMOE_INLINE auto frame_reader::compact() noexcept -> void {
+DMOE_DEF auto frame_reader::compact() noexcept -> void {
   if (begin_ == 0) return;
   std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
   end_ -= begin_;
   begin_ = 0;
 }
 
-DMOE_INLINE auto frame_deadline::update(const frame_reader& reader, steady_time now) noexcept -> void {
+DMOE_DEF auto frame_deadline::update(const frame_reader& reader, steady_time now) noexcept -> void {
   if (!reader.mid_frame()) {
     active_ = false;
     return;

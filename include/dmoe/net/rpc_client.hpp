@@ -68,9 +68,9 @@ struct rpc_client_options {
 };
 
 // Throws invalid_argument_error naming the first unusable option.
-void validate(const rpc_client_options& o);
+DMOE_DECL void validate(const rpc_client_options& o);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void validate(const rpc_client_options& o) {
+DMOE_DEF void validate(const rpc_client_options& o) {
   validate(o.limits, "rpc client");
   const auto fail = [](std::string_view what) {
     throw invalid_argument_error(fmt::format("rpc client options: {}", what));
@@ -204,16 +204,16 @@ class rpc_client {
   // (cannot connect, the server refused the connection or is shutting down), closed_error (connection lost, or the client closed),
   // remote_error (the handler threw, or no such method), timeout_error, cancelled_error. Giving up on one call
   // never fails another.
-  task<byte_buffer> call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
+  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
                          steady_time deadline = no_deadline, std::stop_token stop = {});
 
-  task<byte_buffer> call(endpoint server, rpc_method method, const_byte_span payload,
+  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, const_byte_span payload,
                          steady_time deadline = no_deadline, std::stop_token stop = {});
 
   // Closes every connection, stops every call still running (they fail with closed_error) and waits until they
   // and every coroutine of the client have finished: the client may be destroyed once it returns. Several owners
   // may close it, also at once: each returns once the client is closed.
-  task<void> close();
+  DMOE_DECL task<void> close();
 
   // Open (or opening) connections to `server`.
   std::size_t connections(const endpoint& server) const {
@@ -289,14 +289,14 @@ class rpc_client {
     ~pending_entry() { connection->pending.erase(id); }
   };
 
-  task<byte_buffer> call_on_connection(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
+  DMOE_DECL task<byte_buffer> call_on_connection(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
                                        std::uint64_t total);
 
   // Queues a request on its connection's writer and waits until it is written; false when it was not (the
   // connection failed first). A stop request takes the request back while it only waits in the queue; once its
   // bytes are in a write the frame is finished (never cut in half, which would break the stream for every other
   // call) and the stop takes effect after it.
-  task<bool> send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method, std::uint64_t id,
+  DMOE_DECL task<bool> send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method, std::uint64_t id,
                           std::span<const const_byte_span> pieces, std::uint64_t total);
 
   // Waits, without a way out, until the writer is done with a request whose bytes it is writing.
@@ -307,12 +307,12 @@ class rpc_client {
     void await_resume() const noexcept {}
   };
 
-  static void unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept;
+  DMOE_DECL static void unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept;
 
   // Sends a cancel frame for a request the server may be working on, with the connection's next write.
-  void send_cancel(const std::shared_ptr<detail::client_connection>& connection, std::uint64_t id);
+  DMOE_DECL void send_cancel(const std::shared_ptr<detail::client_connection>& connection, std::uint64_t id);
 
-  void start_writer(detail::client_connection& c);
+  DMOE_DECL void start_writer(detail::client_connection& c);
 
   // One vectored write: the requests and cancel frames it carries, and the pieces still to send.
   struct write_batch {
@@ -323,23 +323,23 @@ class rpc_client {
   };
 
   // Takes what waits on the connection (oldest first) into one batch; its requests can no longer be taken back.
-  static void take_batch(detail::client_connection& c, write_batch& batch);
+  DMOE_DECL static void take_batch(detail::client_connection& c, write_batch& batch);
 
   // Releases the callers of a batch's requests: sent (all of it went out) or not.
-  void release_batch(write_batch& batch, bool sent);
+  DMOE_DECL void release_batch(write_batch& batch, bool sent);
 
   // A send failed: the server may have answered before it closed (e.g. refusing a request), so reading goes on,
   // nothing more is sent, and the reader settles the waiting calls when the connection ends.
-  void write_failed(detail::client_connection& c, const std::exception& e);
+  DMOE_DECL void write_failed(detail::client_connection& c, const std::exception& e);
 
   // The caller whose request finds the writer idle sends at once what the socket takes (the lone caller's round
   // trip gains no loop iteration); whatever is left goes to a writer of its own, never in the caller's coroutine,
   // so one call's deadline never cuts a frame in half.
-  task<void> write_first(std::shared_ptr<detail::client_connection> connection);
+  DMOE_DECL task<void> write_first(std::shared_ptr<detail::client_connection> connection);
 
   // Writes what is queued on a connection (after `started`, a batch already begun), many requests and cancel
   // frames per vectored write, until the queue is empty.
-  task<void> write_requests(std::shared_ptr<detail::client_connection> connection, write_batch started);
+  DMOE_DECL task<void> write_requests(std::shared_ptr<detail::client_connection> connection, write_batch started);
 
   struct flag_clear {
     bool& flag;
@@ -352,43 +352,43 @@ class rpc_client {
                                                                                static_cast<double>(options_.min_transfer_rate)));
   }
 
-  [[noreturn]] static void throw_status(frame_status status, rpc_method method, const std::string& server,
+  DMOE_DECL [[noreturn]] static void throw_status(frame_status status, rpc_method method, const std::string& server,
                                         std::string_view text);
 
   // The least busy connection to `server`, or a new one while every open one is busy and the pool has room.
-  std::shared_ptr<detail::client_connection> pick(const endpoint& server);
+  DMOE_DECL std::shared_ptr<detail::client_connection> pick(const endpoint& server);
 
-  void deadline_added(steady_time at);
+  DMOE_DECL void deadline_added(steady_time at);
 
-  task<void> wait_deadline_change();
+  DMOE_DECL task<void> wait_deadline_change();
 
   // The client's deadline timer: one kernel timer for the earliest deadline of the calls in progress, re-armed
   // only when that passes or an earlier one comes (deadlines mostly come in order, each later than the last),
   // rather than one timer armed and cancelled per call. Stops the calls whose deadline has passed.
-  task<void> expire_deadlines();
+  DMOE_DECL task<void> expire_deadlines();
 
   // Enforces a connection's read, write and idle deadlines: one timer per connection that sleeps until the
   // earliest deadline in force, instead of a kernel timer armed and cancelled with every operation. Stopped with
   // the connection.
-  task<void> watch_connection(detail::client_connection& c);
+  DMOE_DECL task<void> watch_connection(detail::client_connection& c);
 
   // Takes a connection out of the pool: no new call picks it.
-  void retire(detail::client_connection& c);
+  DMOE_DECL void retire(detail::client_connection& c);
 
   // Marks a connection failed: out of the pool, its stream shut down, its waiting calls failed with `why`.
-  void fail(detail::client_connection& c, const std::exception_ptr& why);
+  DMOE_DECL void fail(detail::client_connection& c, const std::exception_ptr& why);
 
-  task<void> run_connection(std::shared_ptr<detail::client_connection> connection);
+  DMOE_DECL task<void> run_connection(std::shared_ptr<detail::client_connection> connection);
 
   struct reading_flag {
     detail::client_connection& c;
     ~reading_flag() { c.reading = false; }
   };
 
-  void release_receive(detail::client_connection& c);
+  DMOE_DECL void release_receive(detail::client_connection& c);
 
   // One server's share of the receive budget, over all its connections.
-  std::uint64_t server_share() const noexcept;
+  DMOE_DECL std::uint64_t server_share() const noexcept;
 
   std::uint64_t buffered_from(const endpoint& server) const {
     const auto found = buffered_by_server_.find(server);
@@ -396,20 +396,20 @@ class rpc_client {
   }
 
   // Fails one call (its connection goes on).
-  static void settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why);
+  DMOE_DECL static void settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why);
 
   // Before a large response's payload is stored: skips it when nobody waits for it or it can never fit the
   // receive budget, else waits for budget (not reading this connection meanwhile) and takes it.
-  task<void> admit_large(detail::client_connection& c, frame_reader& reader, frame_deadline& progress);
+  DMOE_DECL task<void> admit_large(detail::client_connection& c, frame_reader& reader, frame_deadline& progress);
 
   // Hands each response to its call until the connection fails or the server closes it (then returns).
-  task<void> read_responses(detail::client_connection& c);
+  DMOE_DECL task<void> read_responses(detail::client_connection& c);
 
-  void deliver(detail::client_connection& c, frame f);
+  DMOE_DECL void deliver(detail::client_connection& c, frame f);
 
   // The server closes the connection: requests above its last id were never read. They are sent again on another
   // connection when it closes for being idle, and fail with unavailable_error when it refused the connection.
-  void on_go_away(detail::client_connection& c, const frame& f);
+  DMOE_DECL void on_go_away(detail::client_connection& c, const frame& f);
 
   io_context& ctx_;
   rpc_client_options options_;
@@ -442,7 +442,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE auto rpc_client::call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
+DMOE_DEF auto rpc_client::call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
                        steady_time deadline, std::stop_token stop) -> task<byte_buffer> {
   std::uint64_t total = 0;
   for (const auto& piece : pieces) total += piece.size();
@@ -483,13 +483,13 @@ DMOE_INLINE auto rpc_client::call(endpoint server, rpc_method method, std::span<
   co_return std::move(*response);
 }
 
-DMOE_INLINE auto rpc_client::call(endpoint server, rpc_method method, const_byte_span payload,
+DMOE_DEF auto rpc_client::call(endpoint server, rpc_method method, const_byte_span payload,
                        steady_time deadline, std::stop_token stop) -> task<byte_buffer> {
   const std::array<const_byte_span, 1> pieces{payload};
   co_return co_await call(server, method, std::span<const const_byte_span>(pieces), deadline, std::move(stop));
 }
 
-DMOE_INLINE auto rpc_client::close() -> task<void> {
+DMOE_DEF auto rpc_client::close() -> task<void> {
   if (closing_) {
     co_await close_finished{*this};  // not cancellable, like the first close()
     co_return;
@@ -519,7 +519,7 @@ DMOE_INLINE auto rpc_client::close() -> task<void> {
   if (failure) std::rethrow_exception(failure);
 }
 
-DMOE_INLINE auto rpc_client::call_on_connection(endpoint server, rpc_method method,
+DMOE_DEF auto rpc_client::call_on_connection(endpoint server, rpc_method method,
     std::span<const const_byte_span> pieces,
                                      std::uint64_t total) -> task<byte_buffer> {
   // A request its connection provably did not process (never written, or above the server's go_away) is sent
@@ -575,7 +575,7 @@ DMOE_INLINE auto rpc_client::call_on_connection(endpoint server, rpc_method meth
   }
 }
 
-DMOE_INLINE auto rpc_client::send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method,
+DMOE_DEF auto rpc_client::send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method,
     std::uint64_t id,
                         std::span<const const_byte_span> pieces, std::uint64_t total) -> task<bool> {
   detail::client_connection& c = *connection;
@@ -611,7 +611,7 @@ DMOE_INLINE auto rpc_client::send_request(std::shared_ptr<detail::client_connect
   co_return out.sent;
 }
 
-DMOE_INLINE auto rpc_client::unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept -> void {
+DMOE_DEF auto rpc_client::unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept -> void {
   detail::outgoing_request* before = nullptr;
   for (detail::outgoing_request* r = c.queue_head; r; before = r, r = r->next) {
     if (r != &out) continue;
@@ -622,7 +622,7 @@ DMOE_INLINE auto rpc_client::unqueue(detail::client_connection& c, detail::outgo
   }
 }
 
-DMOE_INLINE auto rpc_client::send_cancel(const std::shared_ptr<detail::client_connection>& connection,
+DMOE_DEF auto rpc_client::send_cancel(const std::shared_ptr<detail::client_connection>& connection,
     std::uint64_t id) -> void {
   if (!connection || closing_) return;
   detail::client_connection& c = *connection;
@@ -632,7 +632,7 @@ DMOE_INLINE auto rpc_client::send_cancel(const std::shared_ptr<detail::client_co
   start_writer(c);
 }
 
-DMOE_INLINE auto rpc_client::start_writer(detail::client_connection& c) -> void {
+DMOE_DEF auto rpc_client::start_writer(detail::client_connection& c) -> void {
   if (c.writer_busy || c.current != detail::client_connection::state::ready) return;
   const auto owner = owners_.find(&c);
   if (owner == owners_.end()) return;
@@ -640,7 +640,7 @@ DMOE_INLINE auto rpc_client::start_writer(detail::client_connection& c) -> void 
   background_.spawn(write_requests(owner->second.lock(), {}));
 }
 
-DMOE_INLINE auto rpc_client::take_batch(detail::client_connection& c, write_batch& batch) -> void {
+DMOE_DEF auto rpc_client::take_batch(detail::client_connection& c, write_batch& batch) -> void {
   constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
   batch = {};
   batch.cancels.swap(c.cancels);
@@ -662,7 +662,7 @@ DMOE_INLINE auto rpc_client::take_batch(detail::client_connection& c, write_batc
   for (const auto& piece : batch.pieces) batch.total += piece.size();
 }
 
-DMOE_INLINE auto rpc_client::release_batch(write_batch& batch, bool sent) -> void {
+DMOE_DEF auto rpc_client::release_batch(write_batch& batch, bool sent) -> void {
   for (detail::outgoing_request* r = std::exchange(batch.first, nullptr); r;) {
     detail::outgoing_request* next = r->next;  // read first: a released caller frees its request
     r->done = true;
@@ -673,14 +673,14 @@ DMOE_INLINE auto rpc_client::release_batch(write_batch& batch, bool sent) -> voi
   }
 }
 
-DMOE_INLINE auto rpc_client::write_failed(detail::client_connection& c, const std::exception& e) -> void {
+DMOE_DEF auto rpc_client::write_failed(detail::client_connection& c, const std::exception& e) -> void {
   log_debug("rpc client: requests to {} not sent: {}", c.peer_text, e.what());
   c.write_broken = true;
   retire(c);
   if (c.socket.is_open()) ::shutdown(c.socket.native_handle(), SHUT_WR);
 }
 
-DMOE_INLINE auto rpc_client::write_first(std::shared_ptr<detail::client_connection> connection) -> task<void> {
+DMOE_DEF auto rpc_client::write_first(std::shared_ptr<detail::client_connection> connection) -> task<void> {
   detail::client_connection& c = *connection;
   c.writer_busy = true;
   // Calls made in this loop iteration queue their requests first, to go out in the same write.
@@ -715,7 +715,7 @@ DMOE_INLINE auto rpc_client::write_first(std::shared_ptr<detail::client_connecti
   background_.spawn(write_requests(std::move(connection), std::move(batch)));
 }
 
-DMOE_INLINE auto rpc_client::write_requests(std::shared_ptr<detail::client_connection> connection,
+DMOE_DEF auto rpc_client::write_requests(std::shared_ptr<detail::client_connection> connection,
     write_batch started) -> task<void> {
   detail::client_connection& c = *connection;
   bool alone = false;
@@ -757,7 +757,7 @@ DMOE_INLINE auto rpc_client::write_requests(std::shared_ptr<detail::client_conne
   c.writer_busy = false;
 }
 
-DMOE_INLINE auto rpc_client::throw_status(frame_status status, rpc_method method, const std::string& server,
+DMOE_DEF auto rpc_client::throw_status(frame_status status, rpc_method method, const std::string& server,
                          std::string_view text) -> void {
     switch (status) {
       case frame_status::handler_error:
@@ -774,7 +774,7 @@ DMOE_INLINE auto rpc_client::throw_status(frame_status status, rpc_method method
     throw protocol_error(fmt::format("rpc {} on {}: {}", method.description(), server, text));
   }
 
-DMOE_INLINE auto rpc_client::pick(const endpoint& server) -> std::shared_ptr<detail::client_connection> {
+DMOE_DEF auto rpc_client::pick(const endpoint& server) -> std::shared_ptr<detail::client_connection> {
   auto& list = pool_[server];
   std::shared_ptr<detail::client_connection> best;
   for (const auto& c : list)
@@ -788,7 +788,7 @@ DMOE_INLINE auto rpc_client::pick(const endpoint& server) -> std::shared_ptr<det
   return fresh;
 }
 
-DMOE_INLINE auto rpc_client::deadline_added(steady_time at) -> void {
+DMOE_DEF auto rpc_client::deadline_added(steady_time at) -> void {
   if (!expiring_) {
     expiring_ = true;
     background_.spawn(expire_deadlines());
@@ -797,9 +797,9 @@ DMOE_INLINE auto rpc_client::deadline_added(steady_time at) -> void {
   }
 }
 
-DMOE_INLINE auto rpc_client::wait_deadline_change() -> task<void> { co_await deadline_changed_.wait(); }
+DMOE_DEF auto rpc_client::wait_deadline_change() -> task<void> { co_await deadline_changed_.wait(); }
 
-DMOE_INLINE auto rpc_client::expire_deadlines() -> task<void> {
+DMOE_DEF auto rpc_client::expire_deadlines() -> task<void> {
   try {
     for (;;) {
       const steady_time now = std::chrono::steady_clock::now();
@@ -829,7 +829,7 @@ DMOE_INLINE auto rpc_client::expire_deadlines() -> task<void> {
   expiring_ = false;
 }
 
-DMOE_INLINE auto rpc_client::watch_connection(detail::client_connection& c) -> task<void> {
+DMOE_DEF auto rpc_client::watch_connection(detail::client_connection& c) -> task<void> {
   // Between reads nothing is due; a deadline set later is at least this far away.
   const auto period = std::max(std::chrono::milliseconds(1),
                                std::min({options_.read_timeout, options_.idle_timeout, options_.write_timeout}));
@@ -872,7 +872,7 @@ DMOE_INLINE auto rpc_client::watch_connection(detail::client_connection& c) -> t
   }
 }
 
-DMOE_INLINE auto rpc_client::retire(detail::client_connection& c) -> void {
+DMOE_DEF auto rpc_client::retire(detail::client_connection& c) -> void {
   c.retired = true;
   const auto found = pool_.find(c.peer);
   if (found == pool_.end()) return;
@@ -880,7 +880,7 @@ DMOE_INLINE auto rpc_client::retire(detail::client_connection& c) -> void {
   if (found->second.empty()) pool_.erase(found);
 }
 
-DMOE_INLINE auto rpc_client::fail(detail::client_connection& c, const std::exception_ptr& why) -> void {
+DMOE_DEF auto rpc_client::fail(detail::client_connection& c, const std::exception_ptr& why) -> void {
   if (c.current == detail::client_connection::state::failed) return;
   c.current = detail::client_connection::state::failed;
   c.failure = why;
@@ -907,7 +907,7 @@ DMOE_INLINE auto rpc_client::fail(detail::client_connection& c, const std::excep
   c.ready.set();
 }
 
-DMOE_INLINE auto rpc_client::run_connection(std::shared_ptr<detail::client_connection> connection) -> task<void> {
+DMOE_DEF auto rpc_client::run_connection(std::shared_ptr<detail::client_connection> connection) -> task<void> {
   detail::client_connection& c = *connection;
   std::exception_ptr failure;
   try {
@@ -947,7 +947,7 @@ DMOE_INLINE auto rpc_client::run_connection(std::shared_ptr<detail::client_conne
   owners_.erase(&c);
 }
 
-DMOE_INLINE auto rpc_client::release_receive(detail::client_connection& c) -> void {
+DMOE_DEF auto rpc_client::release_receive(detail::client_connection& c) -> void {
   if (c.reserved == 0) return;
   const std::uint64_t bytes = std::exchange(c.reserved, 0);
   buffered_ -= bytes;
@@ -956,14 +956,14 @@ DMOE_INLINE auto rpc_client::release_receive(detail::client_connection& c) -> vo
   memory_freed_.set();
 }
 
-DMOE_INLINE auto rpc_client::server_share() const noexcept -> std::uint64_t {
+DMOE_DEF auto rpc_client::server_share() const noexcept -> std::uint64_t {
   const std::uint64_t share = options_.max_buffered_bytes_per_server != 0
                                   ? options_.max_buffered_bytes_per_server
                                   : std::max(options_.max_buffered_bytes / 2, options_.limits.max_payload);
   return std::min(options_.max_buffered_bytes, share);
 }
 
-DMOE_INLINE auto rpc_client::settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why) -> void {
+DMOE_DEF auto rpc_client::settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why) -> void {
   const auto found = c.pending.find(id);
   if (found == c.pending.end()) return;
   found->second->failure = std::move(why);
@@ -971,7 +971,7 @@ DMOE_INLINE auto rpc_client::settle(detail::client_connection& c, std::uint64_t 
   c.pending.erase(found);
 }
 
-DMOE_INLINE auto rpc_client::admit_large(detail::client_connection& c, frame_reader& reader,
+DMOE_DEF auto rpc_client::admit_large(detail::client_connection& c, frame_reader& reader,
     frame_deadline& progress) -> task<void> {
   const std::optional<frame_header> header = reader.large_frame_ahead(c.peer_text);
   if (!header) co_return;
@@ -1014,7 +1014,7 @@ DMOE_INLINE auto rpc_client::admit_large(detail::client_connection& c, frame_rea
   if (waited) progress.restart(std::chrono::steady_clock::now());
 }
 
-DMOE_INLINE auto rpc_client::read_responses(detail::client_connection& c) -> task<void> {
+DMOE_DEF auto rpc_client::read_responses(detail::client_connection& c) -> task<void> {
   frame_reader reader(options_.limits, options_.receive_buffer);
   frame_deadline progress;
   for (;;) {
@@ -1059,7 +1059,7 @@ DMOE_INLINE auto rpc_client::read_responses(detail::client_connection& c) -> tas
   }
 }
 
-DMOE_INLINE auto rpc_client::deliver(detail::client_connection& c, frame f) -> void {
+DMOE_DEF auto rpc_client::deliver(detail::client_connection& c, frame f) -> void {
   if (f.header.kind == frame_kind::go_away) {
     on_go_away(c, f);
     return;
@@ -1084,7 +1084,7 @@ DMOE_INLINE auto rpc_client::deliver(detail::client_connection& c, frame f) -> v
   call->done.set();
 }
 
-DMOE_INLINE auto rpc_client::on_go_away(detail::client_connection& c, const frame& f) -> void {
+DMOE_DEF auto rpc_client::on_go_away(detail::client_connection& c, const frame& f) -> void {
   const std::string why(as_string_view(f.payload));
   retire(c);
   const bool refused = f.header.status != frame_status::ok;

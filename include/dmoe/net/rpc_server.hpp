@@ -95,9 +95,9 @@ struct rpc_server_options {
 };
 
 // Throws invalid_argument_error naming the first unusable option.
-void validate(const rpc_server_options& o);
+DMOE_DECL void validate(const rpc_server_options& o);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void validate(const rpc_server_options& o) {
+DMOE_DEF void validate(const rpc_server_options& o) {
   validate(o.limits, "rpc server");
   const auto fail = [](std::string_view what) {
     throw invalid_argument_error(fmt::format("rpc server options: {}", what));
@@ -206,11 +206,11 @@ class rpc_server {
   // Accepts and serves until shutdown() (after the grace period) or a stop request on the awaiting coroutine
   // (at once). Every coroutine the server started has finished when it returns, so the server may then be
   // destroyed. Accept failures (e.g. out of descriptors) are retried every 10 ms and logged once a second.
-  task<void> serve();
+  DMOE_DECL task<void> serve();
 
   // Stops accepting; requests in flight get `grace` to finish (new ones on open connections are answered
   // "shutting down"); then serve() closes every connection and returns. Call on the server's thread.
-  void shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
+  DMOE_DECL void shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
 
   const endpoint& local_endpoint() const noexcept { return local_; }
   std::size_t open_connections() const noexcept { return open_connections_; }
@@ -225,29 +225,29 @@ class rpc_server {
     rpc_handler handler;
   };
 
-  task<void> wait_drained();
+  DMOE_DECL task<void> wait_drained();
 
-  task<void> accept_loop();
+  DMOE_DECL task<void> accept_loop();
 
   // Tells a connection over a limit why it is closed (go_away, nothing read), then waits briefly for the peer to
   // close first, so its requests in flight do not turn the close into a reset that loses the message.
-  task<void> refuse_connection(tcp_socket socket, std::string message);
+  DMOE_DECL task<void> refuse_connection(tcp_socket socket, std::string message);
 
-  task<void> serve_connection(tcp_socket socket);
+  DMOE_DECL task<void> serve_connection(tcp_socket socket);
 
   // Reads and dispatches requests until the stream ends. True when the peer ended it cleanly (EOF: it sends no
   // more requests but may wait for answers); false when the connection went idle or away.
-  task<bool> read_requests(detail::server_connection& conn, task_group& requests);
+  DMOE_DECL task<bool> read_requests(detail::server_connection& conn, task_group& requests);
 
   // Before the next frame's payload is stored: takes budget for a request (waiting for it, which stops reading
   // this connection), or refuses the request and skips its payload. False when the frame was skipped.
-  task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
+  DMOE_DECL task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
                         frame_deadline& progress);
 
-  std::uint64_t connection_share() const noexcept;
+  DMOE_DECL std::uint64_t connection_share() const noexcept;
 
   // One peer address's share of the budget, over all its connections; never less than a connection's share.
-  std::uint64_t address_share() const noexcept;
+  DMOE_DECL std::uint64_t address_share() const noexcept;
 
   // Answers a request the server will not take with limit_exceeded; the connection goes on.
   void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
@@ -256,7 +256,7 @@ class rpc_server {
     if (header.kind == frame_kind::request) requests.spawn(send_refusal(conn, header, std::move(why)));
   }
 
-  task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why);
+  DMOE_DECL task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why);
 
   // Resumes the awaiting coroutine after what is already ready to run on the context.
   struct next_iteration {
@@ -276,7 +276,7 @@ class rpc_server {
   // deadline in force, instead of a kernel timer armed and cancelled with every read and write. Past a deadline it
   // shuts the socket down, which ends the read or write in progress. An idle connection is announced (go_away)
   // before it is closed, so a request crossing the announcement is retried by its caller, not lost.
-  task<void> watch_connection(detail::server_connection& conn);
+  DMOE_DECL task<void> watch_connection(detail::server_connection& conn);
 
   void charge_buffered(detail::server_connection& conn, std::uint64_t bytes) noexcept {
     buffered_ += bytes;
@@ -284,9 +284,9 @@ class rpc_server {
     *conn.address_buffered += bytes;
   }
 
-  void release_buffered(detail::server_connection& conn, std::uint64_t bytes);
+  DMOE_DECL void release_buffered(detail::server_connection& conn, std::uint64_t bytes);
 
-  void dispatch(detail::server_connection& conn, task_group& requests, frame f);
+  DMOE_DECL void dispatch(detail::server_connection& conn, task_group& requests, frame f);
 
   // Releases what a request held when its coroutine ends, however it ends.
   struct request_scope {
@@ -298,15 +298,15 @@ class rpc_server {
     ~request_scope();
   };
 
-  task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
+  DMOE_DECL task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
                             std::stop_source cancel);
 
-  static task<void> wait_event(async_event& event);
+  DMOE_DECL static task<void> wait_event(async_event& event);
 
-  task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
+  DMOE_DECL task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
                         std::string message);
 
-  task<void> send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
+  DMOE_DECL task<void> send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
                         std::span<const const_byte_span> views);
 
   // Waits until the connection's writer is done with a queued frame.
@@ -320,7 +320,7 @@ class rpc_server {
   // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
   // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
   // sender is released, also when the stream breaks or the connection stops.
-  task<void> write_queued(detail::server_connection& conn);
+  DMOE_DECL task<void> write_queued(detail::server_connection& conn);
 
   io_context& ctx_;
   rpc_server_options options_;
@@ -354,7 +354,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE auto rpc_server::serve() -> task<void> {
+DMOE_DEF auto rpc_server::serve() -> task<void> {
   if (serving_) throw invalid_argument_error(fmt::format("rpc server on {} is already serving", local_text_));
   serving_ = true;
   task_group accepting(ctx_);
@@ -388,7 +388,7 @@ DMOE_INLINE auto rpc_server::serve() -> task<void> {
   if (failure) std::rethrow_exception(failure);
 }
 
-DMOE_INLINE auto rpc_server::shutdown(std::chrono::milliseconds grace) -> void {
+DMOE_DEF auto rpc_server::shutdown(std::chrono::milliseconds grace) -> void {
   if (draining_) return;
   draining_ = true;
   drain_deadline_ = deadline_after(grace);
@@ -396,9 +396,9 @@ DMOE_INLINE auto rpc_server::shutdown(std::chrono::milliseconds grace) -> void {
   if (in_flight_ == 0) drained_.set();
 }
 
-DMOE_INLINE auto rpc_server::wait_drained() -> task<void> { co_await drained_.wait(); }
+DMOE_DEF auto rpc_server::wait_drained() -> task<void> { co_await drained_.wait(); }
 
-DMOE_INLINE auto rpc_server::accept_loop() -> task<void> {
+DMOE_DEF auto rpc_server::accept_loop() -> task<void> {
   steady_time next_report{};
   std::uint64_t unreported = 0;
   for (;;) {
@@ -454,7 +454,7 @@ DMOE_INLINE auto rpc_server::accept_loop() -> task<void> {
   }
 }
 
-DMOE_INLINE auto rpc_server::refuse_connection(tcp_socket socket, std::string message) -> task<void> {
+DMOE_DEF auto rpc_server::refuse_connection(tcp_socket socket, std::string message) -> task<void> {
   const frame_header_bytes head = encode_frame_header(
       frame_header{frame_kind::go_away, frame_status::limit_exceeded, 0, 0, 0, message.size()});
   const std::array<const_byte_span, 2> pieces{const_byte_span(head), as_bytes(message)};
@@ -470,7 +470,7 @@ DMOE_INLINE auto rpc_server::refuse_connection(tcp_socket socket, std::string me
   }
 }
 
-DMOE_INLINE auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
+DMOE_DEF auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
   detail::server_connection conn(std::move(socket));
   conn.address_buffered = &buffered_by_address_[conn.address];  // unordered_map entries stay where they are
   task_group requests(ctx_);
@@ -502,7 +502,7 @@ DMOE_INLINE auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
   }
 }
 
-DMOE_INLINE auto rpc_server::read_requests(detail::server_connection& conn, task_group& requests) -> task<bool> {
+DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_group& requests) -> task<bool> {
   using expiry = detail::server_connection::expiry;
   frame_reader reader(options_.limits, options_.receive_buffer);
   frame_deadline progress;
@@ -561,7 +561,7 @@ DMOE_INLINE auto rpc_server::read_requests(detail::server_connection& conn, task
   }
 }
 
-DMOE_INLINE auto rpc_server::admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
+DMOE_DEF auto rpc_server::admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
                       frame_deadline& progress) -> task<bool> {
   const std::optional<frame_header> header = reader.peek(conn.peer);
   if (!header) co_return true;
@@ -600,26 +600,26 @@ DMOE_INLINE auto rpc_server::admit_next(detail::server_connection& conn, task_gr
   co_return true;
 }
 
-DMOE_INLINE auto rpc_server::connection_share() const noexcept -> std::uint64_t {
+DMOE_DEF auto rpc_server::connection_share() const noexcept -> std::uint64_t {
   const std::uint64_t share = options_.max_buffered_bytes_per_connection != 0
                                   ? options_.max_buffered_bytes_per_connection
                                   : std::max(options_.max_buffered_bytes / 4, options_.limits.max_payload);
   return std::min(options_.max_buffered_bytes, share);
 }
 
-DMOE_INLINE auto rpc_server::address_share() const noexcept -> std::uint64_t {
+DMOE_DEF auto rpc_server::address_share() const noexcept -> std::uint64_t {
   const std::uint64_t share = options_.max_buffered_bytes_per_address != 0
                                   ? options_.max_buffered_bytes_per_address
                                   : options_.max_buffered_bytes / 2;
   return std::min(options_.max_buffered_bytes, std::max(share, connection_share()));
 }
 
-DMOE_INLINE auto rpc_server::send_refusal(detail::server_connection& conn, frame_header header, std::string why)
+DMOE_DEF auto rpc_server::send_refusal(detail::server_connection& conn, frame_header header, std::string why)
     -> task<void> {
   co_await send_error(conn, header, frame_status::limit_exceeded, std::move(why));
 }
 
-DMOE_INLINE auto rpc_server::watch_connection(detail::server_connection& conn) -> task<void> {
+DMOE_DEF auto rpc_server::watch_connection(detail::server_connection& conn) -> task<void> {
   using expiry = detail::server_connection::expiry;
   // Between operations nothing is due; a deadline set later is at least this far away.
   const auto period = std::max(std::chrono::milliseconds(1),
@@ -672,7 +672,7 @@ DMOE_INLINE auto rpc_server::watch_connection(detail::server_connection& conn) -
   }
 }
 
-DMOE_INLINE auto rpc_server::release_buffered(detail::server_connection& conn, std::uint64_t bytes) -> void {
+DMOE_DEF auto rpc_server::release_buffered(detail::server_connection& conn, std::uint64_t bytes) -> void {
   if (bytes == 0) return;
   buffered_ -= bytes;
   conn.buffered -= bytes;
@@ -680,7 +680,7 @@ DMOE_INLINE auto rpc_server::release_buffered(detail::server_connection& conn, s
   memory_freed_.set();
 }
 
-DMOE_INLINE auto rpc_server::dispatch(detail::server_connection& conn, task_group& requests, frame f) -> void {
+DMOE_DEF auto rpc_server::dispatch(detail::server_connection& conn, task_group& requests, frame f) -> void {
   switch (f.header.kind) {
     case frame_kind::request: {
       const std::uint64_t charge = std::exchange(conn.reserved, 0);
@@ -716,7 +716,7 @@ DMOE_INLINE rpc_server::request_scope::~request_scope() {
   if (--server->in_flight_ == 0 && server->draining_) server->drained_.set();
 }
 
-DMOE_INLINE auto rpc_server::handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
+DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
                           std::stop_source cancel) -> task<void> {
   const frame_header header = request.header;
   request_scope scope{this, &conn, charge, header.request_id, &cancel};
@@ -785,15 +785,15 @@ DMOE_INLINE auto rpc_server::handle_request(detail::server_connection& conn, fra
   co_await send_frame(conn, out, response.body, response.views);
 }
 
-DMOE_INLINE auto rpc_server::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
+DMOE_DEF auto rpc_server::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
 
-DMOE_INLINE auto rpc_server::send_error(detail::server_connection& conn, frame_header request, frame_status status,
+DMOE_DEF auto rpc_server::send_error(detail::server_connection& conn, frame_header request, frame_status status,
                       std::string message) -> task<void> {
   frame_header out{frame_kind::response, status, request.method, 0, request.request_id, message.size()};
   co_await send_frame(conn, out, as_bytes(message), {});
 }
 
-DMOE_INLINE auto rpc_server::send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
+DMOE_DEF auto rpc_server::send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
                       std::span<const const_byte_span> views) -> task<void> {
   if (faults_) {
     const fault_decision decision = faults_->on_send(local_text_, conn.peer);
@@ -820,7 +820,7 @@ DMOE_INLINE auto rpc_server::send_frame(detail::server_connection& conn, frame_h
   co_await write_queued(conn);
 }
 
-DMOE_INLINE auto rpc_server::write_queued(detail::server_connection& conn) -> task<void> {
+DMOE_DEF auto rpc_server::write_queued(detail::server_connection& conn) -> task<void> {
   constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
   conn.writer_busy = true;
   // Handlers finishing in this loop iteration queue their responses first, to go out in the same write.

@@ -12,9 +12,9 @@
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-std::string size_text(std::uint64_t bytes);
+DMOE_DECL std::string size_text(std::uint64_t bytes);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::string size_text(std::uint64_t bytes) {
+DMOE_DEF std::string size_text(std::uint64_t bytes) {
   static constexpr const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
   if (bytes < 1024) return fmt::format("{} bytes", bytes);
   double value = static_cast<double>(bytes);

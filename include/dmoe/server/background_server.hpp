@@ -28,7 +28,7 @@ class background_server {
 
   // Finishes requests in flight, writes the final checkpoint, leaves the DHT and joins the threads. Idempotent;
   // rethrows what the server's run() threw, once.
-  void stop();
+  DMOE_DECL void stop();
 
   const endpoint& rpc_endpoint() const noexcept { return rpc_; }
   const std::optional<endpoint>& dht_endpoint() const noexcept { return dht_; }
@@ -37,7 +37,7 @@ class background_server {
   server& get() noexcept { return *server_; }
 
  private:
-  void main(server_options options, std::promise<void>& ready);
+  DMOE_DECL void main(server_options options, std::promise<void>& ready);
 
   std::thread thread_;
   std::mutex mutex_;
@@ -71,7 +71,7 @@ DMOE_INLINE background_server::background_server(server_options options) {
   }
 }
 
-DMOE_INLINE auto background_server::stop() -> void {
+DMOE_DEF auto background_server::stop() -> void {
   // Held while joining (the server's threads never take it): a second thread stopping at once waits here.
   std::lock_guard lock(mutex_);
   if (!thread_.joinable()) return;
@@ -83,7 +83,7 @@ DMOE_INLINE auto background_server::stop() -> void {
   if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
 }
 
-DMOE_INLINE auto background_server::main(server_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto background_server::main(server_options options, std::promise<void>& ready) -> void {
   std::optional<io_context> ctx;
   std::optional<server> s;
   try {

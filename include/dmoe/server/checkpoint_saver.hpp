@@ -33,15 +33,15 @@ class checkpoint_saver {
   const std::filesystem::path& directory() const noexcept { return directory_; }
 
   // The checkpoints of `uid`, oldest first, as (number, path).
-  std::vector<std::pair<std::uint64_t, std::filesystem::path>> list(std::string_view uid) const;
+  DMOE_DECL std::vector<std::pair<std::uint64_t, std::filesystem::path>> list(std::string_view uid) const;
 
   // Writes a new checkpoint of the expert and removes all but the newest `keep`. Returns its path. Throws
   // system_error when the directory or file cannot be written (e.g. a full disk; earlier checkpoints stay).
-  std::filesystem::path save(const expert_backend& expert) const;
+  DMOE_DECL std::filesystem::path save(const expert_backend& expert) const;
 
   // Loads the newest checkpoint of the expert that loads cleanly and returns its path; older ones are tried when
   // a newer one is corrupt or does not fit the expert (each skipped with a warning). Nothing when none loads.
-  std::optional<std::filesystem::path> load_newest(expert_backend& expert) const;
+  DMOE_DECL std::optional<std::filesystem::path> load_newest(expert_backend& expert) const;
 
  private:
   std::filesystem::path directory_;
@@ -56,7 +56,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE auto checkpoint_saver::list(std::string_view uid) const -> std::vector<std::pair<std::uint64_t,
+DMOE_DEF auto checkpoint_saver::list(std::string_view uid) const -> std::vector<std::pair<std::uint64_t,
     std::filesystem::path>> {
   std::vector<std::pair<std::uint64_t, std::filesystem::path>> out;
   std::error_code ec;
@@ -75,7 +75,7 @@ DMOE_INLINE auto checkpoint_saver::list(std::string_view uid) const -> std::vect
   return out;
 }
 
-DMOE_INLINE auto checkpoint_saver::save(const expert_backend& expert) const -> std::filesystem::path {
+DMOE_DEF auto checkpoint_saver::save(const expert_backend& expert) const -> std::filesystem::path {
   const auto dir = directory_ / expert.uid();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -92,7 +92,7 @@ DMOE_INLINE auto checkpoint_saver::save(const expert_backend& expert) const -> s
   return path;
 }
 
-DMOE_INLINE auto checkpoint_saver::load_newest(expert_backend& expert) const -> std::optional<std::filesystem::path> {
+DMOE_DEF auto checkpoint_saver::load_newest(expert_backend& expert) const -> std::optional<std::filesystem::path> {
   auto found = list(expert.uid());
   for (auto it = found.rbegin(); it != found.rend(); ++it) {
     try {

@@ -35,9 +35,9 @@ namespace server {
 // Loads the ed25519 key pair whose seed `path` holds (64 hex digits and a newline), or makes a new one and writes
 // it there (mode 0600, written to a temporary file and renamed, so a crash never leaves half a key). Throws
 // corrupt_error for a file that is not such a seed, system_error when it cannot be read or written.
-dht::ed25519_keypair load_or_create_key(const std::filesystem::path& path);
+DMOE_DECL dht::ed25519_keypair load_or_create_key(const std::filesystem::path& path);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE dht::ed25519_keypair load_or_create_key(const std::filesystem::path& path) {
+DMOE_DEF dht::ed25519_keypair load_or_create_key(const std::filesystem::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
     char text[130];
@@ -119,7 +119,7 @@ class declarer {
   // Declaration rounds done (thread-safe).
   std::uint64_t rounds() const noexcept { return republisher_.rounds(); }
   // Called after each round with the number of entries stored.
-  void on_round(std::function<void(std::size_t)> fn);
+  DMOE_DECL void on_round(std::function<void(std::size_t)> fn);
 
  private:
   dht::republisher republisher_;
@@ -135,7 +135,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE auto declarer::on_round(std::function<void(std::size_t)> fn) -> void {
+DMOE_DEF auto declarer::on_round(std::function<void(std::size_t)> fn) -> void {
   republisher_.on_round([this, fn = std::move(fn)](std::size_t stored, std::size_t total) {
     if (stored == total) log_debug("declared {} experts at {} ({} DHT entries)", uids_, endpoint_, total);
     if (fn) fn(stored);

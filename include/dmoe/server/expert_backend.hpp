@@ -86,7 +86,7 @@ class expert_backend {
   // grad_inputs of (inputs, grad_outputs), recomputing the forward pass (the server keeps no per-request state),
   // then one optimizer step over the gradients of this batch alone. A non-finite gradient norm throws
   // invalid_argument_error before the step: the parameters are left as they were.
-  tensor backward(const tensor& inputs, const tensor& grad_outputs);
+  DMOE_DECL tensor backward(const tensor& inputs, const tensor& grad_outputs);
 
   // Parameters and optimizer state to one checkpoint file (nn/checkpoint.hpp: atomic, checksummed).
   void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
@@ -205,7 +205,7 @@ DMOE_INLINE auto expert_stats::operator+=(const expert_stats& o) -> expert_stats
   return *this;
 }
 
-DMOE_INLINE auto expert_backend::backward(const tensor& inputs, const tensor& grad_outputs) -> tensor {
+DMOE_DEF auto expert_backend::backward(const tensor& inputs, const tensor& grad_outputs) -> tensor {
   schema_.input.check(fmt::format("expert {} backward inputs", uid_), inputs);
   schema_.output.check(fmt::format("expert {} backward grad_outputs", uid_), grad_outputs);
   if (inputs.dim(0) != grad_outputs.dim(0))

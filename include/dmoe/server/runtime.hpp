@@ -39,9 +39,9 @@ struct runtime_options {
   std::chrono::microseconds batching_window{2000};  // ...else once its oldest request has waited this long
 };
 
-void validate(const runtime_options& o);
+DMOE_DECL void validate(const runtime_options& o);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void validate(const runtime_options& o) {
+DMOE_DEF void validate(const runtime_options& o) {
   if (o.max_batch_size < 1) throw invalid_argument_error(fmt::format("max_batch_size {} must be at least 1", o.max_batch_size));
   if (o.min_batch_size < 1 || o.min_batch_size > o.max_batch_size)
     throw invalid_argument_error(fmt::format("min_batch_size {} must be in [1, max_batch_size = {}]", o.min_batch_size,
@@ -76,22 +76,22 @@ class runtime {
 
   // Computes every request already queued, then ends the thread. Later submissions fail with closed_error.
   // Idempotent; callable from any thread but the compute thread.
-  void stop();
+  DMOE_DECL void stop();
 
   // Queues a request (thread-safe) and returns where its outcome will arrive. Throws at once, queueing nothing:
   // invalid_argument_error for an unknown uid or an empty batch, shape_error or invalid_argument_error for tensors
   // that do not fit the expert's schema, limit_error for more samples than max_batch_size, closed_error once
   // stopped.
-  std::shared_ptr<task_completion> submit(std::string_view uid, expert_direction direction, tensor inputs,
+  DMOE_DECL std::shared_ptr<task_completion> submit(std::string_view uid, expert_direction direction, tensor inputs,
                                           tensor grad_outputs = {});
 
   // The waiter of a request submitted for (uid, direction) gives up (thread-safe): a request still queued leaves
   // its pool now, with its tensors, instead of when its pool's turn comes; one already in a batch is computed and
   // its outcome dropped. Idempotent.
-  void withdraw(std::string_view uid, expert_direction direction, task_completion& completion);
+  DMOE_DECL void withdraw(std::string_view uid, expert_direction direction, task_completion& completion);
 
   // Samples waiting in every pool (thread-safe).
-  std::int64_t queued_samples() const;
+  DMOE_DECL std::int64_t queued_samples() const;
 
   // Runs fn() on the compute thread between batches (e.g. a checkpoint) and returns its result, rethrowing its
   // exception. Throws closed_error when the runtime is stopped or not started.
@@ -113,10 +113,10 @@ class runtime {
 
   // Queues fn() to run on the compute thread between batches, without waiting; fn must not throw. Dropped (false)
   // when the runtime is stopped or not started.
-  bool post_exclusive(std::function<void()> fn);
+  DMOE_DECL bool post_exclusive(std::function<void()> fn);
 
   // Counters per expert (a snapshot).
-  std::map<std::string, expert_stats> stats() const;
+  DMOE_DECL std::map<std::string, expert_stats> stats() const;
   expert_stats total_stats() const {
     expert_stats total;
     for (const auto& [uid, s] : stats()) total += s;
@@ -138,14 +138,14 @@ class runtime {
   static steady_time steady_clock_now() { return std::chrono::steady_clock::now(); }
 
   // The ready pool whose oldest request is oldest, or null (then `wake` is when the next one becomes ready).
-  task_pool* choose(steady_time now, steady_time& wake) const;
+  DMOE_DECL task_pool* choose(steady_time now, steady_time& wake) const;
 
-  void loop();
+  DMOE_DECL void loop();
 
   // Runs the oldest exclusive job, if any, with the lock released; returns whether there was one.
-  bool run_exclusive_job(std::unique_lock<std::mutex>& lock);
+  DMOE_DECL bool run_exclusive_job(std::unique_lock<std::mutex>& lock);
 
-  void run_batch(expert_entry& entry, expert_direction direction, std::vector<pending_task>& batch);
+  DMOE_DECL void run_batch(expert_entry& entry, expert_direction direction, std::vector<pending_task>& batch);
 
   runtime_options options_;
   std::unordered_map<std::string, expert_entry> experts_;
@@ -184,7 +184,7 @@ DMOE_INLINE runtime::runtime(std::vector<expert_backend*> backends, runtime_opti
   }
 }
 
-DMOE_INLINE auto runtime::stop() -> void {
+DMOE_DEF auto runtime::stop() -> void {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
@@ -202,7 +202,7 @@ DMOE_INLINE auto runtime::stop() -> void {
         t.completion->complete({{}, std::make_exception_ptr(closed_error("the server's runtime has stopped"))});
 }
 
-DMOE_INLINE auto runtime::submit(std::string_view uid, expert_direction direction, tensor inputs,
+DMOE_DEF auto runtime::submit(std::string_view uid, expert_direction direction, tensor inputs,
                                         tensor grad_outputs) -> std::shared_ptr<task_completion> {
   const auto found = experts_.find(std::string(uid));
   if (found == experts_.end()) throw invalid_argument_error(fmt::format("this server has no expert '{}'", uid));
@@ -234,7 +234,7 @@ DMOE_INLINE auto runtime::submit(std::string_view uid, expert_direction directio
   return completion;
 }
 
-DMOE_INLINE auto runtime::withdraw(std::string_view uid, expert_direction direction, task_completion& completion)
+DMOE_DEF auto runtime::withdraw(std::string_view uid, expert_direction direction, task_completion& completion)
     -> void {
   completion.abandoned.store(true, std::memory_order_release);
   const auto found = experts_.find(std::string(uid));
@@ -243,14 +243,14 @@ DMOE_INLINE auto runtime::withdraw(std::string_view uid, expert_direction direct
   found->second.pools[direction == expert_direction::forward ? 0 : 1]->remove(completion);
 }
 
-DMOE_INLINE auto runtime::queued_samples() const -> std::int64_t {
+DMOE_DEF auto runtime::queued_samples() const -> std::int64_t {
   std::lock_guard lock(mutex_);
   std::int64_t total = 0;
   for (const task_pool* pool : pools_) total += pool->queued_samples();
   return total;
 }
 
-DMOE_INLINE auto runtime::post_exclusive(std::function<void()> fn) -> bool {
+DMOE_DEF auto runtime::post_exclusive(std::function<void()> fn) -> bool {
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || !thread_.joinable()) return false;
@@ -260,14 +260,14 @@ DMOE_INLINE auto runtime::post_exclusive(std::function<void()> fn) -> bool {
   return true;
 }
 
-DMOE_INLINE auto runtime::stats() const -> std::map<std::string, expert_stats> {
+DMOE_DEF auto runtime::stats() const -> std::map<std::string, expert_stats> {
   std::lock_guard lock(mutex_);
   std::map<std::string, expert_stats> out;
   for (const auto& [uid, e] : experts_) out[uid] = e.stats;
   return out;
 }
 
-DMOE_INLINE auto runtime::choose(steady_time now, steady_time& wake) const -> task_pool* {
+DMOE_DEF auto runtime::choose(steady_time now, steady_time& wake) const -> task_pool* {
   task_pool* best = nullptr;
   wake = steady_time::max();
   for (task_pool* pool : pools_) {
@@ -282,7 +282,7 @@ DMOE_INLINE auto runtime::choose(steady_time now, steady_time& wake) const -> ta
   return best;
 }
 
-DMOE_INLINE auto runtime::loop() -> void {
+DMOE_DEF auto runtime::loop() -> void {
   std::unique_lock lock(mutex_);
   while (true) {
     if (run_exclusive_job(lock)) continue;
@@ -306,7 +306,7 @@ DMOE_INLINE auto runtime::loop() -> void {
   }
 }
 
-DMOE_INLINE auto runtime::run_exclusive_job(std::unique_lock<std::mutex>& lock) -> bool {
+DMOE_DEF auto runtime::run_exclusive_job(std::unique_lock<std::mutex>& lock) -> bool {
   if (exclusive_.empty()) return false;
   auto job = std::move(exclusive_.front());
   exclusive_.pop_front();
@@ -316,7 +316,7 @@ DMOE_INLINE auto runtime::run_exclusive_job(std::unique_lock<std::mutex>& lock) 
   return true;
 }
 
-DMOE_INLINE auto runtime::run_batch(expert_entry& entry, expert_direction direction,
+DMOE_DEF auto runtime::run_batch(expert_entry& entry, expert_direction direction,
     std::vector<pending_task>& batch) -> void {
   const steady_time start = steady_clock_now();
   batch_record record{entry.backend->uid(), direction, 0, {}, false};

@@ -101,12 +101,12 @@ class server {
   // server, the DHT bootstrap and declarations, the checkpoint and statistics loops. Then finishes requests in
   // flight (up to shutdown_grace), stops the runtime, writes a final checkpoint and shuts the DHT node down. Call
   // once, on the context's thread; `on_started` is called once it serves.
-  task<void> run(std::function<void()> on_started = {});
+  DMOE_DECL task<void> run(std::function<void()> on_started = {});
 
   // Ends run() (on the context's thread). Idempotent.
   void request_shutdown() { shutdown_requested_.set(); }
   // Resumes once run() serves.
-  task<void> wait_started();
+  DMOE_DECL task<void> wait_started();
 
   const endpoint& rpc_endpoint() const noexcept { return rpc_->local_endpoint(); }
   // The address declared in the DHT.
@@ -135,12 +135,12 @@ class server {
     return declared_.wait_for(lock, timeout, [&] { return declaration_rounds_ >= rounds; });
   }
   // Counters (the RPC ones read on the context's thread only).
-  server_stats stats() const;
+  DMOE_DECL server_stats stats() const;
 
  private:
-  std::int64_t max_sample_elements() const;
+  DMOE_DECL std::int64_t max_sample_elements() const;
 
-  task<net::rpc_response> handle_info(net::rpc_request& req);
+  DMOE_DECL task<net::rpc_response> handle_info(net::rpc_request& req);
 
   // Withdraws a request when its handler ends before the outcome arrived (the caller gave up, or its connection
   // or the server stopped): its tensors leave the queue with it, so requests nobody waits for hold no memory that
@@ -156,18 +156,18 @@ class server {
     }
   };
 
-  task<net::rpc_response> handle_compute(net::rpc_request& req, moe::expert_direction direction);
+  DMOE_DECL task<net::rpc_response> handle_compute(net::rpc_request& req, moe::expert_direction direction);
 
-  static net::rpc_response encode_response(tensor result, wire_codec codec);
+  DMOE_DECL static net::rpc_response encode_response(tensor result, wire_codec codec);
 
-  task<void> declare();
+  DMOE_DECL task<void> declare();
 
   // Every checkpoint_period: a checkpoint round on the compute thread, between batches (never blocks this thread).
-  task<void> checkpoint_loop();
+  DMOE_DECL task<void> checkpoint_loop();
 
-  void save_checkpoints_now();
+  DMOE_DECL void save_checkpoints_now();
 
-  task<void> stats_loop();
+  DMOE_DECL task<void> stats_loop();
 
   io_context& ctx_;
   server_options options_;
@@ -248,7 +248,7 @@ DMOE_INLINE server::server(io_context& ctx, server_options options) : ctx_(ctx),
                     [this](net::rpc_request& r) { return handle_compute(r, moe::expert_direction::backward); });
 }
 
-DMOE_INLINE auto server::run(std::function<void()> on_started) -> task<void> {
+DMOE_DEF auto server::run(std::function<void()> on_started) -> task<void> {
   runtime_->start();
   task_group serving(ctx_);
   task_group background(ctx_);
@@ -287,9 +287,9 @@ DMOE_INLINE auto server::run(std::function<void()> on_started) -> task<void> {
   log_info("server on {} stopped", rpc_->local_endpoint());
 }
 
-DMOE_INLINE auto server::wait_started() -> task<void> { co_await started_.wait(); }
+DMOE_DEF auto server::wait_started() -> task<void> { co_await started_.wait(); }
 
-DMOE_INLINE auto server::stats() const -> server_stats {
+DMOE_DEF auto server::stats() const -> server_stats {
   server_stats s;
   s.experts = runtime_->total_stats();
   s.rpc_requests = rpc_->stats().requests;
@@ -299,14 +299,14 @@ DMOE_INLINE auto server::stats() const -> server_stats {
   return s;
 }
 
-DMOE_INLINE auto server::max_sample_elements() const -> std::int64_t {
+DMOE_DEF auto server::max_sample_elements() const -> std::int64_t {
   std::int64_t most = 1;
   for (const auto& b : backends_)
     most = std::max({most, b->schema().input.sample_shape.numel(), b->schema().output.sample_shape.numel()});
   return most;
 }
 
-DMOE_INLINE auto server::handle_info(net::rpc_request& req) -> task<net::rpc_response> {
+DMOE_DEF auto server::handle_info(net::rpc_request& req) -> task<net::rpc_response> {
   const std::string uid = moe::decode_info_request(req.payload);
   const auto found = by_uid_.find(uid);
   if (found == by_uid_.end()) throw invalid_argument_error(fmt::format("this server has no expert '{}'", uid));
@@ -315,7 +315,7 @@ DMOE_INLINE auto server::handle_info(net::rpc_request& req) -> task<net::rpc_res
   co_return net::rpc_response(moe::encode_info(info));
 }
 
-DMOE_INLINE auto server::handle_compute(net::rpc_request& req, moe::expert_direction direction)
+DMOE_DEF auto server::handle_compute(net::rpc_request& req, moe::expert_direction direction)
     -> task<net::rpc_response> {
   moe::expert_request r = moe::decode_expert_request(req.payload, direction, limits_);
   req.payload = byte_buffer();
@@ -329,7 +329,7 @@ DMOE_INLINE auto server::handle_compute(net::rpc_request& req, moe::expert_direc
   co_return encode_response(std::move(outcome->result), codec);
 }
 
-DMOE_INLINE auto server::encode_response(tensor result, wire_codec codec) -> net::rpc_response {
+DMOE_DEF auto server::encode_response(tensor result, wire_codec codec) -> net::rpc_response {
   if (codec != wire_codec::none) return net::rpc_response(encode_tensor(result, codec));
   const tensor_wire_view view = wire_view(result);
   net::rpc_response response(byte_buffer(view.header.span().begin(), view.header.span().end()));
@@ -338,7 +338,7 @@ DMOE_INLINE auto server::encode_response(tensor result, wire_codec codec) -> net
   return response;
 }
 
-DMOE_INLINE auto server::declare() -> task<void> {
+DMOE_DEF auto server::declare() -> task<void> {
   const auto joined = co_await node_->bootstrap(options_.initial_peers, deadline_after(options_.bootstrap_timeout));
   if (!joined.joined)
     log_warn("server: the DHT could not be joined through {} initial peers (none answered); declaring anyway",
@@ -356,7 +356,7 @@ DMOE_INLINE auto server::declare() -> task<void> {
   co_await d.run();
 }
 
-DMOE_INLINE auto server::checkpoint_loop() -> task<void> {
+DMOE_DEF auto server::checkpoint_loop() -> task<void> {
   while (true) {
     co_await sleep_for(options_.checkpoint_period);
     auto* self = this;
@@ -364,7 +364,7 @@ DMOE_INLINE auto server::checkpoint_loop() -> task<void> {
   }
 }
 
-DMOE_INLINE auto server::save_checkpoints_now() -> void {
+DMOE_DEF auto server::save_checkpoints_now() -> void {
   std::size_t saved = 0;
   for (const auto& b : backends_) {
     try {
@@ -379,7 +379,7 @@ DMOE_INLINE auto server::save_checkpoints_now() -> void {
            saver_->directory().string());
 }
 
-DMOE_INLINE auto server::stats_loop() -> task<void> {
+DMOE_DEF auto server::stats_loop() -> task<void> {
   expert_stats last = runtime_->total_stats();
   steady_time last_time = std::chrono::steady_clock::now();
   while (true) {

@@ -53,9 +53,9 @@ struct pending_task {
 };
 
 // The rows of `parts` one after another (all have the same dtype and trailing dimensions).
-tensor concat_rows(std::span<const tensor* const> parts);
+DMOE_DECL tensor concat_rows(std::span<const tensor* const> parts);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE tensor concat_rows(std::span<const tensor* const> parts) {
+DMOE_DEF tensor concat_rows(std::span<const tensor* const> parts) {
   if (parts.size() == 1) return *parts[0];
   std::int64_t rows = 0;
   for (const tensor* t : parts) rows += t->dim(0);
@@ -87,7 +87,7 @@ class task_pool {
   std::uint64_t oldest_sequence() const noexcept { return queue_.front().sequence; }
 
   // Queues a request; throws limit_error when it has more samples than one batch may hold.
-  void push(pending_task task);
+  DMOE_DECL void push(pending_task task);
 
   // When the next batch may start (the pool is not empty): now when min_batch_size samples wait, else when the
   // oldest request will have waited the batching window.
@@ -97,11 +97,11 @@ class task_pool {
   }
 
   // Removes the request that reports to `completion`, if it still waits here; returns whether it did.
-  bool remove(const task_completion& completion);
+  DMOE_DECL bool remove(const task_completion& completion);
 
   // The oldest requests, in arrival order, while they fit in max_batch_size samples (at least one). Requests whose
   // waiter gave up are dropped on the way.
-  std::vector<pending_task> take_batch();
+  DMOE_DECL std::vector<pending_task> take_batch();
 
  private:
   std::string uid_;
@@ -120,7 +120,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE auto task_pool::push(pending_task task) -> void {
+DMOE_DEF auto task_pool::push(pending_task task) -> void {
   if (task.samples > max_batch_size_)
     throw limit_error(fmt::format("expert {} {}: a request of {} samples exceeds max_batch_size {}", uid_,
                                   moe::to_string(direction_), task.samples, max_batch_size_));
@@ -128,7 +128,7 @@ DMOE_INLINE auto task_pool::push(pending_task task) -> void {
   queue_.push_back(std::move(task));
 }
 
-DMOE_INLINE auto task_pool::remove(const task_completion& completion) -> bool {
+DMOE_DEF auto task_pool::remove(const task_completion& completion) -> bool {
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->completion.get() != &completion) continue;
     samples_ -= it->samples;
@@ -138,7 +138,7 @@ DMOE_INLINE auto task_pool::remove(const task_completion& completion) -> bool {
   return false;
 }
 
-DMOE_INLINE auto task_pool::take_batch() -> std::vector<pending_task> {
+DMOE_DEF auto task_pool::take_batch() -> std::vector<pending_task> {
   std::vector<pending_task> batch;
   std::int64_t total = 0;
   while (!queue_.empty()) {

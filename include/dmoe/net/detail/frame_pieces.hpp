@@ -23,7 +23,7 @@ class frame_pieces {
   }
 
  private:
-  void add(const_byte_span piece);
+  DMOE_DECL void add(const_byte_span piece);
 
   std::array<const_byte_span, 4> inline_{};
   std::vector<const_byte_span> heap_;
@@ -46,7 +46,7 @@ DMOE_INLINE frame_pieces::frame_pieces(const frame_header_bytes& header, const_b
   for (const auto& view : views) add(view);
 }
 
-DMOE_INLINE auto frame_pieces::add(const_byte_span piece) -> void {
+DMOE_DEF auto frame_pieces::add(const_byte_span piece) -> void {
   if (piece.empty()) return;
   if (heap_.capacity() > 0) {
     heap_.push_back(piece);

@@ -28,9 +28,9 @@ namespace net::detail {
 // count (0 when it would block). A frame written this way leaves at once instead of at the event loop's next
 // submission, which saves a loop iteration and a completion per frame; the caller awaits a write for the rest.
 // Throws what a failed write throws: closed_error when the peer reset or closed the connection, system_error else.
-std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer);
+DMOE_DECL std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer) {
+DMOE_DEF std::size_t send_now(int fd, std::span<const const_byte_span> pieces, std::string_view peer) {
   constexpr std::size_t max_pieces = 64;  // more wait for the awaited write
   std::array<iovec, max_pieces> iov;
   std::size_t count = 0;
@@ -56,9 +56,9 @@ DMOE_INLINE std::size_t send_now(int fd, std::span<const const_byte_span> pieces
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Drops the first `bytes` of a piece list (what send_now sent).
-void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes);
+DMOE_DECL void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes);
 #if DMOE_HEAVY_DEFINITIONS
-DMOE_INLINE void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes) {
+DMOE_DEF void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes) {
   std::size_t whole = 0;
   while (whole < pieces.size() && bytes >= pieces[whole].size()) bytes -= pieces[whole++].size();
   pieces.erase(pieces.begin(), pieces.begin() + static_cast<std::ptrdiff_t>(whole));
