@@ -109,7 +109,7 @@ class io_context {
 
   // Throws dmoe::system_error ("io_uring_setup: ...") when the kernel refuses a ring, and
   // dmoe::unavailable_error when it lacks an operation dmoe needs.
-  explicit io_context(unsigned entries = default_entries);
+  DMOE_DECL explicit io_context(unsigned entries = default_entries);
 
   io_context(const io_context&) = delete;
   io_context& operator=(const io_context&) = delete;
@@ -288,7 +288,7 @@ DMOE_END_NAMESPACE
 #if DMOE_HEAVY_DEFINITIONS
 
 DMOE_BEGIN_NAMESPACE
-DMOE_INLINE io_context::io_context(unsigned entries) {
+DMOE_DEF io_context::io_context(unsigned entries) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (wake_fd_ < 0) throw system_error(errno, "eventfd");
   // Fastest first; older kernels refuse newer flags with EINVAL.

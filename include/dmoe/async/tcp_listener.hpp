@@ -55,7 +55,7 @@ class accept_operation final : public io_operation<accept_operation> {
 class tcp_listener {
  public:
   tcp_listener() noexcept = default;
-  tcp_listener(io_context& ctx, const endpoint& local, int backlog = 1024);
+  DMOE_DECL tcp_listener(io_context& ctx, const endpoint& local, int backlog = 1024);
   tcp_listener(tcp_listener&& other) noexcept
       : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), local_(other.local_) {}
   tcp_listener& operator=(tcp_listener&& other) noexcept;
@@ -97,7 +97,7 @@ DMOE_DEF auto accept_operation::await_resume() -> tcp_socket {
 
 }  // namespace detail
 
-DMOE_INLINE tcp_listener::tcp_listener(io_context& ctx, const endpoint& local, int backlog) : ctx_(&ctx) {
+DMOE_DEF tcp_listener::tcp_listener(io_context& ctx, const endpoint& local, int backlog) : ctx_(&ctx) {
   if (!local.is_specified()) throw invalid_argument_error("tcp_listener needs a specified local endpoint");
   fd_ = ::socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd_ < 0) throw system_error(errno, "socket");

@@ -89,7 +89,7 @@ class udp_receive_operation final : public io_operation<udp_receive_operation> {
 class udp_socket {
  public:
   udp_socket() noexcept = default;
-  udp_socket(io_context& ctx, const endpoint& local);
+  DMOE_DECL udp_socket(io_context& ctx, const endpoint& local);
   udp_socket(udp_socket&& other) noexcept : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), local_(other.local_) {}
   udp_socket& operator=(udp_socket&& other) noexcept;
   udp_socket(const udp_socket&) = delete;
@@ -162,7 +162,7 @@ DMOE_DEF auto udp_receive_operation::prepare(io_uring_sqe* sqe) noexcept -> void
 
 }  // namespace detail
 
-DMOE_INLINE udp_socket::udp_socket(io_context& ctx, const endpoint& local) : ctx_(&ctx) {
+DMOE_DEF udp_socket::udp_socket(io_context& ctx, const endpoint& local) : ctx_(&ctx) {
   if (!local.is_specified()) throw invalid_argument_error("udp_socket needs a specified local endpoint");
   fd_ = ::socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd_ < 0) throw system_error(errno, "socket");

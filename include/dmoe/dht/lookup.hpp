@@ -59,7 +59,7 @@ struct lookup_result {
 class lookup {
  public:
   // Throws invalid_argument_error when k, α or max_in_flight is 0.
-  lookup(std::vector<key_id> keys, lookup_options options);
+  DMOE_DECL lookup(std::vector<key_id> keys, lookup_options options);
 
   // Candidates to start from (typically the routing table's nearest), for one key or for all.
   DMOE_DECL void add_candidates(const key_id& key, const std::vector<wire_peer>& peers);
@@ -164,7 +164,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE lookup::lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
+DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
   if (options_.k == 0 || options_.alpha == 0 || options_.max_in_flight == 0)
     throw invalid_argument_error(fmt::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
                                              "max_in_flight={}",

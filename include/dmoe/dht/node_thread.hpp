@@ -35,7 +35,7 @@ class node_thread {
  public:
   // Starts the thread and the node. Rethrows what the node's constructor threw (invalid_argument_error,
   // system_error when the bind fails).
-  explicit node_thread(node_options options = {});
+  DMOE_DECL explicit node_thread(node_options options = {});
   node_thread(const node_thread&) = delete;
   node_thread& operator=(const node_thread&) = delete;
   ~node_thread() { shutdown(); }
@@ -123,7 +123,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE node_thread::node_thread(node_options options) {
+DMOE_DEF node_thread::node_thread(node_options options) {
   std::promise<void> ready;
   std::future<void> started = ready.get_future();
   thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {

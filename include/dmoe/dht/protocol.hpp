@@ -165,7 +165,7 @@ class source_limits {
 class protocol {
  public:
   // Binds the socket. Throws invalid_argument_error for unusable options, system_error when the bind fails.
-  protocol(io_context& ctx, protocol_options options);
+  DMOE_DECL protocol(io_context& ctx, protocol_options options);
   protocol(const protocol&) = delete;
   protocol& operator=(const protocol&) = delete;
 
@@ -400,7 +400,7 @@ DMOE_DEF auto source_limits::at(const std::string& source, steady_time now) -> e
 
 namespace dht {
 
-DMOE_INLINE protocol::protocol(io_context& ctx, protocol_options options) : ctx_(ctx),
+DMOE_DEF protocol::protocol(io_context& ctx, protocol_options options) : ctx_(ctx),
       options_(check(std::move(options))),
       self_(options_.id ? *options_.id : random_node_id()),
       endpoint_(ctx, options_.listen, to_sender_id(self_), options_.datagram),

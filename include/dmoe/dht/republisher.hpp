@@ -37,7 +37,7 @@ class republisher {
  public:
   // Throws invalid_argument_error for a period or ttl that is not positive, or a ttl not longer than the period
   // (the values would lapse between rounds).
-  republisher(node& n, republish_options options = {});
+  DMOE_DECL republisher(node& n, republish_options options = {});
   republisher(const republisher&) = delete;
   republisher& operator=(const republisher&) = delete;
 
@@ -87,7 +87,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE republisher::republisher(node& n, republish_options options) : node_(n), options_(options) {
+DMOE_DEF republisher::republisher(node& n, republish_options options) : node_(n), options_(options) {
   if (options_.period.count() <= 0) throw invalid_argument_error("republisher: period must be positive");
   if (options_.ttl.count() == 0) options_.ttl = 2 * options_.period;
   if (options_.ttl <= options_.period)

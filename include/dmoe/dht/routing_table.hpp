@@ -69,7 +69,7 @@ class routing_table {
   };
 
   // Throws invalid_argument_error when k, b or the cache size is 0.
-  explicit routing_table(node_id self, routing_table_options options = {});
+  DMOE_DECL explicit routing_table(node_id self, routing_table_options options = {});
 
   const node_id& self() const noexcept { return self_; }
   const routing_table_options& options() const noexcept { return options_; }
@@ -138,7 +138,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-DMOE_INLINE routing_table::routing_table(node_id self, routing_table_options options) : self_(self),
+DMOE_DEF routing_table::routing_table(node_id self, routing_table_options options) : self_(self),
     options_(options), bans_(options.bans) {
   if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
     throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",

@@ -48,7 +48,7 @@ class network_thread {
  public:
   // Throws what the node's constructor throws (invalid_argument_error, system_error when the bind fails), and
   // unavailable_error when initial peers were given and none answered within join_timeout.
-  explicit network_thread(network_thread_options options = {});
+  DMOE_DECL explicit network_thread(network_thread_options options = {});
   network_thread(const network_thread&) = delete;
   network_thread& operator=(const network_thread&) = delete;
   ~network_thread() { shutdown(); }
@@ -133,7 +133,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace moe {
 
-DMOE_INLINE network_thread::network_thread(network_thread_options options) {
+DMOE_DEF network_thread::network_thread(network_thread_options options) {
   std::promise<void> ready;
   std::future<void> started = ready.get_future();
   thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {

@@ -186,7 +186,7 @@ DMOE_DEF void check_routing(std::string_view op, const dispatch_options& o, std:
 // last forward), so a second call while one is in flight is refused instead of corrupting it.
 class layer_call_guard {
  public:
-  layer_call_guard(bool& busy, std::string_view op);
+  DMOE_DECL layer_call_guard(bool& busy, std::string_view op);
   layer_call_guard(const layer_call_guard&) = delete;
   layer_call_guard& operator=(const layer_call_guard&) = delete;
   ~layer_call_guard() { busy_ = false; }
@@ -562,7 +562,7 @@ DMOE_DEF auto expert_dispatcher::call_one(expert_call& c, bool backward, steady_
 
 namespace moe::detail {
 
-DMOE_INLINE layer_call_guard::layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
+DMOE_DEF layer_call_guard::layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
   if (busy_)
     throw invalid_argument_error(fmt::format(
         "{}: another forward or backward of this layer is in flight (a layer runs one call at a time)", op));

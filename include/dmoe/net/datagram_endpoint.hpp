@@ -123,7 +123,7 @@ class datagram_endpoint {
     std::uint64_t dropped = 0;           // datagrams dropped by fault injection
   };
 
-  datagram_endpoint(io_context& ctx, const endpoint& local, const datagram_sender_id& self,
+  DMOE_DECL datagram_endpoint(io_context& ctx, const endpoint& local, const datagram_sender_id& self,
                     datagram_endpoint_options options = {}, std::shared_ptr<fault_policy> faults = nullptr);
   datagram_endpoint(const datagram_endpoint&) = delete;
   datagram_endpoint& operator=(const datagram_endpoint&) = delete;
@@ -225,7 +225,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE datagram_endpoint::datagram_endpoint(io_context& ctx, const endpoint& local, const datagram_sender_id& self,
+DMOE_DEF datagram_endpoint::datagram_endpoint(io_context& ctx, const endpoint& local, const datagram_sender_id& self,
                   datagram_endpoint_options options, std::shared_ptr<fault_policy> faults) : ctx_(ctx),
       options_(options),
       faults_(std::move(faults)),

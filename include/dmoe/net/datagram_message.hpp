@@ -180,7 +180,7 @@ DMOE_DEF datagram_message decode_datagram(const_byte_span bytes, const datagram_
 // pieces header_bytes(i) and payload(i) (one sendmsg with two iovecs, no copy of the message).
 class datagram_parts {
  public:
-  datagram_parts(const datagram_header& header, const_byte_span message, const datagram_limits& limits);
+  DMOE_DECL datagram_parts(const datagram_header& header, const_byte_span message, const datagram_limits& limits);
 
   std::size_t count() const noexcept { return header_.part_count; }
 
@@ -212,7 +212,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_INLINE datagram_parts::datagram_parts(const datagram_header& header, const_byte_span message,
+DMOE_DEF datagram_parts::datagram_parts(const datagram_header& header, const_byte_span message,
     const datagram_limits& limits) : header_(header), message_(message) {
   if (message.size() > limits.max_message)
     throw limit_error(fmt::format("datagram message of {} exceeds limit {}", size_text(message.size()),

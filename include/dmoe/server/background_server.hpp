@@ -21,7 +21,7 @@ namespace server {
 class background_server {
  public:
   // Starts the threads and the server, and returns once it serves. Rethrows what the server's constructor threw.
-  explicit background_server(server_options options);
+  DMOE_DECL explicit background_server(server_options options);
   background_server(const background_server&) = delete;
   background_server& operator=(const background_server&) = delete;
   ~background_server() { stop(); }
@@ -57,7 +57,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE background_server::background_server(server_options options) {
+DMOE_DEF background_server::background_server(server_options options) {
   std::promise<void> ready;
   std::future<void> started = ready.get_future();
   thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {

@@ -181,11 +181,8 @@ inline std::uint64_t expert_seed(std::string_view uid, std::uint64_t seed) noexc
 
 // Makes the expert `uid` on the host. Its initial parameters derive from (seed, uid), so two servers started with
 // the same seed host identical experts. Throws invalid_argument_error for an unknown kind or optimizer.
-inline std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
-                                                           std::uint64_t seed) {
-  auto module = nn::make_expert<ops::cpu_t>(options.kind, options.hidden, expert_seed(uid, seed), options.module);
-  return std::make_unique<detail::expert_backend_on<ops::cpu_t>>(std::move(uid), std::move(module), options.optimizer);
-}
+DMOE_DECL std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
+                                                              std::uint64_t seed);
 
 }  // namespace server
 DMOE_END_NAMESPACE
@@ -220,6 +217,12 @@ DMOE_DEF auto expert_backend::backward(const tensor& inputs, const tensor& grad_
     ++updates_;
   }
   return to_host(grad_inputs);
+}
+
+DMOE_DEF std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
+                                                             std::uint64_t seed) {
+  auto module = nn::make_expert<ops::cpu_t>(options.kind, options.hidden, expert_seed(uid, seed), options.module);
+  return std::make_unique<detail::expert_backend_on<ops::cpu_t>>(std::move(uid), std::move(module), options.optimizer);
 }
 
 }  // namespace server

@@ -63,7 +63,7 @@ struct batch_record {
 class runtime {
  public:
   // The backends must outlive the runtime. Throws invalid_argument_error for bad options or repeated uids.
-  runtime(std::vector<expert_backend*> backends, runtime_options options = {});
+  DMOE_DECL runtime(std::vector<expert_backend*> backends, runtime_options options = {});
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
   ~runtime() { stop(); }
@@ -168,7 +168,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE runtime::runtime(std::vector<expert_backend*> backends, runtime_options options) : options_(options) {
+DMOE_DEF runtime::runtime(std::vector<expert_backend*> backends, runtime_options options) : options_(options) {
   validate(options_);
   for (expert_backend* b : backends) {
     if (experts_.count(b->uid()))

@@ -90,7 +90,7 @@ class server {
   // Makes the experts (loading each one's newest valid checkpoint), binds the RPC server and the DHT node on `ctx`.
   // Nothing is served until run(). Throws invalid_argument_error (options, uids), device_error (a device this
   // program cannot use), system_error (a bind, the key file), corrupt_error (the key file).
-  server(io_context& ctx, server_options options);
+  DMOE_DECL server(io_context& ctx, server_options options);
   server(const server&) = delete;
   server& operator=(const server&) = delete;
   ~server() {
@@ -197,7 +197,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace server {
 
-DMOE_INLINE server::server(io_context& ctx, server_options options) : ctx_(ctx), options_(std::move(options)) {
+DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), options_(std::move(options)) {
   if (options_.experts.empty()) throw invalid_argument_error("server: no experts to host");
   const device_choice device = parse_device(options_.device);
   if (device.kind != dmoe::device::host)

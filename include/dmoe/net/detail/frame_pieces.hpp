@@ -16,7 +16,7 @@ namespace net::detail {
 // The pieces of one outgoing frame (header, body, views) for one vectored write; two or three fit inline.
 class frame_pieces {
  public:
-  frame_pieces(const frame_header_bytes& header, const_byte_span body, std::span<const const_byte_span> views);
+  DMOE_DECL frame_pieces(const frame_header_bytes& header, const_byte_span body, std::span<const const_byte_span> views);
   std::span<const const_byte_span> span() const noexcept {
     return heap_.empty() ? std::span<const const_byte_span>(inline_.data(), count_)
                          : std::span<const const_byte_span>(heap_);
@@ -38,7 +38,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net::detail {
 
-DMOE_INLINE frame_pieces::frame_pieces(const frame_header_bytes& header, const_byte_span body,
+DMOE_DEF frame_pieces::frame_pieces(const frame_header_bytes& header, const_byte_span body,
     std::span<const const_byte_span> views) {
   if (views.size() + 2 > inline_.size()) heap_.reserve(views.size() + 2);
   add(header);
