@@ -44,7 +44,12 @@ struct rob {
   friend std::size_t key_in_flight(const dht::lookup& l, std::size_t i) { return (l.*Keys)[i].in_flight; }
   friend std::size_t key_count(const dht::lookup& l) { return (l.*Keys).size(); }
 };
+// Header-only, key_done is a function template (DMOE_DECL): its address names the specialization.
+#if DMOE_HEADER_ONLY
+template struct rob<&dht::lookup::keys_, &dht::lookup::key_done<>>;
+#else
 template struct rob<&dht::lookup::keys_, &dht::lookup::key_done>;
+#endif
 }  // namespace review2_probe
 
 namespace {

@@ -37,9 +37,11 @@
 // DMOE_DECL starts the declaration of a heavy function, DMOE_DEF its definition (which repeats the signature
 // without default arguments). Header-only: `template <int = 0>` / `template <int>`, so calls are unchanged and the
 // body is instantiated only where it is called. Separate compilation: an ordinary function, defined once.
-// DMOE_INLINE starts the out-of-line definition of a heavy member function or non-template function (coroutines
-// and long bodies of the runtime, RPC, DHT, server and DMoE layers), placed behind DMOE_HEAVY_DEFINITIONS: `inline`
-// header-only, an ordinary definition, compiled once, with separate compilation. A virtual function defined so is
+// DMOE_INLINE starts the out-of-line definition of a heavy function that cannot be a template (a destructor,
+// operator=, a virtual function), placed behind DMOE_HEAVY_DEFINITIONS: `inline` header-only, an ordinary
+// definition, compiled once, with separate compilation. Every other heavy function (the coroutines and long bodies
+// of the runtime, RPC, DHT, server and DMoE layers, constructors included) uses DMOE_DECL/DMOE_DEF, so header-only
+// its address must name the specialization (`&C::f<>`) or the target type must be given. A virtual function defined so is
 // declared DMOE_INLINE in its class as well: otherwise it would be the class's key function, and every header-only
 // translation unit would emit the vtable and everything it reaches.
 #if DMOE_HEADER_ONLY

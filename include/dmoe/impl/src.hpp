@@ -11,8 +11,9 @@
 
 #define DMOE_COMPILING_SOURCE 1
 // g++ 12 warns that a coroutine with external linkage keeps a lambda or local type (no linkage) in its frame; the
-// frame never leaves this translation unit, so the warning is a false positive.
+// frame never leaves this translation unit, so the warning is a false positive (silenced for dmoe's headers only).
 #if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsubobject-linkage"
 #endif
 #include <dmoe/dmoe.hpp>
@@ -80,3 +81,6 @@
 #include <dmoe/server/runtime.hpp>
 #include <dmoe/server/server.hpp>
 #include <dmoe/server/task_pool.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
