@@ -39,11 +39,11 @@
 // body is instantiated only where it is called. Separate compilation: an ordinary function, defined once.
 // DMOE_INLINE starts the out-of-line definition of a heavy function that cannot be a template (a destructor,
 // operator=, a virtual function), placed behind DMOE_HEAVY_DEFINITIONS: `inline` header-only, an ordinary
-// definition, compiled once, with separate compilation. Every other heavy function (the coroutines and long bodies
-// of the runtime, RPC, DHT, server and DMoE layers, constructors included) uses DMOE_DECL/DMOE_DEF, so header-only
-// its address must name the specialization (`&C::f<>`) or the target type must be given. A virtual function defined so is
-// declared DMOE_INLINE in its class as well: otherwise it would be the class's key function, and every header-only
-// translation unit would emit the vtable and everything it reaches.
+// definition, compiled once, with separate compilation. A virtual function defined so is declared DMOE_INLINE in
+// its class as well: otherwise it would be the class's key function, and every header-only translation unit would
+// emit the vtable and everything it reaches. Every other heavy function (the coroutines and long bodies of the
+// runtime, RPC, DHT, server and DMoE layers, constructors included) uses DMOE_DECL/DMOE_DEF; header-only, its
+// address must name the specialization (`&C::f<>`) or be taken with the target type given.
 #if DMOE_HEADER_ONLY
 #define DMOE_INLINE inline
 #else
