@@ -75,6 +75,7 @@ struct config {
   double restart_server_at = -1;    // ... and started again from its checkpoint
   double progress_interval_s = 1.0;
   std::string log_level = "warn";
+  std::string device = "cpu";  // where the model and the experts of the servers this program starts compute
 };
 
 // Every flag of the trainer (the demo sets other defaults before calling it).
@@ -124,6 +125,8 @@ inline void add_flags(CLI::App& app, config& c) {
       ->capture_default_str()->check(CLI::Range(-1.0, 1.0));
   app.add_option("--progress-interval", c.progress_interval_s, "seconds between progress lines and metrics rows")
       ->capture_default_str()->check(CLI::Range(0.01, 3600.0));
+  app.add_option("--device", c.device, "where the trainer's model and the experts of the servers it starts compute: "
+                                       "cpu, cuda or cuda:N (a build with the CUDA backend)")->capture_default_str();
   app.add_option("--log-level", c.log_level, "dmoe's log level")->capture_default_str()
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
 }
@@ -175,6 +178,7 @@ class thread_swarm final : public swarm {
     o.expert.optimizer.learning_rate = static_cast<float>(config_.lr);
     o.expert.optimizer.total_steps = config_.total_steps;
     o.seed = config_.seed;
+    o.device = config_.device;
     // Declarations that outlive a dead server by seconds, not a minute: the layer stops choosing its experts soon.
     o.declarations.update_period = 5s;
     o.declarations.expiration = 15s;
@@ -246,7 +250,7 @@ class process_swarm final : public swarm {
                                   "--total-steps", std::to_string(config_.total_steps), "--update-period", "5",
                                   "--expiration", "15",
                                   "--seed", std::to_string(config_.seed), "--checkpoint-dir", dir.string(),
-                                  "--log-level", "info", "--initial-peers"};
+                                  "--log-level", "info", "--device", config_.device, "--initial-peers"};
     args.insert(args.end(), dht_addresses_.begin(), dht_addresses_.end());
     const fs::path log = config_.out / "logs" / fmt::format("server-{}.log", i);
     std::error_code ec;
@@ -361,9 +365,10 @@ inline bool plot(const fs::path& csv, const fs::path& png, const std::string& ti
   return rc == 0;
 }
 
-// Trains and evaluates; returns the process exit code (0: trained and evaluated; 1: failed; 2: bad flags;
-// 130/143: interrupted).
-inline int train_and_evaluate(config c) {
+// Trains and evaluates with the model on Backend (`device`, already checked); returns the process exit code
+// (0: trained and evaluated; 1: failed; 2: bad flags; 130/143: interrupted).
+template <class Backend>
+int train_and_evaluate_on(config c, const dmoe::device_choice& device) {
   dmoe::set_log_level(dmoe::detail::parse_log_level(c.log_level.c_str()));
   std::uint64_t experts_total = 1;
   for (const auto g : c.grid) experts_total *= g;
@@ -463,7 +468,13 @@ inline int train_and_evaluate(config c) {
     return 1;
   }
 
-  // The model.
+  // The model, on the device (new parameters land on this thread's current device; the layers compute on the
+  // network thread, which uses the same one).
+  const dmoe::device_scope on_device(device);
+  net->run([&]() -> dmoe::task<void> {
+    dmoe::use_device(device);
+    co_return;
+  });
   dmoe::random_engine gen(c.seed);
   dmoe::moe::remote_mixture_of_experts_options o;
   o.grid = c.grid;
@@ -476,15 +487,15 @@ inline int train_and_evaluate(config c) {
   o.call.codec = dmoe_cli::parse_codec(c.compression);
   o.call.response_codec = o.call.codec;
   dmoe::moe::model model;
-  model.emplace<dmoe::nn::linear<>>(784, c.hidden, gen, dmoe::ops::activation::relu);  // Linear -> ReLU
-  dmoe::moe::remote_mixture_of_experts<>* layer = nullptr;
-  if (c.dense) model.emplace<dmoe::nn::ffn_expert<>>(c.hidden, gen, 4 * c.hidden * c.k);
-  else layer = &model.emplace<dmoe::moe::remote_mixture_of_experts<>>(net->directory(), net->client(), o, gen);
-  model.emplace<dmoe::nn::linear<>>(c.hidden, 10, gen);
-  dmoe::nn::adam<> optimizer(model.parameters(), {.learning_rate = static_cast<float>(c.lr)});
+  model.emplace<dmoe::nn::linear<Backend>>(784, c.hidden, gen, dmoe::ops::activation::relu);  // Linear -> ReLU
+  dmoe::moe::remote_mixture_of_experts<Backend>* layer = nullptr;
+  if (c.dense) model.emplace<dmoe::nn::ffn_expert<Backend>>(c.hidden, gen, 4 * c.hidden * c.k);
+  else layer = &model.emplace<dmoe::moe::remote_mixture_of_experts<Backend>>(net->directory(), net->client(), o, gen);
+  model.emplace<dmoe::nn::linear<Backend>>(c.hidden, 10, gen);
+  dmoe::nn::adam<Backend> optimizer(model.parameters(), {.learning_rate = static_cast<float>(c.lr)});
   optimizer.set_schedule(dmoe::nn::linear_warmup_decay(static_cast<float>(c.lr), 0, c.total_steps,
                                                        static_cast<float>(c.lr / 20)));
-  dmoe::nn::cross_entropy_loss<> loss;
+  dmoe::nn::cross_entropy_loss<Backend> loss;
 
   // The trainer's checkpoint: the model, the optimizer and where the data order was.
   dmoe::data::shuffled_batches batches(data.train, c.batch_size, c.seed);
@@ -632,10 +643,10 @@ inline int train_and_evaluate(config c) {
       optimizer.zero_grad();
       try {
         const auto [value, correct] = net->run([&]() -> dmoe::task<std::pair<float, std::int64_t>> {
-          const dmoe::tensor logits = co_await model.forward(b.x);
-          const float l = loss.forward(logits, b.labels);
+          const dmoe::tensor logits = co_await model.forward(b.x.to(Backend::device));
+          const float l = loss.forward(logits, b.labels.to(Backend::device));
           co_await model.backward(loss.backward());
-          co_return std::pair<float, std::int64_t>(l, count_correct(logits, b.labels));
+          co_return std::pair<float, std::int64_t>(l, count_correct(logits.to(dmoe::device::host), b.labels));
         });
         optimizer.step();
         w.loss_sum += value;
@@ -686,7 +697,10 @@ inline int train_and_evaluate(config c) {
     for (int attempt = 1; attempt <= 2; ++attempt) {  // once more after a failure, as in training
       try {
         correct += net->run(
-            [&]() -> dmoe::task<std::int64_t> { co_return count_correct(co_await model.forward(b.x), b.labels); });
+            [&]() -> dmoe::task<std::int64_t> {
+              const dmoe::tensor logits = co_await model.forward(b.x.to(Backend::device));
+              co_return count_correct(logits.to(dmoe::device::host), b.labels);
+            });
         evaluated += b.labels.shape()[0];
         break;
       } catch (const dmoe::error& e) {
@@ -727,6 +741,22 @@ inline int train_and_evaluate(config c) {
 }  // namespace fashion
 
 namespace fashion {
+
+// train_and_evaluate_on the backend of --device (exit status 2 for a device this program cannot use).
+inline int train_and_evaluate(const config& c) {
+  dmoe::device_choice device;
+  try {
+    device = dmoe::parse_device(c.device);
+    dmoe::check_device(device);
+  } catch (const dmoe::error& e) {
+    fmt::print(stderr, "{}: --device: {}\n", c.program, e.what());
+    return 2;
+  }
+#if DMOE_WITH_CUDA
+  if (device.kind == dmoe::device::cuda) return train_and_evaluate_on<dmoe::ops::cuda_t>(c, device);
+#endif
+  return train_and_evaluate_on<dmoe::ops::cpu_t>(c, device);  // (check_device refused CUDA in a build without it)
+}
 
 // train_and_evaluate, with every error reported (the swarm is stopped on the way out).
 inline int train(const config& c) {

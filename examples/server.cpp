@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   app.add_option("--initial-peers", initial_peers, "DHT addresses to join through (none: start a new swarm)")
       ->check(dmoe_cli::endpoint_text);
   app.add_flag("--no-dht", no_dht, "run no DHT node: trainers must be told the RPC address");
-  app.add_option("--device", device, "where experts compute: cpu (cuda:N is refused in this version)")->capture_default_str();
+  app.add_option("--device", device, "where experts compute: cpu, cuda or cuda:N (a build with the CUDA backend)")->capture_default_str();
   app.add_option("--max-batch-size", max_batch, "samples in one batch; larger requests are refused")
       ->capture_default_str()->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24));
   app.add_option("--min-batch-size", min_batch, "samples that start a batch before the window ends")

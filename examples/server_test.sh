@@ -70,7 +70,8 @@ expect_2() {
   grep -q . "$out/bad.log" || { echo "'$*' said nothing"; exit 1; }
 }
 expect_2 --experts 'ffn.[3:3]'
-expect_2 --experts ffn.0 --device cuda:0 --no-dht
+expect_2 --experts ffn.0 --device cuda:1000 --no-dht  # (no such GPU: refused with or without the CUDA backend)
+grep -q "cuda:1000" "$out/bad.log" || { echo "--device cuda:1000: the error does not name the device:"; cat "$out/bad.log"; exit 1; }
 expect_2 --experts ffn.0 --device tpu --no-dht
 expect_2 --experts ffn.0 --listen localhost:5000
 expect_2 --experts ffn.0 --expert-cls nope --no-dht

@@ -411,8 +411,16 @@ BOOST_AUTO_TEST_CASE(two_threads_may_stop_a_server_at_once) {
 
 BOOST_AUTO_TEST_CASE(options_that_cannot_work_are_refused_at_start) {
   auto o = small_options({"ffn.0.0"});
-  o.device = "cuda:0";
-  BOOST_CHECK_THROW(background_server{o}, device_error);
+  o.device = "cuda:0";  // (this test program does not link dmoe::cuda)
+  try {
+    background_server s{o};
+    BOOST_ERROR("a server on cuda:0 started without a CUDA backend");
+  } catch (const device_error& e) {
+    BOOST_TEST(std::string(e.what()).find("cuda:0") != std::string::npos);
+  }
+  BOOST_CHECK_THROW(make_expert_backend("ffn.0", o.expert, 1, parse_device("cuda:0")), device_error);
+  o.runtime.device = parse_device("cuda");
+  BOOST_CHECK_THROW(validate(o.runtime), device_error);
   o = small_options({"ffn.0.0"});
   o.device = "tpu";
   BOOST_CHECK_THROW(background_server{o}, invalid_argument_error);

@@ -52,7 +52,8 @@ DMOE_DECL void write_checkpoint(const std::filesystem::path& path, std::span<con
 DMOE_DECL std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
                                                         const checkpoint_limits& limits = {});
 
-// Saves parameters as "param.<name>" and, when given, the optimizer state as "optimizer.<name>".
+// Saves parameters as "param.<name>" and, when given, the optimizer state as "optimizer.<name>" (tensors on a
+// device are copied to the host first).
 DMOE_DECL void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
                                const optimizer* opt = nullptr);
 
@@ -374,9 +375,11 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
 DMOE_DEF void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
                               const optimizer* opt) {
   std::vector<checkpoint_entry> entries;
-  for (const parameter& p : parameters) entries.push_back({"param." + p.name, *p.value});
+  // (Device tensors are copied to the host: a checkpoint file holds host bytes; load_checkpoint copies them back.)
+  const auto on_host = [](const tensor& t) { return t.is_host() ? t : t.to(device::host); };
+  for (const parameter& p : parameters) entries.push_back({"param." + p.name, on_host(*p.value)});
   if (opt)
-    for (const parameter& s : opt->state()) entries.push_back({"optimizer." + s.name, *s.value});
+    for (const parameter& s : opt->state()) entries.push_back({"optimizer." + s.name, on_host(*s.value)});
   write_checkpoint(path, entries);
 }
 

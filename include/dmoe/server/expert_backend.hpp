@@ -15,6 +15,7 @@
 #include <dmoe/nn/sgd.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/ops/cpu/optimizer.hpp>
+#include <dmoe/tensor/device.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
 #include <algorithm>
@@ -179,10 +180,38 @@ struct expert_options {
 // The seed of expert `uid`'s initial parameters on a server started with `seed` (nn::make_expert's seed).
 inline std::uint64_t expert_seed(std::string_view uid, std::uint64_t seed) noexcept { return xxh64(as_bytes(uid), seed); }
 
-// Makes the expert `uid` on the host. Its initial parameters derive from (seed, uid), so two servers started with
-// the same seed host identical experts. Throws invalid_argument_error for an unknown kind or optimizer.
+// Makes the expert `uid` computing on Backend (ops::cpu_t; ops::cuda_t in a program that links the CUDA backend:
+// its parameters land on the calling thread's current device). Its initial parameters derive from (seed, uid), so
+// two servers started with the same seed host identical experts, on either backend. Throws invalid_argument_error
+// for an unknown kind or optimizer.
+template <class Backend>
+std::unique_ptr<expert_backend> make_expert_backend_on(std::string uid, const expert_options& options,
+                                                       std::uint64_t seed) {
+  auto module = nn::make_expert<Backend>(options.kind, options.hidden, expert_seed(uid, seed), options.module);
+  return std::make_unique<detail::expert_backend_on<Backend>>(std::move(uid), std::move(module), options.optimizer);
+}
+
+namespace detail {
+
+using expert_backend_maker = std::unique_ptr<expert_backend> (*)(std::string uid, const expert_options& options,
+                                                                 std::uint64_t seed);
+
+// make_expert_backend_on<ops::cuda_t>, installed when the program starts by the CUDA backend's objects
+// (dmoe::cuda, or <dmoe/impl/cuda_experts.hpp> compiled into the program), so that the server's code, compiled
+// without CUDA, can host experts on a GPU. nullptr without a CUDA backend.
+inline std::atomic<expert_backend_maker>& cuda_expert_backend_maker() noexcept {
+  static std::atomic<expert_backend_maker> maker{nullptr};
+  return maker;
+}
+
+}  // namespace detail
+
+// Makes the expert `uid` on `device`: the host, or a CUDA device, which must be the calling thread's current
+// device (device_scope) and which the thread computing with the expert must use too (runtime_options::device).
+// Throws invalid_argument_error for an unknown kind or optimizer, device_error when the program has no CUDA
+// backend (it does not link dmoe::cuda) or the device cannot be used.
 DMOE_DECL std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
-                                                              std::uint64_t seed);
+                                                              std::uint64_t seed, const device_choice& device = {});
 
 }  // namespace server
 DMOE_END_NAMESPACE
@@ -220,9 +249,14 @@ DMOE_DEF auto expert_backend::backward(const tensor& inputs, const tensor& grad_
 }
 
 DMOE_DEF std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
-                                                             std::uint64_t seed) {
-  auto module = nn::make_expert<ops::cpu_t>(options.kind, options.hidden, expert_seed(uid, seed), options.module);
-  return std::make_unique<detail::expert_backend_on<ops::cpu_t>>(std::move(uid), std::move(module), options.optimizer);
+                                                             std::uint64_t seed, const device_choice& device) {
+  if (device.kind == dmoe::device::host) return make_expert_backend_on<ops::cpu_t>(std::move(uid), options, seed);
+  check_device(device);
+  const detail::expert_backend_maker maker = detail::cuda_expert_backend_maker().load(std::memory_order_acquire);
+  if (!maker)
+    throw device_error(fmt::format("expert {} on {}: this program has no CUDA experts (it does not link dmoe::cuda)",
+                                   uid, device.text()));
+  return maker(std::move(uid), options, seed);
 }
 
 }  // namespace server

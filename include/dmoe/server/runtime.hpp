@@ -10,6 +10,7 @@
 #include <dmoe/core/log.hpp>
 #include <dmoe/server/expert_backend.hpp>
 #include <dmoe/server/task_pool.hpp>
+#include <dmoe/tensor/device.hpp>
 
 #include <chrono>
 #include <condition_variable>
@@ -37,6 +38,9 @@ struct runtime_options {
   std::int64_t max_batch_size = 4096;  // samples in one batch; a larger request fails at once (limit_error)
   std::int64_t min_batch_size = 1;     // a pool with this many samples waiting starts a batch at once...
   std::chrono::microseconds batching_window{2000};  // ...else once its oldest request has waited this long
+  // The device the compute thread makes current (use_device) before its first batch: where the experts' modules
+  // compute when they were made for a CUDA backend (make_expert_backend with this device).
+  device_choice device{};
 };
 
 DMOE_DECL void validate(const runtime_options& o);
@@ -48,6 +52,7 @@ DMOE_DEF void validate(const runtime_options& o) {
                                              o.max_batch_size));
   if (o.batching_window.count() < 0 || o.batching_window > std::chrono::seconds(10))
     throw invalid_argument_error("batching_window must be in [0, 10 s]");
+  check_device(o.device);
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -283,6 +288,11 @@ DMOE_DEF auto runtime::choose(steady_time now, steady_time& wake) const -> task_
 }
 
 DMOE_DEF auto runtime::loop() -> void {
+  try {
+    use_device(options_.device);  // (checked by the constructor; a device lost since then fails each batch instead)
+  } catch (const std::exception& e) {
+    log_error("server runtime: cannot make {} the compute thread's device: {}", options_.device.text(), e.what());
+  }
   std::unique_lock lock(mutex_);
   while (true) {
     if (run_exclusive_job(lock)) continue;

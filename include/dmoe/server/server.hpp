@@ -50,7 +50,9 @@ struct server_options {
   std::vector<std::string> experts;  // uids (see moe::expand_expert_pattern for patterns)
   expert_options expert;             // kind, hidden size, optimizer
   std::uint64_t seed = 0;            // initial parameters derive from (seed, uid)
-  std::string device = "cpu";        // where experts compute: cpu (cuda:N is refused until the server supports it)
+  // Where experts compute: cpu, cuda or cuda:N (a program that links dmoe::cuda; otherwise device_error). Requests
+  // and answers stay host tensors; the compute thread copies them. Sets runtime.device.
+  std::string device = "cpu";
   runtime_options runtime;           // max_batch_size, min_batch_size, batching window
 
   endpoint listen = endpoint::loopback_v4(0);  // the RPC address (port 0: any free port)
@@ -199,16 +201,15 @@ namespace server {
 
 DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), options_(std::move(options)) {
   if (options_.experts.empty()) throw invalid_argument_error("server: no experts to host");
-  const device_choice device = parse_device(options_.device);
-  if (device.kind != dmoe::device::host)
-    throw device_error(fmt::format("server: device {}: experts compute on the CPU only in this version of the server",
-                                   device.text()));
-  validate(options_.runtime);
+  options_.runtime.device = parse_device(options_.device);
+  validate(options_.runtime);  // (and whether the device can be used)
+  // The experts' parameters land on the device current while they are made; the compute thread uses it too.
+  const device_scope on_device(options_.runtime.device);
   if (options_.checkpoint_period.count() <= 0) throw invalid_argument_error("checkpoint_period must be positive");
   if (!options_.checkpoint_dir.empty()) saver_.emplace(options_.checkpoint_dir, options_.keep_checkpoints);
   for (const auto& uid : options_.experts) {
     moe::parse_expert_uid(uid);
-    backends_.push_back(make_expert_backend(uid, options_.expert, options_.seed));
+    backends_.push_back(make_expert_backend(uid, options_.expert, options_.seed, options_.runtime.device));
     if (saver_) {
       if (auto loaded = saver_->load_newest(*backends_.back())) {
         loaded_[uid] = *loaded;

@@ -87,16 +87,49 @@ inline bool cuda_available() {
   return memory && memory->device_count() > 0;
 }
 
-// Makes `choice` the device this thread computes on. The host always works; a CUDA device throws device_error
-// when the program has no CUDA backend, when no GPU is present, or when the ordinal is out of range.
-inline void use_device(const device_choice& choice) {
+// Checks that `choice` can be used without making it current: nothing to check for the host; for a CUDA device
+// throws device_error when the program has no CUDA backend, when no GPU is present or when the ordinal is out of
+// range (the messages name the device).
+inline void check_device(const device_choice& choice) {
   if (choice.kind == device::host) return;
   const detail::device_memory& memory = detail::require_device_memory("device " + choice.text());
   const int count = memory.device_count();
   if (count == 0) throw device_error("device " + choice.text() + ": no CUDA GPU is present");
   if (choice.index >= count)
     throw device_error("device " + choice.text() + ": only " + std::to_string(count) + " CUDA GPU(s) are present");
-  memory.select(choice.index);
 }
+
+// Makes `choice` the device this thread computes on (the CUDA ordinal new device storage lands on and ops run on).
+// The host always works; a CUDA device throws device_error as check_device does.
+inline void use_device(const device_choice& choice) {
+  check_device(choice);
+  if (choice.kind == device::host) return;
+  detail::require_device_memory("device " + choice.text()).select(choice.index);
+}
+
+// use_device for a scope: makes `choice` this thread's device, and the CUDA device that was current before it
+// current again on exit. For the host it changes nothing. Throws as use_device.
+class device_scope {
+ public:
+  explicit device_scope(const device_choice& choice) {
+    check_device(choice);
+    if (choice.kind == device::host) return;
+    const detail::device_memory& memory = detail::require_device_memory("device " + choice.text());
+    previous_ = memory.current();
+    memory.select(choice.index);
+  }
+  device_scope(const device_scope&) = delete;
+  device_scope& operator=(const device_scope&) = delete;
+  ~device_scope() {
+    if (previous_ < 0) return;
+    try {
+      detail::device_memory_hook().load(std::memory_order_acquire)->select(previous_);
+    } catch (...) {  // (the ordinal was valid when we left it; a failing device fails its next op instead)
+    }
+  }
+
+ private:
+  int previous_ = -1;
+};
 
 DMOE_END_NAMESPACE

@@ -132,11 +132,13 @@ __global__ void check_labels_kernel(std::int64_t rows, std::int64_t classes, con
 }
 
 // Per row: loss = log(sum exp(x - max)) + (max - x[label]) in double; dx = softmax / rows - onehot / rows.
+// Writes nothing when check_labels_kernel found a bad label (*first_bad is set; the host reports it afterwards).
 __global__ void cross_entropy_kernel(std::int64_t rows, std::int64_t classes, const float* x,
-                                            const std::int64_t* labels, float* dx, double* row_loss) {
+                                            const std::int64_t* labels, float* dx, double* row_loss,
+                                            const unsigned long long* first_bad) {
   const std::int64_t r = blockIdx.x * std::int64_t(rows_per_block) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (r >= rows) return;
+  if (r >= rows || *first_bad != ~0ull) return;
   const float* xr = x + r * classes;
   const std::int64_t label = labels[r];
   float m = -INFINITY;
@@ -373,7 +375,9 @@ __global__ void __launch_bounds__(THREADS) softmax_block_kernel(std::int64_t n, 
 template <int THREADS, int VPT>
 __global__ void __launch_bounds__(THREADS) cross_entropy_block_kernel(std::int64_t rows, std::int64_t classes,
                                                                      const float* x, const std::int64_t* labels,
-                                                                     float* dx, double* row_loss) {
+                                                                     float* dx, double* row_loss,
+                                                                     const unsigned long long* first_bad) {
+  if (*first_bad != ~0ull) return;  // (the same for the whole block: no barrier is skipped by some threads only)
   const std::int64_t r = blockIdx.x;
   const float* xr = x + r * classes;
   const std::int64_t label = labels[r];
@@ -560,7 +564,11 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
     throw invalid_argument_error(
         fmt::format("{}: label {} of row {} is outside [0, {})", op, value, host.bad, classes));
   };
-  read_back();
+  // The kernels below write nothing when a label is bad, so the labels' verdict is read back with the loss, in one
+  // round trip; only a dlogits that must be reallocated waits for it first (a bad label leaves dlogits as it was).
+  if (dlogits && !(dlogits->device() == device::cuda && dlogits->dtype() == dtype::f32 &&
+                   dlogits->shape() == logits.shape()))
+    read_back();
   if (dlogits) cuda_detail::prepare_output(op, "dlogits", *dlogits, logits.shape());
   tensor row_loss = tensor::uninitialized(shape{rows * 8}, dtype::u8, device::cuda);
   auto* losses = reinterpret_cast<double*>(row_loss.bytes_data());
@@ -568,14 +576,14 @@ float cross_entropy(cuda_t, const tensor& logits, const tensor& labels, tensor* 
   const bool wide = classes > 1024 && cuda_detail::with_row_block(classes, [&]<int THREADS, int VPT>() {
     cuda_detail::cross_entropy_block_kernel<THREADS, VPT><<<static_cast<unsigned>(rows), THREADS, 0,
                                                             cuda_detail::stream()>>>(
-        rows, classes, logits.device_data<float>(), pl, pd, losses);
+        rows, classes, logits.device_data<float>(), pl, pd, losses, first_bad);
     DMOE_CUDA_CHECK_LAUNCH("cross_entropy_block_kernel");
     return true;
   });
   if (!wide) {
     cuda_detail::cross_entropy_kernel<<<cuda_detail::row_blocks(rows), 32 * cuda_detail::rows_per_block, 0,
                                         cuda_detail::stream()>>>(rows, classes, logits.device_data<float>(), pl, pd,
-                                                                 losses);
+                                                                 losses, first_bad);
     DMOE_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
   }
   tensor scratch;
