@@ -121,5 +121,20 @@ status=0
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "dmoe-server did not exit cleanly"
 pids=()
-echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume; joined a volunteer's swarm"
+# 6. --device: a device this machine or build lacks is refused with exit status 2 and the reason; on a GPU the
+# DMoE model trains there, with its servers' experts (threads) on the same GPU.
+status=0
+"$trainer" --device cuda:1000 --epochs 0.01 --out "$out/nodevice" > "$out/stdout" 2> "$out/stderr" || status=$?
+[ "$status" -eq 2 ] && grep -q 'cuda:1000' "$out/stderr" || fail "--device cuda:1000 was not refused ($status)"
+gpu=skipped
+status=0
+"$trainer" --device cuda:0 --servers 2 --hidden 32 --batch-size 64 --epochs 0.02 --out "$out/gpu"   > "$out/stdout" 2> "$out/stderr" || status=$?
+if [ "$status" -eq 2 ] && grep -Eq 'no CUDA (GPU is present|backend)' "$out/stderr"; then
+  echo "--device cuda:0 not tried: $(tail -1 "$out/stderr")"
+else
+  [ "$status" -eq 0 ] || fail "--device cuda:0 exited with $status"
+  tail -1 "$out/stdout" | grep -q '^{"demo":"train_fashion_mnist","test_accuracy":' || fail "no JSON line (cuda:0)"
+  gpu=trained
+fi
+echo "train_fashion_mnist: 3 runs with processes, every process gone each time; dense checkpoint and resume; joined a volunteer's swarm; on cuda:0: $gpu"
 
