@@ -18,8 +18,9 @@ if(DMOE_NATIVE)
   target_compile_options(dmoe_project_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
 endif()
 if(DMOE_SANITIZE)
+  # (C++ only: nvcc does not take these, and the CUDA backend's device code is not instrumented)
   target_compile_options(dmoe_project_options INTERFACE
-    -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+    $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer>)
   target_link_options(dmoe_project_options INTERFACE -fsanitize=address,undefined)
 endif()
 

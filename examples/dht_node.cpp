@@ -65,10 +65,12 @@ class signal_watch {
     thread_.join();
   }
 
-  // The node a signal stops (null: none now). Clearing it waits for a shutdown in progress.
+  // The node a signal stops (null: none now). Clearing it waits for a shutdown in progress. A signal that came
+  // before (while the node was being made) stops it at once.
   void attach(dmoe::dht::node_thread* node) {
     std::lock_guard lock(mutex_);
     node_ = node;
+    if (node_ && received_ != 0 && !serving_) node_->shutdown();
   }
   // Serving: a signal only wakes wait() (main() stops the node).
   void serving() {

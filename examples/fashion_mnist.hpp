@@ -468,9 +468,10 @@ int train_and_evaluate_on(config c, const dmoe::device_choice& device) {
     return 1;
   }
 
-  // The model, on the device (new parameters land on this thread's current device; the layers compute on the
-  // network thread, which uses the same one).
-  const dmoe::device_scope on_device(device);
+  // The model, on the device: new parameters land on this thread's current device. Every step then runs on the
+  // network thread, which uses the same device, so that all the model's device work is on that thread's stream
+  // (the two threads' CUDA streams are not ordered with each other).
+  dmoe::use_device(device);
   net->run([&]() -> dmoe::task<void> {
     dmoe::use_device(device);
     co_return;
@@ -535,11 +536,17 @@ int train_and_evaluate_on(config c, const dmoe::device_choice& device) {
       return 1;
     }
   }
+  // What this thread queued on its stream (parameters, the optimizer's state, a resumed checkpoint) is done before
+  // the network thread computes with it.
+  if constexpr (Backend::device == dmoe::device::cuda) dmoe::cuda::synchronize();
   const auto save = [&] {
     progress.at<std::int64_t>(0) = step;
     progress.at<std::int64_t>(1) = batches.epoch();
     progress.at<std::int64_t>(2) = batches.position();
-    dmoe::nn::save_checkpoint(c.checkpoint, checkpoint_parameters(), &optimizer);
+    net->run([&]() -> dmoe::task<void> {  // (on the thread whose stream updated the parameters)
+      dmoe::nn::save_checkpoint(c.checkpoint, checkpoint_parameters(), &optimizer);
+      co_return;
+    });
   };
 
   // Waits until the swarm's experts are declared (all of ours; some of someone else's).
@@ -640,15 +647,15 @@ int train_and_evaluate_on(config c, const dmoe::device_choice& device) {
     // Too few experts answered (a server just died, the swarm is thin): the step is tried once more (the layer now
     // avoids the experts that failed), then given up; the training goes on either way.
     for (int attempt = 1;; ++attempt) {
-      optimizer.zero_grad();
       try {
         const auto [value, correct] = net->run([&]() -> dmoe::task<std::pair<float, std::int64_t>> {
+          optimizer.zero_grad();
           const dmoe::tensor logits = co_await model.forward(b.x.to(Backend::device));
           const float l = loss.forward(logits, b.labels.to(Backend::device));
           co_await model.backward(loss.backward());
+          optimizer.step();
           co_return std::pair<float, std::int64_t>(l, count_correct(logits.to(dmoe::device::host), b.labels));
         });
-        optimizer.step();
         w.loss_sum += value;
         w.correct += correct;
         w.samples += b.labels.shape()[0];

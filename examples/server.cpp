@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
     o.expert.optimizer.total_steps = total_steps;
     o.seed = seed;
     o.device = device;
+    dmoe::check_device(dmoe::parse_device(device));  // a device this program or machine lacks: bad arguments
     o.runtime.max_batch_size = max_batch;
     o.runtime.min_batch_size = min_batch;
     o.runtime.batching_window = std::chrono::microseconds(static_cast<std::int64_t>(window_ms * 1000));
@@ -148,8 +149,11 @@ int main(int argc, char** argv) {
       if (host == "0.0.0.0" || host == "::") o.announce = dmoe::endpoint::parse(dmoe_cli::joinable(o.listen));
     }
     server.emplace(o);
+  } catch (const dmoe::device_error& e) {  // (the device itself was checked above: a CUDA failure)
+    fmt::print(stderr, "dmoe-server: {}\n", e.what());
+    return 1;
   } catch (const dmoe::error& e) {
-    // Options, addresses, devices, key files and checkpoint directories the server cannot use.
+    // Options, addresses, key files and checkpoint directories the server cannot use.
     fmt::print(stderr, "dmoe-server: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {

@@ -12,6 +12,10 @@
 DMOE_BEGIN_NAMESPACE
 namespace server::detail {
 
+// Referenced by every file that includes <dmoe/server/expert_backend.hpp> with DMOE_WITH_CUDA, so that a linker
+// taking dmoe::cuda's objects from a static library (a user's library that links dmoe::cuda) keeps this one too.
+extern "C" const int dmoe_cuda_experts_anchor = 1;
+
 [[maybe_unused]] static const bool cuda_experts_installed = [] {
   cuda_expert_backend_maker().store(&make_expert_backend_on<ops::cuda_t>, std::memory_order_release);
   return true;

@@ -204,10 +204,17 @@ inline std::atomic<expert_backend_maker>& cuda_expert_backend_maker() noexcept {
   return maker;
 }
 
+#if DMOE_WITH_CUDA
+// Keeps dmoe::cuda's CUDA experts (impl/cuda_experts.hpp, which defines the anchor) in programs that take its
+// objects from a static library: their installation has no other reference.
+extern "C" const int dmoe_cuda_experts_anchor;
+[[gnu::used]] static const int* const cuda_experts_anchor_reference = &dmoe_cuda_experts_anchor;
+#endif
+
 }  // namespace detail
 
-// Makes the expert `uid` on `device`: the host, or a CUDA device, which must be the calling thread's current
-// device (device_scope) and which the thread computing with the expert must use too (runtime_options::device).
+// Makes the expert `uid` on `device`: the host, or a CUDA device, which becomes the calling thread's current device
+// (use_device) and which the thread computing with the expert must use too (runtime_options::device does it).
 // Throws invalid_argument_error for an unknown kind or optimizer, device_error when the program has no CUDA
 // backend (it does not link dmoe::cuda) or the device cannot be used.
 DMOE_DECL std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
@@ -251,7 +258,7 @@ DMOE_DEF auto expert_backend::backward(const tensor& inputs, const tensor& grad_
 DMOE_DEF std::unique_ptr<expert_backend> make_expert_backend(std::string uid, const expert_options& options,
                                                              std::uint64_t seed, const device_choice& device) {
   if (device.kind == dmoe::device::host) return make_expert_backend_on<ops::cpu_t>(std::move(uid), options, seed);
-  check_device(device);
+  use_device(device);  // (the parameters land on the calling thread's current device)
   const detail::expert_backend_maker maker = detail::cuda_expert_backend_maker().load(std::memory_order_acquire);
   if (!maker)
     throw device_error(fmt::format("expert {} on {}: this program has no CUDA experts (it does not link dmoe::cuda)",

@@ -90,8 +90,9 @@ struct server_stats {
 class server {
  public:
   // Makes the experts (loading each one's newest valid checkpoint), binds the RPC server and the DHT node on `ctx`.
-  // Nothing is served until run(). Throws invalid_argument_error (options, uids), device_error (a device this
-  // program cannot use), system_error (a bind, the key file), corrupt_error (the key file).
+  // Nothing is served until run(). A CUDA `device` becomes the calling thread's device (use_device). Throws
+  // invalid_argument_error (options, uids), device_error (a device this program cannot use, a CUDA failure),
+  // system_error (a bind, the key file), corrupt_error (the key file).
   DMOE_DECL server(io_context& ctx, server_options options);
   server(const server&) = delete;
   server& operator=(const server&) = delete;
@@ -203,8 +204,9 @@ DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), op
   if (options_.experts.empty()) throw invalid_argument_error("server: no experts to host");
   options_.runtime.device = parse_device(options_.device);
   validate(options_.runtime);  // (and whether the device can be used)
-  // The experts' parameters land on the device current while they are made; the compute thread uses it too.
-  const device_scope on_device(options_.runtime.device);
+  // The experts' parameters land on the device current while they are made: it becomes this thread's device (the
+  // I/O thread's, for a background_server); the compute thread and run() use it too.
+  use_device(options_.runtime.device);
   if (options_.checkpoint_period.count() <= 0) throw invalid_argument_error("checkpoint_period must be positive");
   if (!options_.checkpoint_dir.empty()) saver_.emplace(options_.checkpoint_dir, options_.keep_checkpoints);
   for (const auto& uid : options_.experts) {
@@ -250,6 +252,7 @@ DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), op
 }
 
 DMOE_DEF auto server::run(std::function<void()> on_started) -> task<void> {
+  use_device(options_.runtime.device);  // (the final checkpoint copies the experts' parameters on this thread)
   runtime_->start();
   task_group serving(ctx_);
   task_group background(ctx_);

@@ -99,37 +99,14 @@ inline void check_device(const device_choice& choice) {
     throw device_error("device " + choice.text() + ": only " + std::to_string(count) + " CUDA GPU(s) are present");
 }
 
-// Makes `choice` the device this thread computes on (the CUDA ordinal new device storage lands on and ops run on).
-// The host always works; a CUDA device throws device_error as check_device does.
+// Makes `choice` the device this thread computes on (the CUDA ordinal new device storage lands on and ops run on)
+// until another use_device. The host always works (and leaves the thread's CUDA device as it was); a CUDA device
+// throws device_error as check_device does. (No scope restores the previous device: selecting a GPU starts its
+// CUDA context, so going back to the default device 0 would start one there too.)
 inline void use_device(const device_choice& choice) {
   check_device(choice);
   if (choice.kind == device::host) return;
   detail::require_device_memory("device " + choice.text()).select(choice.index);
 }
-
-// use_device for a scope: makes `choice` this thread's device, and the CUDA device that was current before it
-// current again on exit. For the host it changes nothing. Throws as use_device.
-class device_scope {
- public:
-  explicit device_scope(const device_choice& choice) {
-    check_device(choice);
-    if (choice.kind == device::host) return;
-    const detail::device_memory& memory = detail::require_device_memory("device " + choice.text());
-    previous_ = memory.current();
-    memory.select(choice.index);
-  }
-  device_scope(const device_scope&) = delete;
-  device_scope& operator=(const device_scope&) = delete;
-  ~device_scope() {
-    if (previous_ < 0) return;
-    try {
-      detail::device_memory_hook().load(std::memory_order_acquire)->select(previous_);
-    } catch (...) {  // (the ordinal was valid when we left it; a failing device fails its next op instead)
-    }
-  }
-
- private:
-  int previous_ = -1;
-};
 
 DMOE_END_NAMESPACE
