@@ -5,14 +5,10 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include <algorithm>
-#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
-#include <thread>
-#include <vector>
 
 #include "test_support.hpp"
 
@@ -164,50 +160,6 @@ BOOST_AUTO_TEST_CASE(a_deep_stack_defers_the_transfer_to_the_loop) {
   BOOST_TEST((dmoe::detail::transfer_to(pending.handle()) == std::noop_coroutine()));
   BOOST_TEST((record.deferred == pending.handle()));
   dmoe::detail::current_transfer_guard = saved;
-}
-
-BOOST_AUTO_TEST_SUITE_END()
-
-// Coroutine frames are recycled per thread (frame_allocator): a frame freed is the next one of its size class
-// (when the cache is on), sizes of one class share frames, frames above max_size and caches over max_cached go to
-// the heap, and a frame freed by another thread is that thread's to reuse.
-BOOST_AUTO_TEST_SUITE(async_frame_allocator)
-
-BOOST_AUTO_TEST_CASE(frames_are_recycled_by_size_class_up_to_the_limits) {
-  using dmoe::detail::frame_allocator;
-  void* a = frame_allocator::allocate(200);
-  frame_allocator::deallocate(a, 200);
-  void* b = frame_allocator::allocate(150);  // another class (129..192): a's frame stays cached
-#if DMOE_FRAME_CACHE
-  BOOST_TEST(b != a);
-#endif
-  frame_allocator::deallocate(b, 150);
-  void* c = frame_allocator::allocate(250);
-#if DMOE_FRAME_CACHE
-  BOOST_TEST(c == a);  // 250 is in 200's class
-#endif
-  frame_allocator::deallocate(c, 250);
-  // More frames than a class caches: all are valid and writable, none is handed out twice while live.
-  std::vector<void*> live;
-  for (std::size_t i = 0; i < 2 * frame_allocator::max_cached; ++i) {
-    live.push_back(frame_allocator::allocate(1000));
-    std::memset(live.back(), static_cast<int>(i), 1000);
-  }
-  std::sort(live.begin(), live.end());
-  BOOST_TEST((std::adjacent_find(live.begin(), live.end()) == live.end()));
-  for (void* p : live) frame_allocator::deallocate(p, 1000);
-  void* big = frame_allocator::allocate(frame_allocator::max_size + 1);
-  std::memset(big, 1, frame_allocator::max_size + 1);
-  frame_allocator::deallocate(big, frame_allocator::max_size + 1);
-  // Freed on another thread: that thread keeps it (and frees its cache when it ends).
-  void* moved = frame_allocator::allocate(300);
-  std::thread([moved] {
-    frame_allocator::deallocate(moved, 300);
-#if DMOE_FRAME_CACHE
-    BOOST_TEST(frame_allocator::allocate(300) == moved);
-    frame_allocator::deallocate(moved, 300);
-#endif
-  }).join();
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
-#include <new>
 #include <optional>
 #include <stop_token>
 #include <type_traits>
@@ -19,19 +18,6 @@ DMOE_BEGIN_NAMESPACE
 
 template <class T = void>
 class task;
-
-#ifndef DMOE_FRAME_CACHE
-#if defined(__SANITIZE_ADDRESS__)
-#define DMOE_FRAME_CACHE 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define DMOE_FRAME_CACHE 0
-#endif
-#endif
-#endif
-#ifndef DMOE_FRAME_CACHE
-#define DMOE_FRAME_CACHE 1
-#endif
 
 namespace detail {
 
@@ -93,93 +79,8 @@ const std::stop_token& stop_token_of(std::coroutine_handle<P> h) noexcept {
   }
 }
 
-// Recycles coroutine frames per thread: a task's frame is allocated when it is called and freed when it ends, and
-// the RPC and DHT layers make several per call, many above the sizes glibc's per-thread cache serves (its larger
-// requests go through its arena, with locking and consolidation). Frames up to max_size bytes return to a free list
-// of their 64-byte class on the thread that frees them, at most max_cached per class; anything else is
-// ::operator new/delete. Off under AddressSanitizer, so that it still sees every frame's use after free.
-class frame_allocator {
- public:
-  static constexpr std::size_t granularity = 64, max_size = 4096, max_cached = 64;
-
-  static void* allocate(std::size_t size) {
-#if DMOE_FRAME_CACHE
-    if (size <= max_size) {
-      cache* c = local();
-      if (c) {
-        auto& list = c->lists[class_of(size)];
-        if (list.head) {
-          free_frame* f = list.head;
-          list.head = f->next;
-          --list.count;
-          return f;
-        }
-        return ::operator new(rounded(size));
-      }
-      return ::operator new(rounded(size));
-    }
-#endif
-    return ::operator new(size);
-  }
-
-  static void deallocate(void* p, std::size_t size) noexcept {
-#if DMOE_FRAME_CACHE
-    if (size <= max_size) {
-      cache* c = local();
-      if (c) {
-        auto& list = c->lists[class_of(size)];
-        if (list.count < max_cached) {
-          list.head = new (p) free_frame{list.head};
-          ++list.count;
-          return;
-        }
-      }
-      ::operator delete(p);
-      return;
-    }
-#endif
-    ::operator delete(p);
-  }
-
- private:
-  struct free_frame {
-    free_frame* next;
-  };
-  struct cache {
-    struct list {
-      free_frame* head = nullptr;
-      std::size_t count = 0;
-    };
-    list lists[max_size / granularity];
-    ~cache() {
-      state() = 2;  // gone: frames freed later on this thread (other thread_locals' destructors) go to the heap
-      for (std::size_t i = 0; i < max_size / granularity; ++i)
-        while (free_frame* f = lists[i].head) {
-          lists[i].head = f->next;
-          ::operator delete(f);
-        }
-    }
-  };
-  static std::size_t class_of(std::size_t size) noexcept { return size == 0 ? 0 : (size - 1) / granularity; }
-  static std::size_t rounded(std::size_t size) noexcept { return (class_of(size) + 1) * granularity; }
-  // 0: not made yet, 1: alive, 2: destroyed (a trivially destructible thread_local, readable during thread exit).
-  static unsigned char& state() noexcept {
-    static thread_local unsigned char s = 0;
-    return s;
-  }
-  static cache* local() noexcept {
-    if (state() == 2) return nullptr;
-    static thread_local cache c;
-    state() = 1;
-    return &c;
-  }
-};
-
 class task_promise_base {
  public:
-  static void* operator new(std::size_t size) { return frame_allocator::allocate(size); }
-  static void operator delete(void* p, std::size_t size) noexcept { frame_allocator::deallocate(p, size); }
-
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class P>
