@@ -10,6 +10,7 @@
 
 #include <exception>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -85,10 +86,12 @@ DMOE_DEF auto background_server::stop() -> void {
 
 DMOE_DEF auto background_server::main(server_options options, std::promise<void>& ready) -> void {
   std::optional<io_context> ctx;
-  std::optional<server> s;
+  // (Not std::optional<server>: its constexpr emplace makes clang instantiate the server's constructor, and through
+  // it every expert kind, GEMM included, in each file that includes this header.)
+  std::unique_ptr<server> s;
   try {
     ctx.emplace();
-    s.emplace(*ctx, std::move(options));
+    s.reset(new server(*ctx, std::move(options)));
   } catch (...) {
     ready.set_exception(std::current_exception());
     return;
