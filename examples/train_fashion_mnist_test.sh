@@ -128,7 +128,8 @@ status=0
 [ "$status" -eq 2 ] && grep -q 'cuda:1000' "$out/stderr" || fail "--device cuda:1000 was not refused ($status)"
 gpu=skipped
 status=0
-"$trainer" --device cuda:0 --servers 2 --hidden 32 --batch-size 64 --epochs 0.02 --out "$out/gpu"   > "$out/stdout" 2> "$out/stderr" || status=$?
+"$trainer" --device cuda:0 --servers 2 --hidden 32 --batch-size 64 --epochs 0.02 --out "$out/gpu" \
+  > "$out/stdout" 2> "$out/stderr" || status=$?
 if [ "$status" -eq 2 ] && grep -Eq 'no CUDA (GPU is present|backend)' "$out/stderr"; then
   echo "--device cuda:0 not tried: $(tail -1 "$out/stderr")"
 else

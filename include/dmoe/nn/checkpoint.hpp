@@ -375,11 +375,11 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
 DMOE_DEF void save_checkpoint(const std::filesystem::path& path, const parameter_list& parameters,
                               const optimizer* opt) {
   std::vector<checkpoint_entry> entries;
-  // (Device tensors are copied to the host: a checkpoint file holds host bytes; load_checkpoint copies them back.)
-  const auto on_host = [](const tensor& t) { return t.is_host() ? t : t.to(device::host); };
-  for (const parameter& p : parameters) entries.push_back({"param." + p.name, on_host(*p.value)});
+  // (Device tensors are copied to the host, host ones shared: a checkpoint file holds host bytes; load_checkpoint
+  // copies them back.)
+  for (const parameter& p : parameters) entries.push_back({"param." + p.name, p.value->to(device::host)});
   if (opt)
-    for (const parameter& s : opt->state()) entries.push_back({"optimizer." + s.name, on_host(*s.value)});
+    for (const parameter& s : opt->state()) entries.push_back({"optimizer." + s.name, s.value->to(device::host)});
   write_checkpoint(path, entries);
 }
 

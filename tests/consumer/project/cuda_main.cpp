@@ -17,6 +17,7 @@ int main() {
     std::printf("the CUDA experts were not installed\n");
     return 1;
   }
-  std::printf("cuda backend linked (%s), %s\n", consumer_cuda_library(), dmoe::cuda_available() ? "a GPU is present" : "no GPU is present");
+  std::printf("cuda backend linked (%s), %s\n", consumer_cuda_library(),
+              dmoe::cuda_available() ? "a GPU is present" : "no GPU is present");
   return 0;
 }
