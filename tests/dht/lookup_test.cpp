@@ -421,7 +421,8 @@ BOOST_AUTO_TEST_CASE(a_key_is_done_without_its_slow_peer_once_k_others_answered)
              boost::test_tools::per_element());
 }
 
-BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_answers_waits_for_its_slow_peer) {
+// Every candidate asked (a swarm hardly larger than k): the answers there are do, without the slow peer.
+BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_is_done_without_its_slow_peer) {
   dht::lookup_options options;
   options.k = 3;
   options.alpha = 3;
@@ -432,12 +433,36 @@ BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_answers_waits_for_its_slow_pe
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.next().empty());  // no one left to ask
   BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
+  BOOST_TEST(!search.done(key));  // 3 has not answered yet
   BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
-  BOOST_TEST(!search.done(key));
-  BOOST_TEST(search.on_failure(node_id{0, 1}));
   BOOST_TEST(search.done(key));
+  BOOST_TEST(!search.done());  // the slow request is still outstanding
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2, 3}),
+             boost::test_tools::per_element());
+  BOOST_TEST(search.on_failure(node_id{0, 1}));
   BOOST_TEST(search.done());
   BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2, 3}),
+             boost::test_tools::per_element());
+}
+
+// With no answer at all, a key waits for its slow peers: a swarm whose every peer is slow still gets answers.
+BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_peers) {
+  dht::lookup_options options;
+  options.k = 3;
+  options.alpha = 3;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({1, 2}));
+  BOOST_TEST_REQUIRE(search.next().size() == 2u);
+  BOOST_TEST(search.on_slow(node_id{0, 1}));
+  BOOST_TEST(search.on_slow(node_id{0, 2}));
+  BOOST_TEST(search.next().empty());
+  BOOST_TEST(!search.done(key));
+  BOOST_TEST(search.on_failure(node_id{0, 1}));
+  BOOST_TEST(!search.done(key));
+  BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
+  BOOST_TEST(search.done());
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2}),
              boost::test_tools::per_element());
 }
 

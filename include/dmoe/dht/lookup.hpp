@@ -54,8 +54,11 @@ struct lookup_result {
 // request outstanding for long with `on_slow`. A slow request frees its α slot and stays outstanding: its answer
 // is still merged, its failure still counts. Until then its peer is passed over like a failed one when the k
 // nearest of a key are chosen, so the next candidate is asked and a key whose k nearest neither failed nor slow
-// have answered is done without waiting for it. A key with fewer than k such answers still waits for its slow
-// peers. With no slow reports, nothing changes.
+// have answered is done without waiting for it. When every candidate has been asked (a swarm not much larger than
+// k), a key with at least one such answer is done too, however few: as OpenDHT's Search::isSynced, which skips
+// its bad nodes and needs one synced node. Otherwise a dead peer among a small swarm's nodes would hold up every
+// lookup for its whole timeout. Only a key with no answer at all waits for its slow peers. With no slow reports,
+// nothing changes.
 class lookup {
  public:
   // Throws invalid_argument_error when k, α or max_in_flight is 0.
@@ -139,7 +142,8 @@ class lookup {
   // Left out when a key's k nearest are chosen: failed, or slow for now.
   bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
-  // The k nearest neither failed nor slow have answered; with fewer such answers than k, the slow ones must end too.
+  // The k nearest neither failed nor slow have answered; with fewer such candidates than k, all of them have and at
+  // least one did (with none, the slow ones must end first).
   DMOE_DECL bool key_done(const key_state& state) const;
 
   // The nearest unasked candidate among the key's k nearest neither failed nor slow whose peer is not busy.
@@ -340,7 +344,7 @@ DMOE_DEF auto lookup::key_done(const key_state& state) const -> bool {
     if (c.status != progress::answered) return false;
     if (++seen >= options_.k) return true;
   }
-  return !waiting_for_slow;
+  return seen > 0 || !waiting_for_slow;
 }
 
 DMOE_DEF auto lookup::first_askable(const key_state& state) const -> const candidate* {
