@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   app.add_option("--peer", peers, "both, dmoe or opendht (for profiling one side)")
       ->check(CLI::IsMember({"both", "dmoe", "opendht"}));
   app.add_flag("--skip-opendht", skip_opendht, "run dmoe's side only");
-  int dmoe_rpc_timeout_ms = 0, dmoe_attempt_timeout_ms = 0, dmoe_slow_after_ms = 0;
+  int dmoe_rpc_timeout_ms = 0, dmoe_attempt_timeout_ms = 0, dmoe_slow_after_ms = 0, dmoe_min_slow_after_ms = 0;
   std::size_t dmoe_k = 0;
   app.add_option("--dmoe-rpc-timeout-ms", dmoe_rpc_timeout_ms, "dmoe's rpc_timeout (default: the library's)")
       ->check(CLI::Range(1, 60'000));
@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
   app.add_option("--dmoe-k", dmoe_k, "dmoe's k (default: the library's)")->check(CLI::Range(1, 64));
   app.add_option("--dmoe-slow-after-ms", dmoe_slow_after_ms,
                  "dmoe's slow_request_after (default: the library's; at or above rpc_timeout: never slow)")
+      ->check(CLI::Range(1, 60'000));
+  app.add_option("--dmoe-min-slow-after-ms", dmoe_min_slow_after_ms,
+                 "dmoe's min_slow_request_after, the floor of the measured threshold (default: the library's; "
+                 "equal to --dmoe-slow-after-ms: a fixed threshold)")
       ->check(CLI::Range(1, 60'000));
   CLI11_PARSE(app, argc, argv);
   if (skip_opendht) peers = "dmoe";
@@ -150,18 +154,20 @@ int main(int argc, char** argv) {
   }
 
   // dmoe's node options: the defaults (k=20, alpha=3, 5 replicas, 1.5 s per call, 500 ms per attempt, 3 attempts,
-  // slow after 300 ms) unless a --dmoe-* flag changes one (for exploring; the config line prints what ran).
+  // slow after SRTT + 4 RTTVAR of answered finds within [10 ms, 300 ms]) unless a --dmoe-* flag changes one (for exploring; the config line prints what ran).
   dmoe::dht::node_options dmoe_options;
   if (dmoe_rpc_timeout_ms) dmoe_options.rpc_timeout = std::chrono::milliseconds(dmoe_rpc_timeout_ms);
   if (dmoe_attempt_timeout_ms) dmoe_options.datagram.attempt_timeout = std::chrono::milliseconds(dmoe_attempt_timeout_ms);
   if (dmoe_k) dmoe_options.k = dmoe_k;
   if (dmoe_slow_after_ms) dmoe_options.slow_request_after = std::chrono::milliseconds(dmoe_slow_after_ms);
+  if (dmoe_min_slow_after_ms) dmoe_options.min_slow_request_after = std::chrono::milliseconds(dmoe_min_slow_after_ms);
+  dmoe_options.min_slow_request_after = std::min(dmoe_options.min_slow_request_after, dmoe_options.slow_request_after);
   const dht_plan plan = make_dht_plan(plan_options);
   fmt::print(
       "{{\"bench\":\"dht\",\"config\":true,\"nodes\":{},\"rounds_per_phase\":{},\"storers\":{},\"getters\":{},"
       "\"kill_fraction\":{},\"seed\":{},\"join_concurrency\":{},\"settle_s\":{},\"fd_limit\":{},"
       "\"dmoe\":\"one io_context thread; node_options: k={} alpha={} replicas={} rpc_timeout_ms={} "
-      "attempt_timeout_ms={} attempts={} slow_request_after_ms={}; get(latest) of a dictionary\","
+      "attempt_timeout_ms={} attempts={} slow_request_after_ms={} min_slow_request_after_ms={}; get(latest) of a dictionary\","
       "\"opendht\":\"{} DhtRunners unthreaded, own UDP socket each (Context::sock) on 127.0.0.1 (it rewrites "
       "loopback addresses in find answers to the sender's), per-IP limit off (max_peer_req_per_sec=-1), one epoll "
       "thread calling loop(); runners created on the main thread; no subkeys: values with distinct ids under one "
@@ -169,7 +175,8 @@ int main(int argc, char** argv) {
       plan_options.nodes, plan_options.rounds, plan_options.storers, plan_options.getters, plan_options.kill_fraction,
       plan_options.seed, plan.join_concurrency, plan.settle_s, descriptors, dmoe_options.k, dmoe_options.alpha,
       dmoe_options.num_replicas, dmoe_options.rpc_timeout.count(), dmoe_options.datagram.attempt_timeout.count(),
-      dmoe_options.datagram.max_attempts, dmoe_options.slow_request_after.count(), plan_options.nodes);
+      dmoe_options.datagram.max_attempts, dmoe_options.slow_request_after.count(),
+      dmoe_options.min_slow_request_after.count(), plan_options.nodes);
   std::fflush(stdout);
 
   std::optional<dht_side_summary> dmoe_side, opendht_side;

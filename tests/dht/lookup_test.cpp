@@ -513,4 +513,27 @@ BOOST_AUTO_TEST_CASE(without_candidates_it_is_done_at_once) {
   BOOST_CHECK_THROW(dht::lookup({}, zero_k), invalid_argument_error);
 }
 
+// RFC 6298, section 2: the first sample sets SRTT = R and RTTVAR = R/2; later ones move RTTVAR by 1/4 of the error
+// and SRTT by 1/8 of the sample (values worked by hand).
+BOOST_AUTO_TEST_CASE(rtt_estimator_follows_rfc_6298) {
+  using namespace std::chrono_literals;
+  dht::rtt_estimator rtt;
+  BOOST_TEST(rtt.samples() == 0u);
+  BOOST_TEST(rtt.timeout(300ms).count() == std::chrono::nanoseconds(300ms).count());  // no sample: the fallback
+  rtt.add(100ms);
+  BOOST_TEST(rtt.srtt().count() == std::chrono::nanoseconds(100ms).count());
+  BOOST_TEST(rtt.rttvar().count() == std::chrono::nanoseconds(50ms).count());
+  BOOST_TEST(rtt.timeout(1s).count() == std::chrono::nanoseconds(300ms).count());
+  rtt.add(120ms);  // error 20: RTTVAR (3*50 + 20)/4 = 42.5, SRTT (7*100 + 120)/8 = 102.5
+  BOOST_TEST(rtt.rttvar().count() == 42'500'000);
+  BOOST_TEST(rtt.srtt().count() == 102'500'000);
+  rtt.add(80ms);  // error 22.5: RTTVAR 37.5, SRTT 99.6875, timeout 99.6875 + 150
+  BOOST_TEST(rtt.rttvar().count() == 37'500'000);
+  BOOST_TEST(rtt.srtt().count() == 99'687'500);
+  BOOST_TEST(rtt.timeout(1s).count() == 249'687'500);
+  BOOST_TEST(rtt.samples() == 3u);
+  rtt.add(-5ms);  // a clock that went backwards counts as 0
+  BOOST_TEST(rtt.srtt().count() == 99'687'500 * 7 / 8);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

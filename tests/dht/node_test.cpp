@@ -183,6 +183,55 @@ BOOST_AUTO_TEST_CASE(a_lookup_goes_on_without_a_slow_dead_peer_and_a_liveness_pi
   }));
 }
 
+// With slow_request_after far above this network's round trips, the threshold comes from measured answers: a dead
+// peer among a key's nearest is passed over (slow, then given up) well before the get's 600 ms deadline, where a
+// fixed 1.5 s threshold would have had the get end at its deadline still waiting for it.
+BOOST_AUTO_TEST_CASE(a_dead_peer_is_passed_over_after_a_few_measured_round_trips) {
+  io_context ctx;
+  swarm s(ctx);
+  auto options = fast_options();
+  options.k = 4;
+  options.rpc_timeout = 2s;
+  options.datagram.attempt_timeout = 2s;
+  options.datagram.max_attempts = 1;
+  options.slow_request_after = 1500ms;
+  options.min_slow_request_after = 20ms;
+  sync_wait(ctx, s.run([&]() -> task<void> {
+    BOOST_TEST_REQUIRE(co_await s.grow(12, options) == 12u);
+    dht::node& reader = s[0];
+    const auto key = dht::key_of("measured");
+    const auto stored = co_await s[1].store(key, to_buffer("value"), now_wall() + 300);
+    BOOST_TEST_REQUIRE(stored.replicas >= 1u);
+    // The reader's own lookups time their answers.
+    for (int i = 0; i < 4; ++i) co_await reader.get(dht::key_of(fmt::format("warm-{}", i)), true);
+    const auto warm = reader.stats();
+    BOOST_TEST(warm.find_srtt.count() > 0);
+    BOOST_TEST(warm.slow_after >= std::chrono::microseconds(20ms));
+    BOOST_TEST(warm.slow_after < std::chrono::microseconds(1500ms));
+
+    const auto nearest = reader.rpc().table().nearest(key, 1);
+    BOOST_TEST_REQUIRE(nearest.size() == 1u);
+    for (std::size_t i = 1; i < s.size(); ++i)
+      if (s[i].id() == nearest.front().id) co_await s[i].shutdown();
+    const auto found = co_await reader.get(key, true, deadline_after(600ms));
+    const auto after = reader.stats();
+    BOOST_TEST(text_of(found) == "value");
+    BOOST_TEST(after.slow_requests - warm.slow_requests >= 1u);
+    BOOST_TEST(after.slow_given_up - warm.slow_given_up >= 1u);
+    BOOST_TEST(after.lookup_failures == warm.lookup_failures);
+  }));
+}
+
+BOOST_AUTO_TEST_CASE(min_slow_request_after_above_slow_request_after_is_refused) {
+  io_context ctx;
+  auto options = fast_options();
+  options.slow_request_after = 100ms;
+  options.min_slow_request_after = 200ms;
+  BOOST_CHECK_THROW(dht::node(ctx, options), invalid_argument_error);
+  options.min_slow_request_after = 0ms;
+  BOOST_CHECK_THROW(dht::node(ctx, options), invalid_argument_error);
+}
+
 BOOST_AUTO_TEST_CASE(a_failing_peer_is_banned_for_doubling_times_and_a_success_resets_it) {
   io_context ctx;
   swarm s(ctx);

@@ -9,7 +9,10 @@
 #include <dmoe/dht/node_id.hpp>
 #include <dmoe/dht/record.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <unordered_map>
@@ -40,6 +43,39 @@ struct lookup_result {
   std::vector<wire_peer> nearest;  // up to k peers that answered, nearest first
   std::optional<record> found;     // gets: the value (with `latest`, merged newest-wins per subkey across peers)
   std::optional<wire_peer> nearest_without_value;  // gets: the nearest of `nearest` that lacked it (to cache at)
+};
+
+// Round-trip time of answered requests, smoothed as TCP's retransmission timer does (RFC 6298, section 2:
+// SRTT and RTTVAR with gains 1/8 and 1/4). `timeout()` = SRTT + 4 RTTVAR is how long an answer may take before a
+// request is suspect; a lookup uses it to call a find request slow (node_options::slow_request_after). Samples
+// from retransmitted requests are the caller's to leave out (Karn's algorithm). Pure: no clock is read here.
+class rtt_estimator {
+ public:
+  using duration = std::chrono::nanoseconds;
+
+  // One measured round trip; negative samples count as 0.
+  void add(duration sample) noexcept {
+    sample = std::max(sample, duration::zero());
+    if (samples_ == 0) {
+      srtt_ = sample;
+      rttvar_ = sample / 2;
+    } else {
+      const duration error = srtt_ > sample ? srtt_ - sample : sample - srtt_;
+      rttvar_ = (3 * rttvar_ + error) / 4;
+      srtt_ = (7 * srtt_ + sample) / 8;
+    }
+    ++samples_;
+  }
+  std::uint64_t samples() const noexcept { return samples_; }
+  duration srtt() const noexcept { return srtt_; }
+  duration rttvar() const noexcept { return rttvar_; }
+  // SRTT + 4 RTTVAR; `fallback` until the first sample.
+  duration timeout(duration fallback) const noexcept { return samples_ == 0 ? fallback : srtt_ + 4 * rttvar_; }
+
+ private:
+  duration srtt_{0};
+  duration rttvar_{0};
+  std::uint64_t samples_ = 0;
 };
 
 // Iterative node/value lookup (Maymounkov & Mazières 2002, "Kademlia", section 2.3), for many keys in one crawl

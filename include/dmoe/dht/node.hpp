@@ -3,9 +3,10 @@
 // Lookups are the iterative search of the Kademlia paper (Maymounkov & Mazières 2002, section 2.3) driven by the
 // pure `lookup` state: α find calls in flight, many keys crawled together, a get ending at its first unexpired
 // value unless `latest` asks for the newest among the k nearest (dictionaries merged per subkey). Concurrent gets
-// of one key share one traversal. A find call unanswered after slow_request_after stops holding up the lookup (its
-// α slot goes to the next candidate, and keys whose k nearest other peers answered are done without it): a dead
-// peer costs a lookup that delay, not rpc_timeout. A store goes to the num_replicas nodes nearest to the key
+// of one key share one traversal. A find call unanswered for a few measured round trips (SRTT + 4 RTTVAR, within
+// [min_slow_request_after, slow_request_after]) stops holding up the lookup (its α slot goes to the next
+// candidate, and keys whose k nearest other peers answered are done without it): a dead peer costs a lookup that
+// delay, not rpc_timeout. A store goes to the num_replicas nodes nearest to the key
 // (ourselves included unless in client mode). Found values are cached locally and on the nearest visited node that
 // lacked them (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes
 // share one io_context thread; each has its own UDP socket.
@@ -63,7 +64,12 @@ struct node_options : protocol_options {
   // answer is still used if it comes before the lookup ends. A slow call given up at the lookup's end gets a
   // liveness ping in the background (protocol::check_alive), so dead peers still leave the routing table. At or
   // above rpc_timeout, no call is ever slow.
+  // This is the most a call waits: once the node has timed answered find calls, a call is slow after their
+  // SRTT + 4 RTTVAR (rtt_estimator, TCP's retransmission timeout), at least min_slow_request_after. So a dead
+  // peer costs a lookup a few round trips of this network, not a fixed 300 ms.
   std::chrono::milliseconds slow_request_after{300};
+  // The floor of that measured threshold: a peer answering within it is never passed over as slow.
+  std::chrono::milliseconds min_slow_request_after{10};
 };
 
 // One value to store: a plain value (no subkey) or one subkey of a dictionary.
@@ -113,6 +119,10 @@ struct node_stats {
   std::uint64_t lookup_failures = 0;  // find calls that failed (no answer by rpc_timeout, a refusal, garbage)
   std::uint64_t slow_requests = 0;    // find calls past slow_request_after: their lookup stopped waiting for them
   std::uint64_t slow_given_up = 0;    // of those, still unanswered when their lookup ended (cancelled)
+  // When a find call sent now becomes slow: SRTT + 4 RTTVAR of answered find calls within
+  // [min_slow_request_after, slow_request_after]; slow_request_after before any answer.
+  std::chrono::microseconds slow_after{0};
+  std::chrono::microseconds find_srtt{0};  // smoothed round trip of answered find calls (0 before the first)
 };
 
 // A DHT node. Belongs to one io_context: construct it, use it and co_await shutdown() on that context's thread,
@@ -244,7 +254,9 @@ class node {
     std::unordered_map<node_id, outstanding_call> asking;  // find calls in flight, by peer (one per peer at most)
     std::uint64_t serials = 0;
     bool watching = false;        // slow calls are reported (watch_slow runs)
-    std::deque<slow_check> watch;  // calls to report when slow, in the order sent (all due after the same delay)
+    // Calls to report when slow, in the order sent; each is due no earlier than the one before it (the threshold
+    // can fall meanwhile: such a call is then reported a little late, never early).
+    std::deque<slow_check> watch;
     async_event sent;              // a call joined `watch`: wakes watch_slow
   };
 
@@ -296,6 +308,12 @@ class node {
 
   DMOE_DECL task<void> ask(traversal& t, lookup_request request);
 
+  // How long a find call sent now may go unanswered before it is slow (node_options::slow_request_after).
+  std::chrono::nanoseconds slow_after() const noexcept {
+    return std::clamp<std::chrono::nanoseconds>(find_rtt_.timeout(options_.slow_request_after),
+                                                options_.min_slow_request_after, options_.slow_request_after);
+  }
+
   static bool still_asking(const traversal& t, const slow_check& check) {
     auto it = t.asking.find(check.peer);
     return it != t.asking.end() && it->second.serial == check.serial;
@@ -320,6 +338,7 @@ class node {
   std::uint64_t lookup_failures_ = 0;
   std::uint64_t slow_requests_ = 0;
   std::uint64_t slow_given_up_ = 0;
+  rtt_estimator find_rtt_;  // answered find calls' round trips (first attempts only)
   std::size_t callers_ = 0;    // callers' calls in progress (tracked)
   async_event callers_idle_;  // set when callers_ drops to 0
   async_event closing_;       // set by shutdown(): ends waits that no call is behind (bootstrap's pause)
@@ -406,6 +425,8 @@ DMOE_DEF auto node::stats() const -> node_stats {
   s.lookup_failures = lookup_failures_;
   s.slow_requests = slow_requests_;
   s.slow_given_up = slow_given_up_;
+  s.slow_after = std::chrono::duration_cast<std::chrono::microseconds>(slow_after());
+  s.find_srtt = std::chrono::duration_cast<std::chrono::microseconds>(find_rtt_.srtt());
   return s;
 }
 
@@ -585,6 +606,10 @@ DMOE_DEF auto node::check(node_options o) -> node_options {
   if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
   if (o.slow_request_after.count() <= 0)
     throw invalid_argument_error("dht node: slow_request_after must be positive");
+  if (o.min_slow_request_after.count() <= 0 || o.min_slow_request_after > o.slow_request_after)
+    throw invalid_argument_error(fmt::format("dht node: min_slow_request_after must be positive and at most "
+                                             "slow_request_after ({} ms), got {} ms",
+                                             o.slow_request_after.count(), o.min_slow_request_after.count()));
   return o;
 }
 
@@ -758,8 +783,11 @@ DMOE_DEF auto node::ask(traversal& t, lookup_request request) -> task<void> {
   const node_id peer = request.peer.id;
   const std::uint64_t serial = ++t.serials;
   t.asking[peer] = outstanding_call{request.peer, serial, false};
+  const steady_time sent = std::chrono::steady_clock::now();
   if (t.watching) {
-    t.watch.push_back({peer, serial, deadline_after(options_.slow_request_after)});
+    steady_time due = sent + slow_after();
+    if (!t.watch.empty()) due = std::max(due, t.watch.back().due);
+    t.watch.push_back({peer, serial, due});
     t.sent.set();
   }
   bool answered = false;
@@ -767,8 +795,11 @@ DMOE_DEF auto node::ask(traversal& t, lookup_request request) -> task<void> {
   try {
     // Not cut at the traversal's deadline (crawl() cancels calls then, which blames no peer; a timeout would ban
     // the peer for our haste, and a joining get may extend the deadline).
-    response = co_await protocol_.find(request.peer, request.keys, deadline_after(options_.rpc_timeout));
+    response = co_await protocol_.find(request.peer, request.keys, deadline_from(sent, options_.rpc_timeout));
     answered = true;
+    // Karn's rule: an answer after attempt_timeout may answer a resent request, so it does not time one trip.
+    const auto round_trip = std::chrono::steady_clock::now() - sent;
+    if (round_trip < options_.datagram.attempt_timeout) find_rtt_.add(round_trip);
   } catch (const cancelled_error&) {
     co_return;
   } catch (const closed_error&) {
