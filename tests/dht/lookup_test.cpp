@@ -421,8 +421,9 @@ BOOST_AUTO_TEST_CASE(a_key_is_done_without_its_slow_peer_once_k_others_answered)
              boost::test_tools::per_element());
 }
 
-// Every candidate asked (a swarm hardly larger than k): the answers there are do, without the slow peer.
-BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_is_done_without_its_slow_peer) {
+// Every candidate asked (a swarm hardly larger than k): the key waits for its slow peer until it is stale, then is
+// done with the answers it has.
+BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_waits_for_its_slow_peer_until_it_is_stale) {
   dht::lookup_options options;
   options.k = 3;
   options.alpha = 3;
@@ -430,13 +431,17 @@ BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_is_done_without_it
   dht::lookup search({key}, options);
   search.add_candidates(peers_at({1, 2, 3}));
   BOOST_TEST_REQUIRE(search.next().size() == 3u);
+  BOOST_TEST(!search.on_stale(node_id{0, 1}));  // not slow yet
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.next().empty());  // no one left to ask
   BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
-  BOOST_TEST(!search.done(key));  // 3 has not answered yet
   BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
+  BOOST_TEST(!search.done(key));  // 1 is slow, not stale: it may still answer
+  BOOST_TEST(search.on_stale(node_id{0, 1}));
+  BOOST_TEST(!search.on_stale(node_id{0, 1}));  // stale already
+  BOOST_TEST(!search.on_stale(node_id{0, 9}));  // never asked
   BOOST_TEST(search.done(key));
-  BOOST_TEST(!search.done());  // the slow request is still outstanding
+  BOOST_TEST(!search.done());  // the stale request is still outstanding
   BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{2, 3}),
              boost::test_tools::per_element());
   BOOST_TEST(search.on_failure(node_id{0, 1}));
@@ -445,8 +450,28 @@ BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_is_done_without_it
              boost::test_tools::per_element());
 }
 
-// With no answer at all, a key waits for its slow peers: a swarm whose every peer is slow still gets answers.
-BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_peers) {
+// A slow peer that answers before it turns stale is waited for, and its answer counts.
+BOOST_AUTO_TEST_CASE(a_slow_peer_answering_before_it_is_stale_is_among_the_nearest) {
+  dht::lookup_options options;
+  options.k = 3;
+  options.alpha = 3;
+  const key_id key{0, 0};
+  dht::lookup search({key}, options);
+  search.add_candidates(peers_at({1, 2, 3}));
+  BOOST_TEST_REQUIRE(search.next().size() == 3u);
+  BOOST_TEST(search.on_slow(node_id{0, 1}));
+  BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
+  BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
+  BOOST_TEST(!search.done(key));
+  BOOST_TEST(search.on_response(node_id{0, 1}, {}, now));
+  BOOST_TEST(search.done());
+  BOOST_TEST(distances_of(search.results()[0].nearest) == (std::vector<std::uint64_t>{1, 2, 3}),
+             boost::test_tools::per_element());
+}
+
+// With no answer at all, a key waits for its slow peers, stale or not: a swarm whose every peer is slow still gets
+// answers.
+BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_and_stale_peers) {
   dht::lookup_options options;
   options.k = 3;
   options.alpha = 3;
@@ -456,6 +481,8 @@ BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_peers) {
   BOOST_TEST_REQUIRE(search.next().size() == 2u);
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.on_slow(node_id{0, 2}));
+  BOOST_TEST(search.on_stale(node_id{0, 1}));
+  BOOST_TEST(search.on_stale(node_id{0, 2}));
   BOOST_TEST(search.next().empty());
   BOOST_TEST(!search.done(key));
   BOOST_TEST(search.on_failure(node_id{0, 1}));
@@ -534,6 +561,9 @@ BOOST_AUTO_TEST_CASE(rtt_estimator_follows_rfc_6298) {
   BOOST_TEST(rtt.samples() == 3u);
   rtt.add(-5ms);  // a clock that went backwards counts as 0
   BOOST_TEST(rtt.srtt().count() == 99'687'500 * 7 / 8);
+  dht::rtt_estimator huge;
+  huge.add(std::chrono::nanoseconds::max() / 2);  // saturates at an hour: no overflow
+  BOOST_TEST(huge.timeout(1s).count() == std::chrono::nanoseconds(3h).count());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,9 +1,11 @@
 // Tests of dmoe/dht/node.hpp and protocol.hpp: nodes on one io_context over loopback UDP.
 #include <dmoe/async/sync_wait.hpp>
+#include <dmoe/async/task_group.hpp>
 #include <dmoe/async/timer.hpp>
 #include <dmoe/async/udp_socket.hpp>
 #include <dmoe/async/when_all.hpp>
 #include <dmoe/dht/node.hpp>
+#include <dmoe/net/datagram_endpoint.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -222,14 +224,93 @@ BOOST_AUTO_TEST_CASE(a_dead_peer_is_passed_over_after_a_few_measured_round_trips
   }));
 }
 
-BOOST_AUTO_TEST_CASE(min_slow_request_after_above_slow_request_after_is_refused) {
+BOOST_AUTO_TEST_CASE(min_slow_request_after_is_validated_and_lowered_to_slow_request_after) {
   io_context ctx;
   auto options = fast_options();
-  options.slow_request_after = 100ms;
-  options.min_slow_request_after = 200ms;
-  BOOST_CHECK_THROW(dht::node(ctx, options), invalid_argument_error);
+  options.rpc_timeout = 1s;
+  options.slow_request_after = 5ms;  // below the default floor of 10 ms: the floor follows it down
+  dht::node lowered(ctx, options);
+  BOOST_TEST(lowered.stats().slow_after.count() == 5000);  // no answer timed yet: slow_request_after
+  sync_wait(ctx, lowered.shutdown());
   options.min_slow_request_after = 0ms;
   BOOST_CHECK_THROW(dht::node(ctx, options), invalid_argument_error);
+}
+
+// A live replica that answers its finds only after `delay` (busy, or far away); it holds `value` for every key.
+struct delayed_replica {
+  net::datagram_endpoint endpoint;
+  std::chrono::milliseconds delay{0};
+  std::string value;
+  double expiration = 0;
+  std::uint64_t finds = 0;
+
+  delayed_replica(io_context& ctx, dht::node_id id)
+      : endpoint(ctx, dmoe_test::next_loopback(), dht::to_sender_id(id)) {
+    endpoint.add_handler(static_cast<std::uint16_t>(dht::message_type::ping),
+                         [](net::datagram_request& r) -> task<byte_buffer> {
+                           co_return dht::encode(dht::ping_response{false, r.peer});
+                         });
+    endpoint.add_handler(static_cast<std::uint16_t>(dht::message_type::find),
+                         [this](net::datagram_request& r) -> task<byte_buffer> {
+                           ++finds;
+                           const auto request = dht::decode_find_request(r.message);
+                           if (delay.count() > 0) co_await sleep_for(delay);
+                           dht::find_response out;
+                           for (const auto& key : request.keys)
+                             out.results.push_back({key, dht::record::plain(to_buffer(value), expiration), {}});
+                           co_return dht::encode(out);
+                         });
+  }
+};
+
+// In a swarm smaller than k every candidate gets asked: a live replica answering in 40 ms (slow by the measured
+// threshold of a few loopback round trips, but far from stale at 300 ms) is waited for, so a latest get returns
+// its newer value, and its answers are timed.
+BOOST_AUTO_TEST_CASE(a_small_swarm_waits_for_a_slow_live_replica_until_it_is_stale) {
+  io_context ctx;
+  swarm s(ctx);
+  auto options = fast_options();
+  options.rpc_timeout = 1500ms;
+  options.datagram.attempt_timeout = 500ms;
+  options.datagram.max_attempts = 3;
+  options.slow_request_after = 300ms;
+  options.min_slow_request_after = 10ms;
+  delayed_replica busy(ctx, dht::random_node_id());
+  busy.value = "new";
+  busy.expiration = now_wall() + 600;
+  sync_wait(ctx, s.run([&]() -> task<void> {
+    task_group serving(ctx);
+    serving.spawn(busy.endpoint.serve());
+    std::exception_ptr failure;
+    try {
+      auto& a = s.add(options);
+      auto& b = s.add(options);
+      co_await b.bootstrap(dmoe_test::list(a.local_endpoint()));
+      auto& reader = s.add(options);
+      std::vector<endpoint> peers{a.local_endpoint(), busy.endpoint.local_endpoint()};
+      BOOST_TEST_REQUIRE((co_await reader.bootstrap(peers)).answered.size() == 2u);
+      const auto key = dht::key_of("newest-on-the-busy-replica");
+      for (auto* n : {&a, &b}) n->rpc().store_locally({key, std::nullopt, {to_buffer("old"), now_wall() + 300, {}}});
+      for (int i = 0; i < 4; ++i) co_await reader.get(dht::key_of(fmt::format("warm-{}", i)), true);
+      const auto warm = reader.stats();
+      BOOST_TEST_REQUIRE(warm.slow_after < std::chrono::microseconds(40ms));  // 40 ms answers will be slow
+
+      busy.delay = 40ms;
+      const std::uint64_t finds_before = busy.finds;
+      BOOST_TEST(text_of(co_await reader.get(key, true)) == "new");
+      BOOST_TEST(text_of(co_await reader.get(dht::key_of("only-on-the-busy-replica"), false)) == "new");
+      const auto after = reader.stats();
+      BOOST_TEST(busy.finds - finds_before >= 2u);
+      BOOST_TEST(after.slow_requests - warm.slow_requests >= 1u);  // it was slow, and waited for
+      BOOST_TEST(after.slow_given_up == warm.slow_given_up);
+      BOOST_TEST(after.find_srtt > warm.find_srtt);  // its 40 ms answers were timed
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    busy.endpoint.close();
+    co_await serving.join();
+    if (failure) std::rethrow_exception(failure);
+  }));
 }
 
 BOOST_AUTO_TEST_CASE(a_failing_peer_is_banned_for_doubling_times_and_a_success_resets_it) {

@@ -53,9 +53,10 @@ class rtt_estimator {
  public:
   using duration = std::chrono::nanoseconds;
 
-  // One measured round trip; negative samples count as 0.
+  // One measured round trip; negative samples count as 0 and longer ones than an hour as an hour (so that
+  // timeout() cannot overflow).
   void add(duration sample) noexcept {
-    sample = std::max(sample, duration::zero());
+    sample = std::clamp<duration>(sample, duration::zero(), std::chrono::hours(1));
     if (samples_ == 0) {
       srtt_ = sample;
       rttvar_ = sample / 2;
@@ -90,11 +91,11 @@ class rtt_estimator {
 // request outstanding for long with `on_slow`. A slow request frees its α slot and stays outstanding: its answer
 // is still merged, its failure still counts. Until then its peer is passed over like a failed one when the k
 // nearest of a key are chosen, so the next candidate is asked and a key whose k nearest neither failed nor slow
-// have answered is done without waiting for it. When every candidate has been asked (a swarm not much larger than
-// k), a key with at least one such answer is done too, however few: as OpenDHT's Search::isSynced, which skips
-// its bad nodes and needs one synced node. Otherwise a dead peer among a small swarm's nodes would hold up every
-// lookup for its whole timeout. Only a key with no answer at all waits for its slow peers. With no slow reports,
-// nothing changes.
+// have answered is done without waiting for it. A key with fewer such answers than k (every candidate asked: a
+// swarm not much larger than k) still waits for its slow peers, until the caller reports them stale with
+// `on_stale` (outstanding much longer, likely dead): then a key with at least one answer is done without them,
+// so a dead peer among a small swarm's nodes costs a lookup the stale delay, not its whole timeout. A key with no
+// answer at all waits for every peer. With no slow or stale reports, nothing changes.
 class lookup {
  public:
   // Throws invalid_argument_error when k, α or max_in_flight is 0.
@@ -122,6 +123,12 @@ class lookup {
   // class comment). Returns false (and changes nothing) when no request to `peer` is in flight or it is slow
   // already.
   DMOE_DECL bool on_slow(const node_id& peer_id);
+
+  // The slow request to `peer` has been outstanding past the caller's "stale" threshold (longer than "slow", still
+  // below its timeout): a key with fewer than k other answers stops waiting for it if it has at least one (see the
+  // class comment); so does a key whose unasked candidate it is. Returns false (and changes nothing) when no request
+  // to `peer` is in flight, it is not slow, or it is stale already.
+  DMOE_DECL bool on_stale(const node_id& peer_id);
 
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
@@ -158,7 +165,8 @@ class lookup {
   };
   struct peer_state {
     bool in_flight = false;
-    bool slow = false;  // its request in flight was reported slow
+    bool slow = false;   // its request in flight was reported slow
+    bool stale = false;  // ...and then stale
     bool failed = false;
     std::vector<std::size_t> asked;         // keys of the request in flight
     std::vector<std::size_t> candidate_in;  // keys it is a candidate of
@@ -175,11 +183,16 @@ class lookup {
     auto peer = peers_.find(c.peer.id);
     return peer != peers_.end() && peer->second.slow;
   }
+  // Whether a candidate's peer has a stale request outstanding (and has not answered this key yet).
+  bool is_stale(const candidate& c) const {
+    if (!is_slow(c)) return false;
+    return peers_.find(c.peer.id)->second.stale;
+  }
   // Left out when a key's k nearest are chosen: failed, or slow for now.
   bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
-  // The k nearest neither failed nor slow have answered; with fewer such candidates than k, all of them have and at
-  // least one did (with none, the slow ones must end first).
+  // The k nearest neither failed nor slow have answered; with fewer such candidates than k, all of them have, and
+  // the slow ones have ended or (with at least one answer) turned stale.
   DMOE_DECL bool key_done(const key_state& state) const;
 
   // The nearest unasked candidate among the key's k nearest neither failed nor slow whose peer is not busy.
@@ -273,6 +286,7 @@ DMOE_DEF auto lookup::on_response(const node_id& peer_id, const std::vector<find
   const bool was_slow = peer_it->second.slow;
   if (was_slow) --slow_;
   peer_it->second.slow = false;
+  peer_it->second.stale = false;
   --in_flight_;
   for (std::size_t i : asked)
     if (!was_slow) --keys_[i].in_flight;
@@ -310,6 +324,7 @@ DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
   if (peer.slow) --slow_;
   peer.in_flight = false;
   peer.slow = false;
+  peer.stale = false;
   peer.failed = true;
   peer.asked.clear();
   for (std::size_t i : peer.candidate_in) {
@@ -327,6 +342,14 @@ DMOE_DEF auto lookup::on_slow(const node_id& peer_id) -> bool {
   peer->second.slow = true;
   ++slow_;
   for (std::size_t i : peer->second.asked) --keys_[i].in_flight;
+  for (std::size_t i : peer->second.candidate_in) refresh(i);
+  return true;
+}
+
+DMOE_DEF auto lookup::on_stale(const node_id& peer_id) -> bool {
+  auto peer = peers_.find(peer_id);
+  if (peer == peers_.end() || !peer->second.in_flight || !peer->second.slow || peer->second.stale) return false;
+  peer->second.stale = true;
   for (std::size_t i : peer->second.candidate_in) refresh(i);
   return true;
 }
@@ -370,17 +393,18 @@ DMOE_DEF auto lookup::refresh(std::size_t i) -> void {
 DMOE_DEF auto lookup::key_done(const key_state& state) const -> bool {
   if (state.finished) return true;
   std::size_t seen = 0;
-  bool waiting_for_slow = false;
+  bool waiting_for_slow = false, skipping_stale = false;
   for (const auto& [d, c] : state.candidates) {
     if (c.status == progress::failed) continue;
     if (is_slow(c)) {
-      waiting_for_slow = true;
+      (is_stale(c) ? skipping_stale : waiting_for_slow) = true;
       continue;
     }
     if (c.status != progress::answered) return false;
     if (++seen >= options_.k) return true;
   }
-  return seen > 0 || !waiting_for_slow;
+  if (waiting_for_slow) return false;
+  return seen > 0 || !skipping_stale;
 }
 
 DMOE_DEF auto lookup::first_askable(const key_state& state) const -> const candidate* {

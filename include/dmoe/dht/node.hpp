@@ -6,7 +6,8 @@
 // of one key share one traversal. A find call unanswered for a few measured round trips (SRTT + 4 RTTVAR, within
 // [min_slow_request_after, slow_request_after]) stops holding up the lookup (its α slot goes to the next
 // candidate, and keys whose k nearest other peers answered are done without it): a dead peer costs a lookup that
-// delay, not rpc_timeout. A store goes to the num_replicas nodes nearest to the key
+// delay, not rpc_timeout; in a swarm not much larger than k, where every candidate gets asked, a key waits for its
+// slow peers until slow_request_after (stale), then is done with the answers it has. A store goes to the num_replicas nodes nearest to the key
 // (ourselves included unless in client mode). Found values are cached locally and on the nearest visited node that
 // lacked them (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes
 // share one io_context thread; each has its own UDP socket.
@@ -59,16 +60,19 @@ struct node_options : protocol_options {
   std::chrono::milliseconds default_timeout{10'000};
   // Between rounds of pings to initial peers that did not answer yet, while none has.
   std::chrono::milliseconds bootstrap_retry_pause{200};
-  // A lookup's find call unanswered this long is slow (Kademlia section 2.3's stale peers, as BitTorrent's DHT and
-  // OpenDHT treat them): it frees its α slot and the lookup goes on without waiting for it (lookup::on_slow); its
-  // answer is still used if it comes before the lookup ends. A slow call given up at the lookup's end gets a
-  // liveness ping in the background (protocol::check_alive), so dead peers still leave the routing table. At or
-  // above rpc_timeout, no call is ever slow.
-  // This is the most a call waits: once the node has timed answered find calls, a call is slow after their
-  // SRTT + 4 RTTVAR (rtt_estimator, TCP's retransmission timeout), at least min_slow_request_after. So a dead
-  // peer costs a lookup a few round trips of this network, not a fixed 300 ms.
+  // Slow and stale find calls (Kademlia section 2.3's stale peers, as BitTorrent's DHT and OpenDHT treat them).
+  // A lookup's find call unanswered for SRTT + 4 RTTVAR of this node's answered find calls (rtt_estimator, TCP's
+  // retransmission timeout), within [min_slow_request_after, slow_request_after], is slow: it frees its α slot and
+  // the lookup asks the next candidate; a key whose k nearest other peers answered is done without it
+  // (lookup::on_slow). Unanswered for slow_request_after, it is stale: a key that has asked all its candidates (a
+  // swarm not much larger than k) and has an answer is done without it too (lookup::on_stale). Its answer is used
+  // if it comes before the lookup ends. So a dead peer costs a large swarm's lookup a few of its round trips and a
+  // small swarm's slow_request_after, never rpc_timeout. A slow call given up at the lookup's end gets a liveness
+  // ping in the background (protocol::check_alive), so dead peers still leave the routing table. At or above
+  // rpc_timeout, no call is ever slow or stale.
   std::chrono::milliseconds slow_request_after{300};
-  // The floor of that measured threshold: a peer answering within it is never passed over as slow.
+  // The floor of the measured threshold (lowered to slow_request_after when above it): a peer answering within it
+  // is never passed over as slow.
   std::chrono::milliseconds min_slow_request_after{10};
 };
 
@@ -117,7 +121,7 @@ struct node_stats {
   std::uint64_t lookup_requests = 0; // find calls those traversals made
   std::uint64_t shared_gets = 0;     // keys of gets served by a traversal already running
   std::uint64_t lookup_failures = 0;  // find calls that failed (no answer by rpc_timeout, a refusal, garbage)
-  std::uint64_t slow_requests = 0;    // find calls past slow_request_after: their lookup stopped waiting for them
+  std::uint64_t slow_requests = 0;    // find calls found slow (node_options::slow_request_after): their lookup asked others
   std::uint64_t slow_given_up = 0;    // of those, still unanswered when their lookup ended (cancelled)
   // When a find call sent now becomes slow: SRTT + 4 RTTVAR of answered find calls within
   // [min_slow_request_after, slow_request_after]; slow_request_after before any answer.
@@ -236,7 +240,9 @@ class node {
   struct slow_check {
     node_id peer;
     std::uint64_t serial = 0;
-    steady_time due;
+    steady_time slow_due;   // sent + the measured threshold (slow_after())
+    steady_time stale_due;  // sent + slow_request_after
+    bool slow = false;      // reported slow; stale next
   };
 
   // One crawl's state; shared by the gets that wait for it.
@@ -254,10 +260,9 @@ class node {
     std::unordered_map<node_id, outstanding_call> asking;  // find calls in flight, by peer (one per peer at most)
     std::uint64_t serials = 0;
     bool watching = false;        // slow calls are reported (watch_slow runs)
-    // Calls to report when slow, in the order sent; each is due no earlier than the one before it (the threshold
-    // can fall meanwhile: such a call is then reported a little late, never early).
-    std::deque<slow_check> watch;
-    async_event sent;              // a call joined `watch`: wakes watch_slow
+    std::vector<slow_check> watch;  // find calls in flight to report slow, then stale (few: at most those in flight)
+    steady_time watch_wake = no_deadline;  // when watch_slow wakes next (no_deadline: when a call is sent)
+    async_event sent;  // a call joined `watch` due before watch_wake: wakes watch_slow
   };
 
   DMOE_DECL static node_options check(node_options o);
@@ -319,8 +324,9 @@ class node {
     return it != t.asking.end() && it->second.serial == check.serial;
   }
 
-  // Reports the crawl's find calls unanswered after slow_request_after to its lookup, which then goes on without
-  // waiting for them. One timer at a time: calls are watched in the order sent. Ends when the crawl stops it.
+  // Reports the crawl's find calls unanswered after slow_after() to its lookup as slow (it then goes on without
+  // waiting for them), and after slow_request_after as stale. One timer at a time, for the earliest report due; a
+  // call sent with an earlier one wakes it. Ends when the crawl stops it.
   DMOE_DECL task<void> watch_slow(traversal& t);
 
   DMOE_DECL task<void> ping_until_answered(endpoint address, steady_time deadline, int& answered, bool& any);
@@ -606,10 +612,10 @@ DMOE_DEF auto node::check(node_options o) -> node_options {
   if (o.default_timeout.count() <= 0) throw invalid_argument_error("dht node: default_timeout must be positive");
   if (o.slow_request_after.count() <= 0)
     throw invalid_argument_error("dht node: slow_request_after must be positive");
-  if (o.min_slow_request_after.count() <= 0 || o.min_slow_request_after > o.slow_request_after)
-    throw invalid_argument_error(fmt::format("dht node: min_slow_request_after must be positive and at most "
-                                             "slow_request_after ({} ms), got {} ms",
-                                             o.slow_request_after.count(), o.min_slow_request_after.count()));
+  if (o.min_slow_request_after.count() <= 0)
+    throw invalid_argument_error(fmt::format("dht node: min_slow_request_after must be positive, got {} ms",
+                                             o.min_slow_request_after.count()));
+  o.min_slow_request_after = std::min(o.min_slow_request_after, o.slow_request_after);
   return o;
 }
 
@@ -785,10 +791,9 @@ DMOE_DEF auto node::ask(traversal& t, lookup_request request) -> task<void> {
   t.asking[peer] = outstanding_call{request.peer, serial, false};
   const steady_time sent = std::chrono::steady_clock::now();
   if (t.watching) {
-    steady_time due = sent + slow_after();
-    if (!t.watch.empty()) due = std::max(due, t.watch.back().due);
-    t.watch.push_back({peer, serial, due});
-    t.sent.set();
+    const steady_time slow_due = sent + slow_after();
+    t.watch.push_back({peer, serial, slow_due, deadline_from(sent, options_.slow_request_after), false});
+    if (slow_due < t.watch_wake) t.sent.set();
   }
   bool answered = false;
   find_response response;
@@ -819,19 +824,37 @@ DMOE_DEF auto node::ask(traversal& t, lookup_request request) -> task<void> {
 DMOE_DEF auto node::watch_slow(traversal& t) -> task<void> {
   try {
     while (!t.stopping) {
-      if (t.watch.empty()) {
-        t.sent.reset();
+      const steady_time now = std::chrono::steady_clock::now();
+      bool reported = false;
+      steady_time next = no_deadline;
+      std::erase_if(t.watch, [&](slow_check& check) {
+        if (!still_asking(t, check)) return true;  // answered or failed meanwhile
+        if (!check.slow && check.slow_due <= now) {
+          check.slow = true;
+          t.asking[check.peer].slow = true;
+          if (t.search.on_slow(check.peer)) {
+            ++slow_requests_;
+            reported = true;
+          }
+        }
+        if (check.slow && check.stale_due <= now) {
+          reported = t.search.on_stale(check.peer) || reported;
+          return true;
+        }
+        return false;
+      });
+      if (reported) pump(t);  // may send calls, which join `watch`
+      if (t.stopping) break;
+      for (const slow_check& check : t.watch) next = std::min(next, check.slow ? check.stale_due : check.slow_due);
+      t.watch_wake = next;
+      t.sent.reset();
+      if (next == no_deadline) {
         co_await t.sent.wait();
-        continue;
-      }
-      const slow_check check = t.watch.front();
-      if (still_asking(t, check)) co_await sleep_until(check.due);
-      t.watch.pop_front();
-      if (t.stopping || !still_asking(t, check)) continue;
-      t.asking[check.peer].slow = true;
-      if (t.search.on_slow(check.peer)) {
-        ++slow_requests_;
-        pump(t);
+      } else {
+        try {
+          co_await with_deadline(wait_for(t.sent), next);
+        } catch (const timeout_error&) {
+        }
       }
     }
   } catch (const cancelled_error&) {
