@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <type_traits>
@@ -18,6 +19,23 @@ DMOE_BEGIN_NAMESPACE
 
 template <class T = void>
 class task;
+
+// DMOE_FRAME_CACHE 1 (the default) recycles coroutine frames per thread (detail::frame_allocator); 0 leaves every
+// frame to the global heap, the default under AddressSanitizer, so that its quarantine still catches a frame used
+// after its coroutine ended. Translation units built either way may be mixed: a frame is always allocated at the
+// full size of its class, so either kind of deallocation is right for it.
+#ifndef DMOE_FRAME_CACHE
+#if defined(__SANITIZE_ADDRESS__)
+#define DMOE_FRAME_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DMOE_FRAME_CACHE 0
+#endif
+#endif
+#endif
+#ifndef DMOE_FRAME_CACHE
+#define DMOE_FRAME_CACHE 1
+#endif
 
 namespace detail {
 
@@ -79,8 +97,104 @@ const std::stop_token& stop_token_of(std::coroutine_handle<P> h) noexcept {
   }
 }
 
+// Recycles coroutine frames per thread. Every task call allocates a frame and frees it when the task ends; the RPC
+// and DHT layers make several per call, many larger than glibc's per-thread cache serves (1,032 bytes), and those
+// go through its arena, which consolidates its fast bins on every such request. Frames up to max_size bytes are
+// allocated at the size of their 64-byte class; freed, they go to the freeing thread's list for that class while
+// the thread holds at most max_cached_bytes, else to the heap, as do larger frames. A thread's cached frames go
+// back to the heap when it exits; frames freed after that (by later thread-local destructors) go there directly.
+class frame_allocator {
+ public:
+  static constexpr std::size_t granularity = 64;
+  static constexpr std::size_t max_size = 4096;
+  static constexpr std::size_t max_cached_bytes = 256 * 1024;  // per thread
+
+  static void* allocate(std::size_t size) {
+    if (size > max_size) return ::operator new(size);
+#if DMOE_FRAME_CACHE
+    if (cache* c = local()) {
+      free_frame*& head = c->heads[class_of(size)];
+      if (free_frame* f = head) {
+        head = f->next;
+        c->bytes -= rounded(size);
+        return f;
+      }
+    }
+#endif
+    return ::operator new(rounded(size));
+  }
+
+  static void deallocate(void* p, std::size_t size) noexcept {
+#if DMOE_FRAME_CACHE
+    if (size <= max_size) {
+      cache* c = local();
+      if (c && c->bytes + rounded(size) <= max_cached_bytes) {
+        free_frame*& head = c->heads[class_of(size)];
+        head = ::new (p) free_frame{head};
+        c->bytes += rounded(size);
+        return;
+      }
+    }
+#else
+    (void)size;
+#endif
+    ::operator delete(p);  // unsized: clang without -fsized-deallocation has no sized one
+  }
+
+  // Bytes of frames the calling thread holds cached (0 with DMOE_FRAME_CACHE 0).
+  static std::size_t cached_bytes() noexcept {
+#if DMOE_FRAME_CACHE
+    const cache* c = local();
+    return c ? c->bytes : 0;
+#else
+    return 0;
+#endif
+  }
+
+  // The size a request of `size` bytes (at most max_size) is allocated at.
+  static constexpr std::size_t rounded(std::size_t size) noexcept { return (class_of(size) + 1) * granularity; }
+
+ private:
+  struct free_frame {
+    free_frame* next;
+  };
+  static constexpr std::size_t class_of(std::size_t size) noexcept { return size == 0 ? 0 : (size - 1) / granularity; }
+
+  struct cache {
+    free_frame* heads[max_size / granularity] = {};
+    std::size_t bytes = 0;
+    cache() = default;
+    cache(const cache&) = delete;
+    cache& operator=(const cache&) = delete;
+    ~cache() {
+      state() = gone;
+      for (free_frame*& head : heads)
+        while (free_frame* f = head) {
+          head = f->next;
+          ::operator delete(f);
+        }
+      bytes = 0;
+    }
+  };
+  enum : unsigned char { not_made, alive, gone };
+  // Trivially destructible, so still readable while the thread's other thread-locals are destroyed.
+  static unsigned char& state() noexcept {
+    static thread_local unsigned char s = not_made;
+    return s;
+  }
+  static cache* local() noexcept {
+    if (state() == gone) return nullptr;
+    static thread_local cache c;
+    state() = alive;
+    return &c;
+  }
+};
+
 class task_promise_base {
  public:
+  static void* operator new(std::size_t size) { return frame_allocator::allocate(size); }
+  static void operator delete(void* p, std::size_t size) noexcept { frame_allocator::deallocate(p, size); }
+
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class P>
