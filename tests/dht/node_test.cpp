@@ -224,6 +224,37 @@ BOOST_AUTO_TEST_CASE(a_dead_peer_is_passed_over_after_a_few_measured_round_trips
   }));
 }
 
+// In a swarm smaller than k every node is a candidate of every key: a dead one is waited for until it is stale
+// (slow_request_after), then given up, and the get ends then, neither at its own deadline nor after rpc_timeout.
+BOOST_AUTO_TEST_CASE(a_dead_peer_in_a_swarm_smaller_than_k_is_given_up_once_stale) {
+  io_context ctx;
+  swarm s(ctx);
+  auto options = fast_options();  // k = 20
+  options.rpc_timeout = 10s;
+  options.datagram.attempt_timeout = 10s;
+  options.datagram.max_attempts = 1;
+  options.slow_request_after = 300ms;
+  options.min_slow_request_after = 10ms;
+  sync_wait(ctx, s.run([&]() -> task<void> {
+    BOOST_TEST_REQUIRE(co_await s.grow(6, options) == 6u);
+    dht::node& reader = s[0];
+    const auto key = dht::key_of("small-swarm");
+    const auto stored = co_await s[1].store(key, to_buffer("value"), now_wall() + 300);
+    BOOST_TEST_REQUIRE(stored.replicas >= 2u);
+    BOOST_TEST_REQUIRE(reader.rpc().table().contains(s[5].id()));
+    co_await s[5].shutdown();
+    const auto before = reader.stats();
+    const auto found = co_await reader.get(key, true, deadline_after(3s));
+    const auto after = reader.stats();
+    BOOST_TEST(text_of(found) == "value");
+    // The dead peer was asked and given up when the crawl ended, before the get returned: a crawl still waiting for
+    // it at the get's deadline would count it only later. Neither cut by a deadline nor failed after rpc_timeout.
+    BOOST_TEST(after.slow_given_up - before.slow_given_up >= 1u);
+    BOOST_TEST(after.lookups_cut == before.lookups_cut);
+    BOOST_TEST(after.lookup_failures == before.lookup_failures);
+  }));
+}
+
 BOOST_AUTO_TEST_CASE(min_slow_request_after_is_validated_and_lowered_to_slow_request_after) {
   io_context ctx;
   auto options = fast_options();

@@ -21,14 +21,16 @@ template <class T = void>
 class task;
 
 // DMOE_FRAME_CACHE 1 (the default) recycles coroutine frames per thread (detail::frame_allocator); 0 leaves every
-// frame to the global heap, the default under AddressSanitizer, so that its quarantine still catches a frame used
-// after its coroutine ended. Translation units built either way may be mixed: a frame is always allocated at the
-// full size of its class, so either kind of deallocation is right for it.
+// frame to the global heap. It is 0 by default under the address, hardware-address, memory and thread sanitizers,
+// whose allocator hooks then still see every frame (a frame used after its coroutine ended, read uninitialised,
+// or raced on); define DMOE_FRAME_CACHE=0 for Valgrind too. Translation units built either way may be mixed: a frame
+// is always allocated at the full size of its class, so either kind of deallocation is right for it.
 #ifndef DMOE_FRAME_CACHE
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(__SANITIZE_HWADDRESS__)
 #define DMOE_FRAME_CACHE 0
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(hwaddress_sanitizer) || __has_feature(memory_sanitizer) || \
+    __has_feature(thread_sanitizer)
 #define DMOE_FRAME_CACHE 0
 #endif
 #endif

@@ -67,9 +67,13 @@ struct node_options : protocol_options {
   // (lookup::on_slow). Unanswered for slow_request_after, it is stale: a key that has asked all its candidates (a
   // swarm not much larger than k) and has an answer is done without it too (lookup::on_stale). Its answer is used
   // if it comes before the lookup ends. So a dead peer costs a large swarm's lookup a few of its round trips and a
-  // small swarm's slow_request_after, never rpc_timeout. A slow call given up at the lookup's end gets a liveness
-  // ping in the background (protocol::check_alive), so dead peers still leave the routing table. At or above
-  // rpc_timeout, no call is ever slow or stale.
+  // small swarm's slow_request_after, never rpc_timeout. The price: in a swarm larger than k, a live peer answering
+  // slower than the threshold (one busy for a moment, or far slower than this node's other peers: the estimate is
+  // the node's, not per peer) is left out of a key's k nearest once k others answered, as a dead one would be; a
+  // latest get then misses its value unless a faster replica has it, and a store picks the next node instead.
+  // Raise min_slow_request_after where that matters more than a dead peer's cost. A slow call given up at the
+  // lookup's end gets a liveness ping in the background (protocol::check_alive), so dead peers still leave the
+  // routing table. At or above rpc_timeout, no call is ever slow or stale.
   std::chrono::milliseconds slow_request_after{300};
   // The floor of the measured threshold (lowered to slow_request_after when above it): a peer answering within it
   // is never passed over as slow.
@@ -123,6 +127,7 @@ struct node_stats {
   std::uint64_t lookup_failures = 0;  // find calls that failed (no answer by rpc_timeout, a refusal, garbage)
   std::uint64_t slow_requests = 0;    // find calls found slow (node_options::slow_request_after): their lookup asked others
   std::uint64_t slow_given_up = 0;    // of those, still unanswered when their lookup ended (cancelled)
+  std::uint64_t lookups_cut = 0;      // traversals ended by their deadline before every key was done
   // When a find call sent now becomes slow: SRTT + 4 RTTVAR of answered find calls within
   // [min_slow_request_after, slow_request_after]; slow_request_after before any answer.
   std::chrono::microseconds slow_after{0};
@@ -344,6 +349,7 @@ class node {
   std::uint64_t lookup_failures_ = 0;
   std::uint64_t slow_requests_ = 0;
   std::uint64_t slow_given_up_ = 0;
+  std::uint64_t lookups_cut_ = 0;
   rtt_estimator find_rtt_;  // answered find calls' round trips (first attempts only)
   std::size_t callers_ = 0;    // callers' calls in progress (tracked)
   async_event callers_idle_;  // set when callers_ drops to 0
@@ -431,6 +437,7 @@ DMOE_DEF auto node::stats() const -> node_stats {
   s.lookup_failures = lookup_failures_;
   s.slow_requests = slow_requests_;
   s.slow_given_up = slow_given_up_;
+  s.lookups_cut = lookups_cut_;
   s.slow_after = std::chrono::duration_cast<std::chrono::microseconds>(slow_after());
   s.find_srtt = std::chrono::duration_cast<std::chrono::microseconds>(find_rtt_.srtt());
   return s;
@@ -733,7 +740,10 @@ DMOE_DEF auto node::crawl(traversal& t) -> task<void> {
       try {
         co_await with_deadline(wait_for(t.finished), t.deadline);
       } catch (const timeout_error&) {
-        if (std::chrono::steady_clock::now() >= t.deadline) break;  // the deadline: end with what was found
+        if (std::chrono::steady_clock::now() >= t.deadline) {  // the deadline: end with what was found
+          ++lookups_cut_;
+          break;
+        }
       }
     }
   } catch (...) {
