@@ -154,7 +154,8 @@ int main(int argc, char** argv) {
   }
 
   // dmoe's node options: the defaults (k=20, alpha=3, 5 replicas, 1.5 s per call, 500 ms per attempt, 3 attempts,
-  // slow after SRTT + 4 RTTVAR of answered finds within [10 ms, 300 ms]) unless a --dmoe-* flag changes one (for exploring; the config line prints what ran).
+  // slow after SRTT + 4 RTTVAR of answered finds within [10 ms, 300 ms], stale after 300 ms) unless a --dmoe-* flag
+  // changes one (for exploring; the config line prints what ran).
   dmoe::dht::node_options dmoe_options;
   if (dmoe_rpc_timeout_ms) dmoe_options.rpc_timeout = std::chrono::milliseconds(dmoe_rpc_timeout_ms);
   if (dmoe_attempt_timeout_ms) dmoe_options.datagram.attempt_timeout = std::chrono::milliseconds(dmoe_attempt_timeout_ms);
@@ -167,7 +168,8 @@ int main(int argc, char** argv) {
       "{{\"bench\":\"dht\",\"config\":true,\"nodes\":{},\"rounds_per_phase\":{},\"storers\":{},\"getters\":{},"
       "\"kill_fraction\":{},\"seed\":{},\"join_concurrency\":{},\"settle_s\":{},\"fd_limit\":{},"
       "\"dmoe\":\"one io_context thread; node_options: k={} alpha={} replicas={} rpc_timeout_ms={} "
-      "attempt_timeout_ms={} attempts={} slow_request_after_ms={} min_slow_request_after_ms={}; get(latest) of a dictionary\","
+      "attempt_timeout_ms={} attempts={} slow_request_after_ms={} min_slow_request_after_ms={}; get(latest) of a "
+      "dictionary\","
       "\"opendht\":\"{} DhtRunners unthreaded, own UDP socket each (Context::sock) on 127.0.0.1 (it rewrites "
       "loopback addresses in find answers to the sender's), per-IP limit off (max_peer_req_per_sec=-1), one epoll "
       "thread calling loop(); runners created on the main thread; no subkeys: values with distinct ids under one "

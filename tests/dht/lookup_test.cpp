@@ -421,16 +421,29 @@ BOOST_AUTO_TEST_CASE(a_key_is_done_without_its_slow_peer_once_k_others_answered)
              boost::test_tools::per_element());
 }
 
+// A lookup of one key with k = α = 3 whose first requests went to `peers` (distances from the key), for the cases
+// of slow and stale peers in a swarm hardly larger than k.
+struct three_nearest {
+  explicit three_nearest(std::initializer_list<std::uint64_t> peers) : search({key}, options_of()) {
+    search.add_candidates(peers_at(peers));
+    BOOST_TEST_REQUIRE(search.next().size() == peers.size());
+  }
+  static dht::lookup_options options_of() {
+    dht::lookup_options options;
+    options.k = 3;
+    options.alpha = 3;
+    return options;
+  }
+  const key_id key{0, 0};
+  dht::lookup search;
+};
+
 // Every candidate asked (a swarm hardly larger than k): the key waits for its slow peer until it is stale, then is
 // done with the answers it has.
 BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_waits_for_its_slow_peer_until_it_is_stale) {
-  dht::lookup_options options;
-  options.k = 3;
-  options.alpha = 3;
-  const key_id key{0, 0};
-  dht::lookup search({key}, options);
-  search.add_candidates(peers_at({1, 2, 3}));
-  BOOST_TEST_REQUIRE(search.next().size() == 3u);
+  three_nearest lookup({1, 2, 3});
+  auto& search = lookup.search;
+  const key_id key = lookup.key;
   BOOST_TEST(!search.on_stale(node_id{0, 1}));  // not slow yet
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.next().empty());  // no one left to ask
@@ -452,13 +465,9 @@ BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_waits_for_its_slow
 
 // A slow peer that answers before it turns stale is waited for, and its answer counts.
 BOOST_AUTO_TEST_CASE(a_slow_peer_answering_before_it_is_stale_is_among_the_nearest) {
-  dht::lookup_options options;
-  options.k = 3;
-  options.alpha = 3;
-  const key_id key{0, 0};
-  dht::lookup search({key}, options);
-  search.add_candidates(peers_at({1, 2, 3}));
-  BOOST_TEST_REQUIRE(search.next().size() == 3u);
+  three_nearest lookup({1, 2, 3});
+  auto& search = lookup.search;
+  const key_id key = lookup.key;
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.on_response(node_id{0, 2}, {}, now));
   BOOST_TEST(search.on_response(node_id{0, 3}, {}, now));
@@ -472,13 +481,9 @@ BOOST_AUTO_TEST_CASE(a_slow_peer_answering_before_it_is_stale_is_among_the_neare
 // With no answer at all, a key waits for its slow peers, stale or not: a swarm whose every peer is slow still gets
 // answers.
 BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_and_stale_peers) {
-  dht::lookup_options options;
-  options.k = 3;
-  options.alpha = 3;
-  const key_id key{0, 0};
-  dht::lookup search({key}, options);
-  search.add_candidates(peers_at({1, 2}));
-  BOOST_TEST_REQUIRE(search.next().size() == 2u);
+  three_nearest lookup({1, 2});
+  auto& search = lookup.search;
+  const key_id key = lookup.key;
   BOOST_TEST(search.on_slow(node_id{0, 1}));
   BOOST_TEST(search.on_slow(node_id{0, 2}));
   BOOST_TEST(search.on_stale(node_id{0, 1}));

@@ -42,6 +42,19 @@ std::size_t holders(swarm& s, const dht::key_id& key) {
   return count;
 }
 
+// Options for the slow-call cases: calls of one attempt lasting `call_timeout`, slow by measured round trips
+// within [min_slow, slow_after], stale after slow_after.
+dht::node_options one_attempt_calls(std::chrono::milliseconds call_timeout, std::chrono::milliseconds slow_after,
+                                    std::chrono::milliseconds min_slow) {
+  auto options = fast_options();
+  options.rpc_timeout = call_timeout;
+  options.datagram.attempt_timeout = call_timeout;
+  options.datagram.max_attempts = 1;
+  options.slow_request_after = slow_after;
+  options.min_slow_request_after = min_slow;
+  return options;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(dht_node)
@@ -191,13 +204,8 @@ BOOST_AUTO_TEST_CASE(a_lookup_goes_on_without_a_slow_dead_peer_and_a_liveness_pi
 BOOST_AUTO_TEST_CASE(a_dead_peer_is_passed_over_after_a_few_measured_round_trips) {
   io_context ctx;
   swarm s(ctx);
-  auto options = fast_options();
+  auto options = one_attempt_calls(2s, 1500ms, 20ms);
   options.k = 4;
-  options.rpc_timeout = 2s;
-  options.datagram.attempt_timeout = 2s;
-  options.datagram.max_attempts = 1;
-  options.slow_request_after = 1500ms;
-  options.min_slow_request_after = 20ms;
   sync_wait(ctx, s.run([&]() -> task<void> {
     BOOST_TEST_REQUIRE(co_await s.grow(12, options) == 12u);
     dht::node& reader = s[0];
@@ -229,12 +237,7 @@ BOOST_AUTO_TEST_CASE(a_dead_peer_is_passed_over_after_a_few_measured_round_trips
 BOOST_AUTO_TEST_CASE(a_dead_peer_in_a_swarm_smaller_than_k_is_given_up_once_stale) {
   io_context ctx;
   swarm s(ctx);
-  auto options = fast_options();  // k = 20
-  options.rpc_timeout = 10s;
-  options.datagram.attempt_timeout = 10s;
-  options.datagram.max_attempts = 1;
-  options.slow_request_after = 300ms;
-  options.min_slow_request_after = 10ms;
+  const auto options = one_attempt_calls(10s, 300ms, 10ms);  // k = 20
   sync_wait(ctx, s.run([&]() -> task<void> {
     BOOST_TEST_REQUIRE(co_await s.grow(6, options) == 6u);
     dht::node& reader = s[0];

@@ -7,8 +7,8 @@
 // [min_slow_request_after, slow_request_after]) stops holding up the lookup (its α slot goes to the next
 // candidate, and keys whose k nearest other peers answered are done without it): a dead peer costs a lookup that
 // delay, not rpc_timeout; in a swarm not much larger than k, where every candidate gets asked, a key waits for its
-// slow peers until slow_request_after (stale), then is done with the answers it has. A store goes to the num_replicas nodes nearest to the key
-// (ourselves included unless in client mode). Found values are cached locally and on the nearest visited node that
+// slow peers until slow_request_after (stale), then is done with the answers it has. A store goes to the
+// num_replicas nodes nearest to the key (ourselves included unless in client mode). Found values are cached locally and on the nearest visited node that
 // lacked them (section 2.3's caching). Every call ends by its deadline, whatever the peers do. Any number of nodes
 // share one io_context thread; each has its own UDP socket.
 #pragma once
@@ -38,7 +38,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <map>
 #include <memory>
@@ -125,7 +124,7 @@ struct node_stats {
   std::uint64_t lookup_requests = 0; // find calls those traversals made
   std::uint64_t shared_gets = 0;     // keys of gets served by a traversal already running
   std::uint64_t lookup_failures = 0;  // find calls that failed (no answer by rpc_timeout, a refusal, garbage)
-  std::uint64_t slow_requests = 0;    // find calls found slow (node_options::slow_request_after): their lookup asked others
+  std::uint64_t slow_requests = 0;    // find calls found slow (node_options::slow_request_after): others asked
   std::uint64_t slow_given_up = 0;    // of those, still unanswered when their lookup ended (cancelled)
   std::uint64_t lookups_cut = 0;      // traversals ended by their deadline before every key was done
   // When a find call sent now becomes slow: SRTT + 4 RTTVAR of answered find calls within
