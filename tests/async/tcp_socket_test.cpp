@@ -249,6 +249,47 @@ task<bool> vectored(tcp_listener& listener) {
   co_return joined == expected;
 }
 
+
+// Round trips of small vectored messages around the 512-byte size below which a send gathers its pieces into one
+// buffer, then a burst written before it is read with a small buffer (the socket is not empty after each read): the
+// bytes arrive whole and in order whether the previous receive emptied the socket or not.
+task<bool> small_vectored_round_trips(tcp_listener& listener) {
+  auto [server, client] = co_await connected_pair(listener);
+  bool ok = true;
+  std::uint64_t seed = 10;
+  for (const std::size_t size : {1, 3, 96, 500, 511, 512, 513, 600, 4096}) {
+    const byte_buffer message = pattern(size, ++seed);
+    const std::size_t cut = size / 3;
+    const std::array<const_byte_span, 3> pieces{const_byte_span(message.data(), cut), const_byte_span(),
+                                                const_byte_span(message.data() + cut, size - cut)};
+    byte_buffer received(size);
+    const std::array<byte_span, 1> into{byte_span(received)};
+    co_await dmoe::when_all(write_all_pieces(client, pieces), read_exactly_pieces(server, into));
+    ok = ok && received == message;
+    // And back, answered from the side that just emptied its socket.
+    const std::array<const_byte_span, 2> back{const_byte_span(received.data(), size / 2),
+                                              const_byte_span(received.data() + size / 2, size - size / 2)};
+    byte_buffer echoed(size);
+    const std::array<byte_span, 1> into_echo{byte_span(echoed)};
+    co_await dmoe::when_all(write_all_pieces(server, back), read_exactly_pieces(client, into_echo));
+    ok = ok && echoed == message;
+  }
+  const byte_buffer burst = pattern(10'000, 99);
+  for (std::size_t at = 0; at < burst.size(); at += 100) {
+    const std::array<const_byte_span, 2> pieces{const_byte_span(burst.data() + at, 40),
+                                                const_byte_span(burst.data() + at + 40, 60)};
+    co_await write_all_pieces(client, pieces);
+  }
+  byte_buffer got;
+  byte_buffer room(7);
+  while (got.size() < burst.size()) {
+    const std::size_t n = co_await server.read_some(room);
+    if (n == 0) break;
+    got.insert(got.end(), room.begin(), room.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  co_return ok && got == burst;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(async_tcp_socket)
@@ -341,6 +382,13 @@ BOOST_AUTO_TEST_CASE(vectored_write_all_and_read_exactly) {
   io_context ctx;
   tcp_listener listener(ctx, endpoint::loopback_v4());
   BOOST_TEST(ctx.run(vectored(listener)));
+}
+
+BOOST_AUTO_TEST_CASE(small_vectored_messages_and_reads_after_an_emptied_socket) {
+  io_context ctx;
+  tcp_listener listener(ctx, endpoint::loopback_v4());
+  BOOST_TEST(ctx.run(small_vectored_round_trips(listener)));
+  BOOST_TEST(ctx.operations_in_flight() == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(connection_refused_is_a_clear_error) {

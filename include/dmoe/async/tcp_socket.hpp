@@ -89,15 +89,18 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
  public:
   using result_type = std::conditional_t<All, void, std::size_t>;
 
+  // `drained`: the socket's note of whether its last receive emptied it (null: no such note kept).
   template <class Span>
-  stream_operation(io_context* ctx, int fd, const endpoint* peer, std::span<const Span> pieces, steady_time deadline)
-      : base(ctx, deadline), fd_(fd), peer_(peer), pieces_(pieces) {}
+  stream_operation(io_context* ctx, int fd, const endpoint* peer, std::span<const Span> pieces, steady_time deadline,
+                   bool* drained = nullptr)
+      : base(ctx, deadline), fd_(fd), peer_(peer), pieces_(pieces), drained_(drained) {}
 
   // Reading or writing nothing completes at once.
   bool await_ready() const noexcept { return All && pieces_.total() == 0; }
 
   result_type await_resume() {
     const int result = this->result();
+    note_drained(result);
     if constexpr (All) {
       if (transferred_ == pieces_.total()) return;
       if (result == 0 && Direction == stream_direction::receive) {
@@ -122,16 +125,35 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
       } else {
         io_uring_prep_send(sqe, fd_, piece.iov_base, piece.iov_len, MSG_NOSIGNAL);
       }
-      return;
-    }
-    message_ = msghdr{};
-    message_.msg_iov = pieces_.current();
-    message_.msg_iovlen = pieces_.current_count();
-    if constexpr (Direction == stream_direction::receive) {
-      io_uring_prep_recvmsg(sqe, fd_, &message_, 0);
+    } else if (Direction == stream_direction::send && remaining() <= gather_limit) {
+      // A few small pieces (a frame header and a short payload): one copy, then a plain send, which the kernel
+      // sets up for less than a sendmsg.
+      std::size_t size = 0;
+      for (std::size_t i = 0; i < pieces_.current_count(); ++i) {
+        const iovec& piece = pieces_.current()[i];
+        std::memcpy(gathered_.data() + size, piece.iov_base, piece.iov_len);
+        size += piece.iov_len;
+      }
+      io_uring_prep_send(sqe, fd_, gathered_.data(), size, MSG_NOSIGNAL);
     } else {
-      io_uring_prep_sendmsg(sqe, fd_, &message_, MSG_NOSIGNAL);
+      message_ = msghdr{};
+      message_.msg_iov = pieces_.current();
+      message_.msg_iovlen = pieces_.current_count();
+      if constexpr (Direction == stream_direction::receive) {
+        io_uring_prep_recvmsg(sqe, fd_, &message_, 0);
+      } else {
+        io_uring_prep_sendmsg(sqe, fd_, &message_, MSG_NOSIGNAL);
+      }
     }
+    // The last receive left the socket empty: wait for data before trying (a receive that can only find
+    // nothing costs a socket lock and a return to the poll path).
+    if (Direction == stream_direction::receive && drained_ && *drained_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  }
+
+  // IORING_CQE_F_SOCK_NONEMPTY on a receive's completion: bytes were still queued after it.
+  void note_drained(int result) noexcept {
+    if (Direction == stream_direction::receive && drained_)
+      *drained_ = result > 0 && !(this->cqe_flags() & IORING_CQE_F_SOCK_NONEMPTY);
   }
 
   bool resubmit(int result) noexcept {
@@ -139,6 +161,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
       (void)result;
       return false;
     } else {
+      note_drained(result);
       if (result <= 0) return false;
       transferred_ += static_cast<std::size_t>(result);
       pieces_.advance(static_cast<std::size_t>(result));
@@ -159,11 +182,18 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
     this->throw_failure(result, what);
   }
 
+  static constexpr std::size_t gather_limit = Direction == stream_direction::send ? 512 : 0;
+
+  std::size_t remaining() const noexcept { return pieces_.total() - transferred_; }
+
   int fd_;
   const endpoint* peer_;
   iovec_list pieces_;
+  [[no_unique_address]] std::conditional_t<(gather_limit > 0), std::array<std::byte, gather_limit>, std::array<std::byte, 0>>
+      gathered_;
   msghdr message_{};
   std::size_t transferred_ = 0;
+  bool* drained_;
 };
 
 // tcp_socket::connect: creates the socket when awaited; yields the connected tcp_socket.
@@ -207,7 +237,7 @@ class tcp_socket {
   // Adopts a connected socket descriptor.
   tcp_socket(io_context& ctx, int fd, const endpoint& peer) noexcept : ctx_(&ctx), fd_(fd), peer_(peer) {}
   tcp_socket(tcp_socket&& other) noexcept
-      : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), peer_(other.peer_) {}
+      : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), peer_(other.peer_), drained_(other.drained_) {}
   tcp_socket& operator=(tcp_socket&& other) noexcept;
   tcp_socket(const tcp_socket&) = delete;
   tcp_socket& operator=(const tcp_socket&) = delete;
@@ -220,10 +250,10 @@ class tcp_socket {
 
   // The bytes received (at least 1), or 0 when the peer has closed its side.
   auto read_some(byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline);
+    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, drained());
   }
   auto read_some(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, buffers, deadline);
+    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, buffers, deadline, drained());
   }
   // The bytes sent (possibly fewer than given).
   auto write_some(const_byte_span buffer, steady_time deadline = no_deadline) {
@@ -234,10 +264,10 @@ class tcp_socket {
   }
   // Fills the buffers completely; closed_error "peer ... closed the connection after N of M bytes".
   auto read_exactly(byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline);
+    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, drained());
   }
   auto read_exactly(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, buffers, deadline);
+    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, buffers, deadline, drained());
   }
   // Sends every byte, continuing after partial sends.
   auto write_all(const_byte_span buffer, steady_time deadline = no_deadline) {
@@ -264,9 +294,16 @@ class tcp_socket {
   io_context* context() const noexcept { return ctx_; }
 
  private:
+  // Receive-emptiness notes need IORING_CQE_F_SOCK_NONEMPTY and IORING_RECVSEND_POLL_FIRST (Linux 5.19); a ring
+  // with IORING_SETUP_DEFER_TASKRUN (6.1) proves the kernel has them.
+  bool* drained() noexcept {
+    return ctx_ && (ctx_->setup_flags() & IORING_SETUP_DEFER_TASKRUN) ? &drained_ : nullptr;
+  }
+
   io_context* ctx_ = nullptr;
   int fd_ = -1;
   endpoint peer_;
+  bool drained_ = false;  // the last receive emptied the socket (as far as the kernel said)
 };
 
 inline tcp_socket detail::connect_operation::await_resume() {
@@ -301,6 +338,7 @@ DMOE_INLINE auto tcp_socket::operator=(tcp_socket&& other) noexcept -> tcp_socke
     ctx_ = other.ctx_;
     fd_ = std::exchange(other.fd_, -1);
     peer_ = other.peer_;
+    drained_ = other.drained_;
   }
   return *this;
 }
