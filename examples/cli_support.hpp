@@ -6,8 +6,10 @@
 #include <dmoe/core/error.hpp>
 #include <dmoe/tensor/wire.hpp>
 
+#include <cmath>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -26,6 +28,37 @@ inline const CLI::Validator endpoint_text(
                          text);
     },
     "IP:PORT", "endpoint");
+
+// An IP literal with a port others can be reached at: as endpoint_text, but not port 0 and not the unspecified
+// address (0.0.0.0, ::), which name no peer.
+inline const CLI::Validator peer_text(
+    [](std::string& text) -> std::string {
+      const std::optional<dmoe::endpoint> peer = dmoe::endpoint::try_parse(text);
+      if (!peer) return endpoint_text(text);
+      if (peer->port() == 0) return fmt::format("not a peer's address: '{}' (port 0 names no listening node)", text);
+      const std::string host = peer->address();
+      if (host == "0.0.0.0" || host == "::")
+        return fmt::format("not a peer's address: '{}' ({} is no host's address)", text, host);
+      return {};
+    },
+    "IP:PORT", "peer");
+
+// A number in [lo, hi], like CLI::Range, which lets NaN through (every comparison with it is false): floating-point
+// values must also be finite.
+template <class T>
+CLI::Validator range(T lo, T hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        T value{};
+        if (!CLI::detail::lexical_cast(text, value)) return fmt::format("'{}' is not a number", text);
+        if constexpr (std::is_floating_point_v<T>) {
+          if (!std::isfinite(value)) return fmt::format("'{}' is not a finite number", text);
+        }
+        if (!(value >= lo && value <= hi)) return fmt::format("{} is not in [{}, {}]", text, lo, hi);
+        return {};
+      },
+      fmt::format("[{} - {}]", lo, hi), "range");
+}
 
 // A codec's command-line name: none, f16, bf16, q8.
 inline dmoe::wire_codec parse_codec(const std::string& text) {

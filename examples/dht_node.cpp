@@ -128,10 +128,18 @@ int main(int argc, char** argv) {
   app.add_option("--initial-peers", initial_peers,
                  "peers to join through (IP:PORT, IP literals, no hostnames; comma-separated or repeated)")
       ->delimiter(',')
-      ->check(dmoe_cli::endpoint_text);
+      ->check(dmoe_cli::peer_text);
   app.add_flag("--client-mode", client_mode, "ask the swarm but never be added to others' routing tables");
   app.add_option("--timeout", timeout_s, "seconds to join, and for a put or get (at most 86400)")
-      ->check(CLI::Range(0.001, max_timeout_s));
+      ->check(dmoe_cli::range(0.001, max_timeout_s));
+  std::size_t max_peers_per_ip = dmoe::dht::routing_table_options{}.max_peers_per_ip;
+  bool limit_loopback = false;
+  app.add_option("--max-peers-per-ip", max_peers_per_ip,
+                 "routing-table entries and lookup candidates sharing one IP address (0: no limit)")
+      ->capture_default_str()
+      ->check(dmoe_cli::range(std::size_t{0}, std::size_t{1} << 20));
+  app.add_flag("--limit-loopback", limit_loopback,
+               "apply --max-peers-per-ip to loopback addresses too (off: a swarm on one machine is not limited)");
 
   auto* put = app.add_subcommand("put", "store KEY = VALUE (or KEY[SUBKEY] = VALUE) and exit");
   std::string put_key, put_value, put_subkey;
@@ -140,7 +148,7 @@ int main(int argc, char** argv) {
   put->add_option("value", put_value, "the value")->required();
   put->add_option("--subkey", put_subkey, "store one subkey of a dictionary value");
   put->add_option("--ttl", ttl_s, "seconds until the value expires (at most 86400, the nodes' horizon)")
-      ->check(CLI::Range(0.001, max_timeout_s));
+      ->check(dmoe_cli::range(0.001, max_timeout_s));
 
   auto* get = app.add_subcommand("get", "print the value under KEY and exit");
   std::string get_key;
@@ -166,7 +174,14 @@ int main(int argc, char** argv) {
   dmoe::dht::node_options options;
   options.listen = dmoe::endpoint::parse(listen);
   options.client_mode = client_mode || put->parsed() || get->parsed();
+  options.table.max_peers_per_ip = max_peers_per_ip;
+  options.table.limit_loopback = limit_loopback;
   const std::vector<dmoe::endpoint> peers = dmoe_cli::parse_peers(initial_peers);
+  if (peers.empty() && (put->parsed() || get->parsed())) {
+    fmt::print(stderr, "dmoe_dht_node: {} needs --initial-peers (a node of the swarm to ask)\n",
+               put->parsed() ? "put" : "get");
+    return 2;
+  }
   const auto timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
   std::optional<dmoe::dht::node_thread> node;
   try {
@@ -200,7 +215,12 @@ int main(int argc, char** argv) {
       if (auto code = interrupted()) return *code;
       if (!outcome) {
         fmt::print(stderr, "{} not stored: {} node(s) asked{}\n", put_key, outcome.asked,
-                   outcome.refusal ? fmt::format(", refused ({})", dmoe::dht::to_string(*outcome.refusal)) : "");
+                   outcome.refusal ? fmt::format(", refused ({}{})", dmoe::dht::to_string(*outcome.refusal),
+                                                 *outcome.refusal == dmoe::dht::store_result::not_newer
+                                                     ? ": a stored value expires as late or later; newer means a "
+                                                       "later expiration"
+                                                     : "")
+                                   : "");
         return 1;
       }
       fmt::print("stored {} on {} of {} node(s)\n", put_key, outcome.replicas, outcome.asked);

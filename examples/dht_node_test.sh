@@ -29,7 +29,8 @@ if "$bin" --initial-peers "$addr" --timeout 2 get missing; then echo "found a ke
 if "$bin" --initial-peers 127.0.0.1:1 --timeout 0.5 get greeting 2> "$out/err.log"; then exit 1; fi
 grep -q "could not join the swarm" "$out/err.log"
 
-# Bad arguments exit with 2: nonsense, hostnames, a port in use, a timeout out of range.
+# Bad arguments exit with 2: nonsense, hostnames, a port in use, a timeout out of range or not a number, an
+# initial peer no node can listen at.
 expect_2() {
   local status=0
   "$bin" "$@" > /dev/null 2> "$out/bad.log" || status=$?
@@ -46,6 +47,14 @@ grep -q "cannot listen on" "$out/bad.log"
 expect_2 --initial-peers "$addr" --timeout 1e300 get greeting
 expect_2 --initial-peers "$addr" --timeout -1 get greeting
 expect_2 --initial-peers "$addr" put k v --ttl 1e300
+for not_a_number in nan -nan inf; do
+  expect_2 --initial-peers "$addr" --timeout "$not_a_number" get greeting
+  grep -q "not a finite number" "$out/bad.log"
+  expect_2 --initial-peers "$addr" put k v --ttl "$not_a_number"
+done
+expect_2 --initial-peers 127.0.0.1:0 get greeting
+grep -q "port 0 names no listening node" "$out/bad.log"
+expect_2 --initial-peers 0.0.0.0:5000 get greeting
 
 # Without --listen (every interface) the address printed is one others can use, not 0.0.0.0.
 "$bin" --initial-peers "$addr" > "$out/node2.log" &

@@ -81,35 +81,35 @@ struct config {
 // Every flag of the trainer (the demo sets other defaults before calling it).
 inline void add_flags(CLI::App& app, config& c) {
   app.add_option("--servers", c.servers, "expert servers to start (threads, or processes with --processes)")
-      ->capture_default_str()->check(CLI::Range(1, 256));
+      ->capture_default_str()->check(dmoe_cli::range(1, 256));
   app.add_option("--grid", c.grid, "the experts' grid, e.g. --grid 4 4 (16 experts ffn.0.0 ... ffn.3.3)")
-      ->capture_default_str()->expected(1, 4)->check(CLI::Range(1u, 4096u));
-  app.add_option("--k", c.k, "experts per sample")->capture_default_str()->check(CLI::Range(1, 64));
-  app.add_option("--k-min", c.k_min, "answers a sample needs in forward")->capture_default_str()->check(CLI::Range(0, 64));
+      ->capture_default_str()->expected(1, 4)->check(dmoe_cli::range(1u, 4096u));
+  app.add_option("--k", c.k, "experts per sample")->capture_default_str()->check(dmoe_cli::range(1, 64));
+  app.add_option("--k-min", c.k_min, "answers a sample needs in forward")->capture_default_str()->check(dmoe_cli::range(0, 64));
   app.add_option("--epochs", c.epochs, "passes over the 60,000 training images (fractions allowed)")
-      ->capture_default_str()->check(CLI::Range(1e-6, 1e4));
-  app.add_option("--batch-size", c.batch_size, "samples per step")->capture_default_str()->check(CLI::Range(1, 4096));
+      ->capture_default_str()->check(dmoe_cli::range(1e-6, 1e4));
+  app.add_option("--batch-size", c.batch_size, "samples per step")->capture_default_str()->check(dmoe_cli::range(1, 4096));
   app.add_option("--lr", c.lr, "Adam's learning rate (the trainer's, and the experts' on servers it starts)")
-      ->capture_default_str()->check(CLI::Range(1e-9, 10.0));
+      ->capture_default_str()->check(dmoe_cli::range(1e-9, 10.0));
   app.add_option("--hidden", c.hidden, "width of the DMoE layer (experts are ffn blocks of this width)")
-      ->capture_default_str()->check(CLI::Range(1, 16384));
+      ->capture_default_str()->check(dmoe_cli::range(1, 16384));
   app.add_option("--compression", c.compression, "codec of tensors to and from experts")
       ->capture_default_str()->check(CLI::IsMember({"none", "f16", "bf16", "q8"}));
   app.add_option("--latency-ms", c.latency_ms, "fault injection: delay added to every expert call")
-      ->capture_default_str()->check(CLI::Range(0.0, 1e5));
+      ->capture_default_str()->check(dmoe_cli::range(0.0, 1e5));
   app.add_option("--jitter", c.jitter_ms, "fault injection: mean of an exponential delay added on top (ms)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1e5));
+      ->capture_default_str()->check(dmoe_cli::range(0.0, 1e5));
   app.add_option("--failure-rate", c.failure_rate, "fault injection: fraction of expert calls lost")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+      ->capture_default_str()->check(dmoe_cli::range(0.0, 1.0));
   app.add_option("--timeout-after-k-min-ms", c.timeout_after_k_min_ms,
                  "how long the layer waits for more answers once every sample has k-min")
-      ->capture_default_str()->check(CLI::Range(0.0, 1e6));
+      ->capture_default_str()->check(dmoe_cli::range(0.0, 1e6));
   app.add_option("--timeout-ms", c.timeout_ms, "the most a forward or a backward of the DMoE layer waits (a lost "
                                               "expert call is waited for this long)")
-      ->capture_default_str()->check(CLI::Range(1.0, 1e7));
+      ->capture_default_str()->check(dmoe_cli::range(1.0, 1e7));
   app.add_flag("--processes", c.processes, "run servers as dmoe-server processes and the DHT as dmoe_dht_node processes");
   app.add_option("--initial-peers", c.initial_peers, "join this swarm (DHT addresses) instead of starting one")
-      ->check(dmoe_cli::endpoint_text);
+      ->check(dmoe_cli::peer_text);
   app.add_flag("--dense", c.dense, "one dense ffn block of equal compute per sample instead of the DMoE layer");
   app.add_option("--seed", c.seed, "seed of the model, the shuffling and the experts")->capture_default_str();
   app.add_option("--out", c.out, "folder of the metrics CSV, the plot and the servers' checkpoints")->capture_default_str();
@@ -117,14 +117,14 @@ inline void add_flags(CLI::App& app, config& c) {
   app.add_option("--checkpoint", c.checkpoint, "save the trainer's model and optimizer here (every --checkpoint-every "
                                                "steps and at the end)");
   app.add_option("--checkpoint-every", c.checkpoint_every, "steps between checkpoints")->capture_default_str()
-      ->check(CLI::Range(1, 1 << 30));
+      ->check(dmoe_cli::range(1, 1 << 30));
   app.add_option("--resume", c.resume, "continue from a checkpoint written by --checkpoint")->check(CLI::ExistingFile);
   app.add_option("--stop-server-at", c.stop_server_at, "stop server 1 at this fraction of the training (< 0: never)")
-      ->capture_default_str()->check(CLI::Range(-1.0, 1.0));
+      ->capture_default_str()->check(dmoe_cli::range(-1.0, 1.0));
   app.add_option("--restart-server-at", c.restart_server_at, "start it again from its checkpoint at this fraction")
-      ->capture_default_str()->check(CLI::Range(-1.0, 1.0));
+      ->capture_default_str()->check(dmoe_cli::range(-1.0, 1.0));
   app.add_option("--progress-interval", c.progress_interval_s, "seconds between progress lines and metrics rows")
-      ->capture_default_str()->check(CLI::Range(0.01, 3600.0));
+      ->capture_default_str()->check(dmoe_cli::range(0.01, 3600.0));
   app.add_option("--device", c.device, "where the trainer's model and the experts of the servers it starts compute: "
                                        "cpu, cuda or cuda:N (a build with the CUDA backend)")->capture_default_str();
   app.add_option("--log-level", c.log_level, "dmoe's log level")->capture_default_str()

@@ -55,38 +55,38 @@ int main(int argc, char** argv) {
   app.add_option("--experts", experts, "expert uids or patterns, e.g. 'ffn.[0:16].[0:16]' or 'ffn.0.1,ffn.0.2'")
       ->required();
   app.add_option("--expert-cls", expert_cls, "expert kind: ffn, transformer or nop")->capture_default_str();
-  app.add_option("--hidden-dim", hidden, "hidden size of every expert")->capture_default_str()->check(CLI::Range(1, 1 << 16));
-  app.add_option("--seq-len", seq_len, "transformer experts: sequence length")->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  app.add_option("--hidden-dim", hidden, "hidden size of every expert")->capture_default_str()->check(dmoe_cli::range(1, 1 << 16));
+  app.add_option("--seq-len", seq_len, "transformer experts: sequence length")->capture_default_str()->check(dmoe_cli::range(1, 1 << 16));
   app.add_option("--listen", listen, "RPC address to listen on (IP:PORT; port 0: any)")
       ->capture_default_str()->check(dmoe_cli::endpoint_text);
   app.add_option("--announce", announce, "RPC address declared in the DHT (default: --listen, or this host's first "
-                                         "address when listening on all)")->check(dmoe_cli::endpoint_text);
+                                         "address when listening on all)")->check(dmoe_cli::peer_text);
   app.add_option("--dht-listen", dht_listen, "UDP address of the DHT node (default: --listen's address, any port)")
       ->check(dmoe_cli::endpoint_text);
   app.add_option("--initial-peers", initial_peers, "DHT addresses to join through (none: start a new swarm)")
-      ->check(dmoe_cli::endpoint_text);
+      ->check(dmoe_cli::peer_text);
   app.add_flag("--no-dht", no_dht, "run no DHT node: trainers must be told the RPC address");
   app.add_option("--device", device, "where experts compute: cpu, cuda or cuda:N (a build with the CUDA backend)")->capture_default_str();
   app.add_option("--max-batch-size", max_batch, "samples in one batch; larger requests are refused")
-      ->capture_default_str()->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24));
+      ->capture_default_str()->check(dmoe_cli::range(std::int64_t{1}, std::int64_t{1} << 24));
   app.add_option("--min-batch-size", min_batch, "samples that start a batch before the window ends")
-      ->capture_default_str()->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 24));
-  app.add_option("--batch-window-ms", window_ms, "longest wait for a batch to fill")->capture_default_str()->check(CLI::Range(0.0, 10000.0));
+      ->capture_default_str()->check(dmoe_cli::range(std::int64_t{1}, std::int64_t{1} << 24));
+  app.add_option("--batch-window-ms", window_ms, "longest wait for a batch to fill")->capture_default_str()->check(dmoe_cli::range(0.0, 10000.0));
   app.add_option("--optimizer", optimizer, "adam, adamw or sgd")->capture_default_str();
-  app.add_option("--lr", lr, "learning rate")->capture_default_str()->check(CLI::Range(1e-12, 1e3));
-  app.add_option("--clip-grad-norm", clip, "clip each batch's gradients to this L2 norm (0: off)")->capture_default_str()->check(CLI::Range(0.0, 1e12));
+  app.add_option("--lr", lr, "learning rate")->capture_default_str()->check(dmoe_cli::range(1e-12, 1e3));
+  app.add_option("--clip-grad-norm", clip, "clip each batch's gradients to this L2 norm (0: off)")->capture_default_str()->check(dmoe_cli::range(0.0, 1e12));
   app.add_option("--warmup-steps", warmup, "linear learning-rate warmup")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--total-steps", total_steps, "> 0: linear decay to 0 at this step")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--compression", compression, "codec of answers to callers that ask for none: none, f16, bf16, q8")
       ->capture_default_str()->check(CLI::IsMember({"none", "f16", "bf16", "q8"}));
   app.add_option("--checkpoint-dir", checkpoint_dir, "where checkpoints go (and are loaded from at start)");
-  app.add_option("--checkpoint-period", checkpoint_period, "seconds between checkpoints")->capture_default_str()->check(CLI::Range(1.0, 1e7));
-  app.add_option("--keep-checkpoints", keep, "checkpoints kept per expert")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--checkpoint-period", checkpoint_period, "seconds between checkpoints")->capture_default_str()->check(dmoe_cli::range(1.0, 1e7));
+  app.add_option("--keep-checkpoints", keep, "checkpoints kept per expert")->capture_default_str()->check(dmoe_cli::range(1, 1000));
   app.add_option("--key-file", key_file, "the server's ed25519 identity (default: <checkpoint-dir>/server.key, or a "
                                          "new key per run without a checkpoint dir)");
-  app.add_option("--update-period", update_period, "seconds between DHT declarations")->capture_default_str()->check(CLI::Range(0.1, 1e6));
-  app.add_option("--expiration", expiration, "seconds a declaration lives (0: 2 x update period)")->capture_default_str()->check(CLI::Range(0.0, 1e7));
-  app.add_option("--stats-period", stats_period, "seconds between statistics lines (0: none)")->capture_default_str()->check(CLI::Range(0.0, 1e6));
+  app.add_option("--update-period", update_period, "seconds between DHT declarations")->capture_default_str()->check(dmoe_cli::range(0.1, 1e6));
+  app.add_option("--expiration", expiration, "seconds a declaration lives (0: 2 x update period)")->capture_default_str()->check(dmoe_cli::range(0.0, 1e7));
+  app.add_option("--stats-period", stats_period, "seconds between statistics lines (0: none)")->capture_default_str()->check(dmoe_cli::range(0.0, 1e6));
   app.add_option("--seed", seed, "initial parameters derive from (seed, uid)")->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str()
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));

@@ -272,6 +272,47 @@ BOOST_AUTO_TEST_CASE(a_get_stops_at_the_first_value_unless_latest) {
   BOOST_TEST(!latest.results[0].nearest_without_value.has_value());  // all of the nearest had it
 }
 
+// One machine (one IP address) answers with 30 invented ids nearer the key than any real node, each claiming not to
+// hold it: with the per-IP limit, at most max_peers_per_ip of them are candidates and the real holder is reached;
+// without it, the k nearest are all invented and the get ends empty.
+BOOST_AUTO_TEST_CASE(invented_ids_from_one_ip_address_cannot_hide_a_value) {
+  const key_id key = dht::key_of("ffn.0.1");
+  std::vector<dht::wire_peer> sybils, real;
+  for (std::uint64_t i = 1; i <= 30; ++i)
+    sybils.push_back({dht::distance(key, node_id{0, i}), endpoint("203.0.113.66", static_cast<std::uint16_t>(7000 + i))});
+  for (std::uint64_t i = 1; i <= 10; ++i)
+    real.push_back({dht::distance(key, node_id{i, 0}), endpoint(fmt::format("198.51.100.{}", i), 4000)});
+  const auto get_through_sybils = [&](std::size_t max_peers_per_ip, std::size_t& sybils_asked) {
+    dht::lookup_options get;
+    get.want_values = true;
+    get.max_peers_per_ip = max_peers_per_ip;
+    dht::lookup search({key}, get);
+    std::vector<dht::wire_peer> first = sybils;
+    first.insert(first.end(), real.begin(), real.end());
+    search.add_candidates(key, first);
+    sybils_asked = 0;
+    for (std::size_t step = 0; !search.done(); ++step) {
+      BOOST_REQUIRE(step < 1000);
+      const auto requests = search.next();
+      BOOST_REQUIRE(!requests.empty());
+      for (const auto& r : requests) {
+        const bool sybil = r.peer.address.address() == "203.0.113.66";
+        sybils_asked += sybil;
+        dht::find_result answer{key, std::nullopt, sybil ? sybils : real};
+        // The farthest real node holds the value.
+        if (r.peer.id == real.back().id) answer.found = dht::record::plain(to_buffer("127.0.0.1:5000"), now + 60);
+        BOOST_REQUIRE(search.on_response(r.peer.id, {answer}, now));
+      }
+    }
+    return search.results().at(0).found.has_value();
+  };
+  std::size_t asked = 0;
+  BOOST_TEST(get_through_sybils(4, asked));
+  BOOST_TEST(asked <= 4u);
+  BOOST_TEST(!get_through_sybils(0, asked));  // the attack works without the limit
+  BOOST_TEST(asked == 20u);
+}
+
 BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_values) {
   swarm net(100, 8, 1, 12);
   const key_id key = dht::key_of("ffn.3.");

@@ -129,6 +129,86 @@ BOOST_AUTO_TEST_CASE(known_node_is_refreshed_at_its_address_and_never_moved_by_a
   BOOST_TEST((table.find(b)->address == address_of(3)));
 }
 
+// A node restarted with a new id at its old address, or an attacker reusing a peer's address: the address stays
+// with the id that holds it until that one fails.
+BOOST_AUTO_TEST_CASE(a_new_id_at_a_held_address_waits_until_the_holder_fails) {
+  dht::routing_table table(node_id{0, 0});
+  const node_id old_id{1ull << 63, 1}, new_id{1ull << 62, 7};
+  BOOST_TEST((table.heard_from(old_id, address_of(1), steady_time{1s}).outcome == dht::heard_outcome::added));
+  for (bool answered : {false, true}) {
+    const auto r = table.heard_from(new_id, address_of(1), steady_time{2s}, answered);
+    BOOST_TEST((r.outcome == dht::heard_outcome::address_taken));
+    BOOST_REQUIRE(r.ping.has_value());
+    BOOST_TEST((r.ping->id == old_id));
+  }
+  BOOST_TEST(!table.contains(new_id));
+  BOOST_TEST(table.size() == 1u);
+  BOOST_TEST((*table.holder_of(address_of(1)) == old_id));
+  table.failed(old_id, steady_time{3s});
+  BOOST_TEST(!table.holder_of(address_of(1)).has_value());
+  BOOST_TEST((table.heard_from(new_id, address_of(1), steady_time{4s}).outcome == dht::heard_outcome::added));
+  BOOST_TEST((*table.holder_of(address_of(1)) == new_id));
+}
+
+// One IP address inventing ids: at most max_peers_per_ip of them are taken, loopback addresses only when asked.
+BOOST_AUTO_TEST_CASE(one_ip_address_holds_at_most_max_peers_per_ip_entries) {
+  std::mt19937_64 gen(5);
+  const auto sybils_taken = [&](dht::routing_table_options o, const std::string& ip) {
+    dht::routing_table table(dht::random_node_id(gen), o);
+    std::size_t taken = 0, limited = 0;
+    for (std::uint16_t port = 1; port <= 30; ++port) {
+      const auto r = table.heard_from(dht::random_node_id(gen), endpoint(ip, port), steady_time{std::chrono::seconds(port)});
+      taken += r.outcome == dht::heard_outcome::added;
+      limited += r.outcome == dht::heard_outcome::ip_limit;
+    }
+    // Other addresses are still taken.
+    BOOST_TEST((table.heard_from(dht::random_node_id(gen), endpoint("10.9.9.9", 1), steady_time{40s}).outcome ==
+                dht::heard_outcome::added));
+    BOOST_TEST(taken + limited == 30u);
+    check_invariants(table);
+    return taken;
+  };
+  dht::routing_table_options defaults;
+  BOOST_TEST(defaults.max_peers_per_ip == 4u);
+  BOOST_TEST(sybils_taken(defaults, "203.0.113.5") == 4u);
+  BOOST_TEST(sybils_taken(defaults, "2001:db8::5") == 4u);
+  BOOST_TEST(sybils_taken(defaults, "127.0.0.50") == 30u);  // a local swarm on one machine
+  BOOST_TEST(sybils_taken(defaults, "::1") == 30u);
+  dht::routing_table_options strict = defaults;
+  strict.limit_loopback = true;
+  strict.max_peers_per_ip = 2;
+  BOOST_TEST(sybils_taken(strict, "127.0.0.50") == 2u);
+  BOOST_TEST(sybils_taken(strict, "::ffff:127.0.0.50") == 2u);
+  dht::routing_table_options unlimited = defaults;
+  unlimited.max_peers_per_ip = 0;
+  BOOST_TEST(sybils_taken(unlimited, "203.0.113.5") == 30u);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_peer_is_replaced_only_by_a_cached_one_within_the_ip_limit) {
+  dht::routing_table_options o;
+  o.k = 2;
+  o.b = 1;
+  o.max_peers_per_ip = 1;
+  dht::routing_table table(node_id{0, 0}, o);
+  // The far half (top bit set) never splits with b = 1: two members, then two newcomers cached.
+  const node_id m0{1ull << 63, 0}, m1{(1ull << 63) | 1, 0}, older{(1ull << 63) | 2, 0}, newer{(1ull << 63) | 3, 0};
+  BOOST_REQUIRE((table.heard_from(m0, endpoint("203.0.113.1", 1), steady_time{1s}).outcome == dht::heard_outcome::added));
+  BOOST_REQUIRE((table.heard_from(m1, endpoint("203.0.113.2", 1), steady_time{2s}).outcome == dht::heard_outcome::added));
+  BOOST_TEST((table.heard_from(older, endpoint("203.0.113.3", 1), steady_time{3s}).outcome == dht::heard_outcome::cached));
+  BOOST_TEST((table.heard_from(newer, endpoint("203.0.113.4", 1), steady_time{4s}).outcome == dht::heard_outcome::cached));
+  // A peer in the near half takes the newer one's IP address while it waits in the cache; nor can m1's address
+  // take another entry.
+  BOOST_TEST((table.heard_from(node_id{1, 0}, endpoint("203.0.113.4", 2), steady_time{5s}).outcome ==
+              dht::heard_outcome::added));
+  BOOST_TEST((table.heard_from(node_id{2, 0}, endpoint("203.0.113.2", 2), steady_time{6s}).outcome ==
+              dht::heard_outcome::ip_limit));
+  table.failed(m0, steady_time{7s});
+  BOOST_TEST(table.contains(older));
+  BOOST_TEST(!table.contains(newer));
+  BOOST_TEST(table.size() == 3u);
+  check_invariants(table);
+}
+
 // A full bucket far from our id (depth a multiple of b, so it does not split) meets a newcomer.
 struct full_far_bucket {
   static constexpr std::size_t k = 4;

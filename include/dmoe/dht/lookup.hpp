@@ -8,6 +8,7 @@
 #include <dmoe/dht/messages.hpp>
 #include <dmoe/dht/node_id.hpp>
 #include <dmoe/dht/record.hpp>
+#include <dmoe/dht/routing_table.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +31,10 @@ struct lookup_options {
   bool want_values = false;  // a get: a key ends at its first unexpired value...
   bool latest = false;       // ...unless `latest`: then its k nearest are all visited and the newest merged
   std::optional<node_id> self;  // our own id, never asked
+  // At most this many candidates per key share one IP address (0: no limit); later ones are ignored, so that one
+  // machine answering with invented ids near a key cannot hide the key's real holders (routing_table_options).
+  std::size_t max_peers_per_ip = 4;
+  bool limit_loopback = false;  // whether that limit counts loopback addresses too
 };
 
 // One request to send: ask `peer` about `keys` (a find request), then report `on_response` or `on_failure`.
@@ -158,6 +163,7 @@ class lookup {
   struct key_state {
     key_id key;
     std::map<node_id, candidate> candidates;  // by distance to the key
+    ip_counter candidate_ips;                 // candidates per IP address (lookup_options::max_peers_per_ip)
     std::optional<record> found;
     bool finished = false;      // a get without `latest` found its value
     bool done = false;          // key_done(), kept current by refresh()
@@ -224,7 +230,8 @@ DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : opti
                                              options_.k, options_.alpha, options_.max_in_flight));
   keys_.reserve(keys.size());
   for (const auto& key : keys) {
-    if (index_.emplace(key, keys_.size()).second) keys_.push_back(key_state{key, {}, {}, false});
+    if (index_.emplace(key, keys_.size()).second)
+      keys_.push_back(key_state{key, {}, ip_counter(options_.max_peers_per_ip, options_.limit_loopback), {}, false});
   }
   for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
 }
@@ -373,12 +380,12 @@ DMOE_DEF auto lookup::results() const -> std::vector<lookup_result> {
 DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
   if (options_.self && p.id == *options_.self) return;
   key_state& state = keys_[i];
+  const node_id d = distance(state.key, p.id);
+  if (state.candidates.contains(d) || state.candidate_ips.full(p.address)) return;
   auto& peer = peers_[p.id];
-  const bool added = state.candidates
-                         .try_emplace(distance(state.key, p.id),
-                                      candidate{p, peer.failed ? progress::failed : progress::unasked})
-                         .second;
-  if (added) peer.candidate_in.push_back(i);
+  state.candidates.emplace(d, candidate{p, peer.failed ? progress::failed : progress::unasked});
+  state.candidate_ips.add(p.address);
+  peer.candidate_in.push_back(i);
 }
 
 DMOE_DEF auto lookup::refresh(std::size_t i) -> void {

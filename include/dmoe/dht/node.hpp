@@ -770,6 +770,8 @@ DMOE_DEF auto node::lookup_with(bool want_values, bool latest) const -> lookup_o
   o.want_values = want_values;
   o.latest = latest;
   o.self = protocol_.id();
+  o.max_peers_per_ip = options_.table.max_peers_per_ip;
+  o.limit_loopback = options_.table.limit_loopback;
   return o;
 }
 

@@ -102,6 +102,8 @@ struct protocol_stats {
   std::uint64_t handovers = 0;         // store calls handing keys to a new nearer peer
   std::uint64_t background_skipped = 0;  // eviction pings and hand-overs not made at max_background_calls
   std::uint64_t address_conflicts = 0;  // a known id heard from another address (its entry is kept)
+  std::uint64_t addresses_taken = 0;    // a new id heard from an address another id holds (that one is pinged)
+  std::uint64_t ip_limited = 0;         // new ids not taken: their IP address was at table.max_peers_per_ip
   // Values or subkeys in find answers dropped: a signature the record validator refuses, an expiration that is not
   // finite or beyond storage.max_expiration_horizon. An answer with a refused signature also fails its peer.
   std::uint64_t records_dropped = 0;
@@ -552,6 +554,18 @@ DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, b
       if (heard.ping && !checking_.contains(id)) {
         if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_.insert(id);
       }
+      break;
+    case heard_outcome::address_taken:
+      // The holder stays if it still answers there; a restarted node's old id fails, and the new one is taken
+      // the next time it is heard from.
+      ++stats_.addresses_taken;
+      if (heard.ping && !checking_.contains(heard.ping->id)) {
+        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
+          checking_.insert(heard.ping->id);
+      }
+      break;
+    case heard_outcome::ip_limit:
+      ++stats_.ip_limited;
       break;
     default:
       break;

@@ -10,8 +10,12 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <optional>
+#include <unordered_map>
 #include <vector>
+
+#include <netinet/in.h>
 
 #include <fmt/format.h>
 
@@ -31,7 +35,56 @@ struct routing_table_options {
   // multiple of b, so each routing step gains at least b bits. b = 1 is the plain split-on-own-id table.
   std::size_t b = 5;
   std::size_t replacement_cache_size = 20;  // nodes kept per bucket to replace dead ones, most recent first
+  // At most this many peers of the table's buckets share one IP address (0: no limit), so that one machine
+  // inventing ids cannot fill a node's view of the swarm (a Sybil attack; libtorrent's DHT keeps one per IP).
+  // Several expert servers may share a machine or a NAT's address, hence more than one. A node over the limit is
+  // ignored (heard_outcome::ip_limit), and find answers and lookups apply the same limit (see lookup_options).
+  std::size_t max_peers_per_ip = 4;
+  // Whether the limit also counts loopback addresses (127.0.0.0/8, ::1): off, so that a swarm of many nodes on one
+  // machine (tests, demos, a laptop) works; only that machine can reach those addresses.
+  bool limit_loopback = false;
   peer_ban_options bans{};
+};
+
+// Whether `address` is an IPv4 or IPv6 loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).
+inline bool is_loopback(const endpoint& address) noexcept {
+  if (address.is_v4()) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(address.data());
+    return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (address.is_v6()) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(address.data());
+    if (IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr) && v6->sin6_addr.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+// Counts peers per IP address against routing_table_options::max_peers_per_ip (and its loopback exemption).
+class ip_counter {
+ public:
+  ip_counter(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
+  bool limited(const endpoint& address) const noexcept {
+    return limit_ > 0 && (limit_loopback_ || !is_loopback(address));
+  }
+  bool full(const endpoint& address) const {
+    if (!limited(address)) return false;
+    const auto it = counts_.find(address.with_port(0));
+    return it != counts_.end() && it->second >= limit_;
+  }
+  void add(const endpoint& address) {
+    if (limited(address)) ++counts_[address.with_port(0)];
+  }
+  void remove(const endpoint& address) {
+    if (!limited(address)) return;
+    const auto it = counts_.find(address.with_port(0));
+    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+  }
+
+ private:
+  std::size_t limit_;
+  bool limit_loopback_;
+  std::unordered_map<endpoint, std::size_t> counts_;
 };
 
 // How the table took a node it heard from.
@@ -45,6 +98,11 @@ enum class heard_outcome {
   // `ping` names the known entry: ping it there; only if it fails may the new address be tried (and then learnt
   // when it answers a ping expecting this id).
   address_conflict,
+  // Another id holds this address (ip and port) in a bucket: nothing changed. `ping` names that entry: a node that
+  // restarted with a new id leaves its old entry dead, and only once it fails may the new id take the address.
+  address_taken,
+  // Its IP address already has routing_table_options::max_peers_per_ip peers in the buckets: ignored.
+  ip_limit,
 };
 
 struct heard_result {
@@ -78,6 +136,8 @@ class routing_table {
   // success: its ban, if any, is lifted); false for a request it sent us, which a banned node cannot use to
   // get back in before its ban ends. A known node moves to the tail of its bucket; a known node heard from at
   // another address is left exactly as it was (address_conflict): the address of a known id never changes here.
+  // A new id at an address another id holds (address_taken) or from an IP address at its limit (ip_limit) is
+  // not taken.
   DMOE_DECL heard_result heard_from(const node_id& id, const endpoint& address, steady_time now, bool answered = true);
 
   // `id` did not answer at `now`: it leaves its bucket (or cache), is banned (the ban doubles with each failure
@@ -101,6 +161,13 @@ class routing_table {
   // Every peer in a bucket, bucket by bucket.
   DMOE_DECL std::vector<peer_info> peers() const;
 
+  // The id that holds `address` (ip and port) in a bucket, if any.
+  std::optional<node_id> holder_of(const endpoint& address) const {
+    const auto it = by_address_.find(address);
+    if (it == by_address_.end()) return std::nullopt;
+    return it->second;
+  }
+
   std::size_t size() const noexcept { return size_; }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
   const std::vector<bucket>& buckets() const noexcept { return buckets_; }
@@ -123,11 +190,25 @@ class routing_table {
   // Only a bucket without a replacement cache splits (one that cannot split never will: its range and our id stay).
   DMOE_DECL void split(bucket& b);
 
+  // Bookkeeping of a peer entering or leaving the buckets.
+  void enter(const peer_info& p) {
+    by_address_.emplace(p.address, p.id);
+    per_ip_.add(p.address);
+    ++size_;
+  }
+  void leave(const peer_info& p) {
+    by_address_.erase(p.address);
+    per_ip_.remove(p.address);
+    --size_;
+  }
+
   node_id self_;
   routing_table_options options_;
   peer_bans bans_;
   std::vector<bucket> buckets_;
   std::size_t size_ = 0;
+  std::unordered_map<endpoint, node_id> by_address_;  // the buckets' peers by address
+  ip_counter per_ip_;                                  // the buckets' peers per IP address
 };
 
 }  // namespace dht
@@ -139,7 +220,7 @@ DMOE_BEGIN_NAMESPACE
 namespace dht {
 
 DMOE_DEF routing_table::routing_table(node_id self, routing_table_options options) : self_(self),
-    options_(options), bans_(options.bans) {
+    options_(options), bans_(options.bans), per_ip_(options.max_peers_per_ip, options.limit_loopback) {
   if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
     throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
                                              options_.k, options_.b, options_.replacement_cache_size));
@@ -155,6 +236,9 @@ DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& addre
       for (const auto& p : *list)
         if (p.id == id && p.address != address) return {heard_outcome::address_conflict, p};
   }
+  if (const auto holder = by_address_.find(address); holder != by_address_.end() && holder->second != id) {
+    if (std::optional<peer_info> held = find(holder->second)) return {heard_outcome::address_taken, held};
+  }
   if (answered) {
     bans_.succeeded(id);
   } else if (bans_.is_banned(id, now)) {
@@ -169,10 +253,11 @@ DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& addre
       b.peers.push_back(incoming);
       return {heard_outcome::refreshed, std::nullopt};
     }
+    if (per_ip_.full(address)) return {heard_outcome::ip_limit, std::nullopt};
     if (b.peers.size() < options_.k) {
       std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
       b.peers.push_back(incoming);
-      ++size_;
+      enter(incoming);
       return {heard_outcome::added, std::nullopt};
     }
     if (can_split(b)) {
@@ -192,16 +277,19 @@ DMOE_DEF auto routing_table::failed(const node_id& id, steady_time now) -> stead
     std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
     auto it = std::find_if(b.peers.begin(), b.peers.end(), [&](const peer_info& p) { return p.id == id; });
     if (it != b.peers.end()) {
+      leave(*it);
       b.peers.erase(it);
-      --size_;
-      if (!b.replacements.empty()) {
-        peer_info promoted = b.replacements.back();
-        b.replacements.pop_back();
+      // The most recently seen cached node whose address is free and whose IP address is under its limit.
+      for (auto c = b.replacements.rbegin(); c != b.replacements.rend(); ++c) {
+        if (by_address_.contains(c->address) || per_ip_.full(c->address)) continue;
+        const peer_info promoted = *c;
+        b.replacements.erase(std::next(c).base());
         // Keep least-recently-seen-first order.
         auto at = std::upper_bound(b.peers.begin(), b.peers.end(), promoted.last_seen,
                                    [](steady_time t, const peer_info& p) { return t < p.last_seen; });
         b.peers.insert(at, promoted);
-        ++size_;
+        enter(promoted);
+        break;
       }
     }
   }
