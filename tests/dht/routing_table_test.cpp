@@ -134,20 +134,34 @@ BOOST_AUTO_TEST_CASE(known_node_is_refreshed_at_its_address_and_never_moved_by_a
 BOOST_AUTO_TEST_CASE(a_new_id_at_a_held_address_waits_until_the_holder_fails) {
   dht::routing_table table(node_id{0, 0});
   const node_id old_id{1ull << 63, 1}, new_id{1ull << 62, 7};
-  BOOST_TEST((table.heard_from(old_id, address_of(1), steady_time{1s}).outcome == dht::heard_outcome::added));
+  const endpoint held("203.0.113.7", 4000);
+  BOOST_TEST((table.heard_from(old_id, held, steady_time{1s}).outcome == dht::heard_outcome::added));
   for (bool answered : {false, true}) {
-    const auto r = table.heard_from(new_id, address_of(1), steady_time{2s}, answered);
+    const auto r = table.heard_from(new_id, held, steady_time{2s}, answered);
     BOOST_TEST((r.outcome == dht::heard_outcome::address_taken));
     BOOST_REQUIRE(r.ping.has_value());
     BOOST_TEST((r.ping->id == old_id));
   }
   BOOST_TEST(!table.contains(new_id));
   BOOST_TEST(table.size() == 1u);
-  BOOST_TEST((*table.holder_of(address_of(1)) == old_id));
+  BOOST_TEST((*table.holder_of(held) == old_id));
   table.failed(old_id, steady_time{3s});
-  BOOST_TEST(!table.holder_of(address_of(1)).has_value());
-  BOOST_TEST((table.heard_from(new_id, address_of(1), steady_time{4s}).outcome == dht::heard_outcome::added));
-  BOOST_TEST((*table.holder_of(address_of(1)) == new_id));
+  BOOST_TEST(!table.holder_of(held).has_value());
+  BOOST_TEST((table.heard_from(new_id, held, steady_time{4s}).outcome == dht::heard_outcome::added));
+  BOOST_TEST((*table.holder_of(held) == new_id));
+  // Another port of the same machine is another node.
+  BOOST_TEST((table.heard_from(node_id{1ull << 61, 0}, held.with_port(4001), steady_time{5s}).outcome ==
+              dht::heard_outcome::added));
+  // Loopback addresses (a local swarm) are not checked unless limit_loopback.
+  BOOST_TEST((table.heard_from(node_id{1ull << 60, 0}, address_of(1), steady_time{6s}).outcome ==
+              dht::heard_outcome::added));
+  BOOST_TEST((table.heard_from(node_id{1ull << 59, 0}, address_of(1), steady_time{7s}).outcome ==
+              dht::heard_outcome::added));
+  dht::routing_table_options strict;
+  strict.limit_loopback = true;
+  dht::routing_table local(node_id{0, 0}, strict);
+  BOOST_TEST((local.heard_from(old_id, address_of(1), steady_time{1s}).outcome == dht::heard_outcome::added));
+  BOOST_TEST((local.heard_from(new_id, address_of(1), steady_time{2s}).outcome == dht::heard_outcome::address_taken));
 }
 
 // One IP address inventing ids: at most max_peers_per_ip of them are taken, loopback addresses only when asked.

@@ -163,7 +163,7 @@ class lookup {
   struct key_state {
     key_id key;
     std::map<node_id, candidate> candidates;  // by distance to the key
-    ip_counter candidate_ips;                 // candidates per IP address (lookup_options::max_peers_per_ip)
+    ip_index candidate_ips;                   // candidates per IP address (lookup_options::max_peers_per_ip)
     std::optional<record> found;
     bool finished = false;      // a get without `latest` found its value
     bool done = false;          // key_done(), kept current by refresh()
@@ -231,7 +231,7 @@ DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : opti
   keys_.reserve(keys.size());
   for (const auto& key : keys) {
     if (index_.emplace(key, keys_.size()).second)
-      keys_.push_back(key_state{key, {}, ip_counter(options_.max_peers_per_ip, options_.limit_loopback), {}, false});
+      keys_.push_back(key_state{key, {}, ip_index(options_.max_peers_per_ip, options_.limit_loopback), {}, false});
   }
   for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
 }
@@ -380,11 +380,14 @@ DMOE_DEF auto lookup::results() const -> std::vector<lookup_result> {
 DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
   if (options_.self && p.id == *options_.self) return;
   key_state& state = keys_[i];
-  const node_id d = distance(state.key, p.id);
-  if (state.candidates.contains(d) || state.candidate_ips.full(p.address)) return;
+  if (state.candidate_ips.full(p.address)) return;
   auto& peer = peers_[p.id];
-  state.candidates.emplace(d, candidate{p, peer.failed ? progress::failed : progress::unasked});
-  state.candidate_ips.add(p.address);
+  const bool added = state.candidates
+                         .try_emplace(distance(state.key, p.id),
+                                      candidate{p, peer.failed ? progress::failed : progress::unasked})
+                         .second;
+  if (!added) return;
+  state.candidate_ips.add(p.address, p.id);
   peer.candidate_in.push_back(i);
 }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <netinet/in.h>
@@ -60,31 +61,45 @@ inline bool is_loopback(const endpoint& address) noexcept {
   return false;
 }
 
-// Counts peers per IP address against routing_table_options::max_peers_per_ip (and its loopback exemption).
-class ip_counter {
+// The peers of one IP address, for routing_table_options::max_peers_per_ip: which ids hold which of its ports. Only
+// limited addresses are indexed (all but loopback ones unless limit_loopback; none when the limit is 0), so a local
+// swarm pays nothing.
+class ip_index {
  public:
-  ip_counter(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
+  ip_index(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
   bool limited(const endpoint& address) const noexcept {
     return limit_ > 0 && (limit_loopback_ || !is_loopback(address));
   }
+  // Whether the address's IP already has `limit` peers.
   bool full(const endpoint& address) const {
     if (!limited(address)) return false;
-    const auto it = counts_.find(address.with_port(0));
-    return it != counts_.end() && it->second >= limit_;
+    const auto it = ips_.find(address.with_port(0));
+    return it != ips_.end() && it->second.size() >= limit_;
   }
-  void add(const endpoint& address) {
-    if (limited(address)) ++counts_[address.with_port(0)];
+  // The id indexed at exactly this address (ip and port), if any.
+  std::optional<node_id> holder(const endpoint& address) const {
+    if (!limited(address)) return std::nullopt;
+    const auto it = ips_.find(address.with_port(0));
+    if (it == ips_.end()) return std::nullopt;
+    for (const auto& [port, id] : it->second)
+      if (port == address.port()) return id;
+    return std::nullopt;
   }
-  void remove(const endpoint& address) {
+  void add(const endpoint& address, const node_id& id) {
+    if (limited(address)) ips_[address.with_port(0)].emplace_back(address.port(), id);
+  }
+  void remove(const endpoint& address, const node_id& id) {
     if (!limited(address)) return;
-    const auto it = counts_.find(address.with_port(0));
-    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    const auto it = ips_.find(address.with_port(0));
+    if (it == ips_.end()) return;
+    std::erase(it->second, std::pair<std::uint16_t, node_id>(address.port(), id));
+    if (it->second.empty()) ips_.erase(it);
   }
 
  private:
   std::size_t limit_;
   bool limit_loopback_;
-  std::unordered_map<endpoint, std::size_t> counts_;
+  std::unordered_map<endpoint, std::vector<std::pair<std::uint16_t, node_id>>> ips_;  // by address with port 0
 };
 
 // How the table took a node it heard from.
@@ -100,6 +115,7 @@ enum class heard_outcome {
   address_conflict,
   // Another id holds this address (ip and port) in a bucket: nothing changed. `ping` names that entry: a node that
   // restarted with a new id leaves its old entry dead, and only once it fails may the new id take the address.
+  // Checked for the addresses max_peers_per_ip limits (not loopback ones unless limit_loopback).
   address_taken,
   // Its IP address already has routing_table_options::max_peers_per_ip peers in the buckets: ignored.
   ip_limit,
@@ -161,12 +177,8 @@ class routing_table {
   // Every peer in a bucket, bucket by bucket.
   DMOE_DECL std::vector<peer_info> peers() const;
 
-  // The id that holds `address` (ip and port) in a bucket, if any.
-  std::optional<node_id> holder_of(const endpoint& address) const {
-    const auto it = by_address_.find(address);
-    if (it == by_address_.end()) return std::nullopt;
-    return it->second;
-  }
+  // The id that holds `address` (ip and port) in a bucket, if any; for the addresses max_peers_per_ip limits.
+  std::optional<node_id> holder_of(const endpoint& address) const { return per_ip_.holder(address); }
 
   std::size_t size() const noexcept { return size_; }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
@@ -192,13 +204,11 @@ class routing_table {
 
   // Bookkeeping of a peer entering or leaving the buckets.
   void enter(const peer_info& p) {
-    by_address_.emplace(p.address, p.id);
-    per_ip_.add(p.address);
+    per_ip_.add(p.address, p.id);
     ++size_;
   }
   void leave(const peer_info& p) {
-    by_address_.erase(p.address);
-    per_ip_.remove(p.address);
+    per_ip_.remove(p.address, p.id);
     --size_;
   }
 
@@ -207,8 +217,7 @@ class routing_table {
   peer_bans bans_;
   std::vector<bucket> buckets_;
   std::size_t size_ = 0;
-  std::unordered_map<endpoint, node_id> by_address_;  // the buckets' peers by address
-  ip_counter per_ip_;                                  // the buckets' peers per IP address
+  ip_index per_ip_;  // the buckets' peers per IP address
 };
 
 }  // namespace dht
@@ -236,9 +245,6 @@ DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& addre
       for (const auto& p : *list)
         if (p.id == id && p.address != address) return {heard_outcome::address_conflict, p};
   }
-  if (const auto holder = by_address_.find(address); holder != by_address_.end() && holder->second != id) {
-    if (std::optional<peer_info> held = find(holder->second)) return {heard_outcome::address_taken, held};
-  }
   if (answered) {
     bans_.succeeded(id);
   } else if (bans_.is_banned(id, now)) {
@@ -253,8 +259,12 @@ DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& addre
       b.peers.push_back(incoming);
       return {heard_outcome::refreshed, std::nullopt};
     }
-    if (per_ip_.full(address)) return {heard_outcome::ip_limit, std::nullopt};
     if (b.peers.size() < options_.k) {
+      // A newcomer with room in its bucket (the replacement cache is checked when a cached peer is promoted).
+      if (const std::optional<node_id> holder = per_ip_.holder(address); holder && *holder != id) {
+        if (std::optional<peer_info> held = find(*holder)) return {heard_outcome::address_taken, held};
+      }
+      if (per_ip_.full(address)) return {heard_outcome::ip_limit, std::nullopt};
       std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
       b.peers.push_back(incoming);
       enter(incoming);
@@ -281,7 +291,7 @@ DMOE_DEF auto routing_table::failed(const node_id& id, steady_time now) -> stead
       b.peers.erase(it);
       // The most recently seen cached node whose address is free and whose IP address is under its limit.
       for (auto c = b.replacements.rbegin(); c != b.replacements.rend(); ++c) {
-        if (by_address_.contains(c->address) || per_ip_.full(c->address)) continue;
+        if (per_ip_.holder(c->address) || per_ip_.full(c->address)) continue;
         const peer_info promoted = *c;
         b.replacements.erase(std::next(c).base());
         // Keep least-recently-seen-first order.
