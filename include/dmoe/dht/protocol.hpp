@@ -121,16 +121,17 @@ class source_limits {
   source_limits(double rate, std::size_t burst, std::size_t max_bytes, std::size_t max_sources)
       : rate_(rate), burst_(static_cast<double>(burst)), max_bytes_(max_bytes), max_sources_(max_sources) {}
 
+  // Sources are IP addresses (an endpoint with port 0: see source_of).
   // Takes one request token from `source` at `now`; false when its bucket is empty.
-  DMOE_DECL bool take_request(const std::string& source, steady_time now);
+  DMOE_DECL bool take_request(const endpoint& source, steady_time now);
 
   // Whether `source` may add `bytes` expiring at `expiration` (wall seconds) given its alive stored bytes at `now`.
-  bool fits(const std::string& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
+  bool fits(const endpoint& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
     entry& e = at(source, steady_now);
     drop_expired(e, now);
     return e.bytes + bytes <= max_bytes_;
   }
-  void add(const std::string& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
+  void add(const endpoint& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
     entry& e = at(source, steady_now);
     e.bytes += bytes;
     e.stored.emplace(expiration, bytes);
@@ -151,13 +152,13 @@ class source_limits {
 
   DMOE_DECL static void drop_expired(entry& e, wall_seconds now);
 
-  DMOE_DECL entry& at(const std::string& source, steady_time now);
+  DMOE_DECL entry& at(const endpoint& source, steady_time now);
 
   double rate_;
   double burst_;
   std::size_t max_bytes_;
   std::size_t max_sources_;
-  std::unordered_map<std::string, entry> entries_;
+  std::unordered_map<endpoint, entry> entries_;
 };
 
 }  // namespace detail
@@ -205,8 +206,8 @@ class protocol {
   // ---- local state ----
 
   // Stores into our own storage under the same rules a remote store meets (the validator, newer wins). `source`
-  // names the source whose quota it counts against (empty: ours, unlimited).
-  DMOE_DECL store_result store_locally(const store_item& item, const std::string& source = {});
+  // is the IP address (port 0) whose quota it counts against (null: ours, unlimited).
+  DMOE_DECL store_result store_locally(const store_item& item, const endpoint* source = nullptr);
 
   // Caches a value found by a lookup (served to others' finds like a stored one, never handed over).
   DMOE_DECL void cache(const key_id& key, const record& found);
@@ -281,7 +282,7 @@ class protocol {
   // Rate limit and decoding failures: the request is dropped without an answer.
   template <class Message, class Decode>
   Message admit(net::datagram_request& r, Decode decode) {
-    if (!sources_.take_request(r.peer.address(), options_.clock->steady_now())) {
+    if (!sources_.take_request(r.peer.with_port(0), options_.clock->steady_now())) {
       ++stats_.rate_limited;
       throw net::datagram_no_answer(fmt::format("{} is over its request rate", r.peer));
     }
@@ -363,7 +364,7 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht::detail {
 
-DMOE_DEF auto source_limits::take_request(const std::string& source, steady_time now) -> bool {
+DMOE_DEF auto source_limits::take_request(const endpoint& source, steady_time now) -> bool {
   if (rate_ <= 0) return true;
   entry& e = at(source, now);
   const double elapsed = std::chrono::duration<double>(now - e.refilled).count();
@@ -381,7 +382,7 @@ DMOE_DEF auto source_limits::drop_expired(entry& e, wall_seconds now) -> void {
   }
 }
 
-DMOE_DEF auto source_limits::at(const std::string& source, steady_time now) -> entry& {
+DMOE_DEF auto source_limits::at(const endpoint& source, steady_time now) -> entry& {
   auto it = entries_.find(source);
   if (it != entries_.end()) return it->second;
   if (entries_.size() >= max_sources_) {
@@ -488,7 +489,7 @@ DMOE_DEF auto protocol::check_alive(const wire_peer& peer) -> bool {
   return true;
 }
 
-DMOE_DEF auto protocol::store_locally(const store_item& item, const std::string& source) -> store_result {
+DMOE_DEF auto protocol::store_locally(const store_item& item, const endpoint* source) -> store_result {
   const std::optional<record> stored = storage_.get(item.key);
   const byte_buffer* subkey = item.subkey ? &*item.subkey : nullptr;
   if (validator_.validate(item.key, subkey, item.value, stored) != validation::ok) {
@@ -497,7 +498,7 @@ DMOE_DEF auto protocol::store_locally(const store_item& item, const std::string&
   }
   const std::size_t bytes = item.value.value.size() + item.value.signature.size() + (subkey ? subkey->size() : 0);
   const steady_time steady = options_.clock->steady_now();
-  if (!source.empty() && !sources_.fits(source, bytes + node_id::size, options_.clock->wall_now(), steady)) {
+  if (source && !sources_.fits(*source, bytes + node_id::size, options_.clock->wall_now(), steady)) {
     ++stats_.over_source_quota;
     return store_result::no_room;
   }
@@ -507,8 +508,8 @@ DMOE_DEF auto protocol::store_locally(const store_item& item, const std::string&
                                           : storage_.put(item.key, record::plain(item.value.value,
                                                                                  item.value.expiration,
                                                                                  item.value.signature));
-  if (result == store_result::stored && !source.empty())
-    sources_.add(source, bytes + node_id::size, item.value.expiration, steady);
+  if (result == store_result::stored && source)
+    sources_.add(*source, bytes + node_id::size, item.value.expiration, steady);
   return result;
 }
 
@@ -684,9 +685,9 @@ DMOE_DEF auto protocol::on_store(net::datagram_request& r) -> task<byte_buffer> 
   learn_requester(r, m.client_mode);
   store_response out{options_.client_mode, {}};
   out.results.reserve(m.items.size());
-  const std::string source = r.peer.address();
+  const endpoint source = r.peer.with_port(0);
   for (const auto& item : m.items) {
-    const store_result result = store_locally(item, source);
+    const store_result result = store_locally(item, &source);
     if (result != store_result::stored) ++stats_.items_refused;
     out.results.push_back(result);
   }

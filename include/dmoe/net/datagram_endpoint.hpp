@@ -192,7 +192,7 @@ class datagram_endpoint {
 
   DMOE_DECL void on_datagram(task_group& handling, const endpoint& peer, const_byte_span bytes, steady_time now);
 
-  DMOE_DECL task<void> handle_request(datagram_request request, std::string address);
+  DMOE_DECL task<void> handle_request(datagram_request request, endpoint address);
 
   // Sends every part; fault injection may drop parts and delays the message by one draw.
   DMOE_DECL task<void> send_parts(const datagram_parts& parts, endpoint peer, bool is_request);
@@ -211,7 +211,7 @@ class datagram_endpoint {
   bool serving_ = false;
   bool closed_ = false;
   std::size_t handlers_in_flight_ = 0;
-  std::unordered_map<std::string, std::size_t> handlers_by_address_;
+  std::unordered_map<endpoint, std::size_t> handlers_by_address_;  // by IP address (port 0)
   std::size_t requests_active_ = 0;
   std::coroutine_handle<> requests_waiter_;  // serve(), waiting for the last request to end
   counters stats_;
@@ -367,8 +367,9 @@ DMOE_DEF auto datagram_endpoint::on_datagram(task_group& handling, const endpoin
     ++stats_.requests_received;
     if (faults_ && faults_->stalled()) return;  // a stalled node hears requests and never answers
     // One address gets its share of the handlers, so a flood from it cannot shut the others out.
-    std::string address = peer.address();
-    const std::size_t from_address = handlers_by_address_.contains(address) ? handlers_by_address_[address] : 0;
+    const endpoint address = peer.with_port(0);
+    const auto counted = handlers_by_address_.find(address);
+    const std::size_t from_address = counted != handlers_by_address_.end() ? counted->second : 0;
     if (handlers_in_flight_ >= options_.max_handlers_in_flight || from_address >= options_.max_handlers_per_address) {
       ++stats_.handlers_refused;
       return;
@@ -376,7 +377,7 @@ DMOE_DEF auto datagram_endpoint::on_datagram(task_group& handling, const endpoin
     ++handlers_in_flight_;
     ++handlers_by_address_[address];
     handling.spawn(handle_request(datagram_request{peer, h.sender, h.type, h.transaction_id, std::move(*whole)},
-                                  std::move(address)));
+                                  address));
     return;
   }
   // An answer counts only from the address the request went to, for a request still waiting.
@@ -394,10 +395,10 @@ DMOE_DEF auto datagram_endpoint::on_datagram(task_group& handling, const endpoin
   pending.done.set();
 }
 
-DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, std::string address) -> task<void> {
+DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, endpoint address) -> task<void> {
   struct in_flight_scope {
     datagram_endpoint* self;
-    const std::string& address;
+    const endpoint& address;
     ~in_flight_scope() {
       --self->handlers_in_flight_;
       if (--self->handlers_by_address_[address] == 0) self->handlers_by_address_.erase(address);
@@ -448,9 +449,9 @@ DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, std::s
 
 DMOE_DEF auto datagram_endpoint::send_parts(const datagram_parts& parts, endpoint peer, bool is_request)
     -> task<void> {
-  const std::string peer_text = peer.to_string();
   std::vector<bool> keep(parts.count(), true);
   if (faults_) {
+    const std::string peer_text = peer.to_string();
     std::chrono::nanoseconds delay{-1};
     for (std::size_t i = 0; i < parts.count(); ++i) {
       const fault_decision decision = faults_->on_send(local_text_, peer_text);
@@ -471,7 +472,7 @@ DMOE_DEF auto datagram_endpoint::send_parts(const datagram_parts& parts, endpoin
       throw;
     } catch (const std::exception& e) {
       // UDP is lossy anyway: a refused send is one more lost datagram.
-      log_debug("datagram endpoint {}: send to {} failed: {}", local_text_, peer_text, e.what());
+      log_debug("datagram endpoint {}: send to {} failed: {}", local_text_, peer, e.what());
     }
   }
 }
