@@ -313,6 +313,48 @@ BOOST_AUTO_TEST_CASE(invented_ids_from_one_ip_address_cannot_hide_a_value) {
   BOOST_TEST(asked == 20u);
 }
 
+// The limit turned against honest peers: an attacker answers with 4 invented ids at each real holder's IP address
+// (other ports), to fill those addresses' slots before the real ids are heard of. The invented ids fail and free
+// their slots; the real holders, waiting, take them, and the value is found.
+BOOST_AUTO_TEST_CASE(invented_ids_at_honest_addresses_do_not_lock_the_real_holders_out) {
+  const key_id key = dht::key_of("ffn.0.2");
+  std::vector<dht::wire_peer> real, fakes;
+  for (std::uint64_t i = 1; i <= 10; ++i) {
+    const std::string ip = fmt::format("198.51.100.{}", i);
+    real.push_back({dht::distance(key, node_id{i, 0}), endpoint(ip, 4000)});
+    for (std::uint64_t j = 1; j <= 4; ++j)
+      fakes.push_back({dht::distance(key, node_id{i, j}), endpoint(ip, static_cast<std::uint16_t>(5000 + j))});
+  }
+  const dht::wire_peer attacker{dht::distance(key, node_id{0, 1}), endpoint("203.0.113.66", 7000)};
+  dht::lookup_options get;
+  get.want_values = true;
+  dht::lookup search({key}, get);
+  search.add_candidates(key, {attacker, real[0], real[1], real[2]});
+  std::size_t real_asked = 0;
+  for (std::size_t step = 0; !search.done(); ++step) {
+    BOOST_REQUIRE(step < 1000);
+    const auto requests = search.next();
+    BOOST_REQUIRE(!requests.empty());
+    for (const auto& r : requests) {
+      if (r.peer.id == attacker.id) {
+        BOOST_REQUIRE(search.on_response(r.peer.id, {dht::find_result{key, std::nullopt, fakes}}, now));
+        continue;
+      }
+      const bool is_real = std::any_of(real.begin(), real.end(), [&](const dht::wire_peer& p) { return p.id == r.peer.id; });
+      if (!is_real) {
+        search.on_failure(r.peer.id);  // an invented id: nobody answers
+        continue;
+      }
+      ++real_asked;
+      dht::find_result answer{key, std::nullopt, real};
+      if (r.peer.id == real.back().id) answer.found = dht::record::plain(to_buffer("127.0.0.1:5000"), now + 60);
+      BOOST_REQUIRE(search.on_response(r.peer.id, {answer}, now));
+    }
+  }
+  BOOST_TEST(search.results().at(0).found.has_value());
+  BOOST_TEST(real_asked >= 4u);
+}
+
 BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_values) {
   swarm net(100, 8, 1, 12);
   const key_id key = dht::key_of("ffn.3.");

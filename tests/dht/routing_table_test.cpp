@@ -4,6 +4,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -196,6 +198,43 @@ BOOST_AUTO_TEST_CASE(one_ip_address_holds_at_most_max_peers_per_ip_entries) {
   dht::routing_table_options unlimited = defaults;
   unlimited.max_peers_per_ip = 0;
   BOOST_TEST(sybils_taken(unlimited, "203.0.113.5") == 30u);
+  // IPv6: one /64 is one machine's subnet; an IPv4-mapped address is its IPv4 address.
+  dht::routing_table table(node_id{0, 0});
+  std::size_t taken = 0;
+  for (int i = 1; i <= 30; ++i) {
+    const auto r = table.heard_from(dht::random_node_id(gen), endpoint(fmt::format("2001:db8::{:x}:1", i), 4000),
+                                    steady_time{std::chrono::seconds(i)});
+    taken += r.outcome == dht::heard_outcome::added;
+  }
+  BOOST_TEST(taken == 4u);
+  BOOST_TEST((table.heard_from(dht::random_node_id(gen), endpoint("2001:db8:0:1::1", 4000), steady_time{40s}).outcome ==
+              dht::heard_outcome::added));
+  for (int i = 1; i <= 4; ++i)
+    table.heard_from(dht::random_node_id(gen), endpoint("198.51.100.9", static_cast<std::uint16_t>(i)), steady_time{50s});
+  BOOST_TEST((table.heard_from(dht::random_node_id(gen), endpoint("::ffff:198.51.100.9", 9), steady_time{60s}).outcome ==
+              dht::heard_outcome::ip_limit));
+  check_invariants(table);
+}
+
+// A machine whose nodes restarted on new ports: its dead entries hold the address's slots, so the table names the
+// least recently seen of them to ping; once it fails, a new node at that address is taken.
+BOOST_AUTO_TEST_CASE(an_address_at_its_limit_names_its_least_recently_seen_peer_to_check) {
+  dht::routing_table table(node_id{0, 0});
+  std::vector<node_id> old_ids;
+  for (std::uint16_t port = 1; port <= 4; ++port) {
+    old_ids.push_back(node_id{(1ull << 63) | port, 0});
+    BOOST_REQUIRE((table.heard_from(old_ids.back(), endpoint("198.51.100.7", port), steady_time{std::chrono::seconds(port)})
+                       .outcome == dht::heard_outcome::added));
+  }
+  table.heard_from(old_ids[0], endpoint("198.51.100.7", 1), steady_time{10s});  // now the most recent
+  const node_id restarted{1ull << 62, 9};
+  const auto r = table.heard_from(restarted, endpoint("198.51.100.7", 6000), steady_time{11s});
+  BOOST_TEST((r.outcome == dht::heard_outcome::ip_limit));
+  BOOST_REQUIRE(r.ping.has_value());
+  BOOST_TEST((r.ping->id == old_ids[1]));
+  table.failed(old_ids[1], steady_time{12s});
+  BOOST_TEST((table.heard_from(restarted, endpoint("198.51.100.7", 6000), steady_time{13s}).outcome ==
+              dht::heard_outcome::added));
 }
 
 BOOST_AUTO_TEST_CASE(a_failed_peer_is_replaced_only_by_a_cached_one_within_the_ip_limit) {

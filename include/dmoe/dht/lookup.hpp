@@ -31,8 +31,10 @@ struct lookup_options {
   bool want_values = false;  // a get: a key ends at its first unexpired value...
   bool latest = false;       // ...unless `latest`: then its k nearest are all visited and the newest merged
   std::optional<node_id> self;  // our own id, never asked
-  // At most this many candidates per key share one IP address (0: no limit); later ones are ignored, so that one
-  // machine answering with invented ids near a key cannot hide the key's real holders (routing_table_options).
+  // At most this many candidates per key share one IP address or IPv6 /64 (0: no limit), failed ones not counted,
+  // so that one machine answering with invented ids near a key cannot hide the key's real holders
+  // (routing_table_options). Candidates over the limit wait, nearest first, for a slot that a failure frees: ids
+  // invented at an honest holder's address fail and leave it its place.
   std::size_t max_peers_per_ip = 4;
   bool limit_loopback = false;  // whether that limit counts loopback addresses too
 };
@@ -164,6 +166,7 @@ class lookup {
     key_id key;
     std::map<node_id, candidate> candidates;  // by distance to the key
     ip_index candidate_ips;                   // candidates per IP address (lookup_options::max_peers_per_ip)
+    std::vector<wire_peer> waiting;           // refused for a full IP address; the nearest are kept
     std::optional<record> found;
     bool finished = false;      // a get without `latest` found its value
     bool done = false;          // key_done(), kept current by refresh()
@@ -179,6 +182,8 @@ class lookup {
   };
 
   DMOE_DECL void add_candidate(std::size_t i, const wire_peer& p);
+  // Key i's waiting candidates whose IP address has room again become candidates, nearest first.
+  DMOE_DECL void admit_waiting(std::size_t i);
 
   // Recomputes whether key i is done, after anything it depends on changed.
   DMOE_DECL void refresh(std::size_t i);
@@ -205,6 +210,7 @@ class lookup {
   DMOE_DECL const candidate* first_askable(const key_state& state) const;
 
   lookup_options options_;
+  std::size_t waiting_limit_ = 0;  // waiting candidates kept per key
   std::vector<key_state> keys_;
   std::unordered_map<key_id, std::size_t> index_;
   std::unordered_map<node_id, peer_state> peers_;
@@ -229,9 +235,11 @@ DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : opti
                                              "max_in_flight={}",
                                              options_.k, options_.alpha, options_.max_in_flight));
   keys_.reserve(keys.size());
+  waiting_limit_ = 4 * options_.k;
   for (const auto& key : keys) {
     if (index_.emplace(key, keys_.size()).second)
-      keys_.push_back(key_state{key, {}, ip_index(options_.max_peers_per_ip, options_.limit_loopback), {}, false});
+      keys_.push_back(
+          key_state{key, {}, ip_index(options_.max_peers_per_ip, options_.limit_loopback), {}, {}, false});
   }
   for (std::size_t i = 0; i < keys_.size(); ++i) refresh(i);
 }
@@ -337,7 +345,11 @@ DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
   for (std::size_t i : peer.candidate_in) {
     key_state& state = keys_[i];
     auto c = state.candidates.find(distance(state.key, peer_id));
-    if (c != state.candidates.end()) c->second.status = progress::failed;
+    if (c != state.candidates.end()) {
+      c->second.status = progress::failed;
+      state.candidate_ips.remove(c->second.peer.address, peer_id);
+      admit_waiting(i);
+    }
     refresh(i);
   }
   return was_in_flight;
@@ -377,10 +389,36 @@ DMOE_DEF auto lookup::results() const -> std::vector<lookup_result> {
   return out;
 }
 
+DMOE_DEF auto lookup::admit_waiting(std::size_t i) -> void {
+  key_state& state = keys_[i];
+  if (state.waiting.empty()) return;
+  std::sort(state.waiting.begin(), state.waiting.end(),
+            [&](const wire_peer& a, const wire_peer& b) { return nearer(state.key, a.id, b.id); });
+  std::vector<wire_peer> still;
+  std::vector<wire_peer> admitted;
+  for (const auto& w : state.waiting) (state.candidate_ips.full(w.address) ? still : admitted).push_back(w);
+  state.waiting = std::move(still);
+  for (const auto& w : admitted) add_candidate(i, w);  // a full address sends it back to wait
+}
+
 DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
   if (options_.self && p.id == *options_.self) return;
   key_state& state = keys_[i];
-  if (state.candidate_ips.full(p.address)) return;
+  if (state.candidate_ips.full(p.address)) {
+    // Waits for a slot, unless it is a candidate already (at any address) or waits already.
+    if (state.candidates.contains(distance(state.key, p.id))) return;
+    if (std::any_of(state.waiting.begin(), state.waiting.end(), [&](const wire_peer& w) { return w.id == p.id; }))
+      return;
+    state.waiting.push_back(p);
+    if (state.waiting.size() > waiting_limit_) {
+      const auto farthest = std::max_element(state.waiting.begin(), state.waiting.end(),
+                                             [&](const wire_peer& a, const wire_peer& b) {
+                                               return nearer(state.key, a.id, b.id);
+                                             });
+      state.waiting.erase(farthest);
+    }
+    return;
+  }
   auto& peer = peers_[p.id];
   const bool added = state.candidates
                          .try_emplace(distance(state.key, p.id),

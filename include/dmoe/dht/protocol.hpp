@@ -566,7 +566,12 @@ DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, b
       }
       break;
     case heard_outcome::ip_limit:
+      // The address's least recently seen peer is checked: a dead one frees a slot for the next to be heard.
       ++stats_.ip_limited;
+      if (heard.ping && !checking_.contains(heard.ping->id)) {
+        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
+          checking_.insert(heard.ping->id);
+      }
       break;
     default:
       break;

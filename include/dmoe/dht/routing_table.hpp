@@ -36,7 +36,7 @@ struct routing_table_options {
   // multiple of b, so each routing step gains at least b bits. b = 1 is the plain split-on-own-id table.
   std::size_t b = 5;
   std::size_t replacement_cache_size = 20;  // nodes kept per bucket to replace dead ones, most recent first
-  // At most this many peers of the table's buckets share one IP address (0: no limit), so that one machine
+  // At most this many peers of the table's buckets share one IP address, or one IPv6 /64 (0: no limit), so that one machine
   // inventing ids cannot fill a node's view of the swarm (a Sybil attack; libtorrent's DHT keeps one per IP).
   // Several expert servers may share a machine or a NAT's address, hence more than one. A node over the limit is
   // ignored (heard_outcome::ip_limit), and find answers and lookups apply the same limit (see lookup_options).
@@ -61,45 +61,71 @@ inline bool is_loopback(const endpoint& address) noexcept {
   return false;
 }
 
-// The peers of one IP address, for routing_table_options::max_peers_per_ip: which ids hold which of its ports. Only
-// limited addresses are indexed (all but loopback ones unless limit_loopback; none when the limit is 0), so a local
-// swarm pays nothing.
+// The addresses peers are counted under for routing_table_options::max_peers_per_ip: the IP address (port 0), but
+// for IPv6 its /64 prefix, the one subnet every IPv6 link gets (RFC 4291), from which one machine can use 2^64
+// addresses. IPv4-mapped IPv6 addresses count as their IPv4 address.
+inline endpoint ip_limit_key(const endpoint& address) {
+  const endpoint ip = address.with_port(0);
+  if (!ip.is_v6()) return ip;
+  sockaddr_in6 v6;
+  std::memcpy(&v6, ip.data(), sizeof v6);
+  if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
+    sockaddr_in v4{};
+    v4.sin_family = AF_INET;
+    std::memcpy(&v4.sin_addr, v6.sin6_addr.s6_addr + 12, 4);
+    return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), sizeof v4);
+  }
+  std::memset(v6.sin6_addr.s6_addr + 8, 0, 8);
+  v6.sin6_flowinfo = 0;
+  v6.sin6_scope_id = 0;
+  return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v6);
+}
+
+// The peers of each IP address (ip_limit_key), for routing_table_options::max_peers_per_ip: which ids hold which
+// of its addresses. Only limited addresses are indexed (all but loopback ones unless limit_loopback; none when the
+// limit is 0), so a local swarm pays nothing.
 class ip_index {
  public:
   ip_index(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
   bool limited(const endpoint& address) const noexcept {
     return limit_ > 0 && (limit_loopback_ || !is_loopback(address));
   }
-  // Whether the address's IP already has `limit` peers.
+  // Whether the address's IP (or IPv6 /64) already has `limit` peers.
   bool full(const endpoint& address) const {
     if (!limited(address)) return false;
-    const auto it = ips_.find(address.with_port(0));
+    const auto it = ips_.find(ip_limit_key(address));
     return it != ips_.end() && it->second.size() >= limit_;
+  }
+  // The peers indexed under the address's IP (or IPv6 /64): (address, id) pairs; null when none or not limited.
+  const std::vector<std::pair<endpoint, node_id>>* peers_of(const endpoint& address) const {
+    if (!limited(address)) return nullptr;
+    const auto it = ips_.find(ip_limit_key(address));
+    return it == ips_.end() ? nullptr : &it->second;
   }
   // The id indexed at exactly this address (ip and port), if any.
   std::optional<node_id> holder(const endpoint& address) const {
     if (!limited(address)) return std::nullopt;
-    const auto it = ips_.find(address.with_port(0));
+    const auto it = ips_.find(ip_limit_key(address));
     if (it == ips_.end()) return std::nullopt;
-    for (const auto& [port, id] : it->second)
-      if (port == address.port()) return id;
+    for (const auto& [held, id] : it->second)
+      if (held == address) return id;
     return std::nullopt;
   }
   void add(const endpoint& address, const node_id& id) {
-    if (limited(address)) ips_[address.with_port(0)].emplace_back(address.port(), id);
+    if (limited(address)) ips_[ip_limit_key(address)].emplace_back(address, id);
   }
   void remove(const endpoint& address, const node_id& id) {
     if (!limited(address)) return;
-    const auto it = ips_.find(address.with_port(0));
+    const auto it = ips_.find(ip_limit_key(address));
     if (it == ips_.end()) return;
-    std::erase(it->second, std::pair<std::uint16_t, node_id>(address.port(), id));
+    std::erase(it->second, std::pair<endpoint, node_id>(address, id));
     if (it->second.empty()) ips_.erase(it);
   }
 
  private:
   std::size_t limit_;
   bool limit_loopback_;
-  std::unordered_map<endpoint, std::vector<std::pair<std::uint16_t, node_id>>> ips_;  // by address with port 0
+  std::unordered_map<endpoint, std::vector<std::pair<endpoint, node_id>>> ips_;  // by ip_limit_key
 };
 
 // How the table took a node it heard from.
@@ -117,7 +143,9 @@ enum class heard_outcome {
   // restarted with a new id leaves its old entry dead, and only once it fails may the new id take the address.
   // Checked for the addresses max_peers_per_ip limits (not loopback ones unless limit_loopback).
   address_taken,
-  // Its IP address already has routing_table_options::max_peers_per_ip peers in the buckets: ignored.
+  // Its IP address already has routing_table_options::max_peers_per_ip peers in the buckets: ignored. `ping` names
+  // the least recently seen of them: dead entries (a machine whose nodes restarted on new ports) must not keep the
+  // address's slots.
   ip_limit,
 };
 
@@ -202,6 +230,18 @@ class routing_table {
   // Only a bucket without a replacement cache splits (one that cannot split never will: its range and our id stay).
   DMOE_DECL void split(bucket& b);
 
+  // The least recently seen peer in the buckets under the address's IP (or IPv6 /64).
+  std::optional<peer_info> least_recently_seen_at(const endpoint& address) const {
+    std::optional<peer_info> oldest;
+    if (const auto* held = per_ip_.peers_of(address)) {
+      for (const auto& entry : *held) {
+        const std::optional<peer_info> p = find(entry.second);
+        if (p && (!oldest || p->last_seen < oldest->last_seen)) oldest = p;
+      }
+    }
+    return oldest;
+  }
+
   // Bookkeeping of a peer entering or leaving the buckets.
   void enter(const peer_info& p) {
     per_ip_.add(p.address, p.id);
@@ -264,7 +304,7 @@ DMOE_DEF auto routing_table::heard_from(const node_id& id, const endpoint& addre
       if (const std::optional<node_id> holder = per_ip_.holder(address); holder && *holder != id) {
         if (std::optional<peer_info> held = find(*holder)) return {heard_outcome::address_taken, held};
       }
-      if (per_ip_.full(address)) return {heard_outcome::ip_limit, std::nullopt};
+      if (per_ip_.full(address)) return {heard_outcome::ip_limit, least_recently_seen_at(address)};
       std::erase_if(b.replacements, [&](const peer_info& p) { return p.id == id; });
       b.peers.push_back(incoming);
       enter(incoming);
