@@ -355,6 +355,41 @@ BOOST_AUTO_TEST_CASE(invented_ids_at_honest_addresses_do_not_lock_the_real_holde
   BOOST_TEST(real_asked >= 4u);
 }
 
+// Ids that failed for one key of a crawl and are then listed for another key hold none of their address's slots
+// there: the real holder at that address is still asked.
+BOOST_AUTO_TEST_CASE(candidates_failed_earlier_in_the_crawl_hold_no_address_slot) {
+  const key_id first = dht::key_of("ffn.0.3"), second = dht::key_of("ffn.0.4");
+  std::vector<dht::wire_peer> fakes;
+  for (std::uint64_t j = 1; j <= 4; ++j)
+    fakes.push_back({dht::distance(second, node_id{0, j}), endpoint("198.51.100.1", static_cast<std::uint16_t>(5000 + j))});
+  const dht::wire_peer holder{dht::distance(second, node_id{1, 0}), endpoint("198.51.100.1", 4000)};
+  dht::lookup_options get;
+  get.want_values = true;
+  dht::lookup search({first, second}, get);
+  search.add_candidates(first, fakes);
+  for (std::size_t step = 0; !search.done(first); ++step) {
+    BOOST_REQUIRE(step < 100);
+    for (const auto& r : search.next()) search.on_failure(r.peer.id);  // nobody answers at the invented ids
+  }
+  std::vector<dht::wire_peer> listed = fakes;
+  listed.push_back(holder);
+  search.add_candidates(second, listed);
+  bool holder_asked = false;
+  for (std::size_t step = 0; !search.done(); ++step) {
+    BOOST_REQUIRE(step < 100);
+    const auto requests = search.next();
+    BOOST_REQUIRE(!requests.empty());
+    for (const auto& r : requests) {
+      BOOST_REQUIRE(r.peer.id == holder.id);  // the failed ones are not asked again
+      holder_asked = true;
+      dht::find_result answer{second, dht::record::plain(to_buffer("127.0.0.1:5000"), now + 60), {}};
+      BOOST_REQUIRE(search.on_response(r.peer.id, {answer}, now));
+    }
+  }
+  BOOST_TEST(holder_asked);
+  BOOST_TEST(search.results().at(1).found.has_value());
+}
+
 BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_values) {
   swarm net(100, 8, 1, 12);
   const key_id key = dht::key_of("ffn.3.");

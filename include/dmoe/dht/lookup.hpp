@@ -425,7 +425,7 @@ DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
                                       candidate{p, peer.failed ? progress::failed : progress::unasked})
                          .second;
   if (!added) return;
-  state.candidate_ips.add(p.address, p.id);
+  if (!peer.failed) state.candidate_ips.add(p.address, p.id);  // failed candidates hold no slot
   peer.candidate_in.push_back(i);
 }
 

@@ -339,6 +339,8 @@ class protocol {
   // Pings the least recently seen peer of a full bucket, or a peer check_alive doubts: alive, it stays (ping()
   // refreshed it); dead, call() has banned it and its bucket took the newest cached peer.
   DMOE_DECL task<void> check_eviction(wire_peer peer);
+  // Starts check_eviction(peer) unless that peer is being checked already; false when not started.
+  DMOE_DECL bool check_in_background(const wire_peer& peer);
 
   io_context& ctx_;
   protocol_options options_;
@@ -482,10 +484,14 @@ DMOE_DEF auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady_ti
 }
 
 DMOE_DEF auto protocol::check_alive(const wire_peer& peer) -> bool {
-  if (checking_.contains(peer.id) || !table_.find(peer.id)) return false;
-  if (!spawn_background(check_eviction(peer))) return false;
-  checking_.insert(peer.id);
+  if (!table_.find(peer.id) || !check_in_background(peer)) return false;
   ++stats_.liveness_checks;
+  return true;
+}
+
+DMOE_DEF auto protocol::check_in_background(const wire_peer& peer) -> bool {
+  if (checking_.contains(peer.id) || !spawn_background(check_eviction(peer))) return false;
+  checking_.insert(peer.id);
   return true;
 }
 
@@ -546,8 +552,7 @@ DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, b
     case heard_outcome::cached:
       if (heard.ping && !checking_.contains(heard.ping->id)) {
         ++stats_.evictions_checked;
-        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
-          checking_.insert(heard.ping->id);
+        check_in_background(wire_peer{heard.ping->id, heard.ping->address});
       }
       break;
     case heard_outcome::address_conflict:
@@ -560,18 +565,12 @@ DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, b
       // The holder stays if it still answers there; a restarted node's old id fails, and the new one is taken
       // the next time it is heard from.
       ++stats_.addresses_taken;
-      if (heard.ping && !checking_.contains(heard.ping->id)) {
-        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
-          checking_.insert(heard.ping->id);
-      }
+      if (heard.ping) check_in_background(wire_peer{heard.ping->id, heard.ping->address});
       break;
     case heard_outcome::ip_limit:
       // The address's least recently seen peer is checked: a dead one frees a slot for the next to be heard.
       ++stats_.ip_limited;
-      if (heard.ping && !checking_.contains(heard.ping->id)) {
-        if (spawn_background(check_eviction(wire_peer{heard.ping->id, heard.ping->address})))
-          checking_.insert(heard.ping->id);
-      }
+      if (heard.ping) check_in_background(wire_peer{heard.ping->id, heard.ping->address});
       break;
     default:
       break;
