@@ -36,10 +36,10 @@ struct routing_table_options {
   // multiple of b, so each routing step gains at least b bits. b = 1 is the plain split-on-own-id table.
   std::size_t b = 5;
   std::size_t replacement_cache_size = 20;  // nodes kept per bucket to replace dead ones, most recent first
-  // At most this many peers of the table's buckets share one IP address, or one IPv6 /64 (0: no limit), so that one machine
-  // inventing ids cannot fill a node's view of the swarm (a Sybil attack; libtorrent's DHT keeps one per IP).
-  // Several expert servers may share a machine or a NAT's address, hence more than one. A node over the limit is
-  // ignored (heard_outcome::ip_limit), and find answers and lookups apply the same limit (see lookup_options).
+  // At most this many peers of the table's buckets share one IP address, or one IPv6 /64 (0: no limit), so that
+  // one machine inventing ids cannot fill a node's view of the swarm (a Sybil attack; libtorrent's DHT keeps one per
+  // IP). Several expert servers may share a machine or a NAT's address, hence more than one. A node over the limit
+  // is ignored (heard_outcome::ip_limit), and find answers and lookups apply the same limit (see lookup_options).
   std::size_t max_peers_per_ip = 4;
   // Whether the limit also counts loopback addresses (127.0.0.0/8, ::1): off, so that a swarm of many nodes on one
   // machine (tests, demos, a laptop) works; only that machine can reach those addresses.
