@@ -212,8 +212,12 @@ inline rpc_result run_asio_rpc(const rpc_case& c) {
   asio_tcp::acceptor acceptor(server_context, asio_tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   const auto server_endpoint = acceptor.local_endpoint();
   asio::co_spawn(server_context, asio_rpc_acceptor(acceptor, c.connections, handlers), asio::detached);
-  std::thread server_thread([&] { server_context.run(); });
+  std::thread server_thread([&] {
+    const auto pin = rpc_pin(c, 0);
+    server_context.run();
+  });
 
+  const auto pin = rpc_pin(c, 1);
   asio::io_context client_context(1);
   std::vector<rpc_counts> counts = make_rpc_counts(c);
   const auto start = rpc_clock::now();

@@ -4,8 +4,9 @@
 // Small calls: 64-byte request, 64-byte echoed response; 1 caller on 1 connection, 64 callers on 64 connections,
 // and 64 callers multiplexed on 1 connection. Bulk: a 16 MiB f32 tensor sent from its storage without a copy
 // (wire header + data view), echoed back by the server (a round trip); GB/s counts request plus response payload.
-// Server on one thread, clients on another. Each case runs both implementations alternately and keeps each one's
-// best run. Prints one JSON line per case and the summary line
+// Server on one thread, clients on another, pinned to two distinct CPUs for both implementations (--placement split,
+// the default; see cpu_pin), as when the two sides are different machines. Each case runs both implementations
+// alternately and keeps each one's best run. Prints one JSON line per case and the summary line
 // {"bench":"rpc","calls_ratio_vs_asio":R1,"bulk_ratio_vs_asio":R2,"bulk_GBps":G,"memcpy_GBps":M}
 // where R1 is the smallest dmoe/asio ratio over the small-call cases. The lone-caller case also prints each side's
 // lowest median round trip: on a shared machine preemption stalls a few calls for milliseconds, which moves calls
@@ -54,21 +55,27 @@ int main(int argc, char** argv) {
   int repeats = 2;
   std::string only;
   std::string impl = "both";
+  std::string placement = "split";
   app.add_option("--seconds", seconds, "duration of each run")->check(CLI::PositiveNumber);
   app.add_option("--repeats", repeats, "runs of each implementation per case; the best counts")->check(CLI::PositiveNumber);
   app.add_option("--only", only, "run only the cases whose name contains this text (for profiling)");
   app.add_option("--impl", impl, "both, dmoe or asio (for profiling one side)")
       ->check(CLI::IsMember({"both", "dmoe", "asio"}));
+  app.add_option("--placement", placement,
+                 "split: server and client threads pinned to distinct CPUs (the default, for both peers); free: "
+                 "wherever the scheduler puts them")
+      ->check(CLI::IsMember({"split", "free"}));
   CLI11_PARSE(app, argc, argv);
 
   print_environment("rpc");
   const auto duration = std::chrono::duration_cast<rpc_clock::duration>(std::chrono::duration<double>(seconds));
   constexpr std::size_t bulk_bytes = std::size_t{16} << 20;
+  const bool split = placement == "split";
   const std::vector<rpc_case> cases = {
-      {"64B 1conn 1caller", 64, 1, 1, false, duration},
-      {"64B 64conn 64callers", 64, 64, 64, false, duration},
-      {"64B 1conn 64callers pipelined", 64, 1, 64, false, duration},
-      {"16MiB tensor round trip 1conn", bulk_bytes, 1, 1, true, duration},
+      {"64B 1conn 1caller", 64, 1, 1, false, duration, split},
+      {"64B 64conn 64callers", 64, 64, 64, false, duration, split},
+      {"64B 1conn 64callers pipelined", 64, 1, 64, false, duration, split},
+      {"16MiB tensor round trip 1conn", bulk_bytes, 1, 1, true, duration, split},
   };
   double calls_ratio = 1e300, bulk_ratio = 0, bulk_gbps = 0;
   for (const auto& c : cases) {
@@ -112,7 +119,7 @@ int main(int argc, char** argv) {
     memcpy_gbps = memcpy_gigabytes_per_second(bulk_bytes, std::min(seconds, 0.5), repeats);
   fmt::print("{{\"bench\":\"rpc\",\"case\":\"memcpy 16MiB\",\"kind\":\"memcpy\",\"memcpy_GBps\":{:.3f}}}\n", memcpy_gbps);
   fmt::print("{{\"bench\":\"rpc\",\"calls_ratio_vs_asio\":{:.3f},\"bulk_ratio_vs_asio\":{:.3f},\"bulk_GBps\":{:.3f},"
-             "\"memcpy_GBps\":{:.3f}}}\n",
-             calls_ratio, bulk_ratio, bulk_gbps, memcpy_gbps);
+             "\"memcpy_GBps\":{:.3f},\"placement\":\"{}\"}}\n",
+             calls_ratio, bulk_ratio, bulk_gbps, memcpy_gbps, placement);
   return 0;
 }

@@ -1,6 +1,8 @@
 // One case of the RPC benchmark and its result, shared by the dmoe and Boost.Asio sides.
 #pragma once
 
+#include "bench_env.hpp"
+
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/net/frame.hpp>
 #include <dmoe/tensor/tensor.hpp>
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -29,7 +32,14 @@ struct rpc_case {
   int callers = 1;  // callers share the connections evenly; each makes one call at a time
   bool tensor = false;  // the payload is an f32 tensor's wire form, sent from its storage without a copy
   rpc_clock::duration duration = std::chrono::seconds(1);
+  bool split_cpus = true;  // server and client threads pinned to distinct CPUs (see cpu_pin)
 };
+
+// The CPU a run's server (nth 0) or client (nth 1) thread is pinned to for the run, or none.
+inline std::optional<cpu_pin> rpc_pin(const rpc_case& c, int nth) {
+  if (!c.split_cpus) return std::nullopt;
+  return std::optional<cpu_pin>(std::in_place, nth);
+}
 
 struct rpc_result {
   std::uint64_t calls = 0;

@@ -62,6 +62,7 @@ inline rpc_result run_dmoe_rpc(const rpc_case& c) {
   server.add_handler("echo", dmoe_rpc_echo);
   std::exception_ptr server_failure;
   std::thread server_thread([&] {
+    const auto pin = rpc_pin(c, 0);
     try {
       server_context.run(server.serve());
     } catch (...) {
@@ -69,6 +70,7 @@ inline rpc_result run_dmoe_rpc(const rpc_case& c) {
     }
   });
 
+  const auto pin = rpc_pin(c, 1);
   dmoe::io_context client_context;
   std::vector<rpc_counts> counts = make_rpc_counts(c);
   const auto start = rpc_clock::now();

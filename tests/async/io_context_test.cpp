@@ -5,6 +5,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -25,6 +26,10 @@ task<bool> current_is(io_context* expected) { co_return io_context::current() ==
 task<void> sleep_long() { co_await dmoe::sleep_for(1h); }
 
 task<void> run_nested(io_context& ctx) { ctx.run(sleep_long()); co_return; }
+
+task<void> sleeps(int count, std::chrono::microseconds each) {
+  for (int i = 0; i < count; ++i) co_await dmoe::sleep_for(each);
+}
 
 }  // namespace
 
@@ -96,6 +101,43 @@ BOOST_AUTO_TEST_CASE(post_on_its_own_thread_runs_in_order) {
   ctx.post([&] { order.push_back(2); });
   ctx.run();
   BOOST_TEST(order == (std::vector<int>{1, 2, 3}));
+}
+
+// The loop polls for completions before it sleeps only while its waits end soon: the window grows after waits
+// shorter than the maximum and falls to nothing after longer ones, so an idle loop does not spin.
+BOOST_AUTO_TEST_CASE(polling_before_sleep_follows_how_long_the_waits_are) {
+  io_context ctx;
+  if (!(ctx.setup_flags() & IORING_SETUP_TASKRUN_FLAG)) {
+    BOOST_TEST_MESSAGE("skipped: the kernel does not flag pending completions (IORING_SETUP_TASKRUN_FLAG)");
+    return;
+  }
+  BOOST_TEST(ctx.poll_window().count() == 0);
+  ctx.set_max_poll_before_sleep(std::chrono::seconds(1));  // every wait below counts as short
+  ctx.run(sleeps(3, 100us));
+  BOOST_TEST(ctx.poll_window() >= 10us);
+  const auto grown = ctx.poll_window();
+  ctx.set_max_poll_before_sleep(1ms);
+  BOOST_TEST(ctx.poll_window() == std::min<std::chrono::nanoseconds>(grown, 1ms));
+  ctx.run(sleeps(12, 5ms));  // each wait is longer than the maximum
+  BOOST_TEST(ctx.poll_window().count() == 0);
+  ctx.set_max_poll_before_sleep(0ns);  // off: waits sleep at once, and still end
+  ctx.run(sleeps(3, 100us));
+  BOOST_TEST(ctx.poll_window().count() == 0);
+}
+
+// A post from another thread reaches a loop that is polling (the wake-up's completion is flagged like any other).
+BOOST_AUTO_TEST_CASE(a_post_reaches_a_polling_loop) {
+  io_context ctx;
+  ctx.set_max_poll_before_sleep(std::chrono::seconds(1));
+  ctx.run(sleeps(3, 100us));  // the window is open now (where the kernel supports polling)
+  std::atomic<int> posted{0};
+  std::thread poster([&] {
+    for (int i = 0; i < 1000; ++i) ctx.post([&] { ++posted; });
+    ctx.post([&] { ctx.stop(); });
+  });
+  ctx.run();
+  poster.join();
+  BOOST_TEST(posted.load() == 1000);
 }
 
 BOOST_AUTO_TEST_CASE(stop_from_another_thread_cancels_the_running_task) {

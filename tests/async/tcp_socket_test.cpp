@@ -11,6 +11,7 @@
 #include <dmoe/async/with_timeout.hpp>
 
 #include <boost/test/unit_test.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -290,9 +291,52 @@ task<bool> small_vectored_round_trips(tcp_listener& listener) {
   co_return ok && got == burst;
 }
 
+// Writes `count` 10-byte messages the socket can take at once; returns how many finished before `other_ran` was set
+// (by a coroutine started after this one's first suspension).
+task<int> write_small_messages(tcp_socket& socket, const bool& other_ran, int count) {
+  int before_other = 0;
+  for (int i = 0; i < count; ++i) {
+    const std::string message = fmt::format("{:010}", i);
+    co_await socket.write_all(dmoe::as_bytes(message));
+    if (!other_ran) ++before_other;
+  }
+  co_return before_other;
+}
+
+task<void> mark_ran(bool& ran) {
+  ran = true;
+  co_return;
+}
+
+// Sends the socket can take now finish without suspending, but only a bounded number per loop iteration: a
+// coroutine whose every write finishes at once still lets the others run. Every byte arrives, in order.
+task<std::pair<int, bool>> writes_that_finish_at_once(tcp_listener& listener, int count) {
+  auto [server, client] = co_await connected_pair(listener);
+  bool other_ran = false;
+  auto [before_other, unused] = co_await dmoe::when_all(write_small_messages(client, other_ran, count), mark_ran(other_ran));
+  byte_buffer got(static_cast<std::size_t>(count) * 10);
+  co_await server.read_exactly(got);
+  bool in_order = true;
+  for (int i = 0; i < count; ++i)
+    in_order = in_order && dmoe::as_string_view(const_byte_span(got).subspan(static_cast<std::size_t>(i) * 10, 10)) ==
+                               fmt::format("{:010}", i);
+  co_return std::pair(before_other, in_order);
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(async_tcp_socket)
+
+BOOST_AUTO_TEST_CASE(writes_that_finish_at_once_still_let_other_coroutines_run) {
+  io_context ctx;
+  tcp_listener listener(ctx, endpoint::loopback_v4());
+  constexpr int count = 2000;  // 20 kB: the socket buffers take them all
+  const auto [before_other, in_order] = ctx.run(writes_that_finish_at_once(listener, count));
+  BOOST_TEST(before_other > 0);       // the first writes did not wait for the ring
+  BOOST_TEST(before_other < count);   // ... but the other coroutine ran long before the last
+  BOOST_TEST(in_order);
+  BOOST_TEST(ctx.operations_in_flight() == 0u);
+}
 
 // Send buffers below 64 KiB make loopback TCP crawl (kernel behaviour); random writes of up to
 // 1 MiB into 64 KiB buffers still come back partial.

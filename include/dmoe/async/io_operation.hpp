@@ -43,6 +43,9 @@ inline __kernel_timespec to_kernel_timespec(steady_time when) noexcept {
 //   void prepare(io_uring_sqe*) noexcept   fill the SQE (again for every resubmission)
 //   void start()                           optional: acquire resources before the first SQE
 //   bool resubmit(int result) noexcept     optional: true = submit again (partial transfers)
+//   bool try_now() noexcept                optional: try the operation at once, without the ring; true when it
+//                                          finished (its result set by complete_now), so the coroutine goes on
+//                                          without suspending
 //   R await_resume()                       interpret result()
 template <class Derived>
 class io_operation : public io_completion, public cancel_target {
@@ -64,6 +67,9 @@ class io_operation : public io_completion, public cancel_target {
       result_ = -ECANCELED;
       return false;
     }
+    if constexpr (requires(Derived& d) { d.try_now(); }) {
+      if (derived().try_now()) return false;
+    }
     if constexpr (requires(Derived& d) { d.start(); }) derived().start();
     waiter_ = waiter;
     submit();
@@ -78,6 +84,12 @@ class io_operation : public io_completion, public cancel_target {
     ctx = context;
   }
   ~io_operation() = default;
+
+  // Records the result of an operation that try_now() finished without the ring (`flags` as a CQE's would be).
+  void complete_now(int result, unsigned flags = 0) noexcept {
+    result_ = result;
+    cqe_flags_ = flags;
+  }
 
   int result() const noexcept { return result_; }
   unsigned cqe_flags() const noexcept { return cqe_flags_; }

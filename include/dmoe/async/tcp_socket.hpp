@@ -82,6 +82,18 @@ enum class stream_direction { receive, send };
 // read_some / write_some (All = false) and read_exactly / write_all (All = true, resubmitting after
 // partial transfers). A cancelled or timed-out transfer that moved some but not all bytes leaves
 // the stream in an unknown state: the connection is shut down (both ways) and the error says so.
+// What a tcp_socket knows between its operations, shared with them.
+struct stream_state {
+  // The kernel reports whether a receive emptied the socket (IORING_CQE_F_SOCK_NONEMPTY and
+  // IORING_RECVSEND_POLL_FIRST, Linux 5.19; a ring with IORING_SETUP_DEFER_TASKRUN, 6.1, proves it has them).
+  bool drain_notes = false;
+  bool drained = false;  // the last receive emptied the socket (as far as the kernel said)
+  // Operations of each direction waiting in the ring: while one is, a later one must not overtake it by
+  // transferring at once.
+  unsigned receives_in_ring = 0;
+  unsigned sends_in_ring = 0;
+};
+
 template <stream_direction Direction, bool All>
 class stream_operation final : public io_operation<stream_operation<Direction, All>> {
   using base = io_operation<stream_operation<Direction, All>>;
@@ -89,11 +101,14 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
  public:
   using result_type = std::conditional_t<All, void, std::size_t>;
 
-  // `drained`: the socket's note of whether its last receive emptied it (null: no such note kept).
+  // `state`: the socket's notes between operations (null: none kept, every operation goes through the ring).
   template <class Span>
   stream_operation(io_context* ctx, int fd, const endpoint* peer, std::span<const Span> pieces, steady_time deadline,
-                   bool* drained = nullptr)
-      : base(ctx, deadline), fd_(fd), peer_(peer), pieces_(pieces), drained_(drained) {}
+                   stream_state* state = nullptr)
+      : base(ctx, deadline), fd_(fd), peer_(peer), pieces_(pieces), state_(state) {}
+  ~stream_operation() {
+    if (in_ring_) --in_ring_count();
+  }
 
   // Reading or writing nothing completes at once.
   bool await_ready() const noexcept { return All && pieces_.total() == 0; }
@@ -117,6 +132,74 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
  private:
   friend class io_operation<stream_operation<Direction, All>>;
 
+  // A send, or a receive from a socket not known to be empty, first tries a non-blocking system call: one system
+  // call instead of an SQE, its completion and a suspension, when the socket can take or give bytes now (a
+  // request or response that fits the send buffer; a receive after one that left bytes behind). Only when no
+  // operation of its direction waits in the ring (bytes must not overtake), and within the loop's inline turns.
+  bool try_now() noexcept {
+    if (!state_ || in_ring_count() > 0 || pieces_.total() == 0) return false;
+    if (Direction == stream_direction::receive && (!state_->drain_notes || state_->drained)) return false;
+    if (!this->ctx->take_inline_turn()) return false;
+    ssize_t done;
+    if (pieces_.current_count() == 1) {
+      const iovec piece = *pieces_.current();
+      if constexpr (Direction == stream_direction::receive) {
+        done = ::recv(fd_, piece.iov_base, piece.iov_len, MSG_DONTWAIT);
+      } else {
+        done = ::send(fd_, piece.iov_base, piece.iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+    } else if (Direction == stream_direction::send && remaining() <= gather_limit) {
+      done = ::send(fd_, gathered_.data(), gather(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else {
+      msghdr message{};
+      message.msg_iov = pieces_.current();
+      message.msg_iovlen = pieces_.current_count();
+      if constexpr (Direction == stream_direction::receive) {
+        done = ::recvmsg(fd_, &message, MSG_DONTWAIT);
+      } else {
+        done = ::sendmsg(fd_, &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+    }
+    if (done < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        if (Direction == stream_direction::receive) state_->drained = true;
+        return false;  // the ring waits for the socket
+      }
+      this->complete_now(-errno);
+      return true;
+    }
+    const std::size_t wanted = remaining();
+    // A receive that filled what it was given may have left bytes behind: noted as the kernel's flag would.
+    const unsigned flags =
+        Direction == stream_direction::receive && static_cast<std::size_t>(done) == wanted ? IORING_CQE_F_SOCK_NONEMPTY : 0;
+    if constexpr (All) {
+      if (done == 0 || static_cast<std::size_t>(done) == wanted) {
+        transferred_ += static_cast<std::size_t>(done);
+        this->complete_now(static_cast<int>(done), flags);
+        return true;
+      }
+      transferred_ += static_cast<std::size_t>(done);  // the rest goes through the ring
+      pieces_.advance(static_cast<std::size_t>(done));
+      if (Direction == stream_direction::receive) state_->drained = true;
+      return false;
+    } else {
+      this->complete_now(static_cast<int>(done), flags);
+      return true;
+    }
+  }
+
+  // Before the first SQE: the operation now waits in the ring.
+  void start() noexcept {
+    if (state_) {
+      in_ring_ = true;
+      ++in_ring_count();
+    }
+  }
+
+  unsigned& in_ring_count() noexcept {
+    return Direction == stream_direction::receive ? state_->receives_in_ring : state_->sends_in_ring;
+  }
+
   void prepare(io_uring_sqe* sqe) noexcept {
     if (pieces_.current_count() <= 1) {
       const iovec piece = pieces_.current_count() == 1 ? *pieces_.current() : iovec{nullptr, 0};
@@ -126,15 +209,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
         io_uring_prep_send(sqe, fd_, piece.iov_base, piece.iov_len, MSG_NOSIGNAL);
       }
     } else if (Direction == stream_direction::send && remaining() <= gather_limit) {
-      // A few small pieces (a frame header and a short payload): one copy, then a plain send, which the kernel
-      // sets up for less than a sendmsg.
-      std::size_t size = 0;
-      for (std::size_t i = 0; i < pieces_.current_count(); ++i) {
-        const iovec& piece = pieces_.current()[i];
-        std::memcpy(gathered_.data() + size, piece.iov_base, piece.iov_len);
-        size += piece.iov_len;
-      }
-      io_uring_prep_send(sqe, fd_, gathered_.data(), size, MSG_NOSIGNAL);
+      io_uring_prep_send(sqe, fd_, gathered_.data(), gather(), MSG_NOSIGNAL);
     } else {
       message_ = msghdr{};
       message_.msg_iov = pieces_.current();
@@ -147,13 +222,26 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
     }
     // The last receive left the socket empty: wait for data before trying (a receive that can only find
     // nothing costs a socket lock and a return to the poll path).
-    if (Direction == stream_direction::receive && drained_ && *drained_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    if (Direction == stream_direction::receive && state_ && state_->drain_notes && state_->drained)
+      sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  }
+
+  // A few small pieces to send (a frame header and a short payload): copied into one buffer for a plain send,
+  // which the kernel sets up for less than a sendmsg. Returns their size.
+  std::size_t gather() noexcept {
+    std::size_t size = 0;
+    for (std::size_t i = 0; i < pieces_.current_count(); ++i) {
+      const iovec& piece = pieces_.current()[i];
+      std::memcpy(gathered_.data() + size, piece.iov_base, piece.iov_len);
+      size += piece.iov_len;
+    }
+    return size;
   }
 
   // IORING_CQE_F_SOCK_NONEMPTY on a receive's completion: bytes were still queued after it.
   void note_drained(int result) noexcept {
-    if (Direction == stream_direction::receive && drained_)
-      *drained_ = result > 0 && !(this->cqe_flags() & IORING_CQE_F_SOCK_NONEMPTY);
+    if (Direction == stream_direction::receive && state_ && state_->drain_notes)
+      state_->drained = result > 0 && !(this->cqe_flags() & IORING_CQE_F_SOCK_NONEMPTY);
   }
 
   bool resubmit(int result) noexcept {
@@ -193,7 +281,8 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
       gathered_;
   msghdr message_{};
   std::size_t transferred_ = 0;
-  bool* drained_;
+  stream_state* state_;
+  bool in_ring_ = false;
 };
 
 // tcp_socket::connect: creates the socket when awaited; yields the connected tcp_socket.
@@ -235,9 +324,11 @@ class tcp_socket {
 
   tcp_socket() noexcept = default;
   // Adopts a connected socket descriptor.
-  tcp_socket(io_context& ctx, int fd, const endpoint& peer) noexcept : ctx_(&ctx), fd_(fd), peer_(peer) {}
+  tcp_socket(io_context& ctx, int fd, const endpoint& peer) noexcept : ctx_(&ctx), fd_(fd), peer_(peer) {
+    state_.drain_notes = (ctx.setup_flags() & IORING_SETUP_DEFER_TASKRUN) != 0;
+  }
   tcp_socket(tcp_socket&& other) noexcept
-      : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), peer_(other.peer_), drained_(other.drained_) {}
+      : ctx_(other.ctx_), fd_(std::exchange(other.fd_, -1)), peer_(other.peer_), state_(other.state_) {}
   tcp_socket& operator=(tcp_socket&& other) noexcept;
   tcp_socket(const tcp_socket&) = delete;
   tcp_socket& operator=(const tcp_socket&) = delete;
@@ -250,31 +341,31 @@ class tcp_socket {
 
   // The bytes received (at least 1), or 0 when the peer has closed its side.
   auto read_some(byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, drained());
+    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, &state_);
   }
   auto read_some(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, buffers, deadline, drained());
+    return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // The bytes sent (possibly fewer than given).
   auto write_some(const_byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline);
+    return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline, &state_);
   }
   auto write_some(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, buffers, deadline);
+    return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // Fills the buffers completely; closed_error "peer ... closed the connection after N of M bytes".
   auto read_exactly(byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, drained());
+    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, &state_);
   }
   auto read_exactly(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, buffers, deadline, drained());
+    return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // Sends every byte, continuing after partial sends.
   auto write_all(const_byte_span buffer, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline);
+    return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline, &state_);
   }
   auto write_all(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
-    return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, buffers, deadline);
+    return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
 
   // Half-close: the peer reads end-of-stream; this side can still read.
@@ -294,16 +385,10 @@ class tcp_socket {
   io_context* context() const noexcept { return ctx_; }
 
  private:
-  // Receive-emptiness notes need IORING_CQE_F_SOCK_NONEMPTY and IORING_RECVSEND_POLL_FIRST (Linux 5.19); a ring
-  // with IORING_SETUP_DEFER_TASKRUN (6.1) proves the kernel has them.
-  bool* drained() noexcept {
-    return ctx_ && (ctx_->setup_flags() & IORING_SETUP_DEFER_TASKRUN) ? &drained_ : nullptr;
-  }
-
   io_context* ctx_ = nullptr;
   int fd_ = -1;
   endpoint peer_;
-  bool drained_ = false;  // the last receive emptied the socket (as far as the kernel said)
+  detail::stream_state state_;
 };
 
 inline tcp_socket detail::connect_operation::await_resume() {
@@ -338,7 +423,7 @@ DMOE_INLINE auto tcp_socket::operator=(tcp_socket&& other) noexcept -> tcp_socke
     ctx_ = other.ctx_;
     fd_ = std::exchange(other.fd_, -1);
     peer_ = other.peer_;
-    drained_ = other.drained_;
+    state_ = other.state_;
   }
   return *this;
 }

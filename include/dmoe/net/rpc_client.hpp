@@ -683,8 +683,10 @@ DMOE_DEF auto rpc_client::write_failed(detail::client_connection& c, const std::
 DMOE_DEF auto rpc_client::write_first(std::shared_ptr<detail::client_connection> connection) -> task<void> {
   detail::client_connection& c = *connection;
   c.writer_busy = true;
-  // Calls made in this loop iteration queue their requests first, to go out in the same write.
-  const bool alone = co_await write_pass_.join();
+  // Calls made in this loop iteration queue their requests first, to go out in the same write; a connection with
+  // no other call in flight has nothing to wait for, and its request goes now.
+  bool alone = true;
+  if (c.pending.size() > 1) alone = co_await write_pass_.join();
   write_batch batch;
   take_batch(c, batch);
   if (!batch.first && batch.cancels.empty()) {

@@ -147,6 +147,7 @@ struct server_connection {
   std::vector<const_byte_span> batch;  // the pieces of the write in progress (capacity kept)
   async_event slot_freed;
   std::size_t in_flight = 0;
+  bool more_requests_read = false;  // bytes of a later request are read already (the peer pipelines)
   std::uint64_t reserved = 0;  // budget taken for the next request, before its payload is stored
   std::uint64_t buffered = 0;  // this connection's share of the budget in use (requests and responses)
   std::uint64_t* address_buffered = nullptr;  // its address's share in use, over all its connections
@@ -528,7 +529,9 @@ DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_gr
       }
       if (!next) break;
       if (conn.going_away) continue;  // not read for processing: the peer retries it elsewhere
+      conn.more_requests_read = reader.mid_frame();
       dispatch(conn, requests, std::move(*next));
+      conn.more_requests_read = false;
       // Let the handlers just started charge their responses before more are read: every few requests, and
       // after each one near the budget (a handler's response is only known once it has run).
       if (++dispatched_unyielded >= 16 || buffered_ * 2 > options_.max_buffered_bytes ||
@@ -823,8 +826,11 @@ DMOE_DEF auto rpc_server::send_frame(detail::server_connection& conn, frame_head
 DMOE_DEF auto rpc_server::write_queued(detail::server_connection& conn) -> task<void> {
   constexpr std::size_t max_pieces = 512;  // well under IOV_MAX
   conn.writer_busy = true;
-  // Handlers finishing in this loop iteration queue their responses first, to go out in the same write.
-  const bool alone = co_await write_pass_.join();
+  // Handlers finishing in this loop iteration queue their responses first, to go out in the same write; a
+  // connection with no other request in flight or read has nothing to wait for, and its response goes now (its
+  // client can get on with it while this loop reads the other connections).
+  bool alone = true;
+  if (conn.in_flight > 1 || conn.more_requests_read) alone = co_await write_pass_.join();
   std::exception_ptr stopped;
   while (conn.queue_head) {
     conn.batch.clear();
