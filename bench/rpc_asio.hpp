@@ -205,6 +205,7 @@ inline asio::awaitable<void> asio_rpc_shared_connection(asio_tcp::endpoint serve
 // Server on one thread, clients on another, as for dmoe.
 inline rpc_result run_asio_rpc(const rpc_case& c) {
   const rpc_request_payload request(c);
+  const double cpu_before = process_cpu_seconds();
   asio_rpc_handlers handlers;
   handlers[rpc_echo_method] = [](dmoe::byte_buffer& payload) { return std::move(payload); };
 
@@ -242,7 +243,7 @@ inline rpc_result run_asio_rpc(const rpc_case& c) {
   server_thread.join();
   if (failure) std::rethrow_exception(failure);
 
-  return make_rpc_result(counts, elapsed);
+  return make_rpc_result(counts, elapsed, process_cpu_seconds() - cpu_before);
 }
 
 }  // namespace dmoe_bench

@@ -8,6 +8,8 @@
 #include <dmoe/tensor/tensor.hpp>
 #include <dmoe/tensor/wire.hpp>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -46,6 +48,7 @@ struct rpc_result {
   std::uint64_t payload_bytes = 0;  // request plus response payload bytes moved
   double seconds = 0;
   double median_us = 0;  // the median call's round trip, for a lone caller (0 otherwise)
+  double cpu_seconds = 0;  // CPU time of the whole process (server and client threads) during the run
   double calls_per_second() const { return seconds > 0 ? calls / seconds : 0; }
   double gigabytes_per_second() const { return seconds > 0 ? payload_bytes / seconds / 1e9 : 0; }
 };
@@ -74,8 +77,17 @@ inline std::vector<rpc_counts> make_rpc_counts(const rpc_case& c) {
   return counts;
 }
 
-inline rpc_result make_rpc_result(std::vector<rpc_counts>& counts, double seconds) {
+// CPU time (user + system) the process has used so far, in seconds.
+inline double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+inline rpc_result make_rpc_result(std::vector<rpc_counts>& counts, double seconds, double cpu_seconds) {
   rpc_result r;
+  r.cpu_seconds = cpu_seconds;
   for (const auto& n : counts) {
     r.calls += n.calls;
     r.payload_bytes += n.bytes;

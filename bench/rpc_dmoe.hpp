@@ -57,6 +57,7 @@ inline dmoe::task<void> dmoe_rpc_callers(dmoe::io_context& ctx, dmoe::endpoint s
 // Server on one thread, clients on another, as for Asio.
 inline rpc_result run_dmoe_rpc(const rpc_case& c) {
   const rpc_request_payload request(c);
+  const double cpu_before = process_cpu_seconds();
   dmoe::io_context server_context;
   dmoe::net::rpc_server server(server_context, dmoe::endpoint::loopback_v4(0));
   server.add_handler("echo", dmoe_rpc_echo);
@@ -86,7 +87,7 @@ inline rpc_result run_dmoe_rpc(const rpc_case& c) {
   if (client_failure) std::rethrow_exception(client_failure);
   if (server_failure) std::rethrow_exception(server_failure);
 
-  return make_rpc_result(counts, elapsed);
+  return make_rpc_result(counts, elapsed, process_cpu_seconds() - cpu_before);
 }
 
 }  // namespace dmoe_bench

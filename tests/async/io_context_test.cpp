@@ -2,6 +2,7 @@
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/task.hpp>
 #include <dmoe/async/timer.hpp>
+#include <dmoe/async/task_group.hpp>
 
 #include <boost/test/unit_test.hpp>
 
@@ -125,7 +126,28 @@ BOOST_AUTO_TEST_CASE(polling_before_sleep_follows_how_long_the_waits_are) {
   BOOST_TEST(ctx.poll_window().count() == 0);
 }
 
+// Keeps `others` hour-long timers in flight while it waits on short ones.
+task<void> short_waits_among_many_operations(int others) {
+  dmoe::task_group group(*io_context::current());
+  for (int i = 0; i < others; ++i) group.spawn(sleep_long());
+  co_await sleeps(5, 100us);
+  group.request_stop();
+  try {
+    co_await group.join();
+  } catch (const dmoe::cancelled_error&) {
+  }
+}
+
 // A post from another thread reaches a loop that is polling (the wake-up's completion is flagged like any other).
+// A loop with many operations in flight sleeps at once: its completions come in streams, which a sleep batches.
+BOOST_AUTO_TEST_CASE(a_loop_with_many_operations_in_flight_does_not_poll) {
+  io_context ctx;
+  ctx.set_max_poll_before_sleep(std::chrono::seconds(1));
+  ctx.run(short_waits_among_many_operations(32));
+  BOOST_TEST(ctx.poll_window().count() == 0);
+  BOOST_TEST(ctx.operations_in_flight() == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(a_post_reaches_a_polling_loop) {
   io_context ctx;
   ctx.set_max_poll_before_sleep(std::chrono::seconds(1));

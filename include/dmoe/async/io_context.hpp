@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <liburing.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -216,9 +217,12 @@ class io_context {
 
   // Before it sleeps for completions, the loop polls for them for a while, as a guest kernel's haltpoll does
   // before it halts a CPU: waking a sleeping thread costs tens of microseconds on a virtual machine (more than a
-  // loopback round trip's work), and a poll that sees the completion come costs only the time it waited. The
-  // window adapts as haltpoll's does: it doubles (from 10 µs, up to `max`) after a wait that ended within `max`,
-  // and halves after one that did not, so a loop whose completions come seldom soon stops polling. `max` 0 turns
+  // loopback round trip's work), and a poll that sees the completion come costs only the time it waited. The poll
+  // yields the CPU every few looks (sched_yield), so a thread it waits for on the same CPU runs meanwhile. The
+  // window adapts as haltpoll's does: it doubles (from 10 µs, up to `max`) after a wait that ended within `max`
+  // (within twice `max` for a wait that slept at once, which includes the wake-up), and halves after one that did
+  // not, so a loop whose completions come seldom soon stops polling. A loop with more than 16 operations in flight
+  // sleeps at once: its completions come in streams, and a sleep lets them gather into one batch. `max` 0 turns
   // polling off. Default: 50 µs. Only on kernels that flag pending completion work (IORING_SETUP_TASKRUN_FLAG,
   // Linux 5.19); elsewhere the loop sleeps at once.
   void set_max_poll_before_sleep(std::chrono::nanoseconds max) noexcept {
@@ -305,6 +309,7 @@ class io_context {
   std::stop_source* root_stop_ = nullptr;
   std::size_t ops_in_flight_ = 0;
   static constexpr std::int64_t min_poll_ns = 10'000;
+  static constexpr std::size_t max_ops_to_poll = 16;
   std::int64_t max_poll_ns_ = 50'000;
   std::int64_t poll_ns_ = 0;  // the current polling window
   static constexpr unsigned inline_turns_per_iteration = 64;
@@ -581,8 +586,11 @@ DMOE_DEF auto io_context::submit_and_wait(unsigned wait_count) -> void {
 }
 
 DMOE_DEF auto io_context::wait_for_completions() -> void {
-  // Completions already waiting (the usual case under load) need no poll, and tell nothing about the window.
-  if (max_poll_ns_ == 0 || !(setup_flags_ & IORING_SETUP_TASKRUN_FLAG) || completions_pending()) {
+  // Completions already waiting (the usual case under load) need no poll, and tell nothing about the window; nor
+  // does a loop with many operations in flight poll: its completions come in streams, and sleeping lets them
+  // gather into one batch.
+  if (max_poll_ns_ == 0 || !(setup_flags_ & IORING_SETUP_TASKRUN_FLAG) || ops_in_flight_ > max_ops_to_poll ||
+      completions_pending()) {
     submit_and_wait(1);
     return;
   }
@@ -596,7 +604,9 @@ DMOE_DEF auto io_context::wait_for_completions() -> void {
   }
   submit_and_wait(1);
   const std::int64_t waited = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-  if (waited <= max_poll_ns_) {
+  // A wait that only slept includes the wake-up itself (tens of microseconds here): up to twice the maximum, a
+  // poll might have caught it. Without this, a loop that stopped polling could never learn that it should again.
+  if (waited <= (poll_ns_ > 0 ? max_poll_ns_ : 2 * max_poll_ns_)) {
     poll_ns_ = std::min(max_poll_ns_, std::max(min_poll_ns, poll_ns_ * 2));
   } else {
     poll_ns_ /= 2;
@@ -607,18 +617,31 @@ DMOE_DEF auto io_context::wait_for_completions() -> void {
 DMOE_DEF auto io_context::poll_completions(std::chrono::steady_clock::time_point until) noexcept -> bool {
   for (unsigned i = 1;; ++i) {
     if (completions_pending()) return true;
-    if (i % 32 == 0 && std::chrono::steady_clock::now() >= until) return false;
+    if (i % 16 == 0) {
+      if (std::chrono::steady_clock::now() >= until) return false;
+      // Gives the CPU to any other thread waiting for it (often the very peer this loop waits for, when both
+      // share a CPU); on a CPU of its own, a yield returns at once.
+      ::sched_yield();
+    } else {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #elif defined(__aarch64__)
-    asm volatile("yield");
+      asm volatile("yield");
 #endif
+    }
   }
 }
 
 DMOE_DEF auto io_context::reap() -> void {
   constexpr unsigned batch_size = 128;
   for (;;) {
+    if (!stashed_.empty()) {
+      // Completions moved out of a full CQ ring (while submitting) are older than what the ring holds now.
+      std::vector<stashed_cqe> older;
+      older.swap(stashed_);
+      for (const auto& c : older) dispatch(c.user_data, c.result, c.flags);
+      continue;
+    }
     io_uring_cqe* cqes[batch_size];
     unsigned count = io_uring_peek_batch_cqe(&ring_, cqes, batch_size);
     if (count == 0) return;
@@ -626,7 +649,7 @@ DMOE_DEF auto io_context::reap() -> void {
     for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
     io_uring_cq_advance(&ring_, count);
     for (unsigned i = 0; i < count; ++i) dispatch(batch[i].user_data, batch[i].result, batch[i].flags);
-    if (count < batch_size) return;
+    if (count < batch_size && stashed_.empty()) return;
   }
 }
 
