@@ -79,9 +79,6 @@ class iovec_list {
 
 enum class stream_direction { receive, send };
 
-// read_some / write_some (All = false) and read_exactly / write_all (All = true, resubmitting after
-// partial transfers). A cancelled or timed-out transfer that moved some but not all bytes leaves
-// the stream in an unknown state: the connection is shut down (both ways) and the error says so.
 // What a tcp_socket knows between its operations, shared with them.
 struct stream_state {
   // The kernel reports whether a receive emptied the socket (IORING_CQE_F_SOCK_NONEMPTY and
@@ -93,6 +90,10 @@ struct stream_state {
   unsigned receives_in_ring = 0;
   unsigned sends_in_ring = 0;
 };
+
+// read_some / write_some (All = false) and read_exactly / write_all (All = true, resubmitting after
+// partial transfers). A cancelled or timed-out transfer that moved some but not all bytes leaves
+// the stream in an unknown state: the connection is shut down (both ways) and the error says so.
 
 template <stream_direction Direction, bool All>
 class stream_operation final : public io_operation<stream_operation<Direction, All>> {

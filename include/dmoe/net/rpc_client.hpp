@@ -720,10 +720,9 @@ DMOE_DEF auto rpc_client::write_first(std::shared_ptr<detail::client_connection>
 DMOE_DEF auto rpc_client::write_requests(std::shared_ptr<detail::client_connection> connection,
     write_batch started) -> task<void> {
   detail::client_connection& c = *connection;
-  bool alone = false;
   if (!started.first && started.cancels.empty()) {
     // Calls made in this loop iteration queue their requests first, to go out in the same write.
-    alone = co_await write_pass_.join();
+    co_await write_pass_.join();
   }
   write_batch batch = std::move(started);
   for (;;) {
@@ -734,19 +733,13 @@ DMOE_DEF auto rpc_client::write_requests(std::shared_ptr<detail::client_connecti
     bool ok = false;
     if (c.current != detail::client_connection::state::failed && !c.write_broken) {
       try {
-        std::size_t sent = 0;
-        if (alone) {
-          ++stats_.request_writes;
-          sent = detail::send_now(c.socket.native_handle(), batch.pieces, c.peer_text);
-        }
-        if (sent < batch.total) {
-          if (!alone) ++stats_.request_writes;
-          detail::drop_sent(batch.pieces, sent);
-          c.write_deadline = transfer_deadline(options_.write_timeout, batch.total - sent);
-          c.writing = true;
-          const flag_clear writing{c.writing};
-          co_await c.socket.write_all(batch.pieces);
-        }
+        // What the socket takes now goes out at once (tcp_socket tries a send before the ring); the deadline
+        // covers what has to wait.
+        ++stats_.request_writes;
+        c.write_deadline = transfer_deadline(options_.write_timeout, batch.total);
+        c.writing = true;
+        const flag_clear writing{c.writing};
+        co_await c.socket.write_all(batch.pieces);
         ok = true;
       } catch (const std::exception& e) {
         write_failed(c, e);
@@ -754,7 +747,6 @@ DMOE_DEF auto rpc_client::write_requests(std::shared_ptr<detail::client_connecti
     }
     release_batch(batch, ok);
     batch = {};
-    alone = false;
   }
   c.writer_busy = false;
 }

@@ -829,8 +829,7 @@ DMOE_DEF auto rpc_server::write_queued(detail::server_connection& conn) -> task<
   // Handlers finishing in this loop iteration queue their responses first, to go out in the same write; a
   // connection with no other request in flight or read has nothing to wait for, and its response goes now (its
   // client can get on with it while this loop reads the other connections).
-  bool alone = true;
-  if (conn.in_flight > 1 || conn.more_requests_read) alone = co_await write_pass_.join();
+  if (conn.in_flight > 1 || conn.more_requests_read) co_await write_pass_.join();
   std::exception_ptr stopped;
   while (conn.queue_head) {
     conn.batch.clear();
@@ -850,16 +849,14 @@ DMOE_DEF auto rpc_server::write_queued(detail::server_connection& conn) -> task<
       try {
         std::size_t total = 0;
         for (const auto& piece : conn.batch) total += piece.size();
-        const std::size_t sent = alone ? detail::send_now(conn.socket.native_handle(), conn.batch, conn.peer) : 0;
-        if (sent < total) {
-          detail::drop_sent(conn.batch, sent);
-          conn.write_deadline = deadline_from(
-              deadline_after(options_.write_timeout),
-              std::chrono::duration<double>(static_cast<double>(total) / static_cast<double>(options_.min_transfer_rate)));
-          conn.writing = true;
-          const operation_flag writing{conn.writing};
-          co_await conn.socket.write_all(conn.batch);
-        }
+        // What the socket takes now goes out at once (tcp_socket tries a send before the ring); the deadline
+        // covers what has to wait.
+        conn.write_deadline = deadline_from(
+            deadline_after(options_.write_timeout),
+            std::chrono::duration<double>(static_cast<double>(total) / static_cast<double>(options_.min_transfer_rate)));
+        conn.writing = true;
+        const operation_flag writing{conn.writing};
+        co_await conn.socket.write_all(conn.batch);
       } catch (const cancelled_error&) {
         conn.broken = true;
         stopped = std::current_exception();

@@ -68,9 +68,9 @@ DMOE_DEF void drop_sent(std::vector<const_byte_span>& pieces, std::size_t bytes)
 
 // The writers of one client or server that are ready to write in the same loop iteration. `co_await pass.join()`
 // resumes a writer after the coroutines already resumed in this iteration (posted work runs after them, before the
-// loop submits I/O), so what they produce can join its write, and says whether it is the pass's only writer. A
-// lone writer sends at once (send_now); among many, each submits an io_uring write and the loop sends them all
-// with one system call, waking their peers once rather than one by one.
+// loop submits I/O), so what they produce can join its write, and says whether it is the pass's only writer (the
+// client's first writer then sends at once with send_now, in the calling coroutine, which must never wait on a
+// write).
 class write_pass {
  public:
   explicit write_pass(io_context& ctx) noexcept : ctx_(ctx) {}
