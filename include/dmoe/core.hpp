@@ -7,5 +7,6 @@
 #include <dmoe/core/clock.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/core/hash.hpp>
 #include <dmoe/core/log.hpp>

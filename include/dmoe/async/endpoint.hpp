@@ -27,17 +27,17 @@ class endpoint {
   endpoint() noexcept { std::memset(&addr_, 0, sizeof addr_); }
 
   // An address literal ("10.0.0.1", "::1") and a port; throws invalid_argument_error.
-  endpoint(std::string_view address, std::uint16_t port) : endpoint() {
+  DMOE_DECL endpoint(std::string_view address, std::uint16_t port) : endpoint() {
     if (!assign_address(address, port)) {
-      throw invalid_argument_error(fmt::format("not an IPv4 or IPv6 address: '{}'", address));
+      throw invalid_argument_error(dmoe::format("not an IPv4 or IPv6 address: '{}'", address));
     }
   }
 
   // "host:port" with host an IPv4 literal, or "[v6]:port"; throws invalid_argument_error.
-  static endpoint parse(std::string_view text) {
+  DMOE_DECL static endpoint parse(std::string_view text) {
     if (auto parsed = try_parse(text)) return *parsed;
     throw invalid_argument_error(
-        fmt::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
+        dmoe::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
   }
 
   DMOE_DECL static std::optional<endpoint> try_parse(std::string_view text) noexcept;
@@ -63,9 +63,9 @@ class endpoint {
 
   // The address alone: "127.0.0.1", "::1".
   DMOE_DECL std::string address() const;
-  std::string to_string() const {
-    if (is_v6()) return fmt::format("[{}]:{}", address(), port());
-    if (is_v4()) return fmt::format("{}:{}", address(), port());
+  DMOE_DECL std::string to_string() const {
+    if (is_v6()) return dmoe::format("[{}]:{}", address(), port());
+    if (is_v4()) return dmoe::format("{}:{}", address(), port());
     return "unspecified";
   }
 
@@ -147,7 +147,7 @@ DMOE_DEF auto endpoint::from_sockaddr(const sockaddr* address, socklen_t length)
   } else if (address->sa_family == AF_INET6 && length >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
     std::memcpy(&result.addr_.v6, address, sizeof(sockaddr_in6));
   } else {
-    throw invalid_argument_error(fmt::format("unsupported socket address family {}", address->sa_family));
+    throw invalid_argument_error(dmoe::format("unsupported socket address family {}", address->sa_family));
   }
   return result;
 }

@@ -89,7 +89,7 @@ DMOE_BEGIN_NAMESPACE
 namespace detail {
 
 DMOE_DEF auto accept_operation::await_resume() -> tcp_socket {
-  if (result() < 0) throw_failure(result(), fmt::format("tcp accept on {}", *local_));
+  if (result() < 0) throw_failure(result(), dmoe::format("tcp accept on {}", *local_));
   tcp_socket socket(*ctx, result(), endpoint::from_sockaddr(&peer_.base, peer_length_));
   socket.set_option(IPPROTO_TCP, TCP_NODELAY, 1);
   return socket;
@@ -103,8 +103,8 @@ DMOE_DEF tcp_listener::tcp_listener(io_context& ctx, const endpoint& local, int 
   if (fd_ < 0) throw system_error(errno, "socket");
   try {
     detail::set_socket_option(fd_, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
-    if (::bind(fd_, local.data(), local.size()) != 0) throw system_error(errno, fmt::format("bind to {}", local));
-    if (::listen(fd_, backlog) != 0) throw system_error(errno, fmt::format("listen on {}", local));
+    if (::bind(fd_, local.data(), local.size()) != 0) throw system_error(errno, dmoe::format("bind to {}", local));
+    if (::listen(fd_, backlog) != 0) throw system_error(errno, dmoe::format("listen on {}", local));
     local_ = detail::local_endpoint_of(fd_);
   } catch (...) {
     ::close(fd_);

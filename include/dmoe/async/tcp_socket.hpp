@@ -120,7 +120,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
     if constexpr (All) {
       if (transferred_ == pieces_.total()) return;
       if (result == 0 && Direction == stream_direction::receive) {
-        throw closed_error(fmt::format("peer {} closed the connection after {} of {} bytes", *peer_, transferred_,
+        throw closed_error(dmoe::format("peer {} closed the connection after {} of {} bytes", *peer_, transferred_,
                                        pieces_.total()));
       }
       fail(result > 0 ? -ECANCELED : result);  // > 0: stopped between partial transfers
@@ -259,13 +259,13 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
   }
 
   [[noreturn]] void fail(int result) {
-    std::string what = fmt::format("tcp {} {}", Direction == stream_direction::receive ? "recv from" : "send to", *peer_);
+    std::string what = dmoe::format("tcp {} {}", Direction == stream_direction::receive ? "recv from" : "send to", *peer_);
     if (result == -ECONNRESET || result == -EPIPE) {
-      throw closed_error(fmt::format("{}: connection reset by peer ({})", what, std::strerror(-result)));
+      throw closed_error(dmoe::format("{}: connection reset by peer ({})", what, std::strerror(-result)));
     }
     if (All && transferred_ > 0 && this->interrupted(result)) {
       ::shutdown(fd_, SHUT_RDWR);
-      what += fmt::format(" after {} of {} bytes (stream state unknown: connection shut down)", transferred_,
+      what += dmoe::format(" after {} of {} bytes (stream state unknown: connection shut down)", transferred_,
                           pieces_.total());
     }
     this->throw_failure(result, what);
@@ -371,7 +371,7 @@ class tcp_socket {
 
   // Half-close: the peer reads end-of-stream; this side can still read.
   void shutdown_write() {
-    if (::shutdown(fd_, SHUT_WR) != 0) throw system_error(errno, fmt::format("shutdown of connection to {}", peer_));
+    if (::shutdown(fd_, SHUT_WR) != 0) throw system_error(errno, dmoe::format("shutdown of connection to {}", peer_));
   }
   void close() noexcept {
     if (fd_ >= 0) ::close(std::exchange(fd_, -1));
@@ -382,7 +382,7 @@ class tcp_socket {
   bool is_open() const noexcept { return fd_ >= 0; }
   int native_handle() const noexcept { return fd_; }
   const endpoint& peer() const noexcept { return peer_; }
-  endpoint local_endpoint() const { return detail::local_endpoint_of(fd_); }
+  DMOE_DECL endpoint local_endpoint() const { return detail::local_endpoint_of(fd_); }
   io_context* context() const noexcept { return ctx_; }
 
  private:
@@ -393,7 +393,7 @@ class tcp_socket {
 };
 
 inline tcp_socket detail::connect_operation::await_resume() {
-  if (result() < 0) throw_failure(result(), fmt::format("tcp connect to {}", peer_));
+  if (result() < 0) throw_failure(result(), dmoe::format("tcp connect to {}", peer_));
   set_socket_option(fd_, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
   return tcp_socket(*ctx, std::exchange(fd_, -1), peer_);
 }

@@ -42,7 +42,7 @@ class udp_send_operation final : public io_operation<udp_send_operation> {
   }
 
   std::size_t await_resume() const {
-    if (result() < 0) throw_failure(result(), fmt::format("udp send to {}", peer_));
+    if (result() < 0) throw_failure(result(), dmoe::format("udp send to {}", peer_));
     return static_cast<std::size_t>(result());
   }
 
@@ -141,7 +141,7 @@ DMOE_DEF auto udp_send_operation::prepare(io_uring_sqe* sqe) noexcept -> void {
 }
 
 DMOE_DEF auto udp_receive_operation::await_resume() const -> datagram {
-  if (result() < 0) throw_failure(result(), fmt::format("udp recv on {}", *local_));
+  if (result() < 0) throw_failure(result(), dmoe::format("udp recv on {}", *local_));
   datagram received;
   const auto length = static_cast<std::size_t>(result());  // MSG_TRUNC: the datagram's real length
   received.size = length < piece_.iov_len ? length : piece_.iov_len;
@@ -169,7 +169,7 @@ DMOE_DEF udp_socket::udp_socket(io_context& ctx, const endpoint& local) : ctx_(&
   if (::bind(fd_, local.data(), local.size()) != 0) {
     const int error = errno;
     ::close(fd_);
-    throw system_error(error, fmt::format("bind to {}", local));
+    throw system_error(error, dmoe::format("bind to {}", local));
   }
   local_ = detail::local_endpoint_of(fd_);
 }

@@ -96,7 +96,7 @@ DMOE_DEF void rethrow_timed_out(const std::exception_ptr& error, bool timed_out,
   try {
     std::rethrow_exception(error);
   } catch (const cancelled_error& cancelled) {
-    if (timed_out) throw timeout_error(fmt::format("timed out after {} ({})", limit, cancelled.what()));
+    if (timed_out) throw timeout_error(dmoe::format("timed out after {} ({})", limit, cancelled.what()));
     throw;
   }
 }
@@ -124,7 +124,7 @@ task<T> with_deadline(task<T> work, steady_time deadline) {
 template <class T, class Rep, class Period>
 task<T> with_timeout(task<T> work, std::chrono::duration<Rep, Period> timeout) {
   const auto ms = std::chrono::duration<double, std::milli>(timeout).count();
-  return detail::race_deadline(std::move(work), deadline_after(timeout), fmt::format("{} ms", ms));
+  return detail::race_deadline(std::move(work), deadline_after(timeout), dmoe::format("{} ms", ms));
 }
 
 DMOE_END_NAMESPACE

@@ -40,7 +40,7 @@ class binary_reader {
   const_byte_span read_blob(std::size_t max_size) {
     auto size = read<std::uint32_t>();
     if (size > max_size)
-      throw limit_error(fmt::format("{}: field of {} bytes exceeds limit {}", what_, size, max_size));
+      throw limit_error(dmoe::format("{}: field of {} bytes exceeds limit {}", what_, size, max_size));
     return read_bytes(size);
   }
   std::string read_string(std::size_t max_size) { return std::string(as_string_view(read_blob(max_size))); }
@@ -52,13 +52,13 @@ class binary_reader {
   // Throws unless every byte was consumed (trailing garbage is a protocol error).
   void expect_end() const {
     if (!empty())
-      throw protocol_error(fmt::format("{}: {} unexpected trailing bytes", what_, remaining()));
+      throw protocol_error(dmoe::format("{}: {} unexpected trailing bytes", what_, remaining()));
   }
 
  private:
   void require(std::size_t count) const {
     if (count > remaining())
-      throw protocol_error(fmt::format("{}: truncated: needs {} bytes at offset {}, only {} left", what_, count,
+      throw protocol_error(dmoe::format("{}: truncated: needs {} bytes at offset {}, only {} left", what_, count,
                                        offset_, remaining()));
   }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 
 #include <cerrno>
 #include <cstring>
@@ -78,7 +79,7 @@ DMOE_DEFINE_ERROR(device_error, device)
 class system_error : public error {
  public:
   system_error(int errno_value, std::string_view what)
-      : error(errc::io, fmt::format("{}: {}", what, std::strerror(errno_value))), errno_(errno_value) {}
+      : error(errc::io, dmoe::format("{}: {}", what, std::strerror(errno_value))), errno_(errno_value) {}
   int errno_value() const noexcept { return errno_; }
 
  private:

@@ -29,7 +29,7 @@ struct batch {
 inline batch slice(const labelled_images& data, std::int64_t begin, std::int64_t end) {
   if (begin < 0 || end < begin || end > data.size())
     throw invalid_argument_error(
-        fmt::format("slice: samples [{}, {}) of a data set of {} samples", begin, end, data.size()));
+        dmoe::format("slice: samples [{}, {}) of a data set of {} samples", begin, end, data.size()));
   return {data.images.rows(begin, end), data.labels.rows(begin, end)};
 }
 
@@ -46,13 +46,13 @@ class shuffled_batches {
   // with drop_last for a batch size larger than the data set (no batch at all).
   shuffled_batches(const labelled_images& data, std::int64_t batch_size, std::uint64_t seed, bool drop_last = false)
       : data_(data), batch_size_(batch_size), seed_(seed), drop_last_(drop_last) {
-    if (batch_size <= 0) throw invalid_argument_error(fmt::format("shuffled_batches: batch size {}", batch_size));
+    if (batch_size <= 0) throw invalid_argument_error(dmoe::format("shuffled_batches: batch size {}", batch_size));
     if (data.size() == 0) throw invalid_argument_error("shuffled_batches: the data set is empty");
     if (data.images.rank() != 2 || data.labels.rank() != 1 || data.images.dim(0) != data.size())
-      throw invalid_argument_error(fmt::format("shuffled_batches: images {} do not match labels {}",
+      throw invalid_argument_error(dmoe::format("shuffled_batches: images {} do not match labels {}",
                                                data.images.description(), data.labels.description()));
     if (batches_per_epoch() == 0)
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "shuffled_batches: drop_last with batch size {} leaves no batch of {} samples", batch_size, data.size()));
   }
 
@@ -92,7 +92,7 @@ class shuffled_batches {
   // a position outside [0, samples per epoch).
   void restore(std::int64_t epoch, std::int64_t position) {
     if (epoch < 0 || position < 0 || position >= samples_per_epoch())
-      throw invalid_argument_error(fmt::format("shuffled_batches::restore: epoch {} position {} ({} samples per epoch)",
+      throw invalid_argument_error(dmoe::format("shuffled_batches::restore: epoch {} position {} ({} samples per epoch)",
                                                epoch, position, samples_per_epoch()));
     epoch_ = epoch;
     position_ = position;

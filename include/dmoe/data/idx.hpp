@@ -90,7 +90,7 @@ class gz_reader {
   explicit gz_reader(const std::filesystem::path& path) : path_(path) {
     errno = 0;
     file_ = ::gzopen(path.c_str(), "rbe");
-    if (!file_) throw system_error(errno != 0 ? errno : ENOMEM, fmt::format("opening IDX file {}", path));
+    if (!file_) throw system_error(errno != 0 ? errno : ENOMEM, dmoe::format("opening IDX file {}", path));
     ::gzbuffer(file_, 1u << 17);
   }
   gz_reader(const gz_reader&) = delete;
@@ -107,8 +107,8 @@ class gz_reader {
         const int saved_errno = errno;
         int code = Z_OK;
         const std::string text = error_text(&code);
-        if (code == Z_ERRNO) throw system_error(saved_errno, fmt::format("reading IDX file {}", path_));
-        throw corrupt_error(fmt::format("IDX file {}: damaged gzip stream ({})", path_, text));
+        if (code == Z_ERRNO) throw system_error(saved_errno, dmoe::format("reading IDX file {}", path_));
+        throw corrupt_error(dmoe::format("IDX file {}: damaged gzip stream ({})", path_, text));
       }
       if (got == 0) break;
       done += static_cast<std::size_t>(got);
@@ -147,14 +147,14 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
                                             const idx_array& labels, const std::filesystem::path& labels_path,
                                             std::int64_t classes) {
   if (images.dims.size() != 3)
-    throw corrupt_error(fmt::format("IDX image file {} has {} dimensions, not 3 (count, rows, columns)", images_path,
+    throw corrupt_error(dmoe::format("IDX image file {} has {} dimensions, not 3 (count, rows, columns)", images_path,
                                     images.dims.size()));
   if (labels.dims.size() != 1)
     throw corrupt_error(
-        fmt::format("IDX label file {} has {} dimensions, not 1", labels_path, labels.dims.size()));
+        dmoe::format("IDX label file {} has {} dimensions, not 1", labels_path, labels.dims.size()));
   const std::int64_t n = images.dims[0];
   if (labels.dims[0] != n)
-    throw corrupt_error(fmt::format("IDX files disagree: {} holds {} images but {} holds {} labels", images_path, n,
+    throw corrupt_error(dmoe::format("IDX files disagree: {} holds {} images but {} holds {} labels", images_path, n,
                                     labels_path, labels.dims[0]));
   labelled_images out;
   out.rows = images.dims[1];
@@ -167,7 +167,7 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
   for (std::int64_t i = 0; i < n; ++i) {
     label_data[i] = labels.values[static_cast<std::size_t>(i)];
     if (label_data[i] >= classes)
-      throw corrupt_error(fmt::format("IDX label file {}: label {} at index {} is not below the {} classes",
+      throw corrupt_error(dmoe::format("IDX label file {}: label {} at index {} is not below the {} classes",
                                       labels_path, label_data[i], i, classes));
   }
   return out;
@@ -176,23 +176,23 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
 }  // namespace detail
 
 DMOE_DEF idx_array read_idx(const std::filesystem::path& path, const idx_limits& limits) {
-  auto fail = [&](std::string_view what) { return corrupt_error(fmt::format("IDX file {}: {}", path, what)); };
+  auto fail = [&](std::string_view what) { return corrupt_error(dmoe::format("IDX file {}: {}", path, what)); };
   detail::gz_reader in(path);
   std::array<std::uint8_t, 4> magic{};
   if (const std::size_t got = in.read(magic); got < magic.size())
-    throw fail(fmt::format("truncated: {} bytes, shorter than the 4-byte magic number", got));
+    throw fail(dmoe::format("truncated: {} bytes, shorter than the 4-byte magic number", got));
   if (magic[0] != 0 || magic[1] != 0)
-    throw fail(fmt::format("wrong magic number {:02x}: not an IDX file", fmt::join(magic, " ")));
+    throw fail(dmoe::format("wrong magic number {:02x}: not an IDX file", fmt::join(magic, " ")));
   if (magic[2] != 0x08)
-    throw fail(fmt::format("element type {:#04x} ({}) is not supported, only unsigned bytes (0x08)", magic[2],
+    throw fail(dmoe::format("element type {:#04x} ({}) is not supported, only unsigned bytes (0x08)", magic[2],
                            detail::idx_type_name(magic[2])));
   const std::size_t rank = magic[3];
   if (rank == 0 || rank > limits.max_dims)
-    throw fail(fmt::format("{} dimensions, outside the accepted 1..{}", rank, limits.max_dims));
+    throw fail(dmoe::format("{} dimensions, outside the accepted 1..{}", rank, limits.max_dims));
 
   std::vector<std::uint8_t> header(4 * rank);
   if (const std::size_t got = in.read(header); got < header.size())
-    throw fail(fmt::format("truncated header: {} dimensions need {} bytes, found {}", rank, header.size(), got));
+    throw fail(dmoe::format("truncated header: {} dimensions need {} bytes, found {}", rank, header.size(), got));
   idx_array out;
   std::int64_t elements = 1;
   for (std::size_t d = 0; d < rank; ++d) {
@@ -201,7 +201,7 @@ DMOE_DEF idx_array read_idx(const std::filesystem::path& path, const idx_limits&
                                                   std::uint32_t{b[2]} << 8 | std::uint32_t{b[3]});
     out.dims.push_back(extent);
     if (extent != 0 && elements > limits.max_elements / extent)
-      throw fail(fmt::format("dimensions {} exceed the limit of {} elements", fmt::join(out.dims, "x"),
+      throw fail(dmoe::format("dimensions {} exceed the limit of {} elements", fmt::join(out.dims, "x"),
                              limits.max_elements));
     elements *= extent;
   }
@@ -220,25 +220,25 @@ DMOE_DEF idx_array read_idx(const std::filesystem::path& path, const idx_limits&
   out.values.resize(got);
   if (got < expected) {
     const std::string zlib_text = in.error_text();
-    throw fail(fmt::format("truncated: expected {} bytes of data, found {}{}", elements, got,
-                           zlib_text.empty() ? "" : fmt::format(" ({})", zlib_text)));
+    throw fail(dmoe::format("truncated: expected {} bytes of data, found {}{}", elements, got,
+                           zlib_text.empty() ? "" : dmoe::format(" ({})", zlib_text)));
   }
   std::array<std::uint8_t, 1> extra{};
-  if (in.read(extra) != 0) throw fail(fmt::format("trailing data after {} bytes", elements));
+  if (in.read(extra) != 0) throw fail(dmoe::format("trailing data after {} bytes", elements));
   // A gzip stream cut inside its trailer ends without an error from gzread, only with zlib's error state set.
   if (const std::string zlib_text = in.error_text(); !zlib_text.empty())
-    throw fail(fmt::format("damaged gzip stream ({})", zlib_text));
+    throw fail(dmoe::format("damaged gzip stream ({})", zlib_text));
   return out;
 }
 
 DMOE_DEF labelled_images read_labelled_images(const std::filesystem::path& images,
                                               const std::filesystem::path& labels, std::int64_t classes) {
-  if (classes <= 0) throw invalid_argument_error(fmt::format("read_labelled_images: {} classes", classes));
+  if (classes <= 0) throw invalid_argument_error(dmoe::format("read_labelled_images: {} classes", classes));
   return detail::make_labelled_images(read_idx(images), images, read_idx(labels), labels, classes);
 }
 
 DMOE_DEF fashion_mnist load_fashion_mnist(const std::filesystem::path& dir) {
-  const auto reinstall = fmt::format("reinstalling Debian's package {0} restores it (apt-get install --reinstall {0})",
+  const auto reinstall = dmoe::format("reinstalling Debian's package {0} restores it (apt-get install --reinstall {0})",
                                      fashion_mnist_package);
   auto read = [&](std::string_view name) {
     const std::filesystem::path path = dir / name;
@@ -246,26 +246,26 @@ DMOE_DEF fashion_mnist load_fashion_mnist(const std::filesystem::path& dir) {
       return read_idx(path);
     } catch (const system_error& e) {
       if (e.errno_value() != ENOENT) throw;
-      throw system_error(ENOENT, fmt::format("Fashion-MNIST file {0} is missing; Debian's package {1} ships it "
+      throw system_error(ENOENT, dmoe::format("Fashion-MNIST file {0} is missing; Debian's package {1} ships it "
                                              "(apt-get install {1})",
                                              path, fashion_mnist_package));
     } catch (const corrupt_error& e) {
-      throw corrupt_error(fmt::format("Fashion-MNIST: {}; {}", e.what(), reinstall));
+      throw corrupt_error(dmoe::format("Fashion-MNIST: {}; {}", e.what(), reinstall));
     }
   };
   auto split = [&](std::string_view prefix) {
-    const std::string images_name = fmt::format("{}-images-idx3-ubyte.gz", prefix);
-    const std::string labels_name = fmt::format("{}-labels-idx1-ubyte.gz", prefix);
+    const std::string images_name = dmoe::format("{}-images-idx3-ubyte.gz", prefix);
+    const std::string labels_name = dmoe::format("{}-labels-idx1-ubyte.gz", prefix);
     const idx_array images = read(images_name);
     const idx_array labels = read(labels_name);
     try {
       labelled_images out = detail::make_labelled_images(images, dir / images_name, labels, dir / labels_name, 10);
       if (out.rows != 28 || out.cols != 28)
-        throw corrupt_error(fmt::format("IDX image file {} holds {}x{} images, not 28x28", dir / images_name,
+        throw corrupt_error(dmoe::format("IDX image file {} holds {}x{} images, not 28x28", dir / images_name,
                                         out.rows, out.cols));
       return out;
     } catch (const corrupt_error& e) {
-      throw corrupt_error(fmt::format("Fashion-MNIST: {}; {}", e.what(), reinstall));
+      throw corrupt_error(dmoe::format("Fashion-MNIST: {}; {}", e.what(), reinstall));
     }
   };
   fashion_mnist out;

@@ -231,7 +231,7 @@ namespace dht {
 
 DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : options_(options) {
   if (options_.k == 0 || options_.alpha == 0 || options_.max_in_flight == 0)
-    throw invalid_argument_error(fmt::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
+    throw invalid_argument_error(dmoe::format("lookup needs k, alpha and max_in_flight >= 1, got k={} alpha={} "
                                              "max_in_flight={}",
                                              options_.k, options_.alpha, options_.max_in_flight));
   keys_.reserve(keys.size());

@@ -116,7 +116,7 @@ inline void write_header(binary_writer& w, bool client_mode) {
   w.write<std::uint8_t>(dht_wire_version);
   w.write<std::uint8_t>(client_mode ? 1 : 0);
 }
-inline void write_key(binary_writer& w, const node_id& id) {
+DMOE_DECL inline void write_key(binary_writer& w, const node_id& id) {
   const auto bytes = id.to_bytes();
   w.write_bytes(bytes);
 }
@@ -154,15 +154,15 @@ class wire_reader {
   DMOE_DECL bool header();
   std::size_t count(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
-    if (n > max) throw protocol_error(fmt::format("{}: {} {} exceed limit {}", what_, n, field, max));
+    if (n > max) throw protocol_error(dmoe::format("{}: {} {} exceed limit {}", what_, n, field, max));
     return n;
   }
   byte_buffer blob(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
-    if (n > max) throw protocol_error(fmt::format("{}: {} of {} bytes exceeds limit {}", what_, field, n, max));
+    if (n > max) throw protocol_error(dmoe::format("{}: {} of {} bytes exceeds limit {}", what_, field, n, max));
     return to_buffer(in_.read_bytes(n));
   }
-  node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
+  DMOE_DECL node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
   std::uint8_t byte() { return in_.read<std::uint8_t>(); }
   DMOE_DECL timed_value value();
   DMOE_DECL endpoint address();
@@ -302,7 +302,7 @@ DMOE_DEF store_request decode_store_request(const_byte_span bytes, const message
     store_item item;
     item.key = in.key();
     const auto has_subkey = in.byte();
-    if (has_subkey > 1) throw protocol_error(fmt::format("dht store request: item {} has subkey flag {}", i, has_subkey));
+    if (has_subkey > 1) throw protocol_error(dmoe::format("dht store request: item {} has subkey flag {}", i, has_subkey));
     if (has_subkey) item.subkey = in.blob(limits.max_subkey_size, "subkey");
     item.value = in.value();
     m.items.push_back(std::move(item));
@@ -322,7 +322,7 @@ DMOE_DEF store_response decode_store_response(const_byte_span bytes, const messa
   for (std::size_t i = 0; i < n; ++i) {
     const auto code = in.byte();
     if (code > static_cast<std::uint8_t>(store_result::refused))
-      throw protocol_error(fmt::format("dht store response: unknown store result {} at {}", code, i));
+      throw protocol_error(dmoe::format("dht store response: unknown store result {} at {}", code, i));
     m.results.push_back(static_cast<store_result>(code));
   }
   in.end();
@@ -362,15 +362,15 @@ DMOE_DEF find_response decode_find_response(const_byte_span bytes, const message
       r.found->is_dictionary = true;
       const std::size_t subkeys = in.count(limits.max_subkeys, "subkeys");
       if (subkeys == 0)
-        throw protocol_error(fmt::format("dht find response: result {} is a dictionary without subkeys", i));
+        throw protocol_error(dmoe::format("dht find response: result {} is a dictionary without subkeys", i));
       for (std::size_t j = 0; j < subkeys; ++j) {
         auto subkey = in.blob(limits.max_subkey_size, "subkey");
         auto value = in.value();
         if (!r.found->subkeys.emplace(std::move(subkey), std::move(value)).second)
-          throw protocol_error(fmt::format("dht find response: result {} repeats a subkey", i));
+          throw protocol_error(dmoe::format("dht find response: result {} repeats a subkey", i));
       }
     } else if (status != static_cast<std::uint8_t>(detail::find_status::not_found)) {
-      throw protocol_error(fmt::format("dht find response: unknown status {} for result {}", status, i));
+      throw protocol_error(dmoe::format("dht find response: unknown status {} for result {}", status, i));
     }
     const std::size_t peers = in.count(limits.max_peers, "peers");
     r.nearest.reserve(peers);
@@ -398,10 +398,10 @@ namespace dht::detail {
 DMOE_DEF auto wire_reader::header() -> bool {
   const auto version = in_.read<std::uint8_t>();
   if (version != dht_wire_version)
-    throw protocol_error(fmt::format("{}: unsupported DHT wire version {} (expected {})", what_, version,
+    throw protocol_error(dmoe::format("{}: unsupported DHT wire version {} (expected {})", what_, version,
                                      dht_wire_version));
   const auto flags = in_.read<std::uint8_t>();
-  if (flags > 1) throw protocol_error(fmt::format("{}: unknown flags {:#x}", what_, flags));
+  if (flags > 1) throw protocol_error(dmoe::format("{}: unknown flags {:#x}", what_, flags));
   return flags == 1;
 }
 
@@ -410,7 +410,7 @@ DMOE_DEF auto wire_reader::value() -> timed_value {
   v.value = blob(limits_.max_value_size, "value");
   v.expiration = in_.read<double>();
   if (!std::isfinite(v.expiration))
-    throw protocol_error(fmt::format("{}: expiration {} is not finite", what_, v.expiration));
+    throw protocol_error(dmoe::format("{}: expiration {} is not finite", what_, v.expiration));
   v.signature = blob(limits_.max_signature_size, "signature");
   return v;
 }
@@ -431,7 +431,7 @@ DMOE_DEF auto wire_reader::address() -> endpoint {
     v6.sin6_port = htons(in_.read<std::uint16_t>());
     return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v6);
   }
-  throw protocol_error(fmt::format("{}: unknown address family {} (expected 4 or 6)", what_, family));
+  throw protocol_error(dmoe::format("{}: unknown address family {} (expected 4 or 6)", what_, family));
 }
 
 }  // namespace dht::detail

@@ -88,7 +88,7 @@ struct store_entry {
   byte_buffer signature;        // sign_record's blob for signed records, else empty
 
   // The entry signed by `owner` over (key, subkey, value, expiration).
-  store_entry signed_by(const ed25519_keypair& owner) const {
+  DMOE_DECL store_entry signed_by(const ed25519_keypair& owner) const {
     store_entry out = *this;
     out.signature = sign_record(owner, key, subkey ? &*subkey : nullptr, value, expiration);
     return out;
@@ -139,7 +139,7 @@ class node {
  public:
   // Binds the socket and starts serving at the context's next loop iteration. Throws invalid_argument_error for
   // unusable options and system_error when the bind fails.
-  node(io_context& ctx, node_options options = {})
+  DMOE_DECL node(io_context& ctx, node_options options = {})
       : ctx_(ctx), options_(check(std::move(options))), protocol_(ctx, options_), group_(ctx) {
     group_.spawn(serve());
   }
@@ -277,7 +277,7 @@ class node {
 
   void ensure_open(std::string_view what) const {
     if (shut_down_ || protocol_.closed())
-      throw closed_error(fmt::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
+      throw closed_error(dmoe::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
   }
 
   DMOE_DECL void check_entries(const std::vector<store_entry>& entries) const;
@@ -619,7 +619,7 @@ DMOE_DEF auto node::check(node_options o) -> node_options {
   if (o.slow_request_after.count() <= 0)
     throw invalid_argument_error("dht node: slow_request_after must be positive");
   if (o.min_slow_request_after.count() <= 0)
-    throw invalid_argument_error(fmt::format("dht node: min_slow_request_after must be positive, got {} ms",
+    throw invalid_argument_error(dmoe::format("dht node: min_slow_request_after must be positive, got {} ms",
                                              o.min_slow_request_after.count()));
   o.min_slow_request_after = std::min(o.min_slow_request_after, o.slow_request_after);
   return o;
@@ -630,20 +630,20 @@ DMOE_DEF auto node::check_entries(const std::vector<store_entry>& entries) const
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const store_entry& e = entries[i];
     if (!std::isfinite(e.expiration))
-      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a non-finite expiration {}", i,
+      throw invalid_argument_error(dmoe::format("dht store: entry {} (key {}) has a non-finite expiration {}", i,
                                                e.key.to_hex(), e.expiration));
     if (e.value.size() > std::min(limits.max_value_size, options_.limits.max_value_size))
-      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a value of {} bytes, over the "
+      throw invalid_argument_error(dmoe::format("dht store: entry {} (key {}) has a value of {} bytes, over the "
                                                "limit of {}",
                                                i, e.key.to_hex(), e.value.size(),
                                                std::min(limits.max_value_size, options_.limits.max_value_size)));
     if (e.subkey && e.subkey->size() > std::min(limits.max_subkey_size, options_.limits.max_subkey_size))
-      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a subkey of {} bytes, over the "
+      throw invalid_argument_error(dmoe::format("dht store: entry {} (key {}) has a subkey of {} bytes, over the "
                                                "limit of {}",
                                                i, e.key.to_hex(), e.subkey->size(),
                                                std::min(limits.max_subkey_size, options_.limits.max_subkey_size)));
     if (e.signature.size() > options_.limits.max_signature_size)
-      throw invalid_argument_error(fmt::format("dht store: entry {} (key {}) has a signature of {} bytes, over the "
+      throw invalid_argument_error(dmoe::format("dht store: entry {} (key {}) has a signature of {} bytes, over the "
                                                "limit of {}",
                                                i, e.key.to_hex(), e.signature.size(), options_.limits.max_signature_size));
   }

@@ -67,7 +67,7 @@ struct node_id {
   DMOE_DECL static node_id from_bytes(const_byte_span bytes);
 
   // 32 lowercase hex digits, most significant first.
-  std::string to_hex() const { return fmt::format("{:016x}{:016x}", high, low); }
+  std::string to_hex() const { return dmoe::format("{:016x}{:016x}", high, low); }
   // Accepts exactly 32 hex digits (either case); throws invalid_argument_error.
   DMOE_DECL static node_id from_hex(std::string_view text);
 
@@ -163,7 +163,7 @@ DMOE_DEF auto node_id::to_bytes() const noexcept -> std::array<std::byte, size> 
 
 DMOE_DEF auto node_id::from_bytes(const_byte_span bytes) -> node_id {
   if (bytes.size() != size)
-    throw invalid_argument_error(fmt::format("a node id is {} bytes, got {}", size, bytes.size()));
+    throw invalid_argument_error(dmoe::format("a node id is {} bytes, got {}", size, bytes.size()));
   node_id out;
   for (std::size_t i = 0; i < 8; ++i) {
     out.high = (out.high << 8) | static_cast<std::uint8_t>(bytes[i]);
@@ -174,7 +174,7 @@ DMOE_DEF auto node_id::from_bytes(const_byte_span bytes) -> node_id {
 
 DMOE_DEF auto node_id::from_hex(std::string_view text) -> node_id {
   if (text.size() != 32)
-    throw invalid_argument_error(fmt::format("a node id is 32 hex digits, got {} characters", text.size()));
+    throw invalid_argument_error(dmoe::format("a node id is 32 hex digits, got {} characters", text.size()));
   node_id out;
   for (std::size_t i = 0; i < 32; ++i) {
     const char c = text[i];
@@ -182,7 +182,7 @@ DMOE_DEF auto node_id::from_hex(std::string_view text) -> node_id {
     if (c >= '0' && c <= '9') digit = static_cast<unsigned>(c - '0');
     else if (c >= 'a' && c <= 'f') digit = static_cast<unsigned>(c - 'a' + 10);
     else if (c >= 'A' && c <= 'F') digit = static_cast<unsigned>(c - 'A' + 10);
-    else throw invalid_argument_error(fmt::format("not a hex digit '{}' at {} in node id '{}'", c, i, text));
+    else throw invalid_argument_error(dmoe::format("not a hex digit '{}' at {} in node id '{}'", c, i, text));
     auto& half = i < 16 ? out.high : out.low;
     half = (half << 4) | digit;
   }

@@ -48,7 +48,7 @@ class node_thread {
                       std::chrono::milliseconds timeout = default_timeout);
   DMOE_DECL std::vector<store_outcome> store_many(std::vector<store_entry> entries,
                                         std::chrono::milliseconds timeout = default_timeout);
-  std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
+  DMOE_DECL std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
     const steady_time deadline = deadline_after(timeout);
     return call([=](node& n) { return n.get(key, latest, deadline); });
   }
@@ -74,7 +74,7 @@ class node_thread {
     {
       // Posting and shutting down exclude each other: nothing is posted to a context that is gone.
       std::lock_guard lock(post_mutex_);
-      if (stopping_) throw closed_error(fmt::format("dht node {} is shut down", local_));
+      if (stopping_) throw closed_error(dmoe::format("dht node {} is shut down", local_));
       ctx_->post([this, promise, make = std::move(make)]() mutable {
         if (!calls_) {
           promise->set_exception(std::make_exception_ptr(closed_error("dht node is shut down")));
@@ -87,7 +87,7 @@ class node_thread {
       return answer.get();
     } catch (const std::future_error&) {
       // The context ended before the call ran.
-      throw closed_error(fmt::format("dht node {} shut down before the call ran", local_));
+      throw closed_error(dmoe::format("dht node {} shut down before the call ran", local_));
     }
   }
 

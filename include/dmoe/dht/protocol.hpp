@@ -110,8 +110,8 @@ struct protocol_stats {
 };
 
 // The sender id the datagram layer carries, for a node id.
-inline net::datagram_sender_id to_sender_id(const node_id& id) noexcept { return id.to_bytes(); }
-inline node_id from_sender_id(const net::datagram_sender_id& id) { return node_id::from_bytes(id); }
+DMOE_DECL inline net::datagram_sender_id to_sender_id(const node_id& id) noexcept { return id.to_bytes(); }
+DMOE_DECL inline node_id from_sender_id(const net::datagram_sender_id& id) { return node_id::from_bytes(id); }
 
 namespace detail {
 
@@ -126,12 +126,12 @@ class source_limits {
   DMOE_DECL bool take_request(const endpoint& source, steady_time now);
 
   // Whether `source` may add `bytes` expiring at `expiration` (wall seconds) given its alive stored bytes at `now`.
-  bool fits(const endpoint& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
+  DMOE_DECL bool fits(const endpoint& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
     entry& e = at(source, steady_now);
     drop_expired(e, now);
     return e.bytes + bytes <= max_bytes_;
   }
-  void add(const endpoint& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
+  DMOE_DECL void add(const endpoint& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
     entry& e = at(source, steady_now);
     e.bytes += bytes;
     e.stored.emplace(expiration, bytes);
@@ -249,7 +249,7 @@ class protocol {
   io_context& context() noexcept { return ctx_; }
 
   // The nearest peers we know to `key`, as the wire names them.
-  std::vector<wire_peer> nearest(const key_id& key, std::size_t count,
+  DMOE_DECL std::vector<wire_peer> nearest(const key_id& key, std::size_t count,
                                  std::optional<node_id> exclude = std::nullopt) const {
     std::vector<wire_peer> out;
     for (const auto& p : table_.nearest(key, count, exclude)) out.push_back({p.id, p.address});
@@ -268,7 +268,7 @@ class protocol {
 
   DMOE_DECL static std::string_view to_string(message_type type) noexcept;
 
-  void answered(const node_id& id, const endpoint& address, bool client_mode) {
+  DMOE_DECL void answered(const node_id& id, const endpoint& address, bool client_mode) {
     if (!client_mode) heard_from(id, address, false);
   }
 
@@ -284,7 +284,7 @@ class protocol {
   Message admit(net::datagram_request& r, Decode decode) {
     if (!sources_.take_request(r.peer.with_port(0), options_.clock->steady_now())) {
       ++stats_.rate_limited;
-      throw net::datagram_no_answer(fmt::format("{} is over its request rate", r.peer));
+      throw net::datagram_no_answer(dmoe::format("{} is over its request rate", r.peer));
     }
     try {
       return decode(r.message, options_.limits);
@@ -295,7 +295,7 @@ class protocol {
     }
   }
 
-  void learn_requester(const net::datagram_request& r, bool client_mode) {
+  DMOE_DECL void learn_requester(const net::datagram_request& r, bool client_mode) {
     if (client_mode) return;
     heard_from(from_sender_id(r.sender), r.peer, true);
   }
@@ -476,7 +476,7 @@ DMOE_DEF auto protocol::find(wire_peer peer, std::vector<key_id> keys, steady_ti
     // Honest peers validated what they store: a forged record marks the peer as hostile.
     ++stats_.calls_failed;
     record_failure(peer.id);
-    throw protocol_error(fmt::format("dht find answer from {} at {}: {} record(s) with a refused signature",
+    throw protocol_error(dmoe::format("dht find answer from {} at {}: {} record(s) with a refused signature",
                                      peer.id.to_hex(), peer.address, forged));
   }
   answered(peer.id, peer.address, decoded.client_mode);
@@ -585,10 +585,10 @@ DMOE_DEF auto protocol::record_failure(const node_id& id) -> void {
 }
 
 DMOE_DEF auto protocol::check(protocol_options o) -> protocol_options {
-  if (o.k == 0 || o.b == 0) throw invalid_argument_error(fmt::format("dht node needs k >= 1 and b >= 1, got k={} b={}", o.k, o.b));
+  if (o.k == 0 || o.b == 0) throw invalid_argument_error(dmoe::format("dht node needs k >= 1 and b >= 1, got k={} b={}", o.k, o.b));
   if (o.num_replicas == 0) throw invalid_argument_error("dht node needs num_replicas >= 1");
   if (o.k > o.limits.max_peers)
-    throw invalid_argument_error(fmt::format("dht node: k={} exceeds limits.max_peers={} (find answers carry k peers)",
+    throw invalid_argument_error(dmoe::format("dht node: k={} exceeds limits.max_peers={} (find answers carry k peers)",
                                              o.k, o.limits.max_peers));
   if (o.rpc_timeout.count() <= 0) throw invalid_argument_error("dht node: rpc_timeout must be positive");
   if (o.max_requests_per_second < 0 || (o.max_requests_per_second > 0 && o.request_burst == 0))
@@ -609,7 +609,7 @@ DMOE_DEF auto protocol::table_options(const protocol_options& o) -> routing_tabl
 
 DMOE_DEF auto protocol::call(endpoint address, message_type type, const byte_buffer& request,
                                   steady_time deadline, std::optional<node_id> expected) -> task<net::datagram_response> {
-  if (closed_) throw closed_error(fmt::format("dht node {} is shut down", endpoint_.local_endpoint()));
+  if (closed_) throw closed_error(dmoe::format("dht node {} is shut down", endpoint_.local_endpoint()));
   deadline = std::min(deadline, deadline_after(options_.rpc_timeout));
   net::datagram_response answer;
   try {
@@ -628,7 +628,7 @@ DMOE_DEF auto protocol::call(endpoint address, message_type type, const byte_buf
     // Another node answers at that address now: the one we asked is gone; learn the new one.
     ++stats_.calls_failed;
     record_failure(*expected);
-    throw protocol_error(fmt::format("dht {} call to {}: answered by node {} instead of {}", to_string(type), address,
+    throw protocol_error(dmoe::format("dht {} call to {}: answered by node {} instead of {}", to_string(type), address,
                                      sender.to_hex(), expected->to_hex()));
   }
   ++stats_.calls_answered;

@@ -91,7 +91,7 @@ DMOE_DEF republisher::republisher(node& n, republish_options options) : node_(n)
   if (options_.period.count() <= 0) throw invalid_argument_error("republisher: period must be positive");
   if (options_.ttl.count() == 0) options_.ttl = 2 * options_.period;
   if (options_.ttl <= options_.period)
-    throw invalid_argument_error(fmt::format("republisher: ttl ({} ms) must be longer than the period ({} ms)",
+    throw invalid_argument_error(dmoe::format("republisher: ttl ({} ms) must be longer than the period ({} ms)",
                                              options_.ttl.count(), options_.period.count()));
 }
 

@@ -64,7 +64,7 @@ inline bool is_loopback(const endpoint& address) noexcept {
 // The addresses peers are counted under for routing_table_options::max_peers_per_ip: the IP address (port 0), but
 // for IPv6 its /64 prefix, the one subnet every IPv6 link gets (RFC 4291), from which one machine can use 2^64
 // addresses. IPv4-mapped IPv6 addresses count as their IPv4 address.
-inline endpoint ip_limit_key(const endpoint& address) {
+DMOE_DECL inline endpoint ip_limit_key(const endpoint& address) {
   const endpoint ip = address.with_port(0);
   if (!ip.is_v6()) return ip;
   sockaddr_in6 v6;
@@ -194,7 +194,7 @@ class routing_table {
 
   // The peer with this id, if it is in a bucket (not the replacement cache).
   DMOE_DECL std::optional<peer_info> find(const node_id& id) const;
-  bool contains(const node_id& id) const { return find(id).has_value(); }
+  DMOE_DECL bool contains(const node_id& id) const { return find(id).has_value(); }
 
   // The `count` peers nearest to `target` by XOR distance, nearest first, leaving out `exclude` (our own id is
   // never in the table). Equal to sorting every peer by distance; visits buckets in order of their distance
@@ -231,7 +231,7 @@ class routing_table {
   DMOE_DECL void split(bucket& b);
 
   // The least recently seen peer in the buckets under the address's IP (or IPv6 /64).
-  std::optional<peer_info> least_recently_seen_at(const endpoint& address) const {
+  DMOE_DECL std::optional<peer_info> least_recently_seen_at(const endpoint& address) const {
     std::optional<peer_info> oldest;
     if (const auto* held = per_ip_.peers_of(address)) {
       for (const auto& entry : *held) {
@@ -271,7 +271,7 @@ namespace dht {
 DMOE_DEF routing_table::routing_table(node_id self, routing_table_options options) : self_(self),
     options_(options), bans_(options.bans), per_ip_(options.max_peers_per_ip, options.limit_loopback) {
   if (options_.k == 0 || options_.b == 0 || options_.replacement_cache_size == 0)
-    throw invalid_argument_error(fmt::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
+    throw invalid_argument_error(dmoe::format("routing table needs k, b and replacement_cache_size >= 1, got {}, {}, {}",
                                              options_.k, options_.b, options_.replacement_cache_size));
   buckets_.push_back(bucket{});
 }

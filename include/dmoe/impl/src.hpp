@@ -81,6 +81,7 @@
 #include <dmoe/server/runtime.hpp>
 #include <dmoe/server/server.hpp>
 #include <dmoe/server/task_pool.hpp>
+#include <dmoe/tensor/half.hpp>
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

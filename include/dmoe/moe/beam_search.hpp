@@ -89,15 +89,22 @@ struct directory_stats {
 // remembered as empty. Use it on the node's io_context thread only.
 class dht_expert_directory final : public expert_directory {
  public:
-  explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
-      : node_(node), options_(options) {}
+  DMOE_DECL explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
+      : successors_body_(&dht_expert_directory::find_successors),
+        owners_body_(&dht_expert_directory::find_owners),
+        node_(node),
+        options_(options) {}
 
-  DMOE_INLINE task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override;
+  task<std::vector<successors_ref>> successors(std::vector<std::string> prefixes, steady_time deadline) override {
+    return (this->*successors_body_)(std::move(prefixes), deadline);
+  }
 
   // Reads the uid records (moe::get_experts) of the experts not remembered; owners found are remembered live_for,
   // and uids without a record empty_for when the crawl was not cut by the deadline (claims nobody owns, e.g. a
   // flood of them, then cost one crawl, not one per batch).
-  DMOE_INLINE task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override;
+  task<std::vector<std::optional<endpoint>>> owners(std::vector<std::string> uids, steady_time deadline) override {
+    return (this->*owners_body_)(std::move(uids), deadline);
+  }
 
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
   void clear_cache() {
@@ -122,6 +129,16 @@ class dht_expert_directory final : public expert_directory {
     steady_time until;
     std::optional<endpoint> server;  // nothing: no record names the uid
   };
+
+  DMOE_DECL task<std::vector<successors_ref>> find_successors(std::vector<std::string> prefixes, steady_time deadline);
+  DMOE_DECL task<std::vector<std::optional<endpoint>>> find_owners(std::vector<std::string> uids, steady_time deadline);
+
+  // The overrides call the bodies through these pointers, which the constructor sets. Header-only, the bodies and
+  // the constructor are templates, so only a translation unit that makes a directory compiles the bodies and the
+  // DHT lookups they reach; an override's own body is compiled in every translation unit that sees the class.
+  task<std::vector<successors_ref>> (dht_expert_directory::*successors_body_)(std::vector<std::string>, steady_time);
+  task<std::vector<std::optional<endpoint>>> (dht_expert_directory::*owners_body_)(std::vector<std::string>,
+                                                                                   steady_time);
 
   dht::node& node_;
   dht_directory_options options_;
@@ -218,7 +235,7 @@ DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_di
     found = co_await directory.successors(asked, deadline);  // kept past the loop: choices point into it
     if (found.size() != asked.size())
       throw protocol_error(
-          fmt::format("beam_search: the expert directory answered {} of {} prefixes", found.size(), asked.size()));
+          dmoe::format("beam_search: the expert directory answered {} of {} prefixes", found.size(), asked.size()));
     static const prefix_successors nothing;
     const std::uint32_t side = options.grid[d];
     if (last) choices.assign(rows, {});
@@ -252,7 +269,7 @@ DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_di
       for (std::size_t j = 0; j < keep; ++j) {
         const auto& c = pool[j];
         detail::beam_entry e{c.score, beam[c.parent].coordinates,
-                             fmt::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
+                             dmoe::format("{}{}{}", beam[c.parent].prefix, c.coordinate, uid_delimiter)};
         e.coordinates.push_back(c.coordinate);
         next_beam.push_back(std::move(e));
       }
@@ -314,7 +331,7 @@ DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_di
     if (round < max_owner_rounds && std::chrono::steady_clock::now() < deadline) {
       owners = co_await directory.owners(to_ask, deadline);
       if (owners.size() != to_ask.size())
-        throw protocol_error(fmt::format("beam_search: the expert directory answered {} of {} owners",
+        throw protocol_error(dmoe::format("beam_search: the expert directory answered {} of {} owners",
                                          owners.size(), to_ask.size()));
     }
     for (std::size_t i = 0; i < to_ask.size(); ++i) owner_of[to_ask[i]] = owners[i];
@@ -341,7 +358,7 @@ DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search_pass(expert_di
       found_expert e;
       e.coordinates = parent.coordinates;
       e.coordinates.push_back(c.coordinate);
-      e.uid = fmt::format("{}{}", parent.prefix, c.coordinate);
+      e.uid = dmoe::format("{}{}", parent.prefix, c.coordinate);
       e.server = server;
       e.score = static_cast<float>(c.score);
       out[b].push_back(std::move(e));
@@ -378,17 +395,17 @@ DMOE_DEF task<std::vector<std::vector<found_expert>>> beam_search(expert_directo
   expect_rank(op, "grid_scores", grid_scores, 2);
   const std::vector<std::int64_t> offsets = grid_offsets(options.grid);
   if (grid_scores.dim(1) != offsets.back())
-    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
+    throw shape_error(dmoe::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
                                   detail::grid_text(options.grid), offsets.back()));
-  if (k < 1) throw invalid_argument_error(fmt::format("{}: k = {} must be at least 1", op, k));
+  if (k < 1) throw invalid_argument_error(dmoe::format("{}: k = {} must be at least 1", op, k));
   if (!is_valid_uid_prefix(options.uid_prefix + "."))
-    throw invalid_argument_error(fmt::format("{}: '{}' is not an expert name", op, options.uid_prefix));
+    throw invalid_argument_error(dmoe::format("{}: '{}' is not an expert name", op, options.uid_prefix));
   const tensor scores = grid_scores.to(device::host);
   const float* s = scores.data<float>();
   const std::int64_t batch = scores.dim(0), width = offsets.back();
   for (std::int64_t i = 0; i < batch * width; ++i)
     if (!std::isfinite(s[i]))
-      throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, i % width, i / width, s[i]));
+      throw invalid_argument_error(dmoe::format("{}: score {} of sample {} is {}", op, i % width, i / width, s[i]));
   const auto keep_last = static_cast<std::size_t>(k);
   std::size_t keep_beam = options.beam_size == 0 ? keep_last : options.beam_size;
   std::vector<std::uint8_t> excluded_some;
@@ -436,7 +453,7 @@ DMOE_INLINE auto expert_directory::owners(std::vector<std::string> uids, steady_
   co_return std::vector<std::optional<endpoint>>(uids.size());
 }
 
-DMOE_INLINE auto dht_expert_directory::successors(std::vector<std::string> prefixes, steady_time deadline)
+DMOE_DEF auto dht_expert_directory::find_successors(std::vector<std::string> prefixes, steady_time deadline)
     -> task<std::vector<successors_ref>> {
   ++stats_.queries;
   const steady_time now = std::chrono::steady_clock::now();
@@ -487,7 +504,7 @@ DMOE_INLINE auto dht_expert_directory::successors(std::vector<std::string> prefi
   co_return out;
 }
 
-DMOE_INLINE auto dht_expert_directory::owners(std::vector<std::string> uids, steady_time deadline)
+DMOE_DEF auto dht_expert_directory::find_owners(std::vector<std::string> uids, steady_time deadline)
     -> task<std::vector<std::optional<endpoint>>> {
   const steady_time now = std::chrono::steady_clock::now();
   std::vector<std::optional<endpoint>> out(uids.size());

@@ -86,14 +86,14 @@ DMOE_DEF nn::tensor_schema read_schema(binary_reader& r) {
   try {
     s.type = dtype_from_code(code);
   } catch (const error&) {
-    throw protocol_error(fmt::format("expert info: unknown dtype code {}", code));
+    throw protocol_error(dmoe::format("expert info: unknown dtype code {}", code));
   }
   const auto rank = r.read<std::uint8_t>();
-  if (rank >= shape::max_rank) throw protocol_error(fmt::format("expert info: schema of rank {} is too large", rank));
+  if (rank >= shape::max_rank) throw protocol_error(dmoe::format("expert info: schema of rank {} is too large", rank));
   std::vector<std::int64_t> dims(rank);
   for (auto& d : dims) {
     d = r.read<std::int64_t>();
-    if (d < 0 || d > (std::int64_t{1} << 40)) throw protocol_error(fmt::format("expert info: schema dimension {}", d));
+    if (d < 0 || d > (std::int64_t{1} << 40)) throw protocol_error(dmoe::format("expert info: schema dimension {}", d));
   }
   s.sample_shape = shape(dims);
   return s;
@@ -118,7 +118,7 @@ DMOE_DECL void check_version(binary_reader& r, std::string_view what);
 DMOE_DEF void check_version(binary_reader& r, std::string_view what) {
   const auto version = r.read<std::uint8_t>();
   if (version != expert_protocol_version)
-    throw protocol_error(fmt::format("{}: expert protocol version {} (this side speaks {})", what, version,
+    throw protocol_error(dmoe::format("{}: expert protocol version {} (this side speaks {})", what, version,
                                      expert_protocol_version));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
@@ -128,7 +128,7 @@ DMOE_DECL wire_codec read_codec(binary_reader& r);
 DMOE_DEF wire_codec read_codec(binary_reader& r) {
   const auto code = r.read<std::uint8_t>();
   if (code > static_cast<std::uint8_t>(wire_codec::q8_blockwise))
-    throw protocol_error(fmt::format("expert request: unknown response codec {}", code));
+    throw protocol_error(dmoe::format("expert request: unknown response codec {}", code));
   return static_cast<wire_codec>(code);
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
@@ -249,7 +249,7 @@ DMOE_DEF expert_request decode_expert_request(const_byte_span bytes, expert_dire
     req.inputs = decode_tensor(r, limits);
     if (direction == expert_direction::backward) req.grad_outputs = decode_tensor(r, limits);
   } catch (const error& e) {
-    throw protocol_error(fmt::format("{} for '{}': {}", what, req.uid, e.what()));
+    throw protocol_error(dmoe::format("{} for '{}': {}", what, req.uid, e.what()));
   }
   r.expect_end();
   return req;

@@ -243,7 +243,7 @@ DMOE_DEF task<std::vector<std::optional<expert_declaration>>> get_experts(dht::n
 inline constexpr std::string_view empty_prefix_subkey = "-";
 
 // Whether `prefix` is a uid prefix: a name, then zero or more coordinates, each followed by a dot ("ffn.", "ffn.3.").
-inline bool is_valid_uid_prefix(std::string_view prefix) {
+DMOE_DECL inline bool is_valid_uid_prefix(std::string_view prefix) {
   return !prefix.empty() && prefix.back() == uid_delimiter && is_valid_expert_uid(std::string(prefix) + "0");
 }
 
@@ -372,7 +372,7 @@ DMOE_DEF task<std::vector<prefix_successors>> successors(dht::node& node, const 
   for (const auto& prefix : prefixes) {
     if (!is_valid_uid_prefix(prefix))
       throw invalid_argument_error(
-          fmt::format("successors: '{}' is not a uid prefix (a name and coordinates, each followed by '.')", prefix));
+          dmoe::format("successors: '{}' is not a uid prefix (a name and coordinates, each followed by '.')", prefix));
     keys.push_back(dht::key_of(prefix));
   }
   const auto found = co_await node.get_many(std::move(keys), latest, deadline);

@@ -102,11 +102,11 @@ DMOE_DECL void check_name(std::string_view name, std::string_view text);
 DMOE_DEF void check_name(std::string_view name, std::string_view text) {
   if (name.empty() || !is_name_start(name[0]))
     throw invalid_argument_error(
-        fmt::format("expert uid '{}': the name must start with a letter or '_' (uid grammar: name.i.j...)", text));
+        dmoe::format("expert uid '{}': the name must start with a letter or '_' (uid grammar: name.i.j...)", text));
   for (char c : name)
     if (!is_name_char(c))
-      throw invalid_argument_error(fmt::format("expert uid '{}': '{}' is not allowed in the name", text, c));
-  if (!is_utf8(name)) throw invalid_argument_error(fmt::format("expert uid: the name is not well-formed UTF-8"));
+      throw invalid_argument_error(dmoe::format("expert uid '{}': '{}' is not allowed in the name", text, c));
+  if (!is_utf8(name)) throw invalid_argument_error(dmoe::format("expert uid: the name is not well-formed UTF-8"));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -118,16 +118,16 @@ DMOE_DECL expert_coordinates parse_expert_uid(std::string_view uid);
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF expert_coordinates parse_expert_uid(std::string_view uid) {
   if (uid.size() > max_uid_length)
-    throw invalid_argument_error(fmt::format("expert uid of {} bytes exceeds {}", uid.size(), max_uid_length));
+    throw invalid_argument_error(dmoe::format("expert uid of {} bytes exceeds {}", uid.size(), max_uid_length));
   const auto parts = detail::split_uid(uid);
   detail::check_name(parts[0], uid);
   if (parts.size() < 2)
-    throw invalid_argument_error(fmt::format("expert uid '{}' has no grid coordinate (expected name.i.j...)", uid));
+    throw invalid_argument_error(dmoe::format("expert uid '{}' has no grid coordinate (expected name.i.j...)", uid));
   expert_coordinates out{std::string(parts[0]), {}};
   for (std::size_t i = 1; i < parts.size(); ++i) {
     const std::int64_t value = detail::parse_coordinate(parts[i]);
     if (value < 0)
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "expert uid '{}': coordinate '{}' is not a decimal in [0, 2^31) without leading zeros", uid, parts[i]));
     out.coordinates.push_back(value);
   }
@@ -151,7 +151,7 @@ DMOE_DECL std::string make_expert_uid(std::string_view name, const std::vector<s
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF std::string make_expert_uid(std::string_view name, const std::vector<std::int64_t>& coordinates) {
   std::string uid(name);
-  for (std::int64_t c : coordinates) uid += fmt::format("{}{}", uid_delimiter, c);
+  for (std::int64_t c : coordinates) uid += dmoe::format("{}{}", uid_delimiter, c);
   parse_expert_uid(uid);  // validates
   return uid;
 }
@@ -197,7 +197,7 @@ DMOE_DEF std::vector<std::string> expand_expert_pattern(std::string_view pattern
     const auto parts = detail::split_uid(one);
     detail::check_name(parts[0], one);
     if (parts.size() < 2)
-      throw invalid_argument_error(fmt::format("expert pattern '{}' has no grid coordinate", one));
+      throw invalid_argument_error(dmoe::format("expert pattern '{}' has no grid coordinate", one));
     std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
     std::size_t count = 1;
     for (std::size_t i = 1; i < parts.size(); ++i) {
@@ -212,25 +212,25 @@ DMOE_DEF std::vector<std::string> expand_expert_pattern(std::string_view pattern
         }
         if (lo < 0 || hi < 0)
           throw invalid_argument_error(
-              fmt::format("expert pattern '{}': '{}' is not a range [a:b] of coordinates", one, part));
+              dmoe::format("expert pattern '{}': '{}' is not a range [a:b] of coordinates", one, part));
         if (hi <= lo)
-          throw invalid_argument_error(fmt::format("expert pattern '{}': the range '{}' is empty", one, part));
+          throw invalid_argument_error(dmoe::format("expert pattern '{}': the range '{}' is empty", one, part));
       } else {
         lo = detail::parse_coordinate(part);
         if (lo < 0)
           throw invalid_argument_error(
-              fmt::format("expert pattern '{}': '{}' is neither a coordinate nor a range [a:b]", one, part));
+              dmoe::format("expert pattern '{}': '{}' is neither a coordinate nor a range [a:b]", one, part));
         hi = lo + 1;
       }
       ranges.emplace_back(lo, hi);
       const auto span = static_cast<std::size_t>(hi - lo);
       if (span > max_pattern_experts || count * span > max_pattern_experts)
         throw invalid_argument_error(
-            fmt::format("expert pattern '{}' names more than {} experts", one, max_pattern_experts));
+            dmoe::format("expert pattern '{}' names more than {} experts", one, max_pattern_experts));
       count *= span;
     }
     if (out.size() + count > max_pattern_experts)
-      throw invalid_argument_error(fmt::format("expert patterns name more than {} experts", max_pattern_experts));
+      throw invalid_argument_error(dmoe::format("expert patterns name more than {} experts", max_pattern_experts));
     std::vector<std::int64_t> at(ranges.size());
     for (std::size_t i = 0; i < ranges.size(); ++i) at[i] = ranges[i].first;
     for (std::size_t n = 0; n < count; ++n) {
@@ -241,11 +241,11 @@ DMOE_DEF std::vector<std::string> expand_expert_pattern(std::string_view pattern
       }
     }
   }
-  if (out.empty()) throw invalid_argument_error(fmt::format("expert pattern '{}' names no expert", pattern));
+  if (out.empty()) throw invalid_argument_error(dmoe::format("expert pattern '{}' names no expert", pattern));
   std::vector<std::string> sorted = out;
   std::sort(sorted.begin(), sorted.end());
   if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
-    throw invalid_argument_error(fmt::format("expert patterns name '{}' twice", *dup));
+    throw invalid_argument_error(dmoe::format("expert patterns name '{}' twice", *dup));
   return out;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS

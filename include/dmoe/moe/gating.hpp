@@ -50,16 +50,16 @@ namespace detail {
 
 // A grid or coordinates as text, "[4, 4]", for error messages (without fmt/ranges.h).
 inline std::string grid_text(std::span<const std::uint32_t> values) {
-  return fmt::format("[{}]", fmt::join(values, ", "));
+  return dmoe::format("[{}]", fmt::join(values, ", "));
 }
 
 DMOE_DECL void check_grid(std::string_view op, std::span<const std::uint32_t> grid);
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF void check_grid(std::string_view op, std::span<const std::uint32_t> grid) {
-  if (grid.empty()) throw invalid_argument_error(fmt::format("{}: the grid has no dimensions", op));
+  if (grid.empty()) throw invalid_argument_error(dmoe::format("{}: the grid has no dimensions", op));
   for (std::uint32_t extent : grid)
     if (extent == 0)
-      throw invalid_argument_error(fmt::format("{}: grid {} has an empty dimension", op, grid_text(grid)));
+      throw invalid_argument_error(dmoe::format("{}: grid {} has an empty dimension", op, grid_text(grid)));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -71,7 +71,7 @@ DMOE_DEF void check_grid_keys(std::string_view op, std::span<const std::uint32_t
   std::uint64_t last = 0;  // the largest row-major index so far
   for (std::uint32_t extent : grid) {
     if (last > (UINT64_MAX - (extent - 1)) / extent)
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "{}: grid {} has more than 2^64 experts; product-key top-k keys experts by a 64-bit row-major index", op,
           grid_text(grid)));
     last = last * extent + (extent - 1);
@@ -132,7 +132,7 @@ grid_selection product_key_topk(Backend, const tensor& grid_scores, std::span<co
                         std::all_of(grid.begin(), grid.end(),
                                     [](std::uint32_t e) { return e <= ops::cuda_product_key_max_extent; });
     if (grid_scores.device() != Backend::device)
-      throw invalid_argument_error(fmt::format("product_key_topk: grid_scores is {} but the {} gating needs it on its "
+      throw invalid_argument_error(dmoe::format("product_key_topk: grid_scores is {} but the {} gating needs it on its "
                                                "device",
                                                grid_scores.description(), Backend::name));
     if (!within) return product_key_topk(grid_scores.to(device::host), grid, k);
@@ -182,7 +182,7 @@ class grid_gating : public nn::module {
   tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
     if (selection.grid != grid_)
       throw invalid_argument_error(
-          fmt::format("grid_gating: selection is over grid {} but the gating's grid is {}",
+          dmoe::format("grid_gating: selection is over grid {} but the gating's grid is {}",
                       detail::grid_text(selection.grid), detail::grid_text(grid_)));
     return backward(grid_scores_backward(selection, grad_scores.to(device::host)).to(Backend::device));
   }
@@ -434,11 +434,11 @@ DMOE_DEF grid_selection product_key_topk(const tensor& grid_scores, std::span<co
   expect_dtype(op, "grid_scores", grid_scores, dtype::f32);
   expect_rank(op, "grid_scores", grid_scores, 2);
   if (grid_scores.dim(1) != detail::grid_width(grid))
-    throw shape_error(fmt::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
+    throw shape_error(dmoe::format("{}: grid_scores is {} but grid {} needs {} columns", op, grid_scores.shape(),
                                   detail::grid_text(grid), detail::grid_width(grid)));
   if (k < 1 || k > detail::grid_size(grid))
     throw invalid_argument_error(
-        fmt::format("{}: k = {} but grid {} has {} experts", op, k, detail::grid_text(grid),
+        dmoe::format("{}: k = {} but grid {} has {} experts", op, k, detail::grid_text(grid),
                     detail::grid_size(grid)));
 
   grid_selection out;
@@ -458,7 +458,7 @@ DMOE_DEF grid_selection product_key_topk(const tensor& grid_scores, std::span<co
                                       out.scores.data() + b * kk, scratch))
       for (std::size_t c = 0; c < width; ++c)
         if (!std::isfinite(row[c]))
-          throw invalid_argument_error(fmt::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
+          throw invalid_argument_error(dmoe::format("{}: score {} of sample {} is {}", op, c, b, row[c]));
   }
   return out;
 }
@@ -472,7 +472,7 @@ DMOE_DEF tensor grid_scores_backward(const grid_selection& selection, const tens
   const auto batch = static_cast<std::size_t>(selection.batch_size);
   const auto k = static_cast<std::size_t>(selection.k);
   if (selection.coordinates.size() != batch * k * dims)
-    throw shape_error(fmt::format("{}: {} coordinates for batch {}, k {} and {} dimensions", op,
+    throw shape_error(dmoe::format("{}: {} coordinates for batch {}, k {} and {} dimensions", op,
                                   selection.coordinates.size(), batch, k, dims));
   const std::vector<std::int64_t> offsets = grid_offsets(selection.grid);
   const auto width = static_cast<std::size_t>(offsets.back());
@@ -485,7 +485,7 @@ DMOE_DEF tensor grid_scores_backward(const grid_selection& selection, const tens
       const std::uint32_t* c = selection.coordinates.data() + (b * k + j) * dims;
       for (std::size_t d = 0; d < dims; ++d) {
         if (c[d] >= selection.grid[d])
-          throw invalid_argument_error(fmt::format("{}: coordinate {} of dimension {} is outside grid {}", op, c[d],
+          throw invalid_argument_error(dmoe::format("{}: coordinate {} of dimension {} is outside grid {}", op, c[d],
                                                    d, detail::grid_text(selection.grid)));
         o[b * width + static_cast<std::size_t>(offsets[d]) + c[d]] += grad;
       }

@@ -103,7 +103,7 @@ namespace detail {
 
 // "ffn.3.1" for prefix "ffn" and coordinates (3, 1).
 inline std::string grid_uid(std::string_view prefix, std::span<const std::uint32_t> coordinates) {
-  return fmt::format("{}.{}", prefix, fmt::join(coordinates, "."));
+  return dmoe::format("{}.{}", prefix, fmt::join(coordinates, "."));
 }
 
 // The rows of one expert's sub-batch: which sample and which of its chosen experts each row is.
@@ -197,9 +197,9 @@ DMOE_DECL void check_f32_schema(std::string_view what, const nn::tensor_schema& 
 DMOE_DEF void check_f32_schema(std::string_view what, const nn::tensor_schema& schema) {
   if (schema.type != dtype::f32)
     throw invalid_argument_error(
-        fmt::format("local_mixture_of_experts: expert {} is {} but the layer mixes f32", what, schema.type));
+        dmoe::format("local_mixture_of_experts: expert {} is {} but the layer mixes f32", what, schema.type));
   if (schema.sample_shape.rank() == 0)
-    throw invalid_argument_error(fmt::format("local_mixture_of_experts: expert {} samples are scalars", what));
+    throw invalid_argument_error(dmoe::format("local_mixture_of_experts: expert {} samples are scalars", what));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -261,12 +261,12 @@ class local_mixture_of_experts : public nn::module {
   // and their parameters get no gradient; the softmax weights still get theirs (from the outputs).
   // One backward per forward.
   tensor backward(const tensor& dy_in, std::span<const std::int64_t> failed) {
-    if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
+    if (!pending_) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", op));
     const std::int64_t batch = input_shape_.dim(0);
     schema_.output.check(std::string(op) + " backward", dy_in);
     const tensor dy = dy_in.to(device::host);
     if (dy.dim(0) != batch)
-      throw shape_error(fmt::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch));
+      throw shape_error(dmoe::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch));
     pending_ = false;
     const std::vector<std::uint8_t> failed_mask = mask_of(failed, "failed backward");
     const std::int64_t k = routing_.selection.k;
@@ -296,10 +296,10 @@ class local_mixture_of_experts : public nn::module {
       }
       const tensor dx_expert =
           experts_[static_cast<std::size_t>(eb.expert)]->backward(dy_expert.to(Backend::device)).to(device::host);
-      schema_.input.check(fmt::format("{}: dx of expert {}", op, uids_[static_cast<std::size_t>(eb.expert)]),
+      schema_.input.check(dmoe::format("{}: dx of expert {}", op, uids_[static_cast<std::size_t>(eb.expert)]),
                           dx_expert);
       if (dx_expert.dim(0) != rows)
-        throw shape_error(fmt::format("{}: expert {} gave dx {} for {} rows", op,
+        throw shape_error(dmoe::format("{}: expert {} gave dx {} for {} rows", op,
                                       uids_[static_cast<std::size_t>(eb.expert)], dx_expert.shape(), rows));
       const float* src = dx_expert.data<float>();
       for (std::int64_t r = 0; r < rows; ++r) {
@@ -340,18 +340,18 @@ class local_mixture_of_experts : public nn::module {
   std::int64_t index_of(std::string_view uid) const {
     const auto it = index_by_uid_.find(std::string(uid));
     if (it == index_by_uid_.end())
-      throw invalid_argument_error(fmt::format("{}: no expert '{}' (experts are {}.*)", op, uid, options_.uid_prefix));
+      throw invalid_argument_error(dmoe::format("{}: no expert '{}' (experts are {}.*)", op, uid, options_.uid_prefix));
     return it->second;
   }
   std::int64_t index_of(std::span<const std::uint32_t> coordinates) const {
     if (coordinates.size() != options_.grid.size())
       throw invalid_argument_error(
-          fmt::format("{}: {} coordinates for grid {}", op, coordinates.size(),
+          dmoe::format("{}: {} coordinates for grid {}", op, coordinates.size(),
                       detail::grid_text(options_.grid)));
     std::int64_t index = 0;
     for (std::size_t d = 0; d < coordinates.size(); ++d) {
       if (coordinates[d] >= options_.grid[d])
-        throw invalid_argument_error(fmt::format("{}: coordinates {} outside grid {}", op,
+        throw invalid_argument_error(dmoe::format("{}: coordinates {} outside grid {}", op,
                                                  detail::grid_text(coordinates), detail::grid_text(options_.grid)));
       index = index * options_.grid[d] + coordinates[d];
     }
@@ -390,7 +390,7 @@ class local_mixture_of_experts : public nn::module {
       if (const auto* typed = dynamic_cast<const nn::expert*>(experts_[e].get())) {
         const nn::expert_schema s = typed->schema();
         if (!(s.input == schema_.input) || !(s.output == schema_.output))
-          throw invalid_argument_error(fmt::format("{}: expert {} takes {} and gives {} but the layer's experts take {} "
+          throw invalid_argument_error(dmoe::format("{}: expert {} takes {} and gives {} but the layer's experts take {} "
                                                    "and give {}",
                                                    op, uids_[e], s.input.sample_shape, s.output.sample_shape,
                                                    schema_.input.sample_shape, schema_.output.sample_shape));
@@ -410,13 +410,13 @@ class local_mixture_of_experts : public nn::module {
     detail::check_grid(op, opts.grid);
     const std::int64_t experts = detail::grid_size(opts.grid);
     if (experts > (std::int64_t{1} << 24))
-      throw invalid_argument_error(fmt::format("{}: grid {} has {} experts, too many for one process", op,
+      throw invalid_argument_error(dmoe::format("{}: grid {} has {} experts, too many for one process", op,
                                                detail::grid_text(opts.grid), experts));
     if (opts.k < 1 || opts.k > experts)
-      throw invalid_argument_error(fmt::format("{}: k = {} but grid {} has {} experts", op, opts.k,
+      throw invalid_argument_error(dmoe::format("{}: k = {} but grid {} has {} experts", op, opts.k,
                                                detail::grid_text(opts.grid), experts));
     if (opts.k_min < 0 || opts.k_min > opts.k)
-      throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, opts.k_min, opts.k));
+      throw invalid_argument_error(dmoe::format("{}: k_min = {} must be in [0, k = {}]", op, opts.k_min, opts.k));
     if (opts.uid_prefix.empty()) opts.uid_prefix = default_prefix;
     return opts;
   }
@@ -430,7 +430,7 @@ class local_mixture_of_experts : public nn::module {
     for (std::int64_t e = 0; e < n; ++e) {
       uids.push_back(detail::grid_uid(opts.uid_prefix, c));
       experts.push_back(make(uids.back(), c));
-      if (!experts.back()) throw invalid_argument_error(fmt::format("{}: no module made for expert {}", op, uids.back()));
+      if (!experts.back()) throw invalid_argument_error(dmoe::format("{}: no module made for expert {}", op, uids.back()));
       for (std::size_t d = c.size(); d-- > 0;) {  // next coordinates in row-major order
         if (++c[d] < opts.grid[d]) break;
         c[d] = 0;
@@ -441,13 +441,13 @@ class local_mixture_of_experts : public nn::module {
 
   static nn::expert_schema schema_of(const nn::module& m) {
     const auto* typed = dynamic_cast<const nn::expert*>(&m);
-    if (!typed) throw invalid_argument_error(fmt::format("{}: the registry made a module that is not an nn::expert", op));
+    if (!typed) throw invalid_argument_error(dmoe::format("{}: the registry made a module that is not an nn::expert", op));
     return typed->schema();
   }
 
   std::size_t checked_index(std::int64_t index) const {
     if (index < 0 || index >= num_experts())
-      throw invalid_argument_error(fmt::format("{}: expert index {} of {}", op, index, num_experts()));
+      throw invalid_argument_error(dmoe::format("{}: expert index {} of {}", op, index, num_experts()));
     return static_cast<std::size_t>(index);
   }
 
@@ -456,7 +456,7 @@ class local_mixture_of_experts : public nn::module {
     std::vector<std::uint8_t> mask(experts_.size(), 0);
     for (std::int64_t e : experts) {
       if (e < 0 || e >= num_experts())
-        throw invalid_argument_error(fmt::format("{}: {} expert index {} of {}", op, what, e, num_experts()));
+        throw invalid_argument_error(dmoe::format("{}: {} expert index {} of {}", op, what, e, num_experts()));
       mask[static_cast<std::size_t>(e)] = 1;
     }
     return mask;
@@ -468,11 +468,11 @@ class local_mixture_of_experts : public nn::module {
     const std::int64_t batch = grid_scores.dim(0);
     if (given.grid != options_.grid)
       throw invalid_argument_error(
-          fmt::format("{}: selection is over grid {} but the layer's grid is {}", op, detail::grid_text(given.grid),
+          dmoe::format("{}: selection is over grid {} but the layer's grid is {}", op, detail::grid_text(given.grid),
                       detail::grid_text(options_.grid)));
     if (given.batch_size != batch || given.k < 1 ||
         given.coordinates.size() != static_cast<std::size_t>(batch * given.k) * options_.grid.size())
-      throw invalid_argument_error(fmt::format("{}: selection of batch {}, k {} with {} coordinates for a batch of {}",
+      throw invalid_argument_error(dmoe::format("{}: selection of batch {}, k {} with {} coordinates for a batch of {}",
                                                op, given.batch_size, given.k, given.coordinates.size(), batch));
     grid_selection out;
     out.grid = options_.grid;
@@ -493,7 +493,7 @@ class local_mixture_of_experts : public nn::module {
       }
       std::sort(chosen.begin(), chosen.end());
       if (std::adjacent_find(chosen.begin(), chosen.end()) != chosen.end())
-        throw invalid_argument_error(fmt::format("{}: selection chooses an expert twice for sample {}", op, b));
+        throw invalid_argument_error(dmoe::format("{}: selection chooses an expert twice for sample {}", op, b));
     }
     return out;
   }
@@ -517,7 +517,7 @@ class local_mixture_of_experts : public nn::module {
       routing_.responders[static_cast<std::size_t>(b)] = count;
       if (count < options_.k_min) {
         if (options_.on_shortfall == shortfall_policy::raise)
-          throw unavailable_error(fmt::format("{}: sample {} has {} of its {} chosen experts answering but k_min is {}",
+          throw unavailable_error(dmoe::format("{}: sample {} has {} of its {} chosen experts answering but k_min is {}",
                                               op, b, count, k, options_.k_min));
         routing_.short_samples.push_back(b);
       }
@@ -555,9 +555,9 @@ class local_mixture_of_experts : public nn::module {
                     static_cast<std::size_t>(in_row) * sizeof(float));
       const std::string& name = uids_[static_cast<std::size_t>(eb.expert)];
       eb.output = experts_[static_cast<std::size_t>(eb.expert)]->forward(sub.to(Backend::device)).to(device::host);
-      schema_.output.check(fmt::format("{}: output of expert {}", op, name), eb.output);
+      schema_.output.check(dmoe::format("{}: output of expert {}", op, name), eb.output);
       if (eb.output.dim(0) != rows)
-        throw shape_error(fmt::format("{}: expert {} gave {} for {} rows", op, name, eb.output.shape(), rows));
+        throw shape_error(dmoe::format("{}: expert {} gave {} for {} rows", op, name, eb.output.shape(), rows));
     }
   }
 

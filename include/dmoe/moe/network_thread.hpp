@@ -187,7 +187,7 @@ DMOE_DEF auto network_thread::main(network_thread_options options, std::promise<
   try {
     const auto joined = co_await node_->bootstrap(options.initial_peers, deadline_after(options.join_timeout));
     if (!joined.joined)
-      throw unavailable_error(fmt::format("moe::network_thread: none of the {} initial peers answered within {} ms",
+      throw unavailable_error(dmoe::format("moe::network_thread: none of the {} initial peers answered within {} ms",
                                           options.initial_peers.size(), options.join_timeout.count()));
   } catch (...) {
     failed = std::current_exception();

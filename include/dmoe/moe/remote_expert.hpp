@@ -53,16 +53,16 @@ DMOE_DEF task<tensor> call_expert(net::rpc_client& client, const endpoint& serve
   try {
     out = decode_expert_response(answer, options.limits);
   } catch (const error& e) {
-    throw protocol_error(fmt::format("expert {} at {}: {} answer: {}", uid, server, what, e.what()));
+    throw protocol_error(dmoe::format("expert {} at {}: {} answer: {}", uid, server, what, e.what()));
   }
   if (out.rank() < 1 || out.dim(0) != inputs.dim(0))
-    throw protocol_error(fmt::format("expert {} at {}: {} answer is {} for {} rows", uid, server, what, out.shape(),
+    throw protocol_error(dmoe::format("expert {} at {}: {} answer is {} for {} rows", uid, server, what, out.shape(),
                                      inputs.dim(0)));
   if (expected) {
     try {
       expected->check("answer", out);
     } catch (const error& e) {
-      throw protocol_error(fmt::format("expert {} at {}: {} {}", uid, server, what, e.what()));
+      throw protocol_error(dmoe::format("expert {} at {}: {} {}", uid, server, what, e.what()));
     }
   }
   co_return out;
@@ -74,7 +74,7 @@ DMOE_DEF task<tensor> call_expert(net::rpc_client& client, const endpoint& serve
 class remote_expert {
  public:
   // Throws invalid_argument_error for an invalid uid (see parse_expert_uid).
-  remote_expert(net::rpc_client& client, std::string uid, endpoint server, expert_call_options options = {})
+  DMOE_DECL remote_expert(net::rpc_client& client, std::string uid, endpoint server, expert_call_options options = {})
       : client_(&client), uid_(std::move(uid)), server_(server), options_(options) {
     parse_expert_uid(uid_);
   }
@@ -119,10 +119,10 @@ DMOE_DEF auto remote_expert::info(steady_time deadline, std::stop_token stop) ->
   try {
     got = decode_info(answer);
   } catch (const error& e) {
-    throw protocol_error(fmt::format("expert {} at {}: info answer: {}", uid_, server_, e.what()));
+    throw protocol_error(dmoe::format("expert {} at {}: info answer: {}", uid_, server_, e.what()));
   }
   if (got.uid != uid_)
-    throw protocol_error(fmt::format("expert {} at {}: info answer is about '{}'", uid_, server_, got.uid));
+    throw protocol_error(dmoe::format("expert {} at {}: info answer is about '{}'", uid_, server_, got.uid));
   info_ = std::move(got);
   co_return *info_;
 }

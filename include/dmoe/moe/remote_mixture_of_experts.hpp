@@ -106,7 +106,7 @@ struct expert_call {
 // the k_min waiting rule, and the experts to avoid after a failure. Used on one io_context thread.
 class expert_dispatcher {
  public:
-  expert_dispatcher(expert_directory& directory, net::rpc_client& client, dispatch_options options)
+  DMOE_DECL expert_dispatcher(expert_directory& directory, net::rpc_client& client, dispatch_options options)
       : directory_(directory),
         client_(client),
         options_(checked(std::move(options))),
@@ -172,13 +172,13 @@ DMOE_DEF void check_routing(std::string_view op, const dispatch_options& o, std:
   check_grid(op, o.grid);
   const std::int64_t experts = grid_size(o.grid);
   if (k < 1 || k > experts)
-    throw invalid_argument_error(fmt::format("{}: k = {} but grid {} has {} experts", op, k, grid_text(o.grid), experts));
+    throw invalid_argument_error(dmoe::format("{}: k = {} but grid {} has {} experts", op, k, grid_text(o.grid), experts));
   if (k_min < 0 || k_min > k)
-    throw invalid_argument_error(fmt::format("{}: k_min = {} must be in [0, k = {}]", op, k_min, k));
+    throw invalid_argument_error(dmoe::format("{}: k_min = {} must be in [0, k = {}]", op, k_min, k));
   if (backward_k_min < 0 || backward_k_min > k)
-    throw invalid_argument_error(fmt::format("{}: backward_k_min = {} must be in [0, k = {}]", op, backward_k_min, k));
+    throw invalid_argument_error(dmoe::format("{}: backward_k_min = {} must be in [0, k = {}]", op, backward_k_min, k));
   if (o.schema.input.sample_shape.rank() == 0)
-    throw invalid_argument_error(fmt::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
+    throw invalid_argument_error(dmoe::format("{}: options.schema is not set (e.g. ffn_schema(hidden))", op));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -286,7 +286,7 @@ class remote_mixture_of_experts : public async_module {
       const std::int64_t got = routing_.responders[static_cast<std::size_t>(b)];
       dispatcher_.stats().experts_answered += static_cast<std::uint64_t>(got);
       if (got < options_.k_min && !options_.allow_zero_outputs)
-        throw unavailable_error(fmt::format(
+        throw unavailable_error(dmoe::format(
             "{}: sample {} has {} of its {} chosen experts answering ({} live found) but k_min is {}{}", op, b, got, k,
             chosen[static_cast<std::size_t>(b)].size(), options_.k_min, first_failure()));
       const auto at = static_cast<std::size_t>(b * k);
@@ -320,12 +320,12 @@ class remote_mixture_of_experts : public async_module {
   task<tensor> backward_async(const tensor& dy_in) override {
     const steady_time deadline = deadline_after(options_.backward_timeout);
     const detail::layer_call_guard guard(busy_, op);
-    if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
+    if (!pending_) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", op));
     options_.schema.output.check(std::string(op) + " backward", dy_in);
     const tensor dy = dy_in.to(device::host);
     const std::int64_t batch = input_shape_.dim(0), k = options_.k;
     if (dy.dim(0) != batch)
-      throw shape_error(fmt::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch));
+      throw shape_error(dmoe::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch));
     pending_ = false;
     const std::int64_t out_row = options_.schema.output.sample_shape.numel();
     const std::int64_t in_row = options_.schema.input.sample_shape.numel();
@@ -378,10 +378,10 @@ class remote_mixture_of_experts : public async_module {
           std::string why;
           for (const expert_call& c : answered)
             if (!c.answered) {
-              why = fmt::format(" (e.g. {}: {})", c.uid, c.failure);
+              why = dmoe::format(" (e.g. {}: {})", c.uid, c.failure);
               break;
             }
-          throw unavailable_error(fmt::format("{}: sample {} got {} input gradients back but backward_k_min is {}{}", op,
+          throw unavailable_error(dmoe::format("{}: sample {} got {} input gradients back but backward_k_min is {}{}", op,
                                               b, routing_.backward_responders[static_cast<std::size_t>(b)],
                                               options_.backward_k_min, why));
         }
@@ -414,7 +414,7 @@ class remote_mixture_of_experts : public async_module {
 
   std::string first_failure() const {
     for (const expert_call& c : calls_)
-      if (!c.answered) return fmt::format("; e.g. {} at {}: {}", c.uid, c.server, c.failure);
+      if (!c.answered) return dmoe::format("; e.g. {} at {}: {}", c.uid, c.server, c.failure);
     return {};
   }
 
@@ -510,7 +510,7 @@ DMOE_DEF auto expert_dispatcher::checked(dispatch_options o) -> dispatch_options
   detail::check_grid("remote mixture of experts", o.grid);
   detail::check_grid_keys("remote mixture of experts", o.grid);
   if (!is_valid_uid_prefix(o.uid_prefix + "."))
-    throw invalid_argument_error(fmt::format("remote mixture of experts: '{}' is not an expert name", o.uid_prefix));
+    throw invalid_argument_error(dmoe::format("remote mixture of experts: '{}' is not an expert name", o.uid_prefix));
   detail::check_f32_schema("input", o.schema.input);
   detail::check_f32_schema("output", o.schema.output);
   if (o.forward_timeout.count() <= 0 || o.backward_timeout.count() <= 0 || o.timeout_after_k_min.count() < 0 ||
@@ -564,7 +564,7 @@ namespace moe::detail {
 
 DMOE_DEF layer_call_guard::layer_call_guard(bool& busy, std::string_view op) : busy_(busy) {
   if (busy_)
-    throw invalid_argument_error(fmt::format(
+    throw invalid_argument_error(dmoe::format(
         "{}: another forward or backward of this layer is in flight (a layer runs one call at a time)", op));
   busy_ = true;
 }

@@ -120,11 +120,11 @@ class switch_mixture_of_experts : public async_module {
   task<tensor> backward_async(const tensor& dy_in) override {
     const steady_time deadline = deadline_after(options_.backward_timeout);
     const detail::layer_call_guard guard(busy_, op);
-    if (!pending_) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", op));
+    if (!pending_) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", op));
     options_.schema.output.check(std::string(op) + " backward", dy_in);
     const tensor dy = dy_in.to(device::host);
     if (dy.dim(0) != batch_)
-      throw shape_error(fmt::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch_));
+      throw shape_error(dmoe::format("{}: dy is {} but the forward's batch was {}", op, dy.shape(), batch_));
     pending_ = false;
     const std::int64_t k = options_.k, out_row = options_.schema.output.sample_shape.numel(),
                        in_row = options_.schema.input.sample_shape.numel();
@@ -218,7 +218,7 @@ class switch_mixture_of_experts : public async_module {
   static options checked(options o) {
     detail::check_routing(op, o, o.k, o.k_min, o.backward_k_min);
     if (!std::isfinite(o.balancing_loss_weight) || o.balancing_loss_weight < 0)
-      throw invalid_argument_error(fmt::format("{}: balancing_loss_weight = {}", op, o.balancing_loss_weight));
+      throw invalid_argument_error(dmoe::format("{}: balancing_loss_weight = {}", op, o.balancing_loss_weight));
     return o;
   }
 

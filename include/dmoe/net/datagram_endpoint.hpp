@@ -241,18 +241,18 @@ DMOE_DEF datagram_endpoint::datagram_endpoint(io_context& ctx, const endpoint& l
   if (options_.max_handlers_in_flight == 0 || options_.max_handlers_per_address == 0)
     throw invalid_argument_error("datagram endpoint: handler limits must be at least 1");
   if (options_.receive_buffer > (std::size_t{1} << 20))
-    throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is over 1 MiB (no "
+    throw invalid_argument_error(dmoe::format("datagram endpoint: receive_buffer of {} bytes is over 1 MiB (no "
                                              "datagram is larger than 64 KiB)",
                                              options_.receive_buffer));
   if (options_.socket_receive_queue > 0) socket_.set_receive_queue(options_.socket_receive_queue);
   if (options_.receive_buffer < options_.limits.max_datagram)
-    throw invalid_argument_error(fmt::format("datagram endpoint: receive_buffer of {} bytes is smaller than "
+    throw invalid_argument_error(dmoe::format("datagram endpoint: receive_buffer of {} bytes is smaller than "
                                              "max_datagram ({} bytes)",
                                              options_.receive_buffer, options_.limits.max_datagram));
 }
 
 DMOE_DEF auto datagram_endpoint::serve() -> task<void> {
-  if (serving_) throw invalid_argument_error(fmt::format("datagram endpoint {} is already serving", local_text_));
+  if (serving_) throw invalid_argument_error(dmoe::format("datagram endpoint {} is already serving", local_text_));
   serving_ = true;
   task_group receiving(ctx_);
   task_group handling(ctx_);
@@ -286,7 +286,7 @@ DMOE_DEF auto datagram_endpoint::serve() -> task<void> {
 
 DMOE_DEF auto datagram_endpoint::request(endpoint peer, std::uint16_t type, const_byte_span message,
                                 steady_time deadline) -> task<datagram_response> {
-  if (closed_) throw closed_error(fmt::format("datagram request of type {} to {}: endpoint {} is closed", type, peer,
+  if (closed_) throw closed_error(dmoe::format("datagram request of type {} to {}: endpoint {} is closed", type, peer,
                                               local_text_));
   const request_scope active{this};
   if (deadline == no_deadline) deadline = deadline_after(options_.default_timeout);
@@ -317,15 +317,15 @@ DMOE_DEF auto datagram_endpoint::request(endpoint peer, std::uint16_t type, cons
     }
   }
   if (pending.closed)
-    throw closed_error(fmt::format("datagram request of type {} to {}: endpoint {} closed before an answer came",
+    throw closed_error(dmoe::format("datagram request of type {} to {}: endpoint {} closed before an answer came",
                                    type, peer, local_text_));
   if (!pending.done.is_set()) {
     const auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started);
-    throw timeout_error(fmt::format("datagram request of type {} to {}: no answer after {} attempts in {:.0f} ms",
+    throw timeout_error(dmoe::format("datagram request of type {} to {}: no answer after {} attempts in {:.0f} ms",
                                     type, peer, attempts, waited.count()));
   }
   if (pending.kind == datagram_kind::error)
-    throw remote_error(fmt::format("datagram request of type {} to {} refused: {}", type, peer,
+    throw remote_error(dmoe::format("datagram request of type {} to {} refused: {}", type, peer,
                                    as_string_view(pending.message)));
   co_return datagram_response{peer, pending.sender, std::move(pending.message), attempts};
 }
@@ -413,7 +413,7 @@ DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, endpoi
   const auto found = handlers_.find(request.type);
   if (found == handlers_.end()) {
     header.kind = datagram_kind::error;
-    answer = to_buffer(fmt::format("{} has no handler for datagram type {}", local_text_, request.type));
+    answer = to_buffer(dmoe::format("{} has no handler for datagram type {}", local_text_, request.type));
   } else {
     bool failed = false;
     bool silent = false;
@@ -439,7 +439,7 @@ DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, endpoi
   }
   if (answer.size() > options_.limits.max_message) {
     header.kind = datagram_kind::error;
-    answer = to_buffer(fmt::format("answer of {} exceeds the message limit {}", size_text(answer.size()),
+    answer = to_buffer(dmoe::format("answer of {} exceeds the message limit {}", size_text(answer.size()),
                                    size_text(options_.limits.max_message)));
   }
   const datagram_parts parts(header, answer, options_.limits);

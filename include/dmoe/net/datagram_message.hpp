@@ -77,16 +77,16 @@ DMOE_DECL void validate(const datagram_limits& limits, std::string_view owner);
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF void validate(const datagram_limits& limits, std::string_view owner) {
   if (limits.max_datagram <= datagram_header_size || limits.max_datagram > datagram_max_udp_payload)
-    throw invalid_argument_error(fmt::format("{}: max_datagram of {} bytes is outside {} to {} (the {}-byte header "
+    throw invalid_argument_error(dmoe::format("{}: max_datagram of {} bytes is outside {} to {} (the {}-byte header "
                                              "and the largest UDP payload)",
                                              owner, limits.max_datagram, datagram_header_size + 1,
                                              datagram_max_udp_payload, datagram_header_size));
   const std::size_t part = std::min<std::size_t>(limits.max_datagram - datagram_header_size, 0xffff);
   if ((std::uint64_t{limits.max_message} + part - 1) / part > 0xffff)
-    throw invalid_argument_error(fmt::format("{}: max_message of {} needs more than 65,535 parts of {} bytes", owner,
+    throw invalid_argument_error(dmoe::format("{}: max_message of {} needs more than 65,535 parts of {} bytes", owner,
                                              size_text(limits.max_message), part));
   if (limits.partial_timeout.count() <= 0)
-    throw invalid_argument_error(fmt::format("{}: partial_timeout must be positive", owner));
+    throw invalid_argument_error(dmoe::format("{}: partial_timeout must be positive", owner));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -129,18 +129,18 @@ DMOE_DECL datagram_message decode_datagram(const_byte_span bytes, const datagram
 DMOE_DEF datagram_message decode_datagram(const_byte_span bytes, const datagram_limits& limits,
     std::string_view peer) {
   if (bytes.size() < datagram_header_size)
-    throw protocol_error(fmt::format("datagram of {} bytes is shorter than its {}-byte header from {}", bytes.size(),
+    throw protocol_error(dmoe::format("datagram of {} bytes is shorter than its {}-byte header from {}", bytes.size(),
                                      datagram_header_size, peer));
   const std::byte* at = bytes.data();
   const auto version = detail::load_le<std::uint8_t>(at + 0);
   if (version != datagram_version)
     throw protocol_error(
-        fmt::format("datagram of unsupported version {} (expected {}) from {}", version, datagram_version, peer));
+        dmoe::format("datagram of unsupported version {} (expected {}) from {}", version, datagram_version, peer));
   datagram_message out;
   datagram_header& h = out.header;
   const auto kind = detail::load_le<std::uint8_t>(at + 1);
   if (kind < static_cast<std::uint8_t>(datagram_kind::request) || kind > static_cast<std::uint8_t>(datagram_kind::error))
-    throw protocol_error(fmt::format("datagram of unknown kind {} from {}", kind, peer));
+    throw protocol_error(dmoe::format("datagram of unknown kind {} from {}", kind, peer));
   h.kind = static_cast<datagram_kind>(kind);
   h.type = detail::load_le<std::uint16_t>(at + 2);
   h.part_index = detail::load_le<std::uint16_t>(at + 4);
@@ -152,25 +152,25 @@ DMOE_DEF datagram_message decode_datagram(const_byte_span bytes, const datagram_
   out.payload = bytes.subspan(datagram_header_size);
 
   if (h.total_size > limits.max_message)
-    throw limit_error(fmt::format("datagram message of {} exceeds limit {} from {}", size_text(h.total_size),
+    throw limit_error(dmoe::format("datagram message of {} exceeds limit {} from {}", size_text(h.total_size),
                                   size_text(limits.max_message), peer));
   if (h.part_count == 0 || h.part_index >= h.part_count)
-    throw protocol_error(fmt::format("datagram part {} of {} from {}", h.part_index, h.part_count, peer));
+    throw protocol_error(dmoe::format("datagram part {} of {} from {}", h.part_index, h.part_count, peer));
   if (h.part_count == 1) {
     if (out.payload.size() != h.total_size)
-      throw protocol_error(fmt::format("datagram carries {} bytes but says its message has {} from {}",
+      throw protocol_error(dmoe::format("datagram carries {} bytes but says its message has {} from {}",
                                        out.payload.size(), h.total_size, peer));
     return out;
   }
   if (h.part_size == 0)
-    throw protocol_error(fmt::format("datagram part {} of {} has part size 0 from {}", h.part_index, h.part_count, peer));
+    throw protocol_error(dmoe::format("datagram part {} of {} has part size 0 from {}", h.part_index, h.part_count, peer));
   const std::uint64_t expected_parts = (std::uint64_t{h.total_size} + h.part_size - 1) / h.part_size;
   if (expected_parts != h.part_count)
-    throw protocol_error(fmt::format("datagram says {} parts but {} bytes in parts of {} make {} from {}", h.part_count,
+    throw protocol_error(dmoe::format("datagram says {} parts but {} bytes in parts of {} make {} from {}", h.part_count,
                                      h.total_size, h.part_size, expected_parts, peer));
   const std::size_t expected = datagram_part_payload(h.total_size, h.part_size, h.part_index);
   if (out.payload.size() != expected)
-    throw protocol_error(fmt::format("datagram part {} of {} carries {} bytes, expected {} from {}", h.part_index,
+    throw protocol_error(dmoe::format("datagram part {} of {} carries {} bytes, expected {} from {}", h.part_index,
                                      h.part_count, out.payload.size(), expected, peer));
   return out;
 }
@@ -189,7 +189,7 @@ class datagram_parts {
     h.part_index = static_cast<std::uint16_t>(index);
     return h;
   }
-  datagram_header_bytes header_bytes(std::size_t index) const noexcept { return encode_datagram_header(header(index)); }
+  DMOE_DECL datagram_header_bytes header_bytes(std::size_t index) const noexcept { return encode_datagram_header(header(index)); }
   const_byte_span payload(std::size_t index) const noexcept {
     if (header_.part_count == 1) return message_;
     return message_.subspan(index * header_.part_size,
@@ -215,15 +215,15 @@ namespace net {
 DMOE_DEF datagram_parts::datagram_parts(const datagram_header& header, const_byte_span message,
     const datagram_limits& limits) : header_(header), message_(message) {
   if (message.size() > limits.max_message)
-    throw limit_error(fmt::format("datagram message of {} exceeds limit {}", size_text(message.size()),
+    throw limit_error(dmoe::format("datagram message of {} exceeds limit {}", size_text(message.size()),
                                   size_text(limits.max_message)));
   if (limits.max_datagram <= datagram_header_size)
-    throw invalid_argument_error(fmt::format("datagram size limit of {} bytes leaves no room after the {}-byte header",
+    throw invalid_argument_error(dmoe::format("datagram size limit of {} bytes leaves no room after the {}-byte header",
                                              limits.max_datagram, datagram_header_size));
   const std::size_t part_size = std::min<std::size_t>(limits.max_datagram - datagram_header_size, 0xffff);
   const std::size_t count = message.empty() ? 1 : (message.size() + part_size - 1) / part_size;
   if (count > 0xffff)
-    throw limit_error(fmt::format("datagram message of {} needs {} parts, more than 65535", size_text(message.size()),
+    throw limit_error(dmoe::format("datagram message of {} needs {} parts, more than 65535", size_text(message.size()),
                                   count));
   header_.total_size = static_cast<std::uint32_t>(message.size());
   header_.part_count = static_cast<std::uint16_t>(count);

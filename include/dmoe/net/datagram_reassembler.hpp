@@ -26,7 +26,7 @@ namespace net {
 class datagram_reassembler {
  public:
   // Throws invalid_argument_error for unusable limits (see validate()).
-  explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) { validate(limits_, "datagram reassembler"); }
+  DMOE_DECL explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) { validate(limits_, "datagram reassembler"); }
 
   // Adds one decoded datagram from `source` (a key for the sender's address). Returns the whole message once its
   // last missing part arrives; single-part messages come back at once. Duplicate parts are ignored; a part that
@@ -103,7 +103,7 @@ DMOE_DEF auto datagram_reassembler::add(std::uint64_t source, const datagram_mes
   if (it == partials_.end()) {
     const std::size_t share = std::min(limits_.max_buffered_bytes, limits_.max_buffered_bytes_per_source);
     if (h.total_size > share)
-      throw limit_error(fmt::format("datagram message of {} exceeds the reassembly memory limit {} per source from {}",
+      throw limit_error(dmoe::format("datagram message of {} exceeds the reassembly memory limit {} per source from {}",
                                     size_text(h.total_size), size_text(share), peer));
     if (limits_.max_partial_messages == 0 || limits_.max_partial_messages_per_source == 0) return std::nullopt;
     // First the source's own share: it gives way to itself.
@@ -126,7 +126,7 @@ DMOE_DEF auto datagram_reassembler::add(std::uint64_t source, const datagram_mes
     buffered_ += h.total_size;
     it = partials_.end() - 1;
   } else if (!consistent(it->header, h)) {
-    throw protocol_error(fmt::format("datagram part {} of {} (message of {} bytes, type {}) contradicts part "
+    throw protocol_error(dmoe::format("datagram part {} of {} (message of {} bytes, type {}) contradicts part "
                                      "{} of {} (message of {} bytes, type {}) of transaction {:#x} from {}",
                                      h.part_index, h.part_count, h.total_size, h.type, it->header.part_index,
                                      it->header.part_count, it->header.total_size, it->header.type,

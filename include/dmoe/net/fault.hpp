@@ -81,7 +81,7 @@ class fault_policy {
   DMOE_DECL fault_decision on_send(std::string_view from, std::string_view to);
 
   // A delay drawn from the latency model alone (no loss, no partition).
-  std::chrono::nanoseconds sample_delay() {
+  DMOE_DECL std::chrono::nanoseconds sample_delay() {
     std::lock_guard lock(mutex_);
     return sample_delay_locked();
   }
@@ -108,7 +108,7 @@ class fault_policy {
 
   DMOE_DECL static bool matches(const std::vector<std::string>& group, std::string_view address);
 
-  bool partitioned_locked(std::string_view from, std::string_view to) const {
+  DMOE_DECL bool partitioned_locked(std::string_view from, std::string_view to) const {
     for (const auto& p : partitions_)
       if ((matches(p.a, from) && matches(p.b, to)) || (matches(p.b, from) && matches(p.a, to))) return true;
     return false;
@@ -146,7 +146,7 @@ DMOE_DEF auto latency_model::mean() const noexcept -> std::chrono::nanoseconds {
 
 DMOE_DEF auto fault_policy::set_latency(const latency_model& model) -> fault_policy& {
   if (model.constant.count() < 0 || model.scale.count() < 0 || !(model.shape > 0))
-    throw invalid_argument_error(fmt::format("fault policy: latency needs non-negative times and a positive shape "
+    throw invalid_argument_error(dmoe::format("fault policy: latency needs non-negative times and a positive shape "
                                              "(constant {} ns, scale {} ns, shape {})",
                                              model.constant.count(), model.scale.count(), model.shape));
   std::lock_guard lock(mutex_);
@@ -156,7 +156,7 @@ DMOE_DEF auto fault_policy::set_latency(const latency_model& model) -> fault_pol
 
 DMOE_DEF auto fault_policy::set_loss(double probability) -> fault_policy& {
   if (!(probability >= 0.0 && probability <= 1.0))
-    throw invalid_argument_error(fmt::format("fault policy: loss probability {} is outside [0, 1]", probability));
+    throw invalid_argument_error(dmoe::format("fault policy: loss probability {} is outside [0, 1]", probability));
   std::lock_guard lock(mutex_);
   loss_ = probability;
   return *this;

@@ -101,9 +101,9 @@ struct frame_limits {
 };
 
 // Throws invalid_argument_error unless the limits are usable; `owner` names who holds them ("rpc client").
-inline void validate(const frame_limits& limits, std::string_view owner) {
+DMOE_DECL inline void validate(const frame_limits& limits, std::string_view owner) {
   if (limits.max_payload == 0 || limits.max_payload > frame_max_payload_ceiling)
-    throw invalid_argument_error(fmt::format("{}: max_payload of {} bytes is outside 1 B to {}", owner,
+    throw invalid_argument_error(dmoe::format("{}: max_payload of {} bytes is outside 1 B to {}", owner,
                                              limits.max_payload, size_text(frame_max_payload_ceiling)));
 }
 
@@ -130,25 +130,25 @@ DMOE_DECL frame_header parse_frame_header(const_byte_span bytes, std::string_vie
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF frame_header parse_frame_header(const_byte_span bytes, std::string_view peer) {
   if (bytes.size() < frame_header_size)
-    throw protocol_error(fmt::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
+    throw protocol_error(dmoe::format("rpc frame header truncated: {} of {} bytes from {}", bytes.size(),
                                      frame_header_size, peer));
   const std::byte* at = bytes.data();
   const auto magic = detail::load_le<std::uint32_t>(at + 0);
   if (magic != frame_magic)
-    throw protocol_error(fmt::format("rpc frame with bad magic {:#010x} (expected {:#010x}) from {}", magic,
+    throw protocol_error(dmoe::format("rpc frame with bad magic {:#010x} (expected {:#010x}) from {}", magic,
                                      frame_magic, peer));
   const auto version = detail::load_le<std::uint8_t>(at + 4);
   if (version != frame_version)
     throw protocol_error(
-        fmt::format("rpc frame of unsupported version {} (expected {}) from {}", version, frame_version, peer));
+        dmoe::format("rpc frame of unsupported version {} (expected {}) from {}", version, frame_version, peer));
   frame_header header;
   const auto kind = detail::load_le<std::uint8_t>(at + 5);
   if (kind < static_cast<std::uint8_t>(frame_kind::request) || kind > static_cast<std::uint8_t>(frame_kind::go_away))
-    throw protocol_error(fmt::format("rpc frame of unknown kind {} from {}", kind, peer));
+    throw protocol_error(dmoe::format("rpc frame of unknown kind {} from {}", kind, peer));
   header.kind = static_cast<frame_kind>(kind);
   const auto status = detail::load_le<std::uint16_t>(at + 6);
   if (status > static_cast<std::uint16_t>(frame_status::bad_request))
-    throw protocol_error(fmt::format("rpc frame with unknown status {} from {}", status, peer));
+    throw protocol_error(dmoe::format("rpc frame with unknown status {} from {}", status, peer));
   header.status = static_cast<frame_status>(status);
   header.method = detail::load_le<std::uint32_t>(at + 8);
   header.flags = detail::load_le<std::uint32_t>(at + 12);
@@ -156,23 +156,23 @@ DMOE_DEF frame_header parse_frame_header(const_byte_span bytes, std::string_view
   header.payload_size = detail::load_le<std::uint64_t>(at + 24);
   if (header.kind == frame_kind::cancel && header.payload_size != 0)
     throw protocol_error(
-        fmt::format("rpc cancel frame carries {} of payload from {}", size_text(header.payload_size), peer));
+        dmoe::format("rpc cancel frame carries {} of payload from {}", size_text(header.payload_size), peer));
   if (header.kind == frame_kind::go_away && header.payload_size > frame_max_control_payload)
-    throw protocol_error(fmt::format("rpc go_away frame carries {} of payload (at most {}) from {}",
+    throw protocol_error(dmoe::format("rpc go_away frame carries {} of payload (at most {}) from {}",
                                      size_text(header.payload_size), size_text(frame_max_control_payload), peer));
   return header;
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Throws limit_error when the header's payload exceeds the limit.
-inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
+DMOE_DECL inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
   if (header.payload_size > limits.max_payload)
-    throw limit_error(fmt::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
+    throw limit_error(dmoe::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
                                   size_text(limits.max_payload), peer));
 }
 
 // Decodes and checks a header from untrusted bytes; `peer` names the sender in errors ("127.0.0.5:4100").
-inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
+DMOE_DECL inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
   frame_header header = parse_frame_header(bytes, peer);
   check_frame_size(header, limits, peer);
   return header;
@@ -195,7 +195,7 @@ class frame_reader {
       : limits_(limits), buffer_(std::max(buffer_size, frame_header_size)) {}
 
   // Where the next received bytes go; never empty. Call next() until it returns nothing first.
-  byte_span prepare() {
+  DMOE_DECL byte_span prepare() {
     if (large_) return byte_span(large_->payload).subspan(large_filled_);
     if (end_ == buffer_.size()) compact();
     return byte_span(buffer_).subspan(end_);
@@ -213,7 +213,7 @@ class frame_reader {
   // The header of the next frame once it has arrived (before next() allocates or copies its payload), so the
   // caller can reserve memory for it or skip it; nothing while a frame is in progress. Throws protocol_error on
   // a bad header (not limit_error: next() reports that).
-  std::optional<frame_header> peek(std::string_view peer) {
+  DMOE_DECL std::optional<frame_header> peek(std::string_view peer) {
     if (large_ || !discard_buffered() || end_ - begin_ < frame_header_size) return std::nullopt;
     return parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
   }
@@ -288,7 +288,7 @@ class frame_deadline {
 
   bool active() const noexcept { return active_; }
 
-  steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
+  DMOE_DECL steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
                        std::uint64_t min_rate) const noexcept {
     const double seconds = static_cast<double>(reader.frame_in_progress_size()) / static_cast<double>(min_rate);
     return deadline_from(deadline_from(started_, read_timeout), std::chrono::duration<double>(seconds));

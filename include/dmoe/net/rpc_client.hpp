@@ -73,7 +73,7 @@ DMOE_DECL void validate(const rpc_client_options& o);
 DMOE_DEF void validate(const rpc_client_options& o) {
   validate(o.limits, "rpc client");
   const auto fail = [](std::string_view what) {
-    throw invalid_argument_error(fmt::format("rpc client options: {}", what));
+    throw invalid_argument_error(dmoe::format("rpc client options: {}", what));
   };
   if (o.max_connections_per_endpoint == 0 || o.max_in_flight_per_connection == 0)
     fail("connections per endpoint and calls per connection must be at least 1");
@@ -83,7 +83,7 @@ DMOE_DEF void validate(const rpc_client_options& o) {
       o.write_timeout.count() <= 0 || o.default_timeout.count() <= 0)
     fail("timeouts must be positive");
   if (o.receive_buffer < frame_header_size || o.receive_buffer > (std::size_t{1} << 30))
-    fail(fmt::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
+    fail(dmoe::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -100,7 +100,7 @@ struct pending_call {
 
 // A request waiting to be written, in its caller's frame (never moved: `pieces` points at `head`).
 struct outgoing_request {
-  outgoing_request(const frame_header& header, std::span<const const_byte_span> payload)
+  DMOE_DECL outgoing_request(const frame_header& header, std::span<const const_byte_span> payload)
       : head(encode_frame_header(header)), pieces(head, {}, payload) {}
   outgoing_request(const outgoing_request&) = delete;
   outgoing_request& operator=(const outgoing_request&) = delete;
@@ -189,7 +189,7 @@ class rpc_client {
   };
 
   // Throws invalid_argument_error for unusable options (see validate()).
-  explicit rpc_client(io_context& ctx, rpc_client_options options = {}, std::shared_ptr<fault_policy> faults = nullptr)
+  DMOE_DECL explicit rpc_client(io_context& ctx, rpc_client_options options = {}, std::shared_ptr<fault_policy> faults = nullptr)
       : ctx_(ctx), options_(options), faults_(std::move(faults)), background_(ctx) {
     validate(options_);
   }
@@ -271,7 +271,7 @@ class rpc_client {
     rpc_client& client;
     detail::call_deadline& limit;
     std::multimap<steady_time, detail::call_deadline*>::iterator entry;
-    deadline_registration(rpc_client& c, detail::call_deadline& d)
+    DMOE_DECL deadline_registration(rpc_client& c, detail::call_deadline& d)
         : client(c), limit(d), entry(c.deadlines_.emplace_hint(c.deadlines_.end(), d.at, &d)) {
       client.deadline_added(d.at);
     }
@@ -447,9 +447,9 @@ DMOE_DEF auto rpc_client::call(endpoint server, rpc_method method, std::span<con
   std::uint64_t total = 0;
   for (const auto& piece : pieces) total += piece.size();
   if (total > options_.limits.max_payload)
-    throw limit_error(fmt::format("rpc request of {} exceeds limit {} to {}", size_text(total),
+    throw limit_error(dmoe::format("rpc request of {} exceeds limit {} to {}", size_text(total),
                                   size_text(options_.limits.max_payload), server));
-  if (closing_) throw closed_error(fmt::format("rpc {} to {}: the client is closed", method.description(), server));
+  if (closing_) throw closed_error(dmoe::format("rpc {} to {}: the client is closed", method.description(), server));
   if (deadline == no_deadline) deadline = deadline_after(options_.default_timeout);
   ++stats_.calls;
   const call_scope active(*this);
@@ -474,10 +474,10 @@ DMOE_DEF auto rpc_client::call(endpoint server, rpc_method method, std::span<con
     }
   }
   if (closed)
-    throw closed_error(fmt::format("rpc {} to {}: the client was closed during the call", method.description(), server));
+    throw closed_error(dmoe::format("rpc {} to {}: the client was closed during the call", method.description(), server));
   if (timed_out) {
     const auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started);
-    throw timeout_error(fmt::format("rpc {} to {} timed out after {:.0f} ms", method.description(), server,
+    throw timeout_error(dmoe::format("rpc {} to {} timed out after {:.0f} ms", method.description(), server,
                                     waited.count()));
   }
   co_return std::move(*response);
@@ -558,7 +558,7 @@ DMOE_DEF auto rpc_client::call_on_connection(endpoint server, rpc_method method,
     if (gave_up) {
       // The server may be working on it: tell it to stop (an answer nobody waits for is wasted work).
       if (sent && c.pending.contains(id)) send_cancel(use.connection, id);
-      throw cancelled_error(fmt::format("rpc {} to {}: cancelled", method.description(), c.peer_text));
+      throw cancelled_error(dmoe::format("rpc {} to {}: cancelled", method.description(), c.peer_text));
     }
     if (pending.unprocessed && attempt < max_attempts && !closing_) {
       ++stats_.retries;
@@ -567,7 +567,7 @@ DMOE_DEF auto rpc_client::call_on_connection(endpoint server, rpc_method method,
     if (pending.failure) std::rethrow_exception(pending.failure);
     if (pending.unprocessed) {
       if (c.failure) std::rethrow_exception(c.failure);
-      throw closed_error(fmt::format("rpc {} to {}: the request could not be written after {} attempts",
+      throw closed_error(dmoe::format("rpc {} to {}: the request could not be written after {} attempts",
                                      method.description(), c.peer_text, attempt));
     }
     if (pending.status == frame_status::ok) co_return std::move(pending.payload);
@@ -601,12 +601,12 @@ DMOE_DEF auto rpc_client::send_request(std::shared_ptr<detail::client_connection
   if (stopped) {
     if (!out.in_write && !out.done) {
       unqueue(c, out);
-      throw cancelled_error(fmt::format("rpc {} to {}: cancelled before it was sent", method.description(),
+      throw cancelled_error(dmoe::format("rpc {} to {}: cancelled before it was sent", method.description(),
                                         c.peer_text));
     }
     co_await until_written{out};  // bounded by the connection's write deadline
     if (out.sent) send_cancel(connection, id);
-    throw cancelled_error(fmt::format("rpc {} to {}: cancelled", method.description(), c.peer_text));
+    throw cancelled_error(dmoe::format("rpc {} to {}: cancelled", method.description(), c.peer_text));
   }
   co_return out.sent;
 }
@@ -755,17 +755,17 @@ DMOE_DEF auto rpc_client::throw_status(frame_status status, rpc_method method, c
                          std::string_view text) -> void {
     switch (status) {
       case frame_status::handler_error:
-        throw remote_error(fmt::format("rpc {} on {} failed: {}", method.description(), server, text));
+        throw remote_error(dmoe::format("rpc {} on {} failed: {}", method.description(), server, text));
       case frame_status::unknown_method:
-        throw remote_error(fmt::format("rpc {} on {}: {}", method.description(), server, text));
+        throw remote_error(dmoe::format("rpc {} on {}: {}", method.description(), server, text));
       case frame_status::limit_exceeded:
-        throw limit_error(fmt::format("rpc {} on {}: {}", method.description(), server, text));
+        throw limit_error(dmoe::format("rpc {} on {}: {}", method.description(), server, text));
       case frame_status::shutting_down:
-        throw unavailable_error(fmt::format("rpc {} on {}: {}", method.description(), server, text));
+        throw unavailable_error(dmoe::format("rpc {} on {}: {}", method.description(), server, text));
       case frame_status::bad_request:
       case frame_status::ok: break;
     }
-    throw protocol_error(fmt::format("rpc {} on {}: {}", method.description(), server, text));
+    throw protocol_error(dmoe::format("rpc {} on {}: {}", method.description(), server, text));
   }
 
 DMOE_DEF auto rpc_client::pick(const endpoint& server) -> std::shared_ptr<detail::client_connection> {
@@ -840,7 +840,7 @@ DMOE_DEF auto rpc_client::watch_connection(detail::client_connection& c) -> task
     const steady_time now = std::chrono::steady_clock::now();
     if (c.writing && now >= c.write_deadline) {
       ++stats_.connections_lost;
-      fail(c, std::make_exception_ptr(closed_error(fmt::format(
+      fail(c, std::make_exception_ptr(closed_error(dmoe::format(
                   "rpc connection {} -> {} closed by this client: the server did not take a write within {} ms "
                   "plus {} per second",
                   c.local_text, c.peer_text, options_.write_timeout.count(), size_text(options_.min_transfer_rate)))));
@@ -849,7 +849,7 @@ DMOE_DEF auto rpc_client::watch_connection(detail::client_connection& c) -> task
     if (!c.reading || now < c.read_deadline) continue;
     if (c.read_mid_frame) {
       ++stats_.connections_lost;
-      fail(c, std::make_exception_ptr(closed_error(fmt::format(
+      fail(c, std::make_exception_ptr(closed_error(dmoe::format(
                   "rpc connection {} -> {} closed by this client: a response frame was not complete within {} ms "
                   "plus {} per second",
                   c.local_text, c.peer_text, options_.read_timeout.count(), size_text(options_.min_transfer_rate)))));
@@ -861,7 +861,7 @@ DMOE_DEF auto rpc_client::watch_connection(detail::client_connection& c) -> task
     }
     // Out of the pool at once, so no call picks the connection while its reader winds down.
     fail(c, std::make_exception_ptr(closed_error(
-                fmt::format("rpc connection {} -> {} closed by this client when idle", c.local_text, c.peer_text))));
+                dmoe::format("rpc connection {} -> {} closed by this client when idle", c.local_text, c.peer_text))));
     co_return;
   }
 }
@@ -908,10 +908,10 @@ DMOE_DEF auto rpc_client::run_connection(std::shared_ptr<detail::client_connecti
     c.socket = co_await tcp_socket::connect(ctx_, c.peer, deadline_after(options_.connect_timeout));
     c.local_text = c.socket.local_endpoint().to_string();
   } catch (const cancelled_error&) {
-    failure = std::make_exception_ptr(closed_error(fmt::format("rpc connect to {}: the client closed", c.peer_text)));
+    failure = std::make_exception_ptr(closed_error(dmoe::format("rpc connect to {}: the client closed", c.peer_text)));
   } catch (const std::exception& e) {
     ++stats_.connect_failures;
-    failure = std::make_exception_ptr(unavailable_error(fmt::format("rpc connect to {} failed: {}", c.peer_text, e.what())));
+    failure = std::make_exception_ptr(unavailable_error(dmoe::format("rpc connect to {} failed: {}", c.peer_text, e.what())));
   }
   if (failure) {
     fail(c, failure);
@@ -926,12 +926,12 @@ DMOE_DEF auto rpc_client::run_connection(std::shared_ptr<detail::client_connecti
   try {
     co_await read_responses(c);
     failure = std::make_exception_ptr(closed_error(
-        fmt::format("rpc connection {} -> {} closed by the server", c.local_text, c.peer_text)));
+        dmoe::format("rpc connection {} -> {} closed by the server", c.local_text, c.peer_text)));
   } catch (const cancelled_error&) {
-    failure = std::make_exception_ptr(closed_error(fmt::format("rpc connection to {}: the client closed", c.peer_text)));
+    failure = std::make_exception_ptr(closed_error(dmoe::format("rpc connection to {}: the client closed", c.peer_text)));
   } catch (const std::exception& e) {
     ++stats_.connections_lost;
-    failure = std::make_exception_ptr(closed_error(fmt::format("rpc connection {} -> {} lost: {}", c.local_text,
+    failure = std::make_exception_ptr(closed_error(dmoe::format("rpc connection {} -> {} lost: {}", c.local_text,
                                                                c.peer_text, e.what())));
   }
   release_receive(c);
@@ -972,7 +972,7 @@ DMOE_DEF auto rpc_client::admit_large(detail::client_connection& c, frame_reader
   // A server sends responses and go_away frames (bounded by the header check); anything else is refused here,
   // on its header, before next() would commit memory for its payload outside the receive budget.
   if (header->kind != frame_kind::response && header->kind != frame_kind::go_away)
-    throw protocol_error(fmt::format("rpc server {} sent a {} frame of {}; only responses are expected",
+    throw protocol_error(dmoe::format("rpc server {} sent a {} frame of {}; only responses are expected",
                                      c.peer_text, to_string(header->kind), size_text(header->payload_size)));
   if (header->kind != frame_kind::response || header->payload_size > options_.limits.max_payload)
     co_return;  // next() reports it
@@ -986,7 +986,7 @@ DMOE_DEF auto rpc_client::admit_large(detail::client_connection& c, frame_reader
   if (size > share) {
     reader.skip_frame();
     settle(c, header->request_id,
-           std::make_exception_ptr(limit_error(fmt::format(
+           std::make_exception_ptr(limit_error(dmoe::format(
                "rpc response of {} from {} exceeds the client's receive budget {}", size_text(size), c.peer_text,
                size_text(share)))));
     co_return;
@@ -1059,7 +1059,7 @@ DMOE_DEF auto rpc_client::deliver(detail::client_connection& c, frame f) -> void
     return;
   }
   if (f.header.kind != frame_kind::response)
-    throw protocol_error(fmt::format("rpc server {} sent a {} frame; only responses are expected", c.peer_text,
+    throw protocol_error(dmoe::format("rpc server {} sent a {} frame; only responses are expected", c.peer_text,
                                      to_string(f.header.kind)));
   // Request id 0 is no call's: an older server speaking about the connection itself (refusing it).
   if (f.header.request_id == 0 && f.header.status != frame_status::ok) {

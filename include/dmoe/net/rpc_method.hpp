@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/net/frame.hpp>
 
 #include <cstdint>
@@ -30,7 +31,7 @@ struct rpc_method {
   }
 
   std::string description() const {
-    return name.empty() ? fmt::format("method {:#010x}", id) : fmt::format("'{}'", name);
+    return name.empty() ? dmoe::format("method {:#010x}", id) : dmoe::format("'{}'", name);
   }
 };
 

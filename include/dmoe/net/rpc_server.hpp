@@ -100,7 +100,7 @@ DMOE_DECL void validate(const rpc_server_options& o);
 DMOE_DEF void validate(const rpc_server_options& o) {
   validate(o.limits, "rpc server");
   const auto fail = [](std::string_view what) {
-    throw invalid_argument_error(fmt::format("rpc server options: {}", what));
+    throw invalid_argument_error(dmoe::format("rpc server options: {}", what));
   };
   if (o.max_connections == 0 || o.max_connections_per_address == 0) fail("connection limits must be at least 1");
   if (o.max_in_flight_per_connection == 0) fail("max_in_flight_per_connection must be at least 1");
@@ -109,7 +109,7 @@ DMOE_DEF void validate(const rpc_server_options& o) {
   if (o.idle_timeout.count() <= 0 || o.read_timeout.count() <= 0 || o.write_timeout.count() <= 0)
     fail("timeouts must be positive");
   if (o.receive_buffer < frame_header_size || o.receive_buffer > (std::size_t{1} << 30))
-    fail(fmt::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
+    fail(dmoe::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 
@@ -117,7 +117,7 @@ namespace detail {
 
 // A response waiting to be written, in its sender's coroutine frame (never moved: `pieces` points at `head`).
 struct queued_frame {
-  queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
+  DMOE_DECL queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
       : head(encode_frame_header(header)), pieces(head, body, views) {}
   queued_frame(const queued_frame&) = delete;
   queued_frame& operator=(const queued_frame&) = delete;
@@ -131,7 +131,7 @@ struct queued_frame {
 
 // What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
-  explicit server_connection(tcp_socket s)
+  DMOE_DECL explicit server_connection(tcp_socket s)
       : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()) {}
 
   // Why the watchdog ended the connection (it shuts the socket down; the reader then sees the end of the stream).
@@ -186,7 +186,7 @@ class rpc_server {
 
   // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread. Throws
   // invalid_argument_error for unusable options (see validate()), system_error when it cannot listen.
-  rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
+  DMOE_DECL rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
              std::shared_ptr<fault_policy> faults = nullptr)
       : ctx_(ctx),
         options_(options),
@@ -251,7 +251,7 @@ class rpc_server {
   DMOE_DECL std::uint64_t address_share() const noexcept;
 
   // Answers a request the server will not take with limit_exceeded; the connection goes on.
-  void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
+  DMOE_DECL void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
     ++stats_.requests_refused;
     log_debug("{}", why);
     if (header.kind == frame_kind::request) requests.spawn(send_refusal(conn, header, std::move(why)));
@@ -356,7 +356,7 @@ DMOE_BEGIN_NAMESPACE
 namespace net {
 
 DMOE_DEF auto rpc_server::serve() -> task<void> {
-  if (serving_) throw invalid_argument_error(fmt::format("rpc server on {} is already serving", local_text_));
+  if (serving_) throw invalid_argument_error(dmoe::format("rpc server on {} is already serving", local_text_));
   serving_ = true;
   task_group accepting(ctx_);
   task_group connections(ctx_);
@@ -437,9 +437,9 @@ DMOE_DEF auto rpc_server::accept_loop() -> task<void> {
       ++stats_.connections_refused;
       std::string message =
           open_connections_ >= options_.max_connections
-              ? fmt::format("rpc server on {} refused the connection from {}: {} connections open (limit {})",
+              ? dmoe::format("rpc server on {} refused the connection from {}: {} connections open (limit {})",
                             local_text_, socket->peer(), open_connections_, options_.max_connections)
-              : fmt::format("rpc server on {} refused the connection from {}: {} connections open from {} (limit "
+              : dmoe::format("rpc server on {} refused the connection from {}: {} connections open from {} (limit "
                             "{} per address)",
                             local_text_, socket->peer(), from_address, address,
                             options_.max_connections_per_address);
@@ -552,7 +552,7 @@ DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_gr
     const operation_flag reading{conn.reading};
     const std::size_t received = co_await conn.socket.read_some(room);
     if (conn.expired == expiry::stalled)
-      throw timeout_error(fmt::format("rpc server on {} dropped the connection from {}: a frame of {} was not "
+      throw timeout_error(dmoe::format("rpc server on {} dropped the connection from {}: a frame of {} was not "
                                       "complete within {} ms plus {} per second ({} still missing)",
                                       local_text_, conn.peer, size_text(reader.frame_in_progress_size()),
                                       options_.read_timeout.count(), size_text(options_.min_transfer_rate),
@@ -571,7 +571,7 @@ DMOE_DEF auto rpc_server::admit_next(detail::server_connection& conn, task_group
   // A client sends requests, cancels and go_away frames (the last two bounded by the header check); a response
   // is refused here, on its header, before next() would commit memory for its payload outside the budget.
   if (header->kind == frame_kind::response)
-    throw protocol_error(fmt::format("rpc server on {} got a response frame of {} from {}", local_text_,
+    throw protocol_error(dmoe::format("rpc server on {} got a response frame of {} from {}", local_text_,
                                      size_text(header->payload_size), conn.peer));
   if (header->kind != frame_kind::request || header->payload_size > options_.limits.max_payload)
     co_return true;  // next() delivers or reports it
@@ -584,7 +584,7 @@ DMOE_DEF auto rpc_server::admit_next(detail::server_connection& conn, task_group
   if (size > share) {
     reader.skip_frame();
     refuse(conn, requests, *header,
-           fmt::format("rpc frame of {} exceeds the server's buffer limit {} from {}", size_text(size),
+           dmoe::format("rpc frame of {} exceeds the server's buffer limit {} from {}", size_text(size),
                        size_text(share), conn.peer));
     co_return false;
   }
@@ -662,7 +662,7 @@ DMOE_DEF auto rpc_server::watch_connection(detail::server_connection& conn) -> t
     conn.going_away = true;
     conn.going_away_deadline = deadline_from(now, options_.read_timeout);
     conn.read_deadline = conn.going_away_deadline;
-    const std::string why = fmt::format("rpc server on {} closed the connection from {}: idle for {} ms",
+    const std::string why = dmoe::format("rpc server on {} closed the connection from {}: idle for {} ms",
                                         local_text_, conn.peer, options_.idle_timeout.count());
     const frame_header go_away{frame_kind::go_away, frame_status::ok, 0, 0, conn.last_request_id, why.size()};
     try {
@@ -706,7 +706,7 @@ DMOE_DEF auto rpc_server::dispatch(detail::server_connection& conn, task_group& 
     case frame_kind::go_away:
       return;  // the client closes; it sends no more requests
     case frame_kind::response:
-      throw protocol_error(fmt::format("rpc server on {} got a response frame from {}", local_text_, conn.peer));
+      throw protocol_error(dmoe::format("rpc server on {} got a response frame from {}", local_text_, conn.peer));
   }
 }
 
@@ -724,7 +724,7 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
   const frame_header header = request.header;
   request_scope scope{this, &conn, charge, header.request_id, &cancel};
   if (draining_) {
-    std::string message = fmt::format("rpc server on {} is shutting down", local_text_);
+    std::string message = dmoe::format("rpc server on {} is shutting down", local_text_);
     co_await send_error(conn, header, frame_status::shutting_down, std::move(message));
     co_return;
   }
@@ -741,7 +741,7 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
   if (found == handlers_.end()) {
     ++stats_.unknown_methods;
     std::string message =
-        fmt::format("rpc server on {} has no handler for method {:#010x}", local_text_, header.method);
+        dmoe::format("rpc server on {} has no handler for method {:#010x}", local_text_, header.method);
     co_await send_error(conn, header, frame_status::unknown_method, std::move(message));
     co_return;
   }
@@ -776,7 +776,7 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
   release_buffered(conn, std::exchange(scope.charge, 0));
   const std::uint64_t size = response.size();
   if (size > options_.limits.max_payload) {
-    std::string message = fmt::format("rpc response of {} exceeds limit {} on {}", size_text(size),
+    std::string message = dmoe::format("rpc response of {} exceeds limit {} on {}", size_text(size),
                                       size_text(options_.limits.max_payload), local_text_);
     co_await send_error(conn, header, frame_status::limit_exceeded, std::move(message));
     co_return;

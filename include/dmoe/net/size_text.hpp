@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 
 #include <cstdint>
 #include <string>
@@ -16,7 +17,7 @@ DMOE_DECL std::string size_text(std::uint64_t bytes);
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF std::string size_text(std::uint64_t bytes) {
   static constexpr const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
-  if (bytes < 1024) return fmt::format("{} bytes", bytes);
+  if (bytes < 1024) return dmoe::format("{} bytes", bytes);
   double value = static_cast<double>(bytes);
   int unit = -1;
   while (value >= 1024.0 && unit < 3) {
@@ -24,10 +25,10 @@ DMOE_DEF std::string size_text(std::uint64_t bytes) {
     ++unit;
   }
   // One decimal, dropped when it is zero, so limits read as they were configured: "256 MiB", "1.5 KiB".
-  const std::string text = fmt::format("{:.1f}", value);
+  const std::string text = dmoe::format("{:.1f}", value);
   const std::string_view shown = std::string_view(text).ends_with(".0") ? std::string_view(text).substr(0, text.size() - 2)
                                                                           : std::string_view(text);
-  return fmt::format("{} {}", shown, units[unit]);
+  return dmoe::format("{} {}", shown, units[unit]);
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
 

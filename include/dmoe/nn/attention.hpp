@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
@@ -22,13 +23,13 @@ class causal_self_attention : public module {
   causal_self_attention(std::int64_t width, std::int64_t heads, random_engine& gen)
       : width_(width), heads_(heads), qkv_(width, 3 * width, gen), proj_(width, width, gen) {
     if (heads <= 0 || width % heads != 0)
-      throw invalid_argument_error(fmt::format("causal_self_attention: width {} is not a multiple of {} heads", width, heads));
+      throw invalid_argument_error(dmoe::format("causal_self_attention: width {} is not a multiple of {} heads", width, heads));
   }
 
   // x [batch, seq, width] -> [batch, seq, width].
   tensor forward(const tensor& x) override {
     if (x.rank() != 3 || x.dim(2) != width_)
-      throw shape_error(fmt::format("causal_self_attention: x is {} but should be [batch, seq, {}]", x.shape(), width_));
+      throw shape_error(dmoe::format("causal_self_attention: x is {} but should be [batch, seq, {}]", x.shape(), width_));
     qkv_out_ = qkv_.forward(x);
     attended_.resize(x.shape(), dtype::f32, Backend::device);
     probs_.resize(shape{x.dim(0), heads_, x.dim(1), x.dim(1)}, dtype::f32, Backend::device);

@@ -127,7 +127,7 @@ class checkpoint_file_writer {
       const ssize_t written = ::write(fd_, bytes.data(), count);
       if (written < 0) {
         if (errno == EINTR) continue;
-        throw system_error(errno, fmt::format("writing checkpoint {}", path_));
+        throw system_error(errno, dmoe::format("writing checkpoint {}", path_));
       }
       bytes = bytes.subspan(static_cast<std::size_t>(written));
     }
@@ -152,9 +152,9 @@ class checkpoint_file_reader {
       const ssize_t got = ::pread(fd_, out.data(), count, static_cast<off_t>(offset));
       if (got < 0) {
         if (errno == EINTR) continue;
-        throw system_error(errno, fmt::format("reading checkpoint {}", path_));
+        throw system_error(errno, dmoe::format("reading checkpoint {}", path_));
       }
-      if (got == 0) throw corrupt_error(fmt::format("checkpoint {}: truncated while reading", path_));
+      if (got == 0) throw corrupt_error(dmoe::format("checkpoint {}: truncated while reading", path_));
       out = out.subspan(static_cast<std::size_t>(got));
       offset += static_cast<std::uint64_t>(got);
     }
@@ -185,13 +185,13 @@ class checkpoint_parser {
   void set_offset(std::uint64_t offset) noexcept { offset_ = offset; }
 
   [[noreturn]] void fail(std::string_view what) const {
-    throw corrupt_error(fmt::format("checkpoint {}: {}", path_, what));
+    throw corrupt_error(dmoe::format("checkpoint {}: {}", path_, what));
   }
 
  private:
   std::uint64_t take(std::uint64_t count, std::string_view field) {
     if (count > remaining())
-      fail(fmt::format("{} of {} bytes at offset {} runs past the end of the entries ({} bytes left)", field, count,
+      fail(dmoe::format("{} of {} bytes at offset {} runs past the end of the entries ({} bytes left)", field, count,
                        offset_, remaining()));
     const std::uint64_t at = offset_;
     offset_ += count;
@@ -208,14 +208,14 @@ class checkpoint_parser {
 inline std::filesystem::path checkpoint_temp_path(const std::filesystem::path& path) {
   static std::atomic<std::uint64_t> counter{0};
   return path.parent_path() /
-         fmt::format(".{}.tmp.{}.{}", path.filename().string(), ::getpid(), counter.fetch_add(1));
+         dmoe::format(".{}.tmp.{}.{}", path.filename().string(), ::getpid(), counter.fetch_add(1));
 }
 
 inline void fsync_directory(const std::filesystem::path& directory) {
   const std::filesystem::path dir = directory.empty() ? std::filesystem::path(".") : directory;
   unique_fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) throw system_error(errno, fmt::format("opening directory {} to sync a checkpoint", dir));
-  if (::fsync(fd.get()) != 0) throw system_error(errno, fmt::format("syncing directory {}", dir));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening directory {} to sync a checkpoint", dir));
+  if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing directory {}", dir));
 }
 
 }  // namespace detail
@@ -224,17 +224,17 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
   std::uint64_t file_size = detail::checkpoint_header_size + detail::checkpoint_footer_size;
   for (const checkpoint_entry& e : entries) {
     if (e.value.empty() && e.value.numel() != 0)
-      throw invalid_argument_error(fmt::format("write_checkpoint {}: entry '{}' has no storage", path, e.name));
+      throw invalid_argument_error(dmoe::format("write_checkpoint {}: entry '{}' has no storage", path, e.name));
     if (!e.value.is_host())
       throw invalid_argument_error(
-          fmt::format("write_checkpoint {}: entry '{}' is {}, copy it to the host first", path, e.name,
+          dmoe::format("write_checkpoint {}: entry '{}' is {}, copy it to the host first", path, e.name,
                       e.value.description()));
     file_size += detail::checkpoint_entry_size(e.name, e.value);
   }
 
   const std::filesystem::path temp = detail::checkpoint_temp_path(path);
   detail::unique_fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw system_error(errno, fmt::format("creating checkpoint {}", temp));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("creating checkpoint {}", temp));
   try {
     detail::checkpoint_file_writer out(fd.get(), temp);
     byte_buffer buffer;
@@ -260,10 +260,10 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
     buffer.clear();
     binary_writer(buffer).write(out.digest());
     out.write(buffer);
-    if (::fsync(fd.get()) != 0) throw system_error(errno, fmt::format("syncing checkpoint {}", temp));
-    if (fd.close() != 0) throw system_error(errno, fmt::format("closing checkpoint {}", temp));
+    if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing checkpoint {}", temp));
+    if (fd.close() != 0) throw system_error(errno, dmoe::format("closing checkpoint {}", temp));
     if (::rename(temp.c_str(), path.c_str()) != 0)
-      throw system_error(errno, fmt::format("renaming checkpoint {} to {}", temp, path));
+      throw system_error(errno, dmoe::format("renaming checkpoint {} to {}", temp, path));
   } catch (...) {
     ::unlink(temp.c_str());
     throw;
@@ -274,21 +274,21 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
 DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
                                                        const checkpoint_limits& limits) {
   detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw system_error(errno, fmt::format("opening checkpoint {}", path));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening checkpoint {}", path));
   struct stat info {};
-  if (::fstat(fd.get(), &info) != 0) throw system_error(errno, fmt::format("reading checkpoint {}", path));
+  if (::fstat(fd.get(), &info) != 0) throw system_error(errno, dmoe::format("reading checkpoint {}", path));
   const auto size = static_cast<std::uint64_t>(info.st_size);
   auto fail = [&](std::string_view what) -> void {
-    throw corrupt_error(fmt::format("checkpoint {}: {}", path, what));
+    throw corrupt_error(dmoe::format("checkpoint {}: {}", path, what));
   };
   detail::checkpoint_file_reader reader(fd.get(), size, path);
 
   if (size < detail::checkpoint_header_size)
-    fail(fmt::format("truncated: {} bytes, shorter than the {}-byte header", size, detail::checkpoint_header_size));
+    fail(dmoe::format("truncated: {} bytes, shorter than the {}-byte header", size, detail::checkpoint_header_size));
   std::array<std::byte, detail::checkpoint_header_size> header{};
   reader.read_at(0, header);
   if (std::memcmp(header.data(), checkpoint_magic, 8) != 0)
-    fail(fmt::format("wrong magic {:02x}: not a dmoe checkpoint", fmt::join(std::span(header).first(8), " ")));
+    fail(dmoe::format("wrong magic {:02x}: not a dmoe checkpoint", fmt::join(std::span(header).first(8), " ")));
   auto header_field = [&]<class T>(std::size_t offset, T) {
     T value;
     std::memcpy(&value, header.data() + offset, sizeof(T));
@@ -299,12 +299,12 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
   const auto stated_size = header_field(16, std::uint64_t{});
   const auto entry_count = header_field(24, std::uint64_t{});
   if (version != checkpoint_version)
-    fail(fmt::format("unsupported version {} (this build reads version {})", version, checkpoint_version));
-  if (flags != 0) fail(fmt::format("unknown flags {:#x}", flags));
-  if (size < stated_size) fail(fmt::format("truncated: {} bytes but the header says {}", size, stated_size));
-  if (size > stated_size) fail(fmt::format("{} bytes but the header says {} (trailing bytes)", size, stated_size));
+    fail(dmoe::format("unsupported version {} (this build reads version {})", version, checkpoint_version));
+  if (flags != 0) fail(dmoe::format("unknown flags {:#x}", flags));
+  if (size < stated_size) fail(dmoe::format("truncated: {} bytes but the header says {}", size, stated_size));
+  if (size > stated_size) fail(dmoe::format("{} bytes but the header says {} (trailing bytes)", size, stated_size));
   if (size < detail::checkpoint_header_size + detail::checkpoint_footer_size)
-    fail(fmt::format("truncated: {} bytes, too short for the footer", size));
+    fail(dmoe::format("truncated: {} bytes, too short for the footer", size));
 
   const std::uint64_t body_end = size - detail::checkpoint_footer_size;
   {
@@ -319,11 +319,11 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
     std::uint64_t stored = 0;
     reader.read_at(body_end, byte_span(reinterpret_cast<std::byte*>(&stored), sizeof stored));
     if (stored != hash.digest())
-      fail(fmt::format("checksum mismatch: stored {:016x}, computed {:016x}", stored, hash.digest()));
+      fail(dmoe::format("checksum mismatch: stored {:016x}, computed {:016x}", stored, hash.digest()));
   }
 
   if (entry_count > limits.max_entries)
-    fail(fmt::format("{} entries exceed the limit of {}", entry_count, limits.max_entries));
+    fail(dmoe::format("{} entries exceed the limit of {}", entry_count, limits.max_entries));
   detail::checkpoint_parser in(reader, body_end, path);
   in.set_offset(detail::checkpoint_header_size);
   std::vector<checkpoint_entry> entries;
@@ -331,44 +331,44 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
   for (std::uint64_t i = 0; i < entry_count; ++i) {
     const auto name_length = in.read<std::uint32_t>("name length");
     if (name_length > limits.max_name_length)
-      in.fail(fmt::format("entry {}: name of {} bytes exceeds the limit of {}", i, name_length,
+      in.fail(dmoe::format("entry {}: name of {} bytes exceeds the limit of {}", i, name_length,
                           limits.max_name_length));
     std::string name(name_length, '\0');
     in.read_into(byte_span(reinterpret_cast<std::byte*>(name.data()), name.size()), "name");
     const auto dtype_code = in.read<std::uint8_t>("dtype");
     if (dtype_code > static_cast<std::uint8_t>(dtype::u8))
-      in.fail(fmt::format("entry '{}': unknown dtype code {}", name, dtype_code));
+      in.fail(dmoe::format("entry '{}': unknown dtype code {}", name, dtype_code));
     const auto type = static_cast<dtype>(dtype_code);
     const auto rank = in.read<std::uint8_t>("rank");
     if (rank > shape::max_rank)
-      in.fail(fmt::format("entry '{}': rank {} exceeds the maximum {}", name, rank, shape::max_rank));
-    if (in.read<std::uint16_t>("reserved") != 0) in.fail(fmt::format("entry '{}': reserved field is not 0", name));
+      in.fail(dmoe::format("entry '{}': rank {} exceeds the maximum {}", name, rank, shape::max_rank));
+    if (in.read<std::uint16_t>("reserved") != 0) in.fail(dmoe::format("entry '{}': reserved field is not 0", name));
     std::array<std::int64_t, shape::max_rank> dims{};
     std::uint64_t numel = 1;
     bool overflow = false;
     for (std::size_t d = 0; d < rank; ++d) {
       dims[d] = in.read<std::int64_t>("dimension");
-      if (dims[d] < 0) in.fail(fmt::format("entry '{}': dimension {} is negative ({})", name, d, dims[d]));
+      if (dims[d] < 0) in.fail(dmoe::format("entry '{}': dimension {} is negative ({})", name, d, dims[d]));
       const auto extent = static_cast<std::uint64_t>(dims[d]);
       if (extent != 0 && numel > limits.max_tensor_bytes / extent) overflow = true;
       numel *= extent;
     }
     const auto data_length = in.read<std::uint64_t>("data length");
     if (data_length > limits.max_tensor_bytes)
-      in.fail(fmt::format("entry '{}': data of {} bytes exceeds the limit of {}", name, data_length,
+      in.fail(dmoe::format("entry '{}': data of {} bytes exceeds the limit of {}", name, data_length,
                           limits.max_tensor_bytes));
     const shape s(std::span<const std::int64_t>(dims.data(), rank));
     if (overflow || data_length != numel * size_of(type))
-      in.fail(fmt::format("entry '{}': {} data bytes do not fit {} {}", name, data_length, type, s));
+      in.fail(dmoe::format("entry '{}': {} data bytes do not fit {} {}", name, data_length, type, s));
     if (data_length > in.remaining())
-      in.fail(fmt::format("entry '{}': data of {} bytes runs past the end of the entries ({} bytes left)", name,
+      in.fail(dmoe::format("entry '{}': data of {} bytes runs past the end of the entries ({} bytes left)", name,
                           data_length, in.remaining()));
-    if (!seen.emplace(name, i).second) in.fail(fmt::format("entry '{}' appears twice", name));
+    if (!seen.emplace(name, i).second) in.fail(dmoe::format("entry '{}' appears twice", name));
     tensor value = tensor::uninitialized(s, type);
     in.read_into(value.bytes(), "data");
     entries.push_back({std::move(name), std::move(value)});
   }
-  if (in.remaining() != 0) fail(fmt::format("{} unexpected bytes after the last entry", in.remaining()));
+  if (in.remaining() != 0) fail(dmoe::format("{} unexpected bytes after the last entry", in.remaining()));
   return entries;
 }
 
@@ -389,7 +389,7 @@ DMOE_DEF void load_checkpoint(const std::filesystem::path& path, const parameter
   std::map<std::string, tensor*, std::less<>> targets;
   for (const parameter& p : parameters)
     if (!targets.emplace("param." + p.name, p.value).second)
-      throw invalid_argument_error(fmt::format("load_checkpoint {}: two parameters are named '{}'", path, p.name));
+      throw invalid_argument_error(dmoe::format("load_checkpoint {}: two parameters are named '{}'", path, p.name));
   if (opt)
     for (const parameter& s : opt->state()) targets.emplace("optimizer." + s.name, s.value);
 
@@ -398,17 +398,17 @@ DMOE_DEF void load_checkpoint(const std::filesystem::path& path, const parameter
     if (!opt && e.name.starts_with("optimizer.")) continue;
     auto it = targets.find(e.name);
     if (it == targets.end())
-      throw shape_error(fmt::format("checkpoint {}: entry '{}' has no counterpart in the module or optimizer", path,
+      throw shape_error(dmoe::format("checkpoint {}: entry '{}' has no counterpart in the module or optimizer", path,
                                     e.name));
     const tensor& into = *it->second;
     if (e.value.dtype() != into.dtype() || e.value.shape() != into.shape())
-      throw shape_error(fmt::format("checkpoint {}: '{}' is {} {} in the file but {} {} in the module", path, e.name,
+      throw shape_error(dmoe::format("checkpoint {}: '{}' is {} {} in the file but {} {} in the module", path, e.name,
                                     e.value.dtype(), e.value.shape(), into.dtype(), into.shape()));
     found.emplace(e.name, &e.value);
   }
   for (const auto& [name, into] : targets)
     if (!found.contains(name))
-      throw shape_error(fmt::format("checkpoint {}: '{}' ({}) is missing from the file", path, name,
+      throw shape_error(dmoe::format("checkpoint {}: '{}' ({}) is missing from the file", path, name,
                                     into->description()));
   for (const auto& [name, into] : targets) into->copy_from(*found.at(name));
 }

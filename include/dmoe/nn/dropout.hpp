@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/ops/cuda.hpp>  // the CUDA overloads (declarations; defined by dmoe::cuda)
@@ -19,7 +20,7 @@ template <class Backend = ops::cpu_t>
 class dropout : public module {
  public:
   dropout(float p, std::uint64_t seed) : p_(p), gen_(seed) {
-    if (!(p >= 0.0f && p < 1.0f)) throw invalid_argument_error(fmt::format("dropout: probability {} is outside [0, 1)", p));
+    if (!(p >= 0.0f && p < 1.0f)) throw invalid_argument_error(dmoe::format("dropout: probability {} is outside [0, 1)", p));
   }
 
   tensor forward(const tensor& x) override {

@@ -27,9 +27,9 @@ struct tensor_schema {
   // Throws shape_error (invalid_argument_error for the dtype) unless t is a batch of such samples.
   void check(std::string_view what, const tensor& t) const {
     if (t.dtype() != type)
-      throw invalid_argument_error(fmt::format("{}: tensor is {} but the schema says {}", what, t.description(), type));
+      throw invalid_argument_error(dmoe::format("{}: tensor is {} but the schema says {}", what, t.description(), type));
     if (t.rank() != sample_shape.rank() + 1 || t.shape().without_first() != sample_shape)
-      throw shape_error(fmt::format("{}: tensor is {} but the schema says [batch] + {}", what, t.shape(), sample_shape));
+      throw shape_error(dmoe::format("{}: tensor is {} but the schema says [batch] + {}", what, t.shape(), sample_shape));
   }
 
   friend bool operator==(const tensor_schema&, const tensor_schema&) = default;

@@ -70,7 +70,7 @@ class ffn_expert : public expert {
 
  private:
   static std::int64_t checked_inner(std::int64_t hidden, std::int64_t inner) {
-    if (inner < 0) throw invalid_argument_error(fmt::format("ffn expert: inner width {} must be positive", inner));
+    if (inner < 0) throw invalid_argument_error(dmoe::format("ffn expert: inner width {} must be positive", inner));
     return inner == 0 ? 4 * hidden : inner;
   }
 
@@ -145,7 +145,7 @@ struct expert_registry {
       std::int64_t heads = options.heads;
       if (heads == 0) heads = hidden % 64 == 0 ? hidden / 64 : 1;
       if (options.seq_len <= 0)
-        throw invalid_argument_error(fmt::format("transformer expert: seq_len {} must be positive", options.seq_len));
+        throw invalid_argument_error(dmoe::format("transformer expert: seq_len {} must be positive", options.seq_len));
       return std::make_unique<transformer_expert<Backend>>(hidden, options.seq_len, heads, gen);
     };
     factories["nop"] = [](std::int64_t hidden, std::uint64_t, const expert_options&) -> std::unique_ptr<expert> {
@@ -183,7 +183,7 @@ std::vector<std::string> expert_kinds() {
 template <class Backend = ops::cpu_t>
 std::unique_ptr<expert> make_expert(std::string_view kind, std::int64_t hidden, std::uint64_t seed,
                                     const expert_options& options = {}) {
-  if (hidden <= 0) throw invalid_argument_error(fmt::format("make_expert: hidden size {} must be positive", hidden));
+  if (hidden <= 0) throw invalid_argument_error(dmoe::format("make_expert: hidden size {} must be positive", hidden));
   expert_factory factory;
   {
     auto& registry = detail::expert_registry<Backend>::instance();
@@ -192,7 +192,7 @@ std::unique_ptr<expert> make_expert(std::string_view kind, std::int64_t hidden, 
     if (it == registry.factories.end()) {
       std::vector<std::string> known;
       for (const auto& [name, f] : registry.factories) known.push_back(name);
-      throw invalid_argument_error(fmt::format("make_expert: unknown expert kind '{}' (known: {})", kind,
+      throw invalid_argument_error(dmoe::format("make_expert: unknown expert kind '{}' (known: {})", kind,
                                                fmt::join(known, ", ")));
     }
     factory = it->second;

@@ -19,7 +19,7 @@ namespace init {
 // the trailing dimensions into fan_in.
 inline std::pair<double, double> fans(const tensor& w) {
   if (w.rank() == 0 || w.numel() == 0)
-    throw shape_error(fmt::format("init: cannot compute fans of a tensor of shape {}", w.shape()));
+    throw shape_error(dmoe::format("init: cannot compute fans of a tensor of shape {}", w.shape()));
   if (w.rank() == 1) return {static_cast<double>(w.dim(0)), static_cast<double>(w.dim(0))};
   const double fan_out = static_cast<double>(w.dim(0));
   return {static_cast<double>(w.numel()) / fan_out, fan_out};

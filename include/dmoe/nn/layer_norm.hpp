@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/nn/linear.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
@@ -24,7 +25,7 @@ class layer_norm : public module {
 
   // Keeps a handle on x until backward: do not modify x in between.
   tensor forward(const tensor& x) override {
-    detail::check_last_dim("layer_norm", x, width_, fmt::format("gamma {}", gamma_.shape()));
+    detail::check_last_dim("layer_norm", x, width_, dmoe::format("gamma {}", gamma_.shape()));
     x_ = x;
     y_.resize(x.shape(), dtype::f32, Backend::device);
     mean_.resize(shape{x.shape().outer()}, dtype::f32, Backend::device);

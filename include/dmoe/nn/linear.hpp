@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/nn/init.hpp>
 #include <dmoe/nn/module.hpp>
 #include <dmoe/ops/backend.hpp>
@@ -24,11 +25,11 @@ inline shape with_last(const shape& s, std::int64_t last) { return s.with(s.rank
 
 inline void check_last_dim(std::string_view module, const tensor& x, std::int64_t expected, std::string_view what) {
   if (x.rank() < 1 || x.dim(-1) != expected)
-    throw shape_error(fmt::format("{}: x is {} but {} needs a last dimension of {}", module, x.shape(), what, expected));
+    throw shape_error(dmoe::format("{}: x is {} but {} needs a last dimension of {}", module, x.shape(), what, expected));
 }
 
 inline void check_forward_done(std::string_view module, const tensor& saved) {
-  if (saved.empty()) throw invalid_argument_error(fmt::format("{}: backward without a forward before it", module));
+  if (saved.empty()) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", module));
 }
 }  // namespace detail
 
@@ -39,7 +40,7 @@ class linear : public module {
   linear(std::int64_t in, std::int64_t out, random_engine& gen, ops::activation act = ops::activation::identity,
          bool with_bias = true)
       : in_(in), out_(out), act_(act), weight_(shape{out, in}), weight_grad_(shape{out, in}, dtype::f32, Backend::device) {
-    if (in <= 0 || out <= 0) throw invalid_argument_error(fmt::format("linear: sizes {} -> {} must be positive", in, out));
+    if (in <= 0 || out <= 0) throw invalid_argument_error(dmoe::format("linear: sizes {} -> {} must be positive", in, out));
     if (act == ops::activation::identity)
       init::xavier_uniform(weight_, gen);
     else
@@ -53,7 +54,7 @@ class linear : public module {
 
   // x [..., in] -> [..., out]. Keeps a handle on x until backward: do not modify x in between.
   tensor forward(const tensor& x) override {
-    detail::check_last_dim("linear", x, in_, fmt::format("weight {}", weight_.shape()));
+    detail::check_last_dim("linear", x, in_, dmoe::format("weight {}", weight_.shape()));
     const std::int64_t rows = x.shape().outer();
     x_ = x.reshape(shape{rows, in_});
     out_shape_ = detail::with_last(x.shape(), out_);

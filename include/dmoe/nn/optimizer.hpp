@@ -62,10 +62,10 @@ class optimizer {
     std::set<std::string> names;
     for (const parameter& p : parameters_) {
       if (!p.value || !p.grad)
-        throw invalid_argument_error(fmt::format("optimizer: parameter '{}' has no value or no gradient", p.name));
+        throw invalid_argument_error(dmoe::format("optimizer: parameter '{}' has no value or no gradient", p.name));
       expect_same_shape("optimizer", p.name, *p.value, p.name + " grad", *p.grad);
       if (!names.insert(p.name).second)
-        throw invalid_argument_error(fmt::format("optimizer: two parameters are named '{}'", p.name));
+        throw invalid_argument_error(dmoe::format("optimizer: two parameters are named '{}'", p.name));
     }
     state_.push_back({"step", &step_, nullptr});
   }

@@ -40,7 +40,7 @@ struct linear_warmup_decay {
   linear_warmup_decay(float peak_rate, std::int64_t warmup, std::int64_t total, float final_value = 0.0f)
       : peak(peak_rate), warmup_steps(warmup), total_steps(total), final_rate(final_value) {
     if (warmup < 0 || total < 1 || warmup > total)
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "linear_warmup_decay: needs 0 <= warmup_steps ({}) <= total_steps ({}) and total_steps >= 1", warmup,
           total));
   }

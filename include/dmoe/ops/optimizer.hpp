@@ -48,12 +48,12 @@ namespace detail {
 // throws invalid_argument_error when it says error).
 inline void check_max_norm(float max_norm) {
   if (!(max_norm > 0.0f))
-    throw invalid_argument_error(fmt::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
+    throw invalid_argument_error(dmoe::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
 }
 inline double clip_coefficient(double norm, std::size_t tensors, float max_norm, nonfinite_norm on_nonfinite) {
   if (!std::isfinite(norm)) {
     if (on_nonfinite == nonfinite_norm::error)
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "clip_grad_norm: the gradient norm over {} tensors is {}; gradients left unscaled", tensors, norm));
     return 1.0;
   }

@@ -79,10 +79,10 @@ DMOE_DEF auto checkpoint_saver::save(const expert_backend& expert) const -> std:
   const auto dir = directory_ / expert.uid();
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) throw system_error(ec.value(), fmt::format("cannot create checkpoint directory {}", dir.string()));
+  if (ec) throw system_error(ec.value(), dmoe::format("cannot create checkpoint directory {}", dir.string()));
   auto existing = list(expert.uid());
   const std::uint64_t number = existing.empty() ? 1 : existing.back().first + 1;
-  const auto path = dir / fmt::format("checkpoint-{:06d}.dmoe", number);
+  const auto path = dir / dmoe::format("checkpoint-{:06d}.dmoe", number);
   expert.save(path);
   existing.emplace_back(number, path);
   while (existing.size() > keep_) {

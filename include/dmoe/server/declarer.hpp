@@ -48,7 +48,7 @@ DMOE_DEF dht::ed25519_keypair load_or_create_key(const std::filesystem::path& pa
       if (n < 0) {  // e.g. a directory: say so, rather than that it holds no seed
         const int why = errno;
         ::close(fd);
-        throw system_error(why, fmt::format("cannot read key file {}", path.string()));
+        throw system_error(why, dmoe::format("cannot read key file {}", path.string()));
       }
       if (n == 0) break;
       size += static_cast<std::size_t>(n);
@@ -58,7 +58,7 @@ DMOE_DEF dht::ed25519_keypair load_or_create_key(const std::filesystem::path& pa
     while (!hex.empty() && (hex.back() == '\n' || hex.back() == '\r')) hex.remove_suffix(1);
     std::array<std::byte, crypto_sign_SEEDBYTES> seed{};
     if (hex.size() != 2 * seed.size())
-      throw corrupt_error(fmt::format("key file {}: expected 64 hex digits (an ed25519 seed)", path.string()));
+      throw corrupt_error(dmoe::format("key file {}: expected 64 hex digits (an ed25519 seed)", path.string()));
     for (std::size_t i = 0; i < seed.size(); ++i) {
       unsigned value = 0;
       for (std::size_t j = 0; j < 2; ++j) {
@@ -66,28 +66,28 @@ DMOE_DEF dht::ed25519_keypair load_or_create_key(const std::filesystem::path& pa
         unsigned digit;
         if (c >= '0' && c <= '9') digit = static_cast<unsigned>(c - '0');
         else if (c >= 'a' && c <= 'f') digit = static_cast<unsigned>(c - 'a' + 10);
-        else throw corrupt_error(fmt::format("key file {}: '{}' is not a lowercase hex digit", path.string(), c));
+        else throw corrupt_error(dmoe::format("key file {}: '{}' is not a lowercase hex digit", path.string(), c));
         value = value * 16 + digit;
       }
       seed[i] = static_cast<std::byte>(value);
     }
     return dht::ed25519_keypair::from_seed(seed);
   }
-  if (errno != ENOENT) throw system_error(errno, fmt::format("cannot read key file {}", path.string()));
+  if (errno != ENOENT) throw system_error(errno, dmoe::format("cannot read key file {}", path.string()));
   auto key = dht::ed25519_keypair::generate();
   std::string text;
-  for (std::byte b : key.seed()) text += fmt::format("{:02x}", static_cast<unsigned>(b));
+  for (std::byte b : key.seed()) text += dmoe::format("{:02x}", static_cast<unsigned>(b));
   text += '\n';
-  const std::filesystem::path temp = path.string() + fmt::format(".tmp{}", ::getpid());
+  const std::filesystem::path temp = path.string() + dmoe::format(".tmp{}", ::getpid());
   const int out = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (out < 0) throw system_error(errno, fmt::format("cannot create key file {}", temp.string()));
+  if (out < 0) throw system_error(errno, dmoe::format("cannot create key file {}", temp.string()));
   const bool written = ::write(out, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(out) == 0;
   const int saved = errno;
   ::close(out);
   if (!written || ::rename(temp.c_str(), path.c_str()) != 0) {
     const int why = written ? errno : saved;
     ::unlink(temp.c_str());
-    throw system_error(why, fmt::format("cannot write key file {}", path.string()));
+    throw system_error(why, dmoe::format("cannot write key file {}", path.string()));
   }
   return key;
 }
@@ -103,7 +103,7 @@ struct declarer_options {
 class declarer {
  public:
   // Throws invalid_argument_error for an update_period that is not positive or an expiration not longer than it.
-  declarer(dht::node& node, const std::vector<std::string>& uids, const endpoint& server_endpoint,
+  DMOE_DECL declarer(dht::node& node, const std::vector<std::string>& uids, const endpoint& server_endpoint,
            const dht::ed25519_keypair& key, declarer_options options = {})
       : republisher_(node, {options.update_period, options.expiration}), uids_(uids.size()), endpoint_(server_endpoint) {
     for (auto& e : moe::declaration_entries(uids, server_endpoint, 0, key))
@@ -111,10 +111,10 @@ class declarer {
   }
 
   // Stores every declaration once (one crawl for all keys); returns how many entries some node took.
-  task<std::size_t> declare_once() { return republisher_.publish_once(); }
+  DMOE_DECL task<std::size_t> declare_once() { return republisher_.publish_once(); }
   // Declares every update_period until the awaiting coroutine is stopped (then cancelled_error) or the node shuts
   // down.
-  task<void> run() { return republisher_.run(); }
+  DMOE_DECL task<void> run() { return republisher_.run(); }
 
   // Declaration rounds done (thread-safe).
   std::uint64_t rounds() const noexcept { return republisher_.rounds(); }

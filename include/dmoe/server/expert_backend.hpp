@@ -80,7 +80,7 @@ class expert_backend {
   // outputs [batch, ...output schema] of inputs [batch, ...input schema] (host tensors). Throws shape_error or
   // invalid_argument_error for inputs that do not fit the schema.
   tensor forward(const tensor& inputs) {
-    schema_.input.check(fmt::format("expert {} forward inputs", uid_), inputs);
+    schema_.input.check(dmoe::format("expert {} forward inputs", uid_), inputs);
     return to_host(module_->forward(to_device(inputs)));
   }
 
@@ -90,9 +90,9 @@ class expert_backend {
   DMOE_DECL tensor backward(const tensor& inputs, const tensor& grad_outputs);
 
   // Parameters and optimizer state to one checkpoint file (nn/checkpoint.hpp: atomic, checksummed).
-  void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
+  DMOE_DECL void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
   // Loads a checkpoint made by save(); a corrupt file or a mismatched one throws and leaves the expert unchanged.
-  void load(const std::filesystem::path& path) { nn::load_checkpoint(path, parameters_, optimizer_.get()); }
+  DMOE_DECL void load(const std::filesystem::path& path) { nn::load_checkpoint(path, parameters_, optimizer_.get()); }
 
   std::uint64_t updates() const noexcept { return updates_.load(std::memory_order_relaxed); }
 
@@ -132,12 +132,12 @@ class expert_backend_on final : public expert_backend {
       h.learning_rate = o.learning_rate, h.momentum = o.momentum, h.weight_decay = o.weight_decay;
       optimizer_ = std::make_unique<nn::sgd<Backend>>(parameters_, h);
     } else {
-      throw invalid_argument_error(fmt::format("optimizer '{}': expected adam, adamw or sgd", o.name));
+      throw invalid_argument_error(dmoe::format("optimizer '{}': expected adam, adamw or sgd", o.name));
     }
     if (!(o.learning_rate > 0.0f) || !std::isfinite(o.learning_rate))
-      throw invalid_argument_error(fmt::format("learning rate {} must be positive and finite", o.learning_rate));
+      throw invalid_argument_error(dmoe::format("learning rate {} must be positive and finite", o.learning_rate));
     if (o.clip_grad_norm < 0.0f || !std::isfinite(o.clip_grad_norm))
-      throw invalid_argument_error(fmt::format("clip_grad_norm {} must be 0 (off) or positive", o.clip_grad_norm));
+      throw invalid_argument_error(dmoe::format("clip_grad_norm {} must be 0 (off) or positive", o.clip_grad_norm));
     if (o.total_steps > 0)
       optimizer_->set_schedule(nn::linear_warmup_decay(o.learning_rate, o.warmup_steps, o.total_steps));
     else if (o.warmup_steps > 0)
@@ -158,7 +158,7 @@ class expert_backend_on final : public expert_backend {
     try {
       ops::clip_grad_norm(Backend{}, std::span<tensor>(grads_), limit, ops::nonfinite_norm::error);
     } catch (const invalid_argument_error&) {
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "expert {} backward: the gradient norm is not finite; the batch is refused and the parameters are unchanged",
           uid_));
     }
@@ -239,10 +239,10 @@ DMOE_INLINE auto expert_stats::operator+=(const expert_stats& o) -> expert_stats
 }
 
 DMOE_DEF auto expert_backend::backward(const tensor& inputs, const tensor& grad_outputs) -> tensor {
-  schema_.input.check(fmt::format("expert {} backward inputs", uid_), inputs);
-  schema_.output.check(fmt::format("expert {} backward grad_outputs", uid_), grad_outputs);
+  schema_.input.check(dmoe::format("expert {} backward inputs", uid_), inputs);
+  schema_.output.check(dmoe::format("expert {} backward grad_outputs", uid_), grad_outputs);
   if (inputs.dim(0) != grad_outputs.dim(0))
-    throw shape_error(fmt::format("expert {} backward: {} inputs but {} output gradients", uid_, inputs.dim(0),
+    throw shape_error(dmoe::format("expert {} backward: {} inputs but {} output gradients", uid_, inputs.dim(0),
                                   grad_outputs.dim(0)));
   module_->zero_grad();
   module_->forward(to_device(inputs));
@@ -261,7 +261,7 @@ DMOE_DEF std::unique_ptr<expert_backend> make_expert_backend(std::string uid, co
   use_device(device);  // (the parameters land on the calling thread's current device)
   const detail::expert_backend_maker maker = detail::cuda_expert_backend_maker().load(std::memory_order_acquire);
   if (!maker)
-    throw device_error(fmt::format("expert {} on {}: this program has no CUDA experts (it does not link dmoe::cuda)",
+    throw device_error(dmoe::format("expert {} on {}: this program has no CUDA experts (it does not link dmoe::cuda)",
                                    uid, device.text()));
   return maker(std::move(uid), options, seed);
 }

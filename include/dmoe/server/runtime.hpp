@@ -46,9 +46,9 @@ struct runtime_options {
 DMOE_DECL void validate(const runtime_options& o);
 #if DMOE_HEAVY_DEFINITIONS
 DMOE_DEF void validate(const runtime_options& o) {
-  if (o.max_batch_size < 1) throw invalid_argument_error(fmt::format("max_batch_size {} must be at least 1", o.max_batch_size));
+  if (o.max_batch_size < 1) throw invalid_argument_error(dmoe::format("max_batch_size {} must be at least 1", o.max_batch_size));
   if (o.min_batch_size < 1 || o.min_batch_size > o.max_batch_size)
-    throw invalid_argument_error(fmt::format("min_batch_size {} must be in [1, max_batch_size = {}]", o.min_batch_size,
+    throw invalid_argument_error(dmoe::format("min_batch_size {} must be in [1, max_batch_size = {}]", o.min_batch_size,
                                              o.max_batch_size));
   if (o.batching_window.count() < 0 || o.batching_window > std::chrono::seconds(10))
     throw invalid_argument_error("batching_window must be in [0, 10 s]");
@@ -73,7 +73,7 @@ class runtime {
   runtime& operator=(const runtime&) = delete;
   ~runtime() { stop(); }
 
-  void start() {
+  DMOE_DECL void start() {
     std::lock_guard lock(mutex_);
     if (thread_.joinable() || stopping_) return;
     thread_ = std::thread([this] { loop(); });
@@ -122,7 +122,7 @@ class runtime {
 
   // Counters per expert (a snapshot).
   DMOE_DECL std::map<std::string, expert_stats> stats() const;
-  expert_stats total_stats() const {
+  DMOE_DECL expert_stats total_stats() const {
     expert_stats total;
     for (const auto& [uid, s] : stats()) total += s;
     return total;
@@ -177,7 +177,7 @@ DMOE_DEF runtime::runtime(std::vector<expert_backend*> backends, runtime_options
   validate(options_);
   for (expert_backend* b : backends) {
     if (experts_.count(b->uid()))
-      throw invalid_argument_error(fmt::format("runtime: expert '{}' is given twice", b->uid()));
+      throw invalid_argument_error(dmoe::format("runtime: expert '{}' is given twice", b->uid()));
     auto& e = experts_[b->uid()];
     e.backend = b;
     e.pools[0] = std::make_unique<task_pool>(b->uid(), expert_direction::forward, options_.max_batch_size,
@@ -210,20 +210,20 @@ DMOE_DEF auto runtime::stop() -> void {
 DMOE_DEF auto runtime::submit(std::string_view uid, expert_direction direction, tensor inputs,
                                         tensor grad_outputs) -> std::shared_ptr<task_completion> {
   const auto found = experts_.find(std::string(uid));
-  if (found == experts_.end()) throw invalid_argument_error(fmt::format("this server has no expert '{}'", uid));
+  if (found == experts_.end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
   expert_backend& backend = *found->second.backend;
   const auto& schema = backend.schema();
-  const std::string what = fmt::format("expert {} {}", uid, moe::to_string(direction));
+  const std::string what = dmoe::format("expert {} {}", uid, moe::to_string(direction));
   schema.input.check(what + " inputs", inputs);
   const std::int64_t samples = inputs.dim(0);
   if (samples == 0) throw invalid_argument_error(what + ": the request holds no samples");
   if (direction == expert_direction::backward) {
     schema.output.check(what + " grad_outputs", grad_outputs);
     if (grad_outputs.dim(0) != samples)
-      throw shape_error(fmt::format("{}: {} inputs but {} output gradients", what, samples, grad_outputs.dim(0)));
+      throw shape_error(dmoe::format("{}: {} inputs but {} output gradients", what, samples, grad_outputs.dim(0)));
   }
   if (samples > options_.max_batch_size)
-    throw limit_error(fmt::format("{}: a request of {} samples exceeds max_batch_size {}", what, samples,
+    throw limit_error(dmoe::format("{}: a request of {} samples exceeds max_batch_size {}", what, samples,
                                   options_.max_batch_size));
   auto completion = std::make_shared<task_completion>();
   {

@@ -238,7 +238,7 @@ DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), op
   if (announce_.port() == 0) announce_ = announce_.with_port(rpc_->local_endpoint().port());
   if (options_.dht) {
     if (!announce_.is_specified() || announce_.address() == "0.0.0.0" || announce_.address() == "::")
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "server: the RPC address {} cannot be declared in the DHT; set `announce` to an address trainers reach",
           announce_));
     key_ = options_.key_file.empty() ? dht::ed25519_keypair::generate() : load_or_create_key(options_.key_file);
@@ -262,7 +262,7 @@ DMOE_DEF auto server::run(std::function<void()> on_started) -> task<void> {
   if (options_.stats_period.count() > 0) background.spawn(stats_loop());
   log_info("server: {} {} experts ({}) serving on {}{}", backends_.size(), options_.expert.kind,
            backends_.size() == 1 ? backends_[0]->uid() : backends_[0]->uid() + " ... " + backends_.back()->uid(),
-           rpc_->local_endpoint(), node_ ? fmt::format(", DHT on {}", node_->local_endpoint()) : std::string());
+           rpc_->local_endpoint(), node_ ? dmoe::format(", DHT on {}", node_->local_endpoint()) : std::string());
   started_.set();
   if (on_started) on_started();
   try {
@@ -313,7 +313,7 @@ DMOE_DEF auto server::max_sample_elements() const -> std::int64_t {
 DMOE_DEF auto server::handle_info(net::rpc_request& req) -> task<net::rpc_response> {
   const std::string uid = moe::decode_info_request(req.payload);
   const auto found = by_uid_.find(uid);
-  if (found == by_uid_.end()) throw invalid_argument_error(fmt::format("this server has no expert '{}'", uid));
+  if (found == by_uid_.end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
   moe::expert_info info{uid, std::string(found->second->kind()), found->second->schema(),
                         options_.runtime.max_batch_size, found->second->parameter_count()};
   co_return net::rpc_response(moe::encode_info(info));

@@ -122,7 +122,7 @@ namespace server {
 
 DMOE_DEF auto task_pool::push(pending_task task) -> void {
   if (task.samples > max_batch_size_)
-    throw limit_error(fmt::format("expert {} {}: a request of {} samples exceeds max_batch_size {}", uid_,
+    throw limit_error(dmoe::format("expert {} {}: a request of {} samples exceeds max_batch_size {}", uid_,
                                   moe::to_string(direction_), task.samples, max_batch_size_));
   samples_ += task.samples;
   queue_.push_back(std::move(task));

@@ -57,7 +57,7 @@ constexpr bool is_floating(dtype t) noexcept { return t == dtype::f32 || t == dt
 
 // Checks a dtype read from untrusted bytes.
 inline dtype dtype_from_code(std::uint8_t code) {
-  if (code > static_cast<std::uint8_t>(dtype::u8)) throw invalid_argument_error(fmt::format("unknown dtype code {}", code));
+  if (code > static_cast<std::uint8_t>(dtype::u8)) throw invalid_argument_error(dmoe::format("unknown dtype code {}", code));
   return static_cast<dtype>(code);
 }
 

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
-#include <dmoe/core/simd.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/tensor/dtype.hpp>
 #include <dmoe/tensor/tensor.hpp>
@@ -70,11 +69,29 @@ constexpr float to_float(bfloat16 value) noexcept {
 
 namespace detail {
 inline void check_convert_sizes(std::size_t from, std::size_t to) {
-  if (from != to) throw shape_error(fmt::format("convert: {} source values but {} destination slots", from, to));
+  if (from != to) throw shape_error(dmoe::format("convert: {} source values but {} destination slots", from, to));
 }
 }  // namespace detail
 
-inline void convert(std::span<const float> from, std::span<half> to) {
+// Element-wise conversions between spans of equal size (F16C instructions where the build targets them); throws
+// shape_error for spans of different sizes.
+DMOE_DECL void convert(std::span<const float> from, std::span<half> to);
+DMOE_DECL void convert(std::span<const half> from, std::span<float> to);
+DMOE_DECL void convert(std::span<const float> from, std::span<bfloat16> to);
+DMOE_DECL void convert(std::span<const bfloat16> from, std::span<float> to);
+
+// A copy of t with elements of type `to`: between f32, f16 and bf16 (the same dtype gives a clone).
+DMOE_DECL tensor to_dtype(const tensor& t, dtype to);
+
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <dmoe/core/simd.hpp>
+
+DMOE_BEGIN_NAMESPACE
+
+DMOE_DEF void convert(std::span<const float> from, std::span<half> to) {
   detail::check_convert_sizes(from.size(), to.size());
   std::size_t i = 0;
 #if defined(__F16C__)
@@ -86,7 +103,7 @@ inline void convert(std::span<const float> from, std::span<half> to) {
   for (; i < from.size(); ++i) to[i] = to_half(from[i]);
 }
 
-inline void convert(std::span<const half> from, std::span<float> to) {
+DMOE_DEF void convert(std::span<const half> from, std::span<float> to) {
   detail::check_convert_sizes(from.size(), to.size());
   std::size_t i = 0;
 #if defined(__F16C__)
@@ -96,18 +113,17 @@ inline void convert(std::span<const half> from, std::span<float> to) {
   for (; i < from.size(); ++i) to[i] = to_float(from[i]);
 }
 
-inline void convert(std::span<const float> from, std::span<bfloat16> to) {
+DMOE_DEF void convert(std::span<const float> from, std::span<bfloat16> to) {
   detail::check_convert_sizes(from.size(), to.size());
   for (std::size_t i = 0; i < from.size(); ++i) to[i] = to_bfloat16(from[i]);
 }
 
-inline void convert(std::span<const bfloat16> from, std::span<float> to) {
+DMOE_DEF void convert(std::span<const bfloat16> from, std::span<float> to) {
   detail::check_convert_sizes(from.size(), to.size());
   for (std::size_t i = 0; i < from.size(); ++i) to[i] = to_float(from[i]);
 }
 
-// A copy of t with elements of type `to`: between f32, f16 and bf16 (the same dtype gives a clone).
-inline tensor to_dtype(const tensor& t, dtype to) {
+DMOE_DEF tensor to_dtype(const tensor& t, dtype to) {
   if (t.dtype() == to) return t.clone();
   tensor out = tensor::uninitialized(t.shape(), to);
   if (t.dtype() == dtype::f32 && to == dtype::f16)
@@ -119,8 +135,10 @@ inline tensor to_dtype(const tensor& t, dtype to) {
   else if (t.dtype() == dtype::bf16 && to == dtype::f32)
     convert(t.span<bfloat16>(), out.span<float>());
   else
-    throw invalid_argument_error(fmt::format("to_dtype: no conversion from {} to {}", t.dtype(), to));
+    throw invalid_argument_error(dmoe::format("to_dtype: no conversion from {} to {}", t.dtype(), to));
   return out;
 }
 
 DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

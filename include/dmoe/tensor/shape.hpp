@@ -26,9 +26,9 @@ class shape {
   shape(std::initializer_list<std::int64_t> dims) : shape(std::span<const std::int64_t>(dims.begin(), dims.size())) {}
   explicit shape(std::span<const std::int64_t> dims) {
     if (dims.size() > max_rank)
-      throw shape_error(fmt::format("shape of rank {} exceeds the maximum rank {}", dims.size(), max_rank));
+      throw shape_error(dmoe::format("shape of rank {} exceeds the maximum rank {}", dims.size(), max_rank));
     for (std::size_t i = 0; i < dims.size(); ++i) {
-      if (dims[i] < 0) throw shape_error(fmt::format("shape dimension {} is negative ({})", i, dims[i]));
+      if (dims[i] < 0) throw shape_error(dmoe::format("shape dimension {} is negative ({})", i, dims[i]));
       dims_[i] = dims[i];
     }
     rank_ = static_cast<std::uint8_t>(dims.size());
@@ -40,7 +40,7 @@ class shape {
   std::int64_t dim(std::ptrdiff_t i) const {
     const auto r = static_cast<std::ptrdiff_t>(rank_);
     const auto j = i < 0 ? i + r : i;
-    if (j < 0 || j >= r) throw shape_error(fmt::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
+    if (j < 0 || j >= r) throw shape_error(dmoe::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
     return dims_[static_cast<std::size_t>(j)];
   }
   std::span<const std::int64_t> dims() const noexcept { return {dims_.data(), rank_}; }
@@ -59,7 +59,7 @@ class shape {
 
   // The same shape with dimension i replaced.
   shape with(std::size_t i, std::int64_t value) const {
-    if (i >= rank_) throw shape_error(fmt::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
+    if (i >= rank_) throw shape_error(dmoe::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
     shape s = *this;
     s.dims_[i] = value;
     return s;
@@ -77,7 +77,7 @@ class shape {
     return shape(std::span<const std::int64_t>(d.data(), rank_ + 1));
   }
 
-  std::string to_string() const { return fmt::format("[{}]", fmt::join(dims(), ", ")); }
+  std::string to_string() const { return dmoe::format("[{}]", fmt::join(dims(), ", ")); }
 
   friend constexpr bool operator==(const shape& a, const shape& b) noexcept {
     if (a.rank_ != b.rank_) return false;

@@ -45,7 +45,7 @@ class storage {
   storage(std::size_t bytes, device where) : bytes_(bytes), where_(where) {
     if (where != device::host) {
       const device_memory& memory = require_device_memory(
-          fmt::format("tensor: {} storage of {} bytes", to_string(where), bytes));
+          dmoe::format("tensor: {} storage of {} bytes", to_string(where), bytes));
       index_ = memory.current();
       data_ = memory.allocate(bytes);
       memory_ = &memory;
@@ -123,7 +123,7 @@ class tensor {
   template <class T>
   static tensor from(dmoe::shape s, std::span<const T> values) {
     if (static_cast<std::int64_t>(values.size()) != s.numel())
-      throw shape_error(fmt::format("tensor::from: {} values for shape {}", values.size(), s));
+      throw shape_error(dmoe::format("tensor::from: {} values for shape {}", values.size(), s));
     tensor r = uninitialized(s, dtype_of_v<T>);
     if (!values.empty()) std::memcpy(r.bytes_data(), values.data(), values.size_bytes());
     return r;
@@ -208,7 +208,7 @@ class tensor {
   }
   // The single value of a one-element f32 tensor.
   float item() const {
-    if (numel() != 1) throw shape_error(fmt::format("tensor::item: tensor of shape {} is not one value", shape_));
+    if (numel() != 1) throw shape_error(dmoe::format("tensor::item: tensor of shape {} is not one value", shape_));
     return *data<float>();
   }
 
@@ -216,7 +216,7 @@ class tensor {
   tensor rows(std::int64_t begin, std::int64_t end) const {
     if (rank() == 0) throw shape_error("tensor::rows: a scalar has no rows");
     if (begin < 0 || end < begin || end > shape_[0])
-      throw shape_error(fmt::format("tensor::rows: rows [{}, {}) of a tensor of shape {}", begin, end, shape_));
+      throw shape_error(dmoe::format("tensor::rows: rows [{}, {}) of a tensor of shape {}", begin, end, shape_));
     tensor r = *this;
     r.shape_ = shape_.with(0, end - begin);
     r.offset_ = offset_ + static_cast<std::size_t>(begin) * row_bytes();
@@ -231,7 +231,7 @@ class tensor {
   // The same elements with another shape of equal size, sharing storage.
   tensor reshape(dmoe::shape s) const {
     if (s.numel() != numel())
-      throw shape_error(fmt::format("tensor::reshape: {} has {} elements but {} has {}", shape_, numel(), s, s.numel()));
+      throw shape_error(dmoe::format("tensor::reshape: {} has {} elements but {} has {}", shape_, numel(), s, s.numel()));
     tensor r = *this;
     r.shape_ = s;
     return r;
@@ -250,7 +250,7 @@ class tensor {
   // explicit way across devices); the copy is complete when it returns.
   void copy_from(const tensor& other) {
     if (other.shape_ != shape_ || other.dtype_ != dtype_)
-      throw shape_error(fmt::format("tensor::copy_from: destination is {} {} but source is {} {}", shape_, dtype_,
+      throw shape_error(dmoe::format("tensor::copy_from: destination is {} {} but source is {} {}", shape_, dtype_,
                                     other.shape_, other.dtype_));
     if (nbytes() == 0) return;
     if (is_host() && other.is_host()) {
@@ -300,8 +300,8 @@ class tensor {
 
   // "f32 [3, 4] host"
   std::string description() const {
-    if (is_host()) return fmt::format("{} {} host", dtype_, shape_);
-    return fmt::format("{} {} cuda:{}", dtype_, shape_, device_index());
+    if (is_host()) return dmoe::format("{} {} host", dtype_, shape_);
+    return dmoe::format("{} {} cuda:{}", dtype_, shape_, device_index());
   }
 
  private:
@@ -312,7 +312,7 @@ class tensor {
   void check_dtype() const {
     if (dtype_of_v<T> != dtype_)
       throw invalid_argument_error(
-          fmt::format("tensor: elements of a {} tensor accessed as {}", description(), to_string(dtype_of_v<T>)));
+          dmoe::format("tensor: elements of a {} tensor accessed as {}", description(), to_string(dtype_of_v<T>)));
   }
   template <class T>
   void check_access() const {
@@ -321,17 +321,17 @@ class tensor {
   }
   void check_host(std::string_view what) const {
     if (!is_host())
-      throw invalid_argument_error(fmt::format(
+      throw invalid_argument_error(dmoe::format(
           "tensor {}: {} tensor is not on the host (copy it with to(device::host) first)", what, description()));
   }
   std::size_t flat_index(std::initializer_list<std::int64_t> index) const {
     if (index.size() != rank())
-      throw shape_error(fmt::format("tensor::at: {} indices for a tensor of shape {}", index.size(), shape_));
+      throw shape_error(dmoe::format("tensor::at: {} indices for a tensor of shape {}", index.size(), shape_));
     std::size_t flat = 0;
     std::size_t i = 0;
     for (std::int64_t v : index) {
       if (v < 0 || v >= shape_[i])
-        throw shape_error(fmt::format("tensor::at: index {} out of range in dimension {} of {}", v, i, shape_));
+        throw shape_error(dmoe::format("tensor::at: index {} out of range in dimension {} of {}", v, i, shape_));
       flat = flat * static_cast<std::size_t>(shape_[i]) + static_cast<std::size_t>(v);
       ++i;
     }
@@ -347,23 +347,23 @@ class tensor {
 // Throws shape_error "op: name is [3, 4] but should be [3, 5]" unless t has the expected shape.
 inline void expect_shape(std::string_view op, std::string_view name, const tensor& t, const shape& expected) {
   if (t.shape() != expected)
-    throw shape_error(fmt::format("{}: {} is {} but should be {}", op, name, t.shape(), expected));
+    throw shape_error(dmoe::format("{}: {} is {} but should be {}", op, name, t.shape(), expected));
 }
 // Throws shape_error "op: a is [3, 4] but b is [5, 6]" unless both have the same shape.
 inline void expect_same_shape(std::string_view op, std::string_view name_a, const tensor& a, std::string_view name_b,
                               const tensor& b) {
   if (a.shape() != b.shape())
-    throw shape_error(fmt::format("{}: {} is {} but {} is {}", op, name_a, a.shape(), name_b, b.shape()));
+    throw shape_error(dmoe::format("{}: {} is {} but {} is {}", op, name_a, a.shape(), name_b, b.shape()));
 }
 // Throws invalid_argument_error unless t has the dtype.
 inline void expect_dtype(std::string_view op, std::string_view name, const tensor& t, dtype expected) {
   if (t.dtype() != expected)
-    throw invalid_argument_error(fmt::format("{}: {} is {} but should be {}", op, name, t.dtype(), expected));
+    throw invalid_argument_error(dmoe::format("{}: {} is {} but should be {}", op, name, t.dtype(), expected));
 }
 // Throws shape_error unless t has the rank.
 inline void expect_rank(std::string_view op, std::string_view name, const tensor& t, std::size_t rank) {
   if (t.rank() != rank)
-    throw shape_error(fmt::format("{}: {} is {} but should have rank {}", op, name, t.shape(), rank));
+    throw shape_error(dmoe::format("{}: {} is {} but should have rank {}", op, name, t.shape(), rank));
 }
 
 DMOE_END_NAMESPACE

@@ -178,15 +178,15 @@ inline void check_encodable(const tensor& t, wire_codec codec, std::uint32_t blo
   if (t.empty()) throw invalid_argument_error("tensor wire encode: the tensor has no storage");
   if (!t.is_host())
     throw invalid_argument_error(
-        fmt::format("tensor wire encode: {} tensor must be copied to the host first", t.description()));
+        dmoe::format("tensor wire encode: {} tensor must be copied to the host first", t.description()));
   if (codec != wire_codec::none && t.dtype() != dtype::f32)
-    throw invalid_argument_error(fmt::format("tensor wire encode: codec {} compresses f32 tensors, not {}",
+    throw invalid_argument_error(dmoe::format("tensor wire encode: codec {} compresses f32 tensors, not {}",
                                              to_string(codec), t.description()));
   if (codec == wire_codec::q8_blockwise && (block_size == 0 || block_size > q8_max_block_size))
     throw invalid_argument_error(
-        fmt::format("tensor wire encode: 8-bit block size {} is outside [1, {}]", block_size, q8_max_block_size));
+        dmoe::format("tensor wire encode: 8-bit block size {} is outside [1, {}]", block_size, q8_max_block_size));
   if (static_cast<std::uint8_t>(codec) > static_cast<std::uint8_t>(wire_codec::q8_blockwise))
-    throw invalid_argument_error(fmt::format("tensor wire encode: unknown codec {}", static_cast<int>(codec)));
+    throw invalid_argument_error(dmoe::format("tensor wire encode: unknown codec {}", static_cast<int>(codec)));
   const std::size_t bad = first_non_finite(t);
   if (bad != std::string_view::npos) {
     std::uint16_t bits16 = 0;
@@ -194,7 +194,7 @@ inline void check_encodable(const tensor& t, wire_codec codec, std::uint32_t blo
     const float value = t.dtype() == dtype::f32   ? load_f32(t.bytes_data() + 4 * bad)
                         : t.dtype() == dtype::f16 ? to_float(half{bits16})
                                                   : to_float(bfloat16{bits16});
-    throw invalid_argument_error(fmt::format("tensor wire encode: element {} of {} is {}; only finite values may be sent",
+    throw invalid_argument_error(dmoe::format("tensor wire encode: element {} of {} is {}; only finite values may be sent",
                                              bad, t.description(), value));
   }
 }
@@ -324,24 +324,24 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
   const auto version = reader.read<std::uint8_t>();
   if (version != tensor_wire_version)
     throw protocol_error(
-        fmt::format("tensor of unsupported wire version {} (expected {})", version, tensor_wire_version));
+        dmoe::format("tensor of unsupported wire version {} (expected {})", version, tensor_wire_version));
   const auto type_code = reader.read<std::uint8_t>();
   if (type_code > static_cast<std::uint8_t>(dtype::u8))
-    throw protocol_error(fmt::format("tensor of unknown dtype code {}", type_code));
+    throw protocol_error(dmoe::format("tensor of unknown dtype code {}", type_code));
   const auto type = static_cast<dtype>(type_code);
   const auto codec_code = reader.read<std::uint8_t>();
   if (codec_code > static_cast<std::uint8_t>(wire_codec::q8_blockwise))
-    throw protocol_error(fmt::format("tensor of unknown codec {}", codec_code));
+    throw protocol_error(dmoe::format("tensor of unknown codec {}", codec_code));
   const auto codec = static_cast<wire_codec>(codec_code);
   if (codec != wire_codec::none && type != dtype::f32)
-    throw protocol_error(fmt::format("tensor of dtype {} with codec {} (compressed tensors decode to f32)", type,
+    throw protocol_error(dmoe::format("tensor of dtype {} with codec {} (compressed tensors decode to f32)", type,
                                      to_string(codec)));
   const auto rank = reader.read<std::uint8_t>();
   if (rank > shape::max_rank)
-    throw protocol_error(fmt::format("tensor of rank {} exceeds the maximum rank {}", rank, shape::max_rank));
+    throw protocol_error(dmoe::format("tensor of rank {} exceeds the maximum rank {}", rank, shape::max_rank));
   const auto block_size = reader.read<std::uint32_t>();
   if (codec == wire_codec::q8_blockwise ? (block_size == 0 || block_size > q8_max_block_size) : block_size != 0)
-    throw protocol_error(fmt::format("tensor with codec {} has block size {}", to_string(codec), block_size));
+    throw protocol_error(dmoe::format("tensor with codec {} has block size {}", to_string(codec), block_size));
 
   std::array<std::int64_t, shape::max_rank> dims{};
   // The product of the non-zero dimensions is bounded, so no product of dimensions can overflow.
@@ -349,13 +349,13 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
   bool has_zero = false;
   for (std::size_t i = 0; i < rank; ++i) {
     dims[i] = reader.read<std::int64_t>();
-    if (dims[i] < 0) throw protocol_error(fmt::format("tensor dimension {} is negative ({})", i, dims[i]));
+    if (dims[i] < 0) throw protocol_error(dmoe::format("tensor dimension {} is negative ({})", i, dims[i]));
     if (dims[i] == 0) {
       has_zero = true;
       continue;
     }
     if (nonzero_product > limits.max_elements / dims[i])
-      throw limit_error(fmt::format("tensor of shape [{}] exceeds the limit of {} elements",
+      throw limit_error(dmoe::format("tensor of shape [{}] exceeds the limit of {} elements",
                                     fmt::join(std::span<const std::int64_t>(dims.data(), i + 1), ", "),
                                     limits.max_elements));
     nonzero_product *= dims[i];
@@ -367,17 +367,17 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
   const std::uint64_t expected = detail::wire_data_size(type, codec, n, block_size);
   const auto data_size = reader.read<std::uint64_t>();
   if (data_size != expected)
-    throw protocol_error(fmt::format("tensor {} {} with codec {} needs {} data bytes but says {}", type, shape_read,
+    throw protocol_error(dmoe::format("tensor {} {} with codec {} needs {} data bytes but says {}", type, shape_read,
                                      to_string(codec), expected, data_size));
   if (data_size > reader.remaining())
-    throw protocol_error(fmt::format("tensor {} {} truncated: {} data bytes, only {} left", type, shape_read,
+    throw protocol_error(dmoe::format("tensor {} {} truncated: {} data bytes, only {} left", type, shape_read,
                                      data_size, reader.remaining()));
   const const_byte_span data = reader.read_bytes(static_cast<std::size_t>(data_size));
 
   const auto count = static_cast<std::size_t>(n);
   auto refuse_non_finite = [&](std::size_t index) {
     throw protocol_error(
-        fmt::format("tensor {} {} with codec {}: element {} is not finite", type, shape_read, to_string(codec), index));
+        dmoe::format("tensor {} {} with codec {}: element {} is not finite", type, shape_read, to_string(codec), index));
   };
   tensor out = tensor::uninitialized(shape_read, type);
   switch (codec) {
@@ -414,7 +414,7 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
             !(std::isfinite(offset) && std::isfinite(scale) && scale >= 0.0f &&
               static_cast<double>(offset) + 255.0 * static_cast<double>(scale) <=
                   static_cast<double>(std::numeric_limits<float>::max())))
-          throw protocol_error(fmt::format("tensor {} with codec {}: block {} has offset {} and scale {}", shape_read,
+          throw protocol_error(dmoe::format("tensor {} with codec {}: block {} has offset {} and scale {}", shape_read,
                                            to_string(codec), b, offset, scale));
         const std::size_t begin = b * block_size;
         const std::size_t end = std::min<std::size_t>(begin + block_size, count);

@@ -49,8 +49,8 @@ DMOE_DEF std::size_t send_now(int fd, std::span<const const_byte_span> pieces, s
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
     if (errno == EPIPE || errno == ECONNRESET)
-      throw closed_error(fmt::format("tcp send to {}: connection reset by peer ({})", peer, std::strerror(errno)));
-    throw system_error(errno, fmt::format("tcp send to {}", peer));
+      throw closed_error(dmoe::format("tcp send to {}: connection reset by peer ({})", peer, std::strerror(errno)));
+    throw system_error(errno, dmoe::format("tcp send to {}", peer));
   }
 }
 #endif  // DMOE_HEAVY_DEFINITIONS

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -87,7 +88,7 @@ void activation_backward_rows(activation act, const Z& z, const DY& dy, DZ&& dz)
 inline void check_bias(std::string_view op, const tensor& bias, std::int64_t cols) {
   check_cpu_f32(op, "bias", bias);
   if (bias.rank() != 1 || bias.dim(0) != cols)
-    throw shape_error(fmt::format("{}: bias is {} but should be [{}]", op, bias.shape(), cols));
+    throw shape_error(dmoe::format("{}: bias is {} but should be [{}]", op, bias.shape(), cols));
 }
 
 // Sums the rows of a [rows, cols] block-wise computation into `sum` (+=), in parallel with per-chunk partials in
@@ -113,7 +114,7 @@ DMOE_DEF void bias_activation_forward(cpu_t, tensor& z, const tensor& bias, tens
   detail::prepare_output(op, "y", y, z.shape());
   const bool in_place = y.shares_storage_with(z);
   if (in_place && (act != activation::identity || y.bytes_data() != z.bytes_data()))
-    throw invalid_argument_error(fmt::format("{}: y may alias z only for the identity", op));
+    throw invalid_argument_error(dmoe::format("{}: y may alias z only for the identity", op));
   auto zm = detail::as_array(z);
   auto ym = detail::as_array(y);
   const float* b = bias.empty() ? nullptr : bias.data<float>();

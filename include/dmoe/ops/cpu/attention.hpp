@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -49,7 +50,7 @@ inline attention_dims check_attention(std::string_view op, const tensor& qkv, st
   expect_rank(op, "qkv", qkv, 3);
   const std::int64_t packed = qkv.dim(2);
   if (heads <= 0 || packed % 3 != 0 || (packed / 3) % heads != 0)
-    throw shape_error(fmt::format("{}: qkv is {}: the last dimension must be 3 * heads * head width with {} heads",
+    throw shape_error(dmoe::format("{}: qkv is {}: the last dimension must be 3 * heads * head width with {} heads",
                                   op, qkv.shape(), heads));
   return {qkv.dim(0), qkv.dim(1), packed / 3, packed / 3 / heads};
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -39,14 +40,14 @@ DMOE_DEF float cross_entropy(cpu_t, const tensor& logits, const tensor& labels, 
   expect_dtype(op, "labels", labels, dtype::i64);
   const std::int64_t rows = logits.shape().outer(), classes = logits.shape().inner();
   if (labels.numel() != rows)
-    throw shape_error(fmt::format("{}: logits is {} ({} rows) but labels is {}", op, logits.shape(), rows,
+    throw shape_error(dmoe::format("{}: logits is {} ({} rows) but labels is {}", op, logits.shape(), rows,
                                   labels.shape()));
-  if (rows == 0) throw invalid_argument_error(fmt::format("{}: logits is {}: no rows to average over", op, logits.shape()));
+  if (rows == 0) throw invalid_argument_error(dmoe::format("{}: logits is {}: no rows to average over", op, logits.shape()));
   const std::int64_t* label = labels.data<std::int64_t>();
   for (std::int64_t r = 0; r < rows; ++r)
     if (label[r] < 0 || label[r] >= classes)
       throw invalid_argument_error(
-          fmt::format("{}: label {} of row {} is outside [0, {})", op, label[r], r, classes));
+          dmoe::format("{}: label {} of row {} is outside [0, {})", op, label[r], r, classes));
   if (dlogits) detail::prepare_output(op, "dlogits", *dlogits, logits.shape());
   const auto xm = detail::as_array(logits);
   const float inv_rows = 1.0f / static_cast<float>(rows);

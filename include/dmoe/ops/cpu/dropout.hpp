@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -35,7 +36,7 @@ namespace ops {
 DMOE_DEF void dropout_mask(cpu_t, tensor& mask, float p, random_engine& gen) {
   constexpr std::string_view op = "dropout_mask";
   detail::check_cpu_f32(op, "mask", mask);
-  if (!(p >= 0.0f && p < 1.0f)) throw invalid_argument_error(fmt::format("{}: probability {} is outside [0, 1)", op, p));
+  if (!(p >= 0.0f && p < 1.0f)) throw invalid_argument_error(dmoe::format("{}: probability {} is outside [0, 1)", op, p));
   const float keep = 1.0f / (1.0f - p);
   // 24 random bits per element: draws are cheap and the threshold exact to 2^-24.
   const auto threshold = static_cast<std::uint32_t>(static_cast<double>(p) * (1u << 24));

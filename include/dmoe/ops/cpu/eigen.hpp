@@ -26,12 +26,12 @@ using const_vector_map = Eigen::Map<const Eigen::ArrayXf>;
 
 // Every CPU op takes f32 tensors on the host; anything else is refused with the op's name.
 inline void check_cpu_f32(std::string_view op, std::string_view name, const tensor& t) {
-  if (t.empty()) throw invalid_argument_error(fmt::format("{}: {} is an empty tensor", op, name));
+  if (t.empty()) throw invalid_argument_error(dmoe::format("{}: {} is an empty tensor", op, name));
   if (!t.is_host())
-    throw invalid_argument_error(fmt::format("{}: {} is {}: the CPU backend needs host tensors", op, name,
+    throw invalid_argument_error(dmoe::format("{}: {} is {}: the CPU backend needs host tensors", op, name,
                                              t.description()));
   if (t.dtype() != dtype::f32)
-    throw invalid_argument_error(fmt::format("{}: {} is {} but should be f32", op, name, t.description()));
+    throw invalid_argument_error(dmoe::format("{}: {} is {} but should be f32", op, name, t.description()));
 }
 
 // An output: allocated with the shape when empty, else it must have that shape.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -120,7 +121,7 @@ DMOE_DEF void broadcast_rows(cpu_t, const tensor& row, tensor& y) {
   detail::check_cpu_f32(op, "row", row);
   detail::check_cpu_f32(op, "y", y);
   if (row.rank() != 1 || row.dim(0) != y.shape().inner())
-    throw shape_error(fmt::format("{}: row is {} but y is {}", op, row.shape(), y.shape()));
+    throw shape_error(dmoe::format("{}: row is {} but y is {}", op, row.shape(), y.shape()));
   auto ym = detail::as_array(y);
   const auto r = Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(row.data<float>(), row.dim(0));
   detail::parallel_for(y.shape().outer(), detail::row_grain(row.dim(0)),
@@ -133,7 +134,7 @@ DMOE_DEF void sum_rows(cpu_t, const tensor& x, tensor& sum) {
   detail::check_cpu_f32(op, "sum", sum);
   const std::int64_t cols = x.shape().inner();
   if (sum.rank() != 1 || sum.dim(0) != cols)
-    throw shape_error(fmt::format("{}: x is {} but sum is {}", op, x.shape(), sum.shape()));
+    throw shape_error(dmoe::format("{}: x is {} but sum is {}", op, x.shape(), sum.shape()));
   const float* xp = x.data<float>();
   std::mutex merge;
   detail::parallel_for(x.shape().outer(), detail::row_grain(cols), [&](std::int64_t begin, std::int64_t end) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -35,12 +36,12 @@ namespace detail {
 inline void check_ids(std::string_view op, const tensor& ids, std::int64_t vocabulary) {
   expect_dtype(op, "ids", ids, dtype::i64);
   if (ids.rank() + 1 > shape::max_rank)
-    throw shape_error(fmt::format("{}: ids is {}: one more dimension would exceed rank {}", op, ids.shape(),
+    throw shape_error(dmoe::format("{}: ids is {}: one more dimension would exceed rank {}", op, ids.shape(),
                                   shape::max_rank));
   const std::int64_t* id = ids.data<std::int64_t>();
   for (std::int64_t i = 0; i < ids.numel(); ++i)
     if (id[i] < 0 || id[i] >= vocabulary)
-      throw invalid_argument_error(fmt::format("{}: id {} at position {} is outside [0, {})", op, id[i], i, vocabulary));
+      throw invalid_argument_error(dmoe::format("{}: id {} at position {} is outside [0, {})", op, id[i], i, vocabulary));
 }
 
 inline shape embedding_output_shape(const tensor& ids, std::int64_t dim) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -39,7 +40,7 @@ inline void check_row_indices(std::string_view op, const tensor& indices, std::i
   const std::int64_t* index = indices.data<std::int64_t>();
   for (std::int64_t i = 0; i < indices.numel(); ++i)
     if (index[i] < 0 || index[i] >= rows)
-      throw invalid_argument_error(fmt::format("{}: index {} at position {} is outside [0, {})", op, index[i], i, rows));
+      throw invalid_argument_error(dmoe::format("{}: index {} at position {} is outside [0, {})", op, index[i], i, rows));
 }
 
 }  // namespace detail
@@ -47,7 +48,7 @@ inline void check_row_indices(std::string_view op, const tensor& indices, std::i
 DMOE_DEF void gather_rows(cpu_t, const tensor& x, const tensor& indices, tensor& y) {
   constexpr std::string_view op = "gather_rows";
   detail::check_cpu_f32(op, "x", x);
-  if (x.rank() == 0) throw shape_error(fmt::format("{}: x is a scalar", op));
+  if (x.rank() == 0) throw shape_error(dmoe::format("{}: x is a scalar", op));
   detail::check_row_indices(op, indices, x.dim(0));
   detail::prepare_output(op, "y", y, x.shape().with(0, indices.numel()));
   const std::int64_t width = x.dim(0) == 0 ? 0 : x.numel() / x.dim(0);
@@ -64,11 +65,11 @@ DMOE_DEF void scatter_add_rows(cpu_t, const tensor& x, const tensor& indices, co
   constexpr std::string_view op = "scatter_add_rows";
   detail::check_cpu_f32(op, "x", x);
   detail::check_cpu_f32(op, "y", y);
-  if (x.rank() == 0 || y.rank() == 0) throw shape_error(fmt::format("{}: x is {} and y is {}", op, x.shape(), y.shape()));
+  if (x.rank() == 0 || y.rank() == 0) throw shape_error(dmoe::format("{}: x is {} and y is {}", op, x.shape(), y.shape()));
   if (x.shape().without_first() != y.shape().without_first())
-    throw shape_error(fmt::format("{}: x is {} but y is {}: rows differ", op, x.shape(), y.shape()));
+    throw shape_error(dmoe::format("{}: x is {} but y is {}: rows differ", op, x.shape(), y.shape()));
   if (indices.numel() != x.dim(0))
-    throw shape_error(fmt::format("{}: x is {} but indices is {}", op, x.shape(), indices.shape()));
+    throw shape_error(dmoe::format("{}: x is {} but indices is {}", op, x.shape(), indices.shape()));
   detail::check_row_indices(op, indices, y.dim(0));
   if (!scale.empty()) {
     detail::check_cpu_f32(op, "scale", scale);

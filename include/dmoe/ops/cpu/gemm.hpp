@@ -3,6 +3,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/ops/cpu/gemm_kernel.hpp>
 #include <dmoe/tensor/tensor.hpp>
@@ -114,7 +115,7 @@ DMOE_DEF void gemm(cpu_t, const tensor& a, const tensor& b, tensor& c, const gem
   const std::int64_t kb = options.trans_b ? b.dim(1) : b.dim(0);
   const std::int64_t n = options.trans_b ? b.dim(0) : b.dim(1);
   if (k != kb)
-    throw shape_error(fmt::format("gemm: a is {}{} but b is {}{}: inner dimensions {} and {} differ", a.shape(),
+    throw shape_error(dmoe::format("gemm: a is {}{} but b is {}{}: inner dimensions {} and {} differ", a.shape(),
                                   options.trans_a ? " (transposed)" : "", b.shape(),
                                   options.trans_b ? " (transposed)" : "", k, kb));
   if (c.empty() && options.beta != 0.0f)

@@ -49,10 +49,10 @@ inline gemm_kernel default_gemm_kernel() {
     for (auto k : {gemm_kernel::eigen, gemm_kernel::avx2, gemm_kernel::avx512})
       if (to_string(k) == env) {
         if (!gemm_kernel_supported(k))
-          throw invalid_argument_error(fmt::format("DMOE_GEMM_KERNEL={}: this CPU cannot run it", env));
+          throw invalid_argument_error(dmoe::format("DMOE_GEMM_KERNEL={}: this CPU cannot run it", env));
         return k;
       }
-    throw invalid_argument_error(fmt::format("DMOE_GEMM_KERNEL={}: expected eigen, avx2 or avx512", env));
+    throw invalid_argument_error(dmoe::format("DMOE_GEMM_KERNEL={}: expected eigen, avx2 or avx512", env));
   }
   if (gemm_kernel_supported(gemm_kernel::avx512)) return gemm_kernel::avx512;
   if (gemm_kernel_supported(gemm_kernel::avx2)) return gemm_kernel::avx2;
@@ -70,7 +70,7 @@ inline std::atomic<gemm_kernel>& gemm_kernel_setting() {
 inline gemm_kernel current_gemm_kernel() { return detail::gemm_kernel_setting().load(std::memory_order_relaxed); }
 inline void set_gemm_kernel(gemm_kernel kernel) {
   if (!gemm_kernel_supported(kernel))
-    throw invalid_argument_error(fmt::format("set_gemm_kernel: this CPU cannot run the {} kernel", to_string(kernel)));
+    throw invalid_argument_error(dmoe::format("set_gemm_kernel: this CPU cannot run the {} kernel", to_string(kernel)));
   detail::gemm_kernel_setting().store(kernel, std::memory_order_relaxed);
 }
 
@@ -362,7 +362,7 @@ inline void gemm_packed_block(gemm_kernel kernel, const gemm_problem& g) {
   if (kernel == gemm_kernel::avx512) return gemm_packed<12, 32, kernel_avx512_12x32>(g, avx512_blocking);
   if (kernel == gemm_kernel::avx2) return gemm_packed<6, 16, kernel_avx2_6x16>(g, avx2_blocking);
 #endif
-  throw invalid_argument_error(fmt::format("gemm: the {} kernel has no packed implementation", to_string(kernel)));
+  throw invalid_argument_error(dmoe::format("gemm: the {} kernel has no packed implementation", to_string(kernel)));
 }
 
 }  // namespace detail

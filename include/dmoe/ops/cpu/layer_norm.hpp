@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -46,7 +47,7 @@ inline void check_layer_norm_params(std::string_view op, const tensor& gamma, co
   check_cpu_f32(op, "gamma", gamma);
   check_cpu_f32(op, "beta", beta);
   if (gamma.rank() != 1 || gamma.dim(0) != d)
-    throw shape_error(fmt::format("{}: gamma is {} but should be [{}]", op, gamma.shape(), d));
+    throw shape_error(dmoe::format("{}: gamma is {} but should be [{}]", op, gamma.shape(), d));
   expect_same_shape(op, "gamma", gamma, "beta", beta);
 }
 
@@ -66,7 +67,7 @@ DMOE_DEF void layer_norm_forward(cpu_t, const tensor& x, const tensor& gamma, co
   detail::check_layer_norm_params(op, gamma, beta, d);
   // eps >= the smallest subnormal keeps 1/std <= 2.7e22, within f32.
   if (!(eps > 0.0f) || !std::isfinite(eps))
-    throw invalid_argument_error(fmt::format("{}: eps is {} but must be positive and finite", op, eps));
+    throw invalid_argument_error(dmoe::format("{}: eps is {} but must be positive and finite", op, eps));
   detail::prepare_output(op, "y", y, x.shape());
   detail::prepare_output(op, "mean", mean, shape{rows});
   detail::prepare_output(op, "rstd", rstd, shape{rows});

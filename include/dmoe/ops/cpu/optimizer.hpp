@@ -55,7 +55,7 @@ using const_array_map = Eigen::Map<const Eigen::ArrayXf, Eigen::Unaligned>;
 inline void expect_f32_host(std::string_view op, std::string_view name, const tensor& t) {
   expect_dtype(op, name, t, dtype::f32);
   if (!t.is_host())
-    throw invalid_argument_error(fmt::format("{}: {} is {}, the cpu backend needs host tensors", op, name,
+    throw invalid_argument_error(dmoe::format("{}: {} is {}, the cpu backend needs host tensors", op, name,
                                              t.description()));
 }
 
@@ -71,7 +71,7 @@ DMOE_DEF void adam_step(cpu_t, tensor& param, const tensor& grad, tensor& m, ten
   expect_same_shape(op, "param", param, "grad", grad);
   expect_same_shape(op, "param", param, "m", m);
   expect_same_shape(op, "param", param, "v", v);
-  if (step < 1) throw invalid_argument_error(fmt::format("adam_step: step is {} but counts from 1", step));
+  if (step < 1) throw invalid_argument_error(dmoe::format("adam_step: step is {} but counts from 1", step));
 
   // Scalars in double: beta^step underflows gracefully and long runs keep their precision.
   const double bias_correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(step));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 #include <dmoe/ops/backend.hpp>
 #include <dmoe/tensor/tensor.hpp>
 
@@ -34,7 +35,7 @@ DMOE_DEF void topk(cpu_t, const tensor& x, std::int64_t k, tensor& values, tenso
   detail::check_cpu_f32(op, "x", x);
   const std::int64_t rows = x.shape().outer(), n = x.shape().inner();
   if (k < 0 || k > n)
-    throw invalid_argument_error(fmt::format("{}: k = {} but x is {} with {} columns", op, k, x.shape(), n));
+    throw invalid_argument_error(dmoe::format("{}: k = {} but x is {} with {} columns", op, k, x.shape(), n));
   const shape out{rows, k};
   detail::prepare_output(op, "values", values, out);
   if (indices.empty()) indices = tensor::uninitialized(out, dtype::i64);

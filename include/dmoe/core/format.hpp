@@ -1,0 +1,32 @@
+// dmoe::format: fmt::format for dmoe's own messages, with format strings checked where dmoe is built.
+#pragma once
+
+#include <dmoe/core/config.hpp>
+
+#include <string>
+
+#include <fmt/format.h>
+
+DMOE_BEGIN_NAMESPACE
+
+// fmt checks a format string against its arguments at compile time, in every translation unit that sees the call.
+// For the messages in dmoe's headers that is a cost every user's file pays (about a second of <dmoe/dmoe.hpp>) to
+// re-check strings that never change. So dmoe checks them where dmoe itself is built: its CMake project defines
+// DMOE_CHECK_FORMAT_STRINGS for its tests, examples, benchmarks and dmoe::compiled, which between them see every
+// call. Elsewhere the string is parsed when the message is made. Define it in all translation units of a program
+// or in none.
+#if defined(DMOE_CHECK_FORMAT_STRINGS)
+template <class... Args>
+using message_format = fmt::format_string<Args...>;
+#else
+template <class... Args>
+using message_format = fmt::string_view;
+#endif
+
+// The text of `format` with `args` substituted (fmt's format syntax).
+template <class... Args>
+std::string format(message_format<Args...> format, Args&&... args) {
+  return fmt::vformat(fmt::string_view(format), fmt::make_format_args(args...));
+}
+
+DMOE_END_NAMESPACE
