@@ -1,4 +1,6 @@
-// Tests for dmoe/async/sync_wait.hpp: running tasks from plain code.
+// Tests for dmoe/async/sync_wait.hpp (running tasks from plain code) and detail/handoff.hpp (a result passed to a
+// blocked thread).
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/sync_wait.hpp>
 #include <dmoe/async/task.hpp>
@@ -7,7 +9,10 @@
 #include <boost/test/unit_test.hpp>
 
 #include <chrono>
+#include <memory>
 #include <stdexcept>
+#include <string>
+#include <thread>
 
 using dmoe::task;
 using namespace std::chrono_literals;
@@ -33,6 +38,49 @@ BOOST_AUTO_TEST_CASE(returns_values_and_rethrows) {
   dmoe::io_context ctx;
   BOOST_TEST(dmoe::sync_wait(ctx, slept(5)) == 5);
   BOOST_TEST(dmoe::sync_wait(ctx, slept(6)) == 6);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(handoff)
+
+BOOST_AUTO_TEST_CASE(a_value_set_on_another_thread_reaches_the_blocked_one) {
+  auto h = dmoe::detail::make_handoff<std::unique_ptr<std::string>>();
+  std::thread producer([h] { h->set_value(std::make_unique<std::string>("forty-two")); });
+  const std::unique_ptr<std::string> got = h->get();
+  producer.join();
+  BOOST_REQUIRE(got);
+  BOOST_TEST(*got == "forty-two");
+}
+
+BOOST_AUTO_TEST_CASE(an_error_is_rethrown_and_void_works) {
+  auto h = dmoe::detail::make_handoff<void>();
+  std::thread producer([h] { h->set_exception(std::make_exception_ptr(std::runtime_error("failed there"))); });
+  BOOST_CHECK_EXCEPTION(h->get(), std::runtime_error,
+                        [](const std::runtime_error& e) { return std::string(e.what()) == "failed there"; });
+  producer.join();
+  auto ok = dmoe::detail::make_handoff<void>();
+  ok->set_value();
+  BOOST_CHECK_NO_THROW(ok->get());
+}
+
+BOOST_AUTO_TEST_CASE(a_sender_dropped_unset_answers_with_its_error) {
+  auto h = dmoe::detail::make_handoff<int>();
+  {
+    dmoe::detail::handoff_sender<int> sender(h, std::make_exception_ptr(std::runtime_error("dropped unrun")));
+    dmoe::detail::handoff_sender<int> moved(std::move(sender));  // the moved-from sender must not answer
+    BOOST_TEST(!h->ready());
+  }
+  BOOST_TEST(h->ready());
+  BOOST_CHECK_EXCEPTION(h->get(), std::runtime_error,
+                        [](const std::runtime_error& e) { return std::string(e.what()) == "dropped unrun"; });
+
+  auto answered = dmoe::detail::make_handoff<int>();
+  {
+    dmoe::detail::handoff_sender<int> sender(answered, std::make_exception_ptr(std::runtime_error("dropped unrun")));
+    sender->set_value(7);
+  }
+  BOOST_TEST(answered->get() == 7);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -27,14 +27,14 @@ class endpoint {
   endpoint() noexcept { std::memset(&addr_, 0, sizeof addr_); }
 
   // An address literal ("10.0.0.1", "::1") and a port; throws invalid_argument_error.
-  DMOE_DECL endpoint(std::string_view address, std::uint16_t port) : endpoint() {
+  endpoint(std::string_view address, std::uint16_t port) : endpoint() {
     if (!assign_address(address, port)) {
       throw invalid_argument_error(dmoe::format("not an IPv4 or IPv6 address: '{}'", address));
     }
   }
 
   // "host:port" with host an IPv4 literal, or "[v6]:port"; throws invalid_argument_error.
-  DMOE_DECL static endpoint parse(std::string_view text) {
+  static endpoint parse(std::string_view text) {
     if (auto parsed = try_parse(text)) return *parsed;
     throw invalid_argument_error(
         dmoe::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
@@ -63,7 +63,7 @@ class endpoint {
 
   // The address alone: "127.0.0.1", "::1".
   DMOE_DECL std::string address() const;
-  DMOE_DECL std::string to_string() const {
+  std::string to_string() const {
     if (is_v6()) return dmoe::format("[{}]:{}", address(), port());
     if (is_v4()) return dmoe::format("{}:{}", address(), port());
     return "unspecified";

@@ -382,7 +382,7 @@ class tcp_socket {
   bool is_open() const noexcept { return fd_ >= 0; }
   int native_handle() const noexcept { return fd_; }
   const endpoint& peer() const noexcept { return peer_; }
-  DMOE_DECL endpoint local_endpoint() const { return detail::local_endpoint_of(fd_); }
+  endpoint local_endpoint() const { return detail::local_endpoint_of(fd_); }
   io_context* context() const noexcept { return ctx_; }
 
  private:

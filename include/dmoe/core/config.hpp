@@ -26,8 +26,9 @@
 #define DMOE_HEADER_ONLY 1
 #endif
 
-// Whether this translation unit sees the heavy definitions: always in header-only mode, and in the one translation
-// unit that includes <dmoe/impl/src.hpp> otherwise.
+// Whether this translation unit sees the heavy definitions: always in header-only mode, and otherwise in the one
+// translation unit that includes <dmoe/impl/src.hpp> (or another that defines DMOE_COMPILING_SOURCE and builds dmoe
+// in an inline namespace of its own, as tests/tensor/wire_codec_build.inc does).
 #if DMOE_HEADER_ONLY || defined(DMOE_COMPILING_SOURCE)
 #define DMOE_HEAVY_DEFINITIONS 1
 #else

@@ -12,9 +12,9 @@ DMOE_BEGIN_NAMESPACE
 // fmt checks a format string against its arguments at compile time, in every translation unit that sees the call.
 // For the messages in dmoe's headers that is a cost every user's file pays (about a second of <dmoe/dmoe.hpp>) to
 // re-check strings that never change. So dmoe checks them where dmoe itself is built: its CMake project defines
-// DMOE_CHECK_FORMAT_STRINGS for its tests, examples, benchmarks and dmoe::compiled, which between them see every
-// call. Elsewhere the string is parsed when the message is made. Define it in all translation units of a program
-// or in none.
+// DMOE_CHECK_FORMAT_STRINGS for its tests, examples, benchmarks and dmoe::compiled, which between them compile every
+// message of the non-template code (and of the templates they instantiate). Elsewhere the string is parsed when the
+// message is made. Define it in all translation units of a program or in none.
 #if defined(DMOE_CHECK_FORMAT_STRINGS)
 template <class... Args>
 using message_format = fmt::format_string<Args...>;
@@ -23,10 +23,18 @@ template <class... Args>
 using message_format = fmt::string_view;
 #endif
 
-// The text of `format` with `args` substituted (fmt's format syntax).
-template <class... Args>
-std::string format(message_format<Args...> format, Args&&... args) {
-  return fmt::vformat(fmt::string_view(format), fmt::make_format_args(args...));
-}
+namespace detail {
+struct format_function {
+  template <class... Args>
+  std::string operator()(message_format<Args...> format, Args&&... args) const {
+    return fmt::vformat(fmt::string_view(format), fmt::make_format_args(args...));
+  }
+};
+}  // namespace detail
+
+// dmoe::format(format, args...): the text of `format` with `args` substituted (fmt's format syntax). An object, not
+// a function, so that argument-dependent lookup never finds it: a user's unqualified `format("{}", an_endpoint)`
+// still means fmt::format (or std::format).
+inline constexpr detail::format_function format{};
 
 DMOE_END_NAMESPACE

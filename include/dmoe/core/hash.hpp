@@ -5,19 +5,17 @@
 #include <dmoe/core/config.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 DMOE_BEGIN_NAMESPACE
 
-inline std::uint64_t xxh64(const_byte_span bytes, std::uint64_t seed = 0) noexcept {
-  return XXH64(bytes.data(), bytes.size(), seed);
-}
+// XXH64 of `bytes` with `seed`.
+DMOE_DECL std::uint64_t xxh64(const_byte_span bytes, std::uint64_t seed = 0) noexcept;
 
-inline std::uint64_t xxh3_64(const_byte_span bytes) noexcept { return XXH3_64bits(bytes.data(), bytes.size()); }
+// XXH3's 64-bit hash of `bytes`.
+DMOE_DECL std::uint64_t xxh3_64(const_byte_span bytes) noexcept;
 
 struct hash128 {
   std::uint64_t high = 0;
@@ -25,22 +23,61 @@ struct hash128 {
   friend constexpr auto operator<=>(const hash128&, const hash128&) = default;
 };
 
-inline hash128 xxh3_128(const_byte_span bytes) noexcept {
-  auto h = XXH3_128bits(bytes.data(), bytes.size());
-  return {h.high64, h.low64};
-}
+// XXH3's 128-bit hash of `bytes` (of `text`'s bytes).
+DMOE_DECL hash128 xxh3_128(const_byte_span bytes) noexcept;
+DMOE_DECL inline hash128 xxh3_128(std::string_view text) noexcept { return xxh3_128(as_bytes(text)); }
 
-inline hash128 xxh3_128(std::string_view text) noexcept { return xxh3_128(as_bytes(text)); }
-
-// Incremental 64-bit checksum, for data written in pieces (checkpoints).
+// Incremental 64-bit checksum, for data written in pieces (checkpoints): digest() is xxh64 of every byte given to
+// update() so far.
 class xxh64_stream {
  public:
-  explicit xxh64_stream(std::uint64_t seed = 0) { XXH64_reset(&state_, seed); }
-  void update(const_byte_span bytes) noexcept { XXH64_update(&state_, bytes.data(), bytes.size()); }
-  std::uint64_t digest() const noexcept { return XXH64_digest(&state_); }
+  DMOE_DECL explicit xxh64_stream(std::uint64_t seed = 0) noexcept;
+  DMOE_DECL void update(const_byte_span bytes) noexcept;
+  DMOE_DECL std::uint64_t digest() const noexcept;
 
  private:
-  XXH64_state_t state_;
+  // An XXH64_state_t, kept as bytes so that the declarations need no <xxhash.h>.
+  alignas(8) std::array<std::byte, 88> state_;
 };
 
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+#include <new>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+DMOE_BEGIN_NAMESPACE
+
+namespace detail {
+static_assert(sizeof(XXH64_state_t) == 88 && alignof(XXH64_state_t) <= 8);
+}  // namespace detail
+
+DMOE_DEF std::uint64_t xxh64(const_byte_span bytes, std::uint64_t seed) noexcept {
+  return XXH64(bytes.data(), bytes.size(), seed);
+}
+
+DMOE_DEF std::uint64_t xxh3_64(const_byte_span bytes) noexcept { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+DMOE_DEF hash128 xxh3_128(const_byte_span bytes) noexcept {
+  const XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
+  return {h.high64, h.low64};
+}
+
+DMOE_DEF xxh64_stream::xxh64_stream(std::uint64_t seed) noexcept {
+  XXH64_reset(::new (state_.data()) XXH64_state_t, seed);
+}
+
+DMOE_DEF void xxh64_stream::update(const_byte_span bytes) noexcept {
+  XXH64_update(std::launder(reinterpret_cast<XXH64_state_t*>(state_.data())), bytes.data(), bytes.size());
+}
+
+DMOE_DEF std::uint64_t xxh64_stream::digest() const noexcept {
+  return XXH64_digest(std::launder(reinterpret_cast<const XXH64_state_t*>(state_.data())));
+}
+
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/async/async_event.hpp>
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/task.hpp>
@@ -13,7 +14,6 @@
 
 #include <chrono>
 #include <exception>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -69,38 +69,35 @@ class node_thread {
   template <class Make>
   auto call(Make make) -> typename std::invoke_result_t<Make&, node&>::value_type {
     using result = typename std::invoke_result_t<Make&, node&>::value_type;
-    auto promise = std::make_shared<std::promise<result>>();
-    std::future<result> answer = promise->get_future();
+    auto answer = dmoe::detail::make_handoff<result>();
     {
       // Posting and shutting down exclude each other: nothing is posted to a context that is gone.
       std::lock_guard lock(post_mutex_);
       if (stopping_) throw closed_error(dmoe::format("dht node {} is shut down", local_));
-      ctx_->post([this, promise, make = std::move(make)]() mutable {
+      // Dropped unrun when the context ends first: the sender then answers with the closed_error.
+      dmoe::detail::handoff_sender<result> sender(
+          answer, std::make_exception_ptr(closed_error(dmoe::format("dht node {} shut down before the call ran", local_))));
+      ctx_->post([this, sender = std::move(sender), make = std::move(make)]() mutable {
         if (!calls_) {
-          promise->set_exception(std::make_exception_ptr(closed_error("dht node is shut down")));
+          sender->set_exception(std::make_exception_ptr(closed_error("dht node is shut down")));
           return;
         }
-        calls_->spawn(run_call<result>(std::move(make), std::move(promise)));
+        calls_->spawn(run_call<result>(std::move(make), std::move(sender)));
       });
     }
-    try {
-      return answer.get();
-    } catch (const std::future_error&) {
-      // The context ended before the call ran.
-      throw closed_error(dmoe::format("dht node {} shut down before the call ran", local_));
-    }
+    return answer->get();
   }
 
   template <class Result, class Make>
-  task<void> run_call(Make make, std::shared_ptr<std::promise<Result>> promise) {
+  task<void> run_call(Make make, dmoe::detail::handoff_sender<Result> answer) {
     try {
-      promise->set_value(co_await make(*node_));
+      answer->set_value(co_await make(*node_));
     } catch (...) {
-      promise->set_exception(std::current_exception());
+      answer->set_exception(std::current_exception());
     }
   }
 
-  DMOE_DECL void run(node_options options, std::promise<void>& ready);
+  DMOE_DECL void run(node_options options, dmoe::detail::handoff<void>& ready);
 
   DMOE_DECL task<void> main();
 
@@ -124,13 +121,10 @@ DMOE_BEGIN_NAMESPACE
 namespace dht {
 
 DMOE_DEF node_thread::node_thread(node_options options) {
-  std::promise<void> ready;
-  std::future<void> started = ready.get_future();
-  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-    run(std::move(options), ready);
-  });
+  auto started = dmoe::detail::make_handoff<void>();
+  thread_ = std::thread([this, options = std::move(options), started]() mutable { run(std::move(options), *started); });
   try {
-    started.get();
+    started->get();
   } catch (...) {
     thread_.join();
     throw;
@@ -192,7 +186,7 @@ DMOE_DEF auto node_thread::shutdown() -> void {
   thread_.join();
 }
 
-DMOE_DEF auto node_thread::run(node_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto node_thread::run(node_options options, dmoe::detail::handoff<void>& ready) -> void {
   std::optional<io_context> ctx;
   std::optional<node> n;
   try {

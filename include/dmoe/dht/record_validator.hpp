@@ -29,19 +29,26 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
+#if DMOE_HEAVY_DEFINITIONS
 #include <sodium.h>
+#endif
 
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
-using ed25519_public_key = std::array<std::byte, crypto_sign_PUBLICKEYBYTES>;
-inline constexpr std::size_t signature_blob_size = crypto_sign_PUBLICKEYBYTES + crypto_sign_BYTES;  // 96
+// ed25519's sizes in bytes (RFC 8032; libsodium's crypto_sign_PUBLICKEYBYTES, _SECRETKEYBYTES, _SEEDBYTES and _BYTES,
+// checked against them where the definitions are compiled, so that the declarations need no <sodium.h>).
+inline constexpr std::size_t ed25519_public_key_size = 32;
+inline constexpr std::size_t ed25519_secret_key_size = 64;
+inline constexpr std::size_t ed25519_seed_size = 32;
+inline constexpr std::size_t ed25519_signature_size = 64;
+
+using ed25519_public_key = std::array<std::byte, ed25519_public_key_size>;
+inline constexpr std::size_t signature_blob_size = ed25519_public_key_size + ed25519_signature_size;  // 96
 
 namespace detail {
-inline void init_sodium() {
-  static const int ready = sodium_init();
-  if (ready < 0) throw error(errc::io, "libsodium failed to initialise");
-}
+// sodium_init(), once per process; throws error(errc::io) when libsodium cannot start.
+DMOE_DECL void init_sodium();
 }  // namespace detail
 
 // An ed25519 key pair; the secret key never leaves this object.
@@ -50,17 +57,17 @@ class ed25519_keypair {
   // A fresh key pair from libsodium's generator.
   DMOE_DECL static ed25519_keypair generate();
   // The key pair of a 32-byte seed (the same seed always gives the same pair: keep the seed to keep an identity).
-  DMOE_DECL static ed25519_keypair from_seed(std::span<const std::byte, crypto_sign_SEEDBYTES> seed);
+  DMOE_DECL static ed25519_keypair from_seed(std::span<const std::byte, ed25519_seed_size> seed);
   // The seed this pair derives from (secret: whoever has it can sign as this key).
-  DMOE_DECL std::array<std::byte, crypto_sign_SEEDBYTES> seed() const;
+  DMOE_DECL std::array<std::byte, ed25519_seed_size> seed() const;
   const ed25519_public_key& public_key() const noexcept { return public_; }
 
   // The detached signature of `message`.
-  DMOE_DECL std::array<std::byte, crypto_sign_BYTES> sign(const_byte_span message) const;
+  DMOE_DECL std::array<std::byte, ed25519_signature_size> sign(const_byte_span message) const;
 
  private:
   ed25519_public_key public_{};
-  std::array<std::byte, crypto_sign_SECRETKEYBYTES> secret_{};
+  std::array<std::byte, ed25519_secret_key_size> secret_{};
 };
 
 // "[owner:<hex of the public key>]": put it in a subkey to make the subkey owned by that key.
@@ -73,6 +80,15 @@ inline std::string owner_tag(const ed25519_public_key& key) {
 // The public key a subkey names with an owner tag, if any; a malformed tag names nobody (and so protects nothing).
 DMOE_DECL std::optional<ed25519_public_key> owner_of(const_byte_span subkey);
 #if DMOE_HEAVY_DEFINITIONS
+static_assert(ed25519_public_key_size == crypto_sign_PUBLICKEYBYTES &&
+              ed25519_secret_key_size == crypto_sign_SECRETKEYBYTES && ed25519_seed_size == crypto_sign_SEEDBYTES &&
+              ed25519_signature_size == crypto_sign_BYTES);
+
+DMOE_DEF void detail::init_sodium() {
+  static const int ready = sodium_init();
+  if (ready < 0) throw error(errc::io, "libsodium failed to initialise");
+}
+
 DMOE_DEF std::optional<ed25519_public_key> owner_of(const_byte_span subkey) {
   constexpr std::string_view marker = "[owner:";
   const std::string_view text = as_string_view(subkey);
@@ -163,7 +179,7 @@ class record_validator {
   static constexpr std::size_t max_remembered_record = 2048;
   static constexpr std::size_t max_remembered_bytes = std::size_t{1} << 20;
 
-  record_validator() { detail::init_sodium(); }
+  DMOE_DECL record_validator() { detail::init_sodium(); }
 
   // Validates storing `incoming` under `key` (and `subkey`, for a dictionary entry) where `stored` is what the
   // key holds now (storage::get), if anything.

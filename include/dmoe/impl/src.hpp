@@ -27,6 +27,7 @@
 #include <dmoe/async/when_all.hpp>
 #include <dmoe/async/when_any.hpp>
 #include <dmoe/async/with_timeout.hpp>
+#include <dmoe/core/hash.hpp>
 #include <dmoe/data/idx.hpp>
 #include <dmoe/dht/lookup.hpp>
 #include <dmoe/dht/messages.hpp>

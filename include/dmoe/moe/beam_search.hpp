@@ -136,9 +136,10 @@ class dht_expert_directory final : public expert_directory {
   // The overrides call the bodies through these pointers, which the constructor sets. Header-only, the bodies and
   // the constructor are templates, so only a translation unit that makes a directory compiles the bodies and the
   // DHT lookups they reach; an override's own body is compiled in every translation unit that sees the class.
-  task<std::vector<successors_ref>> (dht_expert_directory::*successors_body_)(std::vector<std::string>, steady_time);
-  task<std::vector<std::optional<endpoint>>> (dht_expert_directory::*owners_body_)(std::vector<std::string>,
-                                                                                   steady_time);
+  task<std::vector<successors_ref>> (dht_expert_directory::*const successors_body_)(std::vector<std::string>,
+                                                                                     steady_time);
+  task<std::vector<std::optional<endpoint>>> (dht_expert_directory::*const owners_body_)(std::vector<std::string>,
+                                                                                         steady_time);
 
   dht::node& node_;
   dht_directory_options options_;

@@ -243,7 +243,7 @@ DMOE_DEF task<std::vector<std::optional<expert_declaration>>> get_experts(dht::n
 inline constexpr std::string_view empty_prefix_subkey = "-";
 
 // Whether `prefix` is a uid prefix: a name, then zero or more coordinates, each followed by a dot ("ffn.", "ffn.3.").
-DMOE_DECL inline bool is_valid_uid_prefix(std::string_view prefix) {
+inline bool is_valid_uid_prefix(std::string_view prefix) {
   return !prefix.empty() && prefix.back() == uid_delimiter && is_valid_expert_uid(std::string(prefix) + "0");
 }
 

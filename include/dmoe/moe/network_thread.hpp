@@ -2,6 +2,7 @@
 // an expert directory), so that code that is not a coroutine can run DMoE models with blocking calls.
 #pragma once
 
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/async_event.hpp>
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/io_context.hpp>
@@ -16,7 +17,6 @@
 
 #include <chrono>
 #include <exception>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,24 +62,22 @@ class network_thread {
     using result = typename std::invoke_result_t<Make&>::value_type;
     if (std::this_thread::get_id() == thread_.get_id())
       throw invalid_argument_error("moe::network_thread: run() called on the network thread (co_await the task instead)");
-    auto promise = std::make_shared<std::promise<result>>();
-    std::future<result> answer = promise->get_future();
+    auto answer = dmoe::detail::make_handoff<result>();
     {
       std::lock_guard lock(post_mutex_);
       if (stopping_) throw closed_error("moe::network_thread is shut down");
-      ctx_->post([this, promise, &make]() mutable {
+      // Dropped unrun when the context ends first: the sender then answers with the closed_error.
+      dmoe::detail::handoff_sender<result> sender(
+          answer, std::make_exception_ptr(closed_error("moe::network_thread shut down before the call ran")));
+      ctx_->post([this, sender = std::move(sender), &make]() mutable {
         if (!runs_) {
-          promise->set_exception(std::make_exception_ptr(closed_error("moe::network_thread is shut down")));
+          sender->set_exception(std::make_exception_ptr(closed_error("moe::network_thread is shut down")));
           return;
         }
-        runs_->spawn(run_one<result>(make, promise));
+        runs_->spawn(run_one<result>(make, std::move(sender)));
       });
     }
-    try {
-      return answer.get();
-    } catch (const std::future_error&) {
-      throw closed_error("moe::network_thread shut down before the call ran");
-    }
+    return answer->get();
   }
 
   // Cancels runs in progress, closes the client, shuts the node down and joins the thread. Idempotent.
@@ -96,22 +94,22 @@ class network_thread {
 
  private:
   template <class Result, class Make>
-  task<void> run_one(Make& make, std::shared_ptr<std::promise<Result>> promise) {
+  task<void> run_one(Make& make, dmoe::detail::handoff_sender<Result> answer) {
     try {
       if constexpr (std::is_void_v<Result>) {
         co_await make();
-        promise->set_value();
+        answer->set_value();
       } else {
-        promise->set_value(co_await make());
+        answer->set_value(co_await make());
       }
     } catch (...) {
-      promise->set_exception(std::current_exception());
+      answer->set_exception(std::current_exception());
     }
   }
 
-  DMOE_DECL void thread_main(network_thread_options options, std::promise<void>& ready);
+  DMOE_DECL void thread_main(network_thread_options options, dmoe::detail::handoff<void>& ready);
 
-  DMOE_DECL task<void> main(network_thread_options options, std::promise<void>& ready);
+  DMOE_DECL task<void> main(network_thread_options options, dmoe::detail::handoff<void>& ready);
 
   std::thread thread_;
   io_context* ctx_ = nullptr;
@@ -134,13 +132,12 @@ DMOE_BEGIN_NAMESPACE
 namespace moe {
 
 DMOE_DEF network_thread::network_thread(network_thread_options options) {
-  std::promise<void> ready;
-  std::future<void> started = ready.get_future();
-  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-    thread_main(std::move(options), ready);
+  auto started = dmoe::detail::make_handoff<void>();
+  thread_ = std::thread([this, options = std::move(options), started]() mutable {
+    thread_main(std::move(options), *started);
   });
   try {
-    started.get();
+    started->get();
   } catch (...) {
     thread_.join();
     throw;
@@ -159,7 +156,7 @@ DMOE_DEF auto network_thread::shutdown() -> void {
   thread_.join();
 }
 
-DMOE_DEF auto network_thread::thread_main(network_thread_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto network_thread::thread_main(network_thread_options options, dmoe::detail::handoff<void>& ready) -> void {
   std::optional<io_context> ctx;
   std::optional<dht::node> node;
   std::optional<net::rpc_client> client;
@@ -181,7 +178,7 @@ DMOE_DEF auto network_thread::thread_main(network_thread_options options, std::p
   ctx->run(main(std::move(options), ready));
 }
 
-DMOE_DEF auto network_thread::main(network_thread_options options, std::promise<void>& ready) -> task<void> {
+DMOE_DEF auto network_thread::main(network_thread_options options, dmoe::detail::handoff<void>& ready) -> task<void> {
   task_group runs(*ctx_);
   std::exception_ptr failed;
   try {

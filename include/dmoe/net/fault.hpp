@@ -86,7 +86,7 @@ class fault_policy {
     return sample_delay_locked();
   }
 
-  bool partitioned(std::string_view from, std::string_view to) const {
+  DMOE_DECL bool partitioned(std::string_view from, std::string_view to) const {
     std::lock_guard lock(mutex_);
     return partitioned_locked(from, to);
   }

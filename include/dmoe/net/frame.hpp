@@ -219,7 +219,7 @@ class frame_reader {
   }
 
   // peek()'s header when the frame's payload needs an allocation of its own (it does not fit the receive buffer).
-  std::optional<frame_header> large_frame_ahead(std::string_view peer) {
+  DMOE_DECL std::optional<frame_header> large_frame_ahead(std::string_view peer) {
     auto header = peek(peer);
     if (header && frame_header_size + header->payload_size <= buffer_.size()) return std::nullopt;
     return header;

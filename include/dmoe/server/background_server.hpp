@@ -2,6 +2,7 @@
 // runtime's compute thread), started and stopped from ordinary code: for tests, examples and benchmarks.
 #pragma once
 
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/task.hpp>
 #include <dmoe/core/config.hpp>
@@ -9,7 +10,6 @@
 #include <dmoe/server/server.hpp>
 
 #include <exception>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -38,7 +38,7 @@ class background_server {
   server& get() noexcept { return *server_; }
 
  private:
-  DMOE_DECL void main(server_options options, std::promise<void>& ready);
+  DMOE_DECL void main(server_options options, dmoe::detail::handoff<void>& ready);
 
   std::thread thread_;
   std::mutex mutex_;
@@ -59,13 +59,10 @@ DMOE_BEGIN_NAMESPACE
 namespace server {
 
 DMOE_DEF background_server::background_server(server_options options) {
-  std::promise<void> ready;
-  std::future<void> started = ready.get_future();
-  thread_ = std::thread([this, options = std::move(options), ready = std::move(ready)]() mutable {
-    main(std::move(options), ready);
-  });
+  auto started = dmoe::detail::make_handoff<void>();
+  thread_ = std::thread([this, options = std::move(options), started]() mutable { main(std::move(options), *started); });
   try {
-    started.get();
+    started->get();
   } catch (...) {
     thread_.join();
     throw;
@@ -84,7 +81,7 @@ DMOE_DEF auto background_server::stop() -> void {
   if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
 }
 
-DMOE_DEF auto background_server::main(server_options options, std::promise<void>& ready) -> void {
+DMOE_DEF auto background_server::main(server_options options, dmoe::detail::handoff<void>& ready) -> void {
   std::optional<io_context> ctx;
   // (Not std::optional<server>: its constexpr emplace makes clang instantiate the server's constructor, and through
   // it every expert kind, GEMM included, in each file that includes this header.)

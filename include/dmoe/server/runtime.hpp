@@ -4,6 +4,7 @@
 // compute: they get a task_completion to await.
 #pragma once
 
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/core/clock.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
@@ -18,13 +19,13 @@
 #include <deque>
 #include <exception>
 #include <functional>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -103,17 +104,27 @@ class runtime {
   template <class F>
   auto run_exclusive(F fn) -> std::invoke_result_t<F&> {
     using result = std::invoke_result_t<F&>;
-    std::packaged_task<result()> job(std::move(fn));
-    std::future<result> done = job.get_future();
+    auto done = dmoe::detail::make_handoff<result>();
     {
       std::lock_guard lock(mutex_);
       if (stopping_ || !thread_.joinable()) throw closed_error("the server's runtime is not running");
       if (std::this_thread::get_id() == thread_.get_id())
         throw invalid_argument_error("run_exclusive called from the compute thread");
-      exclusive_.push_back([&job] { job(); });
+      exclusive_.push_back([&fn, done] {
+        try {
+          if constexpr (std::is_void_v<result>) {
+            fn();
+            done->set_value();
+          } else {
+            done->set_value(fn());
+          }
+        } catch (...) {
+          done->set_exception(std::current_exception());
+        }
+      });
     }
     wake_.notify_one();
-    return done.get();
+    return done->get();
   }
 
   // Queues fn() to run on the compute thread between batches, without waiting; fn must not throw. Dropped (false)
