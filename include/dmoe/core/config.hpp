@@ -45,9 +45,10 @@
 // emit the vtable and everything it reaches. Every other heavy function (the coroutines and long bodies of the
 // runtime, RPC, DHT, server and DMoE layers, constructors included) uses DMOE_DECL/DMOE_DEF; header-only, its
 // address must name the specialization (`&C::f<>`) or be taken with the target type given.
-// A short function defined in a header whose body calls a heavy one is DMOE_DECL as well (its definition stays where
-// it is): were it an ordinary inline function, every header-only translation unit would compile it and so
-// instantiate the heavy body and everything that body calls. Functions that cannot be templates (destructors,
+// A short function defined in a header whose body calls a heavy one that reaches much code is DMOE_DECL as well
+// (its definition stays where it is): were it an ordinary inline function, every header-only translation unit would
+// compile it and so instantiate the heavy body and everything that body calls. Where the heavy body is itself short
+// and calls nothing heavy (endpoint's parsing, the hash wrappers), the caller stays an ordinary function. Functions that cannot be templates (destructors,
 // virtual functions) should call only light code; an override that needs a heavy body calls it through a member
 // function pointer that a DMOE_DECL constructor sets (moe::dht_expert_directory).
 #if DMOE_HEADER_ONLY

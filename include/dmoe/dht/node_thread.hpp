@@ -74,9 +74,8 @@ class node_thread {
       // Posting and shutting down exclude each other: nothing is posted to a context that is gone.
       std::lock_guard lock(post_mutex_);
       if (stopping_) throw closed_error(dmoe::format("dht node {} is shut down", local_));
-      // Dropped unrun when the context ends first: the sender then answers with the closed_error.
-      dmoe::detail::handoff_sender<result> sender(
-          answer, std::make_exception_ptr(closed_error(dmoe::format("dht node {} shut down before the call ran", local_))));
+      // Dropped unrun when the context ends first: the sender then answers handoff_abandoned.
+      dmoe::detail::handoff_sender<result> sender(answer);
       ctx_->post([this, sender = std::move(sender), make = std::move(make)]() mutable {
         if (!calls_) {
           sender->set_exception(std::make_exception_ptr(closed_error("dht node is shut down")));
@@ -85,7 +84,11 @@ class node_thread {
         calls_->spawn(run_call<result>(std::move(make), std::move(sender)));
       });
     }
-    return answer->get();
+    try {
+      return answer->get();
+    } catch (const dmoe::detail::handoff_abandoned&) {
+      throw closed_error(dmoe::format("dht node {} shut down before the call ran", local_));
+    }
   }
 
   template <class Result, class Make>
@@ -122,7 +125,9 @@ namespace dht {
 
 DMOE_DEF node_thread::node_thread(node_options options) {
   auto started = dmoe::detail::make_handoff<void>();
-  thread_ = std::thread([this, options = std::move(options), started]() mutable { run(std::move(options), *started); });
+  thread_ = std::thread([this, options = std::move(options), ready = dmoe::detail::handoff_sender<void>(started)]() mutable {
+    run(std::move(options), *ready);
+  });
   try {
     started->get();
   } catch (...) {

@@ -2,8 +2,8 @@
 // an expert directory), so that code that is not a coroutine can run DMoE models with blocking calls.
 #pragma once
 
-#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/async_event.hpp>
+#include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/task.hpp>
@@ -66,9 +66,8 @@ class network_thread {
     {
       std::lock_guard lock(post_mutex_);
       if (stopping_) throw closed_error("moe::network_thread is shut down");
-      // Dropped unrun when the context ends first: the sender then answers with the closed_error.
-      dmoe::detail::handoff_sender<result> sender(
-          answer, std::make_exception_ptr(closed_error("moe::network_thread shut down before the call ran")));
+      // Dropped unrun when the context ends first: the sender then answers handoff_abandoned.
+      dmoe::detail::handoff_sender<result> sender(answer);
       ctx_->post([this, sender = std::move(sender), &make]() mutable {
         if (!runs_) {
           sender->set_exception(std::make_exception_ptr(closed_error("moe::network_thread is shut down")));
@@ -77,7 +76,11 @@ class network_thread {
         runs_->spawn(run_one<result>(make, std::move(sender)));
       });
     }
-    return answer->get();
+    try {
+      return answer->get();
+    } catch (const dmoe::detail::handoff_abandoned&) {
+      throw closed_error("moe::network_thread shut down before the call ran");
+    }
   }
 
   // Cancels runs in progress, closes the client, shuts the node down and joins the thread. Idempotent.
@@ -133,8 +136,8 @@ namespace moe {
 
 DMOE_DEF network_thread::network_thread(network_thread_options options) {
   auto started = dmoe::detail::make_handoff<void>();
-  thread_ = std::thread([this, options = std::move(options), started]() mutable {
-    thread_main(std::move(options), *started);
+  thread_ = std::thread([this, options = std::move(options), ready = dmoe::detail::handoff_sender<void>(started)]() mutable {
+    thread_main(std::move(options), *ready);
   });
   try {
     started->get();

@@ -60,7 +60,9 @@ namespace server {
 
 DMOE_DEF background_server::background_server(server_options options) {
   auto started = dmoe::detail::make_handoff<void>();
-  thread_ = std::thread([this, options = std::move(options), started]() mutable { main(std::move(options), *started); });
+  thread_ = std::thread([this, options = std::move(options), ready = dmoe::detail::handoff_sender<void>(started)]() mutable {
+    main(std::move(options), *ready);
+  });
   try {
     started->get();
   } catch (...) {

@@ -56,7 +56,7 @@ DMOE_DEF dht::ed25519_keypair load_or_create_key(const std::filesystem::path& pa
     ::close(fd);
     std::string_view hex(text, size);
     while (!hex.empty() && (hex.back() == '\n' || hex.back() == '\r')) hex.remove_suffix(1);
-    std::array<std::byte, crypto_sign_SEEDBYTES> seed{};
+    std::array<std::byte, dht::ed25519_seed_size> seed{};
     if (hex.size() != 2 * seed.size())
       throw corrupt_error(dmoe::format("key file {}: expected 64 hex digits (an ed25519 seed)", path.string()));
     for (std::size_t i = 0; i < seed.size(); ++i) {

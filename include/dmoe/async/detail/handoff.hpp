@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/error.hpp>
 
 #include <atomic>
 #include <exception>
@@ -18,8 +19,10 @@ namespace detail {
 // (make_handoff), so that the producer's notify never touches an object the consumer has already destroyed.
 template <class T>
 class handoff {
+  static_assert(!std::is_reference_v<T>, "dmoe::detail::handoff holds values: hand over a pointer instead");
+
  public:
-  // The producer sets one of these, once.
+  // The producer sets one of these, once (a second set is a data race); the error is never null.
   template <class... V>
   void set_value(V&&... v) {
     value_.emplace(std::forward<V>(v)...);
@@ -31,7 +34,8 @@ class handoff {
   }
   bool ready() const noexcept { return done_.load(std::memory_order_acquire); }
 
-  // Blocks until the producer has set the result; returns the value or rethrows the error. Once.
+  // Blocks until the producer has set the result; returns the value or rethrows the error. Once (a second get()
+  // returns a moved-from value).
   T get() {
     done_.wait(false, std::memory_order_acquire);
     if (error_) std::rethrow_exception(error_);
@@ -56,18 +60,23 @@ std::shared_ptr<handoff<T>> make_handoff() {
   return std::make_shared<handoff<T>>();
 }
 
-// The producer's end of a handoff, owned by whatever will set it (a posted function, a coroutine): destroyed before
-// it set the result (the function was dropped unrun), it sets `abandoned` instead, so the consumer never blocks for
-// ever. Movable, not copyable.
+// What get() throws when the producer's end was destroyed without setting a result.
+class handoff_abandoned : public closed_error {
+ public:
+  handoff_abandoned() : closed_error("the thread that was to answer ended without answering") {}
+};
+
+// The producer's end of a handoff, owned by whatever will set it (a posted function, a coroutine, a thread's
+// function): destroyed before it set the result (the function was dropped unrun, the thread ended), it sets
+// handoff_abandoned instead, so the consumer never blocks for ever. Movable, not copyable.
 template <class T>
 class handoff_sender {
  public:
-  handoff_sender(std::shared_ptr<handoff<T>> target, std::exception_ptr abandoned)
-      : target_(std::move(target)), abandoned_(std::move(abandoned)) {}
+  explicit handoff_sender(std::shared_ptr<handoff<T>> target) noexcept : target_(std::move(target)) {}
   handoff_sender(handoff_sender&&) noexcept = default;
   handoff_sender& operator=(handoff_sender&&) = delete;
   ~handoff_sender() {
-    if (target_ && !target_->ready()) target_->set_exception(std::move(abandoned_));
+    if (target_ && !target_->ready()) target_->set_exception(std::make_exception_ptr(handoff_abandoned()));
   }
 
   handoff<T>& operator*() const noexcept { return *target_; }
@@ -75,7 +84,6 @@ class handoff_sender {
 
  private:
   std::shared_ptr<handoff<T>> target_;
-  std::exception_ptr abandoned_;
 };
 
 }  // namespace detail
