@@ -65,4 +65,12 @@ BOOST_AUTO_TEST_CASE(equality_hash_and_port_changes) {
   BOOST_TEST(endpoint().to_string() == "unspecified");
 }
 
+// dmoe::format (core/format.hpp) is an object, so a user's unqualified format() on a dmoe type still finds only
+// fmt::format through argument-dependent lookup (as a function template it made this call ambiguous: no compile).
+BOOST_AUTO_TEST_CASE(unqualified_format_of_a_dmoe_type_means_fmt_format) {
+  using fmt::format;
+  BOOST_TEST(format("at {}", endpoint::loopback_v4(4000)) == "at 127.0.0.1:4000");
+  BOOST_TEST(dmoe::format("{} of {}", 3, endpoint::loopback_v6(1)) == "3 of [::1]:1");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
