@@ -185,6 +185,79 @@ BOOST_AUTO_TEST_CASE(oversized_frame_in_a_stream_is_refused_before_allocation) {
   BOOST_TEST((*reader.refused_header() == h));
 }
 
+// Issue 8 review: a header alone commits no memory for its payload; room is made as the bytes arrive.
+BOOST_AUTO_TEST_CASE(a_large_payloads_memory_is_committed_as_it_arrives) {
+  constexpr std::size_t buffer = 64 * 1024;
+  frame_reader reader(frame_limits{}, buffer);  // max_payload 256 MiB
+  const auto head = encode_frame_header(frame_header{frame_kind::response, frame_status::ok, 1, 0, 1, 256u << 20});
+  auto room = reader.prepare();
+  std::memcpy(room.data(), head.data(), head.size());
+  room[head.size()] = std::byte{7};
+  reader.commit(head.size() + 1);
+  BOOST_TEST(!reader.next("p").has_value());
+  BOOST_REQUIRE(reader.large_frame() != nullptr);
+  BOOST_TEST(reader.pending_payload() == (std::uint64_t{256} << 20) - 1);
+  // Received: 1 byte. Committed: the receive buffer and 64 KiB of room, not 256 MiB.
+  room = reader.prepare();
+  BOOST_TEST_INFO("committed " << reader.buffered_bytes());
+  BOOST_TEST(reader.buffered_bytes() <= buffer + 64 * 1024 + 1);
+  // As bytes arrive, the room ahead of them stays at most as large as what has arrived (at least 64 KiB).
+  std::uint64_t received = 1;
+  while (received < (std::uint64_t{8} << 20)) {
+    room = reader.prepare();
+    BOOST_REQUIRE(!room.empty());
+    BOOST_TEST(room.size() <= std::max<std::uint64_t>(64 * 1024, received));
+    std::memset(room.data(), 1, room.size());
+    reader.commit(room.size());
+    received += room.size();
+    BOOST_TEST(reader.buffered_bytes() <= buffer + 2 * received + 64 * 1024);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_payload_received_in_growing_room_arrives_intact) {
+  frame_reader reader(frame_limits{}, 4096);
+  const auto payload = pattern((3u << 20) + 17, 5);
+  const auto stream = make_frame(frame_header{frame_kind::request, frame_status::ok, 1, 0, 9, payload.size()}, payload);
+  for (std::size_t chunk : {std::size_t{1000}, std::size_t{100'000}, std::size_t{4u << 20}}) {
+    frame_reader fresh(frame_limits{}, 4096);
+    const auto frames = read_all(fresh, stream, chunk);
+    BOOST_REQUIRE(frames.size() == 1u);
+    BOOST_TEST((frames[0].payload == payload));
+    BOOST_TEST(frames[0].payload.size() == payload.size());
+  }
+}
+
+// Issue 8 review: a frame's deadline follows the bytes received, not the size its header claims; a refused
+// frame that claims 2^62 bytes and trickles is due as soon as one that claims 1 KiB.
+BOOST_AUTO_TEST_CASE(a_frames_deadline_follows_the_bytes_received_not_the_size_claimed) {
+  using namespace std::chrono_literals;
+  frame_reader reader(frame_limits{1000});
+  frame_deadline progress;
+  const steady_time t0{std::chrono::seconds(100)};
+  const auto head = encode_frame_header(frame_header{frame_kind::request, frame_status::ok, 1, 0, 1, std::uint64_t{1} << 62});
+  auto room = reader.prepare();
+  std::memcpy(room.data(), head.data(), head.size());
+  reader.commit(head.size());
+  BOOST_CHECK_THROW(reader.next("p"), limit_error);  // refused: its payload is skipped as it arrives
+  progress.update(reader, t0);
+  BOOST_REQUIRE(progress.active());
+  constexpr std::uint64_t rate = 1 << 20;
+  const auto due = [&] { return progress.deadline(reader, 300ms, rate); };
+  BOOST_TEST((due() - t0 < 301ms));  // 32 bytes at 1 MiB/s: nothing beyond the read timeout
+  // A MiB of it arrives: one more second.
+  std::uint64_t skipped = 0;
+  while (skipped < rate) {
+    room = reader.prepare();
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(room.size(), rate - skipped));
+    reader.commit(n);
+    skipped += n;
+    BOOST_TEST(!reader.next("p").has_value());
+  }
+  progress.update(reader, t0 + 500ms);
+  BOOST_TEST((due() - t0 > 1299ms));
+  BOOST_TEST((due() - t0 < 1301ms));
+}
+
 BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_reader) {
   std::mt19937 gen(42);
   int errors = 0;

@@ -101,7 +101,8 @@ BOOST_AUTO_TEST_CASE(a_client_is_safe_to_destroy_once_close_returns_whatever_cal
     task_group calls;
     for (int i = 0; i < 20; ++i)
       calls.spawn(record_call(counted{}, *client, server.local_endpoint(), "slow", {}, deadline_after(10s), outcomes));
-    co_await sleep_for(50ms);
+    // One call is with the handler, the other 19 wait for the connection's one slot.
+    BOOST_TEST(co_await eventually([&] { return server.requests_in_flight() == 1 && client->active_calls() == 20; }));
     const auto started = std::chrono::steady_clock::now();
     co_await client->close();
     BOOST_TEST(client->active_calls() == 0u);
@@ -313,6 +314,142 @@ BOOST_AUTO_TEST_CASE(a_server_trickling_a_response_loses_the_connection_at_its_f
     };
     co_await when_all(trickler(), caller());
   }());
+}
+
+// Issue 8 review: a refused frame is skipped at the pace its bytes arrive; a header claiming 2^62 bytes and a
+// trickle after it cannot hold the connection past the read timeout.
+BOOST_AUTO_TEST_CASE(a_peer_trickling_a_refused_frame_is_dropped_whatever_size_it_claims) {
+  io_context ctx;
+  rpc_server_options options;
+  options.read_timeout = 300ms;
+  rpc_server server(ctx, loopback, options);
+  server.add_handler("echo", dmoe_test::echo_handler);
+  rpc_client client(ctx);
+  sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
+    tcp_socket trickler = co_await tcp_socket::connect(ctx, server.local_endpoint());
+    co_await trickler.write_all(frame_bytes(
+        frame_header{frame_kind::request, frame_status::ok, method_id("echo"), 0, 1, std::uint64_t{1} << 62}));
+    const auto started = std::chrono::steady_clock::now();
+    bool closed = false;
+    const std::array<std::byte, 1> drip{};
+    while (elapsed_ms(started) < 4000.0) {
+      co_await sleep_for(50ms);
+      try {
+        co_await trickler.write_all(drip);
+      } catch (const error&) {
+        closed = true;
+        break;
+      }
+    }
+    BOOST_TEST(closed);
+    BOOST_TEST(elapsed_ms(started) < 2000.0);
+  }));
+  BOOST_TEST(server.stats().requests_refused == 1u);
+  BOOST_TEST(server.stats().connections_dropped == 1u);
+}
+
+// Issue 8 review, client side: a response header claiming 2^62 bytes fails its call, and a server that then goes
+// silent loses the connection at the read timeout (it is not pooled for the next call).
+BOOST_AUTO_TEST_CASE(a_server_stalling_in_a_refused_response_loses_the_connection) {
+  io_context ctx;
+  tcp_listener listener(ctx, loopback);
+  rpc_client_options options;
+  options.read_timeout = 300ms;
+  rpc_client client(ctx, options);
+  sync_wait(ctx, [&]() -> task<void> {
+    auto liar = [&]() -> task<void> {
+      tcp_socket peer = co_await listener.accept();
+      std::array<std::byte, frame_header_size> request{};
+      co_await peer.read_exactly(request, deadline_after(5s));
+      const frame_header asked = parse_frame_header(request, "client");
+      co_await peer.write_all(frame_bytes(frame_header{frame_kind::response, frame_status::ok, asked.method, 0,
+                                                       asked.request_id, std::uint64_t{1} << 62}));
+      std::array<std::byte, 64> rest;
+      try {
+        while (co_await peer.read_some(rest, deadline_after(5s)) > 0) {
+        }
+      } catch (const error&) {
+      }
+    };
+    auto caller = [&]() -> task<void> {
+      std::string message;
+      try {
+        co_await client.call(listener.local_endpoint(), "big", const_byte_span(), deadline_after(5s));
+      } catch (const limit_error& e) {
+        message = e.what();
+      }
+      BOOST_TEST_INFO(message);
+      BOOST_TEST(message.find("exceeds limit 256 MiB") != std::string::npos);
+      const auto failed_at = std::chrono::steady_clock::now();
+      BOOST_TEST(co_await eventually([&] { return client.connections(listener.local_endpoint()) == 0; }, 3s));
+      BOOST_TEST(elapsed_ms(failed_at) < 2000.0);
+      co_await client.close();
+    };
+    co_await when_all(liar(), caller());
+  }());
+}
+
+// Issue 8 review: refusals hold a slot of their connection until written, so a peer that sends over-limit requests
+// and never reads the refusals stops being read.
+BOOST_AUTO_TEST_CASE(a_peer_that_never_reads_its_refusals_stops_being_read) {
+  io_context ctx;
+  rpc_server_options options;
+  options.limits.max_payload = 16;
+  options.max_in_flight_per_connection = 4;
+  rpc_server server(ctx, loopback, options);
+  server.add_handler("echo", dmoe_test::echo_handler);
+  rpc_client client(ctx);
+  constexpr std::uint64_t sent = 1'000'000;
+  sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
+    tcp_socket deaf = co_await tcp_socket::connect(ctx, server.local_endpoint());
+    const byte_buffer one =
+        frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id("echo"), 0, 1, 17}, pattern(17, 1));
+    byte_buffer requests;
+    requests.reserve(one.size() * sent);
+    for (std::uint64_t i = 0; i < sent; ++i) requests.insert(requests.end(), one.begin(), one.end());
+    bool stalled = false;
+    try {
+      co_await deaf.write_all(requests, deadline_after(3s));  // 49 MB: far more than the sockets' buffers hold
+    } catch (const timeout_error&) {
+      stalled = true;
+    }
+    BOOST_TEST(stalled);
+    BOOST_TEST_INFO("refused " << server.stats().requests_refused);
+    BOOST_TEST(server.stats().requests_refused < sent / 2);
+    BOOST_TEST(server.requests_in_flight() <= 4u);
+  }));
+  BOOST_TEST(server.requests_in_flight() == 0u);
+}
+
+// Issue 8 review: cancel frames are read while the connection is at its in-flight limit (when they matter most).
+BOOST_AUTO_TEST_CASE(cancels_reach_a_connection_at_its_in_flight_limit) {
+  io_context ctx;
+  rpc_server_options options;
+  options.max_in_flight_per_connection = 4;
+  rpc_server server(ctx, loopback, options);
+  int running = 0;
+  server.add_handler("slow", [&](rpc_request&) -> task<rpc_response> {
+    ++running;
+    struct leave {
+      int& n;
+      ~leave() { --n; }
+    } on_exit{running};
+    co_await sleep_for(20s);
+    co_return rpc_response(to_buffer("late"));
+  });
+  rpc_client_options client_options;
+  client_options.max_connections_per_endpoint = 1;
+  rpc_client client(ctx, client_options);
+  std::vector<std::string> outcomes;
+  sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
+    task_group calls;
+    for (int i = 0; i < 4; ++i)
+      calls.spawn(record_call(counted{}, client, server.local_endpoint(), "slow", {}, deadline_after(100ms), outcomes));
+    co_await calls.join();
+    BOOST_TEST(co_await eventually([&] { return server.stats().requests_cancelled == 4; }, 3s));
+    BOOST_TEST(running == 0);
+  }));
+  BOOST_TEST(count_of(outcomes, "timeout") == 4u);
 }
 
 // Fault 5: a deadline expiring while its request is half written fails that call alone.

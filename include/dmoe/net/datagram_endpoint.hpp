@@ -180,11 +180,14 @@ class datagram_endpoint {
     endpoint peer;
     ~pending_entry() {
       self->pending_.erase(id);
-      self->reassembler_.forget(source_key(peer), id);
+      self->reassembler_.forget(source_key(peer).sender, id);
     }
   };
 
-  static std::uint64_t source_key(const endpoint& peer) noexcept { return std::hash<endpoint>{}(peer); }
+  // A reassembly source: the peer (address and port) and its address, whose share its messages count against.
+  static datagram_source source_key(const endpoint& peer) noexcept {
+    return datagram_source{std::hash<endpoint>{}(peer), std::hash<endpoint>{}(peer.with_port(0))};
+  }
 
   DMOE_DECL static task<void> wait_for(async_event& event);
 

@@ -65,8 +65,9 @@ struct datagram_limits {
   std::uint32_t max_message = 1u << 20;  // largest reassembled message, bytes
   std::size_t max_partial_messages = 64;  // messages being reassembled at once, over all sources
   std::size_t max_buffered_bytes = std::size_t{4} << 20;  // memory for messages being reassembled, all sources
-  // One source's (address and port's) share of the two above (capped by them): beyond it, that source's oldest message is dropped,
-  // and a full reassembler drops from the source holding the most, so one peer cannot evict the others.
+  // One source address's share of the two above (capped by them), over all its ports: a message that would take it
+  // past its share is dropped (its sender retries it), and a full reassembler drops the oldest message of the
+  // address holding the most (the newcomer's, on a tie), so one peer cannot evict the others.
   std::size_t max_partial_messages_per_source = 8;
   std::size_t max_buffered_bytes_per_source = std::size_t{1} << 20;
   std::chrono::milliseconds partial_timeout{5000};       // a message missing parts this long is dropped

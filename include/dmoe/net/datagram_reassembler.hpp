@@ -1,5 +1,7 @@
-// Reassembles multi-part datagram messages with bounded memory: few partial messages, each source within its share,
-// and when full the source holding the most gives way (its oldest message), so one peer cannot evict the others.
+// Reassembles multi-part datagram messages with bounded memory: few partial messages, each source address within its
+// share, and when full the address holding the most gives way (its oldest message), so one peer cannot evict the
+// others. A message that would take its own address past its share is dropped instead (its sender retries it): the
+// messages already under way complete, however many a peer sends at once.
 #pragma once
 
 #include <dmoe/core/byte_buffer.hpp>
@@ -23,33 +25,48 @@
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
+// Who sent a part: the sender (its address and port; one message's parts all come from it) and the sender's
+// address (whose share of the reassembly memory the message counts against, over all its ports). One key stands for
+// both where they need not differ.
+struct datagram_source {
+  std::uint64_t sender = 0;
+  std::uint64_t address = 0;
+  datagram_source(std::uint64_t key) noexcept : sender(key), address(key) {}  // NOLINT: implicit on purpose
+  datagram_source(std::uint64_t sender_key, std::uint64_t address_key) noexcept
+      : sender(sender_key), address(address_key) {}
+};
+
 class datagram_reassembler {
  public:
   // Throws invalid_argument_error for unusable limits (see validate()).
   DMOE_DECL explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) { validate(limits_, "datagram reassembler"); }
 
-  // Adds one decoded datagram from `source` (a key for the sender's address). Returns the whole message once its
-  // last missing part arrives; single-part messages come back at once. Duplicate parts are ignored; a part that
-  // contradicts the earlier parts of its message throws protocol_error and leaves the message as it was.
-  DMOE_DECL std::optional<byte_buffer> add(std::uint64_t source, const datagram_message& part, steady_time now,
+  // Adds one decoded datagram from `source`. Returns the whole message once its last missing part arrives;
+  // single-part messages come back at once. Duplicate parts are ignored; a part that contradicts the earlier parts
+  // of its message throws protocol_error and leaves the message as it was; a message larger than a source's share
+  // throws limit_error. The first part to arrive of a message that does not fit its address's share is dropped
+  // (refused()).
+  DMOE_DECL std::optional<byte_buffer> add(datagram_source source, const datagram_message& part, steady_time now,
                                  std::string_view peer = "peer");
 
   // Drops messages that have waited longer than the partial timeout for their missing parts.
   DMOE_DECL void expire(steady_time now);
 
-  // Drops everything held for one transaction (its caller gave up).
-  DMOE_DECL void forget(std::uint64_t source, std::uint64_t transaction_id);
+  // Drops everything held for one transaction of one sender (its caller gave up).
+  DMOE_DECL void forget(std::uint64_t sender, std::uint64_t transaction_id);
 
   std::size_t partial_messages() const noexcept { return partials_.size(); }
   std::size_t buffered_bytes() const noexcept { return buffered_; }
   std::uint64_t duplicates() const noexcept { return duplicates_; }
-  std::uint64_t evicted() const noexcept { return evicted_; }
+  std::uint64_t evicted() const noexcept { return evicted_; }   // partial messages dropped for newer ones
+  std::uint64_t refused() const noexcept { return refused_; }   // parts dropped: their address's share was full
   std::uint64_t expired() const noexcept { return expired_; }
   const datagram_limits& limits() const noexcept { return limits_; }
 
  private:
   struct partial {
-    std::uint64_t source;
+    std::uint64_t source;  // the sender
+    std::uint64_t owner;   // the sender's address
     datagram_header header;  // of the first part that arrived
     byte_buffer data;
     std::vector<bool> received;
@@ -62,13 +79,15 @@ class datagram_reassembler {
            a.part_size == b.part_size;
   }
 
-  DMOE_DECL std::pair<std::size_t, std::size_t> held_by(std::uint64_t source) const noexcept;
+  // Messages and bytes held for one address.
+  DMOE_DECL std::pair<std::size_t, std::size_t> held_by(std::uint64_t owner) const noexcept;
 
-  // The source holding the most bytes (then messages) in reassembly.
-  DMOE_DECL std::uint64_t largest_holder() const noexcept;
+  // The address holding the most bytes (then messages) in reassembly once `newcomer` adds a message of `bytes`;
+  // on a tie, the newcomer.
+  DMOE_DECL std::uint64_t largest_holder(std::uint64_t newcomer, std::size_t bytes) const noexcept;
 
-  std::vector<partial>::iterator oldest_of(std::uint64_t source) noexcept {
-    return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.source == source; });
+  std::vector<partial>::iterator oldest_of(std::uint64_t owner) noexcept {
+    return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.owner == owner; });
   }
 
   void drop(std::vector<partial>::iterator it) {
@@ -81,6 +100,7 @@ class datagram_reassembler {
   std::size_t buffered_ = 0;
   std::uint64_t duplicates_ = 0;
   std::uint64_t evicted_ = 0;
+  std::uint64_t refused_ = 0;
   std::uint64_t expired_ = 0;
 };
 
@@ -92,13 +112,13 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
-DMOE_DEF auto datagram_reassembler::add(std::uint64_t source, const datagram_message& part, steady_time now,
+DMOE_DEF auto datagram_reassembler::add(datagram_source source, const datagram_message& part, steady_time now,
                                std::string_view peer) -> std::optional<byte_buffer> {
   const datagram_header& h = part.header;
   if (h.part_count <= 1) return byte_buffer(part.payload.begin(), part.payload.end());
 
   auto it = std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) {
-    return p.source == source && p.header.transaction_id == h.transaction_id && p.header.kind == h.kind;
+    return p.source == source.sender && p.header.transaction_id == h.transaction_id && p.header.kind == h.kind;
   });
   if (it == partials_.end()) {
     const std::size_t share = std::min(limits_.max_buffered_bytes, limits_.max_buffered_bytes_per_source);
@@ -106,23 +126,27 @@ DMOE_DEF auto datagram_reassembler::add(std::uint64_t source, const datagram_mes
       throw limit_error(dmoe::format("datagram message of {} exceeds the reassembly memory limit {} per source from {}",
                                     size_text(h.total_size), size_text(share), peer));
     if (limits_.max_partial_messages == 0 || limits_.max_partial_messages_per_source == 0) return std::nullopt;
-    // First the source's own share: it gives way to itself.
-    for (;;) {
-      const auto [count, bytes] = held_by(source);
-      if (count < std::min(limits_.max_partial_messages, limits_.max_partial_messages_per_source) &&
-          bytes + h.total_size <= share)
-        break;
-      drop(oldest_of(source));
-      ++evicted_;
+    // First the address's own share: at it, the new message waits for those under way (evicting them would let
+    // a peer that sends more messages at once than its share complete none of them).
+    const auto [count, bytes] = held_by(source.address);
+    if (count >= std::min(limits_.max_partial_messages, limits_.max_partial_messages_per_source) ||
+        bytes + h.total_size > share) {
+      ++refused_;
+      return std::nullopt;
     }
-    // Then the whole: the source holding the most gives way.
+    // Then the whole: the address holding the most gives way, the newcomer's included.
     while (!partials_.empty() && (partials_.size() >= limits_.max_partial_messages ||
                                   buffered_ + h.total_size > limits_.max_buffered_bytes)) {
-      drop(oldest_of(largest_holder()));
+      const std::uint64_t loser = largest_holder(source.address, h.total_size);
+      if (loser == source.address) {
+        ++refused_;
+        return std::nullopt;
+      }
+      drop(oldest_of(loser));
       ++evicted_;
     }
-    partials_.push_back(partial{source, h, byte_buffer(h.total_size), std::vector<bool>(h.part_count, false),
-                                h.part_count, now});
+    partials_.push_back(partial{source.sender, source.address, h, byte_buffer(h.total_size),
+                                std::vector<bool>(h.part_count, false), h.part_count, now});
     buffered_ += h.total_size;
     it = partials_.end() - 1;
   } else if (!consistent(it->header, h)) {
@@ -155,34 +179,37 @@ DMOE_DEF auto datagram_reassembler::expire(steady_time now) -> void {
   });
 }
 
-DMOE_DEF auto datagram_reassembler::forget(std::uint64_t source, std::uint64_t transaction_id) -> void {
+DMOE_DEF auto datagram_reassembler::forget(std::uint64_t sender, std::uint64_t transaction_id) -> void {
   std::erase_if(partials_, [&](const partial& p) {
-    if (p.source != source || p.header.transaction_id != transaction_id) return false;
+    if (p.source != sender || p.header.transaction_id != transaction_id) return false;
     buffered_ -= p.data.size();
     return true;
   });
 }
 
-DMOE_DEF auto datagram_reassembler::held_by(std::uint64_t source) const noexcept -> std::pair<std::size_t,
+DMOE_DEF auto datagram_reassembler::held_by(std::uint64_t owner) const noexcept -> std::pair<std::size_t,
     std::size_t> {
   std::size_t count = 0;
   std::size_t bytes = 0;
   for (const partial& p : partials_) {
-    if (p.source != source) continue;
+    if (p.owner != owner) continue;
     ++count;
     bytes += p.data.size();
   }
   return {count, bytes};
 }
 
-DMOE_DEF auto datagram_reassembler::largest_holder() const noexcept -> std::uint64_t {
-  std::uint64_t best = partials_.front().source;
-  std::pair<std::size_t, std::size_t> best_held{0, 0};
+DMOE_DEF auto datagram_reassembler::largest_holder(std::uint64_t newcomer, std::size_t bytes) const noexcept
+    -> std::uint64_t {
+  const auto [own_count, own_bytes] = held_by(newcomer);
+  std::uint64_t best = newcomer;
+  std::pair<std::size_t, std::size_t> best_held{own_bytes + bytes, own_count + 1};
   for (const partial& p : partials_) {
-    const auto [count, bytes] = held_by(p.source);
-    if (std::pair(bytes, count) > std::pair(best_held.second, best_held.first)) {
-      best = p.source;
-      best_held = {count, bytes};
+    if (p.owner == newcomer) continue;
+    const auto [count, held] = held_by(p.owner);
+    if (std::pair(held, count) > best_held) {
+      best = p.owner;
+      best_held = {held, count};
     }
   }
   return best;

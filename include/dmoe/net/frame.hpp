@@ -184,8 +184,10 @@ struct frame {
 };
 
 // Cuts a TCP byte stream into frames. Small frames are parsed out of one reusable receive buffer (many per recv);
-// a payload larger than that buffer gets its own allocation and is received straight into it (no copy). Frames
-// the caller refuses (over the limit, or unwanted) are skipped as their bytes arrive, without being stored.
+// a payload larger than that buffer gets its own allocation and is received straight into it (no copy). That
+// allocation is only reserved when the header arrives: its memory is committed as the payload arrives (at most the
+// bytes received so far, and at least 64 KiB, ahead of them), never on the word of the length field. Frames the
+// caller refuses (over the limit, or unwanted) are skipped as their bytes arrive, without being stored.
 //
 //   while (auto f = reader.next(peer)) handle(*f);
 //   auto room = reader.prepare(); n = recv(room); reader.commit(n);
@@ -196,7 +198,10 @@ class frame_reader {
 
   // Where the next received bytes go; never empty. Call next() until it returns nothing first.
   DMOE_DECL byte_span prepare() {
-    if (large_) return byte_span(large_->payload).subspan(large_filled_);
+    if (large_) {
+      if (large_filled_ == large_->payload.size()) grow_large();
+      return byte_span(large_->payload).subspan(large_filled_);
+    }
     if (end_ == buffer_.size()) compact();
     return byte_span(buffer_).subspan(end_);
   }
@@ -240,16 +245,19 @@ class frame_reader {
   // The size (header included) of the frame in progress, as far as known: what must arrive before it completes.
   DMOE_DECL std::uint64_t frame_in_progress_size() const noexcept;
 
+  // The bytes (header included) of the frame in progress received so far, stored or skipped.
+  DMOE_DECL std::uint64_t frame_in_progress_received() const noexcept;
+
   // Frames completed or skipped so far (tells the caller when a new frame has started).
   std::uint64_t frames_done() const noexcept { return frames_done_; }
 
   // Bytes of payload still expected for the frame in progress (0 between frames or before its header is complete).
   std::uint64_t pending_payload() const noexcept {
-    if (large_) return large_->payload.size() - large_filled_;
+    if (large_) return large_->header.payload_size - large_filled_;
     return skip_;
   }
 
-  // Memory held for frames in progress: the receive buffer plus a large payload being received.
+  // Memory committed for frames in progress: the receive buffer plus the part of a large payload made room for.
   std::size_t buffered_bytes() const noexcept { return buffer_.size() + (large_ ? large_->payload.size() : 0); }
 
   const frame_limits& limits() const noexcept { return limits_; }
@@ -264,6 +272,9 @@ class frame_reader {
 
   DMOE_DECL void compact() noexcept;
 
+  // Makes room for more of the large payload: as much again as has arrived (at least 64 KiB), up to its size.
+  DMOE_DECL void grow_large();
+
   frame_limits limits_;
   byte_buffer buffer_;
   std::size_t begin_ = 0;  // first unparsed byte in buffer_
@@ -276,9 +287,12 @@ class frame_reader {
   std::optional<frame_header> refused_;
 };
 
-// When the frame being received must be complete: `read_timeout` plus its size at `min_rate` bytes per second,
-// counted from its first byte (or from when the receiver could take it, after waiting for memory). A peer that
-// trickles bytes cannot hold a frame, or the memory reserved for it, longer than that.
+// When the frame being received must be complete, or have made more progress: `read_timeout` plus the bytes of it
+// received so far at `min_rate` bytes per second, counted from its first byte (or from when the receiver could
+// take it, after waiting for memory). A peer must keep up `min_rate` on average, so a whole frame is due within
+// `read_timeout` plus its size at `min_rate`; one that trickles bytes cannot hold a frame (or the memory and
+// budget reserved for it, or a connection skipping it) for longer than `read_timeout` past the pace it kept,
+// whatever size its header claims.
 class frame_deadline {
  public:
   // Call after each commit (and before each read); `now` is the steady time.
@@ -290,7 +304,7 @@ class frame_deadline {
 
   DMOE_DECL steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
                        std::uint64_t min_rate) const noexcept {
-    const double seconds = static_cast<double>(reader.frame_in_progress_size()) / static_cast<double>(min_rate);
+    const double seconds = static_cast<double>(reader.frame_in_progress_received()) / static_cast<double>(min_rate);
     return deadline_from(deadline_from(started_, read_timeout), std::chrono::duration<double>(seconds));
   }
 
@@ -308,6 +322,13 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace net {
 
+DMOE_DEF auto frame_reader::grow_large() -> void {
+  constexpr std::size_t min_step = 64 * 1024;
+  const auto total = static_cast<std::size_t>(large_->header.payload_size);
+  const std::size_t step = std::max(min_step, large_filled_);
+  large_->payload.resize(std::min(total, large_filled_ + std::min(step, total - large_filled_)));
+}
+
 DMOE_DEF auto frame_reader::commit(std::size_t count) -> void {
   if (large_) {
     large_filled_ += std::min(count, large_->payload.size() - large_filled_);
@@ -318,7 +339,7 @@ DMOE_DEF auto frame_reader::commit(std::size_t count) -> void {
 
 DMOE_DEF auto frame_reader::next(std::string_view peer) -> std::optional<frame> {
   if (large_) {
-    if (large_filled_ < large_->payload.size()) return std::nullopt;
+    if (large_filled_ < large_->header.payload_size) return std::nullopt;
     std::optional<frame> done = std::move(large_);
     large_.reset();
     large_filled_ = 0;
@@ -352,12 +373,13 @@ DMOE_DEF auto frame_reader::next(std::string_view peer) -> std::optional<frame> 
     if (begin_ + frame_size > buffer_.size()) compact();
     return std::nullopt;
   }
-  // A large payload: take what already arrived and receive the rest in place.
+  // A large payload: reserve its room (address space only), take what already arrived, and receive the rest in
+  // place as it comes (prepare() commits room ahead of it).
   large_.emplace();
   large_->header = header;
-  large_->payload.resize(static_cast<std::size_t>(header.payload_size));
+  large_->payload.reserve(static_cast<std::size_t>(header.payload_size));
   const std::size_t have = available - frame_header_size;
-  std::memcpy(large_->payload.data(), buffer_.data() + begin_ + frame_header_size, have);
+  large_->payload.assign(buffer_.data() + begin_ + frame_header_size, buffer_.data() + begin_ + frame_header_size + have);
   large_filled_ = have;
   begin_ = end_ = 0;
   return std::nullopt;
@@ -373,8 +395,8 @@ DMOE_DEF auto frame_reader::skip_frame() -> void {
 
 DMOE_DEF auto frame_reader::abandon_large() -> void {
   if (!large_) return;
-  skip_ = large_->payload.size() - large_filled_;
-  skipped_frame_ = frame_header_size + large_->payload.size();
+  skip_ = large_->header.payload_size - large_filled_;
+  skipped_frame_ = frame_header_size + large_->header.payload_size;
   large_.reset();
   large_filled_ = 0;
   begin_ = end_ = 0;
@@ -382,10 +404,16 @@ DMOE_DEF auto frame_reader::abandon_large() -> void {
 }
 
 DMOE_DEF auto frame_reader::frame_in_progress_size() const noexcept -> std::uint64_t {
-  if (large_) return frame_header_size + large_->payload.size();
+  if (large_) return frame_header_size + large_->header.payload_size;
   if (skip_ > 0) return skipped_frame_;
   if (end_ - begin_ < frame_header_size) return frame_header_size;
   return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
+}
+
+DMOE_DEF auto frame_reader::frame_in_progress_received() const noexcept -> std::uint64_t {
+  if (large_) return frame_header_size + large_filled_;
+  if (skip_ > 0) return skipped_frame_ - skip_;
+  return std::min<std::uint64_t>(end_ - begin_, frame_in_progress_size());
 }
 
 DMOE_DEF auto frame_reader::discard_buffered() noexcept -> bool {

@@ -250,11 +250,16 @@ class rpc_server {
   // One peer address's share of the budget, over all its connections; never less than a connection's share.
   DMOE_DECL std::uint64_t address_share() const noexcept;
 
-  // Answers a request the server will not take with limit_exceeded; the connection goes on.
+  // Answers a request the server will not take with limit_exceeded; the connection goes on. The answer holds one
+  // of the connection's slots until it is written, so a peer that sends refused requests and never reads stops
+  // being read like any other.
   DMOE_DECL void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
     ++stats_.requests_refused;
     log_debug("{}", why);
-    if (header.kind == frame_kind::request) requests.spawn(send_refusal(conn, header, std::move(why)));
+    if (header.kind != frame_kind::request) return;
+    ++conn.in_flight;
+    ++in_flight_;
+    requests.spawn(send_refusal(conn, header, std::move(why)));
   }
 
   DMOE_DECL task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why);
@@ -418,8 +423,8 @@ DMOE_DEF auto rpc_server::accept_loop() -> task<void> {
       // Out of descriptors or memory fails every accept: one warning a second, not one per attempt.
       const steady_time now = std::chrono::steady_clock::now();
       if (now >= next_report) {
-        log_warn("rpc server on {}: accept failed {} times since the last report: {}", local_text_, unreported,
-                 failure);
+        log_warn("rpc server on {}: accept failed {} {} since the last report: {}", local_text_, unreported,
+                 unreported == 1 ? "time" : "times", failure);
         unreported = 0;
         next_report = deadline_from(now, std::chrono::seconds(1));
       }
@@ -510,11 +515,23 @@ DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_gr
   std::size_t dispatched_unyielded = 0;
   for (;;) {
     for (;;) {
-      // Backpressure: frames wait in the buffer (and then in the socket) while the connection is at its limit.
+      // Backpressure: requests wait in the buffer (and then in the socket) while the connection is at its limit.
+      // Cancel and go_away frames are still read and acted on (a cancel frees a slot sooner): the reader reads on
+      // until the next frame's header shows a request.
+      bool read_more = false;
       while (conn.in_flight >= options_.max_in_flight_per_connection) {
+        if (!reader.large_frame()) {
+          const std::optional<frame_header> ahead = reader.peek(conn.peer);
+          if (ahead && ahead->kind != frame_kind::request) break;
+          if (!ahead) {
+            read_more = true;
+            break;
+          }
+        }
         conn.slot_freed.reset();
         co_await conn.slot_freed.wait();
       }
+      if (read_more) break;
       if (conn.reserved == 0) {
         const bool admitted = co_await admit_next(conn, requests, reader, progress);
         if (!admitted) continue;
@@ -619,6 +636,8 @@ DMOE_DEF auto rpc_server::address_share() const noexcept -> std::uint64_t {
 
 DMOE_DEF auto rpc_server::send_refusal(detail::server_connection& conn, frame_header header, std::string why)
     -> task<void> {
+  const std::stop_source no_handler{std::nostopstate};
+  request_scope scope{this, &conn, 0, header.request_id, &no_handler};  // frees the slot refuse() took
   co_await send_error(conn, header, frame_status::limit_exceeded, std::move(why));
 }
 
