@@ -314,6 +314,26 @@ BOOST_AUTO_TEST_CASE(one_source_flooding_first_parts_cannot_evict_another_source
   BOOST_TEST(r.refused() > 0u);  // the flooder's own messages gave way
 }
 
+// Issue 8 review: when the message count is what is short, the address holding the most messages gives way, not a
+// newcomer that merely holds more bytes than many small messages do.
+BOOST_AUTO_TEST_CASE(many_tiny_messages_cannot_starve_a_larger_one_of_the_message_count) {
+  datagram_reassembler r;  // 64 messages in all, 8 per address
+  datagram_limits tiny_parts;
+  tiny_parts.max_datagram = 41;  // one payload byte per datagram: a 2-byte message in two parts
+  for (std::uint64_t address = 1; address <= 8; ++address)
+    for (std::uint64_t t = 0; t < 8; ++t) {
+      const auto parts = split(response_header(address * 100 + t), pattern(2, 1), tiny_parts);
+      BOOST_REQUIRE(parts.size() == 2u);
+      r.add(address, decode_datagram(parts[0], tiny_parts, "attacker"), t0);
+    }
+  BOOST_REQUIRE(r.partial_messages() == 64u);
+  const auto legit = split(response_header(7), pattern(2000, 3));
+  std::optional<byte_buffer> whole;
+  for (const auto& d : legit) whole = r.add(99, decode_datagram(d, {}, "victim"), t0);
+  BOOST_TEST(whole.has_value());
+  BOOST_TEST(r.evicted() == 1u);
+}
+
 // Issue 8, fault 12: limits that cannot work are refused with the reason.
 BOOST_AUTO_TEST_CASE(unusable_datagram_limits_are_refused) {
   datagram_limits limits;

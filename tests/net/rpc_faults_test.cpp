@@ -396,6 +396,7 @@ BOOST_AUTO_TEST_CASE(a_peer_that_never_reads_its_refusals_stops_being_read) {
   rpc_server_options options;
   options.limits.max_payload = 16;
   options.max_in_flight_per_connection = 4;
+  options.max_waiting_per_connection = 12;
   rpc_server server(ctx, loopback, options);
   server.add_handler("echo", dmoe_test::echo_handler);
   rpc_client client(ctx);
@@ -416,19 +417,66 @@ BOOST_AUTO_TEST_CASE(a_peer_that_never_reads_its_refusals_stops_being_read) {
     BOOST_TEST(stalled);
     BOOST_TEST_INFO("refused " << server.stats().requests_refused);
     BOOST_TEST(server.stats().requests_refused < sent / 2);
-    BOOST_TEST(server.requests_in_flight() <= 4u);
+    BOOST_TEST(server.requests_in_flight() <= 16u);
   }));
   BOOST_TEST(server.requests_in_flight() == 0u);
 }
 
-// Issue 8 review: cancel frames are read while the connection is at its in-flight limit (when they matter most).
+// Issue 8 review: a sender that keeps up min_transfer_rate is not cut off because the server stopped reading it
+// (waiting for room for more requests): the frame's clock starts again when reading does.
+BOOST_AUTO_TEST_CASE(a_steady_sender_survives_the_servers_own_wait_for_room) {
+  io_context ctx;
+  rpc_server_options options;
+  options.max_in_flight_per_connection = 1;
+  options.max_waiting_per_connection = 0;
+  options.read_timeout = 300ms;
+  options.min_transfer_rate = 64 << 10;
+  rpc_server server(ctx, loopback, options);
+  async_event release_first;
+  server.add_handler("hold", [&](rpc_request& r) -> task<rpc_response> {
+    if (r.id == 1) co_await release_first.wait();
+    co_return rpc_response(to_buffer(std::to_string(r.payload.size())));
+  });
+  rpc_client client(ctx);
+  sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
+    tcp_socket peer = co_await tcp_socket::connect(ctx, server.local_endpoint());
+    // Request 1 takes the one handler, and the server stops reading the connection until it ends, well past
+    // read_timeout; meanwhile request 2 comes at 128 KiB/s, twice the minimum rate.
+    co_await peer.write_all(frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id("hold"), 0, 1, 0}));
+    BOOST_TEST(co_await eventually([&] { return server.requests_in_flight() == 1; }));
+    constexpr std::size_t slice = 8 << 10;  // every 62.5 ms: 128 KiB/s
+    const byte_buffer second = frame_bytes(
+        frame_header{frame_kind::request, frame_status::ok, method_id("hold"), 0, 2, 192 << 10}, pattern(192 << 10, 2));
+    auto send_paced = [&]() -> task<void> {
+      for (std::size_t at = 0; at < second.size(); at += slice) {
+        co_await peer.write_all(const_byte_span(second).subspan(at, std::min(slice, second.size() - at)));
+        co_await sleep_for(std::chrono::microseconds(62'500));
+      }
+    };
+    auto end_first_late = [&]() -> task<void> {
+      co_await sleep_for(1000ms);  // the handler's own duration: the server's wait, not the sender's
+      release_first.set();
+    };
+    co_await when_all(send_paced(), end_first_late());
+    std::array<std::byte, 4 * frame_header_size> answers{};
+    std::size_t got = 0;
+    while (got < 2 * frame_header_size + 1 + 6)  // "0" and "196608"
+      got += co_await peer.read_some(byte_span(answers).subspan(got), deadline_after(5s));
+  }));
+  BOOST_TEST(server.stats().connections_dropped == 0u);
+  BOOST_TEST(server.stats().requests == 2u);
+}
+
+// Issue 8 review: cancel frames are read while the connection runs as many handlers as it may (when they matter
+// most), also behind requests waiting for a handler: the running ones stop, the waiting ones never run.
 BOOST_AUTO_TEST_CASE(cancels_reach_a_connection_at_its_in_flight_limit) {
   io_context ctx;
   rpc_server_options options;
   options.max_in_flight_per_connection = 4;
   rpc_server server(ctx, loopback, options);
-  int running = 0;
+  int running = 0, started = 0;
   server.add_handler("slow", [&](rpc_request&) -> task<rpc_response> {
+    ++started;
     ++running;
     struct leave {
       int& n;
@@ -443,13 +491,15 @@ BOOST_AUTO_TEST_CASE(cancels_reach_a_connection_at_its_in_flight_limit) {
   std::vector<std::string> outcomes;
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     task_group calls;
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 12; ++i)
       calls.spawn(record_call(counted{}, client, server.local_endpoint(), "slow", {}, deadline_after(100ms), outcomes));
     co_await calls.join();
-    BOOST_TEST(co_await eventually([&] { return server.stats().requests_cancelled == 4; }, 3s));
+    BOOST_TEST(co_await eventually([&] { return server.stats().requests_cancelled == 12; }, 3s));
     BOOST_TEST(running == 0);
+    BOOST_TEST(started == 4);
+    BOOST_TEST(server.requests_in_flight() == 0u);
   }));
-  BOOST_TEST(count_of(outcomes, "timeout") == 4u);
+  BOOST_TEST(count_of(outcomes, "timeout") == 12u);
 }
 
 // Fault 5: a deadline expiring while its request is half written fails that call alone.
@@ -682,6 +732,11 @@ BOOST_AUTO_TEST_CASE(unusable_limits_are_refused_at_construction) {
   server_options = {};
   server_options.min_transfer_rate = 0;
   BOOST_CHECK_THROW(rpc_server(ctx, loopback, server_options), invalid_argument_error);
+  server_options = {};
+  server_options.max_waiting_per_connection = ~std::size_t{0};  // would wrap the connection's read limit
+  BOOST_CHECK_EXCEPTION(rpc_server(ctx, loopback, server_options), invalid_argument_error, [](const invalid_argument_error& e) {
+    return std::string(e.what()).find("max_waiting_per_connection must be at most 2^30") != std::string::npos;
+  });
 }
 
 // Fault 13 is connections_beyond_the_server_limit_are_refused (rpc_test.cpp): unavailable_error, as documented.

@@ -82,9 +82,9 @@ class datagram_reassembler {
   // Messages and bytes held for one address.
   DMOE_DECL std::pair<std::size_t, std::size_t> held_by(std::uint64_t owner) const noexcept;
 
-  // The address holding the most bytes (then messages) in reassembly once `newcomer` adds a message of `bytes`;
-  // on a tie, the newcomer.
-  DMOE_DECL std::uint64_t largest_holder(std::uint64_t newcomer, std::size_t bytes) const noexcept;
+  // The address holding the most in reassembly once `newcomer` adds a message of `bytes`: the most messages (then
+  // bytes) when `by_count`, else the most bytes (then messages); on a tie, the newcomer.
+  DMOE_DECL std::uint64_t largest_holder(std::uint64_t newcomer, std::size_t bytes, bool by_count) const noexcept;
 
   std::vector<partial>::iterator oldest_of(std::uint64_t owner) noexcept {
     return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.owner == owner; });
@@ -134,10 +134,12 @@ DMOE_DEF auto datagram_reassembler::add(datagram_source source, const datagram_m
       ++refused_;
       return std::nullopt;
     }
-    // Then the whole: the address holding the most gives way, the newcomer's included.
+    // Then the whole: the address holding the most of what is short (messages, else bytes) gives way, the
+    // newcomer's included.
     while (!partials_.empty() && (partials_.size() >= limits_.max_partial_messages ||
                                   buffered_ + h.total_size > limits_.max_buffered_bytes)) {
-      const std::uint64_t loser = largest_holder(source.address, h.total_size);
+      const bool by_count = partials_.size() >= limits_.max_partial_messages;
+      const std::uint64_t loser = largest_holder(source.address, h.total_size, by_count);
       if (loser == source.address) {
         ++refused_;
         return std::nullopt;
@@ -199,17 +201,20 @@ DMOE_DEF auto datagram_reassembler::held_by(std::uint64_t owner) const noexcept 
   return {count, bytes};
 }
 
-DMOE_DEF auto datagram_reassembler::largest_holder(std::uint64_t newcomer, std::size_t bytes) const noexcept
-    -> std::uint64_t {
+DMOE_DEF auto datagram_reassembler::largest_holder(std::uint64_t newcomer, std::size_t bytes, bool by_count) const
+    noexcept -> std::uint64_t {
+  const auto rank = [by_count](std::size_t count, std::size_t held) {
+    return by_count ? std::pair(count, held) : std::pair(held, count);
+  };
   const auto [own_count, own_bytes] = held_by(newcomer);
   std::uint64_t best = newcomer;
-  std::pair<std::size_t, std::size_t> best_held{own_bytes + bytes, own_count + 1};
+  std::pair<std::size_t, std::size_t> best_rank = rank(own_count + 1, own_bytes + bytes);
   for (const partial& p : partials_) {
     if (p.owner == newcomer) continue;
     const auto [count, held] = held_by(p.owner);
-    if (std::pair(held, count) > best_held) {
+    if (rank(count, held) > best_rank) {
       best = p.owner;
-      best_held = {held, count};
+      best_rank = rank(count, held);
     }
   }
   return best;

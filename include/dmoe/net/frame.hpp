@@ -389,7 +389,8 @@ DMOE_DEF auto frame_reader::skip_frame() -> void {
   const frame_header header = parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), "");
   begin_ += frame_header_size;
   skip_ = header.payload_size;
-  skipped_frame_ = frame_header_size + header.payload_size;
+  skipped_frame_ = frame_header_size + header.payload_size;  // may wrap for a claim near 2^64: only differences
+                                                              // with skip_ are used (bytes received)
   discard_buffered();
 }
 
@@ -405,9 +406,13 @@ DMOE_DEF auto frame_reader::abandon_large() -> void {
 
 DMOE_DEF auto frame_reader::frame_in_progress_size() const noexcept -> std::uint64_t {
   if (large_) return frame_header_size + large_->header.payload_size;
-  if (skip_ > 0) return skipped_frame_;
+  if (skip_ > 0) {
+    const std::uint64_t received = skipped_frame_ - skip_;
+    return skip_ > ~std::uint64_t{0} - received ? ~std::uint64_t{0} : received + skip_;
+  }
   if (end_ - begin_ < frame_header_size) return frame_header_size;
-  return frame_header_size + detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
+  const auto payload = detail::load_le<std::uint64_t>(buffer_.data() + begin_ + 24);
+  return payload > ~std::uint64_t{0} - frame_header_size ? ~std::uint64_t{0} : frame_header_size + payload;
 }
 
 DMOE_DEF auto frame_reader::frame_in_progress_received() const noexcept -> std::uint64_t {

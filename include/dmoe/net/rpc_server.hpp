@@ -3,6 +3,7 @@
 #pragma once
 
 #include <dmoe/async/async_event.hpp>
+#include <dmoe/async/async_semaphore.hpp>
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/io_context.hpp>
 #include <dmoe/async/io_operation.hpp>
@@ -78,7 +79,11 @@ struct rpc_server_options {
   frame_limits limits;                          // largest request and response payload (default 256 MiB)
   std::size_t max_connections = 1024;           // more are accepted, told why (go_away) and closed
   std::size_t max_connections_per_address = 256;  // one peer address's share of max_connections
-  std::size_t max_in_flight_per_connection = 256;  // beyond, the connection is not read (backpressure)
+  std::size_t max_in_flight_per_connection = 256;  // handlers running at once per connection
+  // Requests read ahead of a free handler (they wait in order, holding their payload's budget; a cancel frame read
+  // meanwhile ends one unrun); beyond, the connection is not read (backpressure). The default matches the client's
+  // own max_in_flight_per_connection, so a dmoe client's cancels always reach the server.
+  std::size_t max_waiting_per_connection = 1024;
   // Request payloads held and responses queued, at once; past it no connection is read until memory is freed
   // (backpressure). Handlers running may add at most one response each over it.
   std::uint64_t max_buffered_bytes = std::uint64_t{1} << 30;
@@ -104,6 +109,8 @@ DMOE_DEF void validate(const rpc_server_options& o) {
   };
   if (o.max_connections == 0 || o.max_connections_per_address == 0) fail("connection limits must be at least 1");
   if (o.max_in_flight_per_connection == 0) fail("max_in_flight_per_connection must be at least 1");
+  if (o.max_in_flight_per_connection > (std::size_t{1} << 30) || o.max_waiting_per_connection > (std::size_t{1} << 30))
+    fail("max_in_flight_per_connection and max_waiting_per_connection must be at most 2^30");
   if (o.max_buffered_bytes == 0) fail("max_buffered_bytes must be at least 1 B");
   if (o.min_transfer_rate == 0) fail("min_transfer_rate must be at least 1 B/s");
   if (o.idle_timeout.count() <= 0 || o.read_timeout.count() <= 0 || o.write_timeout.count() <= 0)
@@ -131,8 +138,9 @@ struct queued_frame {
 
 // What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
-  DMOE_DECL explicit server_connection(tcp_socket s)
-      : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()) {}
+  DMOE_DECL server_connection(tcp_socket s, std::size_t handlers)
+      : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()),
+        handler_slots(handlers) {}
 
   // Why the watchdog ended the connection (it shuts the socket down; the reader then sees the end of the stream).
   enum class expiry { none, idle, stalled };
@@ -146,7 +154,8 @@ struct server_connection {
   bool writer_busy = false;
   std::vector<const_byte_span> batch;  // the pieces of the write in progress (capacity kept)
   async_event slot_freed;
-  std::size_t in_flight = 0;
+  async_semaphore handler_slots;  // max_in_flight_per_connection handlers run at once; later requests wait here
+  std::size_t in_flight = 0;      // requests read and not yet answered (running, waiting, being refused)
   bool more_requests_read = false;  // bytes of a later request are read already (the peer pipelines)
   std::uint64_t reserved = 0;  // budget taken for the next request, before its payload is stored
   std::uint64_t buffered = 0;  // this connection's share of the budget in use (requests and responses)
@@ -215,6 +224,7 @@ class rpc_server {
 
   const endpoint& local_endpoint() const noexcept { return local_; }
   std::size_t open_connections() const noexcept { return open_connections_; }
+  // Requests read and not yet answered: running, waiting for a handler, or being refused.
   std::size_t requests_in_flight() const noexcept { return in_flight_; }
   std::uint64_t buffered_bytes() const noexcept { return buffered_; }
   const counters& stats() const noexcept { return stats_; }
@@ -308,6 +318,7 @@ class rpc_server {
                             std::stop_source cancel);
 
   DMOE_DECL static task<void> wait_event(async_event& event);
+  DMOE_DECL static task<async_semaphore::permit> take_handler_slot(async_semaphore& slots);
 
   DMOE_DECL task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
                         std::string message);
@@ -477,7 +488,7 @@ DMOE_DEF auto rpc_server::refuse_connection(tcp_socket socket, std::string messa
 }
 
 DMOE_DEF auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
-  detail::server_connection conn(std::move(socket));
+  detail::server_connection conn(std::move(socket), options_.max_in_flight_per_connection);
   conn.address_buffered = &buffered_by_address_[conn.address];  // unordered_map entries stay where they are
   task_group requests(ctx_);
   task_group watchdog(ctx_);
@@ -515,23 +526,15 @@ DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_gr
   std::size_t dispatched_unyielded = 0;
   for (;;) {
     for (;;) {
-      // Backpressure: requests wait in the buffer (and then in the socket) while the connection is at its limit.
-      // Cancel and go_away frames are still read and acted on (a cancel frees a slot sooner): the reader reads on
-      // until the next frame's header shows a request.
-      bool read_more = false;
-      while (conn.in_flight >= options_.max_in_flight_per_connection) {
-        if (!reader.large_frame()) {
-          const std::optional<frame_header> ahead = reader.peek(conn.peer);
-          if (ahead && ahead->kind != frame_kind::request) break;
-          if (!ahead) {
-            read_more = true;
-            break;
-          }
+      // Backpressure: frames wait in the buffer (and then in the socket) while the connection has as many requests
+      // running and waiting for a handler as it may. Below that, cancel frames are read whatever runs.
+      if (conn.in_flight >= options_.max_in_flight_per_connection + options_.max_waiting_per_connection) {
+        while (conn.in_flight >= options_.max_in_flight_per_connection + options_.max_waiting_per_connection) {
+          conn.slot_freed.reset();
+          co_await conn.slot_freed.wait();
         }
-        conn.slot_freed.reset();
-        co_await conn.slot_freed.wait();
+        progress.restart(std::chrono::steady_clock::now());  // the peer was not the one waiting
       }
-      if (read_more) break;
       if (conn.reserved == 0) {
         const bool admitted = co_await admit_next(conn, requests, reader, progress);
         if (!admitted) continue;
@@ -747,6 +750,24 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
     co_await send_error(conn, header, frame_status::shutting_down, std::move(message));
     co_return;
   }
+  // A handler slot of the connection, waiting in order for one; a cancel (or the connection's end) meanwhile ends
+  // the request unrun.
+  async_semaphore::permit slot;
+  if (conn.handler_slots.try_acquire()) {
+    slot = async_semaphore::permit(conn.handler_slots);
+  } else {
+    try {
+      slot = co_await with_stop_token(take_handler_slot(conn.handler_slots), cancel.get_token());
+    } catch (const cancelled_error&) {
+      if (cancel.stop_requested()) ++stats_.requests_cancelled;
+      co_return;
+    }
+    if (draining_) {
+      std::string message = dmoe::format("rpc server on {} is shutting down", local_text_);
+      co_await send_error(conn, header, frame_status::shutting_down, std::move(message));
+      co_return;
+    }
+  }
   if (faults_ && faults_->stalled()) {
     // A stalled server holds the request until its connection or the server stops.
     async_event never;
@@ -808,6 +829,10 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
 }
 
 DMOE_DEF auto rpc_server::wait_event(async_event& event) -> task<void> { co_await event.wait(); }
+
+DMOE_DEF auto rpc_server::take_handler_slot(async_semaphore& slots) -> task<async_semaphore::permit> {
+  co_return co_await slots.acquire_permit();
+}
 
 DMOE_DEF auto rpc_server::send_error(detail::server_connection& conn, frame_header request, frame_status status,
                       std::string message) -> task<void> {
