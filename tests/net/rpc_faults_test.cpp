@@ -467,6 +467,36 @@ BOOST_AUTO_TEST_CASE(a_steady_sender_survives_the_servers_own_wait_for_room) {
   BOOST_TEST(server.stats().requests == 2u);
 }
 
+// Issue 8 review: with every slot and waiting place taken, the reader still reads on to cancel frames (here with no
+// waiting places at all, so the limit is reached).
+BOOST_AUTO_TEST_CASE(cancels_are_read_with_the_connection_at_its_read_limit) {
+  io_context ctx;
+  rpc_server_options options;
+  options.max_in_flight_per_connection = 2;
+  options.max_waiting_per_connection = 0;
+  rpc_server server(ctx, loopback, options);
+  async_event never;
+  server.add_handler("block", [&](rpc_request&) -> task<rpc_response> {
+    co_await never.wait();
+    co_return rpc_response(to_buffer("never"));
+  });
+  rpc_client client(ctx);
+  sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
+    tcp_socket peer = co_await tcp_socket::connect(ctx, server.local_endpoint());
+    byte_buffer two;
+    for (std::uint64_t id = 1; id <= 2; ++id) {
+      const byte_buffer one = frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id("block"), 0, id, 0});
+      two.insert(two.end(), one.begin(), one.end());
+    }
+    co_await peer.write_all(two);
+    BOOST_TEST(co_await eventually([&] { return server.requests_in_flight() == 2; }));
+    co_await peer.write_all(frame_bytes(frame_header{frame_kind::cancel, frame_status::ok, method_id("block"), 0, 1, 0}));
+    BOOST_TEST(co_await eventually([&] { return server.stats().requests_cancelled == 1; }, 3s));
+    BOOST_TEST(server.requests_in_flight() == 1u);
+  }));
+  BOOST_TEST(server.requests_in_flight() == 0u);
+}
+
 // Issue 8 review: cancel frames are read while the connection runs as many handlers as it may (when they matter
 // most), also behind requests waiting for a handler: the running ones stop, the waiting ones never run.
 BOOST_AUTO_TEST_CASE(cancels_reach_a_connection_at_its_in_flight_limit) {

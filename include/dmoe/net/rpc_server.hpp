@@ -80,9 +80,9 @@ struct rpc_server_options {
   std::size_t max_connections = 1024;           // more are accepted, told why (go_away) and closed
   std::size_t max_connections_per_address = 256;  // one peer address's share of max_connections
   std::size_t max_in_flight_per_connection = 256;  // handlers running at once per connection
-  // Requests read ahead of a free handler (they wait in order, holding their payload's budget; a cancel frame read
-  // meanwhile ends one unrun); beyond, the connection is not read (backpressure). The default matches the client's
-  // own max_in_flight_per_connection, so a dmoe client's cancels always reach the server.
+  // Requests read ahead of a free handler (they wait for one, holding their payload's budget; a cancel frame read
+  // meanwhile ends one unrun); beyond, requests are not read (backpressure), cancel and go_away frames still are
+  // until a request's header comes next. The default matches the client's own max_in_flight_per_connection.
   std::size_t max_waiting_per_connection = 1024;
   // Request payloads held and responses queued, at once; past it no connection is read until memory is freed
   // (backpressure). Handlers running may add at most one response each over it.
@@ -526,15 +526,27 @@ DMOE_DEF auto rpc_server::read_requests(detail::server_connection& conn, task_gr
   std::size_t dispatched_unyielded = 0;
   for (;;) {
     for (;;) {
-      // Backpressure: frames wait in the buffer (and then in the socket) while the connection has as many requests
-      // running and waiting for a handler as it may. Below that, cancel frames are read whatever runs.
-      if (conn.in_flight >= options_.max_in_flight_per_connection + options_.max_waiting_per_connection) {
-        while (conn.in_flight >= options_.max_in_flight_per_connection + options_.max_waiting_per_connection) {
-          conn.slot_freed.reset();
-          co_await conn.slot_freed.wait();
+      // Backpressure: requests wait in the buffer (and then in the socket) while the connection has as many
+      // requests running and waiting for a handler as it may. Cancel and go_away frames are still read and acted
+      // on: the reader reads on until the next frame's header shows a request.
+      const std::size_t most = options_.max_in_flight_per_connection + options_.max_waiting_per_connection;
+      bool read_more = false;
+      bool waited = false;
+      while (conn.in_flight >= most) {
+        if (!reader.large_frame()) {
+          const std::optional<frame_header> ahead = reader.peek(conn.peer);
+          if (ahead && ahead->kind != frame_kind::request) break;
+          if (!ahead) {  // no whole header yet (or a refused frame being skipped): only bytes can change that
+            read_more = true;
+            break;
+          }
         }
-        progress.restart(std::chrono::steady_clock::now());  // the peer was not the one waiting
+        waited = true;
+        conn.slot_freed.reset();
+        co_await conn.slot_freed.wait();
       }
+      if (waited) progress.restart(std::chrono::steady_clock::now());  // the peer was not the one waiting
+      if (read_more) break;
       if (conn.reserved == 0) {
         const bool admitted = co_await admit_next(conn, requests, reader, progress);
         if (!admitted) continue;
