@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <fmt/format.h>  // fmt::format_error
 
 using namespace dmoe;
 
@@ -165,6 +168,18 @@ BOOST_AUTO_TEST_CASE(shape_helpers) {
   BOOST_TEST((shape{3, 4}.with_leading(2) == s));
   BOOST_TEST(shape{}.numel() == 1);
   BOOST_CHECK_THROW(s.dim(3), shape_error);
+}
+
+// Shapes and dtypes format with "{}" through <fmt/core.h> alone (dmoe's headers do not include <fmt/format.h>), and a
+// format specifier is refused rather than ignored.
+BOOST_AUTO_TEST_CASE(shapes_and_dtypes_format_as_their_text_and_refuse_specifiers) {
+  BOOST_TEST(fmt::format("{} {}", shape{2, 3}, dtype::f16) == "[2, 3] f16");
+  BOOST_TEST(fmt::format("{}", shape{}) == "[]");
+  BOOST_CHECK_THROW(static_cast<void>(fmt::format(fmt::runtime("{:>8}"), shape{2})), fmt::format_error);
+  BOOST_CHECK_THROW(static_cast<void>(fmt::format(fmt::runtime("{:x}"), dtype::f32)), fmt::format_error);
+  const std::vector<int> values{3, 1, 4};
+  BOOST_TEST(dmoe::detail::join_text(values, ".") == "3.1.4");
+  BOOST_TEST(dmoe::detail::join_text(std::vector<int>{}, ", ") == "");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -15,7 +15,7 @@
 #include <string_view>
 
 #include <arpa/inet.h>
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -106,10 +106,10 @@ struct std::hash<dmoe::endpoint> {
 };
 
 template <>
-struct fmt::formatter<dmoe::endpoint> : fmt::formatter<std::string_view> {
+struct fmt::formatter<dmoe::endpoint> : dmoe::detail::text_formatter {
   template <class FormatContext>
   auto format(const dmoe::endpoint& e, FormatContext& ctx) const {
-    return fmt::formatter<std::string_view>::format(e.to_string(), ctx);
+    return write(e.to_string(), ctx);
   }
 };
 

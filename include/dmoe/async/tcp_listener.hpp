@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -16,7 +16,7 @@
 #include <limits>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <sys/socket.h>

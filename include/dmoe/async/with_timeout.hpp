@@ -16,7 +16,7 @@
 #include <exception>
 #include <string>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <liburing.h>
 
 DMOE_BEGIN_NAMESPACE

@@ -11,7 +11,7 @@
 #include <mutex>
 #include <string_view>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 

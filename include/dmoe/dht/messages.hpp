@@ -36,7 +36,7 @@
 #include <string_view>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <netinet/in.h>
 
 DMOE_BEGIN_NAMESPACE

@@ -28,7 +28,7 @@
 #include <string_view>
 #include <unordered_set>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #if DMOE_HEAVY_DEFINITIONS
 #include <sodium.h>
 #endif

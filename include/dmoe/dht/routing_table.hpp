@@ -18,7 +18,7 @@
 
 #include <netinet/in.h>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace dht {

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {
@@ -50,7 +50,7 @@ namespace detail {
 
 // A grid or coordinates as text, "[4, 4]", for error messages (without fmt/ranges.h).
 inline std::string grid_text(std::span<const std::uint32_t> values) {
-  return dmoe::format("[{}]", fmt::join(values, ", "));
+  return dmoe::format("[{}]", dmoe::detail::join_text(values, ", "));
 }
 
 DMOE_DECL void check_grid(std::string_view op, std::span<const std::uint32_t> grid);

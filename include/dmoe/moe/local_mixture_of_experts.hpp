@@ -45,7 +45,7 @@
 #include <utility>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace moe {
@@ -103,7 +103,7 @@ namespace detail {
 
 // "ffn.3.1" for prefix "ffn" and coordinates (3, 1).
 inline std::string grid_uid(std::string_view prefix, std::span<const std::uint32_t> coordinates) {
-  return dmoe::format("{}.{}", prefix, fmt::join(coordinates, "."));
+  return dmoe::format("{}.{}", prefix, dmoe::detail::join_text(coordinates, "."));
 }
 
 // The rows of one expert's sub-batch: which sample and which of its chosen experts each row is.

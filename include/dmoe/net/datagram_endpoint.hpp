@@ -35,7 +35,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace net {

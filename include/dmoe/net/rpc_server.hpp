@@ -41,7 +41,7 @@
 #include <utility>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 #include <sys/socket.h>
 
 DMOE_BEGIN_NAMESPACE

@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace nn {
@@ -193,7 +193,7 @@ std::unique_ptr<expert> make_expert(std::string_view kind, std::int64_t hidden, 
       std::vector<std::string> known;
       for (const auto& [name, f] : registry.factories) known.push_back(name);
       throw invalid_argument_error(dmoe::format("make_expert: unknown expert kind '{}' (known: {})", kind,
-                                               fmt::join(known, ", ")));
+                                               dmoe::detail::join_text(known, ", ")));
     }
     factory = it->second;
   }

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <functional>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace nn {

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstddef>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

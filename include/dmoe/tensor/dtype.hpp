@@ -9,7 +9,7 @@
 #include <ostream>
 #include <string_view>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 
@@ -94,9 +94,9 @@ inline constexpr dtype dtype_of_v = dtype_of<std::remove_cv_t<T>>::value;
 DMOE_END_NAMESPACE
 
 template <>
-struct fmt::formatter<dmoe::dtype> : fmt::formatter<std::string_view> {
+struct fmt::formatter<dmoe::dtype> : dmoe::detail::text_formatter {
   template <class Context>
   auto format(dmoe::dtype t, Context& ctx) const {
-    return fmt::formatter<std::string_view>::format(dmoe::to_string(t), ctx);
+    return write(dmoe::to_string(t), ctx);
   }
 };

@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <span>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 
 DMOE_BEGIN_NAMESPACE

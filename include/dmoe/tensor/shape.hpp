@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 
@@ -77,7 +77,7 @@ class shape {
     return shape(std::span<const std::int64_t>(d.data(), rank_ + 1));
   }
 
-  std::string to_string() const { return dmoe::format("[{}]", fmt::join(dims(), ", ")); }
+  std::string to_string() const { return dmoe::format("[{}]", dmoe::detail::join_text(dims(), ", ")); }
 
   friend constexpr bool operator==(const shape& a, const shape& b) noexcept {
     if (a.rank_ != b.rank_) return false;
@@ -102,9 +102,9 @@ inline std::ostream& operator<<(std::ostream& out, const shape& s) { return out 
 DMOE_END_NAMESPACE
 
 template <>
-struct fmt::formatter<dmoe::shape> : fmt::formatter<std::string_view> {
+struct fmt::formatter<dmoe::shape> : dmoe::detail::text_formatter {
   template <class Context>
   auto format(const dmoe::shape& s, Context& ctx) const {
-    return fmt::formatter<std::string_view>::format(s.to_string(), ctx);
+    return write(s.to_string(), ctx);
   }
 };

@@ -32,7 +32,7 @@
 #include <string_view>
 #include <type_traits>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 
@@ -356,7 +356,7 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
     }
     if (nonzero_product > limits.max_elements / dims[i])
       throw limit_error(dmoe::format("tensor of shape [{}] exceeds the limit of {} elements",
-                                    fmt::join(std::span<const std::int64_t>(dims.data(), i + 1), ", "),
+                                    dmoe::detail::join_text(std::span<const std::int64_t>(dims.data(), i + 1), ", "),
                                     limits.max_elements));
     nonzero_product *= dims[i];
   }

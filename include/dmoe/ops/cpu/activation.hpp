@@ -44,7 +44,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/reduction.hpp>
 #include <mutex>
 #include <vector>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

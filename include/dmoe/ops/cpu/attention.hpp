@@ -31,7 +31,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/reduction.hpp>
 #include <cmath>
 #include <limits>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

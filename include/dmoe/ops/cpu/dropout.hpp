@@ -28,7 +28,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <random>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

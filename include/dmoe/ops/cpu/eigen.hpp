@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include <Eigen/Core>  // after core/simd.hpp, which includes immintrin.h first
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

@@ -27,7 +27,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/ops/cpu/reduction.hpp>
 #include <cstring>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

@@ -34,7 +34,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <dmoe/ops/cpu/parallel.hpp>
 #include <algorithm>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

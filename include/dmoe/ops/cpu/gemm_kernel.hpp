@@ -14,7 +14,7 @@
 #include <memory>
 #include <string_view>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

@@ -37,7 +37,7 @@ DMOE_END_NAMESPACE
 #include <cmath>
 #include <mutex>
 #include <vector>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

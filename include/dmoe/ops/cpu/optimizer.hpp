@@ -40,7 +40,7 @@ DMOE_END_NAMESPACE
 #include <dmoe/ops/cpu/eigen.hpp>
 #include <algorithm>
 #include <cmath>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {

@@ -25,7 +25,7 @@ DMOE_END_NAMESPACE
 #include <algorithm>
 #include <numeric>
 #include <vector>
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace ops {
