@@ -30,7 +30,7 @@ task<int> fail_after(counted, std::chrono::milliseconds delay, std::string messa
   co_await dmoe::sleep_for(delay);
   throw std::runtime_error(message);
 }
-task<void> sleep_forever_counting_cancel(counted, int& cancellations) {
+task<void> sleep_counting_cancel(counted, int& cancellations) {
   try {
     co_await dmoe::sleep_for(1h);
   } catch (const dmoe::cancelled_error&) {
@@ -66,7 +66,7 @@ task<std::string> first_error_on_join(counted, std::size_t& failures, int& total
 task<int> request_stop_cancels_all(counted) {
   task_group group;
   int cancellations = 0;
-  for (int i = 0; i < 10; ++i) group.spawn(sleep_forever_counting_cancel(counted{}, cancellations));
+  for (int i = 0; i < 10; ++i) group.spawn(sleep_counting_cancel(counted{}, cancellations));
   co_await dmoe::sleep_for(1ms);
   group.request_stop();
   try {
@@ -78,7 +78,7 @@ task<int> request_stop_cancels_all(counted) {
 
 task<int> joiner_stop_reaches_children(counted, int& cancellations) {
   task_group group;
-  for (int i = 0; i < 3; ++i) group.spawn(sleep_forever_counting_cancel(counted{}, cancellations));
+  for (int i = 0; i < 3; ++i) group.spawn(sleep_counting_cancel(counted{}, cancellations));
   try {
     co_await group.join();
   } catch (const dmoe::cancelled_error&) {

@@ -20,11 +20,11 @@
 using dmoe::io_context;
 using dmoe::task;
 using dmoe_test::counted;
+using dmoe_test::nothing;
 
 namespace {
 
 task<int> value_of(counted, int v) { co_return v; }
-task<void> nothing(counted) { co_return; }
 task<int> failing(counted) {
   throw std::runtime_error("boom");
   co_return 0;

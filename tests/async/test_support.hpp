@@ -2,9 +2,12 @@
 #pragma once
 
 #include <dmoe/async/io_context.hpp>
+#include <dmoe/async/task.hpp>
+#include <dmoe/async/timer.hpp>
 #include <dmoe/core/byte_buffer.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <vector>
 
@@ -30,6 +33,16 @@ struct counted {
   counted& operator=(counted&&) = default;
   ~counted() { ++destroyed; }
 };
+
+// A task that waits `delay`, appends `value` to `order` when given, and gives `value`.
+inline dmoe::task<int> after(counted, std::chrono::milliseconds delay, int value, std::vector<int>* order = nullptr) {
+  co_await dmoe::sleep_for(delay);
+  if (order) order->push_back(value);
+  co_return value;
+}
+
+// A task that finishes at once with nothing.
+inline dmoe::task<void> nothing(counted) { co_return; }
 
 // A byte buffer that counts how many exist (to see that cancelled operations release theirs).
 struct counted_buffer {

@@ -18,17 +18,13 @@
 using dmoe::io_context;
 using dmoe::task;
 using dmoe_test::counted;
+using dmoe_test::after;
+using dmoe_test::nothing;
 using namespace std::chrono_literals;
 
 namespace {
 
-task<int> after(counted, std::chrono::milliseconds delay, int value, std::vector<int>* order = nullptr) {
-  co_await dmoe::sleep_for(delay);
-  if (order) order->push_back(value);
-  co_return value;
-}
 task<std::string> text(counted) { co_return "x"; }
-task<void> nothing(counted) { co_return; }
 task<int> fail_after(counted, std::chrono::milliseconds delay) {
   co_await dmoe::sleep_for(delay);
   throw std::runtime_error("child failed");

@@ -17,6 +17,7 @@
 using dmoe::io_context;
 using dmoe::task;
 using dmoe_test::counted;
+using dmoe_test::after;
 using namespace std::chrono_literals;
 
 namespace {
@@ -26,10 +27,6 @@ struct loser_log {
   int finished = 0;
 };
 
-task<int> after(counted, std::chrono::milliseconds delay, int value) {
-  co_await dmoe::sleep_for(delay);
-  co_return value;
-}
 task<std::string> slow_text(counted, loser_log& log) {
   try {
     co_await dmoe::sleep_for(1h);

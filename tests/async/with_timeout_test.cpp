@@ -17,14 +17,11 @@
 using dmoe::io_context;
 using dmoe::task;
 using dmoe_test::counted;
+using dmoe_test::after;
 using namespace std::chrono_literals;
 
 namespace {
 
-task<int> after(counted, std::chrono::milliseconds delay, int value) {
-  co_await dmoe::sleep_for(delay);
-  co_return value;
-}
 task<int> immediate(counted) { co_return 3; }
 task<int> ignores_cancellation(counted) {
   try {

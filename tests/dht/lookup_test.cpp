@@ -1,4 +1,4 @@
-// Tests of dmoe/dht/lookup.hpp: the iterative search over a simulated in-process swarm of pure routing tables.
+// Tests of dmoe/dht/lookup.hpp: the iterative search over a simulated in-process routing_swarm of pure routing tables.
 #include <dmoe/dht/lookup.hpp>
 #include <dmoe/dht/routing_table.hpp>
 
@@ -19,7 +19,7 @@ namespace {
 constexpr wall_seconds now = 1.0e9;
 
 // N nodes, each of whose routing tables heard from every other node (so each keeps what Kademlia keeps).
-struct swarm {
+struct routing_swarm {
   std::vector<node_id> ids;
   std::vector<dht::routing_table> tables;
   std::vector<bool> alive;
@@ -28,7 +28,7 @@ struct swarm {
   std::size_t k;
   std::size_t answer_count;  // peers a node returns per key
 
-  swarm(std::size_t n, std::size_t k_, std::size_t b, std::uint64_t seed, std::size_t answer = 0)
+  routing_swarm(std::size_t n, std::size_t k_, std::size_t b, std::uint64_t seed, std::size_t answer = 0)
       : k(k_), answer_count(answer ? answer : k_) {
     std::mt19937_64 gen(seed);
     dht::routing_table_options options;
@@ -168,7 +168,7 @@ BOOST_AUTO_TEST_CASE(finds_the_true_k_nearest_in_simulated_swarms) {
     std::size_t nodes, k, b;
   };
   for (const shape s : {shape{20, 20, 5}, shape{200, 20, 5}, shape{200, 8, 1}, shape{200, 4, 2}}) {
-    swarm net(s.nodes, s.k, s.b, s.nodes + s.k);
+    routing_swarm net(s.nodes, s.k, s.b, s.nodes + s.k);
     const auto keys = random_keys(40, 9);
     dht::lookup_options options;
     options.k = s.k;
@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(finds_the_true_k_nearest_in_simulated_swarms) {
 // Tables still list the dead nodes (they died after the tables were built), so responders return 16 peers per
 // key: enough live ones among them for the 8 nearest.
 BOOST_AUTO_TEST_CASE(dead_nodes_time_out_and_the_live_k_nearest_are_found) {
-  swarm net(200, 16, 1, 5);
+  routing_swarm net(200, 16, 1, 5);
   std::mt19937_64 gen(6);
   for (std::size_t i = 1; i < net.ids.size(); ++i) net.alive[i] = std::bernoulli_distribution(0.2)(gen) ? false : true;
   dht::lookup_options options;
@@ -210,16 +210,16 @@ BOOST_AUTO_TEST_CASE(dead_nodes_time_out_and_the_live_k_nearest_are_found) {
   }
 }
 
-// The same swarm, but a dead node is only reported slow when its turn comes: every key is done with the live k
+// The same routing_swarm, but a dead node is only reported slow when its turn comes: every key is done with the live k
 // nearest while the dead nodes' requests are still outstanding.
 BOOST_AUTO_TEST_CASE(dead_nodes_reported_slow_are_not_waited_for) {
-  swarm net(200, 16, 1, 5);
+  routing_swarm net(200, 16, 1, 5);
   std::mt19937_64 gen(6);
   for (std::size_t i = 1; i < net.ids.size(); ++i) net.alive[i] = std::bernoulli_distribution(0.2)(gen) ? false : true;
   dht::lookup_options options;
   options.k = 8;
   const auto keys = random_keys(10, 7);
-  const auto out = net.run(0, keys, options, swarm::slow_reports::dead_are_slow);
+  const auto out = net.run(0, keys, options, routing_swarm::slow_reports::dead_are_slow);
   BOOST_TEST(out.most_in_flight_per_key <= options.alpha);
   BOOST_TEST(out.slow_when_keys_done > 0u);
   BOOST_TEST_REQUIRE(out.results_when_keys_done.size() == keys.size());
@@ -234,12 +234,12 @@ BOOST_AUTO_TEST_CASE(dead_nodes_reported_slow_are_not_waited_for) {
 // Slow timers that fire after their request was answered (the driver's race) change nothing: the same peers are
 // asked in the same order and the same nearest found as with no reports at all.
 BOOST_AUTO_TEST_CASE(a_healthy_lookup_is_unchanged_by_late_slow_timers) {
-  swarm net(200, 8, 1, 21);
+  routing_swarm net(200, 8, 1, 21);
   const auto keys = random_keys(5, 22);
   dht::lookup_options options;
   options.k = 8;
   const auto plain = net.run(3, keys, options);
-  const auto timed = net.run(3, keys, options, swarm::slow_reports::late_timers);
+  const auto timed = net.run(3, keys, options, routing_swarm::slow_reports::late_timers);
   BOOST_TEST(plain.asked == timed.asked, boost::test_tools::per_element());
   BOOST_TEST(plain.requests == timed.requests);
   BOOST_TEST_REQUIRE(plain.results.size() == timed.results.size());
@@ -248,7 +248,7 @@ BOOST_AUTO_TEST_CASE(a_healthy_lookup_is_unchanged_by_late_slow_timers) {
 }
 
 BOOST_AUTO_TEST_CASE(a_get_stops_at_the_first_value_unless_latest) {
-  swarm net(200, 8, 1, 11);
+  routing_swarm net(200, 8, 1, 11);
   const key_id key = dht::key_of("ffn.3.17");
   const auto holders = net.true_nearest(key, 8, 0);
   // Every one of the 8 nearest holds a version; the newest sits on the farthest of them.
@@ -391,7 +391,7 @@ BOOST_AUTO_TEST_CASE(candidates_failed_earlier_in_the_crawl_hold_no_address_slot
 }
 
 BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_values) {
-  swarm net(100, 8, 1, 12);
+  routing_swarm net(100, 8, 1, 12);
   const key_id key = dht::key_of("ffn.3.");
   const auto holders = net.true_nearest(key, 8, 0);
   auto& a = net.held[net.index.at(holders[0])][key];
@@ -422,7 +422,7 @@ BOOST_AUTO_TEST_CASE(latest_merges_dictionaries_per_subkey_and_ignores_expired_v
 // A crawl of many keys keeps α requests in flight for each key, not α in all (it would take as many round trips
 // as the keys together need), and never more than max_in_flight; the k nearest are still the true ones.
 BOOST_AUTO_TEST_CASE(many_keys_keep_alpha_each_in_flight_up_to_max_in_flight) {
-  swarm net(300, 20, 5, 320);
+  routing_swarm net(300, 20, 5, 320);
   const auto keys = random_keys(40, 21);
   dht::lookup_options options;
   options.max_in_flight = 24;
@@ -540,7 +540,7 @@ BOOST_AUTO_TEST_CASE(a_key_is_done_without_its_slow_peer_once_k_others_answered)
 }
 
 // A lookup of one key with k = α = 3 whose first requests went to `peers` (distances from the key), for the cases
-// of slow and stale peers in a swarm hardly larger than k.
+// of slow and stale peers in a routing_swarm hardly larger than k.
 struct three_nearest {
   explicit three_nearest(std::initializer_list<std::uint64_t> peers) : search({key}, options_of()) {
     search.add_candidates(peers_at(peers));
@@ -556,7 +556,7 @@ struct three_nearest {
   dht::lookup search;
 };
 
-// Every candidate asked (a swarm hardly larger than k): the key waits for its slow peer until it is stale, then is
+// Every candidate asked (a routing_swarm hardly larger than k): the key waits for its slow peer until it is stale, then is
 // done with the answers it has.
 BOOST_AUTO_TEST_CASE(a_key_with_fewer_than_k_other_candidates_waits_for_its_slow_peer_until_it_is_stale) {
   three_nearest lookup({1, 2, 3});
@@ -596,7 +596,7 @@ BOOST_AUTO_TEST_CASE(a_slow_peer_answering_before_it_is_stale_is_among_the_neare
              boost::test_tools::per_element());
 }
 
-// With no answer at all, a key waits for its slow peers, stale or not: a swarm whose every peer is slow still gets
+// With no answer at all, a key waits for its slow peers, stale or not: a routing_swarm whose every peer is slow still gets
 // answers.
 BOOST_AUTO_TEST_CASE(a_key_with_no_answer_waits_for_its_slow_and_stale_peers) {
   three_nearest lookup({1, 2});

@@ -1,5 +1,5 @@
 // Tests of moe/remote_mixture_of_experts.hpp, moe/switch_mixture_of_experts.hpp, moe/remote_expert.hpp and
-// moe/async_module.hpp: fault-tolerant forward and backward against the single-process reference (per-expert, with
+// moe/async_module.hpp: fault-tolerant forward and backward against the single-process local_reference (per-expert, with
 // live, missing, slow and failing experts), zero outputs without NaN, the deadline with an unreachable DHT, the
 // Switch variant's gradients, and training over real servers (one of them killed halfway).
 #include <dmoe/async/sync_wait.hpp>
@@ -50,8 +50,8 @@ remote_mixture_of_experts_options layer_options(std::int64_t k, std::int64_t k_m
   return o;
 }
 
-// The reference: the same experts and the same gating weights (both layers draw the gating from gen(seed) first).
-local_mixture_of_experts<> reference(std::int64_t k, std::uint64_t gating_seed) {
+// The local_reference: the same experts and the same gating weights (both layers draw the gating from gen(seed) first).
+local_mixture_of_experts<> local_reference(std::int64_t k, std::uint64_t gating_seed) {
   random_engine gen(gating_seed);
   return local_mixture_of_experts<>({.grid = {4, 4}, .k = k, .k_min = 0, .on_shortfall = shortfall_policy::flag,
                                      .uid_prefix = "ffn"},
@@ -80,10 +80,10 @@ struct bench {
   }
 };
 
-// Checks the remote layer's last forward and backward against the reference's under the same selection and faults.
+// Checks the remote layer's last forward and backward against the local_reference's under the same selection and faults.
 void check_against_reference(remote_mixture_of_experts<>& remote, const tensor& x, const tensor& y, const tensor& dy,
                              const tensor& dx, std::uint64_t gating_seed, const std::set<std::string>& not_answering) {
-  auto local = reference(remote.config().k, gating_seed);
+  auto local = local_reference(remote.config().k, gating_seed);
   const remote_routing& routing = remote.routing();
   std::vector<std::int64_t> failed;
   for (const auto& uid : not_answering) failed.push_back(local.index_of(uid));

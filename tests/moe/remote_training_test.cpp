@@ -30,7 +30,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::uint64_t expert_base_seed = 41;
+constexpr std::uint64_t training_base_seed = 41;
 
 // A server hosting `pattern` (e.g. "ffn.[1:2].[0:4]") that declares its experts in the swarm of `bootstrap`.
 server::server_options server_options(const std::string& pattern, std::int64_t hidden, const endpoint& bootstrap,
@@ -40,7 +40,7 @@ server::server_options server_options(const std::string& pattern, std::int64_t h
   o.expert.kind = "ffn";
   o.expert.hidden = hidden;
   o.expert.optimizer.learning_rate = learning_rate;
-  o.seed = expert_base_seed;
+  o.seed = training_base_seed;
   o.runtime.max_batch_size = 1024;
   o.dht = dmoe_test::fast_options();
   o.initial_peers = {bootstrap};
@@ -90,7 +90,7 @@ BOOST_AUTO_TEST_CASE(remote_equals_local_over_servers_found_through_the_dht) {
   });
   random_engine gen_local(500);
   local_mixture_of_experts<> local({.grid = {4, 4}, .k = 4, .k_min = 4, .uid_prefix = "ffn"}, "ffn", hidden,
-                                   expert_base_seed, gen_local);
+                                   training_base_seed, gen_local);
   BOOST_TEST(dmoe_test::max_difference(y, local.forward(x, call_conditions{&layer.routing().selection, {}})) <= 1e-5f);
   BOOST_TEST(dmoe_test::max_difference(dx, local.backward(dy)) <= 1e-5f);
   BOOST_TEST(dmoe_test::max_difference(dmoe_test::grad_of(layer.parameters(), "gating.projection.weight"),

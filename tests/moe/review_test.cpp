@@ -41,7 +41,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::int64_t hidden = 4;
+constexpr std::int64_t review_hidden = 4;
 
 // What a scripted expert does with one request.
 struct script {
@@ -113,7 +113,7 @@ remote_mixture_of_experts_options options_for(std::vector<std::uint32_t> grid, s
   remote_mixture_of_experts_options o;
   o.uid_prefix = "ffn";
   o.grid = std::move(grid);
-  o.schema = ffn_schema(hidden);
+  o.schema = ffn_schema(review_hidden);
   o.k = k;
   o.k_min = k_min;
   o.forward_timeout = 10s;
@@ -168,7 +168,7 @@ BOOST_AUTO_TEST_CASE(fault_a_healthy_expert_cut_off_after_k_min_is_avoided_as_fa
   auto o = options_for({4}, 4, 1);
   o.timeout_after_k_min = 20ms;
   remote_mixture_of_experts<> layer(r.directory, r.client, o, gen);
-  const tensor x = tensor::full(shape{1, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{1, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     co_await layer.forward_async(x);
     BOOST_TEST(layer.routing().responders[0] == 3);  // ffn.3 was cut off: as designed
@@ -187,7 +187,7 @@ BOOST_AUTO_TEST_CASE(fault_a_slow_directory_gets_every_chosen_expert_avoided) {
   auto o = options_for({4}, 2, 1);
   o.forward_timeout = 100ms;
   remote_mixture_of_experts<> layer(late, r.client, o, gen);
-  const tensor x = tensor::full(shape{1, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{1, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     bool unavailable = false;
     try {
@@ -232,7 +232,7 @@ BOOST_AUTO_TEST_CASE(fault_layer_does_not_route_around_a_dead_row_of_experts) {
   float* bias = layer.gating().projection().bias().data<float>();
   std::fill(bias, bias + 4, 0.0f);
   bias[0] = 1.0f;  // row 0 preferred
-  const tensor x = tensor::full(shape{1, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{1, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     bool first_failed = false;
     try {
@@ -267,8 +267,8 @@ BOOST_AUTO_TEST_CASE(fault_switch_balancing_loss_of_an_empty_batch_is_nan) {
   switch_mixture_of_experts_options o;
   static_cast<dispatch_options&>(o) = options_for({4}, 1, 0);
   switch_mixture_of_experts<> layer(r.directory, r.client, o, gen);
-  const tensor empty(shape{0, hidden});
-  const shape empty_shape{0, hidden};
+  const tensor empty(shape{0, review_hidden});
+  const shape empty_shape{0, review_hidden};
   r.run([&]() -> task<void> {
     const tensor y = co_await layer.forward_async(empty);
     BOOST_TEST(y.shape() == empty_shape);
@@ -291,11 +291,11 @@ BOOST_AUTO_TEST_CASE(lying_servers_are_refused_and_avoided) {
     s.answer = [f](const expert_request& req, bool) { return f(req); };
     r.server.set(uid, s);
   };
-  lie("ffn.1", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0) + 1, hidden})); });
-  lie("ffn.2", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0), hidden + 1})); });
-  lie("ffn.3", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0), hidden}, dtype::i64)); });
+  lie("ffn.1", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0) + 1, review_hidden})); });
+  lie("ffn.2", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0), review_hidden + 1})); });
+  lie("ffn.3", [](const expert_request& q) { return encode_tensor(tensor(shape{q.inputs.dim(0), review_hidden}, dtype::i64)); });
   lie("ffn.4", [](const expert_request& q) {
-    byte_buffer b = encode_tensor(tensor::full(shape{q.inputs.dim(0), hidden}, 1.0f));
+    byte_buffer b = encode_tensor(tensor::full(shape{q.inputs.dim(0), review_hidden}, 1.0f));
     const float nan = std::numeric_limits<float>::quiet_NaN();
     std::memcpy(b.data() + b.size() - sizeof(float), &nan, sizeof(float));
     return b;
@@ -310,7 +310,7 @@ BOOST_AUTO_TEST_CASE(lying_servers_are_refused_and_avoided) {
   options.timeout_after_k_min = options.forward_timeout;
   remote_mixture_of_experts<> layer(r.directory, r.client, options, gen);
   random_engine data(8);
-  const tensor x = tensor::normal(shape{3, hidden}, data);
+  const tensor x = tensor::normal(shape{3, review_hidden}, data);
   r.run([&]() -> task<void> {
     const tensor y = co_await layer.forward_async(x);
     for (std::int64_t b = 0; b < 3; ++b) BOOST_TEST(layer.routing().responders[static_cast<std::size_t>(b)] == 1);
@@ -334,7 +334,7 @@ BOOST_AUTO_TEST_CASE(a_server_hanging_on_backward_is_bounded_by_backward_timeout
   o.backward_k_min = 1;
   o.timeout_after_k_min = 50ms;
   remote_mixture_of_experts<> layer(r.directory, r.client, o, gen);
-  const tensor x = tensor::full(shape{2, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{2, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     co_await layer.forward_async(x);
     const auto started = std::chrono::steady_clock::now();
@@ -369,7 +369,7 @@ BOOST_AUTO_TEST_CASE(cancelling_forward_from_outside_leaves_the_layer_usable) {
   hanging_directory stuck;
   random_engine gen2(11);
   auto stuck_layer = std::make_unique<remote_mixture_of_experts<>>(stuck, r.client, options_for({2}, 2, 2), gen2);
-  const tensor x = tensor::full(shape{2, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{2, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     const std::vector<remote_mixture_of_experts<>*> layers{layer.get(), stuck_layer.get()};
     for (auto* l : layers) {
@@ -417,9 +417,9 @@ BOOST_AUTO_TEST_CASE(empty_batches_and_grids_of_one_and_three_dimensions) {
   remote_mixture_of_experts<> flat(r.directory, r.client, flat_options, gen);
   remote_mixture_of_experts<> deep(r.directory, r.client, options_for({2, 3, 2}, 12, 12), gen);
   random_engine data(13);
-  const tensor x = tensor::normal(shape{5, hidden}, data);
-  const tensor empty(shape{0, hidden});
-  const shape empty_shape{0, hidden};
+  const tensor x = tensor::normal(shape{5, review_hidden}, data);
+  const tensor empty(shape{0, review_hidden});
+  const shape empty_shape{0, review_hidden};
   r.run([&]() -> task<void> {
     const std::vector<remote_mixture_of_experts<>*> layers{&flat, &deep};
     for (auto* l : layers) {
@@ -441,7 +441,7 @@ BOOST_AUTO_TEST_CASE(empty_batches_and_grids_of_one_and_three_dimensions) {
 // real (non-identity) experts and one expert failing.
 BOOST_AUTO_TEST_CASE(remote_gating_gradient_matches_finite_differences) {
   io_context ctx;
-  dmoe_test::faulty_expert_server server(ctx, "ffn", hidden, 41);
+  dmoe_test::faulty_expert_server server(ctx, "ffn", review_hidden, 41);
   net::rpc_client client(ctx);
   dmoe_test::list_directory directory;
   for (int a = 0; a < 3; ++a)
@@ -453,8 +453,8 @@ BOOST_AUTO_TEST_CASE(remote_gating_gradient_matches_finite_differences) {
   o.allow_zero_outputs = true;
   remote_mixture_of_experts<> layer(directory, client, o, gen);
   random_engine data(15);
-  const tensor x = tensor::normal(shape{6, hidden}, data);
-  const tensor dy = tensor::normal(shape{6, hidden}, data);
+  const tensor x = tensor::normal(shape{6, review_hidden}, data);
+  const tensor dy = tensor::normal(shape{6, review_hidden}, data);
   float* w = layer.gating().projection().weight().data<float>();
   const std::int64_t nw = layer.gating().projection().weight().numel();
   sync_wait(ctx, dmoe_test::with_server(server.rpc(), client, [&]() -> task<void> {
@@ -626,7 +626,7 @@ BOOST_AUTO_TEST_CASE(fault_switch_backward_ignores_backward_timeout) {
   o.timeout_after_k_min = 50ms;
   o.backward_timeout = 5s;
   switch_mixture_of_experts<> layer(r.directory, r.client, o, gen);
-  const tensor x = tensor::full(shape{2, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{2, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     co_await layer.forward_async(x);
     BOOST_TEST(layer.answered()[0] == 1);
@@ -645,7 +645,7 @@ BOOST_AUTO_TEST_CASE(huge_timeouts_saturate) {
   o.timeout_after_k_min = std::chrono::milliseconds::max();
   o.avoid_failed_for = std::chrono::milliseconds::max();
   remote_mixture_of_experts<> layer(r.directory, r.client, o, gen);
-  const tensor x = tensor::full(shape{3, hidden}, 1.0f);
+  const tensor x = tensor::full(shape{3, review_hidden}, 1.0f);
   r.run([&]() -> task<void> {
     const tensor y = co_await layer.forward_async(x);
     BOOST_TEST(dmoe_test::max_difference(y, x) <= 1e-6f);
@@ -670,8 +670,8 @@ BOOST_AUTO_TEST_CASE(fault_two_forwards_in_flight_on_one_layer) {
   random_engine gen(4);
   remote_mixture_of_experts<> layer(r.directory, r.client, options_for({2}, 2, 2), gen);
   random_engine data(5);
-  const tensor a = tensor::normal(shape{4, hidden}, data);
-  const tensor b = tensor::normal(shape{1, hidden}, data);
+  const tensor a = tensor::normal(shape{4, review_hidden}, data);
+  const tensor b = tensor::normal(shape{1, review_hidden}, data);
   tensor ya, yb;
   std::string refused;
   r.run([&]() -> task<void> {

@@ -62,7 +62,7 @@ task<void> with_endpoints(std::initializer_list<datagram_endpoint*> nodes, Body 
   if (failure) std::rethrow_exception(failure);
 }
 
-const endpoint loopback = endpoint::loopback_v4(0);
+using dmoe_test::loopback;
 
 }  // namespace
 

@@ -16,7 +16,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-byte_buffer pattern(std::size_t size, unsigned seed) {
+byte_buffer message_pattern(std::size_t size, unsigned seed) {
   byte_buffer out(size);
   std::mt19937 gen(seed);
   for (auto& b : out) b = static_cast<std::byte>(gen());
@@ -46,7 +46,7 @@ const steady_time t0{};
 BOOST_AUTO_TEST_SUITE(net_datagram)
 
 BOOST_AUTO_TEST_CASE(single_datagram_round_trip) {
-  auto message = pattern(300, 1);
+  auto message = message_pattern(300, 1);
   auto h = response_header(0xfeedface12345678ull);
   auto datagrams = split(h, message);
   BOOST_REQUIRE(datagrams.size() == 1u);
@@ -73,7 +73,7 @@ BOOST_AUTO_TEST_CASE(empty_message) {
 }
 
 BOOST_AUTO_TEST_CASE(large_message_splits_into_datagrams_within_the_limit_and_reassembles_in_any_order) {
-  auto message = pattern(10000, 2);
+  auto message = message_pattern(10000, 2);
   auto datagrams = split(response_header(9), message);
   BOOST_TEST(datagrams.size() == (10000 + 1159) / 1160);
   for (auto& d : datagrams) BOOST_TEST(d.size() <= 1200u);
@@ -97,7 +97,7 @@ BOOST_AUTO_TEST_CASE(large_message_splits_into_datagrams_within_the_limit_and_re
 BOOST_AUTO_TEST_CASE(configurable_datagram_size) {
   datagram_limits limits;
   limits.max_datagram = 540;
-  auto message = pattern(5000, 3);
+  auto message = message_pattern(5000, 3);
   auto datagrams = split(response_header(3), message, limits);
   BOOST_TEST(datagrams.size() == 10u);
   for (auto& d : datagrams) BOOST_TEST(d.size() <= 540u);
@@ -109,7 +109,7 @@ BOOST_AUTO_TEST_CASE(configurable_datagram_size) {
 }
 
 BOOST_AUTO_TEST_CASE(same_transaction_from_different_sources_is_kept_apart) {
-  auto a = pattern(3000, 4), b = pattern(3000, 5);
+  auto a = message_pattern(3000, 4), b = message_pattern(3000, 5);
   auto da = split(response_header(1), a), db = split(response_header(1), b);
   datagram_reassembler r;
   std::optional<byte_buffer> wa, wb;
@@ -128,7 +128,7 @@ BOOST_AUTO_TEST_CASE(partial_messages_are_bounded_and_a_full_source_waits_for_th
   datagram_reassembler r(limits);
   std::vector<std::vector<byte_buffer>> messages;
   for (std::uint64_t t = 0; t < 6; ++t) {
-    messages.push_back(split(response_header(t), pattern(3000, static_cast<unsigned>(t))));
+    messages.push_back(split(response_header(t), message_pattern(3000, static_cast<unsigned>(t))));
     BOOST_TEST(!r.add(1, decode_datagram(messages.back()[0], {}, "p"), t0).has_value());
   }
   BOOST_TEST(r.partial_messages() == 4u);
@@ -152,7 +152,7 @@ BOOST_AUTO_TEST_CASE(partial_messages_are_bounded_and_a_full_source_waits_for_th
 BOOST_AUTO_TEST_CASE(more_interleaved_messages_than_a_sources_share_all_complete_when_sent_again) {
   datagram_reassembler r;  // 8 messages per source
   std::vector<std::vector<byte_buffer>> messages;
-  for (std::uint64_t t = 0; t < 12; ++t) messages.push_back(split(response_header(100 + t), pattern(20000, 1)));
+  for (std::uint64_t t = 0; t < 12; ++t) messages.push_back(split(response_header(100 + t), message_pattern(20000, 1)));
   std::vector<bool> done(messages.size(), false);
   auto send_round = [&] {
     std::size_t completed = 0;
@@ -178,13 +178,13 @@ BOOST_AUTO_TEST_CASE(more_interleaved_messages_than_a_sources_share_all_complete
 BOOST_AUTO_TEST_CASE(a_flood_from_many_ports_of_one_host_cannot_evict_another_hosts_message) {
   datagram_reassembler r;  // 4 MiB in all, 1 MiB and 8 messages per address
   const std::uint64_t flooder = 10, victim = 20;
-  const auto legit = split(response_header(7), pattern(1000 << 10, 3));
+  const auto legit = split(response_header(7), message_pattern(1000 << 10, 3));
   BOOST_REQUIRE(legit.size() > 2u);
   std::uint64_t flood_id = 1000;
   std::optional<byte_buffer> whole;
   for (std::size_t i = 0; i < legit.size(); ++i) {
     for (std::uint64_t port = 1; port <= 4; ++port) {
-      const auto first = split(response_header(flood_id++), pattern(1000 << 10, 4));
+      const auto first = split(response_header(flood_id++), message_pattern(1000 << 10, 4));
       r.add(datagram_source{flooder * 100 + port, flooder}, decode_datagram(first[0], {}, "flooder"), t0);
       BOOST_TEST(r.buffered_bytes() <= r.limits().max_buffered_bytes);
     }
@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(a_flood_from_many_ports_of_one_host_cannot_evict_another_ho
   BOOST_TEST(r.refused() > 0u);
   // Parts of one message are matched by sender: the same transaction from another port of the host is another one.
   datagram_reassembler two;
-  const auto parts = split(response_header(9), pattern(3000, 5));
+  const auto parts = split(response_header(9), message_pattern(3000, 5));
   two.add(datagram_source{1, 7}, decode_datagram(parts[0], {}, "a"), t0);
   BOOST_TEST(two.partial_messages() == 1u);
   for (std::size_t i = 1; i < parts.size(); ++i) BOOST_TEST(!two.add(datagram_source{2, 7}, decode_datagram(parts[i], {}, "b"), t0));
@@ -207,19 +207,19 @@ BOOST_AUTO_TEST_CASE(reassembly_memory_is_bounded) {
   limits.max_buffered_bytes = 10000;
   datagram_reassembler r(limits);
   for (std::uint64_t t = 0; t < 10; ++t) {
-    auto parts = split(response_header(t), pattern(4000, 1));
+    auto parts = split(response_header(t), message_pattern(4000, 1));
     r.add(1, decode_datagram(parts[0], {}, "p"), t0);
     BOOST_TEST(r.buffered_bytes() <= 10000u);
   }
   BOOST_TEST(r.partial_messages() == 2u);
   // A message larger than the whole budget is refused outright.
-  auto huge = split(response_header(99), pattern(20000, 1));
+  auto huge = split(response_header(99), message_pattern(20000, 1));
   BOOST_CHECK_THROW(r.add(1, decode_datagram(huge[0], {}, "p"), t0), limit_error);
 }
 
 BOOST_AUTO_TEST_CASE(stale_partials_expire) {
   datagram_reassembler r;
-  auto parts = split(response_header(1), pattern(3000, 1));
+  auto parts = split(response_header(1), message_pattern(3000, 1));
   r.add(1, decode_datagram(parts[0], {}, "p"), t0);
   r.expire(t0 + 1s);
   BOOST_TEST(r.partial_messages() == 1u);
@@ -231,15 +231,15 @@ BOOST_AUTO_TEST_CASE(stale_partials_expire) {
 
 BOOST_AUTO_TEST_CASE(contradicting_parts_are_refused) {
   datagram_reassembler r;
-  auto a = split(response_header(1), pattern(3000, 1));
-  auto b = split(response_header(1), pattern(5000, 1));
+  auto a = split(response_header(1), message_pattern(3000, 1));
+  auto b = split(response_header(1), message_pattern(5000, 1));
   r.add(1, decode_datagram(a[0], {}, "p"), t0);
   BOOST_CHECK_THROW(r.add(1, decode_datagram(b[1], {}, "p"), t0), protocol_error);
   BOOST_TEST(r.partial_messages() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(malformed_datagrams_are_refused_with_clear_errors) {
-  auto good = split(response_header(1), pattern(3000, 1));
+  auto good = split(response_header(1), message_pattern(3000, 1));
   auto expect = [](const byte_buffer& bytes, std::string_view text, const datagram_limits& limits = {}) {
     try {
       decode_datagram(bytes, limits, "127.0.0.9:4000");
@@ -276,7 +276,7 @@ BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_decoder_or_reassembler) {
   datagram_limits limits;
   limits.max_message = 1 << 16;
   datagram_reassembler r(limits);
-  auto real = split(response_header(1), pattern(3000, 1));
+  auto real = split(response_header(1), message_pattern(3000, 1));
   int accepted = 0;
   for (int round = 0; round < 2000; ++round) {
     byte_buffer bytes = real[gen() % real.size()];
@@ -295,12 +295,12 @@ BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_decoder_or_reassembler) {
 // Issue 8, fault 10: a source flooding first parts of large messages evicts its own, never another peer's.
 BOOST_AUTO_TEST_CASE(one_source_flooding_first_parts_cannot_evict_another_sources_messages) {
   datagram_reassembler r;  // default limits: 4 MiB in all, 1 MiB and 8 messages per source
-  const auto legit = split(response_header(7), pattern(40 << 10, 3));
+  const auto legit = split(response_header(7), message_pattern(40 << 10, 3));
   BOOST_REQUIRE(legit.size() > 2u);
   std::uint64_t flood_id = 1000;
   auto flood = [&] {
     for (int i = 0; i < 20; ++i) {
-      const auto first = split(response_header(flood_id++), pattern(1 << 20, 4));
+      const auto first = split(response_header(flood_id++), message_pattern(1 << 20, 4));
       r.add(1, decode_datagram(first[0], {}, "flooder"), t0);
       BOOST_TEST(r.buffered_bytes() <= r.limits().max_buffered_bytes);
     }
@@ -322,12 +322,12 @@ BOOST_AUTO_TEST_CASE(many_tiny_messages_cannot_starve_a_larger_one_of_the_messag
   tiny_parts.max_datagram = 41;  // one payload byte per datagram: a 2-byte message in two parts
   for (std::uint64_t address = 1; address <= 8; ++address)
     for (std::uint64_t t = 0; t < 8; ++t) {
-      const auto parts = split(response_header(address * 100 + t), pattern(2, 1), tiny_parts);
+      const auto parts = split(response_header(address * 100 + t), message_pattern(2, 1), tiny_parts);
       BOOST_REQUIRE(parts.size() == 2u);
       r.add(address, decode_datagram(parts[0], tiny_parts, "attacker"), t0);
     }
   BOOST_REQUIRE(r.partial_messages() == 64u);
-  const auto legit = split(response_header(7), pattern(2000, 3));
+  const auto legit = split(response_header(7), message_pattern(2000, 3));
   std::optional<byte_buffer> whole;
   for (const auto& d : legit) whole = r.add(99, decode_datagram(d, {}, "victim"), t0);
   BOOST_TEST(whole.has_value());

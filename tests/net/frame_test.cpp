@@ -20,7 +20,7 @@ byte_buffer make_frame(const frame_header& header, const byte_buffer& payload) {
   return out;
 }
 
-byte_buffer pattern(std::size_t size, unsigned seed) {
+byte_buffer frame_pattern(std::size_t size, unsigned seed) {
   byte_buffer out(size);
   std::mt19937 gen(seed);
   for (auto& b : out) b = static_cast<std::byte>(gen());
@@ -116,7 +116,7 @@ BOOST_AUTO_TEST_CASE(reader_cuts_a_stream_into_frames_whatever_the_chunking) {
   byte_buffer stream;
   std::vector<byte_buffer> payloads;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
-    payloads.push_back(pattern(sizes[i], static_cast<unsigned>(i)));
+    payloads.push_back(frame_pattern(sizes[i], static_cast<unsigned>(i)));
     frame_header h{frame_kind::request, frame_status::ok, static_cast<std::uint32_t>(i), 0, 100 + i, sizes[i]};
     auto f = make_frame(h, payloads.back());
     stream.insert(stream.end(), f.begin(), f.end());
@@ -137,7 +137,7 @@ BOOST_AUTO_TEST_CASE(reader_cuts_a_stream_into_frames_whatever_the_chunking) {
 
 BOOST_AUTO_TEST_CASE(large_payload_is_received_in_place) {
   frame_reader reader(frame_limits{}, 256);
-  auto payload = pattern(10000, 3);
+  auto payload = frame_pattern(10000, 3);
   auto stream = make_frame(frame_header{frame_kind::request, frame_status::ok, 1, 0, 1, payload.size()}, payload);
   auto room = reader.prepare();
   std::memcpy(room.data(), stream.data(), 100);
@@ -161,7 +161,7 @@ BOOST_AUTO_TEST_CASE(large_payload_is_received_in_place) {
 
 BOOST_AUTO_TEST_CASE(half_a_frame_is_visible_as_mid_frame) {
   frame_reader reader;
-  auto stream = make_frame(frame_header{frame_kind::request, frame_status::ok, 1, 0, 1, 10}, pattern(10, 1));
+  auto stream = make_frame(frame_header{frame_kind::request, frame_status::ok, 1, 0, 1, 10}, frame_pattern(10, 1));
   auto room = reader.prepare();
   std::memcpy(room.data(), stream.data(), 20);
   reader.commit(20);
@@ -216,7 +216,7 @@ BOOST_AUTO_TEST_CASE(a_large_payloads_memory_is_committed_as_it_arrives) {
 
 BOOST_AUTO_TEST_CASE(a_payload_received_in_growing_room_arrives_intact) {
   frame_reader reader(frame_limits{}, 4096);
-  const auto payload = pattern((3u << 20) + 17, 5);
+  const auto payload = frame_pattern((3u << 20) + 17, 5);
   const auto stream = make_frame(frame_header{frame_kind::request, frame_status::ok, 1, 0, 9, payload.size()}, payload);
   for (std::size_t chunk : {std::size_t{1000}, std::size_t{100'000}, std::size_t{4u << 20}}) {
     frame_reader fresh(frame_limits{}, 4096);
@@ -263,7 +263,7 @@ BOOST_AUTO_TEST_CASE(random_bytes_never_crash_the_reader) {
   int errors = 0;
   for (int round = 0; round < 200; ++round) {
     frame_reader reader(frame_limits{1 << 16}, 512);
-    auto junk = pattern(2000, static_cast<unsigned>(round));
+    auto junk = frame_pattern(2000, static_cast<unsigned>(round));
     if (round % 2 == 0) {  // a valid magic and version make the decoder look further
       auto head = encode_frame_header(frame_header{});
       std::memcpy(junk.data(), head.data(), 5);

@@ -33,9 +33,9 @@ using dmoe_test::with_server;
 
 namespace {
 
-const endpoint loopback = endpoint::loopback_v4(0);
+using dmoe_test::loopback;
 
-std::string text_of(const byte_buffer& bytes) { return std::string(as_string_view(bytes)); }
+std::string reply_text(const byte_buffer& bytes) { return std::string(as_string_view(bytes)); }
 
 // Waits (bounded) until `condition` holds: for states the code under test reaches on its own schedule.
 task<bool> eventually(std::function<bool()> condition, std::chrono::milliseconds limit = 5s) {
@@ -216,7 +216,7 @@ BOOST_AUTO_TEST_CASE(the_server_budget_bounds_small_requests_with_backpressure) 
     std::vector<task<byte_buffer>> calls;
     for (int i = 0; i < 96; ++i) calls.push_back(client.call(server.local_endpoint(), "slow", payload, deadline_after(20s)));
     std::vector<byte_buffer> answers = co_await when_all(std::move(calls));
-    for (const auto& a : answers) BOOST_TEST(text_of(a) == std::to_string(60 << 10));
+    for (const auto& a : answers) BOOST_TEST(reply_text(a) == std::to_string(60 << 10));
   }));
   BOOST_TEST_INFO("peak " << peak);
   BOOST_TEST(peak <= std::uint64_t{1} << 20);
@@ -650,7 +650,7 @@ BOOST_AUTO_TEST_CASE(a_request_crossing_an_idle_close_is_retried_on_a_fresh_conn
     };
     auto caller = [&]() -> task<void> {
       byte_buffer back = co_await client.call(listener.local_endpoint(), "echo", as_bytes("hello"), deadline_after(5s));
-      BOOST_TEST(text_of(back) == "hello");
+      BOOST_TEST(reply_text(back) == "hello");
       co_await client.close();
     };
     co_await when_all(server(), caller());
@@ -778,7 +778,7 @@ BOOST_AUTO_TEST_CASE(a_default_timeout_of_max_means_no_deadline) {
   rpc_client client(ctx, options);
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     byte_buffer back = co_await client.call(server.local_endpoint(), "slow", const_byte_span());
-    BOOST_TEST(text_of(back) == "done");
+    BOOST_TEST(reply_text(back) == "done");
   }));
 }
 

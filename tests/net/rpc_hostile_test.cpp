@@ -33,7 +33,7 @@ using dmoe_test::with_server;
 
 namespace {
 
-const endpoint loopback = endpoint::loopback_v4(0);
+using dmoe_test::loopback;
 
 byte_buffer header_bytes(const frame_header& header) {
   const auto head = encode_frame_header(header);

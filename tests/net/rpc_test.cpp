@@ -24,7 +24,7 @@ using dmoe_test::with_server;
 
 namespace {
 
-const endpoint loopback = endpoint::loopback_v4(0);
+using dmoe_test::loopback;
 
 std::string text_of(const byte_buffer& bytes) { return std::string(as_string_view(bytes)); }
 

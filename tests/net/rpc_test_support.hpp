@@ -23,6 +23,9 @@
 
 namespace dmoe_test {
 
+// Port 0 on 127.0.0.1: the address every test server listens on (the kernel picks the port).
+inline const dmoe::endpoint loopback = dmoe::endpoint::loopback_v4(0);
+
 inline dmoe::byte_buffer pattern(std::size_t size, unsigned seed) {
   dmoe::byte_buffer out(size);
   std::mt19937 gen(seed);

@@ -24,7 +24,7 @@ using dmoe_test::with_server;
 
 namespace {
 
-const endpoint loopback = endpoint::loopback_v4(0);
+using dmoe_test::loopback;
 
 // A handler that answers only when its connection or the server stops it.
 task<rpc_response> never_answer(rpc_request&) {

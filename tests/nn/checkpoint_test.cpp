@@ -27,7 +27,7 @@ namespace {
 
 using dmoe_test::temp_dir;
 
-std::string file_bytes(const fs::path& p) {
+std::string checkpoint_file_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
 }
@@ -146,7 +146,7 @@ BOOST_AUTO_TEST_CASE(any_dtype_and_rank_round_trips) {
 BOOST_AUTO_TEST_CASE(flipped_byte_fails_the_checksum) {
   temp_dir dir;
   const fs::path path = small_checkpoint(dir);
-  std::string bytes = file_bytes(path);
+  std::string bytes = checkpoint_file_bytes(path);
   bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x10);
   write_bytes(path, bytes);
   toy_model model(1);
@@ -158,7 +158,7 @@ BOOST_AUTO_TEST_CASE(flipped_byte_fails_the_checksum) {
 BOOST_AUTO_TEST_CASE(truncated_file_is_refused) {
   temp_dir dir;
   const fs::path path = small_checkpoint(dir);
-  const std::string bytes = file_bytes(path);
+  const std::string bytes = checkpoint_file_bytes(path);
   write_bytes(path, bytes.substr(0, bytes.size() - 20));
   std::string text = error_text<corrupt_error>([&] { nn::read_checkpoint(path); });
   BOOST_TEST(contains(text, path.string()), text);
@@ -171,7 +171,7 @@ BOOST_AUTO_TEST_CASE(truncated_file_is_refused) {
 BOOST_AUTO_TEST_CASE(wrong_magic_and_version_are_refused) {
   temp_dir dir;
   const fs::path path = small_checkpoint(dir);
-  std::string bytes = file_bytes(path);
+  std::string bytes = checkpoint_file_bytes(path);
   std::string wrong = bytes;
   wrong[0] = 'X';
   write_bytes(path, wrong);
@@ -189,7 +189,7 @@ BOOST_AUTO_TEST_CASE(wrong_magic_and_version_are_refused) {
 BOOST_AUTO_TEST_CASE(oversized_fields_are_refused_even_with_a_valid_checksum) {
   temp_dir dir;
   const fs::path path = small_checkpoint(dir);
-  const std::string bytes = file_bytes(path);
+  const std::string bytes = checkpoint_file_bytes(path);
   // The first entry's name length sits right after the 32-byte header.
   std::string wrong = bytes;
   const std::uint32_t huge_name = 5000;
@@ -252,7 +252,7 @@ BOOST_AUTO_TEST_CASE(loading_checks_names_and_shapes_before_copying) {
 BOOST_AUTO_TEST_CASE(failed_write_leaves_the_old_checkpoint_and_no_temporary) {
   temp_dir dir;
   const fs::path path = small_checkpoint(dir);
-  const std::string old_bytes = file_bytes(path);
+  const std::string old_bytes = checkpoint_file_bytes(path);
   // A real write error: the file size limit makes write() fail with EFBIG once the new file
   // passes 4 KiB (SIGXFSZ ignored so that the process is not killed).
   random_engine gen(3);
@@ -275,7 +275,7 @@ BOOST_AUTO_TEST_CASE(failed_write_leaves_the_old_checkpoint_and_no_temporary) {
   std::signal(SIGXFSZ, old_handler);
   BOOST_TEST(errno_value == EFBIG, text);
   BOOST_TEST(contains(text, "writing checkpoint"), text);
-  BOOST_TEST(file_bytes(path) == old_bytes);
+  BOOST_TEST(checkpoint_file_bytes(path) == old_bytes);
   BOOST_TEST(dir.listing() == std::vector<std::string>{"model.ckpt"}, boost::test_tools::per_element());
   // The old checkpoint still loads.
   toy_model model(1);

@@ -1,4 +1,4 @@
-// Tests of dmoe/ops/cpu/attention.hpp: against a naive reference, the causal mask, and the backward.
+// Tests of dmoe/ops/cpu/attention.hpp: against a naive attention_reference, the causal mask, and the backward.
 #include <dmoe/ops/cpu/attention.hpp>
 
 #include <ops/gradient_check.hpp>
@@ -13,7 +13,7 @@ using namespace dmoe;
 namespace {
 
 // Naive causal attention in double over packed qkv [b, t, 3c].
-std::vector<double> reference(const tensor& qkv, std::int64_t heads) {
+std::vector<double> attention_reference(const tensor& qkv, std::int64_t heads) {
   const std::int64_t B = qkv.dim(0), T = qkv.dim(1), C = qkv.dim(2) / 3, D = C / heads;
   std::vector<double> out(static_cast<std::size_t>(B * T * C));
   for (std::int64_t b = 0; b < B; ++b)
@@ -49,7 +49,7 @@ BOOST_AUTO_TEST_CASE(matches_naive_reference) {
   ops::causal_attention_forward(ops::cpu, qkv, 2, y, probs);
   BOOST_TEST((y.shape() == shape{2, 5, 8}));
   BOOST_TEST((probs.shape() == shape{2, 2, 5, 5}));
-  test::check_close("y", y, reference(qkv, 2), 1e-5);
+  test::check_close("y", y, attention_reference(qkv, 2), 1e-5);
   // Each row of probabilities sums to one and is zero after the diagonal.
   for (std::int64_t t = 0; t < 5; ++t) {
     double s = 0;
