@@ -156,7 +156,10 @@ BOOST_AUTO_TEST_CASE(bad_requests_get_clear_errors_and_the_next_good_one_succeed
 BOOST_AUTO_TEST_CASE(many_clients_at_once_are_batched_within_max_batch_size) {
   auto o = small_options({"ffn.0.0", "ffn.0.1"}, 16);
   o.runtime.max_batch_size = 12;
-  o.runtime.batching_window = std::chrono::milliseconds(100);  // wide enough for a slow machine's 24 requests
+  // A batch starts once 12 samples wait (or its oldest request waited 500 ms): with the default min_batch_size of 1
+  // a compute thread faster than the requests' arrival ran each request alone, and the test failed on a busy machine.
+  o.runtime.min_batch_size = 12;
+  o.runtime.batching_window = std::chrono::milliseconds(500);
   background_server s(o);
   io_context ctx;
   net::rpc_client client(ctx);
