@@ -35,7 +35,7 @@ namespace {
 
 using dmoe_test::loopback;
 
-std::string reply_text(const byte_buffer& bytes) { return std::string(as_string_view(bytes)); }
+using dmoe_test::text_of;
 
 // Waits (bounded) until `condition` holds: for states the code under test reaches on its own schedule.
 task<bool> eventually(std::function<bool()> condition, std::chrono::milliseconds limit = 5s) {
@@ -52,6 +52,16 @@ byte_buffer frame_bytes(const frame_header& header, const_byte_span payload = {}
   byte_buffer out(head.size() + payload.size());
   std::memcpy(out.data(), head.data(), head.size());
   if (!payload.empty()) std::memcpy(out.data() + head.size(), payload.data(), payload.size());
+  return out;
+}
+
+// Requests with ids 1..count and empty payloads for `method`, back to back, as a raw peer writes them.
+byte_buffer empty_requests(std::string_view method, std::uint64_t count) {
+  byte_buffer out;
+  for (std::uint64_t id = 1; id <= count; ++id) {
+    const byte_buffer one = frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id(method), 0, id, 0});
+    out.insert(out.end(), one.begin(), one.end());
+  }
   return out;
 }
 
@@ -216,7 +226,7 @@ BOOST_AUTO_TEST_CASE(the_server_budget_bounds_small_requests_with_backpressure) 
     std::vector<task<byte_buffer>> calls;
     for (int i = 0; i < 96; ++i) calls.push_back(client.call(server.local_endpoint(), "slow", payload, deadline_after(20s)));
     std::vector<byte_buffer> answers = co_await when_all(std::move(calls));
-    for (const auto& a : answers) BOOST_TEST(reply_text(a) == std::to_string(60 << 10));
+    for (const auto& a : answers) BOOST_TEST(text_of(a) == std::to_string(60 << 10));
   }));
   BOOST_TEST_INFO("peak " << peak);
   BOOST_TEST(peak <= std::uint64_t{1} << 20);
@@ -242,12 +252,7 @@ BOOST_AUTO_TEST_CASE(the_server_budget_bounds_responses_queued_for_a_peer_that_d
   rpc_client client(ctx);
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     tcp_socket deaf = co_await tcp_socket::connect(ctx, server.local_endpoint());
-    byte_buffer requests;
-    for (std::uint64_t id = 1; id <= 200; ++id) {
-      const byte_buffer one = frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id("big"), 0, id, 0});
-      requests.insert(requests.end(), one.begin(), one.end());
-    }
-    co_await deaf.write_all(requests);
+    co_await deaf.write_all(empty_requests("big", 200));
     // The server gives up on the deaf peer at its write deadline.
     BOOST_TEST(co_await eventually([&] { return server.open_connections() == 0; }));
   }));
@@ -477,12 +482,7 @@ BOOST_AUTO_TEST_CASE(cancels_are_read_with_the_connection_at_its_read_limit) {
   rpc_client client(ctx);
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     tcp_socket peer = co_await tcp_socket::connect(ctx, server.local_endpoint());
-    byte_buffer two;
-    for (std::uint64_t id = 1; id <= 2; ++id) {
-      const byte_buffer one = frame_bytes(frame_header{frame_kind::request, frame_status::ok, method_id("block"), 0, id, 0});
-      two.insert(two.end(), one.begin(), one.end());
-    }
-    co_await peer.write_all(two);
+    co_await peer.write_all(empty_requests("block", 2));
     BOOST_TEST(co_await eventually([&] { return server.requests_in_flight() == 2; }));
     co_await peer.write_all(frame_bytes(frame_header{frame_kind::cancel, frame_status::ok, method_id("block"), 0, 1, 0}));
     BOOST_TEST(co_await eventually([&] { return server.stats().requests_cancelled == 1; }, 3s));
@@ -650,7 +650,7 @@ BOOST_AUTO_TEST_CASE(a_request_crossing_an_idle_close_is_retried_on_a_fresh_conn
     };
     auto caller = [&]() -> task<void> {
       byte_buffer back = co_await client.call(listener.local_endpoint(), "echo", as_bytes("hello"), deadline_after(5s));
-      BOOST_TEST(reply_text(back) == "hello");
+      BOOST_TEST(text_of(back) == "hello");
       co_await client.close();
     };
     co_await when_all(server(), caller());
@@ -778,7 +778,7 @@ BOOST_AUTO_TEST_CASE(a_default_timeout_of_max_means_no_deadline) {
   rpc_client client(ctx, options);
   sync_wait(ctx, with_server(server, client, [&]() -> task<void> {
     byte_buffer back = co_await client.call(server.local_endpoint(), "slow", const_byte_span());
-    BOOST_TEST(reply_text(back) == "done");
+    BOOST_TEST(text_of(back) == "done");
   }));
 }
 

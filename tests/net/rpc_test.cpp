@@ -26,7 +26,7 @@ namespace {
 
 using dmoe_test::loopback;
 
-std::string text_of(const byte_buffer& bytes) { return std::string(as_string_view(bytes)); }
+using dmoe_test::text_of;
 
 // Sends raw bytes to the server as a misbehaving peer would, then returns what the server answered before closing.
 task<byte_buffer> raw_exchange(io_context& ctx, endpoint server, byte_buffer bytes, bool close_after_send) {

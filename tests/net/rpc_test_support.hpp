@@ -26,6 +26,9 @@ namespace dmoe_test {
 // Port 0 on 127.0.0.1: the address every test server listens on (the kernel picks the port).
 inline const dmoe::endpoint loopback = dmoe::endpoint::loopback_v4(0);
 
+// A payload as text.
+inline std::string text_of(const dmoe::byte_buffer& bytes) { return std::string(dmoe::as_string_view(bytes)); }
+
 inline dmoe::byte_buffer pattern(std::size_t size, unsigned seed) {
   dmoe::byte_buffer out(size);
   std::mt19937 gen(seed);
