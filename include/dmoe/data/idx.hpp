@@ -76,8 +76,6 @@ DMOE_END_NAMESPACE
 #include <span>
 #include <string>
 
-#include <fmt/format.h>
-#include <fmt/std.h>
 #include <zlib.h>
 
 DMOE_BEGIN_NAMESPACE
@@ -90,7 +88,7 @@ class gz_reader {
   explicit gz_reader(const std::filesystem::path& path) : path_(path) {
     errno = 0;
     file_ = ::gzopen(path.c_str(), "rbe");
-    if (!file_) throw system_error(errno != 0 ? errno : ENOMEM, dmoe::format("opening IDX file {}", path));
+    if (!file_) throw system_error(errno != 0 ? errno : ENOMEM, dmoe::format("opening IDX file {:?}", path.native()));
     ::gzbuffer(file_, 1u << 17);
   }
   gz_reader(const gz_reader&) = delete;
@@ -107,8 +105,8 @@ class gz_reader {
         const int saved_errno = errno;
         int code = Z_OK;
         const std::string text = error_text(&code);
-        if (code == Z_ERRNO) throw system_error(saved_errno, dmoe::format("reading IDX file {}", path_));
-        throw corrupt_error(dmoe::format("IDX file {}: damaged gzip stream ({})", path_, text));
+        if (code == Z_ERRNO) throw system_error(saved_errno, dmoe::format("reading IDX file {:?}", path_.native()));
+        throw corrupt_error(dmoe::format("IDX file {:?}: damaged gzip stream ({})", path_.native(), text));
       }
       if (got == 0) break;
       done += static_cast<std::size_t>(got);
@@ -147,15 +145,15 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
                                             const idx_array& labels, const std::filesystem::path& labels_path,
                                             std::int64_t classes) {
   if (images.dims.size() != 3)
-    throw corrupt_error(dmoe::format("IDX image file {} has {} dimensions, not 3 (count, rows, columns)", images_path,
+    throw corrupt_error(dmoe::format("IDX image file {:?} has {} dimensions, not 3 (count, rows, columns)", images_path.native(),
                                     images.dims.size()));
   if (labels.dims.size() != 1)
     throw corrupt_error(
-        dmoe::format("IDX label file {} has {} dimensions, not 1", labels_path, labels.dims.size()));
+        dmoe::format("IDX label file {:?} has {} dimensions, not 1", labels_path.native(), labels.dims.size()));
   const std::int64_t n = images.dims[0];
   if (labels.dims[0] != n)
-    throw corrupt_error(dmoe::format("IDX files disagree: {} holds {} images but {} holds {} labels", images_path, n,
-                                    labels_path, labels.dims[0]));
+    throw corrupt_error(dmoe::format("IDX files disagree: {:?} holds {} images but {:?} holds {} labels",
+                                    images_path.native(), n, labels_path.native(), labels.dims[0]));
   labelled_images out;
   out.rows = images.dims[1];
   out.cols = images.dims[2];
@@ -167,8 +165,8 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
   for (std::int64_t i = 0; i < n; ++i) {
     label_data[i] = labels.values[static_cast<std::size_t>(i)];
     if (label_data[i] >= classes)
-      throw corrupt_error(dmoe::format("IDX label file {}: label {} at index {} is not below the {} classes",
-                                      labels_path, label_data[i], i, classes));
+      throw corrupt_error(dmoe::format("IDX label file {:?}: label {} at index {} is not below the {} classes",
+                                      labels_path.native(), label_data[i], i, classes));
   }
   return out;
 }
@@ -176,13 +174,13 @@ inline labelled_images make_labelled_images(const idx_array& images, const std::
 }  // namespace detail
 
 DMOE_DEF idx_array read_idx(const std::filesystem::path& path, const idx_limits& limits) {
-  auto fail = [&](std::string_view what) { return corrupt_error(dmoe::format("IDX file {}: {}", path, what)); };
+  auto fail = [&](std::string_view what) { return corrupt_error(dmoe::format("IDX file {:?}: {}", path.native(), what)); };
   detail::gz_reader in(path);
   std::array<std::uint8_t, 4> magic{};
   if (const std::size_t got = in.read(magic); got < magic.size())
     throw fail(dmoe::format("truncated: {} bytes, shorter than the 4-byte magic number", got));
   if (magic[0] != 0 || magic[1] != 0)
-    throw fail(dmoe::format("wrong magic number {:02x}: not an IDX file", fmt::join(magic, " ")));
+    throw fail(dmoe::format("wrong magic number {}: not an IDX file", dmoe::detail::join_text(magic, " ", "{:02x}")));
   if (magic[2] != 0x08)
     throw fail(dmoe::format("element type {:#04x} ({}) is not supported, only unsigned bytes (0x08)", magic[2],
                            detail::idx_type_name(magic[2])));
@@ -201,7 +199,7 @@ DMOE_DEF idx_array read_idx(const std::filesystem::path& path, const idx_limits&
                                                   std::uint32_t{b[2]} << 8 | std::uint32_t{b[3]});
     out.dims.push_back(extent);
     if (extent != 0 && elements > limits.max_elements / extent)
-      throw fail(dmoe::format("dimensions {} exceed the limit of {} elements", fmt::join(out.dims, "x"),
+      throw fail(dmoe::format("dimensions {} exceed the limit of {} elements", dmoe::detail::join_text(out.dims, "x"),
                              limits.max_elements));
     elements *= extent;
   }
@@ -246,9 +244,9 @@ DMOE_DEF fashion_mnist load_fashion_mnist(const std::filesystem::path& dir) {
       return read_idx(path);
     } catch (const system_error& e) {
       if (e.errno_value() != ENOENT) throw;
-      throw system_error(ENOENT, dmoe::format("Fashion-MNIST file {0} is missing; Debian's package {1} ships it "
+      throw system_error(ENOENT, dmoe::format("Fashion-MNIST file {0:?} is missing; Debian's package {1} ships it "
                                              "(apt-get install {1})",
-                                             path, fashion_mnist_package));
+                                             path.native(), fashion_mnist_package));
     } catch (const corrupt_error& e) {
       throw corrupt_error(dmoe::format("Fashion-MNIST: {}; {}", e.what(), reinstall));
     }
@@ -261,7 +259,7 @@ DMOE_DEF fashion_mnist load_fashion_mnist(const std::filesystem::path& dir) {
     try {
       labelled_images out = detail::make_labelled_images(images, dir / images_name, labels, dir / labels_name, 10);
       if (out.rows != 28 || out.cols != 28)
-        throw corrupt_error(dmoe::format("IDX image file {} holds {}x{} images, not 28x28", dir / images_name,
+        throw corrupt_error(dmoe::format("IDX image file {:?} holds {}x{} images, not 28x28", (dir / images_name).native(),
                                         out.rows, out.cols));
       return out;
     } catch (const corrupt_error& e) {

@@ -78,8 +78,6 @@ DMOE_END_NAMESPACE
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <fmt/format.h>
-#include <fmt/std.h>
 
 DMOE_BEGIN_NAMESPACE
 namespace nn {
@@ -127,7 +125,7 @@ class checkpoint_file_writer {
       const ssize_t written = ::write(fd_, bytes.data(), count);
       if (written < 0) {
         if (errno == EINTR) continue;
-        throw system_error(errno, dmoe::format("writing checkpoint {}", path_));
+        throw system_error(errno, dmoe::format("writing checkpoint {:?}", path_.native()));
       }
       bytes = bytes.subspan(static_cast<std::size_t>(written));
     }
@@ -152,9 +150,9 @@ class checkpoint_file_reader {
       const ssize_t got = ::pread(fd_, out.data(), count, static_cast<off_t>(offset));
       if (got < 0) {
         if (errno == EINTR) continue;
-        throw system_error(errno, dmoe::format("reading checkpoint {}", path_));
+        throw system_error(errno, dmoe::format("reading checkpoint {:?}", path_.native()));
       }
-      if (got == 0) throw corrupt_error(dmoe::format("checkpoint {}: truncated while reading", path_));
+      if (got == 0) throw corrupt_error(dmoe::format("checkpoint {:?}: truncated while reading", path_.native()));
       out = out.subspan(static_cast<std::size_t>(got));
       offset += static_cast<std::uint64_t>(got);
     }
@@ -185,7 +183,7 @@ class checkpoint_parser {
   void set_offset(std::uint64_t offset) noexcept { offset_ = offset; }
 
   [[noreturn]] void fail(std::string_view what) const {
-    throw corrupt_error(dmoe::format("checkpoint {}: {}", path_, what));
+    throw corrupt_error(dmoe::format("checkpoint {:?}: {}", path_.native(), what));
   }
 
  private:
@@ -214,8 +212,8 @@ inline std::filesystem::path checkpoint_temp_path(const std::filesystem::path& p
 inline void fsync_directory(const std::filesystem::path& directory) {
   const std::filesystem::path dir = directory.empty() ? std::filesystem::path(".") : directory;
   unique_fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening directory {} to sync a checkpoint", dir));
-  if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing directory {}", dir));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening directory {:?} to sync a checkpoint", dir.native()));
+  if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing directory {:?}", dir.native()));
 }
 
 }  // namespace detail
@@ -224,17 +222,17 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
   std::uint64_t file_size = detail::checkpoint_header_size + detail::checkpoint_footer_size;
   for (const checkpoint_entry& e : entries) {
     if (e.value.empty() && e.value.numel() != 0)
-      throw invalid_argument_error(dmoe::format("write_checkpoint {}: entry '{}' has no storage", path, e.name));
+      throw invalid_argument_error(dmoe::format("write_checkpoint {:?}: entry '{}' has no storage", path.native(), e.name));
     if (!e.value.is_host())
       throw invalid_argument_error(
-          dmoe::format("write_checkpoint {}: entry '{}' is {}, copy it to the host first", path, e.name,
+          dmoe::format("write_checkpoint {:?}: entry '{}' is {}, copy it to the host first", path.native(), e.name,
                       e.value.description()));
     file_size += detail::checkpoint_entry_size(e.name, e.value);
   }
 
   const std::filesystem::path temp = detail::checkpoint_temp_path(path);
   detail::unique_fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw system_error(errno, dmoe::format("creating checkpoint {}", temp));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("creating checkpoint {:?}", temp.native()));
   try {
     detail::checkpoint_file_writer out(fd.get(), temp);
     byte_buffer buffer;
@@ -260,10 +258,10 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
     buffer.clear();
     binary_writer(buffer).write(out.digest());
     out.write(buffer);
-    if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing checkpoint {}", temp));
-    if (fd.close() != 0) throw system_error(errno, dmoe::format("closing checkpoint {}", temp));
+    if (::fsync(fd.get()) != 0) throw system_error(errno, dmoe::format("syncing checkpoint {:?}", temp.native()));
+    if (fd.close() != 0) throw system_error(errno, dmoe::format("closing checkpoint {:?}", temp.native()));
     if (::rename(temp.c_str(), path.c_str()) != 0)
-      throw system_error(errno, dmoe::format("renaming checkpoint {} to {}", temp, path));
+      throw system_error(errno, dmoe::format("renaming checkpoint {:?} to {:?}", temp.native(), path.native()));
   } catch (...) {
     ::unlink(temp.c_str());
     throw;
@@ -274,12 +272,12 @@ DMOE_DEF void write_checkpoint(const std::filesystem::path& path, std::span<cons
 DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::path& path,
                                                        const checkpoint_limits& limits) {
   detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening checkpoint {}", path));
+  if (fd.get() < 0) throw system_error(errno, dmoe::format("opening checkpoint {:?}", path.native()));
   struct stat info {};
-  if (::fstat(fd.get(), &info) != 0) throw system_error(errno, dmoe::format("reading checkpoint {}", path));
+  if (::fstat(fd.get(), &info) != 0) throw system_error(errno, dmoe::format("reading checkpoint {:?}", path.native()));
   const auto size = static_cast<std::uint64_t>(info.st_size);
   auto fail = [&](std::string_view what) -> void {
-    throw corrupt_error(dmoe::format("checkpoint {}: {}", path, what));
+    throw corrupt_error(dmoe::format("checkpoint {:?}: {}", path.native(), what));
   };
   detail::checkpoint_file_reader reader(fd.get(), size, path);
 
@@ -288,7 +286,7 @@ DMOE_DEF std::vector<checkpoint_entry> read_checkpoint(const std::filesystem::pa
   std::array<std::byte, detail::checkpoint_header_size> header{};
   reader.read_at(0, header);
   if (std::memcmp(header.data(), checkpoint_magic, 8) != 0)
-    fail(dmoe::format("wrong magic {:02x}: not a dmoe checkpoint", fmt::join(std::span(header).first(8), " ")));
+    fail(dmoe::format("wrong magic {}: not a dmoe checkpoint", dmoe::detail::join_text(std::span(header).first(8), " ", "{:02x}")));
   auto header_field = [&]<class T>(std::size_t offset, T) {
     T value;
     std::memcpy(&value, header.data() + offset, sizeof(T));
@@ -389,7 +387,7 @@ DMOE_DEF void load_checkpoint(const std::filesystem::path& path, const parameter
   std::map<std::string, tensor*, std::less<>> targets;
   for (const parameter& p : parameters)
     if (!targets.emplace("param." + p.name, p.value).second)
-      throw invalid_argument_error(dmoe::format("load_checkpoint {}: two parameters are named '{}'", path, p.name));
+      throw invalid_argument_error(dmoe::format("load_checkpoint {:?}: two parameters are named '{}'", path.native(), p.name));
   if (opt)
     for (const parameter& s : opt->state()) targets.emplace("optimizer." + s.name, s.value);
 
@@ -398,17 +396,17 @@ DMOE_DEF void load_checkpoint(const std::filesystem::path& path, const parameter
     if (!opt && e.name.starts_with("optimizer.")) continue;
     auto it = targets.find(e.name);
     if (it == targets.end())
-      throw shape_error(dmoe::format("checkpoint {}: entry '{}' has no counterpart in the module or optimizer", path,
+      throw shape_error(dmoe::format("checkpoint {:?}: entry '{}' has no counterpart in the module or optimizer", path.native(),
                                     e.name));
     const tensor& into = *it->second;
     if (e.value.dtype() != into.dtype() || e.value.shape() != into.shape())
-      throw shape_error(dmoe::format("checkpoint {}: '{}' is {} {} in the file but {} {} in the module", path, e.name,
+      throw shape_error(dmoe::format("checkpoint {:?}: '{}' is {} {} in the file but {} {} in the module", path.native(), e.name,
                                     e.value.dtype(), e.value.shape(), into.dtype(), into.shape()));
     found.emplace(e.name, &e.value);
   }
   for (const auto& [name, into] : targets)
     if (!found.contains(name))
-      throw shape_error(dmoe::format("checkpoint {}: '{}' ({}) is missing from the file", path, name,
+      throw shape_error(dmoe::format("checkpoint {:?}: '{}' ({}) is missing from the file", path.native(), name,
                                     into->description()));
   for (const auto& [name, into] : targets) into->copy_from(*found.at(name));
 }
