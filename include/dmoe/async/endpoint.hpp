@@ -63,7 +63,7 @@ class endpoint {
 
   // The address alone: "127.0.0.1", "::1".
   DMOE_DECL std::string address() const;
-  std::string to_string() const {
+  DMOE_LAZY std::string to_string() const {
     if (is_v6()) return dmoe::format("[{}]:{}", address(), port());
     if (is_v4()) return dmoe::format("{}:{}", address(), port());
     return "unspecified";

@@ -120,7 +120,7 @@ class io_context {
   ~io_context();
 
   // Runs until stop() is called (a stop() before run() makes the next run() return at once).
-  DMOE_DECL void run() { run_loop(nullptr); }
+  DMOE_LAZY void run() { run_loop(nullptr); }
 
   // Runs until `work` finishes and returns its result (or rethrows). stop() cancels `work`
   // through its stop token and keeps running until it has finished.
@@ -183,13 +183,13 @@ class io_context {
   // A free SQE whose completion is delivered to `op`. Submitted at the next loop iteration.
   DMOE_DECL io_uring_sqe* get_sqe(detail::io_completion* op);
   // A free SQE whose completion is ignored (cancel requests, linked timeouts).
-  DMOE_DECL io_uring_sqe* get_ignored_sqe() {
+  DMOE_LAZY io_uring_sqe* get_ignored_sqe() {
     io_uring_sqe* sqe = next_sqe();
     io_uring_sqe_set_data64(sqe, detail::ignored_user_data);
     return sqe;
   }
   // Makes sure the next `count` SQEs come from one submission (linked chains must not be split).
-  DMOE_DECL void reserve_sqes(unsigned count) {
+  DMOE_LAZY void reserve_sqes(unsigned count) {
     if (io_uring_sq_space_left(&ring_) < count) flush_submissions();
   }
   // Asks the kernel to cancel the operation whose user_data is `op`; its own CQE still arrives.
@@ -250,7 +250,7 @@ class io_context {
   // Moves completions out of a full CQ ring so submission can go on; the loop dispatches them.
   DMOE_DECL void stash_completions();
 
-  DMOE_DECL void arm_wake() {
+  DMOE_LAZY void arm_wake() {
     io_uring_sqe* sqe = next_sqe();
     io_uring_prep_read(sqe, wake_fd_, &wake_buffer_, sizeof wake_buffer_, 0);
     io_uring_sqe_set_data64(sqe, detail::wake_user_data);

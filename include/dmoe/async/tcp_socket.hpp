@@ -336,41 +336,41 @@ class tcp_socket {
   ~tcp_socket() { close(); }
 
   // co_await tcp_socket::connect(ctx, peer): a connected socket; system_error (e.g. "Connection refused").
-  static detail::connect_operation connect(io_context& ctx, const endpoint& peer, steady_time deadline = no_deadline) {
+  DMOE_LAZY static detail::connect_operation connect(io_context& ctx, const endpoint& peer, steady_time deadline = no_deadline) {
     return detail::connect_operation(ctx, peer, deadline);
   }
 
   // The bytes received (at least 1), or 0 when the peer has closed its side.
-  auto read_some(byte_span buffer, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto read_some(byte_span buffer, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, &state_);
   }
-  auto read_some(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto read_some(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::receive, false>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // The bytes sent (possibly fewer than given).
-  auto write_some(const_byte_span buffer, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto write_some(const_byte_span buffer, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline, &state_);
   }
-  auto write_some(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto write_some(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::send, false>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // Fills the buffers completely; closed_error "peer ... closed the connection after N of M bytes".
-  auto read_exactly(byte_span buffer, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto read_exactly(byte_span buffer, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, std::span<const byte_span>(&buffer, 1), deadline, &state_);
   }
-  auto read_exactly(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto read_exactly(std::span<const byte_span> buffers, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::receive, true>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
   // Sends every byte, continuing after partial sends.
-  auto write_all(const_byte_span buffer, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto write_all(const_byte_span buffer, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, std::span<const const_byte_span>(&buffer, 1), deadline, &state_);
   }
-  auto write_all(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
+  DMOE_LAZY auto write_all(std::span<const const_byte_span> buffers, steady_time deadline = no_deadline) {
     return stream_operation<detail::stream_direction::send, true>(ctx_, fd_, &peer_, buffers, deadline, &state_);
   }
 
   // Half-close: the peer reads end-of-stream; this side can still read.
-  void shutdown_write() {
+  DMOE_LAZY void shutdown_write() {
     if (::shutdown(fd_, SHUT_WR) != 0) throw system_error(errno, dmoe::format("shutdown of connection to {}", peer_));
   }
   void close() noexcept {

@@ -45,17 +45,27 @@
 // emit the vtable and everything it reaches. Every other heavy function (the coroutines and long bodies of the
 // runtime, RPC, DHT, server and DMoE layers, constructors included) uses DMOE_DECL/DMOE_DEF; header-only, its
 // address must name the specialization (`&C::f<>`) or be taken with the target type given.
-// A short function defined in a header whose body calls a heavy one that reaches much code is DMOE_DECL as well
-// (its definition stays where it is): were it an ordinary inline function, every header-only translation unit would
-// compile it and so instantiate the heavy body and everything that body calls. Where the heavy body is itself short
-// and calls nothing heavy (endpoint's parsing, the hash wrappers), the caller stays an ordinary function. Functions that cannot be templates (destructors,
-// virtual functions) should call only light code; an override that needs a heavy body calls it through a member
-// function pointer that a DMOE_DECL constructor sets (moe::dht_expert_directory).
+// A function defined in a light section whose body calls a heavy one, or instantiates much of the standard library
+// (a container's find, erase or insert, a std::function, a message formatted with dmoe::format), is DMOE_LAZY
+// (below): were it an ordinary inline function, every translation unit would compile it, and in header-only mode
+// instantiate the heavy body and everything that body calls. Bodies of a few lines that instantiate nothing stay
+// ordinary inline functions: a template costs the compiler more than such a body. Functions that cannot be
+// templates (destructors, virtual functions) call only light code, or are DMOE_INLINE behind
+// DMOE_HEAVY_DEFINITIONS; an override that needs a heavy body calls it through a member function pointer that a
+// DMOE_DECL constructor sets (moe::dht_expert_directory). Types that only the heavy definitions use (a class's
+// per-call state, its RAII guards) are declared in the class and defined behind DMOE_HEAVY_DEFINITIONS
+// (net::rpc_client, dht::node), so other translation units never instantiate their members.
 #if DMOE_HEADER_ONLY
 #define DMOE_INLINE inline
 #else
 #define DMOE_INLINE
 #endif
+
+// DMOE_LAZY starts a function defined where it is declared, in a light section: `template <int = 0>` in both
+// modes, so that its body, and all it instantiates, is compiled only in the translation units that call it, and
+// stays inline there. Calls are unchanged; such a function cannot be virtual, a constructor so marked must take
+// arguments, and its address names the specialization (`&C::f<>`).
+#define DMOE_LAZY template <int = 0>
 
 #if DMOE_HEADER_ONLY
 #define DMOE_DECL template <int = 0>

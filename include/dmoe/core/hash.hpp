@@ -25,7 +25,7 @@ struct hash128 {
 
 // XXH3's 128-bit hash of `bytes` (of `text`'s bytes).
 DMOE_DECL hash128 xxh3_128(const_byte_span bytes) noexcept;
-DMOE_DECL inline hash128 xxh3_128(std::string_view text) noexcept { return xxh3_128(as_bytes(text)); }
+DMOE_LAZY inline hash128 xxh3_128(std::string_view text) noexcept { return xxh3_128(as_bytes(text)); }
 
 // Incremental 64-bit checksum, for data written in pieces (checkpoints): digest() is xxh64 of every byte given to
 // update() so far.

@@ -26,7 +26,7 @@ struct batch {
 
 // Samples [begin, end) in order, for evaluation. The tensors are views sharing the data set's storage (no copy):
 // they keep it alive but must not be written. Throws invalid_argument_error for a range outside [0, size()].
-inline batch slice(const labelled_images& data, std::int64_t begin, std::int64_t end) {
+DMOE_LAZY inline batch slice(const labelled_images& data, std::int64_t begin, std::int64_t end) {
   if (begin < 0 || end < begin || end > data.size())
     throw invalid_argument_error(
         dmoe::format("slice: samples [{}, {}) of a data set of {} samples", begin, end, data.size()));
@@ -44,7 +44,7 @@ class shuffled_batches {
  public:
   // Throws invalid_argument_error for a batch size that is not positive, an empty or inconsistent data set, and
   // with drop_last for a batch size larger than the data set (no batch at all).
-  shuffled_batches(const labelled_images& data, std::int64_t batch_size, std::uint64_t seed, bool drop_last = false)
+  DMOE_LAZY shuffled_batches(const labelled_images& data, std::int64_t batch_size, std::uint64_t seed, bool drop_last = false)
       : data_(data), batch_size_(batch_size), seed_(seed), drop_last_(drop_last) {
     if (batch_size <= 0) throw invalid_argument_error(dmoe::format("shuffled_batches: batch size {}", batch_size));
     if (data.size() == 0) throw invalid_argument_error("shuffled_batches: the data set is empty");
@@ -57,7 +57,7 @@ class shuffled_batches {
   }
 
   // The next batch of the current epoch; the epoch ends (and epoch() counts it) with its last batch.
-  batch next() {
+  DMOE_LAZY batch next() {
     if (order_epoch_ != epoch_) shuffle();
     const std::int64_t count = std::min(batch_size_, samples_per_epoch() - position_);
     const std::int64_t features = data_.images.dim(1);
@@ -104,7 +104,7 @@ class shuffled_batches {
   }
 
   // Fisher-Yates with unbiased bounded draws (rejection sampling), seeded from (seed, epoch) alone.
-  void shuffle() {
+  DMOE_LAZY void shuffle() {
     std::seed_seq seq{static_cast<std::uint32_t>(seed_), static_cast<std::uint32_t>(seed_ >> 32),
                       static_cast<std::uint32_t>(epoch_), static_cast<std::uint32_t>(epoch_ >> 32)};
     random_engine gen(seq);

@@ -140,7 +140,7 @@ class lookup {
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
   bool done() const { return in_flight_ == 0 && keys_done(); }
-  bool done(const key_id& key) const {
+  DMOE_LAZY bool done(const key_id& key) const {
     auto it = index_.find(key);
     return it == index_.end() || keys_[it->second].done;
   }
@@ -189,18 +189,18 @@ class lookup {
   DMOE_DECL void refresh(std::size_t i);
 
   // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
-  bool is_slow(const candidate& c) const {
+  DMOE_LAZY bool is_slow(const candidate& c) const {
     if (slow_ == 0 || c.status == progress::answered || c.status == progress::failed) return false;
     auto peer = peers_.find(c.peer.id);
     return peer != peers_.end() && peer->second.slow;
   }
   // Whether a candidate's peer has a stale request outstanding (and has not answered this key yet).
-  bool is_stale(const candidate& c) const {
+  DMOE_LAZY bool is_stale(const candidate& c) const {
     if (!is_slow(c)) return false;
     return peers_.find(c.peer.id)->second.stale;
   }
   // Left out when a key's k nearest are chosen: failed, or slow for now.
-  bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
+  DMOE_LAZY bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
   // The k nearest neither failed nor slow have answered; with fewer such candidates than k, all of them have, and
   // the slow ones have ended or (with at least one answer) turned stale.

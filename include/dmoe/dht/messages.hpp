@@ -116,7 +116,7 @@ inline void write_header(binary_writer& w, bool client_mode) {
   w.write<std::uint8_t>(dht_wire_version);
   w.write<std::uint8_t>(client_mode ? 1 : 0);
 }
-DMOE_DECL inline void write_key(binary_writer& w, const node_id& id) {
+DMOE_LAZY inline void write_key(binary_writer& w, const node_id& id) {
   const auto bytes = id.to_bytes();
   w.write_bytes(bytes);
 }
@@ -157,12 +157,12 @@ class wire_reader {
     if (n > max) throw protocol_error(dmoe::format("{}: {} {} exceed limit {}", what_, n, field, max));
     return n;
   }
-  byte_buffer blob(std::size_t max, std::string_view field) {
+  DMOE_LAZY byte_buffer blob(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
     if (n > max) throw protocol_error(dmoe::format("{}: {} of {} bytes exceeds limit {}", what_, field, n, max));
     return to_buffer(in_.read_bytes(n));
   }
-  DMOE_DECL node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
+  DMOE_LAZY node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
   std::uint8_t byte() { return in_.read<std::uint8_t>(); }
   DMOE_DECL timed_value value();
   DMOE_DECL endpoint address();

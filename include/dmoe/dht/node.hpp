@@ -88,7 +88,7 @@ struct store_entry {
   byte_buffer signature;        // sign_record's blob for signed records, else empty
 
   // The entry signed by `owner` over (key, subkey, value, expiration).
-  DMOE_DECL store_entry signed_by(const ed25519_keypair& owner) const {
+  DMOE_LAZY store_entry signed_by(const ed25519_keypair& owner) const {
     store_entry out = *this;
     out.signature = sign_record(owner, key, subkey ? &*subkey : nullptr, value, expiration);
     return out;
@@ -139,16 +139,13 @@ class node {
  public:
   // Binds the socket and starts serving at the context's next loop iteration. Throws invalid_argument_error for
   // unusable options and system_error when the bind fails.
-  DMOE_DECL node(io_context& ctx, node_options options = {})
+  DMOE_LAZY node(io_context& ctx, node_options options = {})
       : ctx_(ctx), options_(check(std::move(options))), protocol_(ctx, options_), group_(ctx) {
     group_.spawn(serve());
   }
   node(const node&) = delete;
   node& operator=(const node&) = delete;
-  ~node() {
-    if (group_.running() != 0)
-      log_error("dht node {} destroyed without co_await shutdown(): the process ends", protocol_.local_endpoint());
-  }
+  DMOE_INLINE ~node();
 
   // Joins the swarm (Kademlia, section 2.3's join): pings every initial peer, again every bootstrap_retry_pause
   // until one answers or `deadline` (default_timeout when none) passes; once one has answered the rest get their
@@ -235,39 +232,12 @@ class node {
   DMOE_DECL task<node_id> ping_body(endpoint address, steady_time deadline);
 
   // A find call in flight.
-  struct outstanding_call {
-    wire_peer peer;
-    std::uint64_t serial = 0;
-    bool slow = false;  // reported to the lookup as slow
-  };
+  struct outstanding_call;
   // When a find call becomes slow.
-  struct slow_check {
-    node_id peer;
-    std::uint64_t serial = 0;
-    steady_time slow_due;   // sent + the measured threshold (slow_after())
-    steady_time stale_due;  // sent + slow_request_after
-    bool slow = false;      // reported slow; stale next
-  };
+  struct slow_check;
 
   // One crawl's state; shared by the gets that wait for it.
-  struct traversal {
-    traversal(std::vector<key_id> keys_, const lookup_options& options, steady_time deadline_)
-        : keys(std::move(keys_)), latest(options.latest), deadline(deadline_), search(keys, options) {}
-    std::vector<key_id> keys;
-    bool latest;
-    steady_time deadline;
-    lookup search;
-    task_group* calls = nullptr;
-    bool stopping = false;
-    async_event finished;  // every key done
-    async_event complete;  // the crawl ended (results final)
-    std::unordered_map<node_id, outstanding_call> asking;  // find calls in flight, by peer (one per peer at most)
-    std::uint64_t serials = 0;
-    bool watching = false;        // slow calls are reported (watch_slow runs)
-    std::vector<slow_check> watch;  // find calls in flight to report slow, then stale (few: at most those in flight)
-    steady_time watch_wake = no_deadline;  // when watch_slow wakes next (no_deadline: when a call is sent)
-    async_event sent;  // a call joined `watch` due before watch_wake: wakes watch_slow
-  };
+  struct traversal;
 
   DMOE_DECL static node_options check(node_options o);
 
@@ -275,14 +245,14 @@ class node {
     return deadline == no_deadline ? deadline_after(options_.default_timeout) : deadline;
   }
 
-  void ensure_open(std::string_view what) const {
+  DMOE_LAZY void ensure_open(std::string_view what) const {
     if (shut_down_ || protocol_.closed())
       throw closed_error(dmoe::format("dht {} on node {}: the node is shut down", what, protocol_.local_endpoint()));
   }
 
   DMOE_DECL void check_entries(const std::vector<store_entry>& entries) const;
 
-  static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
+  DMOE_LAZY static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
 
   static void note(store_outcome& outcome, store_result result) {
     if (result == store_result::stored) ++outcome.replicas;
@@ -323,10 +293,7 @@ class node {
                                                 options_.min_slow_request_after, options_.slow_request_after);
   }
 
-  static bool still_asking(const traversal& t, const slow_check& check) {
-    auto it = t.asking.find(check.peer);
-    return it != t.asking.end() && it->second.serial == check.serial;
-  }
+  DMOE_DECL static bool still_asking(const traversal& t, const slow_check& check);
 
   // Reports the crawl's find calls unanswered after slow_after() to its lookup as slow (it then goes on without
   // waiting for them), and after slow_request_after as stale. One timer at a time, for the earliest report due; a
@@ -362,6 +329,53 @@ DMOE_END_NAMESPACE
 
 DMOE_BEGIN_NAMESPACE
 namespace dht {
+
+DMOE_INLINE node::~node() {
+  if (group_.running() != 0)
+    log_error("dht node {} destroyed without co_await shutdown(): the process ends", protocol_.local_endpoint());
+}
+
+// A find call in flight.
+struct node::outstanding_call {
+  wire_peer peer;
+  std::uint64_t serial = 0;
+  bool slow = false;  // reported to the lookup as slow
+};
+
+// When a find call becomes slow.
+struct node::slow_check {
+  node_id peer;
+  std::uint64_t serial = 0;
+  steady_time slow_due;   // sent + the measured threshold (slow_after())
+  steady_time stale_due;  // sent + slow_request_after
+  bool slow = false;      // reported slow; stale next
+};
+
+// One crawl's state; shared by the gets that wait for it.
+struct node::traversal {
+  traversal(std::vector<key_id> keys_, const lookup_options& options, steady_time deadline_)
+      : keys(std::move(keys_)), latest(options.latest), deadline(deadline_), search(keys, options) {}
+  std::vector<key_id> keys;
+  bool latest;
+  steady_time deadline;
+  lookup search;
+  task_group* calls = nullptr;
+  bool stopping = false;
+  async_event finished;  // every key done
+  async_event complete;  // the crawl ended (results final)
+  std::unordered_map<node_id, outstanding_call> asking;  // find calls in flight, by peer (one per peer at most)
+  std::uint64_t serials = 0;
+  bool watching = false;        // slow calls are reported (watch_slow runs)
+  std::vector<slow_check> watch;  // find calls in flight to report slow, then stale (few: at most those in flight)
+  steady_time watch_wake = no_deadline;  // when watch_slow wakes next (no_deadline: when a call is sent)
+  async_event sent;  // a call joined `watch` due before watch_wake: wakes watch_slow
+};
+
+DMOE_DEF auto node::still_asking(const traversal& t, const slow_check& check) -> bool {
+  auto it = t.asking.find(check.peer);
+  return it != t.asking.end() && it->second.serial == check.serial;
+}
+
 
 DMOE_DEF auto node::bootstrap(std::vector<endpoint> initial_peers, steady_time deadline) -> task<bootstrap_result> {
   co_return co_await tracked("bootstrap", bootstrap_body(std::move(initial_peers), deadline));

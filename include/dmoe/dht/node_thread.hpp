@@ -48,7 +48,7 @@ class node_thread {
                       std::chrono::milliseconds timeout = default_timeout);
   DMOE_DECL std::vector<store_outcome> store_many(std::vector<store_entry> entries,
                                         std::chrono::milliseconds timeout = default_timeout);
-  DMOE_DECL std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
+  DMOE_LAZY std::optional<record> get(key_id key, bool latest = false, std::chrono::milliseconds timeout = default_timeout) {
     const steady_time deadline = deadline_after(timeout);
     return call([=](node& n) { return n.get(key, latest, deadline); });
   }

@@ -30,19 +30,19 @@ class peer_bans {
   DMOE_DECL steady_time failed(const node_id& id, steady_time now);
 
   // `id` answered: its failures are forgotten.
-  void succeeded(const node_id& id) { entries_.erase(id); }
+  DMOE_LAZY void succeeded(const node_id& id) { entries_.erase(id); }
 
-  bool is_banned(const node_id& id, steady_time now) const {
+  DMOE_LAZY bool is_banned(const node_id& id, steady_time now) const {
     auto it = entries_.find(id);
     return it != entries_.end() && now < it->second.banned_until;
   }
-  std::size_t failures(const node_id& id) const {
+  DMOE_LAZY std::size_t failures(const node_id& id) const {
     auto it = entries_.find(id);
     return it == entries_.end() ? 0 : it->second.failures;
   }
 
   // Forgets peers whose ban ended more than `memory` before `now`.
-  void expire(steady_time now) {
+  DMOE_LAZY void expire(steady_time now) {
     std::erase_if(entries_, [&](const auto& item) { return item.second.banned_until + options_.memory < now; });
   }
   std::size_t size() const noexcept { return entries_.size(); }

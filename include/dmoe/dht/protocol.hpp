@@ -110,8 +110,8 @@ struct protocol_stats {
 };
 
 // The sender id the datagram layer carries, for a node id.
-DMOE_DECL inline net::datagram_sender_id to_sender_id(const node_id& id) noexcept { return id.to_bytes(); }
-DMOE_DECL inline node_id from_sender_id(const net::datagram_sender_id& id) { return node_id::from_bytes(id); }
+DMOE_LAZY inline net::datagram_sender_id to_sender_id(const node_id& id) noexcept { return id.to_bytes(); }
+DMOE_LAZY inline node_id from_sender_id(const net::datagram_sender_id& id) { return node_id::from_bytes(id); }
 
 namespace detail {
 
@@ -126,12 +126,12 @@ class source_limits {
   DMOE_DECL bool take_request(const endpoint& source, steady_time now);
 
   // Whether `source` may add `bytes` expiring at `expiration` (wall seconds) given its alive stored bytes at `now`.
-  DMOE_DECL bool fits(const endpoint& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
+  DMOE_LAZY bool fits(const endpoint& source, std::size_t bytes, wall_seconds now, steady_time steady_now) {
     entry& e = at(source, steady_now);
     drop_expired(e, now);
     return e.bytes + bytes <= max_bytes_;
   }
-  DMOE_DECL void add(const endpoint& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
+  DMOE_LAZY void add(const endpoint& source, std::size_t bytes, wall_seconds expiration, steady_time steady_now) {
     entry& e = at(source, steady_now);
     e.bytes += bytes;
     e.stored.emplace(expiration, bytes);
@@ -249,7 +249,7 @@ class protocol {
   io_context& context() noexcept { return ctx_; }
 
   // The nearest peers we know to `key`, as the wire names them.
-  DMOE_DECL std::vector<wire_peer> nearest(const key_id& key, std::size_t count,
+  DMOE_LAZY std::vector<wire_peer> nearest(const key_id& key, std::size_t count,
                                  std::optional<node_id> exclude = std::nullopt) const {
     std::vector<wire_peer> out;
     for (const auto& p : table_.nearest(key, count, exclude)) out.push_back({p.id, p.address});
@@ -268,7 +268,7 @@ class protocol {
 
   DMOE_DECL static std::string_view to_string(message_type type) noexcept;
 
-  DMOE_DECL void answered(const node_id& id, const endpoint& address, bool client_mode) {
+  DMOE_LAZY void answered(const node_id& id, const endpoint& address, bool client_mode) {
     if (!client_mode) heard_from(id, address, false);
   }
 
@@ -295,7 +295,7 @@ class protocol {
     }
   }
 
-  DMOE_DECL void learn_requester(const net::datagram_request& r, bool client_mode) {
+  DMOE_LAZY void learn_requester(const net::datagram_request& r, bool client_mode) {
     if (client_mode) return;
     heard_from(from_sender_id(r.sender), r.peer, true);
   }

@@ -71,7 +71,7 @@ class ed25519_keypair {
 };
 
 // "[owner:<hex of the public key>]": put it in a subkey to make the subkey owned by that key.
-inline std::string owner_tag(const ed25519_public_key& key) {
+DMOE_LAZY inline std::string owner_tag(const ed25519_public_key& key) {
   std::string out = "[owner:";
   for (auto b : key) out += dmoe::format("{:02x}", static_cast<unsigned>(b));
   return out + "]";

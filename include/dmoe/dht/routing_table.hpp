@@ -64,7 +64,7 @@ inline bool is_loopback(const endpoint& address) noexcept {
 // The addresses peers are counted under for routing_table_options::max_peers_per_ip: the IP address (port 0), but
 // for IPv6 its /64 prefix, the one subnet every IPv6 link gets (RFC 4291), from which one machine can use 2^64
 // addresses. IPv4-mapped IPv6 addresses count as their IPv4 address.
-DMOE_DECL inline endpoint ip_limit_key(const endpoint& address) {
+DMOE_LAZY inline endpoint ip_limit_key(const endpoint& address) {
   const endpoint ip = address.with_port(0);
   if (!ip.is_v6()) return ip;
   sockaddr_in6 v6;
@@ -91,19 +91,19 @@ class ip_index {
     return limit_ > 0 && (limit_loopback_ || !is_loopback(address));
   }
   // Whether the address's IP (or IPv6 /64) already has `limit` peers.
-  bool full(const endpoint& address) const {
+  DMOE_LAZY bool full(const endpoint& address) const {
     if (!limited(address)) return false;
     const auto it = ips_.find(ip_limit_key(address));
     return it != ips_.end() && it->second.size() >= limit_;
   }
   // The peers indexed under the address's IP (or IPv6 /64): (address, id) pairs; null when none or not limited.
-  const std::vector<std::pair<endpoint, node_id>>* peers_of(const endpoint& address) const {
+  DMOE_LAZY const std::vector<std::pair<endpoint, node_id>>* peers_of(const endpoint& address) const {
     if (!limited(address)) return nullptr;
     const auto it = ips_.find(ip_limit_key(address));
     return it == ips_.end() ? nullptr : &it->second;
   }
   // The id indexed at exactly this address (ip and port), if any.
-  std::optional<node_id> holder(const endpoint& address) const {
+  DMOE_LAZY std::optional<node_id> holder(const endpoint& address) const {
     if (!limited(address)) return std::nullopt;
     const auto it = ips_.find(ip_limit_key(address));
     if (it == ips_.end()) return std::nullopt;
@@ -111,10 +111,10 @@ class ip_index {
       if (held == address) return id;
     return std::nullopt;
   }
-  void add(const endpoint& address, const node_id& id) {
+  DMOE_LAZY void add(const endpoint& address, const node_id& id) {
     if (limited(address)) ips_[ip_limit_key(address)].emplace_back(address, id);
   }
-  void remove(const endpoint& address, const node_id& id) {
+  DMOE_LAZY void remove(const endpoint& address, const node_id& id) {
     if (!limited(address)) return;
     const auto it = ips_.find(ip_limit_key(address));
     if (it == ips_.end()) return;
@@ -188,13 +188,13 @@ class routing_table {
   // in a row), and the most recently seen cached node of its bucket takes its place. Returns the end of the ban.
   DMOE_DECL steady_time failed(const node_id& id, steady_time now);
 
-  bool is_banned(const node_id& id, steady_time now) const { return bans_.is_banned(id, now); }
+  DMOE_LAZY bool is_banned(const node_id& id, steady_time now) const { return bans_.is_banned(id, now); }
   const peer_bans& bans() const noexcept { return bans_; }
   peer_bans& bans() noexcept { return bans_; }
 
   // The peer with this id, if it is in a bucket (not the replacement cache).
   DMOE_DECL std::optional<peer_info> find(const node_id& id) const;
-  DMOE_DECL bool contains(const node_id& id) const { return find(id).has_value(); }
+  DMOE_LAZY bool contains(const node_id& id) const { return find(id).has_value(); }
 
   // The `count` peers nearest to `target` by XOR distance, nearest first, leaving out `exclude` (our own id is
   // never in the table). Equal to sorting every peer by distance; visits buckets in order of their distance
@@ -206,7 +206,7 @@ class routing_table {
   DMOE_DECL std::vector<peer_info> peers() const;
 
   // The id that holds `address` (ip and port) in a bucket, if any; for the addresses max_peers_per_ip limits.
-  std::optional<node_id> holder_of(const endpoint& address) const { return per_ip_.holder(address); }
+  DMOE_LAZY std::optional<node_id> holder_of(const endpoint& address) const { return per_ip_.holder(address); }
 
   std::size_t size() const noexcept { return size_; }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
@@ -231,7 +231,7 @@ class routing_table {
   DMOE_DECL void split(bucket& b);
 
   // The least recently seen peer in the buckets under the address's IP (or IPv6 /64).
-  DMOE_DECL std::optional<peer_info> least_recently_seen_at(const endpoint& address) const {
+  DMOE_LAZY std::optional<peer_info> least_recently_seen_at(const endpoint& address) const {
     std::optional<peer_info> oldest;
     if (const auto* held = per_ip_.peers_of(address)) {
       for (const auto& entry : *held) {
@@ -243,11 +243,11 @@ class routing_table {
   }
 
   // Bookkeeping of a peer entering or leaving the buckets.
-  void enter(const peer_info& p) {
+  DMOE_LAZY void enter(const peer_info& p) {
     per_ip_.add(p.address, p.id);
     ++size_;
   }
-  void leave(const peer_info& p) {
+  DMOE_LAZY void leave(const peer_info& p) {
     per_ip_.remove(p.address, p.id);
     --size_;
   }

@@ -68,11 +68,11 @@ class storage {
       : options_(options), clock_(&clock) {}
 
   // Stores a plain value.
-  DMOE_DECL store_result store(const key_id& key, byte_buffer value, wall_seconds expiration, byte_buffer signature = {}) {
+  DMOE_LAZY store_result store(const key_id& key, byte_buffer value, wall_seconds expiration, byte_buffer signature = {}) {
     return put(key, record::plain(std::move(value), expiration, std::move(signature)));
   }
   // Stores one subkey of a dictionary value.
-  DMOE_DECL store_result store_subkey(const key_id& key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
+  DMOE_LAZY store_result store_subkey(const key_id& key, byte_buffer subkey, byte_buffer value, wall_seconds expiration,
                             byte_buffer signature = {}) {
     if (subkey.size() > options_.max_subkey_size) return store_result::too_large;
     return put(key, record::single_subkey(std::move(subkey), std::move(value), expiration, std::move(signature)));
@@ -87,7 +87,7 @@ class storage {
 
   // Drops every entry that expired at `now`; returns how many keys went.
   DMOE_DECL std::size_t drop_expired(wall_seconds now);
-  DMOE_DECL std::size_t drop_expired() { return drop_expired(clock_->wall_now()); }
+  DMOE_LAZY std::size_t drop_expired() { return drop_expired(clock_->wall_now()); }
 
   std::size_t size() const noexcept { return entries_.size(); }
   std::size_t total_bytes() const noexcept { return total_bytes_; }
@@ -98,7 +98,7 @@ class storage {
 
  private:
   static constexpr std::size_t key_overhead = node_id::size;
-  DMOE_DECL static std::size_t entry_bytes(const record& r) noexcept { return key_overhead + r.byte_size(); }
+  DMOE_LAZY static std::size_t entry_bytes(const record& r) noexcept { return key_overhead + r.byte_size(); }
 
   DMOE_DECL std::optional<store_result> check(const record& incoming, wall_seconds now) const;
 

@@ -65,7 +65,7 @@ class model {
   DMOE_DECL task<tensor> backward(tensor dy);
 
   DMOE_DECL nn::parameter_list parameters();
-  DMOE_DECL void zero_grad() {
+  DMOE_LAZY void zero_grad() {
     for (nn::parameter& p : parameters()) p.grad->zero();
   }
   void set_training(bool training) {

@@ -89,7 +89,7 @@ struct directory_stats {
 // remembered as empty. Use it on the node's io_context thread only.
 class dht_expert_directory final : public expert_directory {
  public:
-  DMOE_DECL explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
+  DMOE_LAZY explicit dht_expert_directory(dht::node& node, dht_directory_options options = {})
       : successors_body_(&dht_expert_directory::find_successors),
         owners_body_(&dht_expert_directory::find_owners),
         node_(node),

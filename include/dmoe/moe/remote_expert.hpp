@@ -74,7 +74,7 @@ DMOE_DEF task<tensor> call_expert(net::rpc_client& client, const endpoint& serve
 class remote_expert {
  public:
   // Throws invalid_argument_error for an invalid uid (see parse_expert_uid).
-  DMOE_DECL remote_expert(net::rpc_client& client, std::string uid, endpoint server, expert_call_options options = {})
+  DMOE_LAZY remote_expert(net::rpc_client& client, std::string uid, endpoint server, expert_call_options options = {})
       : client_(&client), uid_(std::move(uid)), server_(server), options_(options) {
     parse_expert_uid(uid_);
   }

@@ -106,7 +106,7 @@ struct expert_call {
 // the k_min waiting rule, and the experts to avoid after a failure. Used on one io_context thread.
 class expert_dispatcher {
  public:
-  DMOE_DECL expert_dispatcher(expert_directory& directory, net::rpc_client& client, dispatch_options options)
+  DMOE_LAZY expert_dispatcher(expert_directory& directory, net::rpc_client& client, dispatch_options options)
       : directory_(directory),
         client_(client),
         options_(checked(std::move(options))),

@@ -190,7 +190,7 @@ class datagram_parts {
     h.part_index = static_cast<std::uint16_t>(index);
     return h;
   }
-  DMOE_DECL datagram_header_bytes header_bytes(std::size_t index) const noexcept { return encode_datagram_header(header(index)); }
+  DMOE_LAZY datagram_header_bytes header_bytes(std::size_t index) const noexcept { return encode_datagram_header(header(index)); }
   const_byte_span payload(std::size_t index) const noexcept {
     if (header_.part_count == 1) return message_;
     return message_.subspan(index * header_.part_size,

@@ -81,12 +81,12 @@ class fault_policy {
   DMOE_DECL fault_decision on_send(std::string_view from, std::string_view to);
 
   // A delay drawn from the latency model alone (no loss, no partition).
-  DMOE_DECL std::chrono::nanoseconds sample_delay() {
+  DMOE_LAZY std::chrono::nanoseconds sample_delay() {
     std::lock_guard lock(mutex_);
     return sample_delay_locked();
   }
 
-  DMOE_DECL bool partitioned(std::string_view from, std::string_view to) const {
+  DMOE_LAZY bool partitioned(std::string_view from, std::string_view to) const {
     std::lock_guard lock(mutex_);
     return partitioned_locked(from, to);
   }
@@ -108,7 +108,7 @@ class fault_policy {
 
   DMOE_DECL static bool matches(const std::vector<std::string>& group, std::string_view address);
 
-  DMOE_DECL bool partitioned_locked(std::string_view from, std::string_view to) const {
+  DMOE_LAZY bool partitioned_locked(std::string_view from, std::string_view to) const {
     for (const auto& p : partitions_)
       if ((matches(p.a, from) && matches(p.b, to)) || (matches(p.b, from) && matches(p.a, to))) return true;
     return false;

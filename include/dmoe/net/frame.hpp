@@ -101,7 +101,7 @@ struct frame_limits {
 };
 
 // Throws invalid_argument_error unless the limits are usable; `owner` names who holds them ("rpc client").
-DMOE_DECL inline void validate(const frame_limits& limits, std::string_view owner) {
+DMOE_LAZY inline void validate(const frame_limits& limits, std::string_view owner) {
   if (limits.max_payload == 0 || limits.max_payload > frame_max_payload_ceiling)
     throw invalid_argument_error(dmoe::format("{}: max_payload of {} bytes is outside 1 B to {}", owner,
                                              limits.max_payload, size_text(frame_max_payload_ceiling)));
@@ -165,14 +165,14 @@ DMOE_DEF frame_header parse_frame_header(const_byte_span bytes, std::string_view
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // Throws limit_error when the header's payload exceeds the limit.
-DMOE_DECL inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
+DMOE_LAZY inline void check_frame_size(const frame_header& header, const frame_limits& limits, std::string_view peer) {
   if (header.payload_size > limits.max_payload)
     throw limit_error(dmoe::format("rpc frame of {} exceeds limit {} from {}", size_text(header.payload_size),
                                   size_text(limits.max_payload), peer));
 }
 
 // Decodes and checks a header from untrusted bytes; `peer` names the sender in errors ("127.0.0.5:4100").
-DMOE_DECL inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
+DMOE_LAZY inline frame_header decode_frame_header(const_byte_span bytes, const frame_limits& limits, std::string_view peer) {
   frame_header header = parse_frame_header(bytes, peer);
   check_frame_size(header, limits, peer);
   return header;
@@ -197,7 +197,7 @@ class frame_reader {
       : limits_(limits), buffer_(std::max(buffer_size, frame_header_size)) {}
 
   // Where the next received bytes go; never empty. Call next() until it returns nothing first.
-  DMOE_DECL byte_span prepare() {
+  DMOE_LAZY byte_span prepare() {
     if (large_) {
       if (large_filled_ == large_->payload.size()) grow_large();
       return byte_span(large_->payload).subspan(large_filled_);
@@ -218,13 +218,13 @@ class frame_reader {
   // The header of the next frame once it has arrived (before next() allocates or copies its payload), so the
   // caller can reserve memory for it or skip it; nothing while a frame is in progress. Throws protocol_error on
   // a bad header (not limit_error: next() reports that).
-  DMOE_DECL std::optional<frame_header> peek(std::string_view peer) {
+  DMOE_LAZY std::optional<frame_header> peek(std::string_view peer) {
     if (large_ || !discard_buffered() || end_ - begin_ < frame_header_size) return std::nullopt;
     return parse_frame_header(const_byte_span(buffer_).subspan(begin_, frame_header_size), peer);
   }
 
   // peek()'s header when the frame's payload needs an allocation of its own (it does not fit the receive buffer).
-  DMOE_DECL std::optional<frame_header> large_frame_ahead(std::string_view peer) {
+  DMOE_LAZY std::optional<frame_header> large_frame_ahead(std::string_view peer) {
     auto header = peek(peer);
     if (header && frame_header_size + header->payload_size <= buffer_.size()) return std::nullopt;
     return header;
@@ -302,7 +302,7 @@ class frame_deadline {
 
   bool active() const noexcept { return active_; }
 
-  DMOE_DECL steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
+  DMOE_LAZY steady_time deadline(const frame_reader& reader, std::chrono::milliseconds read_timeout,
                        std::uint64_t min_rate) const noexcept {
     const double seconds = static_cast<double>(reader.frame_in_progress_received()) / static_cast<double>(min_rate);
     return deadline_from(deadline_from(started_, read_timeout), std::chrono::duration<double>(seconds));

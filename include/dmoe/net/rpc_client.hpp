@@ -88,6 +88,227 @@ DMOE_DEF void validate(const rpc_client_options& o) {
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 namespace detail {
+// The client's per-call and per-connection state, defined with its code (below, behind DMOE_HEAVY_DEFINITIONS).
+struct pending_call;
+struct outgoing_request;
+struct client_connection;
+struct call_deadline;
+struct stop_call;
+}  // namespace detail
+
+// Belongs to one io_context and is used from its thread. Connections are opened on demand, reused, closed when
+// idle and replaced after a failure. `co_await close()` before destroying the client: it stops every call still
+// running (they fail with closed_error) and joins every coroutine the client started, so the client may be
+// destroyed as soon as close() returns.
+class rpc_client {
+ public:
+  struct counters {
+    std::uint64_t calls = 0;
+    std::uint64_t connects = 0;
+    std::uint64_t connect_failures = 0;
+    std::uint64_t connections_lost = 0;
+    std::uint64_t late_responses = 0;     // for calls that had already given up (skipped unread when large)
+    std::uint64_t requests_dropped = 0;   // by fault injection
+    std::uint64_t request_writes = 0;     // vectored writes of requests (many requests share one under load)
+    std::uint64_t cancels_sent = 0;       // cancel frames for calls that gave up after their request went out
+    std::uint64_t retries = 0;            // calls sent again after their connection provably did not process them
+  };
+
+  // Throws invalid_argument_error for unusable options (see validate()).
+  DMOE_LAZY explicit rpc_client(io_context& ctx, rpc_client_options options = {}, std::shared_ptr<fault_policy> faults = nullptr)
+      : ctx_(ctx), options_(options), faults_(std::move(faults)), background_(ctx) {
+    validate(options_);
+  }
+  rpc_client(const rpc_client&) = delete;
+  rpc_client& operator=(const rpc_client&) = delete;
+
+  // Calls `method` on `server` with the payload made of `pieces` (sent with one vectored write, no copy; they must
+  // stay valid until the call returns) and returns the response payload. Ends by `deadline` (or after
+  // default_timeout) and on a stop request of the awaiting coroutine or of `stop`; a call that gives up after its
+  // request went out sends a cancel frame, so the server stops its handler. Errors: limit_error (payload over the
+  // limit, here or at the server, or a response over the server's share of max_buffered_bytes), unavailable_error
+  // (cannot connect, the server refused the connection or is shutting down), closed_error (connection lost, or the client closed),
+  // remote_error (the handler threw, or no such method), timeout_error, cancelled_error. Giving up on one call
+  // never fails another.
+  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
+                         steady_time deadline = no_deadline, std::stop_token stop = {});
+
+  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, const_byte_span payload,
+                         steady_time deadline = no_deadline, std::stop_token stop = {});
+
+  // Closes every connection, stops every call still running (they fail with closed_error) and waits until they
+  // and every coroutine of the client have finished: the client may be destroyed once it returns. Several owners
+  // may close it, also at once: each returns once the client is closed.
+  DMOE_DECL task<void> close();
+
+  // Open (or opening) connections to `server`.
+  DMOE_LAZY std::size_t connections(const endpoint& server) const {
+    const auto found = pool_.find(server);
+    return found == pool_.end() ? 0 : found->second.size();
+  }
+  // Receive budget in use for large responses being received.
+  std::uint64_t buffered_bytes() const noexcept { return buffered_; }
+  // Calls in progress.
+  std::size_t active_calls() const noexcept { return active_calls_; }
+  const counters& stats() const noexcept { return stats_; }
+  const rpc_client_options& options() const noexcept { return options_; }
+
+ private:
+  // Counts a call in progress (close() waits for none to be left).
+  struct call_scope;
+
+  // A later close() waits for the first one to finish.
+  struct close_finished;
+
+  struct calls_gone;
+
+  // Takes a connection for the duration of one call.
+  struct connection_use;
+
+  // Enters a call's deadline in the client's deadline timer for the duration of the call.
+  struct deadline_registration;
+
+  // Forgets a call's pending entry when the call ends before its response (deadline, stop, failure).
+  struct pending_entry;
+
+  DMOE_DECL task<byte_buffer> call_on_connection(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
+                                       std::uint64_t total);
+
+  // Queues a request on its connection's writer and waits until it is written; false when it was not (the
+  // connection failed first). A stop request takes the request back while it only waits in the queue; once its
+  // bytes are in a write the frame is finished (never cut in half, which would break the stream for every other
+  // call) and the stop takes effect after it.
+  DMOE_DECL task<bool> send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method, std::uint64_t id,
+                          std::span<const const_byte_span> pieces, std::uint64_t total);
+
+  // Waits, without a way out, until the writer is done with a request whose bytes it is writing.
+  struct until_written;
+
+  DMOE_DECL static void unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept;
+
+  // Sends a cancel frame for a request the server may be working on, with the connection's next write.
+  DMOE_DECL void send_cancel(const std::shared_ptr<detail::client_connection>& connection, std::uint64_t id);
+
+  DMOE_DECL void start_writer(detail::client_connection& c);
+
+  // One vectored write: the requests and cancel frames it carries, and the pieces still to send.
+  struct write_batch;
+
+  // Takes what waits on the connection (oldest first) into one batch; its requests can no longer be taken back.
+  DMOE_DECL static void take_batch(detail::client_connection& c, write_batch& batch);
+
+  // Releases the callers of a batch's requests: sent (all of it went out) or not.
+  DMOE_DECL void release_batch(write_batch& batch, bool sent);
+
+  // A send failed: the server may have answered before it closed (e.g. refusing a request), so reading goes on,
+  // nothing more is sent, and the reader settles the waiting calls when the connection ends.
+  DMOE_DECL void write_failed(detail::client_connection& c, const std::exception& e);
+
+  // The caller whose request finds the writer idle sends at once what the socket takes (the lone caller's round
+  // trip gains no loop iteration); whatever is left goes to a writer of its own, never in the caller's coroutine,
+  // so one call's deadline never cuts a frame in half.
+  DMOE_DECL task<void> write_first(std::shared_ptr<detail::client_connection> connection);
+
+  // Writes what is queued on a connection (after `started`, a batch already begun), many requests and cancel
+  // frames per vectored write, until the queue is empty.
+  DMOE_DECL task<void> write_requests(std::shared_ptr<detail::client_connection> connection, write_batch started);
+
+  struct flag_clear;
+
+  // A transfer of `bytes` must end within `timeout` plus the bytes at min_transfer_rate.
+  steady_time transfer_deadline(std::chrono::milliseconds timeout, std::uint64_t bytes) const noexcept {
+    return deadline_from(deadline_after(timeout), std::chrono::duration<double>(static_cast<double>(bytes) /
+                                                                               static_cast<double>(options_.min_transfer_rate)));
+  }
+
+  DMOE_DECL [[noreturn]] static void throw_status(frame_status status, rpc_method method, const std::string& server,
+                                        std::string_view text);
+
+  // The least busy connection to `server`, or a new one while every open one is busy and the pool has room.
+  DMOE_DECL std::shared_ptr<detail::client_connection> pick(const endpoint& server);
+
+  DMOE_DECL void deadline_added(steady_time at);
+
+  DMOE_DECL task<void> wait_deadline_change();
+
+  // The client's deadline timer: one kernel timer for the earliest deadline of the calls in progress, re-armed
+  // only when that passes or an earlier one comes (deadlines mostly come in order, each later than the last),
+  // rather than one timer armed and cancelled per call. Stops the calls whose deadline has passed.
+  DMOE_DECL task<void> expire_deadlines();
+
+  // Enforces a connection's read, write and idle deadlines: one timer per connection that sleeps until the
+  // earliest deadline in force, instead of a kernel timer armed and cancelled with every operation. Stopped with
+  // the connection.
+  DMOE_DECL task<void> watch_connection(detail::client_connection& c);
+
+  // Takes a connection out of the pool: no new call picks it.
+  DMOE_DECL void retire(detail::client_connection& c);
+
+  // Marks a connection failed: out of the pool, its stream shut down, its waiting calls failed with `why`.
+  DMOE_DECL void fail(detail::client_connection& c, const std::exception_ptr& why);
+
+  DMOE_DECL task<void> run_connection(std::shared_ptr<detail::client_connection> connection);
+
+  struct reading_flag;
+
+  DMOE_DECL void release_receive(detail::client_connection& c);
+
+  // One server's share of the receive budget, over all its connections.
+  DMOE_DECL std::uint64_t server_share() const noexcept;
+
+  DMOE_LAZY std::uint64_t buffered_from(const endpoint& server) const {
+    const auto found = buffered_by_server_.find(server);
+    return found == buffered_by_server_.end() ? 0 : found->second;
+  }
+
+  // Fails one call (its connection goes on).
+  DMOE_DECL static void settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why);
+
+  // Before a large response's payload is stored: skips it when nobody waits for it or it can never fit the
+  // receive budget, else waits for budget (not reading this connection meanwhile) and takes it.
+  DMOE_DECL task<void> admit_large(detail::client_connection& c, frame_reader& reader, frame_deadline& progress);
+
+  // Hands each response to its call until the connection fails or the server closes it (then returns).
+  DMOE_DECL task<void> read_responses(detail::client_connection& c);
+
+  DMOE_DECL void deliver(detail::client_connection& c, frame f);
+
+  // The server closes the connection: requests above its last id were never read. They are sent again on another
+  // connection when it closes for being idle, and fail with unavailable_error when it refused the connection.
+  DMOE_DECL void on_go_away(detail::client_connection& c, const frame& f);
+
+  io_context& ctx_;
+  rpc_client_options options_;
+  std::shared_ptr<fault_policy> faults_;
+  std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>> pool_;
+  // Every connection whose coroutines still run, pooled or retired (a writer or a cancel may need it).
+  std::unordered_map<detail::client_connection*, std::weak_ptr<detail::client_connection>> owners_;
+  bool closing_ = false;
+  bool closed_ = false;                               // the first close() has finished
+  std::vector<std::coroutine_handle<>> close_waiters_;  // later close() calls, waiting for it
+  std::size_t active_calls_ = 0;
+  std::coroutine_handle<> close_waiter_;  // close(), waiting for the last call to end
+  std::uint64_t buffered_ = 0;  // receive budget in use
+  std::unordered_map<endpoint, std::uint64_t> buffered_by_server_;  // of it, per server (entries only while in use)
+  async_event memory_freed_;
+  counters stats_;
+  detail::write_pass write_pass_{ctx_};
+  std::multimap<steady_time, detail::call_deadline*> deadlines_;  // of the calls in progress
+  async_event deadline_changed_;                                   // an earlier deadline than the armed one came
+  steady_time deadline_armed_ = no_deadline;
+  bool expiring_ = false;                                          // expire_deadlines() is running
+  task_group background_;  // last: destroyed first, after close() joined it
+};
+
+}  // namespace net
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
+
+namespace detail {
 
 // A call waiting for its response; lives in the calling coroutine's frame.
 struct pending_call {
@@ -170,277 +391,93 @@ struct stop_call {
 
 }  // namespace detail
 
-// Belongs to one io_context and is used from its thread. Connections are opened on demand, reused, closed when
-// idle and replaced after a failure. `co_await close()` before destroying the client: it stops every call still
-// running (they fail with closed_error) and joins every coroutine the client started, so the client may be
-// destroyed as soon as close() returns.
-class rpc_client {
- public:
-  struct counters {
-    std::uint64_t calls = 0;
-    std::uint64_t connects = 0;
-    std::uint64_t connect_failures = 0;
-    std::uint64_t connections_lost = 0;
-    std::uint64_t late_responses = 0;     // for calls that had already given up (skipped unread when large)
-    std::uint64_t requests_dropped = 0;   // by fault injection
-    std::uint64_t request_writes = 0;     // vectored writes of requests (many requests share one under load)
-    std::uint64_t cancels_sent = 0;       // cancel frames for calls that gave up after their request went out
-    std::uint64_t retries = 0;            // calls sent again after their connection provably did not process them
-  };
-
-  // Throws invalid_argument_error for unusable options (see validate()).
-  DMOE_DECL explicit rpc_client(io_context& ctx, rpc_client_options options = {}, std::shared_ptr<fault_policy> faults = nullptr)
-      : ctx_(ctx), options_(options), faults_(std::move(faults)), background_(ctx) {
-    validate(options_);
+// Counts a call in progress (close() waits for none to be left).
+struct rpc_client::call_scope {
+  rpc_client& client;
+  explicit call_scope(rpc_client& c) : client(c) { ++client.active_calls_; }
+  call_scope(const call_scope&) = delete;
+  call_scope& operator=(const call_scope&) = delete;
+  ~call_scope() {
+    if (--client.active_calls_ == 0 && client.close_waiter_)
+      client.ctx_.schedule(std::exchange(client.close_waiter_, nullptr));
   }
-  rpc_client(const rpc_client&) = delete;
-  rpc_client& operator=(const rpc_client&) = delete;
-
-  // Calls `method` on `server` with the payload made of `pieces` (sent with one vectored write, no copy; they must
-  // stay valid until the call returns) and returns the response payload. Ends by `deadline` (or after
-  // default_timeout) and on a stop request of the awaiting coroutine or of `stop`; a call that gives up after its
-  // request went out sends a cancel frame, so the server stops its handler. Errors: limit_error (payload over the
-  // limit, here or at the server, or a response over the server's share of max_buffered_bytes), unavailable_error
-  // (cannot connect, the server refused the connection or is shutting down), closed_error (connection lost, or the client closed),
-  // remote_error (the handler threw, or no such method), timeout_error, cancelled_error. Giving up on one call
-  // never fails another.
-  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
-                         steady_time deadline = no_deadline, std::stop_token stop = {});
-
-  DMOE_DECL task<byte_buffer> call(endpoint server, rpc_method method, const_byte_span payload,
-                         steady_time deadline = no_deadline, std::stop_token stop = {});
-
-  // Closes every connection, stops every call still running (they fail with closed_error) and waits until they
-  // and every coroutine of the client have finished: the client may be destroyed once it returns. Several owners
-  // may close it, also at once: each returns once the client is closed.
-  DMOE_DECL task<void> close();
-
-  // Open (or opening) connections to `server`.
-  std::size_t connections(const endpoint& server) const {
-    const auto found = pool_.find(server);
-    return found == pool_.end() ? 0 : found->second.size();
-  }
-  // Receive budget in use for large responses being received.
-  std::uint64_t buffered_bytes() const noexcept { return buffered_; }
-  // Calls in progress.
-  std::size_t active_calls() const noexcept { return active_calls_; }
-  const counters& stats() const noexcept { return stats_; }
-  const rpc_client_options& options() const noexcept { return options_; }
-
- private:
-  // Counts a call in progress (close() waits for none to be left).
-  struct call_scope {
-    rpc_client& client;
-    explicit call_scope(rpc_client& c) : client(c) { ++client.active_calls_; }
-    call_scope(const call_scope&) = delete;
-    call_scope& operator=(const call_scope&) = delete;
-    ~call_scope() {
-      if (--client.active_calls_ == 0 && client.close_waiter_)
-        client.ctx_.schedule(std::exchange(client.close_waiter_, nullptr));
-    }
-  };
-
-  // A later close() waits for the first one to finish.
-  struct close_finished {
-    rpc_client& client;
-    bool await_ready() const noexcept { return client.closed_; }
-    void await_suspend(std::coroutine_handle<> waiter) { client.close_waiters_.push_back(waiter); }
-    void await_resume() const noexcept {}
-  };
-
-  struct calls_gone {
-    rpc_client& client;
-    bool await_ready() const noexcept { return client.active_calls_ == 0; }
-    void await_suspend(std::coroutine_handle<> waiter) noexcept { client.close_waiter_ = waiter; }
-    void await_resume() const noexcept {}
-  };
-
-  // Takes a connection for the duration of one call.
-  struct connection_use {
-    std::shared_ptr<detail::client_connection> connection;
-    explicit connection_use(std::shared_ptr<detail::client_connection> c) : connection(std::move(c)) {
-      ++connection->users;
-    }
-    connection_use(const connection_use&) = delete;
-    connection_use& operator=(const connection_use&) = delete;
-    ~connection_use() { --connection->users; }
-  };
-
-  // Enters a call's deadline in the client's deadline timer for the duration of the call.
-  struct deadline_registration {
-    rpc_client& client;
-    detail::call_deadline& limit;
-    std::multimap<steady_time, detail::call_deadline*>::iterator entry;
-    DMOE_DECL deadline_registration(rpc_client& c, detail::call_deadline& d)
-        : client(c), limit(d), entry(c.deadlines_.emplace_hint(c.deadlines_.end(), d.at, &d)) {
-      client.deadline_added(d.at);
-    }
-    deadline_registration(const deadline_registration&) = delete;
-    deadline_registration& operator=(const deadline_registration&) = delete;
-    ~deadline_registration() {
-      if (!limit.expired) client.deadlines_.erase(entry);
-    }
-  };
-
-  // Forgets a call's pending entry when the call ends before its response (deadline, stop, failure).
-  struct pending_entry {
-    detail::client_connection* connection;
-    std::uint64_t id;
-    ~pending_entry() { connection->pending.erase(id); }
-  };
-
-  DMOE_DECL task<byte_buffer> call_on_connection(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
-                                       std::uint64_t total);
-
-  // Queues a request on its connection's writer and waits until it is written; false when it was not (the
-  // connection failed first). A stop request takes the request back while it only waits in the queue; once its
-  // bytes are in a write the frame is finished (never cut in half, which would break the stream for every other
-  // call) and the stop takes effect after it.
-  DMOE_DECL task<bool> send_request(std::shared_ptr<detail::client_connection> connection, rpc_method method, std::uint64_t id,
-                          std::span<const const_byte_span> pieces, std::uint64_t total);
-
-  // Waits, without a way out, until the writer is done with a request whose bytes it is writing.
-  struct until_written {
-    detail::outgoing_request& out;
-    bool await_ready() const noexcept { return out.done; }
-    void await_suspend(std::coroutine_handle<> waiter) noexcept { out.waiter = waiter; }
-    void await_resume() const noexcept {}
-  };
-
-  DMOE_DECL static void unqueue(detail::client_connection& c, detail::outgoing_request& out) noexcept;
-
-  // Sends a cancel frame for a request the server may be working on, with the connection's next write.
-  DMOE_DECL void send_cancel(const std::shared_ptr<detail::client_connection>& connection, std::uint64_t id);
-
-  DMOE_DECL void start_writer(detail::client_connection& c);
-
-  // One vectored write: the requests and cancel frames it carries, and the pieces still to send.
-  struct write_batch {
-    std::vector<const_byte_span> pieces;
-    std::vector<frame_header_bytes> cancels;
-    detail::outgoing_request* first = nullptr;
-    std::uint64_t total = 0;
-  };
-
-  // Takes what waits on the connection (oldest first) into one batch; its requests can no longer be taken back.
-  DMOE_DECL static void take_batch(detail::client_connection& c, write_batch& batch);
-
-  // Releases the callers of a batch's requests: sent (all of it went out) or not.
-  DMOE_DECL void release_batch(write_batch& batch, bool sent);
-
-  // A send failed: the server may have answered before it closed (e.g. refusing a request), so reading goes on,
-  // nothing more is sent, and the reader settles the waiting calls when the connection ends.
-  DMOE_DECL void write_failed(detail::client_connection& c, const std::exception& e);
-
-  // The caller whose request finds the writer idle sends at once what the socket takes (the lone caller's round
-  // trip gains no loop iteration); whatever is left goes to a writer of its own, never in the caller's coroutine,
-  // so one call's deadline never cuts a frame in half.
-  DMOE_DECL task<void> write_first(std::shared_ptr<detail::client_connection> connection);
-
-  // Writes what is queued on a connection (after `started`, a batch already begun), many requests and cancel
-  // frames per vectored write, until the queue is empty.
-  DMOE_DECL task<void> write_requests(std::shared_ptr<detail::client_connection> connection, write_batch started);
-
-  struct flag_clear {
-    bool& flag;
-    ~flag_clear() { flag = false; }
-  };
-
-  // A transfer of `bytes` must end within `timeout` plus the bytes at min_transfer_rate.
-  steady_time transfer_deadline(std::chrono::milliseconds timeout, std::uint64_t bytes) const noexcept {
-    return deadline_from(deadline_after(timeout), std::chrono::duration<double>(static_cast<double>(bytes) /
-                                                                               static_cast<double>(options_.min_transfer_rate)));
-  }
-
-  DMOE_DECL [[noreturn]] static void throw_status(frame_status status, rpc_method method, const std::string& server,
-                                        std::string_view text);
-
-  // The least busy connection to `server`, or a new one while every open one is busy and the pool has room.
-  DMOE_DECL std::shared_ptr<detail::client_connection> pick(const endpoint& server);
-
-  DMOE_DECL void deadline_added(steady_time at);
-
-  DMOE_DECL task<void> wait_deadline_change();
-
-  // The client's deadline timer: one kernel timer for the earliest deadline of the calls in progress, re-armed
-  // only when that passes or an earlier one comes (deadlines mostly come in order, each later than the last),
-  // rather than one timer armed and cancelled per call. Stops the calls whose deadline has passed.
-  DMOE_DECL task<void> expire_deadlines();
-
-  // Enforces a connection's read, write and idle deadlines: one timer per connection that sleeps until the
-  // earliest deadline in force, instead of a kernel timer armed and cancelled with every operation. Stopped with
-  // the connection.
-  DMOE_DECL task<void> watch_connection(detail::client_connection& c);
-
-  // Takes a connection out of the pool: no new call picks it.
-  DMOE_DECL void retire(detail::client_connection& c);
-
-  // Marks a connection failed: out of the pool, its stream shut down, its waiting calls failed with `why`.
-  DMOE_DECL void fail(detail::client_connection& c, const std::exception_ptr& why);
-
-  DMOE_DECL task<void> run_connection(std::shared_ptr<detail::client_connection> connection);
-
-  struct reading_flag {
-    detail::client_connection& c;
-    ~reading_flag() { c.reading = false; }
-  };
-
-  DMOE_DECL void release_receive(detail::client_connection& c);
-
-  // One server's share of the receive budget, over all its connections.
-  DMOE_DECL std::uint64_t server_share() const noexcept;
-
-  std::uint64_t buffered_from(const endpoint& server) const {
-    const auto found = buffered_by_server_.find(server);
-    return found == buffered_by_server_.end() ? 0 : found->second;
-  }
-
-  // Fails one call (its connection goes on).
-  DMOE_DECL static void settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why);
-
-  // Before a large response's payload is stored: skips it when nobody waits for it or it can never fit the
-  // receive budget, else waits for budget (not reading this connection meanwhile) and takes it.
-  DMOE_DECL task<void> admit_large(detail::client_connection& c, frame_reader& reader, frame_deadline& progress);
-
-  // Hands each response to its call until the connection fails or the server closes it (then returns).
-  DMOE_DECL task<void> read_responses(detail::client_connection& c);
-
-  DMOE_DECL void deliver(detail::client_connection& c, frame f);
-
-  // The server closes the connection: requests above its last id were never read. They are sent again on another
-  // connection when it closes for being idle, and fail with unavailable_error when it refused the connection.
-  DMOE_DECL void on_go_away(detail::client_connection& c, const frame& f);
-
-  io_context& ctx_;
-  rpc_client_options options_;
-  std::shared_ptr<fault_policy> faults_;
-  std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>> pool_;
-  // Every connection whose coroutines still run, pooled or retired (a writer or a cancel may need it).
-  std::unordered_map<detail::client_connection*, std::weak_ptr<detail::client_connection>> owners_;
-  bool closing_ = false;
-  bool closed_ = false;                               // the first close() has finished
-  std::vector<std::coroutine_handle<>> close_waiters_;  // later close() calls, waiting for it
-  std::size_t active_calls_ = 0;
-  std::coroutine_handle<> close_waiter_;  // close(), waiting for the last call to end
-  std::uint64_t buffered_ = 0;  // receive budget in use
-  std::unordered_map<endpoint, std::uint64_t> buffered_by_server_;  // of it, per server (entries only while in use)
-  async_event memory_freed_;
-  counters stats_;
-  detail::write_pass write_pass_{ctx_};
-  std::multimap<steady_time, detail::call_deadline*> deadlines_;  // of the calls in progress
-  async_event deadline_changed_;                                   // an earlier deadline than the armed one came
-  steady_time deadline_armed_ = no_deadline;
-  bool expiring_ = false;                                          // expire_deadlines() is running
-  task_group background_;  // last: destroyed first, after close() joined it
 };
 
-}  // namespace net
-DMOE_END_NAMESPACE
+// A later close() waits for the first one to finish.
+struct rpc_client::close_finished {
+  rpc_client& client;
+  bool await_ready() const noexcept { return client.closed_; }
+  void await_suspend(std::coroutine_handle<> waiter) { client.close_waiters_.push_back(waiter); }
+  void await_resume() const noexcept {}
+};
 
-#if DMOE_HEAVY_DEFINITIONS
+struct rpc_client::calls_gone {
+  rpc_client& client;
+  bool await_ready() const noexcept { return client.active_calls_ == 0; }
+  void await_suspend(std::coroutine_handle<> waiter) noexcept { client.close_waiter_ = waiter; }
+  void await_resume() const noexcept {}
+};
 
-DMOE_BEGIN_NAMESPACE
-namespace net {
+// Takes a connection for the duration of one call.
+struct rpc_client::connection_use {
+  std::shared_ptr<detail::client_connection> connection;
+  explicit connection_use(std::shared_ptr<detail::client_connection> c) : connection(std::move(c)) {
+    ++connection->users;
+  }
+  connection_use(const connection_use&) = delete;
+  connection_use& operator=(const connection_use&) = delete;
+  ~connection_use() { --connection->users; }
+};
+
+// Enters a call's deadline in the client's deadline timer for the duration of the call.
+struct rpc_client::deadline_registration {
+  rpc_client& client;
+  detail::call_deadline& limit;
+  std::multimap<steady_time, detail::call_deadline*>::iterator entry;
+  DMOE_DECL deadline_registration(rpc_client& c, detail::call_deadline& d)
+      : client(c), limit(d), entry(c.deadlines_.emplace_hint(c.deadlines_.end(), d.at, &d)) {
+    client.deadline_added(d.at);
+  }
+  deadline_registration(const deadline_registration&) = delete;
+  deadline_registration& operator=(const deadline_registration&) = delete;
+  ~deadline_registration() {
+    if (!limit.expired) client.deadlines_.erase(entry);
+  }
+};
+
+// Forgets a call's pending entry when the call ends before its response (deadline, stop, failure).
+struct rpc_client::pending_entry {
+  detail::client_connection* connection;
+  std::uint64_t id;
+  ~pending_entry() { connection->pending.erase(id); }
+};
+
+// Waits, without a way out, until the writer is done with a request whose bytes it is writing.
+struct rpc_client::until_written {
+  detail::outgoing_request& out;
+  bool await_ready() const noexcept { return out.done; }
+  void await_suspend(std::coroutine_handle<> waiter) noexcept { out.waiter = waiter; }
+  void await_resume() const noexcept {}
+};
+
+// One vectored write: the requests and cancel frames it carries, and the pieces still to send.
+struct rpc_client::write_batch {
+  std::vector<const_byte_span> pieces;
+  std::vector<frame_header_bytes> cancels;
+  detail::outgoing_request* first = nullptr;
+  std::uint64_t total = 0;
+};
+
+struct rpc_client::flag_clear {
+  bool& flag;
+  ~flag_clear() { flag = false; }
+};
+
+struct rpc_client::reading_flag {
+  detail::client_connection& c;
+  ~reading_flag() { c.reading = false; }
+};
+
 
 DMOE_DEF auto rpc_client::call(endpoint server, rpc_method method, std::span<const const_byte_span> pieces,
                        steady_time deadline, std::stop_token stop) -> task<byte_buffer> {

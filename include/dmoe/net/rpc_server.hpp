@@ -124,7 +124,7 @@ namespace detail {
 
 // A response waiting to be written, in its sender's coroutine frame (never moved: `pieces` points at `head`).
 struct queued_frame {
-  DMOE_DECL queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
+  DMOE_LAZY queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
       : head(encode_frame_header(header)), pieces(head, body, views) {}
   queued_frame(const queued_frame&) = delete;
   queued_frame& operator=(const queued_frame&) = delete;
@@ -138,7 +138,7 @@ struct queued_frame {
 
 // What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
-  DMOE_DECL server_connection(tcp_socket s, std::size_t handlers)
+  DMOE_LAZY server_connection(tcp_socket s, std::size_t handlers)
       : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()),
         handler_slots(handlers) {}
 
@@ -195,7 +195,7 @@ class rpc_server {
 
   // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread. Throws
   // invalid_argument_error for unusable options (see validate()), system_error when it cannot listen.
-  DMOE_DECL rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
+  DMOE_LAZY rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
              std::shared_ptr<fault_policy> faults = nullptr)
       : ctx_(ctx),
         options_(options),
@@ -263,7 +263,7 @@ class rpc_server {
   // Answers a request the server will not take with limit_exceeded; the connection goes on. The answer holds one
   // of the connection's slots until it is written, so a peer that sends refused requests and never reads stops
   // being read like any other.
-  DMOE_DECL void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
+  DMOE_LAZY void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
     ++stats_.requests_refused;
     log_debug("{}", why);
     if (header.kind != frame_kind::request) return;

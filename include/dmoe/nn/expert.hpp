@@ -25,7 +25,7 @@ struct tensor_schema {
   shape batch_shape(std::int64_t batch) const { return sample_shape.with_leading(batch); }
 
   // Throws shape_error (invalid_argument_error for the dtype) unless t is a batch of such samples.
-  void check(std::string_view what, const tensor& t) const {
+  DMOE_LAZY void check(std::string_view what, const tensor& t) const {
     if (t.dtype() != type)
       throw invalid_argument_error(dmoe::format("{}: tensor is {} but the schema says {}", what, t.description(), type));
     if (t.rank() != sample_shape.rank() + 1 || t.shape().without_first() != sample_shape)

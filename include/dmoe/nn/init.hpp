@@ -17,7 +17,7 @@ namespace init {
 
 // (fan_in, fan_out) of a weight: [out, in] for matrices, [n] counts as n both ways, [out, in, ...] multiplies
 // the trailing dimensions into fan_in.
-inline std::pair<double, double> fans(const tensor& w) {
+DMOE_LAZY inline std::pair<double, double> fans(const tensor& w) {
   if (w.rank() == 0 || w.numel() == 0)
     throw shape_error(dmoe::format("init: cannot compute fans of a tensor of shape {}", w.shape()));
   if (w.rank() == 1) return {static_cast<double>(w.dim(0)), static_cast<double>(w.dim(0))};

@@ -57,7 +57,7 @@ class optimizer {
   const parameter_list& state() const noexcept { return state_; }
 
  protected:
-  optimizer(parameter_list parameters, float learning_rate)
+  DMOE_LAZY optimizer(parameter_list parameters, float learning_rate)
       : parameters_(std::move(parameters)), learning_rate_(learning_rate), step_(shape{}, dtype::i64) {
     std::set<std::string> names;
     for (const parameter& p : parameters_) {
@@ -90,7 +90,7 @@ class optimizer {
 };
 
 // Handles on the parameters' gradients (sharing their storage), e.g. for ops::clip_grad_norm.
-inline std::vector<tensor> gradients_of(const parameter_list& parameters) {
+DMOE_LAZY inline std::vector<tensor> gradients_of(const parameter_list& parameters) {
   std::vector<tensor> out;
   out.reserve(parameters.size());
   for (const parameter& p : parameters) out.push_back(*p.grad);

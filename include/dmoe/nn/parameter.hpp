@@ -21,7 +21,7 @@ struct parameter {
 using parameter_list = std::vector<parameter>;
 
 // Appends the parameters of a child module under "prefix.".
-inline void append_parameters(parameter_list& out, const std::string& prefix, const parameter_list& child) {
+DMOE_LAZY inline void append_parameters(parameter_list& out, const std::string& prefix, const parameter_list& child) {
   for (const parameter& p : child) out.push_back({prefix.empty() ? p.name : prefix + "." + p.name, p.value, p.grad});
 }
 

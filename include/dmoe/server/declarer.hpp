@@ -103,7 +103,7 @@ struct declarer_options {
 class declarer {
  public:
   // Throws invalid_argument_error for an update_period that is not positive or an expiration not longer than it.
-  DMOE_DECL declarer(dht::node& node, const std::vector<std::string>& uids, const endpoint& server_endpoint,
+  DMOE_LAZY declarer(dht::node& node, const std::vector<std::string>& uids, const endpoint& server_endpoint,
            const dht::ed25519_keypair& key, declarer_options options = {})
       : republisher_(node, {options.update_period, options.expiration}), uids_(uids.size()), endpoint_(server_endpoint) {
     for (auto& e : moe::declaration_entries(uids, server_endpoint, 0, key))
@@ -111,10 +111,10 @@ class declarer {
   }
 
   // Stores every declaration once (one crawl for all keys); returns how many entries some node took.
-  DMOE_DECL task<std::size_t> declare_once() { return republisher_.publish_once(); }
+  DMOE_LAZY task<std::size_t> declare_once() { return republisher_.publish_once(); }
   // Declares every update_period until the awaiting coroutine is stopped (then cancelled_error) or the node shuts
   // down.
-  DMOE_DECL task<void> run() { return republisher_.run(); }
+  DMOE_LAZY task<void> run() { return republisher_.run(); }
 
   // Declaration rounds done (thread-safe).
   std::uint64_t rounds() const noexcept { return republisher_.rounds(); }

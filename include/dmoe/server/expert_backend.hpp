@@ -90,14 +90,14 @@ class expert_backend {
   DMOE_DECL tensor backward(const tensor& inputs, const tensor& grad_outputs);
 
   // Parameters and optimizer state to one checkpoint file (nn/checkpoint.hpp: atomic, checksummed).
-  DMOE_DECL void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
+  DMOE_LAZY void save(const std::filesystem::path& path) const { nn::save_checkpoint(path, parameters_, optimizer_.get()); }
   // Loads a checkpoint made by save(); a corrupt file or a mismatched one throws and leaves the expert unchanged.
-  DMOE_DECL void load(const std::filesystem::path& path) { nn::load_checkpoint(path, parameters_, optimizer_.get()); }
+  DMOE_LAZY void load(const std::filesystem::path& path) { nn::load_checkpoint(path, parameters_, optimizer_.get()); }
 
   std::uint64_t updates() const noexcept { return updates_.load(std::memory_order_relaxed); }
 
  protected:
-  expert_backend(std::string uid, std::unique_ptr<nn::expert> module)
+  DMOE_LAZY expert_backend(std::string uid, std::unique_ptr<nn::expert> module)
       : uid_(std::move(uid)), module_(std::move(module)), schema_(module_->schema()),
         parameters_(module_->parameters()), parameter_count_(module_->parameter_count()) {}
 

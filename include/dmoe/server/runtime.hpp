@@ -72,9 +72,9 @@ class runtime {
   DMOE_DECL runtime(std::vector<expert_backend*> backends, runtime_options options = {});
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
-  ~runtime() { stop(); }
+  DMOE_INLINE ~runtime();
 
-  DMOE_DECL void start() {
+  DMOE_LAZY void start() {
     std::lock_guard lock(mutex_);
     if (thread_.joinable() || stopping_) return;
     thread_ = std::thread([this] { loop(); });
@@ -133,7 +133,7 @@ class runtime {
 
   // Counters per expert (a snapshot).
   DMOE_DECL std::map<std::string, expert_stats> stats() const;
-  DMOE_DECL expert_stats total_stats() const {
+  DMOE_LAZY expert_stats total_stats() const {
     expert_stats total;
     for (const auto& [uid, s] : stats()) total += s;
     return total;
@@ -392,6 +392,8 @@ DMOE_DEF auto runtime::run_batch(expert_entry& entry, expert_direction direction
   }
   if (observer_) observer_(record);
 }
+
+DMOE_INLINE runtime::~runtime() { stop(); }
 
 }  // namespace server
 DMOE_END_NAMESPACE

@@ -96,9 +96,7 @@ class server {
   DMOE_DECL server(io_context& ctx, server_options options);
   server(const server&) = delete;
   server& operator=(const server&) = delete;
-  ~server() {
-    if (runtime_) runtime_->stop();
-  }
+  DMOE_INLINE ~server();
 
   // Serves until request_shutdown() or a stop request on the awaiting coroutine: the runtime's thread, the RPC
   // server, the DHT bootstrap and declarations, the checkpoint and statistics loops. Then finishes requests in
@@ -133,7 +131,7 @@ class server {
   }
   // Blocks (another thread than the server's) until `rounds` declaration rounds are done or `timeout` passes;
   // returns whether they are.
-  bool wait_for_declarations(std::uint64_t rounds, std::chrono::milliseconds timeout) const {
+  DMOE_LAZY bool wait_for_declarations(std::uint64_t rounds, std::chrono::milliseconds timeout) const {
     std::unique_lock lock(declared_mutex_);
     return declared_.wait_for(lock, timeout, [&] { return declaration_rounds_ >= rounds; });
   }
@@ -148,16 +146,7 @@ class server {
   // Withdraws a request when its handler ends before the outcome arrived (the caller gave up, or its connection
   // or the server stopped): its tensors leave the queue with it, so requests nobody waits for hold no memory that
   // the RPC server no longer counts.
-  struct abandon_on_exit {
-    runtime& rt;
-    std::string_view uid;
-    moe::expert_direction direction;
-    task_completion* completion;
-    bool done = false;
-    ~abandon_on_exit() {
-      if (!done) rt.withdraw(uid, direction, *completion);
-    }
-  };
+  struct abandon_on_exit;
 
   DMOE_DECL task<net::rpc_response> handle_compute(net::rpc_request& req, moe::expert_direction direction);
 
@@ -199,6 +188,24 @@ DMOE_END_NAMESPACE
 
 DMOE_BEGIN_NAMESPACE
 namespace server {
+
+DMOE_INLINE server::~server() {
+  if (runtime_) runtime_->stop();
+}
+
+// Withdraws a request when its handler ends before the outcome arrived (the caller gave up, or its connection
+// or the server stopped): its tensors leave the queue with it, so requests nobody waits for hold no memory that
+// the RPC server no longer counts.
+struct server::abandon_on_exit {
+  runtime& rt;
+  std::string_view uid;
+  moe::expert_direction direction;
+  task_completion* completion;
+  bool done = false;
+  ~abandon_on_exit() {
+    if (!done) rt.withdraw(uid, direction, *completion);
+  }
+};
 
 DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), options_(std::move(options)) {
   if (options_.experts.empty()) throw invalid_argument_error("server: no experts to host");

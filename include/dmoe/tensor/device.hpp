@@ -32,7 +32,7 @@ struct device_choice {
 
 // Parses "cpu", "host", "cuda" or "cuda:N" (N a decimal ordinal below 1024); throws invalid_argument_error
 // naming the accepted forms otherwise. Says nothing about whether such a device exists: see use_device.
-inline device_choice parse_device(std::string_view text) {
+DMOE_LAZY inline device_choice parse_device(std::string_view text) {
   if (text == "cpu" || text == "host") return {device::host, 0};
   if (text == "cuda") return {device::cuda, 0};
   if (text.starts_with("cuda:")) {
@@ -90,7 +90,7 @@ inline bool cuda_available() {
 // Checks that `choice` can be used without making it current: nothing to check for the host; for a CUDA device
 // throws device_error when the program has no CUDA backend, when no GPU is present or when the ordinal is out of
 // range (the messages name the device).
-inline void check_device(const device_choice& choice) {
+DMOE_LAZY inline void check_device(const device_choice& choice) {
   if (choice.kind == device::host) return;
   const detail::device_memory& memory = detail::require_device_memory("device " + choice.text());
   const int count = memory.device_count();

@@ -213,7 +213,7 @@ class tensor {
   }
 
   // Rows [begin, end) of the first dimension, sharing storage.
-  tensor rows(std::int64_t begin, std::int64_t end) const {
+  DMOE_LAZY tensor rows(std::int64_t begin, std::int64_t end) const {
     if (rank() == 0) throw shape_error("tensor::rows: a scalar has no rows");
     if (begin < 0 || end < begin || end > shape_[0])
       throw shape_error(dmoe::format("tensor::rows: rows [{}, {}) of a tensor of shape {}", begin, end, shape_));
@@ -229,7 +229,7 @@ class tensor {
     return r;
   }
   // The same elements with another shape of equal size, sharing storage.
-  tensor reshape(dmoe::shape s) const {
+  DMOE_LAZY tensor reshape(dmoe::shape s) const {
     if (s.numel() != numel())
       throw shape_error(dmoe::format("tensor::reshape: {} has {} elements but {} has {}", shape_, numel(), s, s.numel()));
     tensor r = *this;
@@ -248,7 +248,7 @@ class tensor {
   }
   // Copies the elements of other, which must have the same shape and dtype, from any device to any device (the
   // explicit way across devices); the copy is complete when it returns.
-  void copy_from(const tensor& other) {
+  DMOE_LAZY void copy_from(const tensor& other) {
     if (other.shape_ != shape_ || other.dtype_ != dtype_)
       throw shape_error(dmoe::format("tensor::copy_from: destination is {} {} but source is {} {}", shape_, dtype_,
                                     other.shape_, other.dtype_));
@@ -289,11 +289,11 @@ class tensor {
     else
       detail::require_device_memory("tensor::zero").zero(bytes_data(), nbytes(), false);
   }
-  void fill_normal(random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
+  DMOE_LAZY void fill_normal(random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
     std::normal_distribution<float> dist(mean, stddev);
     for (float& x : span<float>()) x = dist(gen);
   }
-  void fill_uniform(random_engine& gen, float low = 0.0f, float high = 1.0f) {
+  DMOE_LAZY void fill_uniform(random_engine& gen, float low = 0.0f, float high = 1.0f) {
     std::uniform_real_distribution<float> dist(low, high);
     for (float& x : span<float>()) x = dist(gen);
   }
@@ -324,7 +324,7 @@ class tensor {
       throw invalid_argument_error(dmoe::format(
           "tensor {}: {} tensor is not on the host (copy it with to(device::host) first)", what, description()));
   }
-  std::size_t flat_index(std::initializer_list<std::int64_t> index) const {
+  DMOE_LAZY std::size_t flat_index(std::initializer_list<std::int64_t> index) const {
     if (index.size() != rank())
       throw shape_error(dmoe::format("tensor::at: {} indices for a tensor of shape {}", index.size(), shape_));
     std::size_t flat = 0;

@@ -110,7 +110,7 @@ void decode_halves(const std::byte* in, std::size_t count, float* values) {
 }
 
 // Index of the first inf or NaN among f32 values, or npos; one branch-free pass when all are finite.
-inline std::size_t first_non_finite_f32(const std::byte* data, std::size_t count) noexcept {
+DMOE_LAZY inline std::size_t first_non_finite_f32(const std::byte* data, std::size_t count) noexcept {
   std::uint32_t any = 0;
   for (std::size_t i = 0; i < count; ++i) {
     std::uint32_t bits;
@@ -127,7 +127,7 @@ inline std::size_t first_non_finite_f32(const std::byte* data, std::size_t count
 }
 
 // The same for 16-bit floats whose exponent field is `exponent_mask` (f16: 0x7c00, bf16: 0x7f80).
-inline std::size_t first_non_finite_16(const std::byte* data, std::size_t count, std::uint16_t exponent_mask) noexcept {
+DMOE_LAZY inline std::size_t first_non_finite_16(const std::byte* data, std::size_t count, std::uint16_t exponent_mask) noexcept {
   std::uint32_t any = 0;
   for (std::size_t i = 0; i < count; ++i) {
     std::uint16_t bits;
@@ -174,7 +174,7 @@ inline std::uint64_t wire_data_size(dtype type, wire_codec codec, std::uint64_t 
   return 0;
 }
 
-inline void check_encodable(const tensor& t, wire_codec codec, std::uint32_t block_size) {
+DMOE_LAZY inline void check_encodable(const tensor& t, wire_codec codec, std::uint32_t block_size) {
   if (t.empty()) throw invalid_argument_error("tensor wire encode: the tensor has no storage");
   if (!t.is_host())
     throw invalid_argument_error(
@@ -199,7 +199,7 @@ inline void check_encodable(const tensor& t, wire_codec codec, std::uint32_t blo
   }
 }
 
-inline tensor_wire_header make_wire_header(const tensor& t, wire_codec codec, std::uint32_t block_size) {
+DMOE_LAZY inline tensor_wire_header make_wire_header(const tensor& t, wire_codec codec, std::uint32_t block_size) {
   tensor_wire_header h;
   std::byte* at = h.bytes.data();
   auto put = [&](auto value) {
@@ -241,7 +241,7 @@ inline float q8_value(float offset, float scale, std::uint8_t code) noexcept {
   return static_cast<float>(static_cast<double>(offset) + static_cast<double>(code) * static_cast<double>(scale));
 }
 
-inline void encode_q8_blockwise(const float* values, std::size_t count, std::uint32_t block_size, std::byte* out) {
+DMOE_LAZY inline void encode_q8_blockwise(const float* values, std::size_t count, std::uint32_t block_size, std::byte* out) {
   const std::size_t blocks = static_cast<std::size_t>(q8_blocks(count, block_size));
   std::byte* params = out;
   auto* codes = reinterpret_cast<std::uint8_t*>(out + blocks * 8);
@@ -284,7 +284,7 @@ inline std::size_t encoded_tensor_size(const tensor& t, wire_codec codec,
 
 // Appends the tensor's wire form to `out`. Throws invalid_argument_error for inf or NaN elements, a device
 // tensor, or a compressed codec on a tensor that is not f32.
-inline void encode_tensor(const tensor& t, wire_codec codec, byte_buffer& out,
+DMOE_LAZY inline void encode_tensor(const tensor& t, wire_codec codec, byte_buffer& out,
                           std::uint32_t block_size = q8_default_block_size) {
   detail::check_encodable(t, codec, block_size);
   const tensor_wire_header header = detail::make_wire_header(t, codec, block_size);
@@ -320,7 +320,7 @@ inline tensor_wire_view wire_view(const tensor& t) {
 }
 
 // Decodes one tensor from the reader, checking every field against the limits before allocating.
-inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {}) {
+DMOE_LAZY inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {}) {
   const auto version = reader.read<std::uint8_t>();
   if (version != tensor_wire_version)
     throw protocol_error(
@@ -427,7 +427,7 @@ inline tensor decode_tensor(binary_reader& reader, const wire_limits& limits = {
 }
 
 // Decodes exactly one tensor: trailing bytes are a protocol error.
-inline tensor decode_tensor(const_byte_span bytes, const wire_limits& limits = {}) {
+DMOE_LAZY inline tensor decode_tensor(const_byte_span bytes, const wire_limits& limits = {}) {
   binary_reader reader(bytes, "tensor");
   tensor out = decode_tensor(reader, limits);
   reader.expect_end();

@@ -44,7 +44,7 @@ inline bool gemm_kernel_supported(gemm_kernel kernel) noexcept {
 namespace detail {
 
 // The fastest kernel this CPU runs, unless DMOE_GEMM_KERNEL names one (eigen, avx2, avx512).
-inline gemm_kernel default_gemm_kernel() {
+DMOE_LAZY inline gemm_kernel default_gemm_kernel() {
   if (const char* env = std::getenv("DMOE_GEMM_KERNEL")) {
     for (auto k : {gemm_kernel::eigen, gemm_kernel::avx2, gemm_kernel::avx512})
       if (to_string(k) == env) {

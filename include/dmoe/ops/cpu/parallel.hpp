@@ -40,7 +40,7 @@ class cpu_pool {
 
   // Runs task(i) for i in [0, tasks) over the pool; returns when all are done. Exceptions from tasks propagate
   // (the first one).
-  void run(int tasks, const std::function<void(int)>& task) {
+  DMOE_LAZY void run(int tasks, const std::function<void(int)>& task) {
     std::unique_lock run_lock(run_mutex_, std::try_to_lock);
     if (!run_lock.owns_lock() || workers_.empty() || tasks <= 1 || on_worker_) {
       for (int i = 0; i < tasks; ++i) task(i);
@@ -90,7 +90,7 @@ class cpu_pool {
   }
 
   // Claims and runs tasks until none are left.
-  void work_until_done() {
+  DMOE_LAZY void work_until_done() {
     for (;;) {
       int i;
       const std::function<void(int)>* task;
