@@ -49,14 +49,35 @@ measure() {
   echo "$best_line"
 }
 
-declare -A cpu_of mem_of
+# Prints the megabytes g++ allocates in its garbage-collected heap compiling one header with collection turned off:
+# the compiler's work, repeatable to the megabyte on a loaded machine where CPU time moves by a third ("null"
+# for a compiler without -fmem-report). With collection on, the figure moves by tens of MB when an edit shifts
+# the moment of a collection.
+allocated_mb() {
+  local header=$1; shift
+  printf '#include <%s>\nint main() {}\n' "$header" > "$work/tu.cpp"
+  local total
+  total=$("$cxx" "${flags[@]}" "$@" --param ggc-min-heapsize=8000000 --param ggc-min-expand=100000 -fmem-report \
+          -c "$work/tu.cpp" -o "$work/tu.o" 2>&1 | awk '$1 == "Total" && $2 ~ /[kMG]$/ { print $2; exit }') || true
+  case "$total" in
+    *M) echo "${total%M}" ;;
+    *G) echo $(( ${total%G} * 1024 )) ;;
+    *k) echo $(( ${total%k} / 1024 )) ;;
+    *) echo null ;;
+  esac
+}
+
+declare -A cpu_of mem_of alloc_of
 report() {  # header mode extra-flags...
   local header=$1 mode=$2; shift 2
   read -r cpu wall kb < <(measure "$header" "$@")
+  local allocated
+  allocated=$(allocated_mb "$header" "$@")
   cpu_of["$header/$mode"]=$cpu
   mem_of["$header/$mode"]=$kb
-  printf '{"bench":"compile_time","header":"%s","mode":"%s","cpu_s":%s,"wall_s":%s,"peak_mb":%d,"compiler":"%s"}\n' \
-    "$header" "$mode" "$cpu" "$wall" $((kb / 1024)) "$("$cxx" --version | head -1)"
+  alloc_of["$header/$mode"]=$allocated
+  printf '{"bench":"compile_time","header":"%s","mode":"%s","cpu_s":%s,"wall_s":%s,"peak_mb":%d,"allocated_mb":%s,"compiler":"%s"}\n' \
+    "$header" "$mode" "$cpu" "$wall" $((kb / 1024)) "$allocated" "$("$cxx" --version | head -1)"
 }
 
 report Eigen/Dense baseline
@@ -75,8 +96,12 @@ if [[ -z "$only" ]]; then
   for key in "${!mem_of[@]}"; do
     [[ $key == dmoe/* && ${mem_of[$key]} -gt $peak ]] && peak=${mem_of[$key]}
   done
-  awk -v e="$eigen" -v d="$dmoe" -v s="$separate" -v p="$peak" 'BEGIN {
+  awk -v e="$eigen" -v d="$dmoe" -v s="$separate" -v p="$peak" -v ae="${alloc_of[Eigen/Dense/baseline]}" \
+      -v ad="${alloc_of[dmoe/dmoe.hpp/header_only]}" -v as="${alloc_of[dmoe/dmoe.hpp/separate]}" 'BEGIN {
     printf "{\"bench\":\"compile_time\",\"dmoe_hpp_s\":%.2f,\"dmoe_hpp_separate_s\":%.2f,\"eigen_dense_s\":%.2f,", d, s, e
-    printf "\"dmoe_hpp_ratio_vs_eigen\":%.2f,\"separate_compilation_ratio_vs_eigen\":%.2f,\"peak_mb\":%d}\n", d / e, s / e, p / 1024
+    printf "\"dmoe_hpp_ratio_vs_eigen\":%.2f,\"separate_compilation_ratio_vs_eigen\":%.2f,\"peak_mb\":%d", d / e, s / e, p / 1024
+    if (ae != "null" && ae > 0)
+      printf ",\"allocated_ratio_vs_eigen\":%.2f,\"separate_allocated_ratio_vs_eigen\":%.2f", ad / ae, as / ae
+    printf "}\n"
   }'
 fi

@@ -21,7 +21,7 @@ class async_event {
   // co_await event.wait(): returns once the event is set; cancelled_error on stop.
   auto wait() noexcept { return wait_awaiter{*this}; }
 
-  void set() {
+  DMOE_LAZY void set() {
     set_ = true;
     while (detail::list_waiter* w = waiters_.pop_front()) w->ctx->schedule(w->handle);
   }
@@ -45,7 +45,7 @@ class async_event {
       detail::end_wait(*this);
       if (cancelled) throw cancelled_error("event wait: cancelled");
     }
-    static void on_cancel(detail::cancel_target* target) noexcept {
+    DMOE_LAZY static void on_cancel(detail::cancel_target* target) noexcept {
       auto& self = static_cast<wait_awaiter&>(*target);
       if (!self.linked) return;
       self.event.waiters_.remove(&self);

@@ -22,13 +22,13 @@ class async_semaphore {
   // co_await sem.acquire(): takes one permit, waiting if none is free; cancelled_error on stop.
   auto acquire() noexcept { return acquire_awaiter{*this}; }
 
-  bool try_acquire() noexcept {
+  DMOE_LAZY bool try_acquire() noexcept {
     if (available_ == 0 || !waiters_.empty()) return false;
     --available_;
     return true;
   }
 
-  void release(std::size_t count = 1) {
+  DMOE_LAZY void release(std::size_t count = 1) {
     available_ += count;
     while (available_ > 0 && !waiters_.empty()) {
       detail::list_waiter* w = waiters_.pop_front();
@@ -81,7 +81,7 @@ class async_semaphore {
       detail::end_wait(*this);
       if (cancelled) throw cancelled_error("semaphore acquire: cancelled");
     }
-    static void on_cancel(detail::cancel_target* target) noexcept {
+    DMOE_LAZY static void on_cancel(detail::cancel_target* target) noexcept {
       auto& self = static_cast<acquire_awaiter&>(*target);
       if (!self.linked) return;
       self.sem.waiters_.remove(&self);

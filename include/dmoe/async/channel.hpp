@@ -38,14 +38,14 @@ class channel {
   auto receive() noexcept { return receive_awaiter(*this); }
 
   // Any thread: queues `value` if there is room (moving from it only then).
-  bool try_send(T& value) {
+  DMOE_LAZY bool try_send(T& value) {
     std::lock_guard lock(mutex_);
     return !closed_ && give_locked(value);
   }
   bool try_send(T&& value) { return try_send(value); }
 
   // A thread that runs no io_context: waits while full. closed_error if the channel is closed.
-  void send_blocking(T value) {
+  DMOE_LAZY void send_blocking(T value) {
     refuse_blocking_in_context("send_blocking");
     std::unique_lock lock(mutex_);
     not_full_.wait(lock, [&] { return closed_ || !receivers_.empty() || buffer_.size() < capacity_; });
@@ -54,7 +54,7 @@ class channel {
   }
 
   // Any thread: the next value if one is queued.
-  std::optional<T> try_receive() {
+  DMOE_LAZY std::optional<T> try_receive() {
     std::lock_guard lock(mutex_);
     std::optional<T> value;
     take_locked(value);
@@ -62,7 +62,7 @@ class channel {
   }
 
   // A thread that runs no io_context: waits for a value; std::nullopt once closed and drained.
-  std::optional<T> receive_blocking() {
+  DMOE_LAZY std::optional<T> receive_blocking() {
     refuse_blocking_in_context("receive_blocking");
     std::unique_lock lock(mutex_);
     not_empty_.wait(lock, [&] { return closed_ || !buffer_.empty() || !senders_.empty(); });
@@ -72,7 +72,7 @@ class channel {
   }
 
   // Any thread.
-  void close() {
+  DMOE_LAZY void close() {
     std::lock_guard lock(mutex_);
     closed_ = true;
     while (detail::list_waiter* w = receivers_.pop_front()) wake(w);
@@ -84,11 +84,11 @@ class channel {
     not_empty_.notify_all();
   }
 
-  bool closed() const {
+  DMOE_LAZY bool closed() const {
     std::lock_guard lock(mutex_);
     return closed_;
   }
-  std::size_t size() const {
+  DMOE_LAZY std::size_t size() const {
     std::lock_guard lock(mutex_);
     return buffer_.size();
   }
@@ -117,7 +117,7 @@ class channel {
       if (cancelled) throw cancelled_error("channel receive: cancelled");
       return std::move(value);
     }
-    static void on_cancel(detail::cancel_target* target) noexcept {
+    DMOE_LAZY static void on_cancel(detail::cancel_target* target) noexcept {
       auto& self = static_cast<receive_awaiter&>(*target);
       {
         std::lock_guard lock(self.ch.mutex_);
@@ -156,7 +156,7 @@ class channel {
       if (cancelled) throw cancelled_error("channel send: cancelled");
       if (closed) throw closed_error("channel closed: send failed");
     }
-    static void on_cancel(detail::cancel_target* target) noexcept {
+    DMOE_LAZY static void on_cancel(detail::cancel_target* target) noexcept {
       auto& self = static_cast<send_awaiter&>(*target);
       {
         std::lock_guard lock(self.ch.mutex_);
@@ -168,17 +168,17 @@ class channel {
     }
   };
 
-  static void refuse_blocking_in_context(const char* what) {
+  DMOE_LAZY static void refuse_blocking_in_context(const char* what) {
     if (io_context::current()) {
       throw invalid_argument_error(std::string("channel::") + what +
                                    " called on a thread running an io_context; co_await send()/receive() instead");
     }
   }
 
-  static void wake(detail::list_waiter* w) { w->ctx->resume_from_any_thread(&w->resume_node); }
+  DMOE_LAZY static void wake(detail::list_waiter* w) { w->ctx->resume_from_any_thread(&w->resume_node); }
 
   // Hands `value` to a waiting receiver or queues it; false (value untouched) when full.
-  bool give_locked(T& value) {
+  DMOE_LAZY bool give_locked(T& value) {
     if (detail::list_waiter* w = receivers_.pop_front()) {
       static_cast<receive_awaiter*>(w)->value.emplace(std::move(value));
       wake(w);
@@ -191,7 +191,7 @@ class channel {
   }
 
   // Takes the oldest value, letting the first waiting sender refill the room it leaves.
-  bool take_locked(std::optional<T>& out) {
+  DMOE_LAZY bool take_locked(std::optional<T>& out) {
     if (buffer_.empty()) return false;
     out.emplace(std::move(buffer_.front()));
     buffer_.pop_front();

@@ -34,7 +34,7 @@ class endpoint {
   }
 
   // "host:port" with host an IPv4 literal, or "[v6]:port"; throws invalid_argument_error.
-  static endpoint parse(std::string_view text) {
+  DMOE_LAZY static endpoint parse(std::string_view text) {
     if (auto parsed = try_parse(text)) return *parsed;
     throw invalid_argument_error(
         dmoe::format("not an endpoint: '{}' (expected 1.2.3.4:port or [v6 address]:port)", text));
@@ -54,7 +54,7 @@ class endpoint {
   bool is_v6() const noexcept { return family() == AF_INET6; }
   bool is_specified() const noexcept { return is_v4() || is_v6(); }
 
-  std::uint16_t port() const noexcept {
+  DMOE_LAZY std::uint16_t port() const noexcept {
     if (is_v4()) return ntohs(addr_.v4.sin_port);
     if (is_v6()) return ntohs(addr_.v6.sin6_port);
     return 0;

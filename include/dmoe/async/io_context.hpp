@@ -73,7 +73,7 @@ template <class F>
 struct posted_function final : posted_node {
   explicit posted_function(F&& f) : fn(std::move(f)) { invoke = &posted_function::call; }
   explicit posted_function(const F& f) : fn(f) { invoke = &posted_function::call; }
-  static void call(posted_node* self, bool run) noexcept {
+  DMOE_LAZY static void call(posted_node* self, bool run) noexcept {
     std::unique_ptr<posted_function> owned(static_cast<posted_function*>(self));
     if (run) owned->fn();  // a posted function that throws ends the process (it is noexcept here)
   }
@@ -146,7 +146,7 @@ class io_context {
   }
 
   // Thread-safe. Makes run() return; makes run(task) cancel its task.
-  void stop() noexcept {
+  DMOE_LAZY void stop() noexcept {
     stop_requested_.store(true, std::memory_order_release);
     if (!in_this_thread()) wake();
   }
@@ -193,7 +193,7 @@ class io_context {
     if (io_uring_sq_space_left(&ring_) < count) flush_submissions();
   }
   // Asks the kernel to cancel the operation whose user_data is `op`; its own CQE still arrives.
-  void submit_cancel(detail::io_completion* op) {
+  DMOE_LAZY void submit_cancel(detail::io_completion* op) {
     io_uring_sqe* sqe = get_ignored_sqe();
     io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(op), 0);
   }
@@ -209,7 +209,7 @@ class io_context {
   // Whether an operation may finish at once, without the ring, and resume its coroutine without suspending (see
   // io_operation's try_now). Each loop iteration allows a bounded number, so a coroutine whose operations keep
   // finishing at once still lets the others run.
-  bool take_inline_turn() noexcept {
+  DMOE_LAZY bool take_inline_turn() noexcept {
     if (inline_turns_ == 0) return false;
     --inline_turns_;
     return true;
@@ -256,7 +256,7 @@ class io_context {
     io_uring_sqe_set_data64(sqe, detail::wake_user_data);
   }
 
-  void wake() noexcept {
+  DMOE_LAZY void wake() noexcept {
     if (wake_pending_.exchange(true, std::memory_order_acq_rel)) return;
     std::uint64_t one = 1;
     [[maybe_unused]] auto written = ::write(wake_fd_, &one, sizeof one);

@@ -28,7 +28,7 @@ steady_time deadline_after(std::chrono::duration<Rep, Period> timeout) noexcept 
 namespace detail {
 
 // steady_clock is CLOCK_MONOTONIC, the clock of IORING_TIMEOUT_ABS.
-inline __kernel_timespec to_kernel_timespec(steady_time when) noexcept {
+DMOE_LAZY inline __kernel_timespec to_kernel_timespec(steady_time when) noexcept {
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
   if (ns <= 0) return {0, 0};
   return {ns / 1'000'000'000, ns % 1'000'000'000};
@@ -112,7 +112,7 @@ class io_operation : public io_completion, public cancel_target {
  private:
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
-  void submit() {
+  DMOE_LAZY void submit() {
     if (has_deadline()) ctx->reserve_sqes(2);
     io_uring_sqe* sqe = ctx->get_sqe(this);
     derived().prepare(sqe);
@@ -123,7 +123,7 @@ class io_operation : public io_completion, public cancel_target {
     }
   }
 
-  static void on_complete(io_completion* completion, int result, unsigned flags) noexcept {
+  DMOE_LAZY static void on_complete(io_completion* completion, int result, unsigned flags) noexcept {
     auto& self = static_cast<Derived&>(*static_cast<io_operation*>(completion));
     self.result_ = result;
     self.cqe_flags_ = flags;
@@ -142,7 +142,7 @@ class io_operation : public io_completion, public cancel_target {
     self.waiter_.resume();
   }
 
-  static void on_cancel(cancel_target* target) noexcept {
+  DMOE_LAZY static void on_cancel(cancel_target* target) noexcept {
     auto& self = static_cast<io_operation&>(*target);
     self.cancelled_ = true;
     self.ctx->submit_cancel(&self);

@@ -58,7 +58,7 @@ inline constexpr std::ptrdiff_t max_transfer_stack_depth = 256 * 1024;
 // Symmetric transfer to `next`. Optimising compilers make it a tail call and the stack stays flat;
 // where they do not (GCC with AddressSanitizer, -O0) the stack grows with every transfer, so past
 // a depth `next` is queued on the running loop and the stack unwinds to it.
-inline std::coroutine_handle<> transfer_to(std::coroutine_handle<> next) noexcept {
+DMOE_LAZY inline std::coroutine_handle<> transfer_to(std::coroutine_handle<> next) noexcept {
   const transfer_guard& guard = current_transfer_guard;
   if (guard.stack_base) {
     const char* here = static_cast<const char*>(__builtin_frame_address(0));
@@ -111,7 +111,7 @@ class frame_allocator {
   static constexpr std::size_t max_size = 4096;
   static constexpr std::size_t max_cached_bytes = 256 * 1024;  // per thread
 
-  static void* allocate(std::size_t size) {
+  DMOE_LAZY static void* allocate(std::size_t size) {
     if (size > max_size) return ::operator new(size);
 #if DMOE_FRAME_CACHE
     if (cache* c = local()) {
@@ -126,7 +126,7 @@ class frame_allocator {
     return ::operator new(rounded(size));
   }
 
-  static void deallocate(void* p, std::size_t size) noexcept {
+  DMOE_LAZY static void deallocate(void* p, std::size_t size) noexcept {
 #if DMOE_FRAME_CACHE
     if (size <= max_size) {
       cache* c = local();
@@ -144,7 +144,7 @@ class frame_allocator {
   }
 
   // Bytes of frames the calling thread holds cached (0 with DMOE_FRAME_CACHE 0).
-  static std::size_t cached_bytes() noexcept {
+  DMOE_LAZY static std::size_t cached_bytes() noexcept {
 #if DMOE_FRAME_CACHE
     const cache* c = local();
     return c ? c->bytes : 0;
@@ -180,11 +180,11 @@ class frame_allocator {
   };
   enum : unsigned char { not_made, alive, gone };
   // Trivially destructible, so still readable while the thread's other thread-locals are destroyed.
-  static unsigned char& state() noexcept {
+  DMOE_LAZY static unsigned char& state() noexcept {
     static thread_local unsigned char s = not_made;
     return s;
   }
-  static cache* local() noexcept {
+  DMOE_LAZY static cache* local() noexcept {
     if (state() == gone) return nullptr;
     static thread_local cache c;
     state() = alive;
@@ -214,9 +214,9 @@ class task_promise_base {
 
   const std::stop_token* stop_token_ptr() const noexcept { return stop_token_; }
   // The token must outlive the task's run (it is owned by the awaiting coroutine or a combinator).
-  void set_stop_token(const std::stop_token* token) noexcept { stop_token_ = token; }
-  void set_continuation(std::coroutine_handle<> continuation) noexcept { continuation_ = continuation; }
-  void set_observer(child_observer* observer, std::size_t index) noexcept {
+  DMOE_LAZY void set_stop_token(const std::stop_token* token) noexcept { stop_token_ = token; }
+  DMOE_LAZY void set_continuation(std::coroutine_handle<> continuation) noexcept { continuation_ = continuation; }
+  DMOE_LAZY void set_observer(child_observer* observer, std::size_t index) noexcept {
     observer_ = observer;
     index_ = index;
   }

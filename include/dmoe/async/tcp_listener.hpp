@@ -33,7 +33,7 @@ class accept_operation final : public io_operation<accept_operation> {
  private:
   friend class io_operation<accept_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept {
+  DMOE_LAZY void prepare(io_uring_sqe* sqe) noexcept {
     peer_length_ = sizeof peer_;
     io_uring_prep_accept(sqe, fd_, &peer_.base, &peer_length_, SOCK_CLOEXEC);
   }

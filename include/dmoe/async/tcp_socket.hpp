@@ -137,7 +137,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
   // call instead of an SQE, its completion and a suspension, when the socket can take or give bytes now (a
   // request or response that fits the send buffer; a receive after one that left bytes behind). Only when no
   // operation of its direction waits in the ring (bytes must not overtake), and within the loop's inline turns.
-  bool try_now() noexcept {
+  DMOE_LAZY bool try_now() noexcept {
     if (!state_ || in_ring_count() > 0 || pieces_.total() == 0) return false;
     if (Direction == stream_direction::receive && (!state_->drain_notes || state_->drained)) return false;
     if (!this->ctx->take_inline_turn()) return false;
@@ -190,7 +190,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
   }
 
   // Before the first SQE: the operation now waits in the ring.
-  void start() noexcept {
+  DMOE_LAZY void start() noexcept {
     if (state_) {
       in_ring_ = true;
       ++in_ring_count();
@@ -201,7 +201,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
     return Direction == stream_direction::receive ? state_->receives_in_ring : state_->sends_in_ring;
   }
 
-  void prepare(io_uring_sqe* sqe) noexcept {
+  DMOE_LAZY void prepare(io_uring_sqe* sqe) noexcept {
     if (pieces_.current_count() <= 1) {
       const iovec piece = pieces_.current_count() == 1 ? *pieces_.current() : iovec{nullptr, 0};
       if constexpr (Direction == stream_direction::receive) {
@@ -229,7 +229,7 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
 
   // A few small pieces to send (a frame header and a short payload): copied into one buffer for a plain send,
   // which the kernel sets up for less than a sendmsg. Returns their size.
-  std::size_t gather() noexcept {
+  DMOE_LAZY std::size_t gather() noexcept {
     std::size_t size = 0;
     for (std::size_t i = 0; i < pieces_.current_count(); ++i) {
       const iovec& piece = pieces_.current()[i];
@@ -240,12 +240,12 @@ class stream_operation final : public io_operation<stream_operation<Direction, A
   }
 
   // IORING_CQE_F_SOCK_NONEMPTY on a receive's completion: bytes were still queued after it.
-  void note_drained(int result) noexcept {
+  DMOE_LAZY void note_drained(int result) noexcept {
     if (Direction == stream_direction::receive && state_ && state_->drain_notes)
       state_->drained = result > 0 && !(this->cqe_flags() & IORING_CQE_F_SOCK_NONEMPTY);
   }
 
-  bool resubmit(int result) noexcept {
+  DMOE_LAZY bool resubmit(int result) noexcept {
     if constexpr (!All) {
       (void)result;
       return false;
@@ -300,7 +300,7 @@ class connect_operation final : public io_operation<connect_operation> {
  private:
   friend class io_operation<connect_operation>;
 
-  void start() {
+  DMOE_LAZY void start() {
     if (!peer_.is_specified()) throw invalid_argument_error("tcp connect to an unspecified endpoint");
     fd_ = ::socket(peer_.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd_ < 0) throw system_error(errno, "socket");

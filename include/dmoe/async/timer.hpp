@@ -26,7 +26,7 @@ class sleep_operation final : public detail::io_operation<sleep_operation> {
  private:
   friend class detail::io_operation<sleep_operation>;
 
-  void prepare(io_uring_sqe* sqe) noexcept {
+  DMOE_LAZY void prepare(io_uring_sqe* sqe) noexcept {
     when_ts_ = detail::to_kernel_timespec(when_);
     io_uring_prep_timeout(sqe, &when_ts_, 0, IORING_TIMEOUT_ABS);
   }

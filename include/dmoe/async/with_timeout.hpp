@@ -70,7 +70,7 @@ class timeout_race final : public child_observer, public io_completion {
 
   DMOE_DECL void arm_timer();
 
-  bool finish_one() noexcept {
+  DMOE_LAZY bool finish_one() noexcept {
     if (--remaining_ != 0) return false;
     stop_.unlink();
     return true;

@@ -29,7 +29,7 @@ class binary_reader {
     return value;
   }
 
-  const_byte_span read_bytes(std::size_t count) {
+  DMOE_LAZY const_byte_span read_bytes(std::size_t count) {
     require(count);
     auto out = bytes_.subspan(offset_, count);
     offset_ += count;
@@ -37,7 +37,7 @@ class binary_reader {
   }
 
   // A u32 length, then that many bytes; the length is checked against `max_size` and what is left.
-  const_byte_span read_blob(std::size_t max_size) {
+  DMOE_LAZY const_byte_span read_blob(std::size_t max_size) {
     auto size = read<std::uint32_t>();
     if (size > max_size)
       throw limit_error(dmoe::format("{}: field of {} bytes exceeds limit {}", what_, size, max_size));
@@ -50,13 +50,13 @@ class binary_reader {
   bool empty() const noexcept { return remaining() == 0; }
 
   // Throws unless every byte was consumed (trailing garbage is a protocol error).
-  void expect_end() const {
+  DMOE_LAZY void expect_end() const {
     if (!empty())
       throw protocol_error(dmoe::format("{}: {} unexpected trailing bytes", what_, remaining()));
   }
 
  private:
-  void require(std::size_t count) const {
+  DMOE_LAZY void require(std::size_t count) const {
     if (count > remaining())
       throw protocol_error(dmoe::format("{}: truncated: needs {} bytes at offset {}, only {} left", what_, count,
                                        offset_, remaining()));

@@ -26,10 +26,10 @@ class binary_writer {
     std::memcpy(out_->data() + offset, &value, sizeof(T));
   }
 
-  void write_bytes(const_byte_span bytes) { out_->insert(out_->end(), bytes.begin(), bytes.end()); }
+  DMOE_LAZY void write_bytes(const_byte_span bytes) { out_->insert(out_->end(), bytes.begin(), bytes.end()); }
 
   // A u32 length, then the bytes.
-  void write_blob(const_byte_span bytes) {
+  DMOE_LAZY void write_blob(const_byte_span bytes) {
     write(static_cast<std::uint32_t>(bytes.size()));
     write_bytes(bytes);
   }

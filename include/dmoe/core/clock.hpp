@@ -47,7 +47,7 @@ class system_clock final : public clock_source {
 };
 
 // The process-wide real clock.
-inline const clock_source& default_clock() noexcept {
+DMOE_LAZY inline const clock_source& default_clock() noexcept {
   static const system_clock instance;
   return instance;
 }
@@ -60,7 +60,7 @@ class manual_clock final : public clock_source {
   steady_time steady_now() const override { return steady_time(std::chrono::nanoseconds(steady_ns_.load())); }
   wall_seconds wall_now() const override { return wall_.load(); }
 
-  void advance(std::chrono::nanoseconds by) {
+  DMOE_LAZY void advance(std::chrono::nanoseconds by) {
     steady_ns_.fetch_add(by.count());
     wall_seconds old = wall_.load();
     while (!wall_.compare_exchange_weak(old, old + std::chrono::duration<double>(by).count())) {

@@ -87,7 +87,7 @@ class system_error : public error {
 };
 
 // Throws system_error for a negative errno-style return value (`-errno`), else returns it.
-inline int check_errno_result(int result, std::string_view what) {
+DMOE_LAZY inline int check_errno_result(int result, std::string_view what) {
   if (result < 0) throw system_error(-result, what);
   return result;
 }

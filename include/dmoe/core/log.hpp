@@ -19,7 +19,7 @@ enum class log_level { trace = 0, debug, info, warn, error, off };
 
 namespace detail {
 
-inline log_level parse_log_level(const char* text) noexcept {
+DMOE_LAZY inline log_level parse_log_level(const char* text) noexcept {
   if (!text) return log_level::warn;
   std::string_view s(text);
   if (s == "trace") return log_level::trace;
@@ -31,17 +31,17 @@ inline log_level parse_log_level(const char* text) noexcept {
   return log_level::warn;
 }
 
-inline std::atomic<log_level>& log_threshold() noexcept {
+DMOE_LAZY inline std::atomic<log_level>& log_threshold() noexcept {
   static std::atomic<log_level> level{parse_log_level(std::getenv("DMOE_LOG"))};
   return level;
 }
 
-inline std::mutex& log_mutex() noexcept {
+DMOE_LAZY inline std::mutex& log_mutex() noexcept {
   static std::mutex m;
   return m;
 }
 
-inline void write_log_line(log_level level, std::string_view message) {
+DMOE_LAZY inline void write_log_line(log_level level, std::string_view message) {
   static constexpr std::string_view names[] = {"trace", "debug", "info", "warn", "error", "off"};
   // UTC wall time to the millisecond, formatted by hand: fmt/chrono.h would cost every includer a second to compile.
   const auto since_epoch = std::chrono::duration_cast<std::chrono::milliseconds>(

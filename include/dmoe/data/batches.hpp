@@ -90,7 +90,7 @@ class shuffled_batches {
 
   // Continues from a state saved as (epoch(), position()). Throws invalid_argument_error for a negative epoch or
   // a position outside [0, samples per epoch).
-  void restore(std::int64_t epoch, std::int64_t position) {
+  DMOE_LAZY void restore(std::int64_t epoch, std::int64_t position) {
     if (epoch < 0 || position < 0 || position >= samples_per_epoch())
       throw invalid_argument_error(dmoe::format("shuffled_batches::restore: epoch {} position {} ({} samples per epoch)",
                                                epoch, position, samples_per_epoch()));

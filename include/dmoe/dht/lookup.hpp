@@ -62,7 +62,7 @@ class rtt_estimator {
 
   // One measured round trip; negative samples count as 0 and longer ones than an hour as an hour (so that
   // timeout() cannot overflow).
-  void add(duration sample) noexcept {
+  DMOE_LAZY void add(duration sample) noexcept {
     sample = std::clamp<duration>(sample, duration::zero(), std::chrono::hours(1));
     if (samples_ == 0) {
       srtt_ = sample;

@@ -112,7 +112,7 @@ namespace detail {
 
 enum class find_status : std::uint8_t { not_found = 0, value = 1, dictionary = 2 };
 
-inline void write_header(binary_writer& w, bool client_mode) {
+DMOE_LAZY inline void write_header(binary_writer& w, bool client_mode) {
   w.write<std::uint8_t>(dht_wire_version);
   w.write<std::uint8_t>(client_mode ? 1 : 0);
 }
@@ -139,7 +139,7 @@ DMOE_DEF void write_address(binary_writer& w, const endpoint& address) {
   w.write<std::uint16_t>(address.port());
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
-inline void write_timed_value(binary_writer& w, const timed_value& v) {
+DMOE_LAZY inline void write_timed_value(binary_writer& w, const timed_value& v) {
   w.write_blob(v.value);
   w.write<double>(v.expiration);
   w.write_blob(v.signature);
@@ -152,7 +152,7 @@ class wire_reader {
       : in_(bytes, what), limits_(limits), what_(what) {}
 
   DMOE_DECL bool header();
-  std::size_t count(std::size_t max, std::string_view field) {
+  DMOE_LAZY std::size_t count(std::size_t max, std::string_view field) {
     const auto n = in_.read<std::uint32_t>();
     if (n > max) throw protocol_error(dmoe::format("{}: {} {} exceed limit {}", what_, n, field, max));
     return n;

@@ -254,7 +254,7 @@ class node {
 
   DMOE_LAZY static store_item to_item(const store_entry& e) { return {e.key, e.subkey, {e.value, e.expiration, e.signature}}; }
 
-  static void note(store_outcome& outcome, store_result result) {
+  DMOE_LAZY static void note(store_outcome& outcome, store_result result) {
     if (result == store_result::stored) ++outcome.replicas;
     else if (!outcome.refusal) outcome.refusal = result;
   }
@@ -288,7 +288,7 @@ class node {
   DMOE_DECL task<void> ask(traversal& t, lookup_request request);
 
   // How long a find call sent now may go unanswered before it is slow (node_options::slow_request_after).
-  std::chrono::nanoseconds slow_after() const noexcept {
+  DMOE_LAZY std::chrono::nanoseconds slow_after() const noexcept {
     return std::clamp<std::chrono::nanoseconds>(find_rtt_.timeout(options_.slow_request_after),
                                                 options_.min_slow_request_after, options_.slow_request_after);
   }

@@ -93,7 +93,7 @@ constexpr bool nearer(const node_id& target, const node_id& a, const node_id& b)
 }
 
 // The key of some bytes: XXH3-128 of them (not cryptographic: signed records carry their own proof).
-inline key_id key_of(const_byte_span bytes) noexcept {
+DMOE_LAZY inline key_id key_of(const_byte_span bytes) noexcept {
   const hash128 h = xxh3_128(bytes);
   return {h.high, h.low};
 }

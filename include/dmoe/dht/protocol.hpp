@@ -176,7 +176,7 @@ class protocol {
   DMOE_DECL task<void> serve();
 
   // Makes serve() return; calls in progress fail with closed_error.
-  void close() {
+  DMOE_LAZY void close() {
     closed_ = true;
     endpoint_.close();
   }

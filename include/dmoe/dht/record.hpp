@@ -39,7 +39,7 @@ struct record {
   timed_value value;
   dictionary subkeys;
 
-  static record plain(byte_buffer value, wall_seconds expiration, byte_buffer signature = {}) {
+  DMOE_LAZY static record plain(byte_buffer value, wall_seconds expiration, byte_buffer signature = {}) {
     record r;
     r.value = {std::move(value), expiration, std::move(signature)};
     return r;
@@ -54,7 +54,7 @@ struct record {
   DMOE_DECL std::size_t byte_size() const noexcept;
 
   // Drops subkeys that expired at `now`; returns false when nothing alive is left.
-  bool drop_expired(wall_seconds now) {
+  DMOE_LAZY bool drop_expired(wall_seconds now) {
     if (!is_dictionary) return now < value.expiration;
     std::erase_if(subkeys, [now](const auto& item) { return !(now < item.second.expiration); });
     return !subkeys.empty();

@@ -45,7 +45,7 @@ class republisher {
   // each round; `owner` (which must outlive this) signs it, when given.
   DMOE_DECL void set(key_id key, std::optional<byte_buffer> subkey, byte_buffer value, const ed25519_keypair* owner = nullptr);
   // Stops republishing an entry (the stored copies live until their expiration). Returns whether it was there.
-  bool erase(const key_id& key, const std::optional<byte_buffer>& subkey = std::nullopt) {
+  DMOE_LAZY bool erase(const key_id& key, const std::optional<byte_buffer>& subkey = std::nullopt) {
     const auto before = entries_.size();
     std::erase_if(entries_, [&](const owned& e) { return e.entry.key == key && e.entry.subkey == subkey; });
     return entries_.size() != before;

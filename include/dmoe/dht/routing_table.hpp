@@ -48,7 +48,7 @@ struct routing_table_options {
 };
 
 // Whether `address` is an IPv4 or IPv6 loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).
-inline bool is_loopback(const endpoint& address) noexcept {
+DMOE_LAZY inline bool is_loopback(const endpoint& address) noexcept {
   if (address.is_v4()) {
     const auto* v4 = reinterpret_cast<const sockaddr_in*>(address.data());
     return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
@@ -216,7 +216,7 @@ class routing_table {
   const bucket& bucket_of(const node_id& id) const { return buckets_[bucket_index(id)]; }
 
  private:
-  std::size_t bucket_index(const node_id& id) const noexcept {
+  DMOE_LAZY std::size_t bucket_index(const node_id& id) const noexcept {
     for (std::size_t i = 0; i < buckets_.size(); ++i)
       if (buckets_[i].covers(id)) return i;
     return 0;  // unreachable: the buckets' ranges cover the id space

@@ -68,7 +68,7 @@ class model {
   DMOE_LAZY void zero_grad() {
     for (nn::parameter& p : parameters()) p.grad->zero();
   }
-  void set_training(bool training) {
+  DMOE_LAZY void set_training(bool training) {
     training_ = training;
     for (auto& s : stages_) s.local ? s.local->set_training(training) : s.remote->set_training(training);
   }

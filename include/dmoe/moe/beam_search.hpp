@@ -107,7 +107,7 @@ class dht_expert_directory final : public expert_directory {
   }
 
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
-  void clear_cache() {
+  DMOE_LAZY void clear_cache() {
     cache_.clear();
     owners_.clear();
   }
@@ -120,7 +120,7 @@ class dht_expert_directory final : public expert_directory {
     successors_ref value;
   };
 
-  void evict(steady_time now) {
+  DMOE_LAZY void evict(steady_time now) {
     std::erase_if(cache_, [now](const auto& entry) { return entry.second.until <= now; });
     if (cache_.size() >= options_.max_cached) cache_.clear();
   }

@@ -72,7 +72,7 @@ struct encoded_expert_request {
 
 namespace detail {
 
-inline void write_schema(binary_writer& w, const nn::tensor_schema& s) {
+DMOE_LAZY inline void write_schema(binary_writer& w, const nn::tensor_schema& s) {
   w.write<std::uint8_t>(static_cast<std::uint8_t>(s.type));
   w.write<std::uint8_t>(static_cast<std::uint8_t>(s.sample_shape.rank()));
   for (std::int64_t d : s.sample_shape.dims()) w.write<std::int64_t>(d);

@@ -265,19 +265,19 @@ struct prefix_successors {
 
   bool empty() const noexcept { return inner.empty() && leaves.empty(); }
   // Where expert prefix + c is served, or null when it is not a live leaf.
-  const endpoint* expert_server(std::uint32_t c) const noexcept {
+  DMOE_LAZY const endpoint* expert_server(std::uint32_t c) const noexcept {
     const auto it = std::upper_bound(leaves.begin(), leaves.end(), c,
                                      [](std::uint32_t v, const leaf_run& r) { return v < r.end; });
     return it == leaves.end() || it->begin > c ? nullptr : &servers[it->server];
   }
   // Whether more than one entry claims expert prefix + c (its uid record says which server really hosts it).
-  bool is_contested(std::uint32_t c) const noexcept {
+  DMOE_LAZY bool is_contested(std::uint32_t c) const noexcept {
     const auto it = std::upper_bound(contested.begin(), contested.end(), c,
                                      [](std::uint32_t v, const coordinate_range& r) { return v < r.end; });
     return it != contested.end() && it->begin <= c;
   }
   // Whether prefix + c + "." has live successors.
-  bool has_inner(std::uint32_t c) const noexcept {
+  DMOE_LAZY bool has_inner(std::uint32_t c) const noexcept {
     const auto it = std::upper_bound(inner.begin(), inner.end(), c,
                                      [](std::uint32_t v, const coordinate_range& r) { return v < r.end; });
     return it != inner.end() && it->begin <= c;

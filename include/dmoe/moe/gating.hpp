@@ -39,7 +39,7 @@ struct grid_selection {
   std::vector<float> scores;
 
   std::size_t dims() const noexcept { return grid.size(); }
-  std::span<const std::uint32_t> expert(std::int64_t sample, std::int64_t rank) const {
+  DMOE_LAZY std::span<const std::uint32_t> expert(std::int64_t sample, std::int64_t rank) const {
     const std::size_t at = static_cast<std::size_t>(sample * k + rank) * dims();
     return std::span<const std::uint32_t>(coordinates).subspan(at, dims());
   }
@@ -100,7 +100,7 @@ DMOE_DEF std::int64_t grid_size(std::span<const std::uint32_t> grid) {
 
 // Column where each dimension's scores start in grid scores, plus the total width at the end:
 // grid {4, 8, 2} gives {0, 4, 12, 14}.
-inline std::vector<std::int64_t> grid_offsets(std::span<const std::uint32_t> grid) {
+DMOE_LAZY inline std::vector<std::int64_t> grid_offsets(std::span<const std::uint32_t> grid) {
   std::vector<std::int64_t> offsets(grid.size() + 1, 0);
   for (std::size_t d = 0; d < grid.size(); ++d) offsets[d + 1] = offsets[d] + grid[d];
   return offsets;
@@ -179,7 +179,7 @@ class grid_gating : public nn::module {
     return product_key_topk(Backend{}, grid_scores, grid_, k);
   }
   // Backward from d loss / d score of each selected expert ([batch, k]) of the last forward.
-  tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
+  DMOE_LAZY tensor backward_selected(const grid_selection& selection, const tensor& grad_scores) {
     if (selection.grid != grid_)
       throw invalid_argument_error(
           dmoe::format("grid_gating: selection is over grid {} but the gating's grid is {}",
@@ -198,7 +198,7 @@ class grid_gating : public nn::module {
   nn::linear<Backend>& projection() noexcept { return projection_; }
 
  private:
-  static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
+  DMOE_LAZY static std::vector<std::uint32_t> checked(std::vector<std::uint32_t> grid) {
     detail::check_grid("grid_gating", grid);
     detail::check_grid_keys("grid_gating", grid);
     return grid;

@@ -260,7 +260,7 @@ class local_mixture_of_experts : public nn::module {
   // As backward(dy), with the experts (flat indices) whose backward fails: their dx counts as zero
   // and their parameters get no gradient; the softmax weights still get theirs (from the outputs).
   // One backward per forward.
-  tensor backward(const tensor& dy_in, std::span<const std::int64_t> failed) {
+  DMOE_LAZY tensor backward(const tensor& dy_in, std::span<const std::int64_t> failed) {
     if (!pending_) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", op));
     const std::int64_t batch = input_shape_.dim(0);
     schema_.output.check(std::string(op) + " backward", dy_in);
@@ -337,13 +337,13 @@ class local_mixture_of_experts : public nn::module {
   const std::vector<std::string>& uids() const noexcept { return uids_; }
   const std::string& uid(std::int64_t index) const { return uids_.at(checked_index(index)); }
   // Flat index of an expert by uid or coordinates; throws invalid_argument_error when there is none.
-  std::int64_t index_of(std::string_view uid) const {
+  DMOE_LAZY std::int64_t index_of(std::string_view uid) const {
     const auto it = index_by_uid_.find(std::string(uid));
     if (it == index_by_uid_.end())
       throw invalid_argument_error(dmoe::format("{}: no expert '{}' (experts are {}.*)", op, uid, options_.uid_prefix));
     return it->second;
   }
-  std::int64_t index_of(std::span<const std::uint32_t> coordinates) const {
+  DMOE_LAZY std::int64_t index_of(std::span<const std::uint32_t> coordinates) const {
     if (coordinates.size() != options_.grid.size())
       throw invalid_argument_error(
           dmoe::format("{}: {} coordinates for grid {}", op, coordinates.size(),
@@ -357,7 +357,7 @@ class local_mixture_of_experts : public nn::module {
     }
     return index;
   }
-  std::vector<std::uint32_t> coordinates_of(std::int64_t index) const {
+  DMOE_LAZY std::vector<std::uint32_t> coordinates_of(std::int64_t index) const {
     std::size_t rest = checked_index(index);
     std::vector<std::uint32_t> c(options_.grid.size());
     for (std::size_t d = c.size(); d-- > 0;) {
@@ -398,7 +398,7 @@ class local_mixture_of_experts : public nn::module {
     }
   }
 
-  static expert_maker registry_maker(std::string_view kind, std::int64_t hidden, std::uint64_t seed,
+  DMOE_LAZY static expert_maker registry_maker(std::string_view kind, std::int64_t hidden, std::uint64_t seed,
                                      const nn::expert_options& expert_options) {
     return [kind = std::string(kind), hidden, seed, expert_options](const std::string& uid,
                                                                     std::span<const std::uint32_t>) {
@@ -406,7 +406,7 @@ class local_mixture_of_experts : public nn::module {
     };
   }
 
-  static options checked(options opts, const std::string& default_prefix) {
+  DMOE_LAZY static options checked(options opts, const std::string& default_prefix) {
     detail::check_grid(op, opts.grid);
     const std::int64_t experts = detail::grid_size(opts.grid);
     if (experts > (std::int64_t{1} << 24))
@@ -421,7 +421,7 @@ class local_mixture_of_experts : public nn::module {
     return opts;
   }
 
-  static std::vector<std::unique_ptr<nn::module>> make_experts(const options& opts, const expert_maker& make,
+  DMOE_LAZY static std::vector<std::unique_ptr<nn::module>> make_experts(const options& opts, const expert_maker& make,
                                                                std::vector<std::string>& uids) {
     const std::int64_t n = detail::grid_size(opts.grid);
     std::vector<std::unique_ptr<nn::module>> experts;
@@ -439,20 +439,20 @@ class local_mixture_of_experts : public nn::module {
     return experts;
   }
 
-  static nn::expert_schema schema_of(const nn::module& m) {
+  DMOE_LAZY static nn::expert_schema schema_of(const nn::module& m) {
     const auto* typed = dynamic_cast<const nn::expert*>(&m);
     if (!typed) throw invalid_argument_error(dmoe::format("{}: the registry made a module that is not an nn::expert", op));
     return typed->schema();
   }
 
-  std::size_t checked_index(std::int64_t index) const {
+  DMOE_LAZY std::size_t checked_index(std::int64_t index) const {
     if (index < 0 || index >= num_experts())
       throw invalid_argument_error(dmoe::format("{}: expert index {} of {}", op, index, num_experts()));
     return static_cast<std::size_t>(index);
   }
 
   // 1 for each expert listed (by flat index).
-  std::vector<std::uint8_t> mask_of(std::span<const std::int64_t> experts, std::string_view what) const {
+  DMOE_LAZY std::vector<std::uint8_t> mask_of(std::span<const std::int64_t> experts, std::string_view what) const {
     std::vector<std::uint8_t> mask(experts_.size(), 0);
     for (std::int64_t e : experts) {
       if (e < 0 || e >= num_experts())
@@ -464,7 +464,7 @@ class local_mixture_of_experts : public nn::module {
 
   // The given selection checked against this layer and batch, with scores from this call's grid scores
   // (summed in double, dimension by dimension, as the top-k does).
-  grid_selection rescored(const grid_selection& given, const tensor& grid_scores) const {
+  DMOE_LAZY grid_selection rescored(const grid_selection& given, const tensor& grid_scores) const {
     const std::int64_t batch = grid_scores.dim(0);
     if (given.grid != options_.grid)
       throw invalid_argument_error(
@@ -499,7 +499,7 @@ class local_mixture_of_experts : public nn::module {
   }
 
   // Responders, softmax weights over them and the k_min check, per sample.
-  void route(std::span<const std::int64_t> failed) {
+  DMOE_LAZY void route(std::span<const std::int64_t> failed) {
     const std::vector<std::uint8_t> failed_mask = mask_of(failed, "failed");
     const grid_selection& sel = routing_.selection;
     const std::int64_t batch = sel.batch_size, k = sel.k;
@@ -527,7 +527,7 @@ class local_mixture_of_experts : public nn::module {
   }
 
   // Groups the responders by expert (samples in order) and runs each expert once on its rows.
-  void run_experts(const tensor& x) {
+  DMOE_LAZY void run_experts(const tensor& x) {
     const grid_selection& sel = routing_.selection;
     struct routed {
       std::int64_t expert, sample, rank;

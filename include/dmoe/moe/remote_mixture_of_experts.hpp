@@ -130,7 +130,7 @@ class expert_dispatcher {
   dispatch_stats& stats() noexcept { return stats_; }
   const dispatch_stats& stats() const noexcept { return stats_; }
   // Whether `uid` is avoided now (it failed within avoid_failed_for).
-  bool avoided(const std::string& uid) const {
+  DMOE_LAZY bool avoided(const std::string& uid) const {
     const auto it = avoided_.find(uid);
     return it != avoided_.end() && it->second > std::chrono::steady_clock::now();
   }
@@ -407,12 +407,12 @@ class remote_mixture_of_experts : public async_module {
  private:
   static constexpr std::string_view op = "remote_mixture_of_experts";
 
-  static options checked(options o) {
+  DMOE_LAZY static options checked(options o) {
     detail::check_routing(op, o, o.k, o.k_min, o.backward_k_min);
     return o;
   }
 
-  std::string first_failure() const {
+  DMOE_LAZY std::string first_failure() const {
     for (const expert_call& c : calls_)
       if (!c.answered) return dmoe::format("; e.g. {} at {}: {}", c.uid, c.server, c.failure);
     return {};

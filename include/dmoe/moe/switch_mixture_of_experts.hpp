@@ -215,7 +215,7 @@ class switch_mixture_of_experts : public async_module {
  private:
   static constexpr std::string_view op = "switch_mixture_of_experts";
 
-  static options checked(options o) {
+  DMOE_LAZY static options checked(options o) {
     detail::check_routing(op, o, o.k, o.k_min, o.backward_k_min);
     if (!std::isfinite(o.balancing_loss_weight) || o.balancing_loss_weight < 0)
       throw invalid_argument_error(dmoe::format("{}: balancing_loss_weight = {}", op, o.balancing_loss_weight));
@@ -225,7 +225,7 @@ class switch_mixture_of_experts : public async_module {
   std::size_t dims() const noexcept { return options_.grid.size(); }
 
   // Each dimension's softmax of the sample's scores, in double.
-  void probabilities(const tensor& scores) {
+  DMOE_LAZY void probabilities(const tensor& scores) {
     const std::vector<std::int64_t> offsets = grid_offsets(options_.grid);
     const std::int64_t width = offsets.back();
     probs_.assign(static_cast<std::size_t>(batch_ * width), 0.0);
@@ -241,7 +241,7 @@ class switch_mixture_of_experts : public async_module {
   }
 
   // The probability of sample s's j-th chosen expert: the product of its coordinates' probabilities.
-  double probability(std::int64_t s, std::int64_t j) const {
+  DMOE_LAZY double probability(std::int64_t s, std::int64_t j) const {
     const std::vector<std::int64_t> offsets = grid_offsets(options_.grid);
     double p = 1.0;
     for (std::size_t d = 0; d < dims(); ++d)
@@ -251,7 +251,7 @@ class switch_mixture_of_experts : public async_module {
   }
 
   // f_d(c) from each sample's first chosen expert, and the loss's value.
-  void balancing(const std::vector<std::vector<found_expert>>& chosen) {
+  DMOE_LAZY void balancing(const std::vector<std::vector<found_expert>>& chosen) {
     const std::vector<std::int64_t> offsets = grid_offsets(options_.grid);
     const std::int64_t width = offsets.back();
     fractions_.assign(static_cast<std::size_t>(width), 0.0);

@@ -82,15 +82,8 @@ class datagram_no_answer : public protocol_error {
 
 namespace detail {
 
-// A request waiting for its answer; lives in the requesting coroutine's frame.
-struct pending_datagram_request {
-  endpoint peer;
-  async_event done;
-  datagram_kind kind = datagram_kind::response;
-  datagram_sender_id sender{};
-  byte_buffer message;
-  bool closed = false;  // the endpoint closed before an answer came
-};
+// A request waiting for its answer, defined with the endpoint's code (behind DMOE_HEAVY_DEFINITIONS).
+struct pending_datagram_request;
 
 // Transaction ids: unpredictable (so off-path peers cannot answer for others), drawn from one generator per
 // thread seeded once (std::random_device is slow here).
@@ -129,7 +122,7 @@ class datagram_endpoint {
   datagram_endpoint& operator=(const datagram_endpoint&) = delete;
 
   // The handler of one message type (replacing an earlier one); register before serve().
-  void add_handler(std::uint16_t type, datagram_handler handler) { handlers_[type] = std::move(handler); }
+  DMOE_LAZY void add_handler(std::uint16_t type, datagram_handler handler) { handlers_[type] = std::move(handler); }
 
   // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined,
   // and requests still waiting fail with closed_error and are awaited: once it returns, the socket is closed (its
@@ -137,7 +130,7 @@ class datagram_endpoint {
   DMOE_DECL task<void> serve();
 
   // Makes serve() return; requests still waiting then fail with closed_error.
-  void close() {
+  DMOE_LAZY void close() {
     closed_ = true;
     if (receiving_) receiving_->request_stop();
   }
@@ -156,33 +149,11 @@ class datagram_endpoint {
 
  private:
   // Counts a request in progress (serve() waits for none to be left).
-  struct request_scope {
-    datagram_endpoint* self;
-    explicit request_scope(datagram_endpoint* e) : self(e) { ++self->requests_active_; }
-    request_scope(const request_scope&) = delete;
-    request_scope& operator=(const request_scope&) = delete;
-    ~request_scope() {
-      if (--self->requests_active_ == 0 && self->requests_waiter_)
-        self->ctx_.schedule(std::exchange(self->requests_waiter_, nullptr));
-    }
-  };
+  struct request_scope;
 
-  struct requests_gone {
-    datagram_endpoint& self;
-    bool await_ready() const noexcept { return self.requests_active_ == 0; }
-    void await_suspend(std::coroutine_handle<> waiter) noexcept { self.requests_waiter_ = waiter; }
-    void await_resume() const noexcept {}
-  };
+  struct requests_gone;
 
-  struct pending_entry {
-    datagram_endpoint* self;
-    std::uint64_t id;
-    endpoint peer;
-    ~pending_entry() {
-      self->pending_.erase(id);
-      self->reassembler_.forget(source_key(peer).sender, id);
-    }
-  };
+  struct pending_entry;
 
   // A reassembly source: the peer (address and port) and its address, whose share its messages count against.
   static datagram_source source_key(const endpoint& peer) noexcept {
@@ -227,6 +198,47 @@ DMOE_END_NAMESPACE
 
 DMOE_BEGIN_NAMESPACE
 namespace net {
+
+namespace detail {
+// A request waiting for its answer; lives in the requesting coroutine's frame.
+struct pending_datagram_request {
+  endpoint peer;
+  async_event done;
+  datagram_kind kind = datagram_kind::response;
+  datagram_sender_id sender{};
+  byte_buffer message;
+  bool closed = false;  // the endpoint closed before an answer came
+};
+}  // namespace detail
+
+// Counts a request in progress (serve() waits for none to be left).
+struct datagram_endpoint::request_scope {
+  datagram_endpoint* self;
+  explicit request_scope(datagram_endpoint* e) : self(e) { ++self->requests_active_; }
+  request_scope(const request_scope&) = delete;
+  request_scope& operator=(const request_scope&) = delete;
+  ~request_scope() {
+    if (--self->requests_active_ == 0 && self->requests_waiter_)
+      self->ctx_.schedule(std::exchange(self->requests_waiter_, nullptr));
+  }
+};
+
+struct datagram_endpoint::requests_gone {
+  datagram_endpoint& self;
+  bool await_ready() const noexcept { return self.requests_active_ == 0; }
+  void await_suspend(std::coroutine_handle<> waiter) noexcept { self.requests_waiter_ = waiter; }
+  void await_resume() const noexcept {}
+};
+
+struct datagram_endpoint::pending_entry {
+  datagram_endpoint* self;
+  std::uint64_t id;
+  endpoint peer;
+  ~pending_entry() {
+    self->pending_.erase(id);
+    self->reassembler_.forget(source_key(peer).sender, id);
+  }
+};
 
 DMOE_DEF datagram_endpoint::datagram_endpoint(io_context& ctx, const endpoint& local, const datagram_sender_id& self,
                   datagram_endpoint_options options, std::shared_ptr<fault_policy> faults) : ctx_(ctx),

@@ -185,13 +185,13 @@ class datagram_parts {
 
   std::size_t count() const noexcept { return header_.part_count; }
 
-  datagram_header header(std::size_t index) const noexcept {
+  DMOE_LAZY datagram_header header(std::size_t index) const noexcept {
     datagram_header h = header_;
     h.part_index = static_cast<std::uint16_t>(index);
     return h;
   }
   DMOE_LAZY datagram_header_bytes header_bytes(std::size_t index) const noexcept { return encode_datagram_header(header(index)); }
-  const_byte_span payload(std::size_t index) const noexcept {
+  DMOE_LAZY const_byte_span payload(std::size_t index) const noexcept {
     if (header_.part_count == 1) return message_;
     return message_.subspan(index * header_.part_size,
                             datagram_part_payload(header_.total_size, header_.part_size, index));

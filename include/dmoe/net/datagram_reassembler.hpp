@@ -74,7 +74,7 @@ class datagram_reassembler {
     steady_time started;
   };
 
-  static bool consistent(const datagram_header& a, const datagram_header& b) noexcept {
+  DMOE_LAZY static bool consistent(const datagram_header& a, const datagram_header& b) noexcept {
     return a.type == b.type && a.sender == b.sender && a.part_count == b.part_count && a.total_size == b.total_size &&
            a.part_size == b.part_size;
   }
@@ -90,7 +90,7 @@ class datagram_reassembler {
     return std::find_if(partials_.begin(), partials_.end(), [&](const partial& p) { return p.owner == owner; });
   }
 
-  void drop(std::vector<partial>::iterator it) {
+  DMOE_LAZY void drop(std::vector<partial>::iterator it) {
     buffered_ -= it->data.size();
     partials_.erase(it);
   }

@@ -58,18 +58,18 @@ class fault_policy {
   DMOE_DECL fault_policy& set_latency(const latency_model& model);
   DMOE_DECL fault_policy& set_loss(double probability);
   // A stalled endpoint accepts connections and requests but never answers.
-  fault_policy& set_stall(bool stalled = true) {
+  DMOE_LAZY fault_policy& set_stall(bool stalled = true) {
     stalled_.store(stalled, std::memory_order_relaxed);
     return *this;
   }
   // Messages between an address in `a` and one in `b` (either direction) are dropped. An entry is a host
   // ("127.0.0.5", matching every port) or an endpoint ("127.0.0.5:4100").
-  fault_policy& add_partition(std::vector<std::string> a, std::vector<std::string> b) {
+  DMOE_LAZY fault_policy& add_partition(std::vector<std::string> a, std::vector<std::string> b) {
     std::lock_guard lock(mutex_);
     partitions_.push_back({std::move(a), std::move(b)});
     return *this;
   }
-  fault_policy& heal() {
+  DMOE_LAZY fault_policy& heal() {
     std::lock_guard lock(mutex_);
     partitions_.clear();
     return *this;
@@ -96,7 +96,7 @@ class fault_policy {
     std::uint64_t dropped = 0;  // of them, dropped by loss or partition
     std::chrono::nanoseconds total_delay{0};  // added to the others
   };
-  counters stats() const {
+  DMOE_LAZY counters stats() const {
     std::lock_guard lock(mutex_);
     return {sent_, dropped_, total_delay_};
   }

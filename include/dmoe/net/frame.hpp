@@ -252,7 +252,7 @@ class frame_reader {
   std::uint64_t frames_done() const noexcept { return frames_done_; }
 
   // Bytes of payload still expected for the frame in progress (0 between frames or before its header is complete).
-  std::uint64_t pending_payload() const noexcept {
+  DMOE_LAZY std::uint64_t pending_payload() const noexcept {
     if (large_) return large_->header.payload_size - large_filled_;
     return skip_;
   }

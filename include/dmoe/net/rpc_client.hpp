@@ -216,7 +216,7 @@ class rpc_client {
   struct flag_clear;
 
   // A transfer of `bytes` must end within `timeout` plus the bytes at min_transfer_rate.
-  steady_time transfer_deadline(std::chrono::milliseconds timeout, std::uint64_t bytes) const noexcept {
+  DMOE_LAZY steady_time transfer_deadline(std::chrono::milliseconds timeout, std::uint64_t bytes) const noexcept {
     return deadline_from(deadline_after(timeout), std::chrono::duration<double>(static_cast<double>(bytes) /
                                                                                static_cast<double>(options_.min_transfer_rate)));
   }

@@ -65,7 +65,7 @@ struct rpc_response {
   std::vector<const_byte_span> views;
   std::shared_ptr<const void> owner;
 
-  std::uint64_t size() const noexcept {
+  DMOE_LAZY std::uint64_t size() const noexcept {
     std::uint64_t total = body.size();
     for (const auto& view : views) total += view.size();
     return total;
@@ -119,6 +119,175 @@ DMOE_DEF void validate(const rpc_server_options& o) {
     fail(dmoe::format("receive_buffer of {} bytes is outside {} B to 1 GiB", o.receive_buffer, frame_header_size));
 }
 #endif  // DMOE_HEAVY_DEFINITIONS
+
+namespace detail {
+// A connection's state and its queued responses, defined with the server's code (behind DMOE_HEAVY_DEFINITIONS).
+struct queued_frame;
+struct server_connection;
+}  // namespace detail
+
+class rpc_server {
+ public:
+  struct counters {
+    std::uint64_t connections_accepted = 0;
+    std::uint64_t connections_refused = 0;  // over max_connections or max_connections_per_address
+    std::uint64_t connections_dropped = 0;  // for a protocol error or a stall
+    std::uint64_t connections_idle = 0;     // closed when idle (announced with go_away)
+    std::uint64_t accept_failures = 0;      // accept() errors (e.g. out of descriptors)
+    std::uint64_t requests = 0;
+    std::uint64_t requests_refused = 0;     // over a size or buffer limit; their connection goes on
+    std::uint64_t requests_cancelled = 0;   // stopped by the caller's cancel frame
+    std::uint64_t handler_errors = 0;
+    std::uint64_t unknown_methods = 0;
+    std::uint64_t responses_dropped = 0;  // by fault injection
+  };
+
+  // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread. Throws
+  // invalid_argument_error for unusable options (see validate()), system_error when it cannot listen.
+  DMOE_LAZY rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
+             std::shared_ptr<fault_policy> faults = nullptr)
+      : ctx_(ctx),
+        options_(options),
+        faults_(std::move(faults)),
+        listener_(ctx, local),
+        local_(listener_.local_endpoint()),
+        local_text_(local_.to_string()) {
+    validate(options_);
+  }
+  rpc_server(const rpc_server&) = delete;
+  rpc_server& operator=(const rpc_server&) = delete;
+
+  // Registers the handler of a method (replacing an earlier one).
+  DMOE_LAZY void add_handler(rpc_method method, rpc_handler handler) {
+    handlers_[method.id] = registered{std::string(method.name), std::move(handler)};
+  }
+
+  // Accepts and serves until shutdown() (after the grace period) or a stop request on the awaiting coroutine
+  // (at once). Every coroutine the server started has finished when it returns, so the server may then be
+  // destroyed. Accept failures (e.g. out of descriptors) are retried every 10 ms and logged once a second.
+  DMOE_DECL task<void> serve();
+
+  // Stops accepting; requests in flight get `grace` to finish (new ones on open connections are answered
+  // "shutting down"); then serve() closes every connection and returns. Call on the server's thread.
+  DMOE_DECL void shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
+
+  const endpoint& local_endpoint() const noexcept { return local_; }
+  std::size_t open_connections() const noexcept { return open_connections_; }
+  // Requests read and not yet answered: running, waiting for a handler, or being refused.
+  std::size_t requests_in_flight() const noexcept { return in_flight_; }
+  std::uint64_t buffered_bytes() const noexcept { return buffered_; }
+  const counters& stats() const noexcept { return stats_; }
+  const rpc_server_options& options() const noexcept { return options_; }
+
+ private:
+  struct registered {
+    std::string name;
+    rpc_handler handler;
+  };
+
+  DMOE_DECL task<void> wait_drained();
+
+  DMOE_DECL task<void> accept_loop();
+
+  // Tells a connection over a limit why it is closed (go_away, nothing read), then waits briefly for the peer to
+  // close first, so its requests in flight do not turn the close into a reset that loses the message.
+  DMOE_DECL task<void> refuse_connection(tcp_socket socket, std::string message);
+
+  DMOE_DECL task<void> serve_connection(tcp_socket socket);
+
+  // Reads and dispatches requests until the stream ends. True when the peer ended it cleanly (EOF: it sends no
+  // more requests but may wait for answers); false when the connection went idle or away.
+  DMOE_DECL task<bool> read_requests(detail::server_connection& conn, task_group& requests);
+
+  // Before the next frame's payload is stored: takes budget for a request (waiting for it, which stops reading
+  // this connection), or refuses the request and skips its payload. False when the frame was skipped.
+  DMOE_DECL task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
+                        frame_deadline& progress);
+
+  DMOE_DECL std::uint64_t connection_share() const noexcept;
+
+  // One peer address's share of the budget, over all its connections; never less than a connection's share.
+  DMOE_DECL std::uint64_t address_share() const noexcept;
+
+  // Answers a request the server will not take with limit_exceeded; the connection goes on. The answer holds one
+  // of the connection's slots until it is written, so a peer that sends refused requests and never reads stops
+  // being read like any other.
+  DMOE_DECL void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why);
+
+  DMOE_DECL task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why);
+
+  // Resumes the awaiting coroutine after what is already ready to run on the context.
+  struct next_iteration;
+
+  // Clears a flag when the operation it marks ends, however it ends.
+  struct operation_flag;
+
+  // Enforces the connection's read and write deadlines: one timer per connection that sleeps until the earliest
+  // deadline in force, instead of a kernel timer armed and cancelled with every read and write. Past a deadline it
+  // shuts the socket down, which ends the read or write in progress. An idle connection is announced (go_away)
+  // before it is closed, so a request crossing the announcement is retried by its caller, not lost.
+  DMOE_DECL task<void> watch_connection(detail::server_connection& conn);
+
+  DMOE_DECL void charge_buffered(detail::server_connection& conn, std::uint64_t bytes) noexcept;
+
+  DMOE_DECL void release_buffered(detail::server_connection& conn, std::uint64_t bytes);
+
+  DMOE_DECL void dispatch(detail::server_connection& conn, task_group& requests, frame f);
+
+  // Releases what a request held when its coroutine ends, however it ends.
+  struct request_scope;
+
+  DMOE_DECL task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
+                            std::stop_source cancel);
+
+  DMOE_DECL static task<void> wait_event(async_event& event);
+  DMOE_DECL static task<async_semaphore::permit> take_handler_slot(async_semaphore& slots);
+
+  DMOE_DECL task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
+                        std::string message);
+
+  DMOE_DECL task<void> send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
+                        std::span<const const_byte_span> views);
+
+  // Waits until the connection's writer is done with a queued frame.
+  struct written;
+
+  // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
+  // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
+  // sender is released, also when the stream breaks or the connection stops.
+  DMOE_DECL task<void> write_queued(detail::server_connection& conn);
+
+  io_context& ctx_;
+  rpc_server_options options_;
+  std::shared_ptr<fault_policy> faults_;
+  tcp_listener listener_;
+  endpoint local_;
+  std::string local_text_;
+  std::unordered_map<std::uint32_t, registered> handlers_;
+  detail::write_pass write_pass_{ctx_};
+
+  task_group* accepting_ = nullptr;
+  task_group* connections_ = nullptr;
+  bool serving_ = false;
+  bool draining_ = false;
+  steady_time drain_deadline_{};
+  async_event drained_;
+  async_event memory_freed_;
+  std::size_t open_connections_ = 0;
+  std::unordered_map<std::string, std::size_t> connections_by_address_;
+  std::unordered_map<std::string, std::uint64_t> buffered_by_address_;  // budget in use per peer address
+  std::size_t in_flight_ = 0;
+  std::uint64_t buffered_ = 0;
+  counters stats_;
+};
+
+}  // namespace net
+DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace net {
 
 namespace detail {
 
@@ -177,199 +346,53 @@ struct server_connection {
 
 }  // namespace detail
 
-class rpc_server {
- public:
-  struct counters {
-    std::uint64_t connections_accepted = 0;
-    std::uint64_t connections_refused = 0;  // over max_connections or max_connections_per_address
-    std::uint64_t connections_dropped = 0;  // for a protocol error or a stall
-    std::uint64_t connections_idle = 0;     // closed when idle (announced with go_away)
-    std::uint64_t accept_failures = 0;      // accept() errors (e.g. out of descriptors)
-    std::uint64_t requests = 0;
-    std::uint64_t requests_refused = 0;     // over a size or buffer limit; their connection goes on
-    std::uint64_t requests_cancelled = 0;   // stopped by the caller's cancel frame
-    std::uint64_t handler_errors = 0;
-    std::uint64_t unknown_methods = 0;
-    std::uint64_t responses_dropped = 0;  // by fault injection
-  };
-
-  // Listens on `local` (port 0 picks one; see local_endpoint()). The server belongs to `ctx`'s thread. Throws
-  // invalid_argument_error for unusable options (see validate()), system_error when it cannot listen.
-  DMOE_LAZY rpc_server(io_context& ctx, const endpoint& local, rpc_server_options options = {},
-             std::shared_ptr<fault_policy> faults = nullptr)
-      : ctx_(ctx),
-        options_(options),
-        faults_(std::move(faults)),
-        listener_(ctx, local),
-        local_(listener_.local_endpoint()),
-        local_text_(local_.to_string()) {
-    validate(options_);
-  }
-  rpc_server(const rpc_server&) = delete;
-  rpc_server& operator=(const rpc_server&) = delete;
-
-  // Registers the handler of a method (replacing an earlier one).
-  void add_handler(rpc_method method, rpc_handler handler) {
-    handlers_[method.id] = registered{std::string(method.name), std::move(handler)};
-  }
-
-  // Accepts and serves until shutdown() (after the grace period) or a stop request on the awaiting coroutine
-  // (at once). Every coroutine the server started has finished when it returns, so the server may then be
-  // destroyed. Accept failures (e.g. out of descriptors) are retried every 10 ms and logged once a second.
-  DMOE_DECL task<void> serve();
-
-  // Stops accepting; requests in flight get `grace` to finish (new ones on open connections are answered
-  // "shutting down"); then serve() closes every connection and returns. Call on the server's thread.
-  DMOE_DECL void shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
-
-  const endpoint& local_endpoint() const noexcept { return local_; }
-  std::size_t open_connections() const noexcept { return open_connections_; }
-  // Requests read and not yet answered: running, waiting for a handler, or being refused.
-  std::size_t requests_in_flight() const noexcept { return in_flight_; }
-  std::uint64_t buffered_bytes() const noexcept { return buffered_; }
-  const counters& stats() const noexcept { return stats_; }
-  const rpc_server_options& options() const noexcept { return options_; }
-
- private:
-  struct registered {
-    std::string name;
-    rpc_handler handler;
-  };
-
-  DMOE_DECL task<void> wait_drained();
-
-  DMOE_DECL task<void> accept_loop();
-
-  // Tells a connection over a limit why it is closed (go_away, nothing read), then waits briefly for the peer to
-  // close first, so its requests in flight do not turn the close into a reset that loses the message.
-  DMOE_DECL task<void> refuse_connection(tcp_socket socket, std::string message);
-
-  DMOE_DECL task<void> serve_connection(tcp_socket socket);
-
-  // Reads and dispatches requests until the stream ends. True when the peer ended it cleanly (EOF: it sends no
-  // more requests but may wait for answers); false when the connection went idle or away.
-  DMOE_DECL task<bool> read_requests(detail::server_connection& conn, task_group& requests);
-
-  // Before the next frame's payload is stored: takes budget for a request (waiting for it, which stops reading
-  // this connection), or refuses the request and skips its payload. False when the frame was skipped.
-  DMOE_DECL task<bool> admit_next(detail::server_connection& conn, task_group& requests, frame_reader& reader,
-                        frame_deadline& progress);
-
-  DMOE_DECL std::uint64_t connection_share() const noexcept;
-
-  // One peer address's share of the budget, over all its connections; never less than a connection's share.
-  DMOE_DECL std::uint64_t address_share() const noexcept;
-
-  // Answers a request the server will not take with limit_exceeded; the connection goes on. The answer holds one
-  // of the connection's slots until it is written, so a peer that sends refused requests and never reads stops
-  // being read like any other.
-  DMOE_LAZY void refuse(detail::server_connection& conn, task_group& requests, const frame_header& header, std::string why) {
-    ++stats_.requests_refused;
-    log_debug("{}", why);
-    if (header.kind != frame_kind::request) return;
-    ++conn.in_flight;
-    ++in_flight_;
-    requests.spawn(send_refusal(conn, header, std::move(why)));
-  }
-
-  DMOE_DECL task<void> send_refusal(detail::server_connection& conn, frame_header header, std::string why);
-
-  // Resumes the awaiting coroutine after what is already ready to run on the context.
-  struct next_iteration {
-    io_context& ctx;
-    bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<> waiter) { ctx.schedule(waiter); }
-    void await_resume() const noexcept {}
-  };
-
-  // Clears a flag when the operation it marks ends, however it ends.
-  struct operation_flag {
-    bool& flag;
-    ~operation_flag() { flag = false; }
-  };
-
-  // Enforces the connection's read and write deadlines: one timer per connection that sleeps until the earliest
-  // deadline in force, instead of a kernel timer armed and cancelled with every read and write. Past a deadline it
-  // shuts the socket down, which ends the read or write in progress. An idle connection is announced (go_away)
-  // before it is closed, so a request crossing the announcement is retried by its caller, not lost.
-  DMOE_DECL task<void> watch_connection(detail::server_connection& conn);
-
-  void charge_buffered(detail::server_connection& conn, std::uint64_t bytes) noexcept {
-    buffered_ += bytes;
-    conn.buffered += bytes;
-    *conn.address_buffered += bytes;
-  }
-
-  DMOE_DECL void release_buffered(detail::server_connection& conn, std::uint64_t bytes);
-
-  DMOE_DECL void dispatch(detail::server_connection& conn, task_group& requests, frame f);
-
-  // Releases what a request held when its coroutine ends, however it ends.
-  struct request_scope {
-    rpc_server* server;
-    detail::server_connection* conn;
-    std::uint64_t charge;
-    std::uint64_t id;
-    const std::stop_source* cancel;
-    ~request_scope();
-  };
-
-  DMOE_DECL task<void> handle_request(detail::server_connection& conn, frame request, std::uint64_t charge,
-                            std::stop_source cancel);
-
-  DMOE_DECL static task<void> wait_event(async_event& event);
-  DMOE_DECL static task<async_semaphore::permit> take_handler_slot(async_semaphore& slots);
-
-  DMOE_DECL task<void> send_error(detail::server_connection& conn, frame_header request, frame_status status,
-                        std::string message);
-
-  DMOE_DECL task<void> send_frame(detail::server_connection& conn, frame_header header, const_byte_span body,
-                        std::span<const const_byte_span> views);
-
-  // Waits until the connection's writer is done with a queued frame.
-  struct written {
-    detail::queued_frame& frame;
-    bool await_ready() const noexcept { return frame.done; }
-    void await_suspend(std::coroutine_handle<> waiter) noexcept { frame.waiter = waiter; }
-    void await_resume() const noexcept {}
-  };
-
-  // Writes what is queued on the connection, oldest first, many responses per vectored write (one system call
-  // and fewer TCP segments for responses that complete together), until the queue is empty. Every queued
-  // sender is released, also when the stream breaks or the connection stops.
-  DMOE_DECL task<void> write_queued(detail::server_connection& conn);
-
-  io_context& ctx_;
-  rpc_server_options options_;
-  std::shared_ptr<fault_policy> faults_;
-  tcp_listener listener_;
-  endpoint local_;
-  std::string local_text_;
-  std::unordered_map<std::uint32_t, registered> handlers_;
-  detail::write_pass write_pass_{ctx_};
-
-  task_group* accepting_ = nullptr;
-  task_group* connections_ = nullptr;
-  bool serving_ = false;
-  bool draining_ = false;
-  steady_time drain_deadline_{};
-  async_event drained_;
-  async_event memory_freed_;
-  std::size_t open_connections_ = 0;
-  std::unordered_map<std::string, std::size_t> connections_by_address_;
-  std::unordered_map<std::string, std::uint64_t> buffered_by_address_;  // budget in use per peer address
-  std::size_t in_flight_ = 0;
-  std::uint64_t buffered_ = 0;
-  counters stats_;
+// Resumes the awaiting coroutine after what is already ready to run on the context.
+struct rpc_server::next_iteration {
+  io_context& ctx;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> waiter) { ctx.schedule(waiter); }
+  void await_resume() const noexcept {}
 };
 
-}  // namespace net
-DMOE_END_NAMESPACE
+// Clears a flag when the operation it marks ends, however it ends.
+struct rpc_server::operation_flag {
+  bool& flag;
+  ~operation_flag() { flag = false; }
+};
 
-#if DMOE_HEAVY_DEFINITIONS
+// Releases what a request held when its coroutine ends, however it ends.
+struct rpc_server::request_scope {
+  rpc_server* server;
+  detail::server_connection* conn;
+  std::uint64_t charge;
+  std::uint64_t id;
+  const std::stop_source* cancel;
+  ~request_scope();
+};
 
-DMOE_BEGIN_NAMESPACE
-namespace net {
+// Waits until the connection's writer is done with a queued frame.
+struct rpc_server::written {
+  detail::queued_frame& frame;
+  bool await_ready() const noexcept { return frame.done; }
+  void await_suspend(std::coroutine_handle<> waiter) noexcept { frame.waiter = waiter; }
+  void await_resume() const noexcept {}
+};
+
+DMOE_DEF void rpc_server::charge_buffered(detail::server_connection& conn, std::uint64_t bytes) noexcept {
+  buffered_ += bytes;
+  conn.buffered += bytes;
+  *conn.address_buffered += bytes;
+}
+
+DMOE_DEF void rpc_server::refuse(detail::server_connection& conn, task_group& requests, const frame_header& header,
+                                 std::string why) {
+  ++stats_.requests_refused;
+  log_debug("{}", why);
+  if (header.kind != frame_kind::request) return;
+  ++conn.in_flight;
+  ++in_flight_;
+  requests.spawn(send_refusal(conn, header, std::move(why)));
+}
 
 DMOE_DEF auto rpc_server::serve() -> task<void> {
   if (serving_) throw invalid_argument_error(dmoe::format("rpc server on {} is already serving", local_text_));

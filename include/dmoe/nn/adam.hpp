@@ -68,12 +68,12 @@ class adamw : public adam<Backend> {
       : adam<Backend>(std::move(parameters), decoupled(hyper)) {}
 
  private:
-  static ops::adam_hyper with_default_decay() {
+  DMOE_LAZY static ops::adam_hyper with_default_decay() {
     ops::adam_hyper h;
     h.weight_decay = 0.01;
     return h;
   }
-  static ops::adam_hyper decoupled(ops::adam_hyper h) {
+  DMOE_LAZY static ops::adam_hyper decoupled(ops::adam_hyper h) {
     h.decoupled_weight_decay = true;
     return h;
   }

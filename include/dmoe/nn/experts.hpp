@@ -69,7 +69,7 @@ class ffn_expert : public expert {
   expert_schema schema() const override { return {{shape{hidden_}}, {shape{hidden_}}}; }
 
  private:
-  static std::int64_t checked_inner(std::int64_t hidden, std::int64_t inner) {
+  DMOE_LAZY static std::int64_t checked_inner(std::int64_t hidden, std::int64_t inner) {
     if (inner < 0) throw invalid_argument_error(dmoe::format("ffn expert: inner width {} must be positive", inner));
     return inner == 0 ? 4 * hidden : inner;
   }

@@ -35,7 +35,7 @@ inline void xavier_uniform(tensor& w, random_engine& gen, float gain = 1.0f) {
   w.fill_uniform(gen, -a, a);
 }
 // N(0, s^2) with s = gain * sqrt(2 / (fan_in + fan_out)).
-inline void xavier_normal(tensor& w, random_engine& gen, float gain = 1.0f) {
+DMOE_LAZY inline void xavier_normal(tensor& w, random_engine& gen, float gain = 1.0f) {
   const auto [in, out] = fans(w);
   w.fill_normal(gen, 0.0f, static_cast<float>(gain * std::sqrt(2.0 / (in + out))));
 }

@@ -20,7 +20,7 @@ class cross_entropy_loss {
     grad_.resize(logits.shape(), dtype::f32, Backend::device);
     return ops::cross_entropy(Backend{}, logits, labels, &grad_);
   }
-  tensor backward() const {
+  DMOE_LAZY tensor backward() const {
     if (grad_.empty()) throw invalid_argument_error("cross_entropy_loss: backward without a forward before it");
     return grad_;
   }
@@ -37,7 +37,7 @@ class mse_loss {
     grad_.resize(prediction.shape(), dtype::f32, Backend::device);
     return ops::mse(Backend{}, prediction, target, &grad_);
   }
-  tensor backward() const {
+  DMOE_LAZY tensor backward() const {
     if (grad_.empty()) throw invalid_argument_error("mse_loss: backward without a forward before it");
     return grad_;
   }

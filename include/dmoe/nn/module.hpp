@@ -30,7 +30,7 @@ class module {
   void zero_grad() {
     for (parameter& p : parameters()) p.grad->zero();
   }
-  std::int64_t parameter_count() {
+  DMOE_LAZY std::int64_t parameter_count() {
     std::int64_t n = 0;
     for (parameter& p : parameters()) n += p.value->numel();
     return n;

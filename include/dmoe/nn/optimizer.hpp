@@ -29,12 +29,12 @@ class optimizer {
 
   // One update of every parameter from its gradient, with the schedule's rate for this step if one
   // is set, else the configured rate. Returns the rate used.
-  float step() {
+  DMOE_LAZY float step() {
     const std::int64_t next = step_count() + 1;
     return step(schedule_ ? schedule_(next) : learning_rate_);
   }
   // One update with an explicit learning rate (overrides schedule and configured rate).
-  float step(float learning_rate) {
+  DMOE_LAZY float step(float learning_rate) {
     const std::int64_t next = step_count() + 1;
     update(learning_rate, next);
     *step_.data<std::int64_t>() = next;

@@ -17,7 +17,7 @@ class sequential : public module {
  public:
   sequential() = default;
 
-  module& add(std::unique_ptr<module> m) {
+  DMOE_LAZY module& add(std::unique_ptr<module> m) {
     m->set_training(training_);
     modules_.push_back(std::move(m));
     return *modules_.back();

@@ -46,11 +46,11 @@ namespace detail {
 // clip_grad_norm's rules, shared by the backends: max_norm must be positive; the factor to scale the gradients by
 // for their joint norm (1 when they are within max_norm, or when the norm is not finite and on_nonfinite says skip;
 // throws invalid_argument_error when it says error).
-inline void check_max_norm(float max_norm) {
+DMOE_LAZY inline void check_max_norm(float max_norm) {
   if (!(max_norm > 0.0f))
     throw invalid_argument_error(dmoe::format("clip_grad_norm: max_norm is {} but must be positive", max_norm));
 }
-inline double clip_coefficient(double norm, std::size_t tensors, float max_norm, nonfinite_norm on_nonfinite) {
+DMOE_LAZY inline double clip_coefficient(double norm, std::size_t tensors, float max_norm, nonfinite_norm on_nonfinite) {
   if (!std::isfinite(norm)) {
     if (on_nonfinite == nonfinite_norm::error)
       throw invalid_argument_error(dmoe::format(

@@ -199,7 +199,7 @@ using expert_backend_maker = std::unique_ptr<expert_backend> (*)(std::string uid
 // make_expert_backend_on<ops::cuda_t>, installed when the program starts by the CUDA backend's objects
 // (dmoe::cuda, or <dmoe/impl/cuda_experts.hpp> compiled into the program), so that the server's code, compiled
 // without CUDA, can host experts on a GPU. nullptr without a CUDA backend.
-inline std::atomic<expert_backend_maker>& cuda_expert_backend_maker() noexcept {
+DMOE_LAZY inline std::atomic<expert_backend_maker>& cuda_expert_backend_maker() noexcept {
   static std::atomic<expert_backend_maker> maker{nullptr};
   return maker;
 }

@@ -125,7 +125,7 @@ class server {
   // The checkpoint each expert was loaded from at start.
   const std::map<std::string, std::filesystem::path>& loaded_checkpoints() const noexcept { return loaded_; }
   // Declaration rounds done (thread-safe).
-  std::uint64_t declaration_rounds() const {
+  DMOE_LAZY std::uint64_t declaration_rounds() const {
     std::lock_guard lock(declared_mutex_);
     return declaration_rounds_;
   }

@@ -91,7 +91,7 @@ class task_pool {
 
   // When the next batch may start (the pool is not empty): now when min_batch_size samples wait, else when the
   // oldest request will have waited the batching window.
-  steady_time ready_at() const noexcept {
+  DMOE_LAZY steady_time ready_at() const noexcept {
     if (samples_ >= min_batch_size_) return steady_time::min();
     return deadline_from(queue_.front().arrived, window_);
   }

@@ -64,13 +64,13 @@ struct device_memory {
   void (*select)(int index);
 };
 
-inline std::atomic<const device_memory*>& device_memory_hook() noexcept {
+DMOE_LAZY inline std::atomic<const device_memory*>& device_memory_hook() noexcept {
   static std::atomic<const device_memory*> hook{nullptr};
   return hook;
 }
 
 // The installed device memory; throws device_error when the program has no CUDA backend.
-inline const device_memory& require_device_memory(std::string_view what) {
+DMOE_LAZY inline const device_memory& require_device_memory(std::string_view what) {
   const device_memory* memory = device_memory_hook().load(std::memory_order_acquire);
   if (!memory)
     throw device_error(std::string(what) +
@@ -82,7 +82,7 @@ inline const device_memory& require_device_memory(std::string_view what) {
 }  // namespace detail
 
 // Whether this program can use CUDA devices: its CUDA backend is linked and at least one GPU is visible.
-inline bool cuda_available() {
+DMOE_LAZY inline bool cuda_available() {
   const detail::device_memory* memory = detail::device_memory_hook().load(std::memory_order_acquire);
   return memory && memory->device_count() > 0;
 }
@@ -103,7 +103,7 @@ DMOE_LAZY inline void check_device(const device_choice& choice) {
 // until another use_device. The host always works (and leaves the thread's CUDA device as it was); a CUDA device
 // throws device_error as check_device does. (No scope restores the previous device: selecting a GPU starts its
 // CUDA context, so going back to the default device 0 would start one there too.)
-inline void use_device(const device_choice& choice) {
+DMOE_LAZY inline void use_device(const device_choice& choice) {
   check_device(choice);
   if (choice.kind == device::host) return;
   detail::require_device_memory("device " + choice.text()).select(choice.index);

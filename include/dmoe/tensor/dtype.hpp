@@ -56,7 +56,7 @@ inline std::ostream& operator<<(std::ostream& out, dtype t) { return out << to_s
 constexpr bool is_floating(dtype t) noexcept { return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16; }
 
 // Checks a dtype read from untrusted bytes.
-inline dtype dtype_from_code(std::uint8_t code) {
+DMOE_LAZY inline dtype dtype_from_code(std::uint8_t code) {
   if (code > static_cast<std::uint8_t>(dtype::u8)) throw invalid_argument_error(dmoe::format("unknown dtype code {}", code));
   return static_cast<dtype>(code);
 }

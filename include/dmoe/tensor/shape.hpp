@@ -58,19 +58,19 @@ class shape {
   constexpr std::int64_t inner() const noexcept { return rank_ == 0 ? 1 : dims_[rank_ - 1]; }
 
   // The same shape with dimension i replaced.
-  shape with(std::size_t i, std::int64_t value) const {
+  DMOE_LAZY shape with(std::size_t i, std::int64_t value) const {
     if (i >= rank_) throw shape_error(dmoe::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
     shape s = *this;
     s.dims_[i] = value;
     return s;
   }
   // The dimensions after the first (a row's shape).
-  shape without_first() const {
+  DMOE_LAZY shape without_first() const {
     if (rank_ == 0) throw shape_error("a scalar shape has no first dimension");
     return shape(dims().subspan(1));
   }
   // This shape with one more leading dimension.
-  shape with_leading(std::int64_t first) const {
+  DMOE_LAZY shape with_leading(std::int64_t first) const {
     std::array<std::int64_t, max_rank + 1> d{};
     d[0] = first;
     for (std::size_t i = 0; i < rank_; ++i) d[i + 1] = dims_[i];

@@ -94,7 +94,7 @@ class tensor {
   }
 
   // Storage whose contents are unspecified until written (for outputs about to be overwritten).
-  static tensor uninitialized(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host) {
+  DMOE_LAZY static tensor uninitialized(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host) {
     tensor r;
     r.shape_ = s;
     r.dtype_ = t;
@@ -102,7 +102,7 @@ class tensor {
     return r;
   }
   static tensor zeros(dmoe::shape s, dmoe::dtype t = dtype::f32) { return tensor(s, t); }
-  static tensor full(dmoe::shape s, float value) {
+  DMOE_LAZY static tensor full(dmoe::shape s, float value) {
     tensor r = uninitialized(s);
     r.fill(value);
     return r;
@@ -149,14 +149,14 @@ class tensor {
   // acquire fence orders those writes after everything the other holders did with it before letting go, also on
   // other threads (use_count() alone is a relaxed load; e.g. a server's network thread drops the rows of a batch's
   // output once sent, while its compute thread reuses the module's buffer for the next batch).
-  bool unique() const noexcept {
+  DMOE_LAZY bool unique() const noexcept {
     if (!storage_ || storage_.use_count() != 1) return false;
     std::atomic_thread_fence(std::memory_order_acquire);
     return true;
   }
   bool shares_storage_with(const tensor& other) const noexcept { return storage_ && storage_ == other.storage_; }
   // True when some byte of this tensor's elements is also one of other's (views of disjoint rows do not overlap).
-  bool overlaps(const tensor& other) const noexcept {
+  DMOE_LAZY bool overlaps(const tensor& other) const noexcept {
     if (!shares_storage_with(other) || nbytes() == 0 || other.nbytes() == 0) return false;
     return offset_ < other.offset_ + other.nbytes() && other.offset_ < offset_ + nbytes();
   }
@@ -207,7 +207,7 @@ class tensor {
     return data<T>()[flat_index({static_cast<std::int64_t>(index)...})];
   }
   // The single value of a one-element f32 tensor.
-  float item() const {
+  DMOE_LAZY float item() const {
     if (numel() != 1) throw shape_error(dmoe::format("tensor::item: tensor of shape {} is not one value", shape_));
     return *data<float>();
   }
@@ -223,7 +223,7 @@ class tensor {
     return r;
   }
   // Row i, with the first dimension dropped, sharing storage.
-  tensor row(std::int64_t i) const {
+  DMOE_LAZY tensor row(std::int64_t i) const {
     tensor r = rows(i, i + 1);
     r.shape_ = shape_.without_first();
     return r;
@@ -240,7 +240,7 @@ class tensor {
   tensor as_matrix() const { return reshape(dmoe::shape{shape_.outer(), shape_.inner()}); }
 
   // A deep copy with its own storage.
-  tensor clone() const {
+  DMOE_LAZY tensor clone() const {
     if (empty()) return tensor();
     tensor r = uninitialized(shape_, dtype_, device());
     r.copy_from(*this);
@@ -261,7 +261,7 @@ class tensor {
         .copy(bytes_data(), device(), other.bytes_data(), other.device(), nbytes());
   }
   // This tensor on the device: itself (sharing storage) when it is there already, else a copy.
-  tensor to(dmoe::device where) const {
+  DMOE_LAZY tensor to(dmoe::device where) const {
     if (empty() || where == device()) return *this;
     tensor r = uninitialized(shape_, dtype_, where);
     r.copy_from(*this);
@@ -269,7 +269,7 @@ class tensor {
   }
   // Gives this tensor the shape and dtype on the device; keeps the storage when this tensor is its only holder,
   // it is on that device and large enough, else allocates new storage. Contents are unspecified afterwards.
-  void resize(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host) {
+  DMOE_LAZY void resize(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host) {
     const std::size_t need = static_cast<std::size_t>(s.numel()) * size_of(t);
     if (unique() && offset_ == 0 && storage_->where() == where && storage_->bytes() >= need) {
       shape_ = s;
@@ -282,7 +282,7 @@ class tensor {
   void fill(float value) {
     for (float& x : span<float>()) x = value;
   }
-  void zero() {
+  DMOE_LAZY void zero() {
     if (nbytes() == 0) return;
     if (is_host())
       std::memset(bytes_data(), 0, nbytes());
@@ -299,7 +299,7 @@ class tensor {
   }
 
   // "f32 [3, 4] host"
-  std::string description() const {
+  DMOE_LAZY std::string description() const {
     if (is_host()) return dmoe::format("{} {} host", dtype_, shape_);
     return dmoe::format("{} {} cuda:{}", dtype_, shape_, device_index());
   }
@@ -319,7 +319,7 @@ class tensor {
     check_dtype<T>();
     check_host("element access");
   }
-  void check_host(std::string_view what) const {
+  DMOE_LAZY void check_host(std::string_view what) const {
     if (!is_host())
       throw invalid_argument_error(dmoe::format(
           "tensor {}: {} tensor is not on the host (copy it with to(device::host) first)", what, description()));
@@ -345,23 +345,23 @@ class tensor {
 };
 
 // Throws shape_error "op: name is [3, 4] but should be [3, 5]" unless t has the expected shape.
-inline void expect_shape(std::string_view op, std::string_view name, const tensor& t, const shape& expected) {
+DMOE_LAZY inline void expect_shape(std::string_view op, std::string_view name, const tensor& t, const shape& expected) {
   if (t.shape() != expected)
     throw shape_error(dmoe::format("{}: {} is {} but should be {}", op, name, t.shape(), expected));
 }
 // Throws shape_error "op: a is [3, 4] but b is [5, 6]" unless both have the same shape.
-inline void expect_same_shape(std::string_view op, std::string_view name_a, const tensor& a, std::string_view name_b,
+DMOE_LAZY inline void expect_same_shape(std::string_view op, std::string_view name_a, const tensor& a, std::string_view name_b,
                               const tensor& b) {
   if (a.shape() != b.shape())
     throw shape_error(dmoe::format("{}: {} is {} but {} is {}", op, name_a, a.shape(), name_b, b.shape()));
 }
 // Throws invalid_argument_error unless t has the dtype.
-inline void expect_dtype(std::string_view op, std::string_view name, const tensor& t, dtype expected) {
+DMOE_LAZY inline void expect_dtype(std::string_view op, std::string_view name, const tensor& t, dtype expected) {
   if (t.dtype() != expected)
     throw invalid_argument_error(dmoe::format("{}: {} is {} but should be {}", op, name, t.dtype(), expected));
 }
 // Throws shape_error unless t has the rank.
-inline void expect_rank(std::string_view op, std::string_view name, const tensor& t, std::size_t rank) {
+DMOE_LAZY inline void expect_rank(std::string_view op, std::string_view name, const tensor& t, std::size_t rank) {
   if (t.rank() != rank)
     throw shape_error(dmoe::format("{}: {} is {} but should have rank {}", op, name, t.shape(), rank));
 }

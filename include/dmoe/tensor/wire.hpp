@@ -144,7 +144,7 @@ DMOE_LAZY inline std::size_t first_non_finite_16(const std::byte* data, std::siz
 }
 
 // Index of the first non-finite element of a host tensor of any dtype, or npos.
-inline std::size_t first_non_finite(const tensor& t) noexcept {
+DMOE_LAZY inline std::size_t first_non_finite(const tensor& t) noexcept {
   const auto n = static_cast<std::size_t>(t.numel());
   switch (t.dtype()) {
     case dtype::f32: return first_non_finite_f32(t.bytes_data(), n);
@@ -154,7 +154,7 @@ inline std::size_t first_non_finite(const tensor& t) noexcept {
   }
 }
 
-inline float load_f32(const std::byte* at) noexcept {
+DMOE_LAZY inline float load_f32(const std::byte* at) noexcept {
   float v;
   std::memcpy(&v, at, 4);
   return v;
@@ -164,7 +164,7 @@ inline std::uint64_t q8_blocks(std::uint64_t elements, std::uint64_t block_size)
   return (elements + block_size - 1) / block_size;
 }
 
-inline std::uint64_t wire_data_size(dtype type, wire_codec codec, std::uint64_t elements, std::uint32_t block_size) {
+DMOE_LAZY inline std::uint64_t wire_data_size(dtype type, wire_codec codec, std::uint64_t elements, std::uint32_t block_size) {
   switch (codec) {
     case wire_codec::none: return elements * size_of(type);
     case wire_codec::f16:
@@ -222,7 +222,7 @@ DMOE_LAZY inline tensor_wire_header make_wire_header(const tensor& t, wire_codec
 // Below f32's normal range the scale rounds up instead (to at least the smallest subnormal): a subnormal step has few
 // bits, so rounding down could leave most of the range unreachable (or give scale 0 and decode a whole block to
 // its minimum), and such a block is far from f32's limit.
-inline float q8_scale(float lo, float hi) noexcept {
+DMOE_LAZY inline float q8_scale(float lo, float hi) noexcept {
   const double range = static_cast<double>(hi) - static_cast<double>(lo);
   const double ideal = range / 255.0;
   auto scale = static_cast<float>(ideal);
@@ -275,7 +275,7 @@ DMOE_LAZY inline void encode_q8_blockwise(const float* values, std::size_t count
 }  // namespace detail
 
 // Bytes encode_tensor appends for this tensor and codec.
-inline std::size_t encoded_tensor_size(const tensor& t, wire_codec codec,
+DMOE_LAZY inline std::size_t encoded_tensor_size(const tensor& t, wire_codec codec,
                                        std::uint32_t block_size = q8_default_block_size) {
   return detail::make_wire_header(t, codec, block_size).size +
          static_cast<std::size_t>(
@@ -305,7 +305,7 @@ DMOE_LAZY inline void encode_tensor(const tensor& t, wire_codec codec, byte_buff
   }
 }
 
-inline byte_buffer encode_tensor(const tensor& t, wire_codec codec = wire_codec::none,
+DMOE_LAZY inline byte_buffer encode_tensor(const tensor& t, wire_codec codec = wire_codec::none,
                                  std::uint32_t block_size = q8_default_block_size) {
   byte_buffer out;
   out.reserve(encoded_tensor_size(t, codec, block_size));
@@ -314,7 +314,7 @@ inline byte_buffer encode_tensor(const tensor& t, wire_codec codec = wire_codec:
 }
 
 // The uncompressed wire form as a header plus a view of the tensor's own storage, for sending without a copy.
-inline tensor_wire_view wire_view(const tensor& t) {
+DMOE_LAZY inline tensor_wire_view wire_view(const tensor& t) {
   detail::check_encodable(t, wire_codec::none, 0);
   return {detail::make_wire_header(t, wire_codec::none, 0), t.bytes()};
 }

@@ -36,7 +36,7 @@ class linked_stop_source {
   void also_link(const std::stop_token& other) {
     if (other.stop_possible()) extra_link_.emplace(other, stop_requester{&source_});
   }
-  void unlink() noexcept {
+  DMOE_LAZY void unlink() noexcept {
     link_.reset();
     extra_link_.reset();
   }

@@ -28,7 +28,7 @@ class handoff {
     value_.emplace(std::forward<V>(v)...);
     finish();
   }
-  void set_exception(std::exception_ptr error) noexcept {
+  DMOE_LAZY void set_exception(std::exception_ptr error) noexcept {
     error_ = std::move(error);
     finish();
   }
@@ -45,7 +45,7 @@ class handoff {
  private:
   struct nothing {};
 
-  void finish() noexcept {
+  DMOE_LAZY void finish() noexcept {
     done_.store(true, std::memory_order_release);
     done_.notify_all();
   }

@@ -29,7 +29,7 @@ class wait_list {
   bool empty() const noexcept { return head_ == nullptr; }
   list_waiter* front() const noexcept { return head_; }
 
-  void push_back(list_waiter* w) noexcept {
+  DMOE_LAZY void push_back(list_waiter* w) noexcept {
     w->prev = tail_;
     w->next = nullptr;
     if (tail_) {
@@ -40,7 +40,7 @@ class wait_list {
     tail_ = w;
     w->linked = true;
   }
-  void remove(list_waiter* w) noexcept {
+  DMOE_LAZY void remove(list_waiter* w) noexcept {
     if (w->prev) {
       w->prev->next = w->next;
     } else {
@@ -54,7 +54,7 @@ class wait_list {
     w->prev = w->next = nullptr;
     w->linked = false;
   }
-  list_waiter* pop_front() noexcept {
+  DMOE_LAZY list_waiter* pop_front() noexcept {
     list_waiter* w = head_;
     if (w) remove(w);
     return w;
@@ -88,7 +88,7 @@ void watch_stop(list_waiter& w, std::coroutine_handle<P> waiter) {
 }
 
 // In await_resume: the stop callback is gone before the frame can be.
-inline void end_wait(list_waiter& w) noexcept {
+DMOE_LAZY inline void end_wait(list_waiter& w) noexcept {
   w.stop.reset();
   if (w.ctx) w.ctx->forget_cancel(&w);
 }

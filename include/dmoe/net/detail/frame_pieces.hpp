@@ -17,7 +17,7 @@ namespace net::detail {
 class frame_pieces {
  public:
   DMOE_DECL frame_pieces(const frame_header_bytes& header, const_byte_span body, std::span<const const_byte_span> views);
-  std::span<const const_byte_span> span() const noexcept {
+  DMOE_LAZY std::span<const const_byte_span> span() const noexcept {
     return heap_.empty() ? std::span<const const_byte_span>(inline_.data(), count_)
                          : std::span<const const_byte_span>(heap_);
   }

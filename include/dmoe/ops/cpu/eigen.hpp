@@ -25,7 +25,7 @@ using vector_map = Eigen::Map<Eigen::ArrayXf>;
 using const_vector_map = Eigen::Map<const Eigen::ArrayXf>;
 
 // Every CPU op takes f32 tensors on the host; anything else is refused with the op's name.
-inline void check_cpu_f32(std::string_view op, std::string_view name, const tensor& t) {
+DMOE_LAZY inline void check_cpu_f32(std::string_view op, std::string_view name, const tensor& t) {
   if (t.empty()) throw invalid_argument_error(dmoe::format("{}: {} is an empty tensor", op, name));
   if (!t.is_host())
     throw invalid_argument_error(dmoe::format("{}: {} is {}: the CPU backend needs host tensors", op, name,
@@ -35,7 +35,7 @@ inline void check_cpu_f32(std::string_view op, std::string_view name, const tens
 }
 
 // An output: allocated with the shape when empty, else it must have that shape.
-inline void prepare_output(std::string_view op, std::string_view name, tensor& t, const shape& expected) {
+DMOE_LAZY inline void prepare_output(std::string_view op, std::string_view name, tensor& t, const shape& expected) {
   if (t.empty()) {
     t = tensor::uninitialized(expected);
     return;

@@ -22,7 +22,7 @@ namespace ops {
 // Which code multiplies matrices on the CPU: Eigen's GEMM, or our packed kernels for AVX2+FMA or AVX-512.
 enum class gemm_kernel { eigen, avx2, avx512 };
 
-inline std::string_view to_string(gemm_kernel kernel) noexcept {
+DMOE_LAZY inline std::string_view to_string(gemm_kernel kernel) noexcept {
   switch (kernel) {
     case gemm_kernel::eigen: return "eigen";
     case gemm_kernel::avx2: return "avx2";
@@ -32,7 +32,7 @@ inline std::string_view to_string(gemm_kernel kernel) noexcept {
 }
 
 // Whether this CPU can run the kernel.
-inline bool gemm_kernel_supported(gemm_kernel kernel) noexcept {
+DMOE_LAZY inline bool gemm_kernel_supported(gemm_kernel kernel) noexcept {
   switch (kernel) {
     case gemm_kernel::eigen: return true;
     case gemm_kernel::avx2: return dmoe::detail::cpu_has_avx2_fma();
@@ -59,7 +59,7 @@ DMOE_LAZY inline gemm_kernel default_gemm_kernel() {
   return gemm_kernel::eigen;
 }
 
-inline std::atomic<gemm_kernel>& gemm_kernel_setting() {
+DMOE_LAZY inline std::atomic<gemm_kernel>& gemm_kernel_setting() {
   static std::atomic<gemm_kernel> setting{default_gemm_kernel()};
   return setting;
 }
@@ -68,7 +68,7 @@ inline std::atomic<gemm_kernel>& gemm_kernel_setting() {
 
 // The kernel ops::gemm uses now, and a way to pick another (for tests and benchmarks; process-wide).
 inline gemm_kernel current_gemm_kernel() { return detail::gemm_kernel_setting().load(std::memory_order_relaxed); }
-inline void set_gemm_kernel(gemm_kernel kernel) {
+DMOE_LAZY inline void set_gemm_kernel(gemm_kernel kernel) {
   if (!gemm_kernel_supported(kernel))
     throw invalid_argument_error(dmoe::format("set_gemm_kernel: this CPU cannot run the {} kernel", to_string(kernel)));
   detail::gemm_kernel_setting().store(kernel, std::memory_order_relaxed);

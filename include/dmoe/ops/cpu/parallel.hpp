@@ -31,7 +31,7 @@ class cpu_pool {
   int threads() const noexcept { return threads_; }
 
   // Sets how many threads loops use (the caller included; 1 turns parallelism off).
-  void set_threads(int n) {
+  DMOE_LAZY void set_threads(int n) {
     std::lock_guard run(run_mutex_);
     stop_workers();
     threads_ = std::max(1, n);
@@ -75,11 +75,11 @@ class cpu_pool {
     start_workers();
   }
 
-  void start_workers() {
+  DMOE_LAZY void start_workers() {
     stopping_ = false;
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
-  void stop_workers() {
+  DMOE_LAZY void stop_workers() {
     {
       std::lock_guard lock(mutex_);
       stopping_ = true;
@@ -112,7 +112,7 @@ class cpu_pool {
     }
   }
 
-  void worker_loop() {
+  DMOE_LAZY void worker_loop() {
     on_worker_ = true;
     std::uint64_t seen = 0;
     for (;;) {

@@ -63,7 +63,7 @@ double sum_f64_avx(std::int64_t n, Term4&& term4, Term&& term) {
 #endif
 
 // sum of x[0..n) in double.
-inline double sum_f64(const float* x, std::int64_t n) {
+DMOE_LAZY inline double sum_f64(const float* x, std::int64_t n) {
   const auto term = [x](std::int64_t i) { return static_cast<double>(x[i]); };
 #if defined(__AVX__)
   return sum_f64_avx(
@@ -76,7 +76,7 @@ inline double sum_f64(const float* x, std::int64_t n) {
 }
 
 // sum of x[i] * y[i] in double (each product exact).
-inline double dot_f64(const float* x, const float* y, std::int64_t n) {
+DMOE_LAZY inline double dot_f64(const float* x, const float* y, std::int64_t n) {
   const auto term = [x, y](std::int64_t i) { return static_cast<double>(x[i]) * static_cast<double>(y[i]); };
 #if defined(__AVX__)
   return sum_f64_avx(
@@ -91,7 +91,7 @@ inline double dot_f64(const float* x, const float* y, std::int64_t n) {
 }
 
 // sum of (x[i] - center)^2 in double: the second pass of a two-pass variance.
-inline double sum_squared_deviations_f64(const float* x, std::int64_t n, double center) {
+DMOE_LAZY inline double sum_squared_deviations_f64(const float* x, std::int64_t n, double center) {
   const auto term = [x, center](std::int64_t i) {
     const double deviation = static_cast<double>(x[i]) - center;
     return deviation * deviation;
@@ -110,7 +110,7 @@ inline double sum_squared_deviations_f64(const float* x, std::int64_t n, double 
 }
 
 // partial[c] += sum over r < rows of x[r * cols + c]: column sums of a row-major block, in double.
-inline void add_column_sums_f64(const float* x, std::int64_t rows, std::int64_t cols, double* partial) {
+DMOE_LAZY inline void add_column_sums_f64(const float* x, std::int64_t rows, std::int64_t cols, double* partial) {
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t c = 0; c < cols; ++c) partial[c] += static_cast<double>(x[r * cols + c]);
 }
