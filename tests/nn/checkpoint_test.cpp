@@ -300,4 +300,13 @@ BOOST_AUTO_TEST_CASE(missing_file_is_a_system_error) {
   BOOST_TEST(contains(text, "No such file or directory"), text);
 }
 
+// Paths in messages are quoted and escaped (fmt's "{:?}"), so a name with a quote, a backslash or a newline cannot
+// forge the rest of the message.
+BOOST_AUTO_TEST_CASE(paths_in_messages_are_quoted_and_escaped) {
+  temp_dir dir;
+  const std::string text =
+      error_text<system_error>([&] { nn::read_checkpoint(dir.path / "a\"b\\c\nd.ckpt"); });
+  BOOST_TEST(contains(text, "opening checkpoint \"" + dir.path.native() + "/a\\\"b\\\\c\\nd.ckpt\""), text);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

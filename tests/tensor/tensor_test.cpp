@@ -3,6 +3,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -180,6 +182,9 @@ BOOST_AUTO_TEST_CASE(shapes_and_dtypes_format_as_their_text_and_refuse_specifier
   const std::vector<int> values{3, 1, 4};
   BOOST_TEST(dmoe::detail::join_text(values, ".") == "3.1.4");
   BOOST_TEST(dmoe::detail::join_text(std::vector<int>{}, ", ") == "");
+  const std::array<std::byte, 3> bytes{std::byte{0x00}, std::byte{0x7f}, std::byte{0xff}};
+  BOOST_TEST(dmoe::detail::join_text(bytes, " ", "{:02x}") == "00 7f ff");
+  BOOST_CHECK_THROW(static_cast<void>(dmoe::detail::join_text(values, " ", "{:s}")), fmt::format_error);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -11,6 +11,9 @@
 
 #include <fmt/core.h>
 
+// dmoe's messages use fmt 9's format syntax, `{:?}` (quoted and escaped strings) included.
+static_assert(FMT_VERSION >= 90000, "dmoe needs fmt 9 or later");
+
 DMOE_BEGIN_NAMESPACE
 
 // fmt checks a format string against its arguments at compile time, in every translation unit that sees the call.

@@ -257,7 +257,7 @@ DMOE_DEF expert_request decode_expert_request(const_byte_span bytes, expert_dire
 #endif  // DMOE_HEAVY_DEFINITIONS
 
 // The answer to a forward or backward request: one tensor.
-inline tensor decode_expert_response(const_byte_span bytes, const wire_limits& limits = {}) {
+DMOE_LAZY inline tensor decode_expert_response(const_byte_span bytes, const wire_limits& limits = {}) {
   return decode_tensor(bytes, limits);
 }
 

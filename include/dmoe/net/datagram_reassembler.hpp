@@ -39,7 +39,10 @@ struct datagram_source {
 class datagram_reassembler {
  public:
   // Throws invalid_argument_error for unusable limits (see validate()).
-  DMOE_LAZY explicit datagram_reassembler(datagram_limits limits = {}) : limits_(limits) { validate(limits_, "datagram reassembler"); }
+  datagram_reassembler() = default;
+  DMOE_LAZY explicit datagram_reassembler(datagram_limits limits) : limits_(limits) {
+    validate(limits_, "datagram reassembler");
+  }
 
   // Adds one decoded datagram from `source`. Returns the whole message once its last missing part arrives;
   // single-part messages come back at once. Duplicate parts are ignored; a part that contradicts the earlier parts

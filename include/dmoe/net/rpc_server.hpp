@@ -293,7 +293,7 @@ namespace detail {
 
 // A response waiting to be written, in its sender's coroutine frame (never moved: `pieces` points at `head`).
 struct queued_frame {
-  DMOE_LAZY queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
+  queued_frame(const frame_header& header, const_byte_span body, std::span<const const_byte_span> views)
       : head(encode_frame_header(header)), pieces(head, body, views) {}
   queued_frame(const queued_frame&) = delete;
   queued_frame& operator=(const queued_frame&) = delete;
@@ -307,7 +307,7 @@ struct queued_frame {
 
 // What one accepted connection shares between its reader, its request coroutines and its watchdog.
 struct server_connection {
-  DMOE_LAZY server_connection(tcp_socket s, std::size_t handlers)
+  server_connection(tcp_socket s, std::size_t handlers)
       : socket(std::move(s)), peer(socket.peer().to_string()), address(socket.peer().address()),
         handler_slots(handlers) {}
 

@@ -84,7 +84,7 @@ class tensor {
   // An empty tensor: shape [0], f32, no storage.
   tensor() : shape_{0} {}
   // Zero-filled storage for the shape.
-  explicit tensor(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host)
+  DMOE_LAZY explicit tensor(dmoe::shape s, dmoe::dtype t = dtype::f32, dmoe::device where = device::host)
       : tensor(uninitialized(s, t, where)) {
     // Device zeros are complete on return: another stream (a networking thread's copy) may write the tensor next.
     if (!is_host() && nbytes() > 0)
