@@ -48,8 +48,9 @@
 // A function defined in a light section whose body calls a heavy one, or instantiates much of the standard library
 // (a container's find, erase or insert, a std::function, a message formatted with dmoe::format), is DMOE_LAZY
 // (below): were it an ordinary inline function, every translation unit would compile it, and in header-only mode
-// instantiate the heavy body and everything that body calls. Bodies of a few lines that instantiate nothing stay
-// ordinary inline functions: a template costs the compiler more than such a body. Functions that cannot be
+// instantiate the heavy body and everything that body calls. So is, as a rule, any other light-section function
+// whose body spans three lines or more (with g++, that rule cut what separate compilation's <dmoe/dmoe.hpp> makes
+// the compiler allocate from 354 to 338 MB); one-line bodies stay ordinary inline functions. Functions that cannot be
 // templates (destructors, virtual functions) call only light code, or are DMOE_INLINE behind
 // DMOE_HEAVY_DEFINITIONS; an override that needs a heavy body calls it through a member function pointer that a
 // DMOE_DECL constructor sets (moe::dht_expert_directory). Types that only the heavy definitions use (a class's
