@@ -27,7 +27,7 @@ class endpoint {
   endpoint() noexcept { std::memset(&addr_, 0, sizeof addr_); }
 
   // An address literal ("10.0.0.1", "::1") and a port; throws invalid_argument_error.
-  endpoint(std::string_view address, std::uint16_t port) : endpoint() {
+  DMOE_LAZY endpoint(std::string_view address, std::uint16_t port) : endpoint() {
     if (!assign_address(address, port)) {
       throw invalid_argument_error(dmoe::format("not an IPv4 or IPv6 address: '{}'", address));
     }
@@ -84,7 +84,7 @@ class endpoint {
     return true;
   }
 
-  friend std::ostream& operator<<(std::ostream& out, const endpoint& e) { return out << e.to_string(); }
+  DMOE_LAZY friend std::ostream& operator<<(std::ostream& out, const endpoint& e) { return out << e.to_string(); }
 
   DMOE_DECL std::size_t hash() const noexcept;
 

@@ -90,7 +90,9 @@ struct posted_resume final : posted_node {
 };
 
 // The error for a failed io_uring_setup, e.g. "io_uring_setup: Operation not permitted".
-inline system_error io_uring_setup_error(int errno_value) { return system_error(errno_value, "io_uring_setup"); }
+DMOE_LAZY inline system_error io_uring_setup_error(int errno_value) {
+  return system_error(errno_value, "io_uring_setup");
+}
 
 class root_observer final : public child_observer {
  public:

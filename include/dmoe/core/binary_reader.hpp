@@ -43,7 +43,7 @@ class binary_reader {
       throw limit_error(dmoe::format("{}: field of {} bytes exceeds limit {}", what_, size, max_size));
     return read_bytes(size);
   }
-  std::string read_string(std::size_t max_size) { return std::string(as_string_view(read_blob(max_size))); }
+  DMOE_LAZY std::string read_string(std::size_t max_size) { return std::string(as_string_view(read_blob(max_size))); }
 
   std::size_t remaining() const noexcept { return bytes_.size() - offset_; }
   std::size_t offset() const noexcept { return offset_; }

@@ -33,7 +33,7 @@ class binary_writer {
     write(static_cast<std::uint32_t>(bytes.size()));
     write_bytes(bytes);
   }
-  void write_string(std::string_view text) { write_blob(as_bytes(text)); }
+  DMOE_LAZY void write_string(std::string_view text) { write_blob(as_bytes(text)); }
 
   // Reserves room for a value written later with `patch` (for lengths known only at the end).
   template <class T>

@@ -78,7 +78,7 @@ DMOE_DEFINE_ERROR(device_error, device)
 // An error the operating system reported, with its errno.
 class system_error : public error {
  public:
-  system_error(int errno_value, std::string_view what)
+  DMOE_LAZY system_error(int errno_value, std::string_view what)
       : error(errc::io, dmoe::format("{}: {}", what, std::strerror(errno_value))), errno_(errno_value) {}
   int errno_value() const noexcept { return errno_; }
 

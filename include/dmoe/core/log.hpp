@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/config.hpp>
+#include <dmoe/core/format.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -49,8 +50,8 @@ DMOE_LAZY inline void write_log_line(log_level level, std::string_view message) 
   const std::time_t seconds = static_cast<std::time_t>(since_epoch / 1000);
   std::tm utc{};
   ::gmtime_r(&seconds, &utc);
-  auto line = fmt::format("[{:02}:{:02}:{:02}.{:03} dmoe {}] {}\n", utc.tm_hour, utc.tm_min, utc.tm_sec,
-                          since_epoch % 1000, names[static_cast<int>(level)], message);
+  auto line = dmoe::format("[{:02}:{:02}:{:02}.{:03} dmoe {}] {}\n", utc.tm_hour, utc.tm_min, utc.tm_sec,
+                           since_epoch % 1000, names[static_cast<int>(level)], message);
   std::lock_guard lock(log_mutex());
   std::fwrite(line.data(), 1, line.size(), stderr);
 }

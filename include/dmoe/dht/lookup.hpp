@@ -3,6 +3,7 @@
 #pragma once
 
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/dht/messages.hpp>
@@ -140,10 +141,7 @@ class lookup {
   // Every key is done and no request is in flight (slow ones included). `done(key)` ignores requests in flight: a
   // caller may return a key's result at once and drop late answers.
   bool done() const { return in_flight_ == 0 && keys_done(); }
-  DMOE_LAZY bool done(const key_id& key) const {
-    auto it = index_.find(key);
-    return it == index_.end() || keys_[it->second].done;
-  }
+  DMOE_DECL bool done(const key_id& key) const;
   // Every key is done (requests may still be in flight).
   bool keys_done() const noexcept { return keys_done_ == keys_.size(); }
   // Requests sent and not yet answered or failed, slow ones included.
@@ -164,7 +162,7 @@ class lookup {
   };
   struct key_state {
     key_id key;
-    std::map<node_id, candidate> candidates;  // by distance to the key
+    dmoe::detail::boxed<std::map<node_id, candidate>> candidates;  // by distance to the key
     ip_index candidate_ips;                   // candidates per IP address (lookup_options::max_peers_per_ip)
     std::vector<wire_peer> waiting;           // refused for a full IP address; the nearest are kept
     std::optional<record> found;
@@ -189,16 +187,9 @@ class lookup {
   DMOE_DECL void refresh(std::size_t i);
 
   // Whether a candidate's peer has a slow request outstanding (and has not answered this key yet).
-  DMOE_LAZY bool is_slow(const candidate& c) const {
-    if (slow_ == 0 || c.status == progress::answered || c.status == progress::failed) return false;
-    auto peer = peers_.find(c.peer.id);
-    return peer != peers_.end() && peer->second.slow;
-  }
+  DMOE_DECL bool is_slow(const candidate& c) const;
   // Whether a candidate's peer has a stale request outstanding (and has not answered this key yet).
-  DMOE_LAZY bool is_stale(const candidate& c) const {
-    if (!is_slow(c)) return false;
-    return peers_.find(c.peer.id)->second.stale;
-  }
+  DMOE_DECL bool is_stale(const candidate& c) const;
   // Left out when a key's k nearest are chosen: failed, or slow for now.
   DMOE_LAZY bool passed_over(const candidate& c) const { return c.status == progress::failed || is_slow(c); }
 
@@ -212,8 +203,8 @@ class lookup {
   lookup_options options_;
   std::size_t waiting_limit_ = 0;  // waiting candidates kept per key
   std::vector<key_state> keys_;
-  std::unordered_map<key_id, std::size_t> index_;
-  std::unordered_map<node_id, peer_state> peers_;
+  dmoe::detail::boxed<std::unordered_map<key_id, std::size_t>> index_;
+  dmoe::detail::boxed<std::unordered_map<node_id, peer_state>> peers_;
   std::size_t in_flight_ = 0;  // slow ones included
   std::size_t slow_ = 0;
   std::size_t keys_done_ = 0;
@@ -237,7 +228,7 @@ DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : opti
   keys_.reserve(keys.size());
   waiting_limit_ = 4 * options_.k;
   for (const auto& key : keys) {
-    if (index_.emplace(key, keys_.size()).second)
+    if (index_->emplace(key, keys_.size()).second)
       keys_.push_back(
           key_state{key, {}, ip_index(options_.max_peers_per_ip, options_.limit_loopback), {}, {}, false});
   }
@@ -245,8 +236,8 @@ DMOE_DEF lookup::lookup(std::vector<key_id> keys, lookup_options options) : opti
 }
 
 DMOE_DEF auto lookup::add_candidates(const key_id& key, const std::vector<wire_peer>& peers) -> void {
-  auto it = index_.find(key);
-  if (it == index_.end()) return;
+  auto it = index_->find(key);
+  if (it == index_->end()) return;
   for (const auto& p : peers) add_candidate(it->second, p);
   refresh(it->second);
 }
@@ -268,14 +259,15 @@ DMOE_DEF auto lookup::next() -> std::vector<lookup_request> {
     const candidate* chosen = first_askable(state);
     if (!chosen) continue;
     lookup_request request{chosen->peer, {}};
-    auto& peer = peers_[request.peer.id];
+    auto& peer = (*peers_)[request.peer.id];
     for (const std::size_t i : peer.candidate_in) {
       key_state& other = keys_[i];
       if (other.done || other.in_flight >= options_.alpha) continue;
-      auto c = other.candidates.find(distance(other.key, request.peer.id));
-      if (c == other.candidates.end() || c->second.status != progress::unasked || passed_over(c->second)) continue;
+      auto c = other.candidates->find(distance(other.key, request.peer.id));
+      if (c == other.candidates->end() || c->second.status != progress::unasked || passed_over(c->second)) continue;
       std::size_t nearer = 0;  // candidates before it that are not passed over
-      for (auto it = other.candidates.begin(); it != c && nearer < options_.k; ++it) nearer += !passed_over(it->second);
+      for (auto it = other.candidates->begin(); it != c && nearer < options_.k; ++it)
+        nearer += !passed_over(it->second);
       if (nearer >= options_.k) continue;
       c->second.status = progress::asked;
       request.keys.push_back(other.key);
@@ -293,8 +285,8 @@ DMOE_DEF auto lookup::next() -> std::vector<lookup_request> {
 
 DMOE_DEF auto lookup::on_response(const node_id& peer_id, const std::vector<find_result>& results,
     wall_seconds now) -> bool {
-  auto peer_it = peers_.find(peer_id);
-  if (peer_it == peers_.end() || !peer_it->second.in_flight) return false;
+  auto peer_it = peers_->find(peer_id);
+  if (peer_it == peers_->end() || !peer_it->second.in_flight) return false;
   auto asked = std::move(peer_it->second.asked);
   peer_it->second.asked.clear();
   peer_it->second.in_flight = false;
@@ -309,8 +301,8 @@ DMOE_DEF auto lookup::on_response(const node_id& peer_id, const std::vector<find
   for (const auto& r : results) by_key.emplace(r.key, &r);
   for (std::size_t i : asked) {
     key_state& state = keys_[i];
-    auto c = state.candidates.find(distance(state.key, peer_id));
-    if (c == state.candidates.end() || c->second.status != progress::asked) continue;
+    auto c = state.candidates->find(distance(state.key, peer_id));
+    if (c == state.candidates->end() || c->second.status != progress::asked) continue;
     c->second.status = progress::answered;
     auto r = by_key.find(state.key);
     if (r == by_key.end()) continue;
@@ -324,12 +316,12 @@ DMOE_DEF auto lookup::on_response(const node_id& peer_id, const std::vector<find
     if (!options_.latest) state.finished = true;
   }
   // The peer is no longer slow: every key it is a candidate of may be done or not now.
-  for (std::size_t i : was_slow ? peers_[peer_id].candidate_in : asked) refresh(i);
+  for (std::size_t i : was_slow ? (*peers_)[peer_id].candidate_in : asked) refresh(i);
   return true;
 }
 
 DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
-  auto& peer = peers_[peer_id];
+  auto& peer = (*peers_)[peer_id];
   const bool was_in_flight = peer.in_flight;
   if (was_in_flight) {
     --in_flight_;
@@ -344,8 +336,8 @@ DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
   peer.asked.clear();
   for (std::size_t i : peer.candidate_in) {
     key_state& state = keys_[i];
-    auto c = state.candidates.find(distance(state.key, peer_id));
-    if (c != state.candidates.end()) {
+    auto c = state.candidates->find(distance(state.key, peer_id));
+    if (c != state.candidates->end()) {
       c->second.status = progress::failed;
       state.candidate_ips.remove(c->second.peer.address, peer_id);
       admit_waiting(i);
@@ -356,8 +348,8 @@ DMOE_DEF auto lookup::on_failure(const node_id& peer_id) -> bool {
 }
 
 DMOE_DEF auto lookup::on_slow(const node_id& peer_id) -> bool {
-  auto peer = peers_.find(peer_id);
-  if (peer == peers_.end() || !peer->second.in_flight || peer->second.slow) return false;
+  auto peer = peers_->find(peer_id);
+  if (peer == peers_->end() || !peer->second.in_flight || peer->second.slow) return false;
   peer->second.slow = true;
   ++slow_;
   for (std::size_t i : peer->second.asked) --keys_[i].in_flight;
@@ -366,8 +358,8 @@ DMOE_DEF auto lookup::on_slow(const node_id& peer_id) -> bool {
 }
 
 DMOE_DEF auto lookup::on_stale(const node_id& peer_id) -> bool {
-  auto peer = peers_.find(peer_id);
-  if (peer == peers_.end() || !peer->second.in_flight || !peer->second.slow || peer->second.stale) return false;
+  auto peer = peers_->find(peer_id);
+  if (peer == peers_->end() || !peer->second.in_flight || !peer->second.slow || peer->second.stale) return false;
   peer->second.stale = true;
   for (std::size_t i : peer->second.candidate_in) refresh(i);
   return true;
@@ -378,7 +370,7 @@ DMOE_DEF auto lookup::results() const -> std::vector<lookup_result> {
   out.reserve(keys_.size());
   for (const auto& state : keys_) {
     lookup_result r{state.key, {}, state.found, std::nullopt};
-    for (const auto& [d, c] : state.candidates) {
+    for (const auto& [d, c] : *state.candidates) {
       if (c.status != progress::answered) continue;
       if (r.nearest.size() >= options_.k) break;
       r.nearest.push_back(c.peer);
@@ -406,7 +398,7 @@ DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
   key_state& state = keys_[i];
   if (state.candidate_ips.full(p.address)) {
     // Waits for a slot, unless it is a candidate already (at any address) or waits already.
-    if (state.candidates.contains(distance(state.key, p.id))) return;
+    if (state.candidates->contains(distance(state.key, p.id))) return;
     if (std::any_of(state.waiting.begin(), state.waiting.end(), [&](const wire_peer& w) { return w.id == p.id; }))
       return;
     state.waiting.push_back(p);
@@ -419,9 +411,8 @@ DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
     }
     return;
   }
-  auto& peer = peers_[p.id];
-  const bool added = state.candidates
-                         .try_emplace(distance(state.key, p.id),
+  auto& peer = (*peers_)[p.id];
+  const bool added = state.candidates->try_emplace(distance(state.key, p.id),
                                       candidate{p, peer.failed ? progress::failed : progress::unasked})
                          .second;
   if (!added) return;
@@ -442,7 +433,7 @@ DMOE_DEF auto lookup::key_done(const key_state& state) const -> bool {
   if (state.finished) return true;
   std::size_t seen = 0;
   bool waiting_for_slow = false, skipping_stale = false;
-  for (const auto& [d, c] : state.candidates) {
+  for (const auto& [d, c] : *state.candidates) {
     if (c.status == progress::failed) continue;
     if (is_slow(c)) {
       (is_stale(c) ? skipping_stale : waiting_for_slow) = true;
@@ -457,14 +448,30 @@ DMOE_DEF auto lookup::key_done(const key_state& state) const -> bool {
 
 DMOE_DEF auto lookup::first_askable(const key_state& state) const -> const candidate* {
   std::size_t seen = 0;
-  for (const auto& [d, c] : state.candidates) {
+  for (const auto& [d, c] : *state.candidates) {
     if (passed_over(c)) continue;
     if (seen++ >= options_.k) break;
     if (c.status != progress::unasked) continue;
-    auto peer = peers_.find(c.peer.id);
-    if (peer == peers_.end() || !peer->second.in_flight) return &c;
+    auto peer = peers_->find(c.peer.id);
+    if (peer == peers_->end() || !peer->second.in_flight) return &c;
   }
   return nullptr;
+}
+
+DMOE_DEF auto lookup::done(const key_id& key) const -> bool {
+  auto it = index_->find(key);
+  return it == index_->end() || keys_[it->second].done;
+}
+
+DMOE_DEF auto lookup::is_slow(const candidate& c) const -> bool {
+  if (slow_ == 0 || c.status == progress::answered || c.status == progress::failed) return false;
+  auto peer = peers_->find(c.peer.id);
+  return peer != peers_->end() && peer->second.slow;
+}
+
+DMOE_DEF auto lookup::is_stale(const candidate& c) const -> bool {
+  if (!is_slow(c)) return false;
+  return peers_->find(c.peer.id)->second.stale;
 }
 
 }  // namespace dht

@@ -163,10 +163,10 @@ class wire_reader {
     return to_buffer(in_.read_bytes(n));
   }
   DMOE_LAZY node_id key() { return node_id::from_bytes(in_.read_bytes(node_id::size)); }
-  std::uint8_t byte() { return in_.read<std::uint8_t>(); }
+  DMOE_LAZY std::uint8_t byte() { return in_.read<std::uint8_t>(); }
   DMOE_DECL timed_value value();
   DMOE_DECL endpoint address();
-  void end() { in_.expect_end(); }
+  DMOE_LAZY void end() { in_.expect_end(); }
 
   const message_limits& limits() const noexcept { return limits_; }
   std::string_view what() const noexcept { return what_; }

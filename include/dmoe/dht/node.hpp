@@ -22,6 +22,7 @@
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -306,8 +307,9 @@ class node {
   node_options options_;
   protocol protocol_;
   task_group group_;
-  std::unordered_map<key_id, std::shared_ptr<traversal>> plain_gets_;   // gets in flight, by key
-  std::unordered_map<key_id, std::shared_ptr<traversal>> latest_gets_;  // `latest` gets in flight, by key
+  dmoe::detail::boxed<std::unordered_map<key_id, std::shared_ptr<traversal>>> plain_gets_;   // gets in flight, by key
+  // `latest` gets in flight, by key
+  dmoe::detail::boxed<std::unordered_map<key_id, std::shared_ptr<traversal>>> latest_gets_;
   bool shut_down_ = false;
   std::uint64_t lookups_ = 0;
   std::uint64_t lookup_requests_ = 0;
@@ -574,7 +576,7 @@ DMOE_DEF auto node::get_many_body(std::vector<key_id> keys, bool latest, steady_
     auto fresh = std::make_shared<traversal>(to_crawl, lookup_with(true, latest), deadline);
     for (const auto& key : to_crawl) {
       source[key] = fresh;
-      (latest ? latest_gets_ : plain_gets_)[key] = fresh;
+      (latest ? *latest_gets_ : *plain_gets_)[key] = fresh;
     }
     joined.push_back(fresh);
     group_.spawn(shared_get(fresh));
@@ -675,9 +677,9 @@ DMOE_DEF auto node::wait_for(async_event& event) -> task<void> { co_await event.
 
 DMOE_DEF auto node::find_running(const key_id& key, bool latest) -> std::shared_ptr<traversal> {
   if (!latest) {
-    if (auto it = plain_gets_.find(key); it != plain_gets_.end()) return it->second;
+    if (auto it = plain_gets_->find(key); it != plain_gets_->end()) return it->second;
   }
-  if (auto it = latest_gets_.find(key); it != latest_gets_.end()) return it->second;
+  if (auto it = latest_gets_->find(key); it != latest_gets_->end()) return it->second;
   return nullptr;
 }
 
@@ -687,7 +689,7 @@ DMOE_DEF auto node::shared_get(std::shared_ptr<traversal> t) -> task<void> {
   } catch (const std::exception& e) {
     log_debug("dht node {}: get traversal ended: {}", protocol_.local_endpoint(), e.what());
   }
-  auto& running = t->latest ? latest_gets_ : plain_gets_;
+  auto& running = t->latest ? *latest_gets_ : *plain_gets_;
   for (const auto& key : t->keys) {
     auto it = running.find(key);
     if (it != running.end() && it->second == t) running.erase(it);

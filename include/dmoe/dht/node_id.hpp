@@ -67,11 +67,11 @@ struct node_id {
   DMOE_DECL static node_id from_bytes(const_byte_span bytes);
 
   // 32 lowercase hex digits, most significant first.
-  std::string to_hex() const { return dmoe::format("{:016x}{:016x}", high, low); }
+  DMOE_LAZY std::string to_hex() const { return dmoe::format("{:016x}{:016x}", high, low); }
   // Accepts exactly 32 hex digits (either case); throws invalid_argument_error.
   DMOE_DECL static node_id from_hex(std::string_view text);
 
-  friend std::ostream& operator<<(std::ostream& out, const node_id& id) { return out << id.to_hex(); }
+  DMOE_LAZY friend std::ostream& operator<<(std::ostream& out, const node_id& id) { return out << id.to_hex(); }
 };
 
 // Keys live in the same space as node ids.
@@ -97,7 +97,7 @@ DMOE_LAZY inline key_id key_of(const_byte_span bytes) noexcept {
   const hash128 h = xxh3_128(bytes);
   return {h.high, h.low};
 }
-inline key_id key_of(std::string_view text) noexcept { return key_of(as_bytes(text)); }
+DMOE_LAZY inline key_id key_of(std::string_view text) noexcept { return key_of(as_bytes(text)); }
 
 // A random id from `generator`.
 template <class Generator>

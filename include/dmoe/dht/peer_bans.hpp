@@ -2,6 +2,7 @@
 #pragma once
 
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/dht/node_id.hpp>
 
@@ -23,29 +24,21 @@ struct peer_ban_options {
 // Pure bookkeeping: time is passed in (steady time), no clock is read.
 class peer_bans {
  public:
-  explicit peer_bans(peer_ban_options options = {}) : options_(options) {}
+  DMOE_INLINE explicit peer_bans(peer_ban_options options = {});
 
   // `id` did not answer at `now`: it is banned for first_ban * 2^(failures - 1), at most longest_ban.
   // Returns the end of the ban.
   DMOE_DECL steady_time failed(const node_id& id, steady_time now);
 
   // `id` answered: its failures are forgotten.
-  DMOE_LAZY void succeeded(const node_id& id) { entries_.erase(id); }
+  DMOE_DECL void succeeded(const node_id& id);
 
-  DMOE_LAZY bool is_banned(const node_id& id, steady_time now) const {
-    auto it = entries_.find(id);
-    return it != entries_.end() && now < it->second.banned_until;
-  }
-  DMOE_LAZY std::size_t failures(const node_id& id) const {
-    auto it = entries_.find(id);
-    return it == entries_.end() ? 0 : it->second.failures;
-  }
+  DMOE_DECL bool is_banned(const node_id& id, steady_time now) const;
+  DMOE_DECL std::size_t failures(const node_id& id) const;
 
   // Forgets peers whose ban ended more than `memory` before `now`.
-  DMOE_LAZY void expire(steady_time now) {
-    std::erase_if(entries_, [&](const auto& item) { return item.second.banned_until + options_.memory < now; });
-  }
-  std::size_t size() const noexcept { return entries_.size(); }
+  DMOE_DECL void expire(steady_time now);
+  DMOE_DECL std::size_t size() const noexcept;
 
  private:
   struct entry {
@@ -53,7 +46,7 @@ class peer_bans {
     steady_time banned_until{};
   };
   peer_ban_options options_;
-  std::unordered_map<node_id, entry> entries_;
+  dmoe::detail::boxed<std::unordered_map<node_id, entry>> entries_;
 };
 
 }  // namespace dht
@@ -64,8 +57,10 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
+DMOE_INLINE peer_bans::peer_bans(peer_ban_options options) : options_(options) {}
+
 DMOE_DEF auto peer_bans::failed(const node_id& id, steady_time now) -> steady_time {
-  auto& entry = entries_[id];
+  auto& entry = (*entries_)[id];
   entry.failures = std::min<std::size_t>(entry.failures + 1, 62);
   auto length = options_.first_ban;
   for (std::size_t i = 1; i < entry.failures && length < options_.longest_ban; ++i) length *= 2;
@@ -73,6 +68,24 @@ DMOE_DEF auto peer_bans::failed(const node_id& id, steady_time now) -> steady_ti
   entry.banned_until = now + length;
   return entry.banned_until;
 }
+
+DMOE_DEF auto peer_bans::succeeded(const node_id& id) -> void { entries_->erase(id); }
+
+DMOE_DEF auto peer_bans::is_banned(const node_id& id, steady_time now) const -> bool {
+  auto it = entries_->find(id);
+  return it != entries_->end() && now < it->second.banned_until;
+}
+
+DMOE_DEF auto peer_bans::failures(const node_id& id) const -> std::size_t {
+  auto it = entries_->find(id);
+  return it == entries_->end() ? 0 : it->second.failures;
+}
+
+DMOE_DEF auto peer_bans::expire(steady_time now) -> void {
+  std::erase_if(*entries_, [&](const auto& item) { return item.second.banned_until + options_.memory < now; });
+}
+
+DMOE_DEF auto peer_bans::size() const noexcept -> std::size_t { return entries_->size(); }
 
 }  // namespace dht
 DMOE_END_NAMESPACE

@@ -18,6 +18,7 @@
 #include <dmoe/async/task_group.hpp>
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -118,7 +119,7 @@ namespace detail {
 // Per-source (IP address) request rate and stored bytes.
 class source_limits {
  public:
-  source_limits(double rate, std::size_t burst, std::size_t max_bytes, std::size_t max_sources)
+  DMOE_LAZY source_limits(double rate, std::size_t burst, std::size_t max_bytes, std::size_t max_sources)
       : rate_(rate), burst_(static_cast<double>(burst)), max_bytes_(max_bytes), max_sources_(max_sources) {}
 
   // Sources are IP addresses (an endpoint with port 0: see source_of).
@@ -137,7 +138,7 @@ class source_limits {
     e.stored.emplace(expiration, bytes);
   }
 
-  std::size_t sources() const noexcept { return entries_.size(); }
+  DMOE_DECL std::size_t sources() const noexcept;
 
  private:
   struct entry {
@@ -158,7 +159,7 @@ class source_limits {
   double burst_;
   std::size_t max_bytes_;
   std::size_t max_sources_;
-  std::unordered_map<endpoint, entry> entries_;
+  dmoe::detail::boxed<std::unordered_map<endpoint, entry>> entries_;
 };
 
 }  // namespace detail
@@ -352,7 +353,7 @@ class protocol {
   record_validator validator_;
   detail::source_limits sources_;
   protocol_stats stats_;
-  std::unordered_set<node_id> checking_;  // peers whose eviction or address check is in flight
+  dmoe::detail::boxed<std::unordered_set<node_id>> checking_;  // peers whose eviction or address check is in flight
   task_group background_;
   bool serving_ = false;
   bool closed_ = false;
@@ -385,20 +386,20 @@ DMOE_DEF auto source_limits::drop_expired(entry& e, wall_seconds now) -> void {
 }
 
 DMOE_DEF auto source_limits::at(const endpoint& source, steady_time now) -> entry& {
-  auto it = entries_.find(source);
-  if (it != entries_.end()) return it->second;
-  if (entries_.size() >= max_sources_) {
+  auto it = entries_->find(source);
+  if (it != entries_->end()) return it->second;
+  if (entries_->size() >= max_sources_) {
     // Forget sources that hold nothing and whose bucket has refilled: they lose no protection.
-    std::erase_if(entries_, [&](auto& item) {
+    std::erase_if(*entries_, [&](auto& item) {
       const double elapsed = std::chrono::duration<double>(now - item.second.refilled).count();
       return item.second.bytes == 0 && (rate_ <= 0 || item.second.tokens + elapsed * rate_ >= burst_);
     });
-    if (entries_.size() >= max_sources_) entries_.erase(entries_.begin());
+    if (entries_->size() >= max_sources_) entries_->erase(entries_->begin());
   }
   entry fresh;
   fresh.tokens = burst_;
   fresh.refilled = now;
-  return entries_.emplace(source, std::move(fresh)).first->second;
+  return entries_->emplace(source, std::move(fresh)).first->second;
 }
 
 }  // namespace dht::detail
@@ -490,8 +491,8 @@ DMOE_DEF auto protocol::check_alive(const wire_peer& peer) -> bool {
 }
 
 DMOE_DEF auto protocol::check_in_background(const wire_peer& peer) -> bool {
-  if (checking_.contains(peer.id) || !spawn_background(check_eviction(peer))) return false;
-  checking_.insert(peer.id);
+  if (checking_->contains(peer.id) || !spawn_background(check_eviction(peer))) return false;
+  checking_->insert(peer.id);
   return true;
 }
 
@@ -550,15 +551,15 @@ DMOE_DEF auto protocol::heard_from(const node_id& id, const endpoint& address, b
       else hand_over_to(wire_peer{id, address});
       break;
     case heard_outcome::cached:
-      if (heard.ping && !checking_.contains(heard.ping->id)) {
+      if (heard.ping && !checking_->contains(heard.ping->id)) {
         ++stats_.evictions_checked;
         check_in_background(wire_peer{heard.ping->id, heard.ping->address});
       }
       break;
     case heard_outcome::address_conflict:
       ++stats_.address_conflicts;
-      if (heard.ping && !checking_.contains(id)) {
-        if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_.insert(id);
+      if (heard.ping && !checking_->contains(id)) {
+        if (spawn_background(check_moved(wire_peer{id, heard.ping->address}, address))) checking_->insert(id);
       }
       break;
     case heard_outcome::address_taken:
@@ -796,7 +797,7 @@ DMOE_DEF auto protocol::check_moved(wire_peer known, endpoint moved_to) -> task<
                 moved_to, e.what());
     }
   }
-  checking_.erase(known.id);
+  checking_->erase(known.id);
 }
 
 DMOE_DEF auto protocol::hand_over(wire_peer peer, std::vector<store_item> items) -> task<void> {
@@ -814,8 +815,10 @@ DMOE_DEF auto protocol::check_eviction(wire_peer peer) -> task<void> {
     log_debug("dht node {}: {} did not answer its liveness ping: {}", endpoint_.local_endpoint(), peer.address,
               e.what());
   }
-  checking_.erase(peer.id);
+  checking_->erase(peer.id);
 }
+
+DMOE_DEF auto detail::source_limits::sources() const noexcept -> std::size_t { return entries_->size(); }
 
 }  // namespace dht
 DMOE_END_NAMESPACE

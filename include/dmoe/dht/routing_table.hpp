@@ -3,6 +3,7 @@
 
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/dht/node_id.hpp>
@@ -86,46 +87,23 @@ DMOE_LAZY inline endpoint ip_limit_key(const endpoint& address) {
 // limit is 0), so a local swarm pays nothing.
 class ip_index {
  public:
-  ip_index(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
+  DMOE_LAZY ip_index(std::size_t limit, bool limit_loopback) : limit_(limit), limit_loopback_(limit_loopback) {}
   bool limited(const endpoint& address) const noexcept {
     return limit_ > 0 && (limit_loopback_ || !is_loopback(address));
   }
   // Whether the address's IP (or IPv6 /64) already has `limit` peers.
-  DMOE_LAZY bool full(const endpoint& address) const {
-    if (!limited(address)) return false;
-    const auto it = ips_.find(ip_limit_key(address));
-    return it != ips_.end() && it->second.size() >= limit_;
-  }
+  DMOE_DECL bool full(const endpoint& address) const;
   // The peers indexed under the address's IP (or IPv6 /64): (address, id) pairs; null when none or not limited.
-  DMOE_LAZY const std::vector<std::pair<endpoint, node_id>>* peers_of(const endpoint& address) const {
-    if (!limited(address)) return nullptr;
-    const auto it = ips_.find(ip_limit_key(address));
-    return it == ips_.end() ? nullptr : &it->second;
-  }
+  DMOE_DECL const std::vector<std::pair<endpoint, node_id>>* peers_of(const endpoint& address) const;
   // The id indexed at exactly this address (ip and port), if any.
-  DMOE_LAZY std::optional<node_id> holder(const endpoint& address) const {
-    if (!limited(address)) return std::nullopt;
-    const auto it = ips_.find(ip_limit_key(address));
-    if (it == ips_.end()) return std::nullopt;
-    for (const auto& [held, id] : it->second)
-      if (held == address) return id;
-    return std::nullopt;
-  }
-  DMOE_LAZY void add(const endpoint& address, const node_id& id) {
-    if (limited(address)) ips_[ip_limit_key(address)].emplace_back(address, id);
-  }
-  DMOE_LAZY void remove(const endpoint& address, const node_id& id) {
-    if (!limited(address)) return;
-    const auto it = ips_.find(ip_limit_key(address));
-    if (it == ips_.end()) return;
-    std::erase(it->second, std::pair<endpoint, node_id>(address, id));
-    if (it->second.empty()) ips_.erase(it);
-  }
+  DMOE_DECL std::optional<node_id> holder(const endpoint& address) const;
+  DMOE_DECL void add(const endpoint& address, const node_id& id);
+  DMOE_DECL void remove(const endpoint& address, const node_id& id);
 
  private:
   std::size_t limit_;
   bool limit_loopback_;
-  std::unordered_map<endpoint, std::vector<std::pair<endpoint, node_id>>> ips_;  // by ip_limit_key
+  dmoe::detail::boxed<std::unordered_map<endpoint, std::vector<std::pair<endpoint, node_id>>>> ips_;  // by ip_limit_key
 };
 
 // How the table took a node it heard from.
@@ -391,6 +369,39 @@ DMOE_DEF auto routing_table::split(bucket& b) -> void {
   std::erase_if(b.peers, moves);
   std::erase_if(b.replacements, moves);
   buckets_.push_back(std::move(upper));  // invalidates `b`
+}
+
+DMOE_DEF auto ip_index::full(const endpoint& address) const -> bool {
+  if (!limited(address)) return false;
+  const auto it = ips_->find(ip_limit_key(address));
+  return it != ips_->end() && it->second.size() >= limit_;
+}
+
+DMOE_DEF auto ip_index::peers_of(const endpoint& address) const -> const std::vector<std::pair<endpoint, node_id>>* {
+  if (!limited(address)) return nullptr;
+  const auto it = ips_->find(ip_limit_key(address));
+  return it == ips_->end() ? nullptr : &it->second;
+}
+
+DMOE_DEF auto ip_index::holder(const endpoint& address) const -> std::optional<node_id> {
+  if (!limited(address)) return std::nullopt;
+  const auto it = ips_->find(ip_limit_key(address));
+  if (it == ips_->end()) return std::nullopt;
+  for (const auto& [held, id] : it->second)
+    if (held == address) return id;
+  return std::nullopt;
+}
+
+DMOE_DEF auto ip_index::add(const endpoint& address, const node_id& id) -> void {
+  if (limited(address)) (*ips_)[ip_limit_key(address)].emplace_back(address, id);
+}
+
+DMOE_DEF auto ip_index::remove(const endpoint& address, const node_id& id) -> void {
+  if (!limited(address)) return;
+  const auto it = ips_->find(ip_limit_key(address));
+  if (it == ips_->end()) return;
+  std::erase(it->second, std::pair<endpoint, node_id>(address, id));
+  if (it->second.empty()) ips_->erase(it);
 }
 
 }  // namespace dht

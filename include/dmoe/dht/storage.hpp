@@ -3,6 +3,7 @@
 
 #include <dmoe/core/byte_buffer.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/dht/node_id.hpp>
 #include <dmoe/dht/record.hpp>
@@ -64,8 +65,7 @@ constexpr std::string_view to_string(store_result r) noexcept {
 // incoming record, and only when the store is taken. Expired entries are dropped lazily.
 class storage {
  public:
-  explicit storage(storage_options options = {}, const clock_source& clock = default_clock())
-      : options_(options), clock_(&clock) {}
+  DMOE_INLINE explicit storage(storage_options options = {}, const clock_source& clock = default_clock());
 
   // Stores a plain value.
   DMOE_LAZY store_result store(const key_id& key, byte_buffer value, wall_seconds expiration, byte_buffer signature = {}) {
@@ -89,12 +89,12 @@ class storage {
   DMOE_DECL std::size_t drop_expired(wall_seconds now);
   DMOE_LAZY std::size_t drop_expired() { return drop_expired(clock_->wall_now()); }
 
-  std::size_t size() const noexcept { return entries_.size(); }
+  DMOE_DECL std::size_t size() const noexcept;
   std::size_t total_bytes() const noexcept { return total_bytes_; }
   const storage_options& options() const noexcept { return options_; }
 
   // Every key with its record (expired subkeys may still be present until the next access), for replication.
-  const std::unordered_map<key_id, record>& entries() const noexcept { return entries_; }
+  DMOE_DECL const std::unordered_map<key_id, record>& entries() const noexcept;
 
  private:
   static constexpr std::size_t key_overhead = node_id::size;
@@ -107,9 +107,9 @@ class storage {
 
   storage_options options_;
   const clock_source* clock_;
-  std::unordered_map<key_id, record> entries_;
+  dmoe::detail::boxed<std::unordered_map<key_id, record>> entries_;
   // (expiration, key) of every entry: the order of eviction and expiry. Only a taken store changes it.
-  std::set<std::pair<wall_seconds, key_id>> by_expiration_;
+  dmoe::detail::boxed<std::set<std::pair<wall_seconds, key_id>>> by_expiration_;
   std::size_t total_bytes_ = 0;
 };
 
@@ -121,15 +121,19 @@ DMOE_END_NAMESPACE
 DMOE_BEGIN_NAMESPACE
 namespace dht {
 
+DMOE_INLINE storage::storage(storage_options options, const clock_source& clock) : options_(options), clock_(&clock) {}
+
+DMOE_DEF auto storage::size() const noexcept -> std::size_t { return entries_->size(); }
+
 DMOE_DEF auto storage::put(const key_id& key, const record& incoming) -> store_result {
   const wall_seconds now = clock_->wall_now();
   drop_expired(now);
   if (auto refusal = check(incoming, now)) return *refusal;
 
-  auto found = entries_.find(key);
+  auto found = entries_->find(key);
   std::size_t old_bytes = 0;
   record merged;
-  if (found != entries_.end()) {
+  if (found != entries_->end()) {
     merged = found->second;  // a copy: a refused store leaves the stored record untouched
     merged.drop_expired(now);
     if (!would_change(merged, incoming)) return store_result::not_newer;
@@ -145,30 +149,30 @@ DMOE_DEF auto storage::put(const key_id& key, const record& incoming) -> store_r
   // Which earlier-expiring keys would have to go; nothing is evicted unless the store is taken.
   const wall_seconds new_expiration = merged.expiration();
   std::size_t bytes_after = total_bytes_ - old_bytes + new_bytes;
-  std::size_t keys_after = entries_.size() + (found == entries_.end() ? 1 : 0);
+  std::size_t keys_after = entries_->size() + (found == entries_->end() ? 1 : 0);
   std::vector<key_id> victims;
-  for (auto it = by_expiration_.begin();
-       it != by_expiration_.end() && (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys);
+  for (auto it = by_expiration_->begin();
+       it != by_expiration_->end() && (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys);
        ++it) {
     if (it->second == key) continue;
     if (!(it->first < new_expiration)) return store_result::no_room;
-    bytes_after -= entry_bytes(entries_.at(it->second));
+    bytes_after -= entry_bytes(entries_->at(it->second));
     keys_after -= 1;
     victims.push_back(it->second);
   }
   if (bytes_after > options_.max_total_bytes || keys_after > options_.max_keys) return store_result::no_room;
 
   for (const auto& victim : victims) erase(victim);
-  found = entries_.find(key);
-  if (found != entries_.end()) erase(key);
+  found = entries_->find(key);
+  if (found != entries_->end()) erase(key);
   insert(key, std::move(merged));
   return store_result::stored;
 }
 
 DMOE_DEF auto storage::get(const key_id& key) -> std::optional<record> {
   const wall_seconds now = clock_->wall_now();
-  auto it = entries_.find(key);
-  if (it == entries_.end()) return std::nullopt;
+  auto it = entries_->find(key);
+  if (it == entries_->end()) return std::nullopt;
   record copy = it->second;
   if (!copy.drop_expired(now)) {
     erase(key);
@@ -179,8 +183,8 @@ DMOE_DEF auto storage::get(const key_id& key) -> std::optional<record> {
 
 DMOE_DEF auto storage::drop_expired(wall_seconds now) -> std::size_t {
   std::size_t dropped = 0;
-  while (!by_expiration_.empty() && !(now < by_expiration_.begin()->first)) {
-    erase(by_expiration_.begin()->second);
+  while (!by_expiration_->empty() && !(now < by_expiration_->begin()->first)) {
+    erase(by_expiration_->begin()->second);
     ++dropped;
   }
   return dropped;
@@ -205,17 +209,19 @@ DMOE_DEF auto storage::check(const record& incoming, wall_seconds now) const -> 
 DMOE_DEF auto storage::insert(const key_id& key, record r) -> void {
   const wall_seconds expiration = r.expiration();
   total_bytes_ += entry_bytes(r);
-  by_expiration_.emplace(expiration, key);
-  entries_.emplace(key, std::move(r));
+  by_expiration_->emplace(expiration, key);
+  entries_->emplace(key, std::move(r));
 }
 
 DMOE_DEF auto storage::erase(const key_id& key) -> void {
-  auto it = entries_.find(key);
-  if (it == entries_.end()) return;
-  by_expiration_.erase({it->second.expiration(), key});
+  auto it = entries_->find(key);
+  if (it == entries_->end()) return;
+  by_expiration_->erase({it->second.expiration(), key});
   total_bytes_ -= entry_bytes(it->second);
-  entries_.erase(it);
+  entries_->erase(it);
 }
+
+DMOE_DEF const std::unordered_map<key_id, record>& storage::entries() const noexcept { return *entries_; }
 
 }  // namespace dht
 DMOE_END_NAMESPACE

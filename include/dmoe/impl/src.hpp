@@ -73,6 +73,7 @@
 #include <dmoe/ops/cpu/layer_norm.hpp>
 #include <dmoe/ops/cpu/mse.hpp>
 #include <dmoe/ops/cpu/optimizer.hpp>
+#include <dmoe/ops/cpu/parallel.hpp>
 #include <dmoe/ops/cpu/softmax.hpp>
 #include <dmoe/ops/cpu/topk.hpp>
 #include <dmoe/server/background_server.hpp>
@@ -83,6 +84,7 @@
 #include <dmoe/server/server.hpp>
 #include <dmoe/server/task_pool.hpp>
 #include <dmoe/tensor/half.hpp>
+#include <dmoe/tensor/shape.hpp>
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

@@ -17,6 +17,7 @@
 #include <dmoe/async/endpoint.hpp>
 #include <dmoe/async/task.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/dht/node.hpp>
@@ -107,10 +108,7 @@ class dht_expert_directory final : public expert_directory {
   }
 
   // Forgets everything remembered (e.g. after the swarm changed on purpose).
-  DMOE_LAZY void clear_cache() {
-    cache_.clear();
-    owners_.clear();
-  }
+  DMOE_DECL void clear_cache();
   const directory_stats& stats() const noexcept { return stats_; }
   dht::node& node() noexcept { return node_; }
 
@@ -120,10 +118,7 @@ class dht_expert_directory final : public expert_directory {
     successors_ref value;
   };
 
-  DMOE_LAZY void evict(steady_time now) {
-    std::erase_if(cache_, [now](const auto& entry) { return entry.second.until <= now; });
-    if (cache_.size() >= options_.max_cached) cache_.clear();
-  }
+  DMOE_DECL void evict(steady_time now);
 
   struct owner {
     steady_time until;
@@ -143,8 +138,9 @@ class dht_expert_directory final : public expert_directory {
 
   dht::node& node_;
   dht_directory_options options_;
-  std::unordered_map<std::string, cached> cache_;
-  std::unordered_map<std::string, owner> owners_;  // uid -> the server its own record names, if any
+  dmoe::detail::boxed<std::unordered_map<std::string, cached>> cache_;
+  // uid -> the server its own record names, if any
+  dmoe::detail::boxed<std::unordered_map<std::string, owner>> owners_;
   directory_stats stats_;
 };
 
@@ -462,8 +458,8 @@ DMOE_DEF auto dht_expert_directory::find_successors(std::vector<std::string> pre
   std::vector<std::string> missing;
   std::vector<std::size_t> at;
   for (std::size_t i = 0; i < prefixes.size(); ++i) {
-    const auto it = cache_.find(prefixes[i]);
-    if (it != cache_.end() && it->second.until > now) {
+    const auto it = cache_->find(prefixes[i]);
+    if (it != cache_->end() && it->second.until > now) {
       out[i] = it->second.value;
       ++stats_.cache_hits;
     } else {
@@ -478,14 +474,14 @@ DMOE_DEF auto dht_expert_directory::find_successors(std::vector<std::string> pre
   const steady_time after = std::chrono::steady_clock::now();
   const bool complete = after < deadline;  // a crawl the deadline cut short proves nothing empty
   std::vector<dht::store_entry> markers;
-  if (cache_.size() + missing.size() > options_.max_cached) evict(after);
+  if (cache_->size() + missing.size() > options_.max_cached) evict(after);
   for (std::size_t j = 0; j < missing.size(); ++j) {
     const bool empty = got[j].empty();
     const bool marked = got[j].marked_empty;
     auto shared = std::make_shared<const prefix_successors>(std::move(got[j]));
     if (!empty || complete) {
-      if (cache_.size() < options_.max_cached || cache_.contains(missing[j]))
-        cache_[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), shared};
+      if (cache_->size() < options_.max_cached || cache_->contains(missing[j]))
+        (*cache_)[missing[j]] = cached{after + (empty ? options_.empty_for : options_.live_for), shared};
     }
     if (empty && complete && !marked && options_.store_empty_markers)
       markers.push_back(empty_prefix_entry(missing[j], node_.options().clock->wall_now() +
@@ -512,8 +508,8 @@ DMOE_DEF auto dht_expert_directory::find_owners(std::vector<std::string> uids, s
   std::vector<std::string> missing;
   std::vector<std::size_t> at;
   for (std::size_t i = 0; i < uids.size(); ++i) {
-    const auto it = owners_.find(uids[i]);
-    if (it != owners_.end() && it->second.until > now) {
+    const auto it = owners_->find(uids[i]);
+    if (it != owners_->end() && it->second.until > now) {
       out[i] = it->second.server;
       ++stats_.cache_hits;
     } else {
@@ -526,15 +522,25 @@ DMOE_DEF auto dht_expert_directory::find_owners(std::vector<std::string> uids, s
   const auto found = co_await get_experts(node_, missing, deadline);
   const steady_time after = std::chrono::steady_clock::now();
   const bool complete = after < deadline;  // a crawl the deadline cut short proves no record missing
-  if (owners_.size() + missing.size() > options_.max_cached) std::erase_if(owners_, [after](const auto& entry) {
+  if (owners_->size() + missing.size() > options_.max_cached) std::erase_if(*owners_, [after](const auto& entry) {
     return entry.second.until <= after;
   });
   for (std::size_t j = 0; j < missing.size(); ++j) {
     if (found[j]) out[at[j]] = found[j]->server;
-    if ((found[j] || complete) && owners_.size() < options_.max_cached)
-      owners_[missing[j]] = owner{after + (found[j] ? options_.live_for : options_.empty_for), out[at[j]]};
+    if ((found[j] || complete) && owners_->size() < options_.max_cached)
+      (*owners_)[missing[j]] = owner{after + (found[j] ? options_.live_for : options_.empty_for), out[at[j]]};
   }
   co_return out;
+}
+
+DMOE_DEF void dht_expert_directory::clear_cache() {
+  cache_->clear();
+  owners_->clear();
+}
+
+DMOE_DEF void dht_expert_directory::evict(steady_time now) {
+  std::erase_if(*cache_, [now](const auto& entry) { return entry.second.until <= now; });
+  if (cache_->size() >= options_.max_cached) cache_->clear();
 }
 
 }  // namespace moe

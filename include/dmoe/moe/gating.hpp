@@ -49,7 +49,7 @@ struct grid_selection {
 namespace detail {
 
 // A grid or coordinates as text, "[4, 4]", for error messages (without fmt/ranges.h).
-inline std::string grid_text(std::span<const std::uint32_t> values) {
+DMOE_LAZY inline std::string grid_text(std::span<const std::uint32_t> values) {
   return dmoe::format("[{}]", dmoe::detail::join_text(values, ", "));
 }
 

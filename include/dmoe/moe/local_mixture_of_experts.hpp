@@ -102,7 +102,7 @@ inline std::uint64_t expert_seed(std::string_view uid, std::uint64_t base_seed) 
 namespace detail {
 
 // "ffn.3.1" for prefix "ffn" and coordinates (3, 1).
-inline std::string grid_uid(std::string_view prefix, std::span<const std::uint32_t> coordinates) {
+DMOE_LAZY inline std::string grid_uid(std::string_view prefix, std::span<const std::uint32_t> coordinates) {
   return dmoe::format("{}.{}", prefix, dmoe::detail::join_text(coordinates, "."));
 }
 

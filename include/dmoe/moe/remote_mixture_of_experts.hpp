@@ -30,6 +30,7 @@
 #include <dmoe/async/task_group.hpp>
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/moe/async_module.hpp>
@@ -130,10 +131,7 @@ class expert_dispatcher {
   dispatch_stats& stats() noexcept { return stats_; }
   const dispatch_stats& stats() const noexcept { return stats_; }
   // Whether `uid` is avoided now (it failed within avoid_failed_for).
-  DMOE_LAZY bool avoided(const std::string& uid) const {
-    const auto it = avoided_.find(uid);
-    return it != avoided_.end() && it->second > std::chrono::steady_clock::now();
-  }
+  DMOE_DECL bool avoided(const std::string& uid) const;
 
  private:
   struct progress {
@@ -156,7 +154,7 @@ class expert_dispatcher {
   net::rpc_client& client_;
   dispatch_options options_;
   beam_search_options search_options_;
-  std::unordered_map<std::string, steady_time> avoided_;
+  dmoe::detail::boxed<std::unordered_map<std::string, steady_time>> avoided_;
   dispatch_stats stats_;
 };
 
@@ -439,8 +437,8 @@ namespace moe {
 DMOE_DEF auto expert_dispatcher::search(const tensor& grid_scores, std::int64_t k, steady_time deadline)
     -> task<std::vector<std::vector<found_expert>>> {
   const steady_time now = std::chrono::steady_clock::now();
-  std::erase_if(avoided_, [now](const auto& entry) { return entry.second <= now; });
-  const auto skip = [this](const std::string& uid) { return avoided_.contains(uid); };
+  std::erase_if(*avoided_, [now](const auto& entry) { return entry.second <= now; });
+  const auto skip = [this](const std::string& uid) { return avoided_->contains(uid); };
   const auto started = std::chrono::steady_clock::now();
   auto found = co_await beam_search(directory_, grid_scores, search_options_, k, deadline, skip);
   stats_.last_search_ms =
@@ -501,7 +499,7 @@ DMOE_DEF auto expert_dispatcher::run(std::vector<expert_call>& calls, bool backw
   for (const expert_call& c : calls) {
     if (c.answered) continue;
     ++stats_.requests_failed;
-    if (c.blamed) avoided_[c.uid] = until;
+    if (c.blamed) (*avoided_)[c.uid] = until;
   }
   if (stopped) std::rethrow_exception(stopped);
 }
@@ -556,6 +554,11 @@ DMOE_DEF auto expert_dispatcher::call_one(expert_call& c, bool backward, steady_
   --p.pending;
   if (p.short_samples == 0 || p.pending == 0) p.enough.set();
   if (p.pending == 0) p.all_done.set();
+}
+
+DMOE_DEF bool expert_dispatcher::avoided(const std::string& uid) const {
+  const auto it = avoided_->find(uid);
+  return it != avoided_->end() && it->second > std::chrono::steady_clock::now();
 }
 
 }  // namespace moe

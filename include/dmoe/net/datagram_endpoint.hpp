@@ -12,6 +12,7 @@
 #include <dmoe/async/udp_socket.hpp>
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -122,7 +123,7 @@ class datagram_endpoint {
   datagram_endpoint& operator=(const datagram_endpoint&) = delete;
 
   // The handler of one message type (replacing an earlier one); register before serve().
-  DMOE_LAZY void add_handler(std::uint16_t type, datagram_handler handler) { handlers_[type] = std::move(handler); }
+  DMOE_DECL void add_handler(std::uint16_t type, datagram_handler handler);
 
   // Receives and dispatches until close() or a stop request; handlers still running are then stopped and joined,
   // and requests still waiting fail with closed_error and are awaited: once it returns, the socket is closed (its
@@ -179,13 +180,13 @@ class datagram_endpoint {
   std::string local_text_;
   datagram_sender_id self_;
   datagram_reassembler reassembler_;
-  std::unordered_map<std::uint16_t, datagram_handler> handlers_;
-  std::unordered_map<std::uint64_t, detail::pending_datagram_request*> pending_;
+  dmoe::detail::boxed<std::unordered_map<std::uint16_t, datagram_handler>> handlers_;
+  dmoe::detail::boxed<std::unordered_map<std::uint64_t, detail::pending_datagram_request*>> pending_;
   task_group* receiving_ = nullptr;
   bool serving_ = false;
   bool closed_ = false;
   std::size_t handlers_in_flight_ = 0;
-  std::unordered_map<endpoint, std::size_t> handlers_by_address_;  // by IP address (port 0)
+  dmoe::detail::boxed<std::unordered_map<endpoint, std::size_t>> handlers_by_address_;  // by IP address (port 0)
   std::size_t requests_active_ = 0;
   std::coroutine_handle<> requests_waiter_;  // serve(), waiting for the last request to end
   counters stats_;
@@ -235,7 +236,7 @@ struct datagram_endpoint::pending_entry {
   std::uint64_t id;
   endpoint peer;
   ~pending_entry() {
-    self->pending_.erase(id);
+    self->pending_->erase(id);
     self->reassembler_.forget(source_key(peer).sender, id);
   }
 };
@@ -287,7 +288,7 @@ DMOE_DEF auto datagram_endpoint::serve() -> task<void> {
   }
   // Nothing answers any more: requests still waiting end now, and are awaited (they touch the endpoint).
   closed_ = true;
-  for (auto& [id, pending] : pending_) {
+  for (auto& [id, pending] : *pending_) {
     pending->closed = true;
     pending->done.set();
   }
@@ -306,7 +307,7 @@ DMOE_DEF auto datagram_endpoint::request(endpoint peer, std::uint16_t type, cons
   const request_scope active{this};
   if (deadline == no_deadline) deadline = deadline_after(options_.default_timeout);
   std::uint64_t id = detail::next_transaction_id();
-  while (pending_.contains(id)) id = detail::next_transaction_id();
+  while (pending_->contains(id)) id = detail::next_transaction_id();
   datagram_header header;
   header.kind = datagram_kind::request;
   header.type = type;
@@ -315,7 +316,7 @@ DMOE_DEF auto datagram_endpoint::request(endpoint peer, std::uint16_t type, cons
   const datagram_parts parts(header, message, options_.limits);
   detail::pending_datagram_request pending;
   pending.peer = peer;
-  pending_.emplace(id, &pending);
+  pending_->emplace(id, &pending);
   const pending_entry entry{this, id, peer};
   const steady_time started = std::chrono::steady_clock::now();
   int attempts = 0;
@@ -383,21 +384,21 @@ DMOE_DEF auto datagram_endpoint::on_datagram(task_group& handling, const endpoin
     if (faults_ && faults_->stalled()) return;  // a stalled node hears requests and never answers
     // One address gets its share of the handlers, so a flood from it cannot shut the others out.
     const endpoint address = peer.with_port(0);
-    const auto counted = handlers_by_address_.find(address);
-    const std::size_t from_address = counted != handlers_by_address_.end() ? counted->second : 0;
+    const auto counted = handlers_by_address_->find(address);
+    const std::size_t from_address = counted != handlers_by_address_->end() ? counted->second : 0;
     if (handlers_in_flight_ >= options_.max_handlers_in_flight || from_address >= options_.max_handlers_per_address) {
       ++stats_.handlers_refused;
       return;
     }
     ++handlers_in_flight_;
-    ++handlers_by_address_[address];
+    ++(*handlers_by_address_)[address];
     handling.spawn(handle_request(datagram_request{peer, h.sender, h.type, h.transaction_id, std::move(*whole)},
                                   address));
     return;
   }
   // An answer counts only from the address the request went to, for a request still waiting.
-  const auto found = pending_.find(h.transaction_id);
-  if (found == pending_.end() || !(found->second->peer == peer) || found->second->done.is_set()) {
+  const auto found = pending_->find(h.transaction_id);
+  if (found == pending_->end() || !(found->second->peer == peer) || found->second->done.is_set()) {
     ++stats_.unexpected;
     return;
   }
@@ -416,7 +417,7 @@ DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, endpoi
     const endpoint& address;
     ~in_flight_scope() {
       --self->handlers_in_flight_;
-      if (--self->handlers_by_address_[address] == 0) self->handlers_by_address_.erase(address);
+      if (--(*self->handlers_by_address_)[address] == 0) self->handlers_by_address_->erase(address);
     }
   } scope{this, address};
   datagram_header header;
@@ -425,8 +426,8 @@ DMOE_DEF auto datagram_endpoint::handle_request(datagram_request request, endpoi
   header.transaction_id = request.transaction_id;
   header.sender = self_;
   byte_buffer answer;
-  const auto found = handlers_.find(request.type);
-  if (found == handlers_.end()) {
+  const auto found = handlers_->find(request.type);
+  if (found == handlers_->end()) {
     header.kind = datagram_kind::error;
     answer = to_buffer(dmoe::format("{} has no handler for datagram type {}", local_text_, request.type));
   } else {
@@ -490,6 +491,10 @@ DMOE_DEF auto datagram_endpoint::send_parts(const datagram_parts& parts, endpoin
       log_debug("datagram endpoint {}: send to {} failed: {}", local_text_, peer, e.what());
     }
   }
+}
+
+DMOE_DEF void datagram_endpoint::add_handler(std::uint16_t type, datagram_handler handler) {
+  (*handlers_)[type] = std::move(handler);
 }
 
 }  // namespace net

@@ -14,6 +14,7 @@
 #include <dmoe/async/with_stop_token.hpp>
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -142,10 +143,7 @@ class rpc_client {
   DMOE_DECL task<void> close();
 
   // Open (or opening) connections to `server`.
-  DMOE_LAZY std::size_t connections(const endpoint& server) const {
-    const auto found = pool_.find(server);
-    return found == pool_.end() ? 0 : found->second.size();
-  }
+  DMOE_DECL std::size_t connections(const endpoint& server) const;
   // Receive budget in use for large responses being received.
   std::uint64_t buffered_bytes() const noexcept { return buffered_; }
   // Calls in progress.
@@ -256,10 +254,7 @@ class rpc_client {
   // One server's share of the receive budget, over all its connections.
   DMOE_DECL std::uint64_t server_share() const noexcept;
 
-  DMOE_LAZY std::uint64_t buffered_from(const endpoint& server) const {
-    const auto found = buffered_by_server_.find(server);
-    return found == buffered_by_server_.end() ? 0 : found->second;
-  }
+  DMOE_DECL std::uint64_t buffered_from(const endpoint& server) const;
 
   // Fails one call (its connection goes on).
   DMOE_DECL static void settle(detail::client_connection& c, std::uint64_t id, std::exception_ptr why);
@@ -280,16 +275,17 @@ class rpc_client {
   io_context& ctx_;
   rpc_client_options options_;
   std::shared_ptr<fault_policy> faults_;
-  std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>> pool_;
+  dmoe::detail::boxed<std::unordered_map<endpoint, std::vector<std::shared_ptr<detail::client_connection>>>> pool_;
   // Every connection whose coroutines still run, pooled or retired (a writer or a cancel may need it).
-  std::unordered_map<detail::client_connection*, std::weak_ptr<detail::client_connection>> owners_;
+  dmoe::detail::boxed<std::unordered_map<detail::client_connection*, std::weak_ptr<detail::client_connection>>> owners_;
   bool closing_ = false;
   bool closed_ = false;                               // the first close() has finished
   std::vector<std::coroutine_handle<>> close_waiters_;  // later close() calls, waiting for it
   std::size_t active_calls_ = 0;
   std::coroutine_handle<> close_waiter_;  // close(), waiting for the last call to end
   std::uint64_t buffered_ = 0;  // receive budget in use
-  std::unordered_map<endpoint, std::uint64_t> buffered_by_server_;  // of it, per server (entries only while in use)
+  // of it, per server (entries only while in use)
+  dmoe::detail::boxed<std::unordered_map<endpoint, std::uint64_t>> buffered_by_server_;
   async_event memory_freed_;
   counters stats_;
   detail::write_pass write_pass_{ctx_};
@@ -533,7 +529,7 @@ DMOE_DEF auto rpc_client::close() -> task<void> {
   }
   closing_ = true;
   std::vector<std::shared_ptr<detail::client_connection>> all;
-  for (const auto& [server, list] : pool_) all.insert(all.end(), list.begin(), list.end());
+  for (const auto& [server, list] : *pool_) all.insert(all.end(), list.begin(), list.end());
   const auto reason = std::make_exception_ptr(closed_error("rpc client closed"));
   for (const auto& connection : all) fail(*connection, reason);
   // Calls waiting for a connection, a slot or a write are stopped too, and awaited: they touch the client.
@@ -671,8 +667,8 @@ DMOE_DEF auto rpc_client::send_cancel(const std::shared_ptr<detail::client_conne
 
 DMOE_DEF auto rpc_client::start_writer(detail::client_connection& c) -> void {
   if (c.writer_busy || c.current != detail::client_connection::state::ready) return;
-  const auto owner = owners_.find(&c);
-  if (owner == owners_.end()) return;
+  const auto owner = owners_->find(&c);
+  if (owner == owners_->end()) return;
   c.writer_busy = true;
   background_.spawn(write_requests(owner->second.lock(), {}));
 }
@@ -806,14 +802,14 @@ DMOE_DEF auto rpc_client::throw_status(frame_status status, rpc_method method, c
   }
 
 DMOE_DEF auto rpc_client::pick(const endpoint& server) -> std::shared_ptr<detail::client_connection> {
-  auto& list = pool_[server];
+  auto& list = (*pool_)[server];
   std::shared_ptr<detail::client_connection> best;
   for (const auto& c : list)
     if (!best || c->users < best->users) best = c;
   if (best && (best->users == 0 || list.size() >= options_.max_connections_per_endpoint)) return best;
   auto fresh = std::make_shared<detail::client_connection>(server, options_.max_in_flight_per_connection);
   list.push_back(fresh);
-  owners_[fresh.get()] = fresh;
+  (*owners_)[fresh.get()] = fresh;
   ++stats_.connects;
   background_.spawn(run_connection(fresh));
   return fresh;
@@ -905,10 +901,10 @@ DMOE_DEF auto rpc_client::watch_connection(detail::client_connection& c) -> task
 
 DMOE_DEF auto rpc_client::retire(detail::client_connection& c) -> void {
   c.retired = true;
-  const auto found = pool_.find(c.peer);
-  if (found == pool_.end()) return;
+  const auto found = pool_->find(c.peer);
+  if (found == pool_->end()) return;
   std::erase_if(found->second, [&](const auto& p) { return p.get() == &c; });
-  if (found->second.empty()) pool_.erase(found);
+  if (found->second.empty()) pool_->erase(found);
 }
 
 DMOE_DEF auto rpc_client::fail(detail::client_connection& c, const std::exception_ptr& why) -> void {
@@ -952,7 +948,7 @@ DMOE_DEF auto rpc_client::run_connection(std::shared_ptr<detail::client_connecti
   }
   if (failure) {
     fail(c, failure);
-    owners_.erase(&c);
+    owners_->erase(&c);
     co_return;
   }
   c.current = detail::client_connection::state::ready;
@@ -975,15 +971,15 @@ DMOE_DEF auto rpc_client::run_connection(std::shared_ptr<detail::client_connecti
   fail(c, failure);
   watchdog.request_stop();
   co_await watchdog.join();
-  owners_.erase(&c);
+  owners_->erase(&c);
 }
 
 DMOE_DEF auto rpc_client::release_receive(detail::client_connection& c) -> void {
   if (c.reserved == 0) return;
   const std::uint64_t bytes = std::exchange(c.reserved, 0);
   buffered_ -= bytes;
-  const auto server = buffered_by_server_.find(c.peer);
-  if (server != buffered_by_server_.end() && (server->second -= bytes) == 0) buffered_by_server_.erase(server);
+  const auto server = buffered_by_server_->find(c.peer);
+  if (server != buffered_by_server_->end() && (server->second -= bytes) == 0) buffered_by_server_->erase(server);
   memory_freed_.set();
 }
 
@@ -1040,7 +1036,7 @@ DMOE_DEF auto rpc_client::admit_large(detail::client_connection& c, frame_reader
     }
   }
   buffered_ += size;
-  buffered_by_server_[c.peer] += size;
+  (*buffered_by_server_)[c.peer] += size;
   c.reserved = size;
   if (waited) progress.restart(std::chrono::steady_clock::now());
 }
@@ -1135,6 +1131,16 @@ DMOE_DEF auto rpc_client::on_go_away(detail::client_connection& c, const frame& 
   }
   if (refused) fail(c, std::make_exception_ptr(unavailable_error(why)));
   if (!c.failure) c.failure = std::make_exception_ptr(closed_error(why));
+}
+
+DMOE_DEF std::size_t rpc_client::connections(const endpoint& server) const {
+  const auto found = pool_->find(server);
+  return found == pool_->end() ? 0 : found->second.size();
+}
+
+DMOE_DEF std::uint64_t rpc_client::buffered_from(const endpoint& server) const {
+  const auto found = buffered_by_server_->find(server);
+  return found == buffered_by_server_->end() ? 0 : found->second;
 }
 
 }  // namespace net

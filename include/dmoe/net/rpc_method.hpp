@@ -30,7 +30,7 @@ struct rpc_method {
     return m;
   }
 
-  std::string description() const {
+  DMOE_LAZY std::string description() const {
     return name.empty() ? dmoe::format("method {:#010x}", id) : dmoe::format("'{}'", name);
   }
 };

@@ -15,6 +15,7 @@
 #include <dmoe/async/with_stop_token.hpp>
 #include <dmoe/async/with_timeout.hpp>
 #include <dmoe/core/byte_buffer.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -158,9 +159,7 @@ class rpc_server {
   rpc_server& operator=(const rpc_server&) = delete;
 
   // Registers the handler of a method (replacing an earlier one).
-  DMOE_LAZY void add_handler(rpc_method method, rpc_handler handler) {
-    handlers_[method.id] = registered{std::string(method.name), std::move(handler)};
-  }
+  DMOE_DECL void add_handler(rpc_method method, rpc_handler handler);
 
   // Accepts and serves until shutdown() (after the grace period) or a stop request on the awaiting coroutine
   // (at once). Every coroutine the server started has finished when it returns, so the server may then be
@@ -263,7 +262,7 @@ class rpc_server {
   tcp_listener listener_;
   endpoint local_;
   std::string local_text_;
-  std::unordered_map<std::uint32_t, registered> handlers_;
+  dmoe::detail::boxed<std::unordered_map<std::uint32_t, registered>> handlers_;
   detail::write_pass write_pass_{ctx_};
 
   task_group* accepting_ = nullptr;
@@ -274,8 +273,9 @@ class rpc_server {
   async_event drained_;
   async_event memory_freed_;
   std::size_t open_connections_ = 0;
-  std::unordered_map<std::string, std::size_t> connections_by_address_;
-  std::unordered_map<std::string, std::uint64_t> buffered_by_address_;  // budget in use per peer address
+  dmoe::detail::boxed<std::unordered_map<std::string, std::size_t>> connections_by_address_;
+  // budget in use per peer address
+  dmoe::detail::boxed<std::unordered_map<std::string, std::uint64_t>> buffered_by_address_;
   std::size_t in_flight_ = 0;
   std::uint64_t buffered_ = 0;
   counters stats_;
@@ -471,7 +471,7 @@ DMOE_DEF auto rpc_server::accept_loop() -> task<void> {
       continue;
     }
     const std::string address = socket->peer().address();
-    std::size_t& from_address = connections_by_address_[address];
+    std::size_t& from_address = (*connections_by_address_)[address];
     if (open_connections_ >= options_.max_connections || from_address >= options_.max_connections_per_address) {
       ++stats_.connections_refused;
       std::string message =
@@ -482,7 +482,7 @@ DMOE_DEF auto rpc_server::accept_loop() -> task<void> {
                             "{} per address)",
                             local_text_, socket->peer(), from_address, address,
                             options_.max_connections_per_address);
-      if (from_address == 0) connections_by_address_.erase(address);
+      if (from_address == 0) connections_by_address_->erase(address);
       log_info("{}", message);
       connections_->spawn(refuse_connection(std::move(*socket), std::move(message)));
       continue;
@@ -512,7 +512,7 @@ DMOE_DEF auto rpc_server::refuse_connection(tcp_socket socket, std::string messa
 
 DMOE_DEF auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
   detail::server_connection conn(std::move(socket), options_.max_in_flight_per_connection);
-  conn.address_buffered = &buffered_by_address_[conn.address];  // unordered_map entries stay where they are
+  conn.address_buffered = &(*buffered_by_address_)[conn.address];  // unordered_map entries stay where they are
   task_group requests(ctx_);
   task_group watchdog(ctx_);
   watchdog.spawn(watch_connection(conn));
@@ -536,9 +536,9 @@ DMOE_DEF auto rpc_server::serve_connection(tcp_socket socket) -> task<void> {
   watchdog.request_stop();
   co_await watchdog.join();
   --open_connections_;
-  if (--connections_by_address_[conn.address] == 0) {
-    connections_by_address_.erase(conn.address);
-    buffered_by_address_.erase(conn.address);
+  if (--(*connections_by_address_)[conn.address] == 0) {
+    connections_by_address_->erase(conn.address);
+    buffered_by_address_->erase(conn.address);
   }
 }
 
@@ -812,8 +812,8 @@ DMOE_DEF auto rpc_server::handle_request(detail::server_connection& conn, frame 
     }
     co_return;
   }
-  const auto found = handlers_.find(header.method);
-  if (found == handlers_.end()) {
+  const auto found = handlers_->find(header.method);
+  if (found == handlers_->end()) {
     ++stats_.unknown_methods;
     std::string message =
         dmoe::format("rpc server on {} has no handler for method {:#010x}", local_text_, header.method);
@@ -958,6 +958,10 @@ DMOE_DEF auto rpc_server::write_queued(detail::server_connection& conn) -> task<
   }
   conn.writer_busy = false;
   if (stopped) std::rethrow_exception(stopped);
+}
+
+DMOE_DEF void rpc_server::add_handler(rpc_method method, rpc_handler handler) {
+  (*handlers_)[method.id] = registered{std::string(method.name), std::move(handler)};
 }
 
 }  // namespace net

@@ -22,7 +22,7 @@ struct tensor_schema {
   dtype type = dtype::f32;
 
   // The full shape of a batch of `batch` samples.
-  shape batch_shape(std::int64_t batch) const { return sample_shape.with_leading(batch); }
+  DMOE_LAZY shape batch_shape(std::int64_t batch) const { return sample_shape.with_leading(batch); }
 
   // Throws shape_error (invalid_argument_error for the dtype) unless t is a batch of such samples.
   DMOE_LAZY void check(std::string_view what, const tensor& t) const {

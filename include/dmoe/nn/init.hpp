@@ -25,11 +25,13 @@ DMOE_LAZY inline std::pair<double, double> fans(const tensor& w) {
   return {static_cast<double>(w.numel()) / fan_out, fan_out};
 }
 
-inline void normal(tensor& w, random_engine& gen, float mean, float stddev) { w.fill_normal(gen, mean, stddev); }
-inline void uniform(tensor& w, random_engine& gen, float low, float high) { w.fill_uniform(gen, low, high); }
+DMOE_LAZY inline void normal(tensor& w, random_engine& gen, float mean, float stddev) {
+  w.fill_normal(gen, mean, stddev);
+}
+DMOE_LAZY inline void uniform(tensor& w, random_engine& gen, float low, float high) { w.fill_uniform(gen, low, high); }
 
 // U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)).
-inline void xavier_uniform(tensor& w, random_engine& gen, float gain = 1.0f) {
+DMOE_LAZY inline void xavier_uniform(tensor& w, random_engine& gen, float gain = 1.0f) {
   const auto [in, out] = fans(w);
   const auto a = static_cast<float>(gain * std::sqrt(6.0 / (in + out)));
   w.fill_uniform(gen, -a, a);
@@ -40,12 +42,12 @@ DMOE_LAZY inline void xavier_normal(tensor& w, random_engine& gen, float gain = 
   w.fill_normal(gen, 0.0f, static_cast<float>(gain * std::sqrt(2.0 / (in + out))));
 }
 // U(-a, a) with a = gain * sqrt(3 / fan_in); gain sqrt(2) suits ReLU.
-inline void kaiming_uniform(tensor& w, random_engine& gen, float gain = std::sqrt(2.0f)) {
+DMOE_LAZY inline void kaiming_uniform(tensor& w, random_engine& gen, float gain = std::sqrt(2.0f)) {
   const auto a = static_cast<float>(gain * std::sqrt(3.0 / fans(w).first));
   w.fill_uniform(gen, -a, a);
 }
 // N(0, s^2) with s = gain / sqrt(fan_in).
-inline void kaiming_normal(tensor& w, random_engine& gen, float gain = std::sqrt(2.0f)) {
+DMOE_LAZY inline void kaiming_normal(tensor& w, random_engine& gen, float gain = std::sqrt(2.0f)) {
   w.fill_normal(gen, 0.0f, static_cast<float>(gain / std::sqrt(fans(w).first)));
 }
 

@@ -21,14 +21,14 @@ namespace nn {
 
 namespace detail {
 // The input's shape with the last dimension replaced (x is [..., in], the result [..., out]).
-inline shape with_last(const shape& s, std::int64_t last) { return s.with(s.rank() - 1, last); }
+DMOE_LAZY inline shape with_last(const shape& s, std::int64_t last) { return s.with(s.rank() - 1, last); }
 
 DMOE_LAZY inline void check_last_dim(std::string_view module, const tensor& x, std::int64_t expected, std::string_view what) {
   if (x.rank() < 1 || x.dim(-1) != expected)
     throw shape_error(dmoe::format("{}: x is {} but {} needs a last dimension of {}", module, x.shape(), what, expected));
 }
 
-inline void check_forward_done(std::string_view module, const tensor& saved) {
+DMOE_LAZY inline void check_forward_done(std::string_view module, const tensor& saved) {
   if (saved.empty()) throw invalid_argument_error(dmoe::format("{}: backward without a forward before it", module));
 }
 }  // namespace detail

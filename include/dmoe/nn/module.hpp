@@ -27,7 +27,7 @@ class module {
   virtual void set_training(bool training) { training_ = training; }
   bool training() const noexcept { return training_; }
 
-  void zero_grad() {
+  DMOE_LAZY void zero_grad() {
     for (parameter& p : parameters()) p.grad->zero();
   }
   DMOE_LAZY std::int64_t parameter_count() {

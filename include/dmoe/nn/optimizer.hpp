@@ -41,7 +41,7 @@ class optimizer {
     return learning_rate;
   }
 
-  void zero_grad() {
+  DMOE_LAZY void zero_grad() {
     for (parameter& p : parameters_) p.grad->zero();
   }
 
@@ -51,7 +51,7 @@ class optimizer {
   float learning_rate() const noexcept { return learning_rate_; }
 
   // Updates done so far (restored with the state by a checkpoint).
-  std::int64_t step_count() const { return *step_.data<std::int64_t>(); }
+  DMOE_LAZY std::int64_t step_count() const { return *step_.data<std::int64_t>(); }
   const parameter_list& parameters() const noexcept { return parameters_; }
   // Named state tensors (value set, grad null); they live as long as the optimizer.
   const parameter_list& state() const noexcept { return state_; }
@@ -74,7 +74,7 @@ class optimizer {
   virtual void update(float learning_rate, std::int64_t step) = 0;
 
   // Registers a per-parameter state tensor under "prefix.parameter name"; `t` must outlive this.
-  void add_state(const std::string& prefix, const parameter& p, tensor& t) {
+  DMOE_LAZY void add_state(const std::string& prefix, const parameter& p, tensor& t) {
     state_.push_back({prefix + "." + p.name, &t, nullptr});
   }
   // A zero f32 buffer shaped and placed like the parameter.

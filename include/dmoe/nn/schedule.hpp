@@ -37,7 +37,7 @@ struct linear_warmup_decay {
   std::int64_t total_steps = 1;
   float final_rate = 0.0f;
 
-  linear_warmup_decay(float peak_rate, std::int64_t warmup, std::int64_t total, float final_value = 0.0f)
+  DMOE_LAZY linear_warmup_decay(float peak_rate, std::int64_t warmup, std::int64_t total, float final_value = 0.0f)
       : peak(peak_rate), warmup_steps(warmup), total_steps(total), final_rate(final_value) {
     if (warmup < 0 || total < 1 || warmup > total)
       throw invalid_argument_error(dmoe::format(

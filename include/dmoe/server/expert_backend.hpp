@@ -79,7 +79,7 @@ class expert_backend {
 
   // outputs [batch, ...output schema] of inputs [batch, ...input schema] (host tensors). Throws shape_error or
   // invalid_argument_error for inputs that do not fit the schema.
-  tensor forward(const tensor& inputs) {
+  DMOE_LAZY tensor forward(const tensor& inputs) {
     schema_.input.check(dmoe::format("expert {} forward inputs", uid_), inputs);
     return to_host(module_->forward(to_device(inputs)));
   }

@@ -6,6 +6,7 @@
 
 #include <dmoe/async/detail/handoff.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -110,7 +111,7 @@ class runtime {
       if (stopping_ || !thread_.joinable()) throw closed_error("the server's runtime is not running");
       if (std::this_thread::get_id() == thread_.get_id())
         throw invalid_argument_error("run_exclusive called from the compute thread");
-      exclusive_.push_back([&fn, done] {
+      exclusive_->push_back([&fn, done] {
         try {
           if constexpr (std::is_void_v<result>) {
             fn();
@@ -164,12 +165,12 @@ class runtime {
   DMOE_DECL void run_batch(expert_entry& entry, expert_direction direction, std::vector<pending_task>& batch);
 
   runtime_options options_;
-  std::unordered_map<std::string, expert_entry> experts_;
+  dmoe::detail::boxed<std::unordered_map<std::string, expert_entry>> experts_;
   std::vector<task_pool*> pools_;
   mutable std::mutex mutex_;
   std::mutex join_mutex_;
   std::condition_variable wake_;
-  std::deque<std::function<void()>> exclusive_;
+  dmoe::detail::boxed<std::deque<std::function<void()>>> exclusive_;
   std::function<void(const batch_record&)> observer_;
   std::uint64_t next_sequence_ = 0;
   bool stopping_ = false;
@@ -187,9 +188,9 @@ namespace server {
 DMOE_DEF runtime::runtime(std::vector<expert_backend*> backends, runtime_options options) : options_(options) {
   validate(options_);
   for (expert_backend* b : backends) {
-    if (experts_.count(b->uid()))
+    if (experts_->count(b->uid()))
       throw invalid_argument_error(dmoe::format("runtime: expert '{}' is given twice", b->uid()));
-    auto& e = experts_[b->uid()];
+    auto& e = (*experts_)[b->uid()];
     e.backend = b;
     e.pools[0] = std::make_unique<task_pool>(b->uid(), expert_direction::forward, options_.max_batch_size,
                                              options_.min_batch_size, options_.batching_window);
@@ -220,8 +221,8 @@ DMOE_DEF auto runtime::stop() -> void {
 
 DMOE_DEF auto runtime::submit(std::string_view uid, expert_direction direction, tensor inputs,
                                         tensor grad_outputs) -> std::shared_ptr<task_completion> {
-  const auto found = experts_.find(std::string(uid));
-  if (found == experts_.end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
+  const auto found = experts_->find(std::string(uid));
+  if (found == experts_->end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
   expert_backend& backend = *found->second.backend;
   const auto& schema = backend.schema();
   const std::string what = dmoe::format("expert {} {}", uid, moe::to_string(direction));
@@ -253,8 +254,8 @@ DMOE_DEF auto runtime::submit(std::string_view uid, expert_direction direction, 
 DMOE_DEF auto runtime::withdraw(std::string_view uid, expert_direction direction, task_completion& completion)
     -> void {
   completion.abandoned.store(true, std::memory_order_release);
-  const auto found = experts_.find(std::string(uid));
-  if (found == experts_.end()) return;
+  const auto found = experts_->find(std::string(uid));
+  if (found == experts_->end()) return;
   std::lock_guard lock(mutex_);
   found->second.pools[direction == expert_direction::forward ? 0 : 1]->remove(completion);
 }
@@ -270,7 +271,7 @@ DMOE_DEF auto runtime::post_exclusive(std::function<void()> fn) -> bool {
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || !thread_.joinable()) return false;
-    exclusive_.push_back(std::move(fn));
+    exclusive_->push_back(std::move(fn));
   }
   wake_.notify_one();
   return true;
@@ -279,7 +280,7 @@ DMOE_DEF auto runtime::post_exclusive(std::function<void()> fn) -> bool {
 DMOE_DEF auto runtime::stats() const -> std::map<std::string, expert_stats> {
   std::lock_guard lock(mutex_);
   std::map<std::string, expert_stats> out;
-  for (const auto& [uid, e] : experts_) out[uid] = e.stats;
+  for (const auto& [uid, e] : *experts_) out[uid] = e.stats;
   return out;
 }
 
@@ -317,7 +318,7 @@ DMOE_DEF auto runtime::loop() -> void {
     }
     std::vector<pending_task> batch = pool->take_batch();
     if (batch.empty()) continue;  // only abandoned requests were left
-    expert_entry& entry = experts_.at(pool->uid());
+    expert_entry& entry = experts_->at(pool->uid());
     lock.unlock();
     run_batch(entry, pool->direction(), batch);
     lock.lock();
@@ -328,9 +329,9 @@ DMOE_DEF auto runtime::loop() -> void {
 }
 
 DMOE_DEF auto runtime::run_exclusive_job(std::unique_lock<std::mutex>& lock) -> bool {
-  if (exclusive_.empty()) return false;
-  auto job = std::move(exclusive_.front());
-  exclusive_.pop_front();
+  if (exclusive_->empty()) return false;
+  auto job = std::move(exclusive_->front());
+  exclusive_->pop_front();
   lock.unlock();
   job();
   lock.lock();

@@ -12,6 +12,7 @@
 #include <dmoe/async/with_stop_token.hpp>
 #include <dmoe/async/async_event.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/core/log.hpp>
@@ -105,7 +106,7 @@ class server {
   DMOE_DECL task<void> run(std::function<void()> on_started = {});
 
   // Ends run() (on the context's thread). Idempotent.
-  void request_shutdown() { shutdown_requested_.set(); }
+  DMOE_LAZY void request_shutdown() { shutdown_requested_.set(); }
   // Resumes once run() serves.
   DMOE_DECL task<void> wait_started();
 
@@ -123,7 +124,7 @@ class server {
   runtime& compute() noexcept { return *runtime_; }
   const std::vector<std::unique_ptr<expert_backend>>& experts() const noexcept { return backends_; }
   // The checkpoint each expert was loaded from at start.
-  const std::map<std::string, std::filesystem::path>& loaded_checkpoints() const noexcept { return loaded_; }
+  DMOE_DECL const std::map<std::string, std::filesystem::path>& loaded_checkpoints() const noexcept;
   // Declaration rounds done (thread-safe).
   DMOE_LAZY std::uint64_t declaration_rounds() const {
     std::lock_guard lock(declared_mutex_);
@@ -164,8 +165,8 @@ class server {
   io_context& ctx_;
   server_options options_;
   std::vector<std::unique_ptr<expert_backend>> backends_;
-  std::map<std::string, expert_backend*, std::less<>> by_uid_;
-  std::map<std::string, std::filesystem::path> loaded_;
+  dmoe::detail::boxed<std::map<std::string, expert_backend*, std::less<>>> by_uid_;
+  dmoe::detail::boxed<std::map<std::string, std::filesystem::path>> loaded_;
   std::optional<checkpoint_saver> saver_;
   std::optional<runtime> runtime_;
   wire_limits limits_;
@@ -221,7 +222,7 @@ DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), op
     backends_.push_back(make_expert_backend(uid, options_.expert, options_.seed, options_.runtime.device));
     if (saver_) {
       if (auto loaded = saver_->load_newest(*backends_.back())) {
-        loaded_[uid] = *loaded;
+        (*loaded_)[uid] = *loaded;
         log_info("expert {}: loaded checkpoint {}", uid, loaded->string());
       }
     }
@@ -229,7 +230,7 @@ DMOE_DEF server::server(io_context& ctx, server_options options) : ctx_(ctx), op
   std::vector<expert_backend*> raw;
   for (auto& b : backends_) {
     raw.push_back(b.get());
-    by_uid_[b->uid()] = b.get();
+    (*by_uid_)[b->uid()] = b.get();
   }
   runtime_.emplace(std::move(raw), options_.runtime);
   // Twice a full batch: a larger request is refused while decoding, a smaller one that is still over
@@ -319,8 +320,8 @@ DMOE_DEF auto server::max_sample_elements() const -> std::int64_t {
 
 DMOE_DEF auto server::handle_info(net::rpc_request& req) -> task<net::rpc_response> {
   const std::string uid = moe::decode_info_request(req.payload);
-  const auto found = by_uid_.find(uid);
-  if (found == by_uid_.end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
+  const auto found = by_uid_->find(uid);
+  if (found == by_uid_->end()) throw invalid_argument_error(dmoe::format("this server has no expert '{}'", uid));
   moe::expert_info info{uid, std::string(found->second->kind()), found->second->schema(),
                         options_.runtime.max_batch_size, found->second->parameter_count()};
   co_return net::rpc_response(moe::encode_info(info));
@@ -412,6 +413,10 @@ DMOE_DEF auto server::stats_loop() -> task<void> {
     last = now;
     last_time = t;
   }
+}
+
+DMOE_DEF const std::map<std::string, std::filesystem::path>& server::loaded_checkpoints() const noexcept {
+  return *loaded_;
 }
 
 }  // namespace server

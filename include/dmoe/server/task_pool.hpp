@@ -4,6 +4,7 @@
 
 #include <dmoe/async/channel.hpp>
 #include <dmoe/core/clock.hpp>
+#include <dmoe/core/boxed.hpp>
 #include <dmoe/core/config.hpp>
 #include <dmoe/core/error.hpp>
 #include <dmoe/moe/expert_protocol.hpp>
@@ -39,7 +40,7 @@ struct task_completion {
   channel<task_outcome> done{1};
   std::atomic<bool> abandoned{false};
 
-  void complete(task_outcome outcome) { done.try_send(std::move(outcome)); }
+  DMOE_LAZY void complete(task_outcome outcome) { done.try_send(std::move(outcome)); }
 };
 
 // One queued request.
@@ -73,28 +74,25 @@ class task_pool {
  public:
   // Batches of at most max_batch_size samples; a batch starts once min_batch_size samples wait, or once the oldest
   // request has waited `window`.
-  task_pool(std::string uid, expert_direction direction, std::int64_t max_batch_size, std::int64_t min_batch_size,
-            std::chrono::nanoseconds window)
+  DMOE_LAZY task_pool(std::string uid, expert_direction direction, std::int64_t max_batch_size,
+                      std::int64_t min_batch_size, std::chrono::nanoseconds window)
       : uid_(std::move(uid)), direction_(direction), max_batch_size_(max_batch_size),
         min_batch_size_(min_batch_size), window_(window) {}
 
   const std::string& uid() const noexcept { return uid_; }
   expert_direction direction() const noexcept { return direction_; }
-  bool empty() const noexcept { return queue_.empty(); }
-  std::size_t size() const noexcept { return queue_.size(); }
+  DMOE_DECL bool empty() const noexcept;
+  DMOE_DECL std::size_t size() const noexcept;
   std::int64_t queued_samples() const noexcept { return samples_; }
   // The oldest waiting request's arrival order (the pool is not empty).
-  std::uint64_t oldest_sequence() const noexcept { return queue_.front().sequence; }
+  DMOE_DECL std::uint64_t oldest_sequence() const noexcept;
 
   // Queues a request; throws limit_error when it has more samples than one batch may hold.
   DMOE_DECL void push(pending_task task);
 
   // When the next batch may start (the pool is not empty): now when min_batch_size samples wait, else when the
   // oldest request will have waited the batching window.
-  DMOE_LAZY steady_time ready_at() const noexcept {
-    if (samples_ >= min_batch_size_) return steady_time::min();
-    return deadline_from(queue_.front().arrived, window_);
-  }
+  DMOE_DECL steady_time ready_at() const noexcept;
 
   // Removes the request that reports to `completion`, if it still waits here; returns whether it did.
   DMOE_DECL bool remove(const task_completion& completion);
@@ -108,7 +106,7 @@ class task_pool {
   expert_direction direction_;
   std::int64_t max_batch_size_, min_batch_size_;
   std::chrono::nanoseconds window_;
-  std::deque<pending_task> queue_;
+  dmoe::detail::boxed<std::deque<pending_task>> queue_;
   std::int64_t samples_ = 0;
 };
 
@@ -125,14 +123,14 @@ DMOE_DEF auto task_pool::push(pending_task task) -> void {
     throw limit_error(dmoe::format("expert {} {}: a request of {} samples exceeds max_batch_size {}", uid_,
                                   moe::to_string(direction_), task.samples, max_batch_size_));
   samples_ += task.samples;
-  queue_.push_back(std::move(task));
+  queue_->push_back(std::move(task));
 }
 
 DMOE_DEF auto task_pool::remove(const task_completion& completion) -> bool {
-  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+  for (auto it = queue_->begin(); it != queue_->end(); ++it) {
     if (it->completion.get() != &completion) continue;
     samples_ -= it->samples;
-    queue_.erase(it);
+    queue_->erase(it);
     return true;
   }
   return false;
@@ -141,20 +139,30 @@ DMOE_DEF auto task_pool::remove(const task_completion& completion) -> bool {
 DMOE_DEF auto task_pool::take_batch() -> std::vector<pending_task> {
   std::vector<pending_task> batch;
   std::int64_t total = 0;
-  while (!queue_.empty()) {
-    pending_task& next = queue_.front();
+  while (!queue_->empty()) {
+    pending_task& next = queue_->front();
     if (next.completion && next.completion->abandoned.load(std::memory_order_acquire)) {
       samples_ -= next.samples;
-      queue_.pop_front();
+      queue_->pop_front();
       continue;
     }
     if (total + next.samples > max_batch_size_) break;
     total += next.samples;
     samples_ -= next.samples;
     batch.push_back(std::move(next));
-    queue_.pop_front();
+    queue_->pop_front();
   }
   return batch;
+}
+
+DMOE_DEF bool task_pool::empty() const noexcept { return queue_->empty(); }
+DMOE_DEF std::size_t task_pool::size() const noexcept { return queue_->size(); }
+
+DMOE_DEF std::uint64_t task_pool::oldest_sequence() const noexcept { return queue_->front().sequence; }
+
+DMOE_DEF steady_time task_pool::ready_at() const noexcept {
+  if (samples_ >= min_batch_size_) return steady_time::min();
+  return deadline_from(queue_->front().arrived, window_);
 }
 
 }  // namespace server

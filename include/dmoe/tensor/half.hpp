@@ -68,7 +68,7 @@ constexpr float to_float(bfloat16 value) noexcept {
 }
 
 namespace detail {
-inline void check_convert_sizes(std::size_t from, std::size_t to) {
+DMOE_LAZY inline void check_convert_sizes(std::size_t from, std::size_t to) {
   if (from != to) throw shape_error(dmoe::format("convert: {} source values but {} destination slots", from, to));
 }
 }  // namespace detail

@@ -17,6 +17,13 @@
 
 DMOE_BEGIN_NAMESPACE
 
+namespace detail {
+// The shape_error of shape's constructor, made out of line: the checks stay inline where shapes are built, and only
+// the translation units that see dmoe's heavy definitions compile the messages.
+DMOE_DECL [[noreturn]] void throw_shape_rank_error(std::size_t rank);
+DMOE_DECL [[noreturn]] void throw_negative_dimension(std::size_t index, std::int64_t value);
+}  // namespace detail
+
 class shape {
  public:
   static constexpr std::size_t max_rank = 6;
@@ -25,10 +32,9 @@ class shape {
   constexpr shape() noexcept = default;
   shape(std::initializer_list<std::int64_t> dims) : shape(std::span<const std::int64_t>(dims.begin(), dims.size())) {}
   explicit shape(std::span<const std::int64_t> dims) {
-    if (dims.size() > max_rank)
-      throw shape_error(dmoe::format("shape of rank {} exceeds the maximum rank {}", dims.size(), max_rank));
+    if (dims.size() > max_rank) detail::throw_shape_rank_error(dims.size());
     for (std::size_t i = 0; i < dims.size(); ++i) {
-      if (dims[i] < 0) throw shape_error(dmoe::format("shape dimension {} is negative ({})", i, dims[i]));
+      if (dims[i] < 0) detail::throw_negative_dimension(i, dims[i]);
       dims_[i] = dims[i];
     }
     rank_ = static_cast<std::uint8_t>(dims.size());
@@ -37,7 +43,7 @@ class shape {
   constexpr std::size_t rank() const noexcept { return rank_; }
   constexpr std::int64_t operator[](std::size_t i) const noexcept { return dims_[i]; }
   // Dimension i, counted from the back when negative (-1 is the last); checked.
-  std::int64_t dim(std::ptrdiff_t i) const {
+  DMOE_LAZY std::int64_t dim(std::ptrdiff_t i) const {
     const auto r = static_cast<std::ptrdiff_t>(rank_);
     const auto j = i < 0 ? i + r : i;
     if (j < 0 || j >= r) throw shape_error(dmoe::format("dimension {} of a shape of rank {} ({})", i, rank_, to_string()));
@@ -77,7 +83,7 @@ class shape {
     return shape(std::span<const std::int64_t>(d.data(), rank_ + 1));
   }
 
-  std::string to_string() const { return dmoe::format("[{}]", dmoe::detail::join_text(dims(), ", ")); }
+  DMOE_LAZY std::string to_string() const { return dmoe::format("[{}]", dmoe::detail::join_text(dims(), ", ")); }
 
   friend constexpr bool operator==(const shape& a, const shape& b) noexcept {
     if (a.rank_ != b.rank_) return false;
@@ -108,3 +114,21 @@ struct fmt::formatter<dmoe::shape> : dmoe::detail::text_formatter {
     return write(s.to_string(), ctx);
   }
 };
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace detail {
+
+DMOE_DEF void throw_shape_rank_error(std::size_t rank) {
+  throw shape_error(dmoe::format("shape of rank {} exceeds the maximum rank {}", rank, shape::max_rank));
+}
+
+DMOE_DEF void throw_negative_dimension(std::size_t index, std::int64_t value) {
+  throw shape_error(dmoe::format("shape dimension {} is negative ({})", index, value));
+}
+
+}  // namespace detail
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS

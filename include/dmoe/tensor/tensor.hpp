@@ -42,7 +42,7 @@ inline constexpr std::size_t tensor_alignment = 64;  // one cache line, one AVX-
 // the CUDA backend's caching allocator (256-byte aligned).
 class storage {
  public:
-  storage(std::size_t bytes, device where) : bytes_(bytes), where_(where) {
+  DMOE_LAZY storage(std::size_t bytes, device where) : bytes_(bytes), where_(where) {
     if (where != device::host) {
       const device_memory& memory = require_device_memory(
           dmoe::format("tensor: {} storage of {} bytes", to_string(where), bytes));
@@ -101,20 +101,20 @@ class tensor {
     r.storage_ = std::make_shared<detail::storage>(static_cast<std::size_t>(s.numel()) * size_of(t), where);
     return r;
   }
-  static tensor zeros(dmoe::shape s, dmoe::dtype t = dtype::f32) { return tensor(s, t); }
+  DMOE_LAZY static tensor zeros(dmoe::shape s, dmoe::dtype t = dtype::f32) { return tensor(s, t); }
   DMOE_LAZY static tensor full(dmoe::shape s, float value) {
     tensor r = uninitialized(s);
     r.fill(value);
     return r;
   }
   // Samples from N(mean, stddev^2) with the given generator.
-  static tensor normal(dmoe::shape s, random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
+  DMOE_LAZY static tensor normal(dmoe::shape s, random_engine& gen, float mean = 0.0f, float stddev = 1.0f) {
     tensor r = uninitialized(s);
     r.fill_normal(gen, mean, stddev);
     return r;
   }
   // Samples from U[low, high) with the given generator.
-  static tensor uniform(dmoe::shape s, random_engine& gen, float low = 0.0f, float high = 1.0f) {
+  DMOE_LAZY static tensor uniform(dmoe::shape s, random_engine& gen, float low = 0.0f, float high = 1.0f) {
     tensor r = uninitialized(s);
     r.fill_uniform(gen, low, high);
     return r;
@@ -128,7 +128,7 @@ class tensor {
     if (!values.empty()) std::memcpy(r.bytes_data(), values.data(), values.size_bytes());
     return r;
   }
-  static tensor from(dmoe::shape s, std::initializer_list<float> values) {
+  DMOE_LAZY static tensor from(dmoe::shape s, std::initializer_list<float> values) {
     return from<float>(s, std::span<const float>(values.begin(), values.size()));
   }
 
@@ -140,7 +140,7 @@ class tensor {
   int device_index() const noexcept { return storage_ ? storage_->index() : 0; }
   std::size_t rank() const noexcept { return shape_.rank(); }
   // Dimension i, counted from the back when negative.
-  std::int64_t dim(std::ptrdiff_t i) const { return shape_.dim(i); }
+  DMOE_LAZY std::int64_t dim(std::ptrdiff_t i) const { return shape_.dim(i); }
   std::int64_t numel() const noexcept { return shape_.numel(); }
   std::size_t nbytes() const noexcept { return static_cast<std::size_t>(numel()) * size_of(dtype_); }
   // True when there is no storage (a default-constructed tensor).
@@ -237,7 +237,7 @@ class tensor {
     return r;
   }
   // A 2-d view [outer, inner] (all leading dimensions folded into rows).
-  tensor as_matrix() const { return reshape(dmoe::shape{shape_.outer(), shape_.inner()}); }
+  DMOE_LAZY tensor as_matrix() const { return reshape(dmoe::shape{shape_.outer(), shape_.inner()}); }
 
   // A deep copy with its own storage.
   DMOE_LAZY tensor clone() const {
@@ -279,7 +279,7 @@ class tensor {
     *this = uninitialized(s, t, where);
   }
 
-  void fill(float value) {
+  DMOE_LAZY void fill(float value) {
     for (float& x : span<float>()) x = value;
   }
   DMOE_LAZY void zero() {
@@ -305,7 +305,7 @@ class tensor {
   }
 
  private:
-  std::size_t row_bytes() const {
+  DMOE_LAZY std::size_t row_bytes() const {
     return static_cast<std::size_t>(shape_.without_first().numel()) * size_of(dtype_);
   }
   template <class T>

@@ -67,7 +67,9 @@ DMOE_LAZY inline std::atomic<gemm_kernel>& gemm_kernel_setting() {
 }  // namespace detail
 
 // The kernel ops::gemm uses now, and a way to pick another (for tests and benchmarks; process-wide).
-inline gemm_kernel current_gemm_kernel() { return detail::gemm_kernel_setting().load(std::memory_order_relaxed); }
+DMOE_LAZY inline gemm_kernel current_gemm_kernel() {
+  return detail::gemm_kernel_setting().load(std::memory_order_relaxed);
+}
 DMOE_LAZY inline void set_gemm_kernel(gemm_kernel kernel) {
   if (!gemm_kernel_supported(kernel))
     throw invalid_argument_error(dmoe::format("set_gemm_kernel: this CPU cannot run the {} kernel", to_string(kernel)));

@@ -65,15 +65,10 @@ class cpu_pool {
 
   cpu_pool(const cpu_pool&) = delete;
   cpu_pool& operator=(const cpu_pool&) = delete;
-  ~cpu_pool() { stop_workers(); }
+  DMOE_INLINE ~cpu_pool();
 
  private:
-  cpu_pool() {
-    int n = static_cast<int>(std::thread::hardware_concurrency());
-    if (const char* env = std::getenv("DMOE_CPU_THREADS")) n = std::atoi(env);
-    threads_ = std::max(1, n);
-    start_workers();
-  }
+  DMOE_INLINE cpu_pool();
 
   DMOE_LAZY void start_workers() {
     stopping_ = false;
@@ -162,7 +157,26 @@ void parallel_for(std::int64_t n, std::int64_t grain, Body&& body) {
 
 // How many threads the CPU ops use (the calling thread included); DMOE_CPU_THREADS sets the default.
 inline int cpu_threads() { return detail::cpu_pool::instance().threads(); }
-inline void set_cpu_threads(int n) { detail::cpu_pool::instance().set_threads(n); }
+DMOE_LAZY inline void set_cpu_threads(int n) { detail::cpu_pool::instance().set_threads(n); }
 
 }  // namespace ops
 DMOE_END_NAMESPACE
+
+#if DMOE_HEAVY_DEFINITIONS
+
+DMOE_BEGIN_NAMESPACE
+namespace ops::detail {
+
+DMOE_INLINE cpu_pool::cpu_pool() {
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("DMOE_CPU_THREADS")) n = std::atoi(env);
+  threads_ = std::max(1, n);
+  start_workers();
+}
+
+DMOE_INLINE cpu_pool::~cpu_pool() { stop_workers(); }
+
+}  // namespace ops::detail
+DMOE_END_NAMESPACE
+
+#endif  // DMOE_HEAVY_DEFINITIONS
