@@ -3,7 +3,7 @@
 # and <dmoe/dmoe.hpp> (header-only and with DMOE_SEPARATE_COMPILATION), next to the same file including
 # <Eigen/Dense>, and prints one JSON line per header and a summary line with the ratios.
 #
-# Usage: bench/compile_time.sh [--repeat N] [--cxx g++] [--only dmoe]
+# Usage: bench/compile_time.sh [--repeat N] [--cxx g++] [--only NAME]   (NAME: one umbrella, <dmoe/NAME.hpp>, e.g. dmoe)
 # The time of a compile is its CPU time (user + system, the best of N runs), which a loaded machine disturbs far
 # less than wall time; wall seconds and peak memory (max RSS of the compiler) are printed beside it.
 set -euo pipefail
@@ -82,13 +82,13 @@ report() {  # header mode extra-flags...
 
 report Eigen/Dense baseline
 headers=(dmoe/core.hpp dmoe/async.hpp dmoe/net.hpp dmoe/dht.hpp dmoe/tensor.hpp dmoe/ops.hpp dmoe/nn.hpp dmoe/moe.hpp dmoe/dmoe.hpp)
-[[ -n "$only" ]] && headers=("$only.hpp")
+[[ -n "$only" ]] && headers=("dmoe/$only.hpp")
 for header in "${headers[@]}"; do
   report "$header" header_only
   report "$header" separate -DDMOE_SEPARATE_COMPILATION
 done
 
-if [[ -z "$only" ]]; then
+if [[ -n "${cpu_of[dmoe/dmoe.hpp/header_only]:-}" ]]; then
   eigen=${cpu_of[Eigen/Dense/baseline]}
   dmoe=${cpu_of[dmoe/dmoe.hpp/header_only]}
   separate=${cpu_of[dmoe/dmoe.hpp/separate]}

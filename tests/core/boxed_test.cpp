@@ -1,11 +1,13 @@
-// Tests of dmoe/core/boxed.hpp: a heap-held member with value semantics for copies and a safe moved-from state.
+// Tests of dmoe/core/boxed.hpp: a heap-held member with value semantics: deep copies, moves that leave an empty value.
 #include <dmoe/core/boxed.hpp>
 
 #include <boost/test/unit_test.hpp>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 using dmoe::detail::boxed;
 
@@ -39,7 +41,7 @@ BOOST_AUTO_TEST_CASE(copies_are_deep) {
   BOOST_TEST(c->at("x") == 1);
 }
 
-BOOST_AUTO_TEST_CASE(moves_steal_and_the_source_can_be_assigned_again) {
+BOOST_AUTO_TEST_CASE(moves_steal_the_value_and_leave_the_source_empty_and_usable) {
   boxed<text_map> a;
   (*a)["x"] = 1;
   const text_map* held = &*a;
@@ -47,16 +49,37 @@ BOOST_AUTO_TEST_CASE(moves_steal_and_the_source_can_be_assigned_again) {
   BOOST_TEST(&*b == held);  // the value itself moved, not a copy
   BOOST_TEST(b->at("x") == 1);
 
-  a = b;  // copy-assigning into the moved-from box gives it a value again
-  (*a)["z"] = 5;
-  BOOST_TEST(a->size() == 2u);
+  // The moved-from box reads as empty, copies as empty, and is written again.
+  const boxed<text_map>& moved_from = a;
+  BOOST_TEST(moved_from->empty());
+  boxed<text_map> copy_of_empty = a;
+  BOOST_TEST(copy_of_empty->empty());
+  (*a)["y"] = 2;
+  BOOST_TEST(a->size() == 1u);
   BOOST_TEST(b->size() == 1u);
 
   boxed<text_map> c;
-  c = std::move(a);
-  BOOST_TEST(c->size() == 2u);
-  a = std::move(c);  // moving back into a box that gave its value away
-  BOOST_TEST(a->at("z") == 5);
+  c = a;  // copy-assignment from a box that was refilled
+  BOOST_TEST(c->at("y") == 2);
+  boxed<text_map> d = std::move(c);
+  c = d;  // copy-assignment into a moved-from box
+  BOOST_TEST(c->at("y") == 2);
+}
+
+BOOST_AUTO_TEST_CASE(move_assignment_releases_the_targets_old_value) {
+  auto token = std::make_shared<int>(7);
+  boxed<std::vector<std::shared_ptr<int>>> target;
+  target->push_back(token);
+  boxed<std::vector<std::shared_ptr<int>>> source;
+  target = std::move(source);
+  BOOST_TEST(token.use_count() == 1);  // the old value is gone, not parked in the source
+  BOOST_TEST(target->empty());
+  BOOST_TEST(std::as_const(source)->empty());
+  boxed<std::vector<std::shared_ptr<int>>> other;
+  other = std::move(source);  // moving from an already moved-from box gives an empty, usable value
+  BOOST_TEST(other->empty());
+  other->push_back(token);
+  BOOST_TEST(other->size() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -30,12 +30,37 @@ struct storage_fixture {
     auto it = r->subkeys.find(to_buffer(subkey));
     return it == r->subkeys.end() ? std::string("<missing>") : std::string(as_string_view(it->second.value));
   }
+  static std::string value_of_in(dht::storage& s, const dht::key_id& k) {
+    auto r = s.get(k);
+    BOOST_REQUIRE(r.has_value());
+    return std::string(as_string_view(r->value.value));
+  }
   void advance(double seconds) { clock.set_wall(clock.wall_now() + seconds); }
 };
 
 }  // namespace
 
 BOOST_FIXTURE_TEST_SUITE(dht_storage, storage_fixture)
+
+BOOST_AUTO_TEST_CASE(a_moved_from_storage_is_empty_and_usable) {
+  BOOST_TEST((store.store(key, to_buffer("a"), storage_t0 + 10) == store_result::stored));
+  dht::storage moved = std::move(store);
+  BOOST_TEST(moved.size() == 1u);
+  BOOST_TEST(value_of_in(moved, key) == "a");
+  // The source reads as empty, copies as empty, and takes stores again.
+  BOOST_TEST(store.size() == 0u);
+  BOOST_TEST(store.entries().empty());
+  BOOST_TEST(!store.get(key).has_value());
+  dht::storage copy = store;
+  BOOST_TEST(copy.size() == 0u);
+  BOOST_TEST((store.store(key, to_buffer("b"), storage_t0 + 20) == store_result::stored));
+  BOOST_TEST(value_of(key) == "b");
+  BOOST_TEST(moved.size() == 1u);
+  // Move-assigning drops the target's old entries and leaves the source empty again.
+  moved = std::move(store);
+  BOOST_TEST(value_of_in(moved, key) == "b");
+  BOOST_TEST(store.size() == 0u);
+}
 
 BOOST_AUTO_TEST_CASE(newer_wins) {
   BOOST_TEST((store.store(key, to_buffer("a"), storage_t0 + 10) == store_result::stored));

@@ -44,10 +44,10 @@ class endpoint {
 
   DMOE_DECL static endpoint from_sockaddr(const sockaddr* address, socklen_t length);
 
-  static endpoint loopback_v4(std::uint16_t port = 0) { return endpoint("127.0.0.1", port); }
-  static endpoint loopback_v6(std::uint16_t port = 0) { return endpoint("::1", port); }
-  static endpoint any_v4(std::uint16_t port = 0) { return endpoint("0.0.0.0", port); }
-  static endpoint any_v6(std::uint16_t port = 0) { return endpoint("::", port); }
+  DMOE_LAZY static endpoint loopback_v4(std::uint16_t port = 0) { return endpoint("127.0.0.1", port); }
+  DMOE_LAZY static endpoint loopback_v6(std::uint16_t port = 0) { return endpoint("::1", port); }
+  DMOE_LAZY static endpoint any_v4(std::uint16_t port = 0) { return endpoint("0.0.0.0", port); }
+  DMOE_LAZY static endpoint any_v6(std::uint16_t port = 0) { return endpoint("::", port); }
 
   int family() const noexcept { return addr_.base.sa_family; }
   bool is_v4() const noexcept { return family() == AF_INET; }

@@ -14,34 +14,46 @@ namespace detail {
 // into the map does (with g++, an unordered_map member costs every translation unit that includes its class about
 // 1.4 MB of compiler memory, a map 0.8 MB; the box, a pointer). Reach the value with `->` and `*`.
 //
-// Copying copies the value. Moving steals the value and leaves the source empty-handed: the source may then only
-// be assigned to or destroyed, as for the owners' own moves (none reads a moved-from member).
-// Errors: construction and copying throw what `new T` throws (std::bad_alloc).
+// Value semantics, as for the container itself: copying copies the value; moving moves it without allocating
+// (noexcept) and leaves the source holding an empty T, so a moved-from owner reads as empty and can be used again.
+// (The source gives its heap block away; its next non-const access allocates a new one, and until then const access
+// reads a shared empty T.)
+// Errors: construction, copying and the first non-const access after a move throw what `new T` throws
+// (std::bad_alloc).
 template <class T>
 class boxed {
  public:
   boxed() : p_(new T()) {}
-  boxed(const boxed& other) : p_(new T(*other.p_)) {}
+  boxed(const boxed& other) : p_(new T(*other)) {}
   boxed(boxed&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
   boxed& operator=(const boxed& other) {
-    if (this == &other) return *this;
-    if (p_ == nullptr) p_ = new T(*other.p_);
-    else *p_ = *other.p_;
+    if (this != &other) **this = *other;
     return *this;
   }
   boxed& operator=(boxed&& other) noexcept {
-    std::swap(p_, other.p_);
+    if (this != &other) {
+      delete p_;
+      p_ = std::exchange(other.p_, nullptr);
+    }
     return *this;
   }
   ~boxed() { delete p_; }
 
-  T& operator*() noexcept { return *p_; }
-  const T& operator*() const noexcept { return *p_; }
-  T* operator->() noexcept { return p_; }
-  const T* operator->() const noexcept { return p_; }
+  T& operator*() {
+    if (p_ == nullptr) p_ = new T();
+    return *p_;
+  }
+  const T& operator*() const { return p_ != nullptr ? *p_ : empty(); }
+  T* operator->() { return &**this; }
+  const T* operator->() const { return &**this; }
 
  private:
-  T* p_;
+  static const T& empty() {
+    static const T value{};
+    return value;
+  }
+
+  T* p_;  // null only after the value was moved away
 };
 
 }  // namespace detail

@@ -97,7 +97,7 @@ DMOE_LAZY inline key_id key_of(const_byte_span bytes) noexcept {
   const hash128 h = xxh3_128(bytes);
   return {h.high, h.low};
 }
-DMOE_LAZY inline key_id key_of(std::string_view text) noexcept { return key_of(as_bytes(text)); }
+inline key_id key_of(std::string_view text) noexcept { return key_of(as_bytes(text)); }
 
 // A random id from `generator`.
 template <class Generator>

@@ -402,6 +402,8 @@ DMOE_DEF auto source_limits::at(const endpoint& source, steady_time now) -> entr
   return entries_->emplace(source, std::move(fresh)).first->second;
 }
 
+DMOE_DEF auto source_limits::sources() const noexcept -> std::size_t { return entries_->size(); }
+
 }  // namespace dht::detail
 
 namespace dht {
@@ -817,8 +819,6 @@ DMOE_DEF auto protocol::check_eviction(wire_peer peer) -> task<void> {
   }
   checking_->erase(peer.id);
 }
-
-DMOE_DEF auto detail::source_limits::sources() const noexcept -> std::size_t { return entries_->size(); }
 
 }  // namespace dht
 DMOE_END_NAMESPACE
