@@ -412,9 +412,10 @@ DMOE_DEF auto lookup::add_candidate(std::size_t i, const wire_peer& p) -> void {
     return;
   }
   auto& peer = (*peers_)[p.id];
-  const bool added = state.candidates->try_emplace(distance(state.key, p.id),
-                                      candidate{p, peer.failed ? progress::failed : progress::unasked})
-                         .second;
+  const bool added =
+      state.candidates
+          ->try_emplace(distance(state.key, p.id), candidate{p, peer.failed ? progress::failed : progress::unasked})
+          .second;
   if (!added) return;
   if (!peer.failed) state.candidate_ips.add(p.address, p.id);  // failed candidates hold no slot
   peer.candidate_in.push_back(i);
